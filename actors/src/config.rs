@@ -1,0 +1,567 @@
+//! The `cadre.yaml` schema (`version: v1`).
+//!
+//! Every section is optional. Errors name the file, line and column of the offending value:
+//! `cadre.yaml:12:17: unknown strategy `one_for_none` (expected one_for_one, one_for_all or
+//! rest_for_one)`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use marked_yaml::{Marker, Span, Spanned};
+use serde::Deserialize;
+
+use crate::process::{ProcessSpec, process_child};
+use crate::spec::{
+    AutoShutdown, Backoff, ChildSpec, ChildType, Restart, Shutdown, Strategy, SupervisorFlags,
+};
+use crate::supervisor::supervisor_child;
+
+/// A validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub node: NodeConfig,
+    /// The root supervisor (path `root`).
+    pub supervisor: SupervisorConfig,
+}
+
+/// The `node` section.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct NodeConfig {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+}
+
+/// A supervisor's flags and children.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SupervisorConfig {
+    pub flags: SupervisorFlags,
+    pub children: Vec<ChildConfig>,
+}
+
+/// One child entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChildConfig {
+    pub id: String,
+    pub restart: Restart,
+    pub shutdown: Shutdown,
+    pub significant: bool,
+    pub actor: ActorConfig,
+}
+
+/// What the child is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ActorConfig {
+    Process(ProcessSpec),
+    Supervisor(SupervisorConfig),
+}
+
+/// A configuration error at a place in a file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file, self.line, self.column, self.message
+        )
+    }
+}
+
+/// Default shutdown for workers (ms), as in OTP.
+const DEFAULT_WORKER_SHUTDOWN_MS: u64 = 5000;
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            node: NodeConfig::default(),
+            supervisor: SupervisorConfig {
+                flags: SupervisorFlags::default(),
+                children: Vec::new(),
+            },
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            line: 0,
+            column: 0,
+            message: format!("cannot read: {e}"),
+        })?;
+        Self::parse(&file, &text)
+    }
+
+    /// Validates config text; `file` is used in error messages.
+    pub fn parse(file: &str, text: &str) -> Result<Self, ConfigError> {
+        let err = |span: Option<&Span>, message: String| {
+            let (line, column) = span
+                .and_then(|s| s.start())
+                .map(|m| (m.line(), m.column()))
+                .unwrap_or((1, 1));
+            ConfigError {
+                file: file.to_string(),
+                line,
+                column,
+                message,
+            }
+        };
+        if text.trim().is_empty() {
+            return Ok(Self::default());
+        }
+        let node = marked_yaml::parse_yaml_with_options(
+            0,
+            text,
+            marked_yaml::LoaderOptions::default().error_on_duplicate_keys(true),
+        )
+        .map_err(|e| load_error(file, e))?;
+        let raw: RawConfig = marked_yaml::from_node(&node).map_err(|e| {
+            // Errors raised through `Spanned<…>` wrappers can lose their place; an unknown
+            // field can always be found again by its key.
+            let mark = match &*e {
+                marked_yaml::Error::UnknownFieldError(field, _, span) if span.start().is_none() => {
+                    find_key(&node, field)
+                }
+                _ => e.start_mark(),
+            };
+            let span = mark.map(Span::new_start);
+            err(span.as_ref(), clean_serde_message(&e.to_string()))
+        })?;
+        let mut check = Checker { errors: Vec::new() };
+        let config = check.config(raw);
+        match check.errors.into_iter().next() {
+            Some((span, message)) => Err(err(Some(&span), message)),
+            None => Ok(config),
+        }
+    }
+}
+
+impl SupervisorConfig {
+    /// The runtime child specs for this supervisor's children.
+    pub fn child_specs(&self) -> Vec<ChildSpec> {
+        self.children.iter().map(ChildConfig::child_spec).collect()
+    }
+}
+
+impl ChildConfig {
+    pub fn child_spec(&self) -> ChildSpec {
+        let spec = match &self.actor {
+            ActorConfig::Process(p) => process_child(&self.id, p.clone()),
+            ActorConfig::Supervisor(s) => {
+                supervisor_child(&self.id, s.flags.clone(), s.child_specs())
+            }
+        };
+        spec.restart(self.restart)
+            .shutdown(self.shutdown)
+            .significant(self.significant)
+    }
+}
+
+// --- raw, spanned YAML shape -------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    version: Option<Spanned<String>>,
+    node: Option<RawNode>,
+    supervisor: Option<Spanned<RawSupervisor>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    listen: Option<Spanned<String>>,
+    data_dir: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSupervisor {
+    strategy: Option<Spanned<String>>,
+    intensity: Option<Spanned<i64>>,
+    period_secs: Option<Spanned<i64>>,
+    auto_shutdown: Option<Spanned<String>>,
+    max_children: Option<Spanned<i64>>,
+    backoff: Option<RawBackoff>,
+    #[serde(default)]
+    children: Vec<Spanned<RawChild>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackoff {
+    initial_ms: Spanned<i64>,
+    max_ms: Spanned<i64>,
+    jitter: Option<Spanned<f64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawChild {
+    id: Spanned<String>,
+    restart: Option<Spanned<String>>,
+    shutdown: Option<Spanned<String>>,
+    #[serde(rename = "type")]
+    child_type: Option<Spanned<String>>,
+    significant: Option<Spanned<bool>>,
+    process: Option<Spanned<RawProcess>>,
+    supervisor: Option<Spanned<RawSupervisor>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProcess {
+    command: Spanned<Vec<String>>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    cwd: Option<String>,
+}
+
+/// Walks the raw config, collecting errors with their spans (the first one is reported).
+struct Checker {
+    errors: Vec<(Span, String)>,
+}
+
+impl Checker {
+    fn fail(&mut self, span: &Span, message: String) {
+        self.errors.push((*span, message));
+    }
+
+    fn config(&mut self, raw: RawConfig) -> Config {
+        match &raw.version {
+            None => self.fail(
+                &Span::new_start(Marker::new(0, 0, 1, 1)),
+                "missing `version: v1`".into(),
+            ),
+            Some(v) if v.as_str() != "v1" => self.fail(
+                v.span(),
+                format!("unsupported version `{}` (expected v1)", v.as_str()),
+            ),
+            Some(_) => {}
+        }
+        let node = raw
+            .node
+            .map(|n| NodeConfig {
+                listen: n.listen.map(|l| l.as_str().to_string()),
+                data_dir: n.data_dir.map(|d| PathBuf::from(d.as_str())),
+            })
+            .unwrap_or_default();
+        let supervisor = match raw.supervisor {
+            Some(s) => self.supervisor(&s),
+            None => Config::default().supervisor,
+        };
+        Config { node, supervisor }
+    }
+
+    fn supervisor(&mut self, raw: &RawSupervisor) -> SupervisorConfig {
+        let mut flags = SupervisorFlags::default();
+        if let Some(s) = &raw.strategy {
+            flags.strategy = match s.as_str() {
+                "one_for_one" => Strategy::OneForOne,
+                "one_for_all" => Strategy::OneForAll,
+                "rest_for_one" => Strategy::RestForOne,
+                "simple_one_for_one" => {
+                    self.fail(
+                        s.span(),
+                        "strategy `simple_one_for_one` is not supported: any supervisor takes \
+                         children at runtime (start_child), use one_for_one"
+                            .into(),
+                    );
+                    Strategy::OneForOne
+                }
+                other => {
+                    self.fail(
+                        s.span(),
+                        format!(
+                            "unknown strategy `{other}` (expected one_for_one, one_for_all or rest_for_one)"
+                        ),
+                    );
+                    Strategy::OneForOne
+                }
+            };
+        }
+        if let Some(i) = &raw.intensity {
+            match u32::try_from(**i) {
+                Ok(v) => flags.intensity = v,
+                Err(_) => self.fail(
+                    i.span(),
+                    format!("intensity must be a whole number ≥ 0, got {}", **i),
+                ),
+            }
+        }
+        if let Some(p) = &raw.period_secs {
+            if **p < 1 {
+                self.fail(p.span(), format!("period_secs must be ≥ 1, got {}", **p));
+            } else {
+                flags.period = Duration::from_secs(**p as u64);
+            }
+        }
+        if let Some(a) = &raw.auto_shutdown {
+            flags.auto_shutdown = match a.as_str() {
+                "never" => AutoShutdown::Never,
+                "any_significant" => AutoShutdown::AnySignificant,
+                "all_significant" => AutoShutdown::AllSignificant,
+                other => {
+                    self.fail(
+                        a.span(),
+                        format!(
+                            "unknown auto_shutdown `{other}` (expected never, any_significant or all_significant)"
+                        ),
+                    );
+                    AutoShutdown::Never
+                }
+            };
+        }
+        if let Some(m) = &raw.max_children {
+            if **m < 1 {
+                self.fail(m.span(), format!("max_children must be ≥ 1, got {}", **m));
+            } else {
+                flags.max_children = Some(**m as usize);
+            }
+        }
+        if let Some(b) = &raw.backoff {
+            flags.backoff = Some(self.backoff(b));
+        }
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        let mut children = Vec::with_capacity(raw.children.len());
+        for child in &raw.children {
+            let id = child.id.as_str().to_string();
+            if let Some(first) = seen.get(&id) {
+                self.fail(
+                    child.id.span(),
+                    format!("duplicate child id `{id}` (first defined at line {first})"),
+                );
+            } else {
+                let line = child.id.span().start().map_or(0, |m| m.line());
+                seen.insert(id.clone(), line);
+            }
+            children.push(self.child(child, &flags));
+        }
+        SupervisorConfig { flags, children }
+    }
+
+    fn backoff(&mut self, raw: &RawBackoff) -> Backoff {
+        let mut ms = |v: &Spanned<i64>, name: &str| -> Duration {
+            if **v < 0 {
+                self.fail(v.span(), format!("{name} must be ≥ 0, got {}", **v));
+            }
+            Duration::from_millis((**v).max(0) as u64)
+        };
+        let initial = ms(&raw.initial_ms, "backoff.initial_ms");
+        let max = ms(&raw.max_ms, "backoff.max_ms");
+        if max < initial {
+            self.fail(
+                raw.max_ms.span(),
+                "backoff.max_ms must be ≥ backoff.initial_ms".into(),
+            );
+        }
+        let jitter = match &raw.jitter {
+            Some(j) if !(0.0..=1.0).contains(&**j) => {
+                self.fail(
+                    j.span(),
+                    format!("backoff.jitter must be in 0..1, got {}", **j),
+                );
+                0.0
+            }
+            Some(j) => **j,
+            None => 0.0,
+        };
+        Backoff {
+            initial,
+            max,
+            jitter,
+        }
+    }
+
+    fn child(&mut self, raw: &Spanned<RawChild>, parent: &SupervisorFlags) -> ChildConfig {
+        let id = raw.id.as_str().to_string();
+        if id.is_empty()
+            || !id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            self.fail(
+                raw.id.span(),
+                format!("child id `{id}` must be non-empty and use only letters, digits, `-`, `_` and `.`"),
+            );
+        }
+        let actor = match (&raw.process, &raw.supervisor) {
+            (Some(p), None) => {
+                if p.command.is_empty() || p.command[0].is_empty() {
+                    self.fail(
+                        p.command.span(),
+                        format!("child `{id}`: process.command must name a program"),
+                    );
+                }
+                ActorConfig::Process(ProcessSpec {
+                    command: p.command.to_vec(),
+                    env: p.env.clone().into_iter().collect(),
+                    cwd: p.cwd.as_ref().map(PathBuf::from),
+                })
+            }
+            (None, Some(s)) => ActorConfig::Supervisor(self.supervisor(s)),
+            (Some(_), Some(s)) => {
+                self.fail(
+                    s.span(),
+                    format!("child `{id}` has both `process` and `supervisor`; give exactly one"),
+                );
+                ActorConfig::Supervisor(Config::default().supervisor)
+            }
+            (None, None) => {
+                self.fail(
+                    raw.span(),
+                    format!("child `{id}` needs an actor kind: `process` or `supervisor`"),
+                );
+                ActorConfig::Supervisor(Config::default().supervisor)
+            }
+        };
+        let is_supervisor = matches!(actor, ActorConfig::Supervisor(_));
+        if let Some(t) = &raw.child_type {
+            let expected = if is_supervisor {
+                ChildType::Supervisor
+            } else {
+                ChildType::Worker
+            };
+            let given = match t.as_str() {
+                "worker" => Some(ChildType::Worker),
+                "supervisor" => Some(ChildType::Supervisor),
+                other => {
+                    self.fail(
+                        t.span(),
+                        format!("unknown type `{other}` (expected worker or supervisor)"),
+                    );
+                    None
+                }
+            };
+            if given.is_some_and(|g| g != expected) {
+                self.fail(
+                    t.span(),
+                    format!(
+                        "child `{id}`: type `{}` does not match its actor kind",
+                        t.as_str()
+                    ),
+                );
+            }
+        }
+        let restart = match raw.restart.as_ref().map(|r| (r.as_str(), r.span())) {
+            None | Some(("permanent", _)) => Restart::Permanent,
+            Some(("transient", _)) => Restart::Transient,
+            Some(("temporary", _)) => Restart::Temporary,
+            Some((other, span)) => {
+                self.fail(
+                    span,
+                    format!(
+                        "unknown restart `{other}` (expected permanent, transient or temporary)"
+                    ),
+                );
+                Restart::Permanent
+            }
+        };
+        let shutdown = match raw.shutdown.as_ref() {
+            None if is_supervisor => Shutdown::Infinity,
+            None => Shutdown::Timeout(Duration::from_millis(DEFAULT_WORKER_SHUTDOWN_MS)),
+            Some(s) => match s.as_str() {
+                "brutal_kill" => Shutdown::BrutalKill,
+                "infinity" => Shutdown::Infinity,
+                ms => match ms.parse::<u64>() {
+                    Ok(ms) => Shutdown::Timeout(Duration::from_millis(ms)),
+                    Err(_) => {
+                        self.fail(
+                            s.span(),
+                            format!("shutdown must be brutal_kill, infinity or milliseconds ≥ 0, got `{ms}`"),
+                        );
+                        Shutdown::Infinity
+                    }
+                },
+            },
+        };
+        let significant = raw.significant.as_ref().is_some_and(|s| **s);
+        if significant {
+            let s = raw.significant.as_ref().expect("checked");
+            if restart == Restart::Permanent {
+                self.fail(
+                    s.span(),
+                    format!("child `{id}`: a significant child must be transient or temporary"),
+                );
+            } else if parent.auto_shutdown == AutoShutdown::Never {
+                self.fail(
+                    s.span(),
+                    format!(
+                        "child `{id}`: significant children need the supervisor's auto_shutdown \
+                         to be any_significant or all_significant"
+                    ),
+                );
+            }
+        }
+        ChildConfig {
+            id,
+            restart,
+            shutdown,
+            significant,
+            actor,
+        }
+    }
+}
+
+/// The first mapping key named `name`, depth first, in document order.
+fn find_key(node: &marked_yaml::Node, name: &str) -> Option<Marker> {
+    match node {
+        marked_yaml::Node::Mapping(map) => map.iter().find_map(|(k, v)| {
+            if k.as_str() == name {
+                k.span().start().copied()
+            } else {
+                find_key(v, name)
+            }
+        }),
+        marked_yaml::Node::Sequence(seq) => seq.iter().find_map(|v| find_key(v, name)),
+        marked_yaml::Node::Scalar(_) => None,
+    }
+}
+
+fn load_error(file: &str, e: marked_yaml::LoadError) -> ConfigError {
+    use marked_yaml::LoadError as E;
+    let (mark, message) = match &e {
+        E::TopLevelMustBeMapping(m) => (*m, "the top level must be a mapping".to_string()),
+        E::TopLevelMustBeSequence(m) => (*m, "the top level must be a sequence".to_string()),
+        E::UnexpectedAnchor(m) => (*m, "anchors are not supported".to_string()),
+        E::MappingKeyMustBeScalar(m) => (*m, "mapping keys must be plain values".to_string()),
+        E::UnexpectedTag(m) => (*m, "tags are not supported".to_string()),
+        E::ScanError(m, s) => (*m, format!("invalid YAML: {s}")),
+        E::DuplicateKey(d) => (
+            d.key
+                .span()
+                .start()
+                .copied()
+                .unwrap_or(Marker::new(0, 0, 1, 1)),
+            format!("duplicate key `{}`", d.key.as_str()),
+        ),
+    };
+    ConfigError {
+        file: file.to_string(),
+        line: mark.line(),
+        column: mark.column(),
+        message,
+    }
+}
+
+/// serde's messages use "Unknown field" etc.; keep them but lower-case the first letter to
+/// read like the rest of cadre's errors.
+fn clean_serde_message(msg: &str) -> String {
+    let mut chars = msg.chars();
+    match chars.next() {
+        Some(c) => c.to_lowercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}

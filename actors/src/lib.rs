@@ -1,0 +1,20 @@
+//! cadre's runtime core.
+//!
+//! - [`supervisor`]: Erlang/OTP-exact supervision trees on ractor.
+//! - [`process`]: supervised OS processes (actor kind `process`).
+//! - [`tree`]: the live view of a node's trees and its lifecycle events.
+//! - [`config`]: the `cadre.yaml` schema, validated with `FILE:LINE:COL` errors.
+
+pub mod config;
+pub mod process;
+pub mod spec;
+pub mod supervisor;
+pub mod tree;
+
+pub use spec::{
+    ActorKind, AutoShutdown, Backoff, ChildCounts, ChildExit, ChildInfo, ChildSpec, ChildStart,
+    ChildStatus, ChildType, ExitReason, Restart, Shutdown, StartContext, StartError, StartFuture,
+    Started, Strategy, SupervisorError, SupervisorFlags,
+};
+pub use supervisor::{Supervisor, SupervisorRef, supervisor_child};
+pub use tree::{Change, LifecycleEvent, Tree, TreeNode};

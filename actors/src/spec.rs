@@ -1,0 +1,338 @@
+//! Supervisor flags and child specifications, with Erlang/OTP's `supervisor` semantics.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::ActorCell;
+
+use crate::process::OsProcess;
+use crate::tree::Tree;
+
+/// How a supervisor reacts when one child must be restarted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Strategy {
+    /// Restart only the child that exited.
+    OneForOne,
+    /// Terminate every other child (reverse start order), then restart all of them.
+    OneForAll,
+    /// Terminate the children started after the one that exited, then restart it and them.
+    RestForOne,
+}
+
+/// When a child is restarted after it exits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Restart {
+    /// Always restarted.
+    Permanent,
+    /// Restarted only after an abnormal exit (anything but `normal` or `shutdown`).
+    Transient,
+    /// Never restarted; removed from the supervisor when it exits.
+    Temporary,
+}
+
+/// How a supervisor terminates a child.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Shutdown {
+    /// Kill at once, no graceful stop.
+    BrutalKill,
+    /// Ask the child to stop, and kill it if it has not stopped after this long.
+    Timeout(Duration),
+    /// Ask the child to stop and wait as long as it takes (the default for supervisors).
+    Infinity,
+}
+
+/// Whether a child is a worker or a supervisor (decides the default shutdown).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ChildType {
+    Worker,
+    Supervisor,
+}
+
+/// When a supervisor shuts itself down because significant children exited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum AutoShutdown {
+    #[default]
+    Never,
+    /// As soon as any significant child exits by itself.
+    AnySignificant,
+    /// Once every significant child has exited by itself.
+    AllSignificant,
+}
+
+/// What kind of actor a node in the tree is; shown by `cadre tree`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ActorKind {
+    Supervisor,
+    Agent,
+    Tool,
+    Skill,
+    Mcp,
+    Process,
+    System,
+}
+
+/// Exponential restart backoff with jitter: an extension OTP lacks, off by default.
+///
+/// The delay before the n-th restart inside the current intensity window is
+/// `min(max, initial * 2^(n-1))`, scaled by a random factor in `[1 - jitter, 1 + jitter]`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Backoff {
+    pub initial: Duration,
+    pub max: Duration,
+    pub jitter: f64,
+}
+
+/// A supervisor's flags.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SupervisorFlags {
+    pub strategy: Strategy,
+    /// Most restarts allowed inside `period`; one more and the supervisor gives up.
+    pub intensity: u32,
+    pub period: Duration,
+    pub auto_shutdown: AutoShutdown,
+    /// Refuse `start_child` past this many children (like Elixir's DynamicSupervisor).
+    pub max_children: Option<usize>,
+    pub backoff: Option<Backoff>,
+}
+
+/// Why an actor exited. `Normal` and `Shutdown` are normal; the rest are abnormal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExitReason {
+    Normal,
+    Shutdown,
+    Killed,
+    Error(String),
+}
+
+/// A running child instance, as its start function reports it.
+pub struct Started {
+    pub cell: ActorCell,
+    /// The OS process behind the actor, if any: the supervisor makes sure it is dead and
+    /// reaped before it counts the child as terminated.
+    pub os_process: Option<OsProcess>,
+}
+
+/// What a start function is given.
+#[derive(Clone)]
+pub struct StartContext {
+    /// The supervisor to link the new actor to.
+    pub supervisor: ActorCell,
+    /// The child's path, e.g. `root/tools/time`.
+    pub path: String,
+    pub tree: Tree,
+}
+
+/// Why a child failed to start.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct StartError(pub String);
+
+/// A boxed start future.
+pub type StartFuture = Pin<Box<dyn Future<Output = Result<Started, StartError>> + Send>>;
+
+/// Starts one instance of a child; called again on every restart.
+pub trait ChildStart: Send + Sync + 'static {
+    fn start(&self, ctx: StartContext) -> StartFuture;
+}
+
+impl<F> ChildStart for F
+where
+    F: Fn(StartContext) -> StartFuture + Send + Sync + 'static,
+{
+    fn start(&self, ctx: StartContext) -> StartFuture {
+        self(ctx)
+    }
+}
+
+/// One child of a supervisor.
+#[derive(Clone)]
+pub struct ChildSpec {
+    /// Unique among its siblings (not a global name).
+    pub id: String,
+    pub kind: ActorKind,
+    pub start: Arc<dyn ChildStart>,
+    pub restart: Restart,
+    pub shutdown: Shutdown,
+    pub child_type: ChildType,
+    /// A significant child's own exit can shut its supervisor down (see [`AutoShutdown`]).
+    pub significant: bool,
+}
+
+/// An error from a supervisor call (`start_child`, `terminate_child`, …).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SupervisorError {
+    #[error("no child `{0}`")]
+    NotFound(String),
+    #[error("child `{0}` is already running")]
+    Running(String),
+    #[error("child `{0}` is already present (terminated); restart or delete it")]
+    AlreadyPresent(String),
+    #[error("child `{0}` is restarting")]
+    Restarting(String),
+    #[error("supervisor is at max_children ({0})")]
+    MaxChildren(usize),
+    #[error("invalid child spec `{id}`: {reason}")]
+    InvalidSpec { id: String, reason: String },
+    #[error("child `{id}` failed to start: {reason}")]
+    StartFailed { id: String, reason: String },
+    #[error("supervisor is not running: {0}")]
+    Unavailable(String),
+}
+
+/// A child as `which_children` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildInfo {
+    pub id: String,
+    pub kind: ActorKind,
+    pub child_type: ChildType,
+    pub status: ChildStatus,
+    pub restarts: u32,
+    pub pid: Option<u32>,
+}
+
+/// The state of a child slot in its supervisor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ChildStatus {
+    Running,
+    /// Waiting to be started again (backoff, or a failed start that will be retried).
+    Restarting,
+    /// Terminated; the spec is kept until `delete_child`.
+    Stopped,
+}
+
+/// `count_children`: how many specs, running children, supervisors and workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ChildCounts {
+    pub specs: usize,
+    pub active: usize,
+    pub supervisors: usize,
+    pub workers: usize,
+}
+
+impl Default for SupervisorFlags {
+    fn default() -> Self {
+        Self {
+            strategy: Strategy::OneForOne,
+            intensity: 1,
+            period: Duration::from_secs(5),
+            auto_shutdown: AutoShutdown::Never,
+            max_children: None,
+            backoff: None,
+        }
+    }
+}
+
+impl ChildSpec {
+    /// A permanent worker with a 5000 ms shutdown, as OTP defaults a child spec.
+    pub fn worker(id: impl Into<String>, kind: ActorKind, start: impl ChildStart) -> Self {
+        Self {
+            id: id.into(),
+            kind,
+            start: Arc::new(start),
+            restart: Restart::Permanent,
+            shutdown: Shutdown::Timeout(Duration::from_millis(5000)),
+            child_type: ChildType::Worker,
+            significant: false,
+        }
+    }
+
+    pub fn restart(mut self, restart: Restart) -> Self {
+        self.restart = restart;
+        self
+    }
+
+    pub fn shutdown(mut self, shutdown: Shutdown) -> Self {
+        self.shutdown = shutdown;
+        self
+    }
+
+    pub fn significant(mut self, significant: bool) -> Self {
+        self.significant = significant;
+        self
+    }
+
+    /// Checks the rules OTP's `check_childspec` enforces against the supervisor's flags.
+    pub fn validate(&self, flags: &SupervisorFlags) -> Result<(), SupervisorError> {
+        let invalid = |reason: &str| SupervisorError::InvalidSpec {
+            id: self.id.clone(),
+            reason: reason.to_string(),
+        };
+        if self.id.is_empty() {
+            return Err(invalid("id must not be empty"));
+        }
+        if self.id.contains('/') {
+            return Err(invalid("id must not contain `/`"));
+        }
+        if self.significant && self.restart == Restart::Permanent {
+            return Err(invalid(
+                "a significant child must be transient or temporary",
+            ));
+        }
+        if self.significant && flags.auto_shutdown == AutoShutdown::Never {
+            return Err(invalid(
+                "significant children need auto_shutdown any_significant or all_significant",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl ExitReason {
+    /// `normal` and `shutdown` are normal exits; everything else is a failure.
+    pub fn is_normal(&self) -> bool {
+        matches!(self, ExitReason::Normal | ExitReason::Shutdown)
+    }
+}
+
+impl fmt::Display for ExitReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExitReason::Normal => f.write_str("normal"),
+            ExitReason::Shutdown => f.write_str("shutdown"),
+            ExitReason::Killed => f.write_str("killed"),
+            ExitReason::Error(e) => write!(f, "error: {e}"),
+        }
+    }
+}
+
+/// An actor that fails with this error exits with exactly this reason (e.g. `Killed`).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct ChildExit(pub ExitReason);
+
+impl Strategy {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Strategy::OneForOne => "one_for_one",
+            Strategy::OneForAll => "one_for_all",
+            Strategy::RestForOne => "rest_for_one",
+        }
+    }
+}
+
+impl ActorKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ActorKind::Supervisor => "supervisor",
+            ActorKind::Agent => "agent",
+            ActorKind::Tool => "tool",
+            ActorKind::Skill => "skill",
+            ActorKind::Mcp => "mcp",
+            ActorKind::Process => "process",
+            ActorKind::System => "system",
+        }
+    }
+}
+
+impl ChildStatus {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ChildStatus::Running => "running",
+            ChildStatus::Restarting => "restarting",
+            ChildStatus::Stopped => "stopped",
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! The live view of a node's supervision trees, and the stream of lifecycle events.
+//!
+//! Supervisors write here synchronously as they start, restart and terminate children, so a
+//! snapshot is never behind the supervisors by more than the change in progress. The same
+//! changes are broadcast as [`LifecycleEvent`]s for `cadre tree --watch` and the audit log.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use tokio::sync::broadcast;
+
+use crate::spec::{ActorKind, ChildStatus, ExitReason, Strategy};
+
+/// One lifecycle change of one actor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LifecycleEvent {
+    pub at: SystemTime,
+    pub path: String,
+    pub kind: ActorKind,
+    pub change: Change,
+}
+
+/// What happened to the actor.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// A new instance is running (first start or a restart).
+    Started { pid: Option<u32>, restarts: u32 },
+    /// The instance exited by itself.
+    Exited { reason: ExitReason },
+    /// Its supervisor is about to start it again.
+    Restarting,
+    /// Its supervisor terminated it (shutdown order, group restart, `terminate_child`).
+    Terminated,
+    /// A supervisor exceeded its restart intensity and gave up, failing to its parent.
+    Escalated { reason: String },
+    /// Removed from its supervisor (`delete_child`, or a temporary child that exited).
+    Deleted,
+}
+
+/// A snapshot of one actor and its descendants.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TreeNode {
+    pub path: String,
+    pub kind: ActorKind,
+    pub status: ChildStatus,
+    pub restarts: u32,
+    pub pid: Option<u32>,
+    pub strategy: Option<Strategy>,
+    pub started_at: Option<SystemTime>,
+    pub children: Vec<TreeNode>,
+}
+
+/// Shared handle to the live tree of one node. Cheap to clone.
+#[derive(Clone)]
+pub struct Tree {
+    inner: Arc<Mutex<HashMap<String, Entry>>>,
+    events: broadcast::Sender<LifecycleEvent>,
+}
+
+struct Entry {
+    kind: ActorKind,
+    status: ChildStatus,
+    restarts: u32,
+    pid: Option<u32>,
+    strategy: Option<Strategy>,
+    started_at: Option<SystemTime>,
+    /// Child paths in start order.
+    children: Vec<String>,
+}
+
+/// Capacity of the lifecycle broadcast; a subscriber that falls further behind gets `Lagged`.
+const EVENT_BUFFER: usize = 4096;
+
+impl Default for Tree {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Tree {
+    pub fn new() -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(HashMap::new())),
+            events: broadcast::channel(EVENT_BUFFER).0,
+        }
+    }
+
+    /// Receives every lifecycle event from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<LifecycleEvent> {
+        self.events.subscribe()
+    }
+
+    /// The subtree at `path` (`root` for the whole node), or `None` if there is no such actor.
+    pub fn snapshot(&self, path: &str) -> Option<TreeNode> {
+        let map = self.inner.lock().expect("tree lock");
+        snapshot_of(&map, path)
+    }
+
+    /// Registers a root actor (a supervisor with no parent).
+    pub fn add_root(&self, path: &str, kind: ActorKind) {
+        let mut map = self.inner.lock().expect("tree lock");
+        map.entry(path.to_string())
+            .or_insert_with(|| Entry::new(kind));
+    }
+
+    /// Records that a new instance of the child at `path` is running.
+    pub fn started(
+        &self,
+        parent: &str,
+        path: &str,
+        kind: ActorKind,
+        pid: Option<u32>,
+        restarts: u32,
+    ) {
+        {
+            let mut map = self.inner.lock().expect("tree lock");
+            if let Some(p) = map.get_mut(parent) {
+                if !p.children.iter().any(|c| c == path) {
+                    p.children.push(path.to_string());
+                }
+            }
+            let entry = map
+                .entry(path.to_string())
+                .or_insert_with(|| Entry::new(kind));
+            entry.status = ChildStatus::Running;
+            entry.restarts = restarts;
+            entry.pid = pid;
+            entry.started_at = Some(SystemTime::now());
+        }
+        self.emit(path, kind, Change::Started { pid, restarts });
+    }
+
+    /// Records a status change of the child at `path` (exit, termination, restart pending).
+    pub fn status(&self, path: &str, kind: ActorKind, status: ChildStatus, change: Change) {
+        {
+            let mut map = self.inner.lock().expect("tree lock");
+            if let Some(entry) = map.get_mut(path) {
+                entry.status = status;
+                if status != ChildStatus::Running {
+                    entry.pid = None;
+                    entry.started_at = None;
+                }
+            }
+        }
+        self.emit(path, kind, change);
+    }
+
+    /// A supervisor instance announces its strategy and forgets the children of any previous
+    /// instance at the same path (they are started afresh).
+    pub fn supervisor_init(&self, path: &str, strategy: Strategy) {
+        let mut map = self.inner.lock().expect("tree lock");
+        let old = match map.get_mut(path) {
+            Some(entry) => {
+                entry.strategy = Some(strategy);
+                std::mem::take(&mut entry.children)
+            }
+            None => {
+                let mut entry = Entry::new(ActorKind::Supervisor);
+                entry.strategy = Some(strategy);
+                map.insert(path.to_string(), entry);
+                Vec::new()
+            }
+        };
+        for child in old {
+            remove_subtree(&mut map, &child);
+        }
+    }
+
+    /// Removes the child at `path` and its descendants.
+    pub fn deleted(&self, parent: &str, path: &str, kind: ActorKind) {
+        {
+            let mut map = self.inner.lock().expect("tree lock");
+            if let Some(p) = map.get_mut(parent) {
+                p.children.retain(|c| c != path);
+            }
+            remove_subtree(&mut map, path);
+        }
+        self.emit(path, kind, Change::Deleted);
+    }
+
+    /// Publishes an event that changes nothing in the snapshot (e.g. an escalation).
+    pub fn emit(&self, path: &str, kind: ActorKind, change: Change) {
+        // No subscriber is not an error: events are also reflected in the snapshot.
+        let _ = self.events.send(LifecycleEvent {
+            at: SystemTime::now(),
+            path: path.to_string(),
+            kind,
+            change,
+        });
+    }
+}
+
+impl Entry {
+    fn new(kind: ActorKind) -> Self {
+        Self {
+            kind,
+            status: ChildStatus::Running,
+            restarts: 0,
+            pid: None,
+            strategy: None,
+            started_at: Some(SystemTime::now()),
+            children: Vec::new(),
+        }
+    }
+}
+
+fn remove_subtree(map: &mut HashMap<String, Entry>, path: &str) {
+    let mut pending = vec![path.to_string()];
+    while let Some(p) = pending.pop() {
+        if let Some(entry) = map.remove(&p) {
+            pending.extend(entry.children);
+        }
+    }
+}
+
+fn snapshot_of(map: &HashMap<String, Entry>, path: &str) -> Option<TreeNode> {
+    let entry = map.get(path)?;
+    Some(TreeNode {
+        path: path.to_string(),
+        kind: entry.kind,
+        status: entry.status,
+        restarts: entry.restarts,
+        pid: entry.pid,
+        strategy: entry.strategy,
+        started_at: entry.started_at,
+        children: entry
+            .children
+            .iter()
+            .filter_map(|c| snapshot_of(map, c))
+            .collect(),
+    })
+}

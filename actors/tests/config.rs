@@ -1,0 +1,225 @@
+//! The config schema: a valid tree parses into the right specs, and each malformed file is
+//! rejected with the line, column and message that point at the mistake.
+
+use std::time::Duration;
+
+use cadre_actors::config::{ActorConfig, Config};
+use cadre_actors::{AutoShutdown, Restart, Shutdown, Strategy};
+
+fn reject(text: &str) -> String {
+    match Config::parse("cadre.yaml", text) {
+        Ok(_) => panic!("accepted a bad config:\n{text}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn a_full_tree_parses_with_otp_defaults() {
+    let config = Config::parse(
+        "cadre.yaml",
+        r#"
+version: v1
+node: { listen: 127.0.0.1:7500, data_dir: /tmp/cadre }
+supervisor:
+  strategy: one_for_one
+  intensity: 3
+  period_secs: 10
+  children:
+    - id: web
+      process: { command: [python3, -m, http.server, "8000"], env: { A: "1" }, cwd: /tmp }
+      shutdown: brutal_kill
+    - id: tools
+      supervisor:
+        strategy: rest_for_one
+        auto_shutdown: any_significant
+        children:
+          - id: a
+            process: { command: [sleep, "100"] }
+            restart: transient
+            significant: true
+            shutdown: 250
+"#,
+    )
+    .expect("valid config");
+    assert_eq!(config.node.listen.as_deref(), Some("127.0.0.1:7500"));
+    let root = &config.supervisor;
+    assert_eq!(root.flags.strategy, Strategy::OneForOne);
+    assert_eq!(root.flags.intensity, 3);
+    assert_eq!(root.flags.period, Duration::from_secs(10));
+    assert_eq!(root.children.len(), 2);
+    let web = &root.children[0];
+    assert_eq!(web.shutdown, Shutdown::BrutalKill);
+    assert_eq!(web.restart, Restart::Permanent);
+    let ActorConfig::Process(p) = &web.actor else {
+        panic!("web is a process")
+    };
+    assert_eq!(p.command, ["python3", "-m", "http.server", "8000"]);
+    assert_eq!(p.env, [("A".to_string(), "1".to_string())]);
+    let tools = &root.children[1];
+    assert_eq!(
+        tools.shutdown,
+        Shutdown::Infinity,
+        "supervisors default to infinity"
+    );
+    let ActorConfig::Supervisor(s) = &tools.actor else {
+        panic!("tools is a supervisor")
+    };
+    assert_eq!(s.flags.strategy, Strategy::RestForOne);
+    assert_eq!(s.flags.intensity, 1, "OTP default intensity");
+    assert_eq!(s.flags.period, Duration::from_secs(5), "OTP default period");
+    assert_eq!(s.flags.auto_shutdown, AutoShutdown::AnySignificant);
+    let a = &s.children[0];
+    assert_eq!(a.restart, Restart::Transient);
+    assert!(a.significant);
+    assert_eq!(a.shutdown, Shutdown::Timeout(Duration::from_millis(250)));
+    assert_eq!(root.child_specs().len(), 2);
+}
+
+#[test]
+fn an_empty_file_is_a_node_on_defaults() {
+    let config = Config::parse("cadre.yaml", "").expect("empty config");
+    assert!(config.supervisor.children.is_empty());
+}
+
+#[test]
+fn unknown_key() {
+    assert_eq!(
+        reject("version: v1\nsupervisor:\n  strategy: one_for_one\n  intensty: 3\n"),
+        "cadre.yaml:4:3: unknown field `intensty`, expected one of `strategy`, `intensity`, `period_secs`, `auto_shutdown`, `max_children`, `backoff`, or `children`"
+    );
+}
+
+#[test]
+fn bad_strategy() {
+    assert_eq!(
+        reject("version: v1\nsupervisor:\n  strategy: one_for_none\n"),
+        "cadre.yaml:3:13: unknown strategy `one_for_none` (expected one_for_one, one_for_all or rest_for_one)"
+    );
+}
+
+#[test]
+fn duplicate_child_id() {
+    assert_eq!(
+        reject(
+            "version: v1\nsupervisor:\n  children:\n    - id: a\n      process: { command: [true] }\n    - id: a\n      process: { command: [true] }\n"
+        ),
+        "cadre.yaml:6:11: duplicate child id `a` (first defined at line 4)"
+    );
+}
+
+#[test]
+fn negative_intensity() {
+    assert_eq!(
+        reject("version: v1\nsupervisor:\n  intensity: -1\n"),
+        "cadre.yaml:3:14: intensity must be a whole number ≥ 0, got -1"
+    );
+}
+
+#[test]
+fn zero_period() {
+    assert_eq!(
+        reject("version: v1\nsupervisor:\n  period_secs: 0\n"),
+        "cadre.yaml:3:16: period_secs must be ≥ 1, got 0"
+    );
+}
+
+#[test]
+fn bad_restart_type() {
+    assert_eq!(
+        reject(
+            "version: v1\nsupervisor:\n  children:\n    - id: a\n      restart: always\n      process: { command: [true] }\n"
+        ),
+        "cadre.yaml:5:16: unknown restart `always` (expected permanent, transient or temporary)"
+    );
+}
+
+#[test]
+fn bad_shutdown() {
+    assert_eq!(
+        reject(
+            "version: v1\nsupervisor:\n  children:\n    - id: a\n      shutdown: soon\n      process: { command: [true] }\n"
+        ),
+        "cadre.yaml:5:17: shutdown must be brutal_kill, infinity or milliseconds ≥ 0, got `soon`"
+    );
+}
+
+#[test]
+fn child_without_kind() {
+    assert_eq!(
+        reject("version: v1\nsupervisor:\n  children:\n    - id: a\n      restart: transient\n"),
+        "cadre.yaml:4:9: child `a` needs an actor kind: `process` or `supervisor`"
+    );
+}
+
+#[test]
+fn empty_command() {
+    assert_eq!(
+        reject(
+            "version: v1\nsupervisor:\n  children:\n    - id: a\n      process: { command: [] }\n"
+        ),
+        "cadre.yaml:5:27: child `a`: process.command must name a program"
+    );
+}
+
+#[test]
+fn significant_permanent_child() {
+    assert_eq!(
+        reject(
+            "version: v1\nsupervisor:\n  auto_shutdown: any_significant\n  children:\n    - id: a\n      significant: true\n      process: { command: [true] }\n"
+        ),
+        "cadre.yaml:6:20: child `a`: a significant child must be transient or temporary"
+    );
+}
+
+#[test]
+fn significant_child_without_auto_shutdown() {
+    assert_eq!(
+        reject(
+            "version: v1\nsupervisor:\n  children:\n    - id: a\n      restart: transient\n      significant: true\n      process: { command: [true] }\n"
+        ),
+        "cadre.yaml:6:20: child `a`: significant children need the supervisor's auto_shutdown to be any_significant or all_significant"
+    );
+}
+
+#[test]
+fn missing_or_wrong_version() {
+    assert_eq!(
+        reject("supervisor: {}\n"),
+        "cadre.yaml:1:1: missing `version: v1`"
+    );
+    assert_eq!(
+        reject("version: v2\n"),
+        "cadre.yaml:1:10: unsupported version `v2` (expected v1)"
+    );
+}
+
+#[test]
+fn invalid_yaml() {
+    let e = reject("version: v1\nsupervisor:\n  children: [\n");
+    assert!(e.starts_with("cadre.yaml:4:1: invalid YAML"), "{e}");
+}
+
+#[test]
+fn nested_error_points_into_the_nested_supervisor() {
+    assert_eq!(
+        reject(
+            "version: v1\nsupervisor:\n  children:\n    - id: tools\n      supervisor:\n        strategy: rest_for_one\n        children:\n          - id: bad/id\n            process: { command: [true] }\n"
+        ),
+        "cadre.yaml:8:17: child id `bad/id` must be non-empty and use only letters, digits, `-`, `_` and `.`"
+    );
+}
+
+#[test]
+fn wrong_value_type() {
+    let e = reject("version: v1\nsupervisor:\n  intensity: lots\n");
+    assert!(e.starts_with("cadre.yaml:3:14: "), "{e}");
+    assert!(e.contains("invalid digit"), "{e}");
+}
+
+#[test]
+fn duplicate_key() {
+    assert_eq!(
+        reject("version: v1\nversion: v1\n"),
+        "cadre.yaml:2:1: duplicate key `version`"
+    );
+}
