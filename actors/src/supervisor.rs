@@ -358,6 +358,7 @@ impl SupervisorState {
     fn insert(&mut self, spec: ChildSpec) {
         let path = format!("{}/{}", self.path, spec.id);
         self.order.push(spec.id.clone());
+        self.tree.added(&self.path, &path, spec.kind);
         self.children.insert(
             spec.id.clone(),
             Child {
@@ -436,8 +437,7 @@ impl SupervisorState {
         match self.start_instance(&id).await {
             Ok(()) => Ok(self.info(&id)),
             Err(e) => {
-                self.children.remove(&id);
-                self.order.pop();
+                self.remove(&id);
                 Err(SupervisorError::StartFailed { id, reason: e.0 })
             }
         }
@@ -458,13 +458,8 @@ impl SupervisorState {
         child.instance = Some(started);
         child.status = ChildStatus::Running;
         child.starts += 1;
-        self.tree.started(
-            &self.path,
-            &child.path,
-            child.spec.kind,
-            pid,
-            child.starts - 1,
-        );
+        self.tree
+            .started(&child.path, child.spec.kind, pid, child.starts - 1);
         Ok(())
     }
 

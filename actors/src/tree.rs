@@ -104,22 +104,22 @@ impl Tree {
             .or_insert_with(|| Entry::new(kind));
     }
 
+    /// Adds a child (not started yet) at the end of its parent's start order.
+    pub fn added(&self, parent: &str, path: &str, kind: ActorKind) {
+        let mut map = self.inner.lock().expect("tree lock");
+        if let Some(p) = map.get_mut(parent) {
+            p.children.push(path.to_string());
+        }
+        let mut entry = Entry::new(kind);
+        entry.status = ChildStatus::Stopped;
+        entry.started_at = None;
+        map.insert(path.to_string(), entry);
+    }
+
     /// Records that a new instance of the child at `path` is running.
-    pub fn started(
-        &self,
-        parent: &str,
-        path: &str,
-        kind: ActorKind,
-        pid: Option<u32>,
-        restarts: u32,
-    ) {
+    pub fn started(&self, path: &str, kind: ActorKind, pid: Option<u32>, restarts: u32) {
         {
             let mut map = self.inner.lock().expect("tree lock");
-            if let Some(p) = map.get_mut(parent) {
-                if !p.children.iter().any(|c| c == path) {
-                    p.children.push(path.to_string());
-                }
-            }
             let entry = map
                 .entry(path.to_string())
                 .or_insert_with(|| Entry::new(kind));

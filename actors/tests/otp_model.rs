@@ -177,7 +177,7 @@ async fn run(case: Case) -> Result<(), TestCaseError> {
         if !model.kids[i].running {
             continue;
         }
-        h.clear();
+        h.clear().await;
         let path = model.path(i);
         h.exit(&path, how).await;
         let want = model.exit(i, how);

@@ -64,7 +64,7 @@ async fn sigkill_in_rest_for_one_restarts_it_and_the_ones_after() {
     let before = pids(&h);
     assert!(before.iter().all(|p| p.is_some_and(alive)), "{before:?}");
     h.settle(3).await;
-    h.clear();
+    h.clear().await;
     unsafe { libc::kill(before[1].unwrap() as i32, libc::SIGKILL) };
     h.wait_until("middle and last restarted", |e| {
         e.iter().filter(|x| x.1 == "started").count() == 2

@@ -84,7 +84,7 @@ async fn every_strategy_restart_type_and_exit_reason() {
                 )
                 .await;
                 h.settle(3).await;
-                h.clear();
+                h.clear().await;
                 let before_a = h.current("root/a").get_id();
                 h.exit("root/b", how).await;
                 let want = expected(strategy, restart, how);
@@ -140,7 +140,7 @@ async fn group_restart_drops_temporary_siblings() {
     )
     .await;
     h.settle(3).await;
-    h.clear();
+    h.clear().await;
     h.exit("root/a", How::Error).await;
     let got = h.settle(8).await;
     assert_eq!(
@@ -185,7 +185,7 @@ async fn intensity_exceeded_terminates_children_in_reverse_and_fails() {
         })
         .await;
     }
-    h.clear();
+    h.clear().await;
     h.exit("root/b", How::Error).await;
     handle.await.unwrap();
     assert_eq!(
@@ -314,7 +314,7 @@ async fn shutdown_is_in_reverse_start_order_through_nested_supervisors() {
     )
     .await;
     h.settle(5).await;
-    h.clear();
+    h.clear().await;
     sup.shutdown().await;
     assert_eq!(
         *h.log.lock().unwrap(),
@@ -432,7 +432,7 @@ async fn any_significant_child_exit_shuts_the_supervisor_down() {
             == 2
     })
     .await;
-    h.clear();
+    h.clear().await;
     h.exit("root/group/s", How::Normal).await;
     let evs = h
         .wait_until("group exits", |e| e.contains(&ev("root/group", "exited")))
@@ -558,7 +558,7 @@ async fn dynamic_children() {
 
     // A dynamically added child is supervised like any other, in start order.
     sup.start_child(h.worker("e")).await.unwrap();
-    h.clear();
+    h.clear().await;
     h.exit("root/e", How::Killed).await;
     h.settle(3).await;
     assert_eq!(

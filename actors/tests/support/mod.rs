@@ -43,6 +43,8 @@ pub struct Harness {
     pub log: Arc<Mutex<Vec<String>>>,
 }
 
+const SYNC: &str = "<sync>";
+
 /// A compact event for comparisons: (path, change).
 pub type Ev = (String, &'static str);
 
@@ -136,7 +138,17 @@ impl Harness {
         self.events.lock().unwrap().clone()
     }
 
-    pub fn clear(&self) {
+    /// Waits until every event emitted so far is recorded, then forgets them all.
+    pub async fn clear(&self) {
+        self.tree.emit(SYNC, ActorKind::System, Change::Deleted);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !self.events.lock().unwrap().iter().any(|e| e.path == SYNC) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "event recorder is stuck"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         self.events.lock().unwrap().clear();
         self.log.lock().unwrap().clear();
     }
