@@ -1,1 +1,101 @@
-fn main() {}
+//! `cadre`: run a node, and inspect and drive it over gRPC.
+
+mod client;
+mod config_cmd;
+mod serve;
+mod tree;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// cadre: a durable, supervised runtime for long-running AI agents.
+#[derive(Parser)]
+#[command(name = "cadre", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node: load the config, start the supervision tree, serve the gRPC API.
+    ///
+    /// With no config file the node runs on embedded defaults with an empty root supervisor.
+    /// SIGTERM or Ctrl-C shuts the tree down in reverse start order, honouring each child's
+    /// shutdown timeout.
+    Serve(serve::ServeArgs),
+    /// Show the live supervision tree of a node (like pstree).
+    Tree(tree::TreeArgs),
+    /// Work with config files.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a config file; errors are printed as FILE:LINE:COL: message (exit 2).
+    Check {
+        /// The config file, e.g. examples/cadre.yaml.
+        file: PathBuf,
+    },
+}
+
+/// Output format of read commands.
+#[derive(Clone, Copy, Debug, Default, ValueEnum)]
+pub enum Output {
+    /// Human-readable.
+    #[default]
+    Text,
+    /// JSON (JSON lines for streams).
+    Json,
+}
+
+/// A failure with the exit code it maps to: 1 at run time, 2 for usage and validation.
+pub enum Failure {
+    Runtime(anyhow::Error),
+    Usage(String),
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure::Runtime(e)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cadre: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve::run(args).await,
+            Command::Tree(args) => tree::run(args).await,
+            Command::Config {
+                command: ConfigCommand::Check { file },
+            } => config_cmd::check(&file),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(msg)) => {
+            eprintln!("{msg}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Runtime(e)) => {
+            eprintln!("cadre: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,1 +1,8 @@
+//! A cadre node: the gRPC API server around the runtime core.
+//!
+//! Store backends, membership and controller leadership arrive here too (see ARCHITECTURE.md).
 
+pub mod api;
+pub mod node;
+
+pub use node::{DEFAULT_LISTEN, Node, NodeError, NodeExit, NodeOptions, ROOT};

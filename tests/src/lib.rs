@@ -1,1 +1,253 @@
+//! Harness for end-to-end tests: runs the real `cadre` binary as a node on a free loopback port
+//! with a temporary data dir, and drives it through the real CLI.
 
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The `cadre` binary: `$CADRE_BIN`, or built (if stale) by `cargo build -p cadre`.
+pub fn cadre_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("CADRE_BIN") {
+            return PathBuf::from(bin);
+        }
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let out = Command::new(cargo)
+            .args([
+                "build",
+                "-p",
+                "cadre",
+                "--bin",
+                "cadre",
+                "--message-format=json",
+            ])
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run cargo build");
+        assert!(out.status.success(), "cargo build -p cadre failed");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|m| m["target"]["name"] == "cadre")
+            .filter_map(|m| m["executable"].as_str().map(PathBuf::from))
+            .last()
+            .expect("cargo reported the cadre executable")
+    })
+    .clone()
+}
+
+/// A scratch directory removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "cadre-e2e-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        Self(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running `cadre serve`.
+pub struct Node {
+    child: Option<Child>,
+    pub addr: String,
+    pub dir: TempDir,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Node {
+    /// Starts `cadre serve` with `config` (YAML) on a free port and waits until it listens.
+    pub fn start(config: &str) -> Self {
+        let dir = TempDir::new("node");
+        let config_path = dir.path().join("cadre.yaml");
+        std::fs::write(&config_path, config).expect("write config");
+        let mut child = Command::new(cadre_bin())
+            .arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args(["--listen", "127.0.0.1:0"])
+            .env("CADRE_LOG", "info,ractor=warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn cadre serve");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().expect("stderr");
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("cadre: listening on ") {
+                    let _ = tx.send(addr.to_string());
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "cadre serve did not start:\n{}",
+                    log.lock().unwrap().join("\n")
+                );
+            }
+        };
+        Self {
+            child: Some(child),
+            addr,
+            dir,
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Runs the CLI against this node.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        cli_with_server(&self.addr, args)
+    }
+
+    /// `cadre tree -o json`, parsed.
+    pub fn tree(&self) -> Value {
+        let out = self.cli(&["tree", "-o", "json"]);
+        assert!(
+            out.status.success(),
+            "cadre tree failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("tree -o json is JSON")
+    }
+
+    /// Polls the tree until `pred` holds, or panics after `limit`.
+    pub fn wait_tree(&self, what: &str, limit: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            let tree = self.tree();
+            if pred(&tree) {
+                return tree;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out waiting for {what}; tree: {tree:#}\nlog:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends `sig` to the node and waits for it to exit.
+    pub fn stop(&mut self, sig: i32) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("cadre serve did not exit:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for the node to exit by itself.
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("cadre serve did not exit:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            self.stop(libc::SIGTERM);
+        }
+    }
+}
+
+/// Runs the CLI with `--server` taken from `$CADRE_SERVER`.
+pub fn cli_with_server(server: &str, args: &[&str]) -> Output {
+    Command::new(cadre_bin())
+        .args(args)
+        .env("CADRE_SERVER", server)
+        .output()
+        .expect("run cadre")
+}
+
+/// Runs the CLI with no server configured (default address).
+pub fn cli(args: &[&str]) -> Output {
+    Command::new(cadre_bin())
+        .args(args)
+        .env_remove("CADRE_SERVER")
+        .output()
+        .expect("run cadre")
+}
+
+/// The node at `path` (`root/a/b`) in a `tree -o json` value.
+pub fn find<'a>(tree: &'a Value, path: &str) -> &'a Value {
+    if tree["path"] == path {
+        return tree;
+    }
+    tree["children"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find_map(|c| {
+            let p = c["path"].as_str()?;
+            (path == p || path.starts_with(&format!("{p}/"))).then(|| find(c, path))
+        })
+        .unwrap_or_else(|| panic!("no {path} in {tree:#}"))
+}
+
+pub fn pid_of(tree: &Value, path: &str) -> u32 {
+    find(tree, path)["pid"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{path} has no pid")) as u32
+}
+
+pub fn alive(pid: u32) -> bool {
+    unsafe { libc::kill(pid as i32, 0) == 0 }
+}

@@ -1,0 +1,89 @@
+//! `cadre serve`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use cadre_actors::config::Config;
+use cadre_cluster::{DEFAULT_LISTEN, Node, NodeExit, NodeOptions};
+use clap::Args;
+use tracing_subscriber::EnvFilter;
+
+use crate::Failure;
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Config file (cadre.yaml). Without one the node runs on embedded defaults.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Data directory [default: node.data_dir, else $XDG_DATA_HOME/cadre, else ~/.local/share/cadre].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// gRPC listen address [default: node.listen, else 127.0.0.1:7400]; port 0 picks a free port.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+}
+
+pub async fn run(args: ServeArgs) -> Result<(), Failure> {
+    // ractor opens a span per actor at INFO; that is noise (and cost) at the default level.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("CADRE_LOG")
+                .unwrap_or_else(|_| EnvFilter::new("info,ractor=warn")),
+        )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+    let config = match &args.config {
+        Some(file) => Config::load(file).map_err(|e| Failure::Usage(e.to_string()))?,
+        None => Config::default(),
+    };
+    let listen = args
+        .listen
+        .or_else(|| config.node.listen.clone())
+        .unwrap_or_else(|| DEFAULT_LISTEN.to_string());
+    let listen: SocketAddr = listen.parse().map_err(|e| {
+        Failure::Usage(format!(
+            "--listen: `{listen}` is not an address like 127.0.0.1:7400 ({e})"
+        ))
+    })?;
+    let data_dir = args
+        .data_dir
+        .or_else(|| config.node.data_dir.clone())
+        .unwrap_or_else(default_data_dir);
+    let node = Node::start(NodeOptions {
+        config,
+        listen,
+        data_dir,
+    })
+    .await
+    .context("cannot start the node")?;
+    // Scripts read the bound address from this line (useful with --listen 127.0.0.1:0).
+    eprintln!("cadre: listening on {}", node.addr);
+    match node.run_until(shutdown_signal()).await {
+        NodeExit::Stopped => Ok(()),
+        NodeExit::RootExited => Err(anyhow::anyhow!(
+            "the root supervisor exited (restart intensity exceeded or auto_shutdown); see the log"
+        )
+        .into()),
+    }
+}
+
+fn default_data_dir() -> PathBuf {
+    if let Some(xdg) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(xdg).join("cadre");
+    }
+    match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        Some(home) => PathBuf::from(home).join(".local/share/cadre"),
+        None => PathBuf::from("cadre-data"),
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}

@@ -1,0 +1,134 @@
+//! A node: one `cadre serve` process with its supervision tree and gRPC API.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use cadre_actors::config::Config;
+use cadre_actors::{StartError, SupervisorRef, Tree};
+use cadre_proto::v1::actors_server::ActorsServer;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::api::ActorsService;
+
+/// Path of a node's root supervisor.
+pub const ROOT: &str = "root";
+
+/// The API address used when neither the command line nor the config names one.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7400";
+
+/// What a node is started with.
+pub struct NodeOptions {
+    pub config: Config,
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+}
+
+/// A running node.
+pub struct Node {
+    pub tree: Tree,
+    pub root: SupervisorRef,
+    pub addr: SocketAddr,
+    root_exit: JoinHandle<()>,
+    stop_api: oneshot::Sender<()>,
+    api: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot create data dir {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the root supervisor failed to start: {0}")]
+    Root(StartError),
+}
+
+/// How a node ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeExit {
+    /// Asked to stop; the tree shut down in order.
+    Stopped,
+    /// The root supervisor exited by itself (restart intensity exceeded, or auto_shutdown).
+    RootExited,
+}
+
+impl Node {
+    /// Binds the API, starts the root supervisor (and with it every configured child), then
+    /// serves the API.
+    pub async fn start(options: NodeOptions) -> Result<Self, NodeError> {
+        std::fs::create_dir_all(&options.data_dir).map_err(|source| NodeError::DataDir {
+            path: options.data_dir.clone(),
+            source,
+        })?;
+        let listener =
+            TcpListener::bind(options.listen)
+                .await
+                .map_err(|source| NodeError::Listen {
+                    addr: options.listen,
+                    source,
+                })?;
+        let addr = listener.local_addr().map_err(|source| NodeError::Listen {
+            addr: options.listen,
+            source,
+        })?;
+        let tree = Tree::new();
+        let supervisor = &options.config.supervisor;
+        let (root, root_exit) = SupervisorRef::start_root(
+            ROOT,
+            supervisor.flags.clone(),
+            supervisor.child_specs(),
+            tree.clone(),
+        )
+        .await
+        .map_err(NodeError::Root)?;
+        let (stop_api, stopped) = oneshot::channel::<()>();
+        let service = ActorsService::new(tree.clone(), ROOT);
+        let api = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(ActorsServer::new(service))
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                    let _ = stopped.await;
+                }),
+        );
+        tracing::info!(%addr, data_dir = %options.data_dir.display(), "cadre node serving");
+        Ok(Self {
+            tree,
+            root,
+            addr,
+            root_exit,
+            stop_api,
+            api,
+        })
+    }
+
+    /// Runs until `stop` resolves or the root supervisor exits by itself, then shuts the tree
+    /// down in reverse start order (honouring every child's shutdown spec) and stops the API.
+    pub async fn run_until(mut self, stop: impl std::future::Future<Output = ()>) -> NodeExit {
+        let exit = tokio::select! {
+            _ = stop => {
+                tracing::info!("shutting down the supervision tree");
+                self.root.shutdown().await;
+                NodeExit::Stopped
+            }
+            _ = &mut self.root_exit => {
+                tracing::error!("the root supervisor exited; stopping the node");
+                NodeExit::RootExited
+            }
+        };
+        let _ = self.stop_api.send(());
+        if let Ok(Err(e)) = self.api.await {
+            tracing::warn!(error = %e, "API server ended with an error");
+        }
+        exit
+    }
+}

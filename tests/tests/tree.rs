@@ -1,0 +1,242 @@
+//! `cadre serve` + `cadre tree` from the outside: real binary, real gRPC, real processes.
+
+use std::time::Duration;
+
+use cadre_tests::{Node, alive, cli, find, pid_of};
+use serde_json::Value;
+
+const REST_FOR_ONE: &str = r#"
+version: v1
+supervisor:
+  strategy: one_for_one
+  children:
+    - id: group
+      supervisor:
+        strategy: rest_for_one
+        intensity: 5
+        children:
+          - { id: first, process: { command: [sleep, "1000"] } }
+          - { id: middle, process: { command: [sleep, "1000"] } }
+          - { id: last, process: { command: [sleep, "1000"] } }
+"#;
+
+fn restarts(tree: &Value, path: &str) -> u64 {
+    find(tree, path)["restarts"].as_u64().unwrap()
+}
+
+#[test]
+fn sigkill_middle_of_rest_for_one_restarts_it_and_the_one_after() {
+    let node = Node::start(REST_FOR_ONE);
+    let before = node.tree();
+    let [first, middle, last] =
+        ["first", "middle", "last"].map(|c| pid_of(&before, &format!("root/group/{c}")));
+    assert!(alive(first) && alive(middle) && alive(last));
+
+    unsafe { libc::kill(middle as i32, libc::SIGKILL) };
+    let after = node.wait_tree("middle restarted", Duration::from_secs(10), |t| {
+        restarts(t, "root/group/last") == 1
+    });
+    assert_eq!(
+        pid_of(&after, "root/group/first"),
+        first,
+        "first keeps its pid"
+    );
+    assert_ne!(pid_of(&after, "root/group/middle"), middle);
+    assert_ne!(pid_of(&after, "root/group/last"), last);
+    assert_eq!(restarts(&after, "root/group/first"), 0);
+    assert_eq!(restarts(&after, "root/group/middle"), 1);
+    assert!(!alive(middle) && !alive(last), "the old processes are gone");
+    for c in ["first", "middle", "last"] {
+        assert_eq!(
+            find(&after, &format!("root/group/{c}"))["status"],
+            "running"
+        );
+    }
+}
+
+#[test]
+fn tree_json_has_the_contract_shape() {
+    let node = Node::start(REST_FOR_ONE);
+    let tree = node.tree();
+    let keys: Vec<_> = tree.as_object().unwrap().keys().cloned().collect();
+    assert_eq!(
+        keys,
+        ["path", "kind", "status", "restarts", "strategy", "children"]
+    );
+    assert_eq!(tree["path"], "root");
+    assert_eq!(tree["kind"], "supervisor");
+    assert_eq!(tree["strategy"], "one_for_one");
+    let group = find(&tree, "root/group");
+    assert_eq!(group["strategy"], "rest_for_one");
+    let paths: Vec<_> = group["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        paths,
+        ["root/group/first", "root/group/middle", "root/group/last"],
+        "start order"
+    );
+    let first = find(&tree, "root/group/first");
+    assert_eq!(first["kind"], "process");
+    assert!(first.get("strategy").is_none());
+    assert!(first["pid"].as_u64().is_some());
+
+    let text = node.cli(&["tree"]);
+    assert!(text.status.success());
+    let text = String::from_utf8(text.stdout).unwrap();
+    assert!(
+        text.starts_with("root  [supervisor one_for_one]  running  restarts=0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("└─ group  [supervisor rest_for_one]"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("pid={}", pid_of(&tree, "root/group/middle"))),
+        "{text}"
+    );
+}
+
+#[test]
+fn sigterm_shuts_the_tree_down_in_reverse_start_order() {
+    let dir = cadre_tests::TempDir::new("order");
+    let trail = dir.path().join("trail");
+    let child = |name: &str| {
+        format!(
+            "          - id: {name}\n            process: {{ command: [sh, -c, \"trap 'echo {name} >> {t}; exit 0' TERM; while :; do sleep 0.05; done\"] }}\n",
+            t = trail.display()
+        )
+    };
+    let config = format!(
+        "version: v1\nsupervisor:\n  children:\n    - id: g\n      supervisor:\n        children:\n{}{}{}",
+        child("one"),
+        child("two"),
+        child("three")
+    );
+    let mut node = Node::start(&config);
+    let tree = node.tree();
+    let pids: Vec<u32> = ["one", "two", "three"]
+        .iter()
+        .map(|c| pid_of(&tree, &format!("root/g/{c}")))
+        .collect();
+    let status = node.stop(libc::SIGTERM);
+    assert!(
+        status.success(),
+        "clean shutdown exits 0: {status:?}\n{}",
+        node.log()
+    );
+    assert_eq!(
+        std::fs::read_to_string(&trail).unwrap(),
+        "three\ntwo\none\n"
+    );
+    assert!(
+        pids.iter().all(|p| !alive(*p)),
+        "no process outlives the node"
+    );
+}
+
+#[test]
+fn a_child_ignoring_sigterm_is_killed_at_its_shutdown_timeout() {
+    let mut node = Node::start(
+        "version: v1\nsupervisor:\n  children:\n    - id: stubborn\n      shutdown: 300\n      process: { command: [sh, -c, \"trap '' TERM; while :; do sleep 0.05; done\"] }\n",
+    );
+    let pid = pid_of(&node.tree(), "root/stubborn");
+    let t = std::time::Instant::now();
+    assert!(node.stop(libc::SIGTERM).success());
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(10),
+        "{took:?}"
+    );
+    assert!(!alive(pid));
+}
+
+#[test]
+fn exceeding_the_root_intensity_stops_the_node_with_exit_1() {
+    let mut node = Node::start(
+        "version: v1\nsupervisor:\n  intensity: 2\n  period_secs: 60\n  children:\n    - id: crashy\n      process: { command: [sh, -c, \"sleep 0.2; exit 7\"] }\n",
+    );
+    let status = node.wait_exit(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(1), "{}", node.log());
+    assert!(
+        node.log().contains("reached_max_restart_intensity"),
+        "{}",
+        node.log()
+    );
+}
+
+#[test]
+fn config_errors_exit_2_with_file_line_and_column() {
+    let dir = cadre_tests::TempDir::new("bad");
+    let file = dir.path().join("bad.yaml");
+    std::fs::write(
+        &file,
+        "version: v1\nsupervisor:\n  strategy: one_for_none\n",
+    )
+    .unwrap();
+    for cmd in [
+        vec!["config", "check"],
+        vec!["serve", "--listen", "127.0.0.1:0", "--config"],
+    ] {
+        let mut args = cmd.clone();
+        args.push(file.to_str().unwrap());
+        let out = cli(&args);
+        assert_eq!(out.status.code(), Some(2), "{cmd:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!(
+                "{}:3:13: unknown strategy `one_for_none`",
+                file.display()
+            )),
+            "{cmd:?}: {err}"
+        );
+    }
+    let ok = cli(&[
+        "config",
+        "check",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/cadre.yaml"),
+    ]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+}
+
+#[test]
+fn tree_without_a_node_says_how_to_start_one() {
+    let out = cadre_tests::cli_with_server("http://127.0.0.1:1", &["tree"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no cadre node at http://127.0.0.1:1: connection refused"),
+        "{err}"
+    );
+    assert!(err.contains("cadre serve"), "{err}");
+}
+
+#[test]
+fn the_api_speaks_grpc_to_a_plain_tonic_client() {
+    let node = Node::start(REST_FOR_ONE);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let root = rt.block_on(async {
+        let mut client =
+            cadre_proto::v1::actors_client::ActorsClient::connect(format!("http://{}", node.addr))
+                .await
+                .unwrap();
+        client
+            .tree(cadre_proto::v1::TreeRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .root
+            .unwrap()
+    });
+    assert_eq!(root.path, "root");
+    assert_eq!(root.children[0].children.len(), 3);
+    assert!(root.children[0].children.iter().all(|c| c.pid.is_some()));
+}
