@@ -427,10 +427,10 @@ impl SupervisorState {
                 _ => SupervisorError::Running(spec.id),
             });
         }
-        if let Some(max) = self.flags.max_children {
-            if self.children.len() >= max {
-                return Err(SupervisorError::MaxChildren(max));
-            }
+        if let Some(max) = self.flags.max_children
+            && self.children.len() >= max
+        {
+            return Err(SupervisorError::MaxChildren(max));
         }
         let id = spec.id.clone();
         self.insert(spec);
@@ -468,10 +468,8 @@ impl SupervisorState {
         let Some(child) = self.children.get_mut(id) else {
             return Flow::Continue;
         };
-        if let Some(started) = child.instance.take() {
-            if let Some(process) = started.os_process {
-                process.kill().await;
-            }
+        if let Some(process) = child.instance.take().and_then(|s| s.os_process) {
+            process.kill().await;
         }
         tracing::debug!(actor = %child.path, %reason, "child exited");
         child.status = ChildStatus::Stopped;

@@ -103,7 +103,7 @@ impl Model {
             }
         }
         self.kids
-            .retain(|k| !(k.restart == Restart::Temporary && !k.running));
+            .retain(|k| k.restart != Restart::Temporary || k.running);
     }
 }
 

@@ -177,8 +177,7 @@ async fn a_command_that_cannot_run_fails_to_start_with_its_name() {
         h.tree.clone(),
     )
     .await
-    .err()
-    .expect("start fails");
+    .expect_err("start fails");
     assert!(
         err.0.contains("ghost") && err.0.contains("/no/such/program"),
         "{err}"

@@ -129,6 +129,7 @@ impl Node {
         if let Ok(Err(e)) = self.api.await {
             tracing::warn!(error = %e, "API server ended with an error");
         }
+        tracing::info!(?exit, "cadre node stopped");
         exit
     }
 }

@@ -36,7 +36,7 @@ pub fn cadre_bin() -> PathBuf {
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
             .filter(|m| m["target"]["name"] == "cadre")
             .filter_map(|m| m["executable"].as_str().map(PathBuf::from))
-            .last()
+            .next_back()
             .expect("cargo reported the cadre executable")
     })
     .clone()
