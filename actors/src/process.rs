@@ -1,8 +1,8 @@
 //! Supervised OS processes (actor kind `process`).
 //!
 //! Each process runs in its own process group so that a shell and everything it started get the
-//! same signals. Exit 0 is `normal`; a non-zero exit or a signal is abnormal (SIGKILL is
-//! `killed`). A graceful stop sends SIGTERM and waits; the supervisor kills at the child's
+//! same signals. Exit 0 is `normal` and death by SIGTERM is `shutdown` (both normal); a non-zero
+//! exit or any other signal is abnormal (SIGKILL is `killed`). A graceful stop sends SIGTERM and waits; the supervisor kills at the child's
 //! shutdown timeout. stdout and stderr go to the tracing log, tagged with the actor's path.
 
 use std::path::PathBuf;
@@ -159,6 +159,8 @@ impl ProcessExit {
             ProcessExit::Code(0) => ExitReason::Normal,
             ProcessExit::Code(code) => ExitReason::Error(format!("exited with status {code}")),
             ProcessExit::Signal(libc::SIGKILL) => ExitReason::Killed,
+            // Like systemd, death by SIGTERM is a requested stop: OTP's `shutdown`.
+            ProcessExit::Signal(libc::SIGTERM) => ExitReason::Shutdown,
             ProcessExit::Signal(sig) => ExitReason::Error(format!("killed by signal {sig}")),
         }
     }

@@ -8,7 +8,85 @@ use cadre_actors::process::{ProcessSpec, process_child};
 use cadre_actors::{
     Change, ChildStatus, ExitReason, Restart, Shutdown, Strategy, SupervisorFlags, SupervisorRef,
 };
-use support::{Harness, ev};
+
+/// A process that exits 0 on SIGUSR1 and 3 on SIGUSR2, and dies by default on other signals.
+const OBEDIENT: &str = "trap 'exit 0' USR1; trap 'exit 3' USR2; while :; do sleep 0.02; done";
+
+/// Makes a process exit with `how`: exit 0, SIGTERM, exit 3, SIGABRT (a crash) or SIGKILL.
+fn make_exit(pid: u32, how: How) -> ExitReason {
+    let (sig, reason) = match how {
+        How::Normal => (libc::SIGUSR1, ExitReason::Normal),
+        How::Shutdown => (libc::SIGTERM, ExitReason::Shutdown),
+        How::Error => (
+            libc::SIGUSR2,
+            ExitReason::Error("exited with status 3".into()),
+        ),
+        How::Panic => (
+            libc::SIGABRT,
+            ExitReason::Error(format!("killed by signal {}", libc::SIGABRT)),
+        ),
+        How::Killed => (libc::SIGKILL, ExitReason::Killed),
+    };
+    unsafe { libc::kill(pid as i32, sig) };
+    reason
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_strategy_restart_type_and_exit_reason_with_real_processes() {
+    for strategy in [
+        Strategy::OneForOne,
+        Strategy::OneForAll,
+        Strategy::RestForOne,
+    ] {
+        for restart in [Restart::Permanent, Restart::Transient, Restart::Temporary] {
+            for how in ALL_HOWS {
+                let h = Harness::new();
+                let sup = root(
+                    &h,
+                    strategy,
+                    vec![
+                        process_child("a", sh(OBEDIENT)),
+                        process_child("b", sh(OBEDIENT)).restart(restart),
+                        process_child("c", sh(OBEDIENT)),
+                    ],
+                )
+                .await;
+                h.settle(3).await;
+                h.clear().await;
+                let before = pids(&h);
+                let reason = make_exit(before[1].unwrap(), how);
+                let want = expected(strategy, restart, how);
+                let got = h.settle(want.len()).await;
+                let case = format!("{strategy:?} {restart:?} {how:?}");
+                assert_eq!(got, want, "{case}");
+                let exited = h.raw_events().into_iter().find_map(|e| match e.change {
+                    Change::Exited { reason } => Some(reason),
+                    _ => None,
+                });
+                assert_eq!(exited, Some(reason), "{case}");
+                let after = h.tree.snapshot("root").unwrap();
+                let pid_a = after.children[0].pid;
+                let group_restarted = strategy == Strategy::OneForAll && restarts(restart, how);
+                assert_eq!(pid_a == before[0], !group_restarted, "{case}: a's pid");
+                if restarts(restart, how) {
+                    let b = &after.children[1];
+                    assert!(
+                        b.pid.is_some_and(alive) && b.pid != before[1],
+                        "{case}: b runs anew"
+                    );
+                }
+                sup.shutdown().await;
+                let all_dead = before
+                    .iter()
+                    .chain(pids(&h).iter())
+                    .flatten()
+                    .all(|p| !alive(*p));
+                assert!(all_dead, "{case}: processes left behind");
+            }
+        }
+    }
+}
+use support::{ALL_HOWS, Harness, How, ev, expected, restarts};
 
 fn sh(script: &str) -> ProcessSpec {
     ProcessSpec {

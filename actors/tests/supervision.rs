@@ -11,7 +11,7 @@ use cadre_actors::{
     AutoShutdown, Backoff, ChildSpec, ChildStatus, ExitReason, Restart, Shutdown, Strategy,
     SupervisorError, SupervisorFlags, SupervisorRef, supervisor_child,
 };
-use support::{ALL_HOWS, Ev, Harness, How, WorkerBehaviour, ev};
+use support::{ALL_HOWS, Harness, How, WorkerBehaviour, ev, expected, restarts};
 
 fn flags(strategy: Strategy, intensity: u32) -> SupervisorFlags {
     SupervisorFlags {
@@ -27,44 +27,6 @@ async fn start(h: &Harness, flags: SupervisorFlags, children: Vec<ChildSpec>) ->
         .await
         .expect("root starts");
     sup
-}
-
-fn restarts(strategy: Strategy, restart: Restart, how: How) -> bool {
-    let _ = strategy;
-    match restart {
-        Restart::Permanent => true,
-        Restart::Transient => matches!(how, How::Error | How::Panic | How::Killed),
-        Restart::Temporary => false,
-    }
-}
-
-/// What OTP does when `root/b` (of a, b, c) exits.
-fn expected(strategy: Strategy, restart: Restart, how: How) -> Vec<Ev> {
-    let mut out = vec![ev("root/b", "exited")];
-    if !restarts(strategy, restart, how) {
-        if restart == Restart::Temporary {
-            out.push(ev("root/b", "deleted"));
-        }
-        return out;
-    }
-    let group: &[&str] = match strategy {
-        Strategy::OneForOne => &["b"],
-        Strategy::OneForAll => {
-            out.extend([ev("root/c", "terminated"), ev("root/a", "terminated")]);
-            &["a", "b", "c"]
-        }
-        Strategy::RestForOne => {
-            out.push(ev("root/c", "terminated"));
-            &["b", "c"]
-        }
-    };
-    for g in group {
-        out.push(ev(&format!("root/{g}"), "restarting"));
-    }
-    for g in group {
-        out.push(ev(&format!("root/{g}"), "started"));
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,14 +73,13 @@ async fn every_strategy_restart_type_and_exit_reason() {
 
                 let children = sup.which_children().await.unwrap();
                 let b = children.iter().find(|c| c.id == "b");
-                match (restarts(strategy, restart, how), restart) {
+                match (restarts(restart, how), restart) {
                     (true, _) => assert_eq!(b.unwrap().status, ChildStatus::Running),
                     (false, Restart::Temporary) => assert!(b.is_none(), "temporary is removed"),
                     (false, _) => assert_eq!(b.unwrap().status, ChildStatus::Stopped),
                 }
                 let a_same = h.current("root/a").get_id() == before_a;
-                let a_restarted =
-                    strategy == Strategy::OneForAll && restarts(strategy, restart, how);
+                let a_restarted = strategy == Strategy::OneForAll && restarts(restart, how);
                 assert_eq!(a_same, !a_restarted, "{strategy:?} {restart:?} {how:?}: a");
                 sup.shutdown().await;
             }
@@ -189,7 +150,7 @@ async fn intensity_exceeded_terminates_children_in_reverse_and_fails() {
     h.exit("root/b", How::Error).await;
     handle.await.unwrap();
     assert_eq!(
-        h.events(),
+        h.settle(4).await,
         vec![
             ev("root/b", "exited"),
             ev("root/c", "terminated"),
@@ -326,7 +287,10 @@ async fn shutdown_is_in_reverse_start_order_through_nested_supervisors() {
         ]
     );
     let terminated: Vec<_> = h
-        .events()
+        .wait_until("five terminations", |e| {
+            e.iter().filter(|x| x.1 == "terminated").count() == 5
+        })
+        .await
         .into_iter()
         .filter(|e| e.1 == "terminated")
         .map(|e| e.0)
@@ -489,7 +453,8 @@ async fn all_significant_waits_for_every_significant_child() {
         .await
         .expect("auto shutdown")
         .unwrap();
-    assert!(h.events().contains(&ev("root/a", "terminated")));
+    h.wait_until("a terminated", |e| e.contains(&ev("root/a", "terminated")))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -240,3 +240,25 @@ fn the_api_speaks_grpc_to_a_plain_tonic_client() {
     assert_eq!(root.children[0].children.len(), 3);
     assert!(root.children[0].children.iter().all(|c| c.pid.is_some()));
 }
+
+#[test]
+fn process_output_goes_to_the_node_log_with_the_actor_path() {
+    let node = Node::start(
+        "version: v1\nsupervisor:\n  children:\n    - id: talker\n      process: { command: [sh, -c, \"echo hello-from-talker; echo trouble-on-stderr >&2; exec sleep 1000\"] }\n",
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let has = |needle: &str| {
+        node.log()
+            .lines()
+            .any(|l| l.contains(needle) && l.contains("actor=root/talker"))
+    };
+    while !(has("hello-from-talker") && has("trouble-on-stderr")) {
+        assert!(std::time::Instant::now() < deadline, "log:\n{}", node.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        has("stream=\"stdout\"") && has("stream=\"stderr\""),
+        "{}",
+        node.log()
+    );
+}

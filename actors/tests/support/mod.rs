@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cadre_actors::{
-    ActorKind, Change, ChildSpec, LifecycleEvent, StartContext, StartError, StartFuture, Started,
-    Tree,
+    ActorKind, Change, ChildSpec, LifecycleEvent, Restart, StartContext, StartError, StartFuture,
+    Started, Strategy, Tree,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
@@ -252,4 +252,42 @@ impl Actor for Worker {
         h.log.lock().unwrap().push(format!("stop:{path}"));
         Ok(())
     }
+}
+
+/// Whether OTP restarts a child of this restart type after this exit.
+pub fn restarts(restart: Restart, how: How) -> bool {
+    match restart {
+        Restart::Permanent => true,
+        Restart::Transient => matches!(how, How::Error | How::Panic | How::Killed),
+        Restart::Temporary => false,
+    }
+}
+
+/// The events OTP produces when `root/b` (of a, b, c) exits.
+pub fn expected(strategy: Strategy, restart: Restart, how: How) -> Vec<Ev> {
+    let mut out = vec![ev("root/b", "exited")];
+    if !restarts(restart, how) {
+        if restart == Restart::Temporary {
+            out.push(ev("root/b", "deleted"));
+        }
+        return out;
+    }
+    let group: &[&str] = match strategy {
+        Strategy::OneForOne => &["b"],
+        Strategy::OneForAll => {
+            out.extend([ev("root/c", "terminated"), ev("root/a", "terminated")]);
+            &["a", "b", "c"]
+        }
+        Strategy::RestForOne => {
+            out.push(ev("root/c", "terminated"));
+            &["b", "c"]
+        }
+    };
+    for g in group {
+        out.push(ev(&format!("root/{g}"), "restarting"));
+    }
+    for g in group {
+        out.push(ev(&format!("root/{g}"), "started"));
+    }
+    out
 }
