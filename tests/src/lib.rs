@@ -164,19 +164,8 @@ impl Node {
 
     /// Sends `sig` to the node and waits for it to exit.
     pub fn stop(&mut self, sig: i32) -> ExitStatus {
-        let mut child = self.child.take().expect("running");
-        unsafe { libc::kill(child.id() as i32, sig) };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = child.try_wait().expect("wait") {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("cadre serve did not exit:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        unsafe { libc::kill(self.pid() as i32, sig) };
+        self.wait_exit(Duration::from_secs(30))
     }
 
     /// Waits for the node to exit by itself.
