@@ -6,8 +6,10 @@
 //! - [`config`]: the `cadre.yaml` schema, validated with `FILE:LINE:COL` errors.
 
 pub mod config;
+pub mod controller;
 pub mod process;
 pub mod spec;
+pub mod store;
 pub mod supervisor;
 pub mod tree;
 

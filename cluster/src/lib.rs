@@ -4,5 +4,6 @@
 
 pub mod api;
 pub mod node;
+pub mod store;
 
 pub use node::{DEFAULT_LISTEN, Node, NodeError, NodeExit, NodeOptions, ROOT};

@@ -1,0 +1,119 @@
+//! The event log's keyspace (tuple-encoded):
+//!
+//! | key | value |
+//! |---|---|
+//! | `("conv", conversation_id, seq)` | a `cadre.v1.Event` |
+//! | `("meta", conversation_id)` | last seq (u64, big-endian) |
+//! | `("idem", conversation_id, key)` | first and last seq of the original append |
+//! | `("exec", conversation_id, exec_id)` | open exec: state (i32) and a recovering flag |
+//!
+//! The actor registry and leader leases get their own prefixes when they arrive.
+
+use cadre_proto::v1::ExecState;
+
+use crate::store::tuple::{Elem, Value, pack, range, unpack};
+use crate::store::{Store, StoreError};
+
+use super::OpenExec;
+
+pub const EVENTS: &str = "conv";
+const META: &str = "meta";
+const IDEM: &str = "idem";
+const EXEC: &str = "exec";
+
+pub fn event(conversation_id: &str, seq: u64) -> Vec<u8> {
+    pack(&[
+        Elem::Str(EVENTS),
+        Elem::Str(conversation_id),
+        Elem::Int(seq),
+    ])
+}
+
+pub fn meta(conversation_id: &str) -> Vec<u8> {
+    pack(&[Elem::Str(META), Elem::Str(conversation_id)])
+}
+
+pub fn idempotency(conversation_id: &str, key: &str) -> Vec<u8> {
+    pack(&[Elem::Str(IDEM), Elem::Str(conversation_id), Elem::Str(key)])
+}
+
+pub fn exec(conversation_id: &str, exec_id: &str) -> Vec<u8> {
+    pack(&[
+        Elem::Str(EXEC),
+        Elem::Str(conversation_id),
+        Elem::Str(exec_id),
+    ])
+}
+
+pub fn encode_u64(n: u64) -> [u8; 8] {
+    n.to_be_bytes()
+}
+
+pub fn decode_u64(bytes: &[u8]) -> u64 {
+    let mut buf = [0u8; 8];
+    let n = bytes.len().min(8);
+    buf[8 - n..].copy_from_slice(&bytes[..n]);
+    u64::from_be_bytes(buf)
+}
+
+pub fn encode_span(first: u64, last: u64) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out[..8].copy_from_slice(&first.to_be_bytes());
+    out[8..].copy_from_slice(&last.to_be_bytes());
+    out
+}
+
+pub fn decode_span(bytes: &[u8]) -> (u64, u64) {
+    (
+        decode_u64(&bytes[..8.min(bytes.len())]),
+        decode_u64(bytes.get(8..).unwrap_or(&[])),
+    )
+}
+
+pub fn encode_exec(state: ExecState, recovering: bool) -> [u8; 5] {
+    let mut out = [0u8; 5];
+    out[..4].copy_from_slice(&(state as i32).to_be_bytes());
+    out[4] = recovering as u8;
+    out
+}
+
+fn decode_exec(bytes: &[u8]) -> ExecState {
+    let n = bytes
+        .get(..4)
+        .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        .unwrap_or_default();
+    ExecState::try_from(n).unwrap_or(ExecState::Unspecified)
+}
+
+/// Whether an exec in this state is finished.
+pub fn is_terminal(state: ExecState) -> bool {
+    matches!(
+        state,
+        ExecState::Completed | ExecState::Failed | ExecState::Cancelled
+    )
+}
+
+/// Startup recovery: every exec not in a terminal state, marked as recovering.
+pub fn mark_open_execs(store: &dyn Store) -> Result<Vec<OpenExec>, StoreError> {
+    let (begin, end) = range(&[Elem::Str(EXEC)]);
+    let mut open = Vec::new();
+    store.transact(&mut |t| {
+        open.clear();
+        for (key, value) in t.range(&begin, &end, usize::MAX, false)? {
+            let parts = unpack(&key).map_err(|e| StoreError::Io(e.to_string()))?;
+            let (Some(Value::Str(conv)), Some(Value::Str(exec))) = (parts.get(1), parts.get(2))
+            else {
+                return Err(StoreError::Io("corrupt exec index key".into()));
+            };
+            let state = decode_exec(&value);
+            t.set(&key, &encode_exec(state, true))?;
+            open.push(OpenExec {
+                conversation_id: conv.clone(),
+                exec_id: exec.clone(),
+                state,
+            });
+        }
+        Ok(())
+    })?;
+    Ok(open)
+}

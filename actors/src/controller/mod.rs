@@ -1,0 +1,372 @@
+//! The controller: the only writer of the event log.
+//!
+//! Every append goes through its mailbox (a bounded queue drained by one writer thread). The
+//! writer takes everything waiting in the queue, assigns each conversation's next `seq` values
+//! (1, 2, 3, … with no gaps), writes the whole batch in one durable transaction (group commit),
+//! and only then acknowledges each caller and publishes the events to subscribers. An append
+//! may carry an idempotency key: a retry with the same key returns the original seqs and writes
+//! nothing. If the store fails, every caller in the batch gets the error and nothing of the
+//! batch is visible.
+//!
+//! The controller runs as a permanent child of the node's root supervisor
+//! ([`Controller::child_spec`]); if its writer dies, the supervisor restarts it and the caches
+//! are rebuilt from the store.
+
+mod keys;
+mod subscribe;
+mod writer;
+
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use cadre_proto::v1::{Event, ExecState, event};
+use prost::Message;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::spec::{
+    ActorKind, ChildExit, ChildSpec, ExitReason, StartContext, StartError, StartFuture, Started,
+};
+use crate::store::tuple::{Elem, range};
+use crate::store::{Store, StoreError};
+pub use subscribe::Subscription;
+
+/// Conversation id of the node's audit log (supervision lifecycle events).
+pub const AUDIT_CONVERSATION: &str = "cadre.audit";
+
+/// Limits on what the log accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryLimits {
+    /// Appends that would take a conversation past this many events are refused.
+    pub max_events_per_conversation: u64,
+    /// A warning is logged once when a conversation reaches this share of the cap (percent).
+    pub warn_percent: u8,
+}
+
+impl Default for HistoryLimits {
+    fn default() -> Self {
+        Self {
+            max_events_per_conversation: 1_000_000,
+            warn_percent: 80,
+        }
+    }
+}
+
+/// One event to append; the controller fills in conversation, seq and time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    pub exec_id: String,
+    pub kind: event::Kind,
+}
+
+/// An atomic append of one or more events to one conversation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppendRequest {
+    pub conversation_id: String,
+    pub events: Vec<NewEvent>,
+    /// A retried request with the same key (per conversation) is not written twice.
+    pub idempotency_key: Option<String>,
+}
+
+/// Where an append landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub first_seq: u64,
+    pub last_seq: u64,
+    /// True when the idempotency key was seen before: nothing was written.
+    pub duplicate: bool,
+}
+
+/// Why an append was not written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AppendError {
+    #[error("invalid append: {0}")]
+    Invalid(String),
+    #[error(
+        "conversation `{conversation_id}` is at its history limit of {limit} events; \
+         fork it or raise store.max_events_per_conversation"
+    )]
+    HistoryLimit { conversation_id: String, limit: u64 },
+    #[error("the event log could not commit: {0}")]
+    Store(StoreError),
+    #[error("the controller is not running (it may be restarting); retry")]
+    Unavailable,
+}
+
+/// Why a subscription could not start or ended.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubscribeError {
+    #[error("no conversation `{0}`")]
+    NotFound(String),
+    #[error(
+        "after_seq {after_seq} is beyond the end of conversation `{conversation_id}` (last seq {last_seq})"
+    )]
+    OutOfRange {
+        conversation_id: String,
+        after_seq: u64,
+        last_seq: u64,
+    },
+    #[error(
+        "subscriber fell more than {buffer} events behind and was cut off after seq {last_seq}; \
+         subscribe again with after_seq {last_seq}"
+    )]
+    TooSlow { buffer: usize, last_seq: u64 },
+    #[error("the event log could not be read: {0}")]
+    Store(StoreError),
+}
+
+/// An exec that was not in a terminal state when the node started: recovery resumes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenExec {
+    pub conversation_id: String,
+    pub exec_id: String,
+    pub state: ExecState,
+}
+
+/// Handle to the controller; cheap to clone, valid across controller restarts.
+#[derive(Clone)]
+pub struct Controller {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    store: Arc<dyn Store>,
+    limits: HistoryLimits,
+    /// The current writer's queue; `None` while the controller is down.
+    queue: RwLock<Option<mpsc::Sender<writer::Command>>>,
+    hub: subscribe::Hub,
+    open_execs: Mutex<Vec<OpenExec>>,
+}
+
+/// Appends waiting for the writer beyond this make callers wait (backpressure).
+const QUEUE_DEPTH: usize = 65_536;
+
+impl Controller {
+    /// A controller over `store`; it accepts appends once started by its supervisor (or
+    /// [`Controller::start_detached`]).
+    pub fn new(store: Arc<dyn Store>, limits: HistoryLimits) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                store,
+                limits,
+                queue: RwLock::new(None),
+                hub: subscribe::Hub::default(),
+                open_execs: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    /// The controller as a permanent supervised child (kind `system`).
+    pub fn child_spec(&self, id: &str) -> ChildSpec {
+        let controller = self.clone();
+        let start = move |ctx: StartContext| -> StartFuture {
+            let controller = controller.clone();
+            Box::pin(async move {
+                let (actor, _) =
+                    Actor::spawn_linked(None, ControllerActor, controller, ctx.supervisor)
+                        .await
+                        .map_err(|e| StartError(e.to_string()))?;
+                Ok(Started {
+                    cell: actor.get_cell(),
+                    os_process: None,
+                })
+            })
+        };
+        ChildSpec::worker(id, ActorKind::System, start)
+    }
+
+    /// Starts the controller without a supervisor (tools and benchmarks).
+    pub async fn start_detached(&self) -> Result<ActorRef<ControllerMsg>, StartError> {
+        let (actor, _) = Actor::spawn(None, ControllerActor, self.clone())
+            .await
+            .map_err(|e| StartError(e.to_string()))?;
+        Ok(actor)
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.shared.store
+    }
+
+    /// Appends atomically; returns after the events are durable.
+    pub async fn append(&self, request: AppendRequest) -> Result<Appended, AppendError> {
+        if request.conversation_id.is_empty() {
+            return Err(AppendError::Invalid("conversation_id is empty".into()));
+        }
+        if request.events.is_empty() {
+            return Err(AppendError::Invalid("no events to append".into()));
+        }
+        let queue = self
+            .shared
+            .queue
+            .read()
+            .expect("queue lock")
+            .clone()
+            .ok_or(AppendError::Unavailable)?;
+        let (reply, answer) = oneshot::channel();
+        queue
+            .send(writer::Command::Append { request, reply })
+            .await
+            .map_err(|_| AppendError::Unavailable)?;
+        answer.await.map_err(|_| AppendError::Unavailable)?
+    }
+
+    /// Events of a conversation after `after_seq` (backfill), then live ones, with no gap and
+    /// no duplicate at the hand-over.
+    pub async fn subscribe(
+        &self,
+        conversation_id: &str,
+        after_seq: u64,
+    ) -> Result<Subscription, SubscribeError> {
+        Subscription::start(self.clone(), conversation_id.to_string(), after_seq).await
+    }
+
+    /// The last seq of a conversation, or `None` if it has no events.
+    pub async fn last_seq(&self, conversation_id: &str) -> Result<Option<u64>, StoreError> {
+        let store = self.shared.store.clone();
+        let key = keys::meta(conversation_id);
+        blocking(move || {
+            let mut out = None;
+            store.read(&mut |t| {
+                out = t.get(&key)?.map(|v| keys::decode_u64(&v));
+                Ok(())
+            })?;
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Up to `limit` events of a conversation after `after_seq`, in order.
+    pub async fn read(
+        &self,
+        conversation_id: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError> {
+        let store = self.shared.store.clone();
+        let begin = keys::event(conversation_id, after_seq.saturating_add(1));
+        let (_, end) = range(&[Elem::Str(keys::EVENTS), Elem::Str(conversation_id)]);
+        blocking(move || {
+            let mut out = Vec::new();
+            store.read(&mut |t| {
+                out = t
+                    .range(&begin, &end, limit, false)?
+                    .into_iter()
+                    .map(|(_, v)| decode_event(&v))
+                    .collect::<Result<_, _>>()?;
+                Ok(())
+            })?;
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Execs that were not terminal when the controller started (marked for recovery).
+    pub fn open_execs(&self) -> Vec<OpenExec> {
+        self.shared.open_execs.lock().expect("open execs").clone()
+    }
+}
+
+/// Messages of the controller actor (it has none of its own: appends use the writer queue).
+pub enum ControllerMsg {
+    /// The writer thread ended: fail so that the supervisor restarts the controller.
+    WriterExited(String),
+}
+
+struct ControllerActor;
+
+struct ControllerState {
+    controller: Controller,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Actor for ControllerActor {
+    type Msg = ControllerMsg;
+    type State = ControllerState;
+    type Arguments = Controller;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<ControllerMsg>,
+        controller: Controller,
+    ) -> Result<ControllerState, ActorProcessingErr> {
+        let shared = &controller.shared;
+        let store = shared.store.clone();
+        let open = blocking(move || keys::mark_open_execs(store.as_ref())).await?;
+        if !open.is_empty() {
+            tracing::warn!(
+                count = open.len(),
+                "execs left unfinished by the last run; marked for recovery"
+            );
+        }
+        *shared.open_execs.lock().expect("open execs") = open;
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let writer = writer::spawn(controller.clone(), rx, myself)?;
+        *shared.queue.write().expect("queue lock") = Some(tx);
+        Ok(ControllerState {
+            controller,
+            writer: Some(writer),
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<ControllerMsg>,
+        msg: ControllerMsg,
+        _state: &mut ControllerState,
+    ) -> Result<(), ActorProcessingErr> {
+        let ControllerMsg::WriterExited(why) = msg;
+        Err(Box::new(ChildExit(ExitReason::Error(format!(
+            "event log writer exited: {why}"
+        )))))
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<ControllerMsg>,
+        state: &mut ControllerState,
+    ) -> Result<(), ActorProcessingErr> {
+        // Closing the queue lets the writer finish what it has, then exit.
+        state
+            .controller
+            .shared
+            .queue
+            .write()
+            .expect("queue lock")
+            .take();
+        if let Some(writer) = state.writer.take() {
+            let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for ControllerState {
+    fn drop(&mut self) {
+        // Killed without post_stop: still close the queue so no append waits forever.
+        self.controller
+            .shared
+            .queue
+            .write()
+            .expect("queue lock")
+            .take();
+    }
+}
+
+fn decode_event(bytes: &[u8]) -> Result<Event, StoreError> {
+    Event::decode(bytes).map_err(|e| StoreError::Io(format!("corrupt event in the log: {e}")))
+}
+
+fn now_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or_default()
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Io(format!("store task failed: {e}")))?
+}

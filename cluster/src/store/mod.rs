@@ -1,0 +1,7 @@
+//! Store backends.
+
+mod lock;
+mod sqlite;
+
+pub use lock::DataDirLock;
+pub use sqlite::SqliteStore;

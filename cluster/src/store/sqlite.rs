@@ -1,0 +1,172 @@
+//! The embedded store: one SQLite file in WAL mode with `synchronous=FULL`, one
+//! `WITHOUT ROWID` table of (key, value) blobs. A commit returns after the WAL is fsynced.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use cadre_actors::store::{Kv, MAX_TRANSACTION_BYTES, Store, StoreError, Txn};
+use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
+
+use super::DataDirLock;
+
+/// The SQLite-backed [`Store`]. One connection writes; another serves reads, which WAL lets
+/// run beside a write.
+pub struct SqliteStore {
+    writer: Mutex<Connection>,
+    reader: Mutex<Connection>,
+    _lock: DataDirLock,
+}
+
+const FILE: &str = "cadre.db";
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store in `data_dir`, refusing a dir held by another node.
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        let lock = DataDirLock::acquire(data_dir)?;
+        let path = data_dir.join(FILE);
+        let writer = Connection::open(&path).map_err(io)?;
+        writer
+            .execute_batch(
+                "PRAGMA journal_mode=WAL;
+                 PRAGMA synchronous=FULL;
+                 CREATE TABLE IF NOT EXISTS kv (key BLOB PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;",
+            )
+            .map_err(io)?;
+        let reader = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(io)?;
+        Ok(Self {
+            writer: Mutex::new(writer),
+            reader: Mutex::new(reader),
+            _lock: lock,
+        })
+    }
+}
+
+impl Store for SqliteStore {
+    fn transact(
+        &self,
+        f: &mut dyn FnMut(&mut dyn Txn) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.writer.lock().map_err(|_| poisoned())?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(io)?;
+        let mut txn = SqliteTxn {
+            conn: &tx,
+            written: 0,
+            read_only: false,
+        };
+        f(&mut txn)?;
+        tx.commit().map_err(io)
+    }
+
+    fn read(
+        &self,
+        f: &mut dyn FnMut(&mut dyn Txn) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.reader.lock().map_err(|_| poisoned())?;
+        let tx = conn.transaction().map_err(io)?;
+        let mut txn = SqliteTxn {
+            conn: &tx,
+            written: 0,
+            read_only: true,
+        };
+        f(&mut txn)
+    }
+}
+
+struct SqliteTxn<'a> {
+    conn: &'a Connection,
+    written: usize,
+    read_only: bool,
+}
+
+impl SqliteTxn<'_> {
+    fn writing(&mut self, bytes: usize) -> Result<(), StoreError> {
+        if self.read_only {
+            return Err(StoreError::ReadOnly);
+        }
+        self.written += bytes;
+        if self.written > MAX_TRANSACTION_BYTES {
+            return Err(StoreError::TooLarge {
+                bytes: self.written,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Txn for SqliteTxn<'_> {
+    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT value FROM kv WHERE key = ?1")
+            .map_err(io)?;
+        let mut rows = stmt.query(params![key]).map_err(io)?;
+        match rows.next().map_err(io)? {
+            Some(row) => Ok(Some(row.get(0).map_err(io)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn range(
+        &mut self,
+        begin: &[u8],
+        end: &[u8],
+        limit: usize,
+        reverse: bool,
+    ) -> Result<Vec<Kv>, StoreError> {
+        let sql = if reverse {
+            "SELECT key, value FROM kv WHERE key >= ?1 AND key < ?2 ORDER BY key DESC LIMIT ?3"
+        } else {
+            "SELECT key, value FROM kv WHERE key >= ?1 AND key < ?2 ORDER BY key LIMIT ?3"
+        };
+        let mut stmt = self.conn.prepare_cached(sql).map_err(io)?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = stmt
+            .query_map(params![begin, end, limit], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(io)?;
+        rows.collect::<Result<Vec<Kv>, _>>().map_err(io)
+    }
+
+    fn set(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.writing(key.len() + value.len())?;
+        self.conn
+            .prepare_cached("INSERT OR REPLACE INTO kv (key, value) VALUES (?1, ?2)")
+            .map_err(io)?
+            .execute(params![key, value])
+            .map_err(io)?;
+        Ok(())
+    }
+
+    fn clear(&mut self, key: &[u8]) -> Result<(), StoreError> {
+        self.writing(key.len())?;
+        self.conn
+            .prepare_cached("DELETE FROM kv WHERE key = ?1")
+            .map_err(io)?
+            .execute(params![key])
+            .map_err(io)?;
+        Ok(())
+    }
+
+    fn clear_range(&mut self, begin: &[u8], end: &[u8]) -> Result<(), StoreError> {
+        self.writing(begin.len() + end.len())?;
+        self.conn
+            .prepare_cached("DELETE FROM kv WHERE key >= ?1 AND key < ?2")
+            .map_err(io)?
+            .execute(params![begin, end])
+            .map_err(io)?;
+        Ok(())
+    }
+}
+
+fn io(e: rusqlite::Error) -> StoreError {
+    StoreError::Io(e.to_string())
+}
+
+fn poisoned() -> StoreError {
+    StoreError::Io("store lock poisoned by an earlier panic".into())
+}

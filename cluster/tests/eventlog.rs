@@ -1,0 +1,467 @@
+//! The controller on the embedded store (real SQLite files with fsync): seq assignment, group
+//! commit, idempotency, history limits, store failures, subscriptions and startup recovery.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use cadre_actors::controller::{
+    AppendError, AppendRequest, Controller, HistoryLimits, NewEvent, SubscribeError,
+};
+use cadre_actors::store::{Store, StoreError, Txn};
+use cadre_cluster::store::SqliteStore;
+use cadre_proto::v1::{ExecState, ExecStateChanged, OutputEmitted, event};
+use rand::{Rng, SeedableRng};
+
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(tag: &str) -> Self {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "cadre-eventlog-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        Self(p)
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn output(text: &str) -> NewEvent {
+    NewEvent {
+        exec_id: "e1".into(),
+        kind: event::Kind::OutputEmitted(OutputEmitted { text: text.into() }),
+    }
+}
+
+fn append(conv: &str, texts: &[&str]) -> AppendRequest {
+    AppendRequest {
+        conversation_id: conv.into(),
+        events: texts.iter().map(|t| output(t)).collect(),
+        idempotency_key: None,
+    }
+}
+
+fn text(e: &cadre_proto::v1::Event) -> String {
+    match &e.kind {
+        Some(event::Kind::OutputEmitted(o)) => o.text.clone(),
+        other => panic!("unexpected event {other:?}"),
+    }
+}
+
+async fn controller(store: Arc<dyn Store>, limits: HistoryLimits) -> Controller {
+    let c = Controller::new(store, limits);
+    c.start_detached().await.unwrap();
+    c
+}
+
+async fn sqlite(dir: &Dir) -> Controller {
+    controller(
+        Arc::new(SqliteStore::open(&dir.0).unwrap()),
+        HistoryLimits::default(),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_get_contiguous_seqs_matching_their_content() {
+    let dir = Dir::new("seq");
+    let c = sqlite(&dir).await;
+    let mut tasks = Vec::new();
+    for w in 0..32 {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            let conv = format!("conv-{}", w % 4);
+            let mut acked = Vec::new();
+            for i in 0..50 {
+                let body = format!("w{w}-{i}");
+                let n = 1 + (i % 3);
+                let texts: Vec<String> = (0..n).map(|k| format!("{body}-{k}")).collect();
+                let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+                let a = c.append(append(&conv, &refs)).await.unwrap();
+                assert_eq!(a.last_seq - a.first_seq + 1, n as u64);
+                for (k, t) in texts.into_iter().enumerate() {
+                    acked.push((conv.clone(), a.first_seq + k as u64, t));
+                }
+            }
+            acked
+        }));
+    }
+    let mut acked = Vec::new();
+    for t in tasks {
+        acked.extend(t.await.unwrap());
+    }
+    let mut by_conv: HashMap<String, HashMap<u64, String>> = HashMap::new();
+    for (conv, seq, t) in acked {
+        assert!(
+            by_conv.entry(conv).or_default().insert(seq, t).is_none(),
+            "a seq was given twice"
+        );
+    }
+    for (conv, acks) in by_conv {
+        let events = c.read(&conv, 0, usize::MAX).await.unwrap();
+        assert_eq!(
+            events.len(),
+            acks.len(),
+            "{conv}: every acked event, nothing more"
+        );
+        for (i, e) in events.iter().enumerate() {
+            assert_eq!(e.seq, i as u64 + 1, "{conv}: seq starts at 1 with no gaps");
+            assert_eq!(e.conversation_id, conv);
+            assert_eq!(
+                text(e),
+                acks[&e.seq],
+                "{conv}: the content acked at that seq"
+            );
+        }
+        assert_eq!(c.last_seq(&conv).await.unwrap(), Some(events.len() as u64));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_append_with_the_same_key_is_written_once() {
+    let dir = Dir::new("idem");
+    let c = sqlite(&dir).await;
+    c.append(append("c", &["before"])).await.unwrap();
+    let keyed = AppendRequest {
+        idempotency_key: Some("c/e1/step-1".into()),
+        ..append("c", &["once", "only"])
+    };
+    // Concurrent retries land in the same group commit or in later ones: all must agree.
+    let tries: Vec<_> = (0..8)
+        .map(|_| {
+            let c = c.clone();
+            let r = keyed.clone();
+            tokio::spawn(async move { c.append(r).await.unwrap() })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for t in tries {
+        results.push(t.await.unwrap());
+    }
+    assert!(
+        results.iter().all(|a| (a.first_seq, a.last_seq) == (2, 3)),
+        "{results:?}"
+    );
+    assert_eq!(
+        results.iter().filter(|a| !a.duplicate).count(),
+        1,
+        "exactly one write"
+    );
+    let later = c.append(keyed.clone()).await.unwrap();
+    assert!(later.duplicate && later.first_seq == 2);
+    // The same key in another conversation is another append.
+    let other = c
+        .append(AppendRequest {
+            conversation_id: "d".into(),
+            ..keyed
+        })
+        .await
+        .unwrap();
+    assert!(!other.duplicate && other.first_seq == 1);
+    let texts: Vec<_> = c
+        .read("c", 0, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(text)
+        .collect();
+    assert_eq!(texts, ["before", "once", "only"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_history_limit_refuses_and_loses_nothing() {
+    let dir = Dir::new("limit");
+    let limits = HistoryLimits {
+        max_events_per_conversation: 5,
+        warn_percent: 80,
+    };
+    let c = controller(Arc::new(SqliteStore::open(&dir.0).unwrap()), limits).await;
+    c.append(append("c", &["1", "2", "3", "4"])).await.unwrap();
+    let err = c.append(append("c", &["5", "6"])).await.unwrap_err();
+    assert_eq!(
+        err,
+        AppendError::HistoryLimit {
+            conversation_id: "c".into(),
+            limit: 5
+        }
+    );
+    assert!(
+        err.to_string().contains("max_events_per_conversation"),
+        "{err}"
+    );
+    assert_eq!(
+        c.last_seq("c").await.unwrap(),
+        Some(4),
+        "the refused append wrote nothing"
+    );
+    c.append(append("c", &["5"])).await.unwrap();
+    assert!(c.append(append("c", &["6"])).await.is_err());
+    assert!(
+        c.append(append("other", &["1"])).await.is_ok(),
+        "the cap is per conversation"
+    );
+}
+
+/// The real SQLite store, made to fail its next commits on demand.
+struct Flaky {
+    inner: SqliteStore,
+    fail: AtomicBool,
+}
+
+impl Store for Flaky {
+    fn transact(
+        &self,
+        f: &mut dyn FnMut(&mut dyn Txn) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        self.inner.transact(&mut |t| {
+            f(t)?;
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(StoreError::Io("disk on fire".into()));
+            }
+            Ok(())
+        })
+    }
+
+    fn read(
+        &self,
+        f: &mut dyn FnMut(&mut dyn Txn) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        self.inner.read(f)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_commit_is_an_error_and_leaves_no_trace() {
+    let dir = Dir::new("flaky");
+    let store = Arc::new(Flaky {
+        inner: SqliteStore::open(&dir.0).unwrap(),
+        fail: AtomicBool::new(false),
+    });
+    let c = controller(store.clone(), HistoryLimits::default()).await;
+    c.append(append("c", &["ok-1"])).await.unwrap();
+    store.fail.store(true, Ordering::SeqCst);
+    let err = c
+        .append(append("c", &["lost-1", "lost-2"]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, AppendError::Store(StoreError::Io(_))),
+        "{err:?}"
+    );
+    store.fail.store(false, Ordering::SeqCst);
+    let next = c.append(append("c", &["ok-2"])).await.unwrap();
+    assert_eq!(next.first_seq, 2, "the failed append consumed no seq");
+    let texts: Vec<_> = c
+        .read("c", 0, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(text)
+        .collect();
+    assert_eq!(texts, ["ok-1", "ok-2"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_append_fails_alone() {
+    let dir = Dir::new("big");
+    let c = sqlite(&dir).await;
+    c.append(append("small", &["x"])).await.unwrap();
+    let huge = "y".repeat(3 << 20);
+    let big = AppendRequest {
+        conversation_id: "big".into(),
+        events: (0..4).map(|_| output(&huge)).collect(),
+        idempotency_key: None,
+    };
+    let (a, b) = tokio::join!(c.append(big), c.append(append("small", &["z"])));
+    assert!(
+        matches!(a, Err(AppendError::Store(StoreError::TooLarge { .. }))),
+        "{a:?}"
+    );
+    assert_eq!(b.unwrap().first_seq, 2);
+    assert_eq!(c.last_seq("big").await.unwrap(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_joining_anywhere_see_every_event_once_in_order() {
+    let dir = Dir::new("subs");
+    let c = sqlite(&dir).await;
+    let convs = ["a", "b", "c"];
+    for conv in convs {
+        c.append(append(conv, &["seed"])).await.unwrap();
+    }
+    const PER_WRITER: u64 = 400;
+    const WRITERS: u64 = 6;
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let c = c.clone();
+            tokio::spawn(async move {
+                let conv = ["a", "b", "c"][(w % 3) as usize];
+                for i in 0..PER_WRITER {
+                    c.append(append(conv, &[&format!("{w}-{i}")]))
+                        .await
+                        .unwrap();
+                    if i % 50 == 0 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+            })
+        })
+        .collect();
+    let total_per_conv = 1 + PER_WRITER * WRITERS / 3;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut readers = Vec::new();
+    for r in 0..24 {
+        let c = c.clone();
+        let conv = convs[r % 3];
+        let delay = rng.random_range(0..40u64);
+        readers.push(tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+            let end = c.last_seq(conv).await.unwrap().unwrap();
+            let after = if end == 0 {
+                0
+            } else {
+                rand::random_range(0..=end)
+            };
+            let mut sub = c.subscribe(conv, after).await.unwrap();
+            let mut expect = after + 1;
+            while expect <= total_per_conv {
+                let e = sub
+                    .next()
+                    .await
+                    .expect("stream continues")
+                    .expect("no error");
+                assert_eq!(e.seq, expect, "{conv}: in order, no gap, no duplicate");
+                expect += 1;
+            }
+            (conv, after)
+        }));
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    for r in readers {
+        r.await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_subscriber_is_cut_off_with_an_error_and_does_not_stall_writers() {
+    let dir = Dir::new("slow");
+    let c = sqlite(&dir).await;
+    c.append(append("c", &["1"])).await.unwrap();
+    let mut sub = c.subscribe("c", 1).await.unwrap();
+    // Go live (the first next() waits for a live event; give it one).
+    let first = c.clone();
+    let head = tokio::spawn(async move { first.append(append("c", &["2"])).await.unwrap() });
+    assert_eq!(sub.next().await.unwrap().unwrap().seq, 2);
+    head.await.unwrap();
+    let burst: Vec<String> = (0..5000).map(|i| format!("b{i}")).collect();
+    for chunk in burst.chunks(500) {
+        let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        c.append(append("c", &refs)).await.unwrap();
+    }
+    let mut seen = 2;
+    let err = loop {
+        match sub.next().await {
+            Some(Ok(e)) => {
+                assert_eq!(e.seq, seen + 1);
+                seen = e.seq;
+            }
+            Some(Err(e)) => break e,
+            None => panic!("ended without an error"),
+        }
+    };
+    assert!(
+        matches!(err, SubscribeError::TooSlow { last_seq, .. } if last_seq == seen),
+        "{err:?}"
+    );
+    assert!(sub.next().await.is_none());
+    // Resubscribing from where it stopped gets the rest.
+    let mut again = c.subscribe("c", seen).await.unwrap();
+    assert_eq!(again.next().await.unwrap().unwrap().seq, seen + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribing_past_the_end_or_to_nothing_is_an_error() {
+    let dir = Dir::new("range");
+    let c = sqlite(&dir).await;
+    c.append(append("c", &["1", "2"])).await.unwrap();
+    assert!(matches!(
+        c.subscribe("c", 3).await.err(),
+        Some(SubscribeError::OutOfRange {
+            after_seq: 3,
+            last_seq: 2,
+            ..
+        })
+    ));
+    assert!(matches!(
+        c.subscribe("nope", 0).await.err(),
+        Some(SubscribeError::NotFound(_))
+    ));
+    assert!(
+        c.subscribe("c", 2).await.is_ok(),
+        "after_seq at the end waits for live events"
+    );
+}
+
+fn state(exec: &str, s: ExecState) -> NewEvent {
+    NewEvent {
+        exec_id: exec.into(),
+        kind: event::Kind::ExecStateChanged(ExecStateChanged {
+            state: s as i32,
+            reason: String::new(),
+        }),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unfinished_execs_are_found_and_marked_at_startup() {
+    let dir = Dir::new("recovery");
+    {
+        let c = Controller::new(
+            Arc::new(SqliteStore::open(&dir.0).unwrap()),
+            HistoryLimits::default(),
+        );
+        let actor = c.start_detached().await.unwrap();
+        let events = vec![
+            state("done", ExecState::Running),
+            state("done", ExecState::Completed),
+            state("running", ExecState::Running),
+            state("waiting", ExecState::Pending),
+            state("waiting", ExecState::WaitingApproval),
+            state("failed", ExecState::Failed),
+        ];
+        c.append(AppendRequest {
+            conversation_id: "c".into(),
+            events,
+            idempotency_key: None,
+        })
+        .await
+        .unwrap();
+        assert!(c.open_execs().is_empty());
+        actor.stop_and_wait(None, None).await.unwrap();
+    }
+    let c = sqlite(&dir).await;
+    let mut open: Vec<_> = c
+        .open_execs()
+        .into_iter()
+        .map(|o| (o.exec_id, o.state))
+        .collect();
+    open.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        open,
+        [
+            ("running".to_string(), ExecState::Running),
+            ("waiting".to_string(), ExecState::WaitingApproval)
+        ]
+    );
+}
