@@ -27,8 +27,11 @@ pub struct Hub {
 
 struct Live {
     tx: mpsc::Sender<Arc<Event>>,
-    cut_off: Arc<Mutex<Option<SubscribeError>>>,
+    cut_off: CutOff,
 }
+
+/// Set when the hub drops a subscriber, saying why.
+type CutOff = Arc<Mutex<Option<SubscribeError>>>;
 
 impl Hub {
     /// Delivers committed events; never blocks the writer.
@@ -60,13 +63,7 @@ impl Hub {
         }
     }
 
-    fn register(
-        &self,
-        conversation: &str,
-    ) -> (
-        mpsc::Receiver<Arc<Event>>,
-        Arc<Mutex<Option<SubscribeError>>>,
-    ) {
+    fn register(&self, conversation: &str) -> (mpsc::Receiver<Arc<Event>>, CutOff) {
         let (tx, rx) = mpsc::channel(LIVE_BUFFER);
         let cut_off = Arc::new(Mutex::new(None));
         self.subscribers
@@ -89,10 +86,7 @@ pub struct Subscription {
     /// The last seq handed out.
     last: u64,
     buffer: VecDeque<Arc<Event>>,
-    live: Option<(
-        mpsc::Receiver<Arc<Event>>,
-        Arc<Mutex<Option<SubscribeError>>>,
-    )>,
+    live: Option<(mpsc::Receiver<Arc<Event>>, CutOff)>,
     ended: bool,
 }
 

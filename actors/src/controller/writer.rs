@@ -107,7 +107,7 @@ impl Writer {
                 self.finish(outcomes, replies);
             }
             Err(StoreError::TooLarge { .. }) if batch.len() > 1 => {
-                for one in batch.drain(..).collect::<Vec<_>>() {
+                for one in std::mem::take(batch) {
                     let mut single = vec![one];
                     self.commit(&mut single);
                 }
