@@ -12,6 +12,7 @@ use std::time::Duration;
 use marked_yaml::{Marker, Span, Spanned};
 use serde::Deserialize;
 
+use crate::controller::HistoryLimits;
 use crate::process::{ProcessSpec, process_child};
 use crate::spec::{
     AutoShutdown, Backoff, ChildSpec, ChildType, Restart, Shutdown, Strategy, SupervisorFlags,
@@ -22,6 +23,7 @@ use crate::supervisor::supervisor_child;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub node: NodeConfig,
+    pub store: StoreConfig,
     /// The root supervisor (path `root`).
     pub supervisor: SupervisorConfig,
 }
@@ -31,6 +33,12 @@ pub struct Config {
 pub struct NodeConfig {
     pub listen: Option<String>,
     pub data_dir: Option<PathBuf>,
+}
+
+/// The `store` section.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct StoreConfig {
+    pub limits: HistoryLimits,
 }
 
 /// A supervisor's flags and children.
@@ -83,6 +91,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             node: NodeConfig::default(),
+            store: StoreConfig::default(),
             supervisor: SupervisorConfig {
                 flags: SupervisorFlags::default(),
                 children: Vec::new(),
@@ -176,6 +185,7 @@ impl ChildConfig {
 struct RawConfig {
     version: Option<Spanned<String>>,
     node: Option<RawNode>,
+    store: Option<RawStore>,
     supervisor: Option<Spanned<RawSupervisor>>,
 }
 
@@ -184,6 +194,15 @@ struct RawConfig {
 struct RawNode {
     listen: Option<Spanned<String>>,
     data_dir: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    embedded: Option<Spanned<BTreeMap<String, String>>>,
+    foundationdb: Option<Spanned<BTreeMap<String, String>>>,
+    max_events_per_conversation: Option<Spanned<i64>>,
+    warn_percent: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -262,7 +281,51 @@ impl Checker {
             Some(s) => self.supervisor(&s),
             None => Config::default().supervisor,
         };
-        Config { node, supervisor }
+        let store = raw
+            .store
+            .as_ref()
+            .map(|s| self.store(s))
+            .unwrap_or_default();
+        Config {
+            node,
+            store,
+            supervisor,
+        }
+    }
+
+    fn store(&mut self, raw: &RawStore) -> StoreConfig {
+        let mut limits = HistoryLimits::default();
+        if let Some(e) = &raw.embedded
+            && !e.is_empty()
+        {
+            self.fail(e.span(), "store.embedded takes no options (use {})".into());
+        }
+        if let Some(f) = &raw.foundationdb {
+            self.fail(
+                f.span(),
+                "store.foundationdb is not available in this build; use store.embedded".into(),
+            );
+        }
+        if let Some(m) = &raw.max_events_per_conversation {
+            if **m < 1 {
+                self.fail(
+                    m.span(),
+                    format!("store.max_events_per_conversation must be ≥ 1, got {}", **m),
+                );
+            } else {
+                limits.max_events_per_conversation = **m as u64;
+            }
+        }
+        if let Some(w) = &raw.warn_percent {
+            match u8::try_from(**w) {
+                Ok(p) if p <= 100 => limits.warn_percent = p,
+                _ => self.fail(
+                    w.span(),
+                    format!("store.warn_percent must be 0..100, got {}", **w),
+                ),
+            }
+        }
+        StoreConfig { limits }
     }
 
     fn supervisor(&mut self, raw: &RawSupervisor) -> SupervisorConfig {

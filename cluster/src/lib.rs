@@ -3,7 +3,8 @@
 //! Store backends, membership and controller leadership arrive here too (see ARCHITECTURE.md).
 
 pub mod api;
+mod audit;
 pub mod node;
 pub mod store;
 
-pub use node::{DEFAULT_LISTEN, Node, NodeError, NodeExit, NodeOptions, ROOT};
+pub use node::{CONTROLLER, DEFAULT_LISTEN, Node, NodeError, NodeExit, NodeOptions, ROOT};

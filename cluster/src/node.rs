@@ -3,7 +3,11 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use std::sync::Arc;
+
 use cadre_actors::config::Config;
+use cadre_actors::controller::Controller;
+use cadre_actors::store::StoreError;
 use cadre_actors::{StartError, SupervisorRef, Tree};
 use cadre_proto::v1::actors_server::ActorsServer;
 use tokio::net::TcpListener;
@@ -12,9 +16,13 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::api::ActorsService;
+use crate::store::SqliteStore;
 
 /// Path of a node's root supervisor.
 pub const ROOT: &str = "root";
+
+/// Id of the controller under the root supervisor (path `root/controller`).
+pub const CONTROLLER: &str = "controller";
 
 /// The API address used when neither the command line nor the config names one.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7400";
@@ -30,10 +38,12 @@ pub struct NodeOptions {
 pub struct Node {
     pub tree: Tree,
     pub root: SupervisorRef,
+    pub controller: Controller,
     pub addr: SocketAddr,
     root_exit: JoinHandle<()>,
     stop_api: oneshot::Sender<()>,
     api: JoinHandle<Result<(), tonic::transport::Error>>,
+    audit: JoinHandle<()>,
 }
 
 /// Why a node could not start.
@@ -49,6 +59,8 @@ pub enum NodeError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot open the event log: {0}")]
+    Store(StoreError),
     #[error("the root supervisor failed to start: {0}")]
     Root(StartError),
 }
@@ -81,16 +93,22 @@ impl Node {
             addr: options.listen,
             source,
         })?;
+        let store = SqliteStore::open(&options.data_dir).map_err(NodeError::Store)?;
+        let controller = Controller::new(Arc::new(store), options.config.store.limits);
         let tree = Tree::new();
+        let audit = crate::audit::spawn(&tree, controller.clone());
+        // The controller starts first and, in reverse order, stops last.
         let supervisor = &options.config.supervisor;
-        let (root, root_exit) = SupervisorRef::start_root(
-            ROOT,
-            supervisor.flags.clone(),
-            supervisor.child_specs(),
-            tree.clone(),
-        )
-        .await
-        .map_err(NodeError::Root)?;
+        let mut children = vec![controller.child_spec(CONTROLLER)];
+        children.extend(supervisor.child_specs());
+        let (root, root_exit) =
+            SupervisorRef::start_root(ROOT, supervisor.flags.clone(), children, tree.clone())
+                .await
+                .map_err(NodeError::Root)?;
+        let open = controller.open_execs();
+        if !open.is_empty() {
+            tracing::warn!(count = open.len(), "execs to recover from the last run");
+        }
         let (stop_api, stopped) = oneshot::channel::<()>();
         let service = ActorsService::new(tree.clone(), ROOT);
         let api = tokio::spawn(
@@ -104,10 +122,12 @@ impl Node {
         Ok(Self {
             tree,
             root,
+            controller,
             addr,
             root_exit,
             stop_api,
             api,
+            audit,
         })
     }
 
@@ -129,6 +149,7 @@ impl Node {
         if let Ok(Err(e)) = self.api.await {
             tracing::warn!(error = %e, "API server ended with an error");
         }
+        self.audit.abort();
         tracing::info!(?exit, "cadre node stopped");
         exit
     }

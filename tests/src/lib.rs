@@ -240,3 +240,27 @@ pub fn pid_of(tree: &Value, path: &str) -> u32 {
 pub fn alive(pid: u32) -> bool {
     unsafe { libc::kill(pid as i32, 0) == 0 }
 }
+
+/// The audit conversation of a stopped node's data dir: (path, change, reason) in log order.
+pub fn audit_log(data_dir: &Path) -> Vec<(String, String, String)> {
+    use cadre_actors::controller::AUDIT_CONVERSATION;
+    use cadre_actors::store::Store;
+    use cadre_actors::store::tuple::{Elem, range};
+    use prost::Message;
+
+    let store = cadre_cluster::store::SqliteStore::open(data_dir).expect("open the node's store");
+    let (begin, end) = range(&[Elem::Str("conv"), Elem::Str(AUDIT_CONVERSATION)]);
+    let mut out = Vec::new();
+    store
+        .read(&mut |t| {
+            for (_, v) in t.range(&begin, &end, usize::MAX, false)? {
+                let e = cadre_proto::v1::Event::decode(v.as_slice()).expect("event");
+                if let Some(cadre_proto::v1::event::Kind::ActorLifecycle(l)) = e.kind {
+                    out.push((l.path, l.change, l.reason));
+                }
+            }
+            Ok(())
+        })
+        .expect("read audit log");
+    out
+}

@@ -52,6 +52,29 @@ fn sigkill_middle_of_rest_for_one_restarts_it_and_the_one_after() {
             "running"
         );
     }
+
+    // Every lifecycle change is in the audit log, durably.
+    let mut node = node;
+    assert!(node.stop(libc::SIGTERM).success());
+    let audit = cadre_tests::audit_log(&node.dir.path().join("data"));
+    let killed = audit
+        .iter()
+        .position(|(path, change, reason)| {
+            path == "root/group/middle" && change == "exited" && reason == "killed"
+        })
+        .unwrap_or_else(|| panic!("no audited kill in {audit:#?}"));
+    let restarted: Vec<_> = audit[killed..]
+        .iter()
+        .filter(|(_, change, _)| change == "started")
+        .map(|(path, _, _)| path.as_str())
+        .collect();
+    assert_eq!(restarted[..2], ["root/group/middle", "root/group/last"]);
+    assert!(
+        audit
+            .iter()
+            .any(|(p, c, _)| p == "root/group/first" && c == "terminated"),
+        "shutdown is audited"
+    );
 }
 
 #[test]
@@ -237,8 +260,15 @@ fn the_api_speaks_grpc_to_a_plain_tonic_client() {
             .unwrap()
     });
     assert_eq!(root.path, "root");
-    assert_eq!(root.children[0].children.len(), 3);
-    assert!(root.children[0].children.iter().all(|c| c.pid.is_some()));
+    let paths: Vec<_> = root.children.iter().map(|c| c.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["root/controller", "root/group"],
+        "the controller starts first"
+    );
+    assert_eq!(root.children[0].kind, "system");
+    assert_eq!(root.children[1].children.len(), 3);
+    assert!(root.children[1].children.iter().all(|c| c.pid.is_some()));
 }
 
 #[test]
@@ -261,4 +291,21 @@ fn process_output_goes_to_the_node_log_with_the_actor_path() {
         "{}",
         node.log()
     );
+}
+
+#[test]
+fn a_second_node_on_the_same_data_dir_is_refused() {
+    let node = Node::start("version: v1\n");
+    let data = node.dir.path().join("data");
+    let out = cli(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is in use by another cadre node"), "{err}");
+    assert!(err.contains(&format!("pid {}", node.pid())), "{err}");
 }
