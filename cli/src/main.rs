@@ -2,6 +2,7 @@
 
 mod client;
 mod config_cmd;
+mod debug;
 mod serve;
 mod tree;
 
@@ -35,6 +36,12 @@ enum Command {
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+    /// Helpers for tests.
+    #[command(hide = true)]
+    Debug {
+        #[command(subcommand)]
+        command: debug::DebugCommand,
     },
 }
 
@@ -85,6 +92,7 @@ fn main() -> ExitCode {
             Command::Config {
                 command: ConfigCommand::Check { file },
             } => config_cmd::check(&file),
+            Command::Debug { command } => debug::run(command).await,
         }
     });
     match result {
