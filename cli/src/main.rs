@@ -1,5 +1,6 @@
 //! `cadre`: run a node, and inspect and drive it over gRPC.
 
+mod bench;
 mod client;
 mod config_cmd;
 mod debug;
@@ -36,6 +37,11 @@ enum Command {
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+    /// Measure this machine: prints figures (one JSON object with -o json).
+    Bench {
+        #[command(subcommand)]
+        command: bench::BenchCommand,
     },
     /// Helpers for tests.
     #[command(hide = true)]
@@ -93,6 +99,7 @@ fn main() -> ExitCode {
                 command: ConfigCommand::Check { file },
             } => config_cmd::check(&file),
             Command::Debug { command } => debug::run(command).await,
+            Command::Bench { command } => bench::run(command).await,
         }
     });
     match result {

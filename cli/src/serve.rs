@@ -69,7 +69,7 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     }
 }
 
-fn default_data_dir() -> PathBuf {
+pub fn default_data_dir() -> PathBuf {
     if let Some(xdg) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
         return PathBuf::from(xdg).join("cadre");
     }
