@@ -3,7 +3,6 @@
 //! Store backends, membership and controller leadership arrive here too (see ARCHITECTURE.md).
 
 pub mod api;
-mod audit;
 pub mod node;
 pub mod store;
 

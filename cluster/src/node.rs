@@ -43,7 +43,6 @@ pub struct Node {
     root_exit: JoinHandle<()>,
     stop_api: oneshot::Sender<()>,
     api: JoinHandle<Result<(), tonic::transport::Error>>,
-    audit: JoinHandle<()>,
 }
 
 /// Why a node could not start.
@@ -96,7 +95,7 @@ impl Node {
         let store = SqliteStore::open(&options.data_dir).map_err(NodeError::Store)?;
         let controller = Controller::new(Arc::new(store), options.config.store.limits);
         let tree = Tree::new();
-        let audit = crate::audit::spawn(&tree, controller.clone());
+        controller.audit(&tree);
         // The controller starts first and, in reverse order, stops last.
         let supervisor = &options.config.supervisor;
         let mut children = vec![controller.child_spec(CONTROLLER)];
@@ -127,7 +126,6 @@ impl Node {
             root_exit,
             stop_api,
             api,
-            audit,
         })
     }
 
@@ -149,7 +147,6 @@ impl Node {
         if let Ok(Err(e)) = self.api.await {
             tracing::warn!(error = %e, "API server ended with an error");
         }
-        self.audit.abort();
         tracing::info!(?exit, "cadre node stopped");
         exit
     }

@@ -465,3 +465,171 @@ async fn unfinished_execs_are_found_and_marked_at_startup() {
         ]
     );
 }
+
+/// The real store; while `block` is set, transactions that clear log entries (materializing
+/// ones) fail, so committed events stay in the log only.
+struct NoMaterialize {
+    inner: SqliteStore,
+    block: AtomicBool,
+}
+
+struct BlockClears<'a> {
+    inner: &'a mut dyn Txn,
+}
+
+impl Txn for BlockClears<'_> {
+    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.get(key)
+    }
+    fn range(
+        &mut self,
+        b: &[u8],
+        e: &[u8],
+        limit: usize,
+        reverse: bool,
+    ) -> Result<Vec<cadre_actors::store::Kv>, StoreError> {
+        self.inner.range(b, e, limit, reverse)
+    }
+    fn set(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.inner.set(key, value)
+    }
+    fn clear(&mut self, key: &[u8]) -> Result<(), StoreError> {
+        self.inner.clear(key)
+    }
+    fn clear_range(&mut self, _: &[u8], _: &[u8]) -> Result<(), StoreError> {
+        Err(StoreError::Io("materialization blocked by the test".into()))
+    }
+}
+
+impl Store for NoMaterialize {
+    fn transact(
+        &self,
+        f: &mut dyn FnMut(&mut dyn Txn) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        if self.block.load(Ordering::SeqCst) {
+            self.inner
+                .transact(&mut |t| f(&mut BlockClears { inner: t }))
+        } else {
+            self.inner.transact(f)
+        }
+    }
+    fn read(
+        &self,
+        f: &mut dyn FnMut(&mut dyn Txn) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        self.inner.read(f)
+    }
+}
+
+fn raw_count(store: &dyn Store, prefix: &[cadre_actors::store::tuple::Elem<'_>]) -> usize {
+    let (b, e) = cadre_actors::store::tuple::range(prefix);
+    let mut n = 0;
+    store
+        .read(&mut |t| {
+            n = t.range(&b, &e, usize::MAX, false)?.len();
+            Ok(())
+        })
+        .unwrap();
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_events_are_materialized_and_leave_the_log() {
+    use cadre_actors::store::tuple::Elem;
+    let dir = Dir::new("materialize");
+    let store = Arc::new(SqliteStore::open(&dir.0).unwrap());
+    let c = controller(store.clone(), HistoryLimits::default()).await;
+    for i in 0..50 {
+        c.append(append(&format!("m{}", i % 5), &["a", "b"]))
+            .await
+            .unwrap();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while raw_count(store.as_ref(), &[Elem::Str("log")]) > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the log never drained"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        raw_count(store.as_ref(), &[Elem::Str("conv")]),
+        100,
+        "every event materialized"
+    );
+    for m in 0..5 {
+        let conv = format!("m{m}");
+        assert_eq!(
+            raw_count(store.as_ref(), &[Elem::Str("conv"), Elem::Str(&conv)]),
+            20
+        );
+        assert_eq!(c.last_seq(&conv).await.unwrap(), Some(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_replays_what_was_committed_but_not_materialized() {
+    use cadre_actors::store::tuple::Elem;
+    let dir = Dir::new("replay");
+    {
+        let store = Arc::new(NoMaterialize {
+            inner: SqliteStore::open(&dir.0).unwrap(),
+            block: AtomicBool::new(true),
+        });
+        let c = Controller::new(store.clone(), HistoryLimits::default());
+        let actor = c.start_detached().await.unwrap();
+        let keyed = AppendRequest {
+            idempotency_key: Some("k".into()),
+            ..append("r", &["3", "4"])
+        };
+        c.append(append("r", &["1", "2"])).await.unwrap();
+        c.append(keyed).await.unwrap();
+        c.append(AppendRequest {
+            conversation_id: "r".into(),
+            events: vec![state("x", ExecState::Running)],
+            idempotency_key: None,
+        })
+        .await
+        .unwrap();
+        // Served from the tail while the log cannot be materialized.
+        let texts: Vec<_> = c.read("r", 1, 2).await.unwrap().iter().map(text).collect();
+        assert_eq!(texts, ["2", "3"]);
+        assert_eq!(
+            raw_count(store.as_ref(), &[Elem::Str("conv")]),
+            0,
+            "nothing materialized"
+        );
+        assert_eq!(
+            raw_count(store.as_ref(), &[Elem::Str("log")]),
+            5,
+            "all of it in the log"
+        );
+        actor.stop_and_wait(None, None).await.unwrap();
+    }
+    let store = Arc::new(SqliteStore::open(&dir.0).unwrap());
+    let c = controller(store.clone(), HistoryLimits::default()).await;
+    assert_eq!(
+        raw_count(store.as_ref(), &[Elem::Str("log")]),
+        0,
+        "replayed at startup"
+    );
+    assert_eq!(
+        raw_count(store.as_ref(), &[Elem::Str("conv"), Elem::Str("r")]),
+        5
+    );
+    assert_eq!(c.last_seq("r").await.unwrap(), Some(5));
+    let again = c
+        .append(AppendRequest {
+            idempotency_key: Some("k".into()),
+            ..append("r", &["3", "4"])
+        })
+        .await
+        .unwrap();
+    assert!(
+        again.duplicate && again.first_seq == 3,
+        "the idempotency record was replayed too: {again:?}"
+    );
+    let open: Vec<_> = c.open_execs().into_iter().map(|o| o.exec_id).collect();
+    assert_eq!(open, ["x"], "the exec index was replayed too");
+    assert_eq!(c.append(append("r", &["6"])).await.unwrap().first_seq, 6);
+}

@@ -6,12 +6,12 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use cadre_actors::store::Store;
-use cadre_actors::store::tuple::{Elem, range};
+use std::sync::Arc;
+
+use cadre_actors::controller::{Controller, HistoryLimits};
 use cadre_cluster::store::SqliteStore;
 use cadre_proto::v1::{Event, event};
 use cadre_tests::{TempDir, cadre_bin};
-use prost::Message;
 
 struct Ack {
     conversation: String,
@@ -66,27 +66,26 @@ fn sigkill_mid_load_loses_no_acknowledged_append_and_leaves_no_partial_batch() {
         acks.extend(run_acks);
     }
 
-    let store = SqliteStore::open(&data).expect("reopen after the last kill");
-    let mut logs: HashMap<String, Vec<Event>> = HashMap::new();
-    for c in 0..4 {
-        let conversation = format!("c{c}");
-        let (begin, end) = range(&[Elem::Str("conv"), Elem::Str(&conversation)]);
-        let mut events = Vec::new();
-        store
-            .read(&mut |t| {
-                events = t
-                    .range(&begin, &end, usize::MAX, false)?
-                    .into_iter()
-                    .map(|(_, v)| Event::decode(v.as_slice()).unwrap())
-                    .collect();
-                Ok(())
-            })
-            .unwrap();
-        for (i, e) in events.iter().enumerate() {
-            assert_eq!(e.seq, i as u64 + 1, "{conversation}: contiguous from 1");
+    // Reopen through a controller: startup replays what the log holds but had not materialized.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let logs: HashMap<String, Vec<Event>> = rt.block_on(async {
+        let store = SqliteStore::open(&data).expect("reopen after the last kill");
+        let controller = Controller::new(Arc::new(store), HistoryLimits::default());
+        controller
+            .start_detached()
+            .await
+            .expect("controller starts and replays");
+        let mut logs = HashMap::new();
+        for c in 0..4 {
+            let conversation = format!("c{c}");
+            let events = controller.read(&conversation, 0, usize::MAX).await.unwrap();
+            for (i, e) in events.iter().enumerate() {
+                assert_eq!(e.seq, i as u64 + 1, "{conversation}: contiguous from 1");
+            }
+            logs.insert(conversation, events);
         }
-        logs.insert(conversation, events);
-    }
+        logs
+    });
     let part = |e: &Event| -> (String, u64, u64) {
         let Some(event::Kind::OutputEmitted(o)) = &e.kind else {
             panic!("unexpected event")

@@ -2,24 +2,47 @@
 //!
 //! | key | value |
 //! |---|---|
+//! | `("log", lsn)` | a [`LogEntry`]: committed, not yet materialized |
 //! | `("conv", conversation_id, seq)` | a `cadre.v1.Event` |
 //! | `("meta", conversation_id)` | last seq (u64, big-endian) |
 //! | `("idem", conversation_id, key)` | first and last seq of the original append |
 //! | `("exec", conversation_id, exec_id)` | open exec: state (i32) and a recovering flag |
 //!
+//! A commit writes only `log` entries, whose keys always grow, so a group commit touches a few
+//! pages at the end of one region. The materializer moves entries from `log` into the other
+//! prefixes in large transactions, clearing them from `log` in the same transaction.
+//!
 //! The actor registry and leader leases get their own prefixes when they arrive.
 
-use cadre_proto::v1::ExecState;
+use cadre_proto::v1::{Event, ExecState};
 
 use crate::store::tuple::{Elem, Value, pack, range, unpack};
 use crate::store::{Store, StoreError};
 
 use super::OpenExec;
 
+pub const LOG: &str = "log";
 pub const EVENTS: &str = "conv";
 const META: &str = "meta";
 const IDEM: &str = "idem";
 const EXEC: &str = "exec";
+
+/// One committed event in the log, with the idempotency record of its append (carried by the
+/// append's first event).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LogEntry {
+    #[prost(message, optional, tag = "1")]
+    pub event: Option<Event>,
+    #[prost(string, tag = "2")]
+    pub idempotency_key: String,
+    /// Last seq of the append, when `idempotency_key` is set.
+    #[prost(uint64, tag = "3")]
+    pub append_last_seq: u64,
+}
+
+pub fn log(lsn: u64) -> Vec<u8> {
+    pack(&[Elem::Str(LOG), Elem::Int(lsn)])
+}
 
 pub fn event(conversation_id: &str, seq: u64) -> Vec<u8> {
     pack(&[

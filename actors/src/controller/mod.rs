@@ -3,7 +3,13 @@
 //! Every append goes through its mailbox (a bounded queue drained by one writer thread). The
 //! writer takes everything waiting in the queue, assigns each conversation's next `seq` values
 //! (1, 2, 3, … with no gaps), writes the whole batch in one durable transaction (group commit),
-//! and only then acknowledges each caller and publishes the events to subscribers. An append
+//! and only then acknowledges each caller and publishes the events to subscribers.
+//!
+//! As in restate's design, the durable record is an append-only log: a commit writes the batch
+//! under ever-growing `log` keys (a few pages, one fsync), and a materializer thread moves
+//! committed entries into the per-conversation keyspace in large transactions. Until then they
+//! are served from memory (the tail); after a crash, startup replays whatever the log still
+//! holds before accepting appends. An append
 //! may carry an idempotency key: a retry with the same key returns the original seqs and writes
 //! nothing. If the store fails, every caller in the batch gets the error and nothing of the
 //! batch is visible.
@@ -12,7 +18,9 @@
 //! ([`Controller::child_spec`]); if its writer dies, the supervisor restarts it and the caches
 //! are rebuilt from the store.
 
+mod audit;
 mod keys;
+mod materializer;
 mod subscribe;
 mod writer;
 
@@ -134,8 +142,11 @@ struct Shared {
     limits: HistoryLimits,
     /// The current writer's queue; `None` while the controller is down.
     queue: RwLock<Option<mpsc::Sender<writer::Command>>>,
+    tail: Arc<materializer::SharedTail>,
     hub: subscribe::Hub,
     open_execs: Mutex<Vec<OpenExec>>,
+    /// Lifecycle events of this tree are written to the audit conversation.
+    audited: std::sync::OnceLock<crate::tree::Tree>,
 }
 
 /// Appends waiting for the writer beyond this make callers wait (backpressure).
@@ -150,10 +161,18 @@ impl Controller {
                 store,
                 limits,
                 queue: RwLock::new(None),
+                tail: Arc::default(),
                 hub: subscribe::Hub::default(),
                 open_execs: Mutex::new(Vec::new()),
+                audited: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Writes `tree`'s lifecycle events to the audit conversation ([`AUDIT_CONVERSATION`])
+    /// while the controller runs. Call before starting it.
+    pub fn audit(&self, tree: &crate::tree::Tree) {
+        let _ = self.shared.audited.set(tree.clone());
     }
 
     /// The controller as a permanent supervised child (kind `system`).
@@ -222,17 +241,9 @@ impl Controller {
 
     /// The last seq of a conversation, or `None` if it has no events.
     pub async fn last_seq(&self, conversation_id: &str) -> Result<Option<u64>, StoreError> {
-        let store = self.shared.store.clone();
-        let key = keys::meta(conversation_id);
-        blocking(move || {
-            let mut out = None;
-            store.read(&mut |t| {
-                out = t.get(&key)?.map(|v| keys::decode_u64(&v));
-                Ok(())
-            })?;
-            Ok(out)
-        })
-        .await
+        let shared = self.shared.clone();
+        let conversation = conversation_id.to_string();
+        blocking(move || last_committed(&shared, &conversation)).await
     }
 
     /// Up to `limit` events of a conversation after `after_seq`, in order.
@@ -242,22 +253,47 @@ impl Controller {
         after_seq: u64,
         limit: usize,
     ) -> Result<Vec<Event>, StoreError> {
-        let store = self.shared.store.clone();
-        let begin = keys::event(conversation_id, after_seq.saturating_add(1));
-        let (_, end) = range(&[Elem::Str(keys::EVENTS), Elem::Str(conversation_id)]);
-        blocking(move || {
-            let mut out = Vec::new();
-            store.read(&mut |t| {
-                out = t
-                    .range(&begin, &end, limit, false)?
-                    .into_iter()
-                    .map(|(_, v)| decode_event(&v))
-                    .collect::<Result<_, _>>()?;
-                Ok(())
-            })?;
-            Ok(out)
-        })
-        .await
+        // The tail first: whatever leaves it afterwards is materialized by the time we read.
+        let (tail, tail_first) = {
+            let tail = self.shared.tail.tail.lock().expect("tail lock");
+            match tail.by_conversation.get(conversation_id) {
+                Some(q) => (
+                    q.iter()
+                        .filter(|e| e.seq > after_seq)
+                        .take(limit)
+                        .map(|e| Event::clone(e))
+                        .collect::<Vec<_>>(),
+                    q.front().map(|e| e.seq),
+                ),
+                None => (Vec::new(), None),
+            }
+        };
+        let from = after_seq.saturating_add(1);
+        let mut out = Vec::new();
+        if tail_first.is_none_or(|first| from < first) {
+            let store = self.shared.store.clone();
+            let begin = keys::event(conversation_id, from);
+            let end = match tail_first {
+                Some(first) => keys::event(conversation_id, first),
+                None => range(&[Elem::Str(keys::EVENTS), Elem::Str(conversation_id)]).1,
+            };
+            out = blocking(move || {
+                let mut out = Vec::new();
+                store.read(&mut |t| {
+                    out = t
+                        .range(&begin, &end, limit, false)?
+                        .into_iter()
+                        .map(|(_, v)| decode_event(&v))
+                        .collect::<Result<_, _>>()?;
+                    Ok(())
+                })?;
+                Ok(out)
+            })
+            .await?;
+        }
+        let room = limit - out.len();
+        out.extend(tail.into_iter().take(room));
+        Ok(out)
     }
 
     /// Execs that were not terminal when the controller started (marked for recovery).
@@ -277,6 +313,7 @@ struct ControllerActor;
 struct ControllerState {
     controller: Controller,
     writer: Option<std::thread::JoinHandle<()>>,
+    audit: Option<audit::Audit>,
 }
 
 impl Actor for ControllerActor {
@@ -291,7 +328,32 @@ impl Actor for ControllerActor {
     ) -> Result<ControllerState, ActorProcessingErr> {
         let shared = &controller.shared;
         let store = shared.store.clone();
-        let open = blocking(move || keys::mark_open_execs(store.as_ref())).await?;
+        let tail = shared.tail.clone();
+        let open = blocking(move || {
+            // A previous instance's materializer may still be finishing its last batch.
+            let mut guard = tail.tail.lock().expect("tail lock");
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while tail.materializers.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+                if std::time::Instant::now() > deadline {
+                    return Err(StoreError::Io(
+                        "the previous materializer did not stop".into(),
+                    ));
+                }
+                guard = tail
+                    .changed
+                    .wait_timeout(guard, std::time::Duration::from_millis(50))
+                    .expect("tail lock")
+                    .0;
+            }
+            *guard = materializer::Tail::default();
+            drop(guard);
+            let replayed = materializer::replay(store.as_ref())?;
+            if replayed > 0 {
+                tracing::info!(entries = replayed, "event log replayed");
+            }
+            keys::mark_open_execs(store.as_ref())
+        })
+        .await?;
         if !open.is_empty() {
             tracing::warn!(
                 count = open.len(),
@@ -299,12 +361,18 @@ impl Actor for ControllerActor {
             );
         }
         *shared.open_execs.lock().expect("open execs") = open;
+        let materializer = materializer::spawn(shared.store.clone(), shared.tail.clone())?;
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        let writer = writer::spawn(controller.clone(), rx, myself)?;
+        let writer = writer::spawn(controller.clone(), rx, myself, materializer)?;
         *shared.queue.write().expect("queue lock") = Some(tx);
+        let audit = shared
+            .audited
+            .get()
+            .map(|tree| audit::Audit::spawn(tree.subscribe(), controller.clone()));
         Ok(ControllerState {
             controller,
             writer: Some(writer),
+            audit,
         })
     }
 
@@ -325,6 +393,9 @@ impl Actor for ControllerActor {
         _myself: ActorRef<ControllerMsg>,
         state: &mut ControllerState,
     ) -> Result<(), ActorProcessingErr> {
+        if let Some(audit) = state.audit.take() {
+            audit.flush().await;
+        }
         // Closing the queue lets the writer finish what it has, then exit.
         state
             .controller
@@ -342,6 +413,9 @@ impl Actor for ControllerActor {
 
 impl Drop for ControllerState {
     fn drop(&mut self) {
+        if let Some(audit) = self.audit.take() {
+            audit.abort();
+        }
         // Killed without post_stop: still close the queue so no append waits forever.
         self.controller
             .shared
@@ -350,6 +424,27 @@ impl Drop for ControllerState {
             .expect("queue lock")
             .take();
     }
+}
+
+/// The last committed seq of a conversation: from the tail, else the materialized keyspace.
+fn last_committed(shared: &Shared, conversation_id: &str) -> Result<Option<u64>, StoreError> {
+    {
+        let tail = shared.tail.tail.lock().expect("tail lock");
+        if let Some(last) = tail
+            .by_conversation
+            .get(conversation_id)
+            .and_then(|q| q.back())
+        {
+            return Ok(Some(last.seq));
+        }
+    }
+    let key = keys::meta(conversation_id);
+    let mut out = None;
+    shared.store.read(&mut |t| {
+        out = t.get(&key)?.map(|v| keys::decode_u64(&v));
+        Ok(())
+    })?;
+    Ok(out)
 }
 
 fn decode_event(bytes: &[u8]) -> Result<Event, StoreError> {

@@ -35,12 +35,11 @@ type CutOff = Arc<Mutex<Option<SubscribeError>>>;
 
 impl Hub {
     /// Delivers committed events; never blocks the writer.
-    pub fn publish(&self, conversation: &str, events: Vec<Event>) {
+    pub fn publish(&self, conversation: &str, events: Vec<Arc<Event>>) {
         let mut subscribers = self.subscribers.lock().expect("hub lock");
         let Some(list) = subscribers.get_mut(conversation) else {
             return;
         };
-        let events: Vec<Arc<Event>> = events.into_iter().map(Arc::new).collect();
         list.retain(|live| {
             for event in &events {
                 match live.tx.try_send(event.clone()) {

@@ -1,13 +1,15 @@
-//! The writer thread: drains the controller's queue into group commits.
+//! The writer thread: drains the controller's queue into group commits of log entries.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use cadre_proto::v1::{Event, ExecState, event};
 use prost::Message;
 use ractor::ActorRef;
 use tokio::sync::{mpsc, oneshot};
 
-use super::keys;
+use super::keys::{self, LogEntry};
+use super::materializer::{MAX_TAIL, Pending};
 use super::{AppendError, AppendRequest, Appended, Controller, ControllerMsg, now_micros};
 use crate::store::{StoreError, Txn};
 
@@ -22,24 +24,33 @@ pub enum Command {
     },
 }
 
+type Reply = oneshot::Sender<Result<Appended, AppendError>>;
+
 /// What one request of a batch came to.
 enum Outcome {
-    Written(Appended, Vec<Event>),
+    Written(Appended, Vec<Pending>),
     Duplicate(Appended),
     Refused(AppendError),
 }
 
+/// Runs the writer; when its queue closes, it closes the tail and waits for `materializer` to
+/// drain it.
 pub fn spawn(
     controller: Controller,
     rx: mpsc::Receiver<Command>,
     actor: ActorRef<ControllerMsg>,
+    materializer: std::thread::JoinHandle<()>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("cadre-eventlog-writer".into())
         .spawn(move || {
+            let tail = controller.shared.tail.clone();
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 Writer::new(controller).run(rx)
             }));
+            tail.tail.lock().expect("tail lock").closed = true;
+            tail.changed.notify_all();
+            let _ = materializer.join();
             if let Err(panic) = result {
                 let why = panic
                     .downcast_ref::<String>()
@@ -53,9 +64,11 @@ pub fn spawn(
 
 struct Writer {
     controller: Controller,
-    /// Last committed seq per conversation (loaded from the store on first use).
+    /// Last committed seq per conversation (loaded on first use).
     last_seq: HashMap<String, u64>,
     warned: HashSet<String>,
+    /// Key of the next log entry; the log is empty when a writer starts (it was replayed).
+    next_lsn: u64,
 }
 
 impl Writer {
@@ -64,6 +77,7 @@ impl Writer {
             controller,
             last_seq: HashMap::new(),
             warned: HashSet::new(),
+            next_lsn: 1,
         }
     }
 
@@ -93,13 +107,8 @@ impl Writer {
 
     /// Commits a batch in one transaction; a batch that is too large as a whole is committed
     /// request by request, so one oversized request fails alone.
-    fn commit(
-        &mut self,
-        batch: &mut Vec<(
-            AppendRequest,
-            oneshot::Sender<Result<Appended, AppendError>>,
-        )>,
-    ) {
+    fn commit(&mut self, batch: &mut Vec<(AppendRequest, Reply)>) {
+        self.wait_for_materializer();
         let requests: Vec<&AppendRequest> = batch.iter().map(|(r, _)| r).collect();
         match self.transact(&requests) {
             Ok(outcomes) => {
@@ -108,8 +117,7 @@ impl Writer {
             }
             Err(StoreError::TooLarge { .. }) if batch.len() > 1 => {
                 for one in std::mem::take(batch) {
-                    let mut single = vec![one];
-                    self.commit(&mut single);
+                    self.commit(&mut vec![one]);
                 }
             }
             Err(e) => {
@@ -121,22 +129,40 @@ impl Writer {
         }
     }
 
-    fn finish(
-        &mut self,
-        outcomes: Vec<Outcome>,
-        replies: impl Iterator<Item = oneshot::Sender<Result<Appended, AppendError>>>,
-    ) {
+    /// Backpressure: wait while the materializer is far behind.
+    fn wait_for_materializer(&self) {
+        let shared = &self.controller.shared.tail;
+        let mut tail = shared.tail.lock().expect("tail lock");
+        while tail.entries.len() >= MAX_TAIL {
+            tail = shared.changed.wait(tail).expect("tail lock");
+        }
+    }
+
+    fn finish(&mut self, outcomes: Vec<Outcome>, replies: impl Iterator<Item = Reply>) {
         let controller = self.controller.clone();
-        let hub = &controller.shared.hub;
+        let shared = &controller.shared;
+        // Every event is in the tail before anyone hears of it.
+        {
+            let mut tail = shared.tail.tail.lock().expect("tail lock");
+            for outcome in &outcomes {
+                if let Outcome::Written(_, pending) = outcome {
+                    tail.push(pending.clone());
+                }
+            }
+        }
+        shared.tail.changed.notify_all();
         for (outcome, reply) in outcomes.into_iter().zip(replies) {
             match outcome {
-                Outcome::Written(appended, events) => {
-                    let conversation = events[0].conversation_id.clone();
+                Outcome::Written(appended, pending) => {
+                    let conversation = pending[0].event.conversation_id.clone();
                     self.last_seq
                         .insert(conversation.clone(), appended.last_seq);
                     self.warn_near_limit(&conversation, appended.last_seq);
                     let _ = reply.send(Ok(appended));
-                    hub.publish(&conversation, events);
+                    shared.hub.publish(
+                        &conversation,
+                        pending.into_iter().map(|p| p.event).collect(),
+                    );
                 }
                 Outcome::Duplicate(appended) => {
                     let _ = reply.send(Ok(appended));
@@ -162,14 +188,18 @@ impl Writer {
         }
     }
 
-    /// One transaction for the whole batch. Tentative seqs live in `pending` until it commits.
-    fn transact(&self, requests: &[&AppendRequest]) -> Result<Vec<Outcome>, StoreError> {
-        let shared = &self.controller.shared;
+    /// One transaction for the whole batch, writing only log entries. Tentative seqs live in
+    /// `pending` until it commits.
+    fn transact(&mut self, requests: &[&AppendRequest]) -> Result<Vec<Outcome>, StoreError> {
+        self.load_last_seqs(requests)?;
+        let shared = self.controller.shared.clone();
         let limit = shared.limits.max_events_per_conversation;
         let time = now_micros();
         let mut outcomes = Vec::with_capacity(requests.len());
+        let mut lsn = self.next_lsn;
         shared.store.transact(&mut |t| {
             outcomes.clear();
+            lsn = self.next_lsn;
             let mut pending: HashMap<&str, u64> = HashMap::new();
             let mut seen_keys: HashMap<(&str, &str), Appended> = HashMap::new();
             for request in requests {
@@ -182,8 +212,7 @@ impl Writer {
                         }));
                         continue;
                     }
-                    if let Some(span) = t.get(&keys::idempotency(conv, key))? {
-                        let (first_seq, last_seq) = keys::decode_span(&span);
+                    if let Some((first_seq, last_seq)) = self.committed_key(t, conv, key)? {
                         outcomes.push(Outcome::Duplicate(Appended {
                             first_seq,
                             last_seq,
@@ -192,12 +221,11 @@ impl Writer {
                         continue;
                     }
                 }
-                let last = match pending.get(conv).or_else(|| self.last_seq.get(conv)) {
-                    Some(&last) => last,
-                    None => t
-                        .get(&keys::meta(conv))?
-                        .map_or(0, |v| keys::decode_u64(&v)),
-                };
+                let last = pending
+                    .get(conv)
+                    .or_else(|| self.last_seq.get(conv))
+                    .copied()
+                    .unwrap_or(0);
                 let n = request.events.len() as u64;
                 if last + n > limit {
                     outcomes.push(Outcome::Refused(AppendError::HistoryLimit {
@@ -206,7 +234,7 @@ impl Writer {
                     }));
                     continue;
                 }
-                let mut events = Vec::with_capacity(request.events.len());
+                let mut entries = Vec::with_capacity(request.events.len());
                 for (i, new) in request.events.iter().enumerate() {
                     let event = Event {
                         conversation_id: conv.to_string(),
@@ -215,9 +243,26 @@ impl Writer {
                         time_unix_micros: time,
                         kind: Some(new.kind.clone()),
                     };
-                    t.set(&keys::event(conv, event.seq), &event.encode_to_vec())?;
-                    index_exec(t, &event)?;
-                    events.push(event);
+                    let idempotency = match (&request.idempotency_key, i) {
+                        (Some(key), 0) => Some((key.clone(), last + 1, last + n)),
+                        _ => None,
+                    };
+                    let mut entry = LogEntry {
+                        event: Some(event),
+                        idempotency_key: String::new(),
+                        append_last_seq: 0,
+                    };
+                    if let Some((key, _, last_seq)) = &idempotency {
+                        entry.idempotency_key = key.clone();
+                        entry.append_last_seq = *last_seq;
+                    }
+                    t.set(&keys::log(lsn), &entry.encode_to_vec())?;
+                    entries.push(Pending {
+                        lsn,
+                        event: Arc::new(entry.event.take().expect("just set")),
+                        idempotency,
+                    });
+                    lsn += 1;
                 }
                 let appended = Appended {
                     first_seq: last + 1,
@@ -225,26 +270,50 @@ impl Writer {
                     duplicate: false,
                 };
                 if let Some(key) = &request.idempotency_key {
-                    t.set(
-                        &keys::idempotency(conv, key),
-                        &keys::encode_span(last + 1, last + n),
-                    )?;
                     seen_keys.insert((conv, key.as_str()), appended);
                 }
                 pending.insert(conv, last + n);
-                outcomes.push(Outcome::Written(appended, events));
-            }
-            for (conv, last) in &pending {
-                t.set(&keys::meta(conv), &keys::encode_u64(*last))?;
+                outcomes.push(Outcome::Written(appended, entries));
             }
             Ok(())
         })?;
+        self.next_lsn = lsn;
         Ok(outcomes)
+    }
+
+    /// The span of an earlier append with this key: in the tail, or materialized. An entry
+    /// leaves the tail only once materialized, so looking in this order misses nothing.
+    fn committed_key(
+        &self,
+        t: &mut dyn Txn,
+        conv: &str,
+        key: &str,
+    ) -> Result<Option<(u64, u64)>, StoreError> {
+        {
+            let tail = self.controller.shared.tail.tail.lock().expect("tail lock");
+            if let Some(span) = tail.idempotency.get(&(conv.to_string(), key.to_string())) {
+                return Ok(Some(*span));
+            }
+        }
+        Ok(t.get(&keys::idempotency(conv, key))?
+            .map(|v| keys::decode_span(&v)))
+    }
+
+    /// Loads the last seq of conversations this writer has not seen yet.
+    fn load_last_seqs(&mut self, requests: &[&AppendRequest]) -> Result<(), StoreError> {
+        for request in requests {
+            let conv = &request.conversation_id;
+            if !self.last_seq.contains_key(conv) {
+                let last = super::last_committed(&self.controller.shared, conv)?;
+                self.last_seq.insert(conv.clone(), last.unwrap_or(0));
+            }
+        }
+        Ok(())
     }
 }
 
 /// Keeps the index of open execs that startup recovery scans.
-fn index_exec(t: &mut dyn Txn, event: &Event) -> Result<(), StoreError> {
+pub(super) fn index_exec(t: &mut dyn Txn, event: &Event) -> Result<(), StoreError> {
     if let Some(event::Kind::ExecStateChanged(change)) = &event.kind {
         let key = keys::exec(&event.conversation_id, &event.exec_id);
         let state = ExecState::try_from(change.state).unwrap_or(ExecState::Unspecified);

@@ -1,0 +1,124 @@
+//! Writes every supervision lifecycle event to the node's audit conversation.
+//!
+//! The controller runs this forwarder; when the controller stops (last, in reverse start order)
+//! it flushes every lifecycle event already emitted before it closes its queue, so a clean
+//! shutdown is audited completely.
+
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio::sync::{broadcast, oneshot};
+use tokio::task::JoinHandle;
+
+use super::{AUDIT_CONVERSATION, AppendError, AppendRequest, Controller, NewEvent};
+use crate::tree::{Change, LifecycleEvent};
+use cadre_proto::v1::{ActorLifecycle, event};
+
+/// Most lifecycle events written in one append.
+const BATCH: usize = 512;
+
+/// A running forwarder.
+pub struct Audit {
+    flush: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+impl Audit {
+    pub fn spawn(mut rx: broadcast::Receiver<LifecycleEvent>, controller: Controller) -> Self {
+        let (flush, mut flushed) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            loop {
+                let first = tokio::select! {
+                    biased;
+                    _ = &mut flushed => {
+                        // Stopping: write what is already waiting, then end.
+                        let rest = drain(&mut rx, usize::MAX);
+                        if !rest.is_empty() {
+                            write(&controller, rest).await;
+                        }
+                        return;
+                    }
+                    ev = rx.recv() => ev,
+                };
+                let first = match first {
+                    Ok(ev) => ev,
+                    Err(RecvError::Lagged(n)) => {
+                        tracing::warn!(
+                            missed = n,
+                            "audit log fell behind and missed lifecycle events"
+                        );
+                        continue;
+                    }
+                    Err(RecvError::Closed) => return,
+                };
+                let mut events = vec![record(&first)];
+                events.extend(drain(&mut rx, BATCH - 1));
+                write(&controller, events).await;
+            }
+        });
+        Self { flush, task }
+    }
+
+    /// Stops at once, writing nothing more (the controller was killed).
+    pub fn abort(self) {
+        self.task.abort();
+    }
+
+    /// Writes every event emitted so far, then stops.
+    pub async fn flush(self) {
+        let _ = self.flush.send(());
+        let _ = self.task.await;
+    }
+}
+
+fn drain(rx: &mut broadcast::Receiver<LifecycleEvent>, most: usize) -> Vec<NewEvent> {
+    let mut out = Vec::new();
+    while out.len() < most {
+        match rx.try_recv() {
+            Ok(ev) => out.push(record(&ev)),
+            Err(TryRecvError::Lagged(n)) => {
+                tracing::warn!(
+                    missed = n,
+                    "audit log fell behind and missed lifecycle events"
+                );
+            }
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+async fn write(controller: &Controller, events: Vec<NewEvent>) {
+    let request = AppendRequest {
+        conversation_id: AUDIT_CONVERSATION.into(),
+        events,
+        idempotency_key: None,
+    };
+    match controller.append(request).await {
+        Ok(_) => {}
+        Err(AppendError::Unavailable) => {
+            tracing::debug!("controller unavailable; lifecycle events not audited")
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot write the audit log"),
+    }
+}
+
+fn record(ev: &LifecycleEvent) -> NewEvent {
+    let (change, reason, pid, restarts) = match &ev.change {
+        Change::Started { pid, restarts } => ("started", String::new(), *pid, *restarts),
+        Change::Exited { reason } => ("exited", reason.to_string(), None, 0),
+        Change::Restarting => ("restarting", String::new(), None, 0),
+        Change::Terminated => ("terminated", String::new(), None, 0),
+        Change::Escalated { reason } => ("escalated", reason.clone(), None, 0),
+        Change::Deleted => ("deleted", String::new(), None, 0),
+    };
+    NewEvent {
+        exec_id: String::new(),
+        kind: event::Kind::ActorLifecycle(ActorLifecycle {
+            path: ev.path.clone(),
+            kind: ev.kind.as_str().into(),
+            change: change.into(),
+            reason,
+            pid,
+            restarts,
+        }),
+    }
+}

@@ -1,0 +1,221 @@
+//! The tail (committed events not yet materialized, served from memory) and the materializer
+//! thread that writes them into the per-conversation keyspace in large transactions.
+//!
+//! Invariant: an event leaves the tail only after the transaction that materialized it has
+//! committed, so every committed event is always in the tail, in the materialized keyspace, or
+//! both. Readers take the tail first and the store second.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use cadre_proto::v1::Event;
+use prost::Message;
+
+use super::keys::{self, LogEntry};
+use super::writer::index_exec;
+use crate::store::tuple::{Elem, Value, range, unpack};
+use crate::store::{Store, StoreError, Txn};
+
+/// One committed entry waiting to be materialized.
+#[derive(Clone)]
+pub struct Pending {
+    pub lsn: u64,
+    pub event: Arc<Event>,
+    /// (key, first seq, last seq) of the append this event starts, if it had a key.
+    pub idempotency: Option<(String, u64, u64)>,
+}
+
+/// Committed but not yet materialized, shared by the writer, the materializer and readers.
+#[derive(Default)]
+pub struct Tail {
+    pub entries: VecDeque<Pending>,
+    pub by_conversation: HashMap<String, VecDeque<Arc<Event>>>,
+    pub idempotency: HashMap<(String, String), (u64, u64)>,
+    /// Set when the writer is gone: the materializer drains what is left and exits.
+    pub closed: bool,
+}
+
+/// The tail with its condition variable (signalled on every change).
+#[derive(Default)]
+pub struct SharedTail {
+    pub tail: Mutex<Tail>,
+    pub changed: Condvar,
+    /// Materializer threads still running (a restarted controller waits for the old one).
+    pub materializers: std::sync::atomic::AtomicUsize,
+}
+
+/// The writer waits while the tail holds this many events (the materializer is behind).
+pub const MAX_TAIL: usize = 262_144;
+/// Most entries and bytes per materializing transaction.
+const MAX_MATERIALIZE: usize = 32_768;
+const MAX_MATERIALIZE_BYTES: usize = 6 << 20;
+/// How long the materializer lets entries accumulate when there are few.
+const LINGER: Duration = Duration::from_millis(5);
+const LINGER_BELOW: usize = 1024;
+
+impl Tail {
+    /// Records a commit: its entries become visible to readers.
+    pub fn push(&mut self, committed: Vec<Pending>) {
+        for p in committed {
+            self.by_conversation
+                .entry(p.event.conversation_id.clone())
+                .or_default()
+                .push_back(p.event.clone());
+            if let Some((key, first, last)) = &p.idempotency {
+                self.idempotency.insert(
+                    (p.event.conversation_id.clone(), key.clone()),
+                    (*first, *last),
+                );
+            }
+            self.entries.push_back(p);
+        }
+    }
+
+    /// Forgets the first `n` entries, now materialized.
+    fn pop(&mut self, n: usize) {
+        for p in self.entries.drain(..n) {
+            let conv = &p.event.conversation_id;
+            if let Some(q) = self.by_conversation.get_mut(conv) {
+                q.pop_front();
+                if q.is_empty() {
+                    self.by_conversation.remove(conv);
+                }
+            }
+            if let Some((key, _, _)) = p.idempotency {
+                self.idempotency.remove(&(conv.clone(), key));
+            }
+        }
+    }
+}
+
+/// Runs the materializer until the tail is closed and drained.
+pub fn spawn(
+    store: Arc<dyn Store>,
+    shared: Arc<SharedTail>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    shared.materializers.fetch_add(1, Ordering::SeqCst);
+    std::thread::Builder::new()
+        .name("cadre-eventlog-materializer".into())
+        .spawn(move || {
+            run(store.as_ref(), &shared);
+            shared.materializers.fetch_sub(1, Ordering::SeqCst);
+            shared.changed.notify_all();
+        })
+}
+
+fn run(store: &dyn Store, shared: &SharedTail) {
+    loop {
+        let batch: Vec<Pending> = {
+            let mut tail = shared.tail.lock().expect("tail lock");
+            while tail.entries.is_empty() && !tail.closed {
+                tail = shared.changed.wait(tail).expect("tail lock");
+            }
+            if tail.entries.is_empty() {
+                return;
+            }
+            if tail.entries.len() < LINGER_BELOW && !tail.closed {
+                tail = shared
+                    .changed
+                    .wait_timeout(tail, LINGER)
+                    .expect("tail lock")
+                    .0;
+            }
+            let mut bytes = 0;
+            tail.entries
+                .iter()
+                .take(MAX_MATERIALIZE)
+                .take_while(|p| {
+                    bytes += p.event.encoded_len();
+                    bytes < MAX_MATERIALIZE_BYTES
+                })
+                .cloned()
+                .collect()
+        };
+        if batch.is_empty() {
+            continue;
+        }
+        match store.transact(&mut |t| materialize(t, &batch)) {
+            Ok(()) => {
+                shared.tail.lock().expect("tail lock").pop(batch.len());
+                shared.changed.notify_all();
+            }
+            Err(e) if shared.tail.lock().expect("tail lock").closed => {
+                // Stopping: the entries stay in the log and the next start replays them.
+                tracing::error!(error = %e, "event log materialization failed; left for replay");
+                return;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "event log materialization failed; retrying");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+/// Writes entries into the per-conversation keyspace and clears them from the log.
+fn materialize(t: &mut dyn Txn, batch: &[Pending]) -> Result<(), StoreError> {
+    let mut last: HashMap<&str, u64> = HashMap::new();
+    for p in batch {
+        let e = &p.event;
+        t.set(&keys::event(&e.conversation_id, e.seq), &e.encode_to_vec())?;
+        index_exec(t, e)?;
+        if let Some((key, first, last_seq)) = &p.idempotency {
+            t.set(
+                &keys::idempotency(&e.conversation_id, key),
+                &keys::encode_span(*first, *last_seq),
+            )?;
+        }
+        last.insert(&e.conversation_id, e.seq);
+    }
+    for (conv, seq) in last {
+        t.set(&keys::meta(conv), &keys::encode_u64(seq))?;
+    }
+    let first = batch.first().map_or(0, |p| p.lsn);
+    let end = batch.last().map_or(0, |p| p.lsn) + 1;
+    t.clear_range(&keys::log(first), &keys::log(end))
+}
+
+/// Startup: materializes every entry a previous run committed but did not materialize.
+/// Returns how many there were.
+pub fn replay(store: &dyn Store) -> Result<usize, StoreError> {
+    let (begin, end) = range(&[Elem::Str(keys::LOG)]);
+    let mut total = 0;
+    loop {
+        let mut batch = Vec::new();
+        store.read(&mut |t| {
+            batch = t
+                .range(&begin, &end, MAX_MATERIALIZE / 4, false)?
+                .into_iter()
+                .map(|(k, v)| decode(&k, &v))
+                .collect::<Result<_, _>>()?;
+            Ok(())
+        })?;
+        if batch.is_empty() {
+            return Ok(total);
+        }
+        total += batch.len();
+        store.transact(&mut |t| materialize(t, &batch))?;
+    }
+}
+
+fn decode(key: &[u8], value: &[u8]) -> Result<Pending, StoreError> {
+    let corrupt = |what: &str| StoreError::Io(format!("corrupt event log entry: {what}"));
+    let lsn = match unpack(key).map_err(|e| corrupt(&e.to_string()))?.get(1) {
+        Some(Value::Int(n)) => *n,
+        _ => return Err(corrupt("bad key")),
+    };
+    let entry = LogEntry::decode(value).map_err(|e| corrupt(&e.to_string()))?;
+    let event = entry.event.ok_or_else(|| corrupt("no event"))?;
+    let idempotency = (!entry.idempotency_key.is_empty()).then_some((
+        entry.idempotency_key,
+        event.seq,
+        entry.append_last_seq,
+    ));
+    Ok(Pending {
+        lsn,
+        event: Arc::new(event),
+        idempotency,
+    })
+}
