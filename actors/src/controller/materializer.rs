@@ -49,11 +49,11 @@ pub struct SharedTail {
 /// The writer waits while the tail holds this many events (the materializer is behind).
 pub const MAX_TAIL: usize = 262_144;
 /// Most entries and bytes per materializing transaction.
-const MAX_MATERIALIZE: usize = 32_768;
+const MAX_MATERIALIZE: usize = 16_384;
 const MAX_MATERIALIZE_BYTES: usize = 6 << 20;
 /// How long the materializer lets entries accumulate when there are few.
-const LINGER: Duration = Duration::from_millis(5);
-const LINGER_BELOW: usize = 1024;
+const LINGER: Duration = Duration::from_millis(20);
+const LINGER_BELOW: usize = 4096;
 
 impl Tail {
     /// Records a commit: its entries become visible to readers.
@@ -115,10 +115,17 @@ fn run(store: &dyn Store, shared: &SharedTail) {
             if tail.entries.is_empty() {
                 return;
             }
-            if tail.entries.len() < LINGER_BELOW && !tail.closed {
+            // Let entries accumulate: one materializing transaction then writes each
+            // conversation's pages once for many events.
+            let deadline = std::time::Instant::now() + LINGER;
+            while tail.entries.len() < LINGER_BELOW && !tail.closed {
+                let now = std::time::Instant::now();
+                if now >= deadline {
+                    break;
+                }
                 tail = shared
                     .changed
-                    .wait_timeout(tail, LINGER)
+                    .wait_timeout(tail, deadline - now)
                     .expect("tail lock")
                     .0;
             }

@@ -1,8 +1,12 @@
 //! The embedded store: one SQLite file in WAL mode with `synchronous=FULL`, one
 //! `WITHOUT ROWID` table of (key, value) blobs. A commit returns after the WAL is fsynced.
+//! Checkpoints (copying the WAL into the database file) run on a background thread, not inside
+//! commits.
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use cadre_actors::store::{Kv, MAX_TRANSACTION_BYTES, Store, StoreError, Txn};
 use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
@@ -14,10 +18,15 @@ use super::DataDirLock;
 pub struct SqliteStore {
     writer: Mutex<Connection>,
     reader: Mutex<Connection>,
+    checkpointer: Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>,
     _lock: DataDirLock,
 }
 
 const FILE: &str = "cadre.db";
+/// How often the background thread checkpoints the WAL.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+/// Page cache per connection (KiB, as SQLite's negative cache_size).
+const CACHE_KIB: i64 = 65_536;
 
 impl SqliteStore {
     /// Opens (creating if needed) the store in `data_dir`, refusing a dir held by another node.
@@ -29,6 +38,7 @@ impl SqliteStore {
             .execute_batch(
                 "PRAGMA journal_mode=WAL;
                  PRAGMA synchronous=FULL;
+                 PRAGMA wal_autocheckpoint=0;
                  CREATE TABLE IF NOT EXISTS kv (key BLOB PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;",
             )
             .map_err(io)?;
@@ -37,11 +47,41 @@ impl SqliteStore {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(io)?;
+        for conn in [&writer, &reader] {
+            conn.pragma_update(None, "cache_size", -CACHE_KIB)
+                .map_err(io)?;
+        }
+        let checkpointer = Connection::open(&path).map_err(io)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let handle = std::thread::Builder::new()
+            .name("cadre-sqlite-checkpoint".into())
+            .spawn(move || {
+                while !stopping.load(Ordering::Relaxed) {
+                    std::thread::park_timeout(CHECKPOINT_EVERY);
+                    // PASSIVE never blocks writers; what it cannot copy now it copies next time.
+                    if let Err(e) = checkpointer.execute_batch("PRAGMA wal_checkpoint(PASSIVE);") {
+                        tracing::warn!(error = %e, "WAL checkpoint failed");
+                    }
+                }
+            })
+            .map_err(|e| StoreError::Io(format!("cannot start the checkpoint thread: {e}")))?;
         Ok(Self {
             writer: Mutex::new(writer),
             reader: Mutex::new(reader),
+            checkpointer: Some((stop, handle)),
             _lock: lock,
         })
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        if let Some((stop, handle)) = self.checkpointer.take() {
+            stop.store(true, Ordering::Relaxed);
+            handle.thread().unpark();
+            let _ = handle.join();
+        }
     }
 }
 
