@@ -49,11 +49,11 @@ pub struct SharedTail {
 /// The writer waits while the tail holds this many events (the materializer is behind).
 pub const MAX_TAIL: usize = 262_144;
 /// Most entries and bytes per materializing transaction.
-const MAX_MATERIALIZE: usize = 16_384;
+const MAX_MATERIALIZE: usize = 1_024;
 const MAX_MATERIALIZE_BYTES: usize = 6 << 20;
 /// How long the materializer lets entries accumulate when there are few.
 const LINGER: Duration = Duration::from_millis(20);
-const LINGER_BELOW: usize = 4096;
+const LINGER_BELOW: usize = 1024;
 
 impl Tail {
     /// Records a commit: its entries become visible to readers.

@@ -1,7 +1,9 @@
 //! The embedded store: one SQLite file in WAL mode with `synchronous=FULL`, one
 //! `WITHOUT ROWID` table of (key, value) blobs. A commit returns after the WAL is fsynced.
 //! Checkpoints (copying the WAL into the database file) run on a background thread, not inside
-//! commits.
+//! commits. Under a steady write load a passive checkpoint never catches up and the WAL grows
+//! without end, which makes every fsync slower; so once the WAL passes [`RESTART_FRAMES`] the
+//! next commit, already holding the write lock, restarts it from the beginning.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,14 +21,18 @@ pub struct SqliteStore {
     writer: Mutex<Connection>,
     reader: Mutex<Connection>,
     checkpointer: Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>,
+    /// Set by the checkpointer when the WAL has grown past [`RESTART_FRAMES`].
+    restart_wal: Arc<AtomicBool>,
     _lock: DataDirLock,
 }
 
 const FILE: &str = "cadre.db";
 /// How often the background thread checkpoints the WAL.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+/// WAL frames (pages) past which the next commit restarts the WAL.
+const RESTART_FRAMES: i64 = 4096;
 /// Page cache per connection (KiB, as SQLite's negative cache_size).
-const CACHE_KIB: i64 = 65_536;
+const CACHE_KIB: i64 = 8_192;
 
 impl SqliteStore {
     /// Opens (creating if needed) the store in `data_dir`, refusing a dir held by another node.
@@ -51,17 +57,28 @@ impl SqliteStore {
             conn.pragma_update(None, "cache_size", -CACHE_KIB)
                 .map_err(io)?;
         }
+        writer.busy_timeout(Duration::from_secs(5)).map_err(io)?;
         let checkpointer = Connection::open(&path).map_err(io)?;
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = stop.clone();
+        let restart_wal = Arc::new(AtomicBool::new(false));
+        let restart = restart_wal.clone();
         let handle = std::thread::Builder::new()
             .name("cadre-sqlite-checkpoint".into())
             .spawn(move || {
                 while !stopping.load(Ordering::Relaxed) {
                     std::thread::park_timeout(CHECKPOINT_EVERY);
                     // PASSIVE never blocks writers; what it cannot copy now it copies next time.
-                    if let Err(e) = checkpointer.execute_batch("PRAGMA wal_checkpoint(PASSIVE);") {
-                        tracing::warn!(error = %e, "WAL checkpoint failed");
+                    let frames =
+                        checkpointer.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                            r.get::<_, i64>(1)
+                        });
+                    match frames {
+                        Ok(frames) if frames > RESTART_FRAMES => {
+                            restart.store(true, Ordering::Relaxed)
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed"),
                     }
                 }
             })
@@ -70,6 +87,7 @@ impl SqliteStore {
             writer: Mutex::new(writer),
             reader: Mutex::new(reader),
             checkpointer: Some((stop, handle)),
+            restart_wal,
             _lock: lock,
         })
     }
@@ -100,7 +118,14 @@ impl Store for SqliteStore {
             read_only: false,
         };
         f(&mut txn)?;
-        tx.commit().map_err(io)
+        tx.commit().map_err(io)?;
+        if self.restart_wal.swap(false, Ordering::Relaxed) {
+            // Most frames are copied already; this copies the rest and restarts the WAL.
+            if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(RESTART);") {
+                tracing::warn!(error = %e, "WAL restart failed");
+            }
+        }
+        Ok(())
     }
 
     fn read(
