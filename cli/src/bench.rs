@@ -89,9 +89,11 @@ fn sample_event(writer: usize, i: usize) -> NewEvent {
 }
 
 async fn eventlog(args: &EventlogArgs, dir: &std::path::Path) -> anyhow::Result<serde_json::Value> {
-    let store = Arc::new(SqliteStore::open(dir).context("open a scratch store")?);
-    let controller = Controller::new(
+    let (store, log) = SqliteStore::open_pair(dir).context("open a scratch store")?;
+    let store = Arc::new(store);
+    let controller = Controller::with_log(
         store.clone(),
+        Arc::new(log),
         HistoryLimits {
             max_events_per_conversation: u64::MAX,
             warn_percent: 100,

@@ -34,8 +34,8 @@ pub struct WriterArgs {
 
 pub async fn run(command: DebugCommand) -> Result<(), Failure> {
     let DebugCommand::EventlogWriter(args) = command;
-    let store = SqliteStore::open(&args.data_dir).context("open the event log")?;
-    let controller = Controller::new(Arc::new(store), HistoryLimits::default());
+    let (store, log) = SqliteStore::open_pair(&args.data_dir).context("open the event log")?;
+    let controller = Controller::with_log(Arc::new(store), Arc::new(log), HistoryLimits::default());
     controller
         .start_detached()
         .await

@@ -92,8 +92,9 @@ impl Node {
             addr: options.listen,
             source,
         })?;
-        let store = SqliteStore::open(&options.data_dir).map_err(NodeError::Store)?;
-        let controller = Controller::new(Arc::new(store), options.config.store.limits);
+        let (store, log) = SqliteStore::open_pair(&options.data_dir).map_err(NodeError::Store)?;
+        let controller =
+            Controller::with_log(Arc::new(store), Arc::new(log), options.config.store.limits);
         let tree = Tree::new();
         controller.audit(&tree);
         // The controller starts first and, in reverse order, stops last.

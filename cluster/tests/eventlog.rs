@@ -466,18 +466,18 @@ async fn unfinished_execs_are_found_and_marked_at_startup() {
     );
 }
 
-/// The real store; while `block` is set, transactions that clear log entries (materializing
-/// ones) fail, so committed events stay in the log only.
+/// The real store; while `block` is set, transactions that write materialized events fail, so
+/// committed events stay in the log only.
 struct NoMaterialize {
     inner: SqliteStore,
     block: AtomicBool,
 }
 
-struct BlockClears<'a> {
+struct BlockMaterialize<'a> {
     inner: &'a mut dyn Txn,
 }
 
-impl Txn for BlockClears<'_> {
+impl Txn for BlockMaterialize<'_> {
     fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         self.inner.get(key)
     }
@@ -491,13 +491,18 @@ impl Txn for BlockClears<'_> {
         self.inner.range(b, e, limit, reverse)
     }
     fn set(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        let events =
+            cadre_actors::store::tuple::pack(&[cadre_actors::store::tuple::Elem::Str("conv")]);
+        if key.starts_with(&events) {
+            return Err(StoreError::Io("materialization blocked by the test".into()));
+        }
         self.inner.set(key, value)
     }
     fn clear(&mut self, key: &[u8]) -> Result<(), StoreError> {
         self.inner.clear(key)
     }
-    fn clear_range(&mut self, _: &[u8], _: &[u8]) -> Result<(), StoreError> {
-        Err(StoreError::Io("materialization blocked by the test".into()))
+    fn clear_range(&mut self, b: &[u8], e: &[u8]) -> Result<(), StoreError> {
+        self.inner.clear_range(b, e)
     }
 }
 
@@ -508,7 +513,7 @@ impl Store for NoMaterialize {
     ) -> Result<(), StoreError> {
         if self.block.load(Ordering::SeqCst) {
             self.inner
-                .transact(&mut |t| f(&mut BlockClears { inner: t }))
+                .transact(&mut |t| f(&mut BlockMaterialize { inner: t }))
         } else {
             self.inner.transact(f)
         }

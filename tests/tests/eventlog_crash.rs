@@ -40,37 +40,44 @@ fn sigkill_mid_load_loses_no_acknowledged_append_and_leaves_no_partial_batch() {
             .spawn()
             .expect("spawn the writer");
         let stdout = writer.stdout.take().unwrap();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = seen.clone();
         let reader = std::thread::spawn(move || {
-            BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-                .filter_map(|l| {
-                    let f: Vec<&str> = l.split(' ').collect();
-                    (f.len() == 5 && f[0] == "ack").then(|| Ack {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let f: Vec<&str> = line.split(' ').collect();
+                if f.len() == 5 && f[0] == "ack" {
+                    sink.lock().unwrap().push(Ack {
                         conversation: f[1].into(),
                         first: f[2].parse().unwrap(),
                         last: f[3].parse().unwrap(),
                         batch: f[4].into(),
-                    })
-                })
-                .collect::<Vec<_>>()
+                    });
+                }
+            }
         });
-        std::thread::sleep(Duration::from_millis(150 + 40 * (run % 5)));
+        // Kill it mid-load: after it has acknowledged something, at a varying moment.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while seen.lock().unwrap().is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "run {run}: the writer never acknowledged"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(50 + 40 * (run % 5)));
         unsafe { libc::kill(writer.id() as i32, libc::SIGKILL) };
         writer.wait().unwrap();
-        let run_acks = reader.join().unwrap();
-        assert!(
-            !run_acks.is_empty(),
-            "run {run} acknowledged nothing before the kill"
-        );
+        reader.join().unwrap();
+        let run_acks = std::mem::take(&mut *seen.lock().unwrap());
         acks.extend(run_acks);
     }
 
     // Reopen through a controller: startup replays what the log holds but had not materialized.
     let rt = tokio::runtime::Runtime::new().unwrap();
     let logs: HashMap<String, Vec<Event>> = rt.block_on(async {
-        let store = SqliteStore::open(&data).expect("reopen after the last kill");
-        let controller = Controller::new(Arc::new(store), HistoryLimits::default());
+        let (store, log) = SqliteStore::open_pair(&data).expect("reopen after the last kill");
+        let controller =
+            Controller::with_log(Arc::new(store), Arc::new(log), HistoryLimits::default());
         controller
             .start_detached()
             .await

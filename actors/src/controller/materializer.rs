@@ -93,19 +93,20 @@ impl Tail {
 /// Runs the materializer until the tail is closed and drained.
 pub fn spawn(
     store: Arc<dyn Store>,
+    log: Arc<dyn Store>,
     shared: Arc<SharedTail>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     shared.materializers.fetch_add(1, Ordering::SeqCst);
     std::thread::Builder::new()
         .name("cadre-eventlog-materializer".into())
         .spawn(move || {
-            run(store.as_ref(), &shared);
+            run(store.as_ref(), log.as_ref(), &shared);
             shared.materializers.fetch_sub(1, Ordering::SeqCst);
             shared.changed.notify_all();
         })
 }
 
-fn run(store: &dyn Store, shared: &SharedTail) {
+fn run(store: &dyn Store, log: &dyn Store, shared: &SharedTail) {
     loop {
         let batch: Vec<Pending> = {
             let mut tail = shared.tail.lock().expect("tail lock");
@@ -147,6 +148,7 @@ fn run(store: &dyn Store, shared: &SharedTail) {
             Ok(()) => {
                 shared.tail.lock().expect("tail lock").pop(batch.len());
                 shared.changed.notify_all();
+                clear_log(log, &batch);
             }
             Err(e) if shared.tail.lock().expect("tail lock").closed => {
                 // Stopping: the entries stay in the log and the next start replays them.
@@ -161,7 +163,18 @@ fn run(store: &dyn Store, shared: &SharedTail) {
     }
 }
 
-/// Writes entries into the per-conversation keyspace and clears them from the log.
+/// Clears materialized entries from the log: everything up to the batch's last entry, so an
+/// earlier clear that failed is made good too. A failure leaves them for the next replay,
+/// which re-materializes the same values (materializing is idempotent).
+fn clear_log(log: &dyn Store, batch: &[Pending]) {
+    let end = batch.last().map_or(0, |p| p.lsn) + 1;
+    if let Err(e) = log.transact(&mut |t| t.clear_range(&keys::log(0), &keys::log(end))) {
+        tracing::warn!(error = %e, "cannot clear materialized log entries; they will be replayed");
+    }
+}
+
+/// Writes entries into the per-conversation keyspace. Applying the same entries again, in
+/// order, leaves the same result.
 fn materialize(t: &mut dyn Txn, batch: &[Pending]) -> Result<(), StoreError> {
     let mut last: HashMap<&str, u64> = HashMap::new();
     for p in batch {
@@ -179,19 +192,17 @@ fn materialize(t: &mut dyn Txn, batch: &[Pending]) -> Result<(), StoreError> {
     for (conv, seq) in last {
         t.set(&keys::meta(conv), &keys::encode_u64(seq))?;
     }
-    let first = batch.first().map_or(0, |p| p.lsn);
-    let end = batch.last().map_or(0, |p| p.lsn) + 1;
-    t.clear_range(&keys::log(first), &keys::log(end))
+    Ok(())
 }
 
 /// Startup: materializes every entry a previous run committed but did not materialize.
 /// Returns how many there were.
-pub fn replay(store: &dyn Store) -> Result<usize, StoreError> {
+pub fn replay(store: &dyn Store, log: &dyn Store) -> Result<usize, StoreError> {
     let (begin, end) = range(&[Elem::Str(keys::LOG)]);
     let mut total = 0;
     loop {
         let mut batch = Vec::new();
-        store.read(&mut |t| {
+        log.read(&mut |t| {
             batch = t
                 .range(&begin, &end, MAX_MATERIALIZE / 4, false)?
                 .into_iter()
@@ -204,6 +215,8 @@ pub fn replay(store: &dyn Store) -> Result<usize, StoreError> {
         }
         total += batch.len();
         store.transact(&mut |t| materialize(t, &batch))?;
+        let end = batch.last().map_or(0, |p| p.lsn) + 1;
+        log.transact(&mut |t| t.clear_range(&keys::log(0), &keys::log(end)))?;
     }
 }
 

@@ -138,7 +138,10 @@ pub struct Controller {
 }
 
 struct Shared {
+    /// Materialized events, metadata, idempotency records, the exec index.
     store: Arc<dyn Store>,
+    /// Where commits go (`log` entries); may be the same store.
+    log: Arc<dyn Store>,
     limits: HistoryLimits,
     /// The current writer's queue; `None` while the controller is down.
     queue: RwLock<Option<mpsc::Sender<writer::Command>>>,
@@ -156,9 +159,16 @@ impl Controller {
     /// A controller over `store`; it accepts appends once started by its supervisor (or
     /// [`Controller::start_detached`]).
     pub fn new(store: Arc<dyn Store>, limits: HistoryLimits) -> Self {
+        Self::with_log(store.clone(), store, limits)
+    }
+
+    /// Like [`Controller::new`], committing log entries to `log` instead (a second store with
+    /// its own write lock, e.g. a second SQLite file).
+    pub fn with_log(store: Arc<dyn Store>, log: Arc<dyn Store>, limits: HistoryLimits) -> Self {
         Self {
             shared: Arc::new(Shared {
                 store,
+                log,
                 limits,
                 queue: RwLock::new(None),
                 tail: Arc::default(),
@@ -328,6 +338,7 @@ impl Actor for ControllerActor {
     ) -> Result<ControllerState, ActorProcessingErr> {
         let shared = &controller.shared;
         let store = shared.store.clone();
+        let log = shared.log.clone();
         let tail = shared.tail.clone();
         let open = blocking(move || {
             // A previous instance's materializer may still be finishing its last batch.
@@ -347,7 +358,7 @@ impl Actor for ControllerActor {
             }
             *guard = materializer::Tail::default();
             drop(guard);
-            let replayed = materializer::replay(store.as_ref())?;
+            let replayed = materializer::replay(store.as_ref(), log.as_ref())?;
             if replayed > 0 {
                 tracing::info!(entries = replayed, "event log replayed");
             }
@@ -361,7 +372,11 @@ impl Actor for ControllerActor {
             );
         }
         *shared.open_execs.lock().expect("open execs") = open;
-        let materializer = materializer::spawn(shared.store.clone(), shared.tail.clone())?;
+        let materializer = materializer::spawn(
+            shared.store.clone(),
+            shared.log.clone(),
+            shared.tail.clone(),
+        )?;
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let writer = writer::spawn(controller.clone(), rx, myself, materializer)?;
         *shared.queue.write().expect("queue lock") = Some(tx);

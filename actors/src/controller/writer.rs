@@ -197,7 +197,7 @@ impl Writer {
         let time = now_micros();
         let mut outcomes = Vec::with_capacity(requests.len());
         let mut lsn = self.next_lsn;
-        shared.store.transact(&mut |t| {
+        shared.log.transact(&mut |t| {
             outcomes.clear();
             lsn = self.next_lsn;
             let mut pending: HashMap<&str, u64> = HashMap::new();
@@ -212,7 +212,7 @@ impl Writer {
                         }));
                         continue;
                     }
-                    if let Some((first_seq, last_seq)) = self.committed_key(t, conv, key)? {
+                    if let Some((first_seq, last_seq)) = self.committed_key(conv, key)? {
                         outcomes.push(Outcome::Duplicate(Appended {
                             first_seq,
                             last_seq,
@@ -283,20 +283,21 @@ impl Writer {
 
     /// The span of an earlier append with this key: in the tail, or materialized. An entry
     /// leaves the tail only once materialized, so looking in this order misses nothing.
-    fn committed_key(
-        &self,
-        t: &mut dyn Txn,
-        conv: &str,
-        key: &str,
-    ) -> Result<Option<(u64, u64)>, StoreError> {
+    fn committed_key(&self, conv: &str, key: &str) -> Result<Option<(u64, u64)>, StoreError> {
         {
             let tail = self.controller.shared.tail.tail.lock().expect("tail lock");
             if let Some(span) = tail.idempotency.get(&(conv.to_string(), key.to_string())) {
                 return Ok(Some(*span));
             }
         }
-        Ok(t.get(&keys::idempotency(conv, key))?
-            .map(|v| keys::decode_span(&v)))
+        let mut span = None;
+        self.controller.shared.store.read(&mut |t| {
+            span = t
+                .get(&keys::idempotency(conv, key))?
+                .map(|v| keys::decode_span(&v));
+            Ok(())
+        })?;
+        Ok(span)
     }
 
     /// Loads the last seq of conversations this writer has not seen yet.

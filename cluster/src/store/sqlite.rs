@@ -23,10 +23,13 @@ pub struct SqliteStore {
     checkpointer: Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>,
     /// Set by the checkpointer when the WAL has grown past [`RESTART_FRAMES`].
     restart_wal: Arc<AtomicBool>,
-    _lock: DataDirLock,
+    _lock: Arc<DataDirLock>,
 }
 
-const FILE: &str = "cadre.db";
+/// The node's main store file.
+pub const MAIN_FILE: &str = "cadre.db";
+/// The event log's commit log (see [`SqliteStore::open_pair`]).
+pub const LOG_FILE: &str = "log.db";
 /// How often the background thread checkpoints the WAL.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 /// WAL frames (pages) past which the next commit restarts the WAL.
@@ -37,8 +40,23 @@ const CACHE_KIB: i64 = 8_192;
 impl SqliteStore {
     /// Opens (creating if needed) the store in `data_dir`, refusing a dir held by another node.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
-        let lock = DataDirLock::acquire(data_dir)?;
-        let path = data_dir.join(FILE);
+        let lock = Arc::new(DataDirLock::acquire(data_dir)?);
+        Self::open_file(data_dir, MAIN_FILE, lock)
+    }
+
+    /// The main store and a second one for the event log's commits, in one data dir. SQLite
+    /// has one write lock per file: with two files, group commits never queue behind the
+    /// materializer's larger transactions.
+    pub fn open_pair(data_dir: &Path) -> Result<(Self, Self), StoreError> {
+        let lock = Arc::new(DataDirLock::acquire(data_dir)?);
+        Ok((
+            Self::open_file(data_dir, MAIN_FILE, lock.clone())?,
+            Self::open_file(data_dir, LOG_FILE, lock)?,
+        ))
+    }
+
+    fn open_file(data_dir: &Path, file: &str, lock: Arc<DataDirLock>) -> Result<Self, StoreError> {
+        let path = data_dir.join(file);
         let writer = Connection::open(&path).map_err(io)?;
         writer
             .execute_batch(
