@@ -98,7 +98,7 @@ pub fn spawn(
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     shared.materializers.fetch_add(1, Ordering::SeqCst);
     std::thread::Builder::new()
-        .name("cadre-eventlog-materializer".into())
+        .name("cadre-log-index".into())
         .spawn(move || {
             run(store.as_ref(), log.as_ref(), &shared);
             shared.materializers.fetch_sub(1, Ordering::SeqCst);

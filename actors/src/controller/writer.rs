@@ -42,7 +42,7 @@ pub fn spawn(
     materializer: std::thread::JoinHandle<()>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
-        .name("cadre-eventlog-writer".into())
+        .name("cadre-log-write".into())
         .spawn(move || {
             let tail = controller.shared.tail.clone();
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

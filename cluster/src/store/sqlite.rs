@@ -82,7 +82,7 @@ impl SqliteStore {
         let restart_wal = Arc::new(AtomicBool::new(false));
         let restart = restart_wal.clone();
         let handle = std::thread::Builder::new()
-            .name("cadre-sqlite-checkpoint".into())
+            .name("cadre-sqlite-ckp".into())
             .spawn(move || {
                 while !stopping.load(Ordering::Relaxed) {
                     std::thread::park_timeout(CHECKPOINT_EVERY);
