@@ -191,6 +191,37 @@ impl Tree {
     }
 }
 
+impl Change {
+    /// `started`, `exited`, `restarting`, `terminated`, `escalated` or `deleted`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Change::Started { .. } => "started",
+            Change::Exited { .. } => "exited",
+            Change::Restarting => "restarting",
+            Change::Terminated => "terminated",
+            Change::Escalated { .. } => "escalated",
+            Change::Deleted => "deleted",
+        }
+    }
+
+    /// The exit or escalation reason, if the change has one.
+    pub fn reason(&self) -> Option<String> {
+        match self {
+            Change::Exited { reason } => Some(reason.to_string()),
+            Change::Escalated { reason } => Some(reason.clone()),
+            _ => None,
+        }
+    }
+
+    /// The new instance's pid and restart count, for `Started`.
+    pub fn started(&self) -> (Option<u32>, u32) {
+        match self {
+            Change::Started { pid, restarts } => (*pid, *restarts),
+            _ => (None, 0),
+        }
+    }
+}
+
 impl Entry {
     fn new(kind: ActorKind) -> Self {
         Self {

@@ -3,7 +3,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cadre_proto::v1::actors_client::ActorsClient;
-use cadre_proto::v1::{ActorNode, TreeRequest};
+use cadre_proto::v1::{ActorNode, TreeEvent, TreeRequest, WatchTreeRequest};
 use clap::Args;
 use serde_json::{Map, Value, json};
 
@@ -15,13 +15,30 @@ pub struct TreeArgs {
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value_t)]
     output: Output,
+    /// Keep watching: after the tree (text only), print every lifecycle change as it happens
+    /// (JSON lines with -o json) until interrupted.
+    #[arg(short = 'w', long)]
+    watch: bool,
     #[command(flatten)]
     server: ServerArgs,
 }
 
 pub async fn run(args: TreeArgs) -> Result<(), Failure> {
     let channel = connect(&args.server).await?;
-    let response = ActorsClient::new(channel)
+    let mut client = ActorsClient::new(channel);
+    // Subscribe before reading the tree so that no change falls between the two.
+    let mut changes = if args.watch {
+        Some(
+            client
+                .watch_tree(WatchTreeRequest {})
+                .await
+                .map_err(|s| anyhow::anyhow!("WatchTree failed: {}: {}", s.code(), s.message()))?
+                .into_inner(),
+        )
+    } else {
+        None
+    };
+    let response = client
         .tree(TreeRequest {})
         .await
         .map_err(|s| anyhow::anyhow!("Tree failed: {}: {}", s.code(), s.message()))?;
@@ -29,11 +46,82 @@ pub async fn run(args: TreeArgs) -> Result<(), Failure> {
         .into_inner()
         .root
         .ok_or_else(|| anyhow::anyhow!("the node returned no tree"))?;
-    match args.output {
-        Output::Json => println!("{}", to_json(&root)),
-        Output::Text => print!("{}", render(&root)),
+    match (args.output, &changes) {
+        (Output::Json, None) => println!("{}", to_json(&root)),
+        (Output::Json, Some(_)) => {}
+        (Output::Text, _) => print!("{}", render(&root)),
+    }
+    if let Some(changes) = &mut changes {
+        use std::io::Write;
+        while let Some(change) = changes
+            .message()
+            .await
+            .map_err(|s| anyhow::anyhow!("watch ended: {}: {}", s.code(), s.message()))?
+        {
+            match args.output {
+                Output::Json => println!("{}", event_json(&change)),
+                Output::Text => println!("{}", event_line(&change)),
+            }
+            let _ = std::io::stdout().flush();
+        }
     }
     Ok(())
+}
+
+/// `{"time","path","kind","change","reason"?,"pid"?,"restarts"?}`
+fn event_json(e: &TreeEvent) -> Value {
+    let mut obj = Map::new();
+    obj.insert("time".into(), json!(rfc3339(e.time_unix_micros)));
+    obj.insert("path".into(), json!(e.path));
+    obj.insert("kind".into(), json!(e.kind));
+    obj.insert("change".into(), json!(e.change));
+    if !e.reason.is_empty() {
+        obj.insert("reason".into(), json!(e.reason));
+    }
+    if let Some(pid) = e.pid {
+        obj.insert("pid".into(), json!(pid));
+    }
+    if e.change == "started" {
+        obj.insert("restarts".into(), json!(e.restarts));
+    }
+    Value::Object(obj)
+}
+
+fn event_line(e: &TreeEvent) -> String {
+    let mut line = format!("{}  {}  {}", rfc3339(e.time_unix_micros), e.path, e.change);
+    if !e.reason.is_empty() {
+        line.push_str(&format!("  reason={}", e.reason));
+    }
+    if let Some(pid) = e.pid {
+        line.push_str(&format!("  pid={pid}"));
+    }
+    if e.change == "started" && e.restarts > 0 {
+        line.push_str(&format!("  restarts={}", e.restarts));
+    }
+    line
+}
+
+/// `2026-11-22T05:20:01.123Z` from microseconds since the epoch (UTC).
+fn rfc3339(micros: i64) -> String {
+    let secs = micros.div_euclid(1_000_000);
+    let millis = micros.rem_euclid(1_000_000) / 1000;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 /// `{"path","kind","status","restarts","pid"?,"strategy"?,"placement"?,"children"}`
@@ -118,5 +206,17 @@ fn uptime(d: Duration) -> String {
         60..3600 => format!("{}m{}s", s / 60, s % 60),
         3600..86400 => format!("{}h{}m", s / 3600, (s % 3600) / 60),
         _ => format!("{}d{}h", s / 86400, (s % 86400) / 3600),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rfc3339;
+
+    #[test]
+    fn timestamps_are_utc_rfc3339() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(951_782_400_000_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(rfc3339(1_795_324_801_123_456), "2026-11-22T05:20:01.123Z");
     }
 }

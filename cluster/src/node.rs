@@ -42,6 +42,7 @@ pub struct Node {
     pub addr: SocketAddr,
     root_exit: JoinHandle<()>,
     stop_api: oneshot::Sender<()>,
+    health: tonic_health::server::HealthReporter,
     api: JoinHandle<Result<(), tonic::transport::Error>>,
 }
 
@@ -62,6 +63,8 @@ pub enum NodeError {
     Store(StoreError),
     #[error("the root supervisor failed to start: {0}")]
     Root(StartError),
+    #[error("cannot set up the API: {0}")]
+    Api(String),
 }
 
 /// How a node ended.
@@ -111,8 +114,25 @@ impl Node {
         }
         let (stop_api, stopped) = oneshot::channel::<()>();
         let service = ActorsService::new(tree.clone(), ROOT);
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_serving::<ActorsServer<ActorsService>>().await;
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(cadre_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1 = reflection()
+            .build_v1()
+            .map_err(|e| NodeError::Api(e.to_string()))?;
+        // Older grpcurl versions ask for v1alpha.
+        let reflection_v1alpha = reflection()
+            .build_v1alpha()
+            .map_err(|e| NodeError::Api(e.to_string()))?;
         let api = tokio::spawn(
             tonic::transport::Server::builder()
+                .add_service(health_service)
+                .add_service(reflection_v1)
+                .add_service(reflection_v1alpha)
                 .add_service(ActorsServer::new(service))
                 .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
                     let _ = stopped.await;
@@ -126,6 +146,7 @@ impl Node {
             addr,
             root_exit,
             stop_api,
+            health,
             api,
         })
     }
@@ -135,6 +156,11 @@ impl Node {
     pub async fn run_until(mut self, stop: impl std::future::Future<Output = ()>) -> NodeExit {
         let exit = tokio::select! {
             _ = stop => {
+                // Probes see the node leave before its actors do.
+                self.health.set_not_serving::<ActorsServer<ActorsService>>().await;
+                self.health
+                    .set_service_status("", tonic_health::ServingStatus::NotServing)
+                    .await;
                 tracing::info!("shutting down the supervision tree");
                 self.root.shutdown().await;
                 NodeExit::Stopped

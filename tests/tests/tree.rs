@@ -309,3 +309,146 @@ fn a_second_node_on_the_same_data_dir_is_refused() {
     assert!(err.contains("is in use by another cadre node"), "{err}");
     assert!(err.contains(&format!("pid {}", node.pid())), "{err}");
 }
+
+#[test]
+fn health_and_reflection_answer_like_grpcurl_expects() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let node = Node::start(REST_FOR_ONE);
+    let url = format!("http://{}", node.addr);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let channel = tonic::transport::Channel::from_shared(url)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+        for service in ["", "cadre.v1.Actors"] {
+            let status = health
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: service.into(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .status;
+            assert_eq!(
+                status,
+                tonic_health::pb::health_check_response::ServingStatus::Serving as i32,
+                "{service:?}"
+            );
+        }
+
+        let mut reflection = ServerReflectionClient::new(channel);
+        let ask = |m: MessageRequest| ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(m),
+        };
+        let requests = tokio_stream::iter(vec![
+            ask(MessageRequest::ListServices(String::new())),
+            ask(MessageRequest::FileContainingSymbol(
+                "cadre.v1.Actors".into(),
+            )),
+        ]);
+        let mut answers = reflection
+            .server_reflection_info(requests)
+            .await
+            .unwrap()
+            .into_inner();
+        let Some(MessageResponse::ListServicesResponse(list)) =
+            answers.message().await.unwrap().unwrap().message_response
+        else {
+            panic!("expected a service list");
+        };
+        let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
+        for want in ["cadre.v1.Actors", "grpc.health.v1.Health"] {
+            assert!(names.contains(&want), "{want} missing from {names:?}");
+        }
+        let Some(MessageResponse::FileDescriptorResponse(files)) =
+            answers.message().await.unwrap().unwrap().message_response
+        else {
+            panic!("expected file descriptors");
+        };
+        let file = <prost_types_shim::FileDescriptorProto as prost::Message>::decode(
+            files.file_descriptor_proto[0].as_slice(),
+        )
+        .unwrap();
+        assert_eq!(file.name, "cadre/v1/actors.proto");
+        assert_eq!(file.package, "cadre.v1");
+    });
+}
+
+/// Just the fields of `google.protobuf.FileDescriptorProto` this test reads.
+mod prost_types_shim {
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct FileDescriptorProto {
+        #[prost(string, tag = "1")]
+        pub name: String,
+        #[prost(string, tag = "2")]
+        pub package: String,
+    }
+}
+
+#[test]
+fn tree_watch_streams_lifecycle_changes_as_json_lines() {
+    use std::io::{BufRead, BufReader};
+    let node = Node::start(REST_FOR_ONE);
+    let mut watch = std::process::Command::new(cadre_tests::cadre_bin())
+        .args(["tree", "--watch", "-o", "json"])
+        .env("CADRE_SERVER", &node.addr)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = watch.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    // The watcher subscribes asynchronously: kill the middle process until it reports.
+    let mut seen: Vec<(String, String, String)> = Vec::new();
+    for _attempt in 0..10 {
+        let middle = pid_of(&node.tree(), "root/group/middle");
+        unsafe { libc::kill(middle as i32, libc::SIGKILL) };
+        while let Ok(line) = rx.recv_timeout(Duration::from_secs(2)) {
+            let v: Value = serde_json::from_str(&line).expect("each line is JSON");
+            assert!(v["time"].as_str().unwrap().ends_with('Z'), "{v}");
+            seen.push((
+                v["path"].as_str().unwrap().to_string(),
+                v["change"].as_str().unwrap().to_string(),
+                v["reason"].as_str().unwrap_or("").to_string(),
+            ));
+        }
+        if seen.iter().any(|(_, c, _)| c == "exited") {
+            break;
+        }
+    }
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let from = seen
+        .iter()
+        .position(|(_, c, _)| c == "exited")
+        .expect("the watcher saw the kill");
+    let seen = &seen[from..];
+    let want = [
+        ("root/group/middle", "exited", "killed"),
+        ("root/group/last", "terminated", ""),
+        ("root/group/middle", "restarting", ""),
+        ("root/group/last", "restarting", ""),
+        ("root/group/middle", "started", ""),
+        ("root/group/last", "started", ""),
+    ];
+    let got: Vec<_> = seen
+        .iter()
+        .take(6)
+        .map(|(p, c, r)| (p.as_str(), c.as_str(), r.as_str()))
+        .collect();
+    assert_eq!(got, want);
+}

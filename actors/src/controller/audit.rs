@@ -9,7 +9,7 @@ use tokio::sync::{broadcast, oneshot};
 use tokio::task::JoinHandle;
 
 use super::{AUDIT_CONVERSATION, AppendError, AppendRequest, Controller, NewEvent};
-use crate::tree::{Change, LifecycleEvent};
+use crate::tree::LifecycleEvent;
 use cadre_proto::v1::{ActorLifecycle, event};
 
 /// Most lifecycle events written in one append.
@@ -102,21 +102,14 @@ async fn write(controller: &Controller, events: Vec<NewEvent>) {
 }
 
 fn record(ev: &LifecycleEvent) -> NewEvent {
-    let (change, reason, pid, restarts) = match &ev.change {
-        Change::Started { pid, restarts } => ("started", String::new(), *pid, *restarts),
-        Change::Exited { reason } => ("exited", reason.to_string(), None, 0),
-        Change::Restarting => ("restarting", String::new(), None, 0),
-        Change::Terminated => ("terminated", String::new(), None, 0),
-        Change::Escalated { reason } => ("escalated", reason.clone(), None, 0),
-        Change::Deleted => ("deleted", String::new(), None, 0),
-    };
+    let (pid, restarts) = ev.change.started();
     NewEvent {
         exec_id: String::new(),
         kind: event::Kind::ActorLifecycle(ActorLifecycle {
             path: ev.path.clone(),
             kind: ev.kind.as_str().into(),
-            change: change.into(),
-            reason,
+            change: ev.change.name().into(),
+            reason: ev.change.reason().unwrap_or_default(),
             pid,
             restarts,
         }),

@@ -181,15 +181,7 @@ impl Harness {
 }
 
 pub fn compact(ev: &LifecycleEvent) -> Ev {
-    let change = match &ev.change {
-        Change::Started { .. } => "started",
-        Change::Exited { .. } => "exited",
-        Change::Restarting => "restarting",
-        Change::Terminated => "terminated",
-        Change::Escalated { .. } => "escalated",
-        Change::Deleted => "deleted",
-    };
-    (ev.path.clone(), change)
+    (ev.path.clone(), ev.change.name())
 }
 
 pub fn ev(path: &str, change: &'static str) -> Ev {
