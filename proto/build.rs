@@ -1,7 +1,11 @@
 //! Compiles `cadre/v1/*.proto` with protox, so no system `protoc` is needed.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["cadre/v1/actors.proto", "cadre/v1/events.proto"];
+    let protos = [
+        "cadre/v1/actors.proto",
+        "cadre/v1/conversations.proto",
+        "cadre/v1/events.proto",
+    ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }

@@ -213,12 +213,10 @@ async fn exit_codes_decide_transient_restarts() {
         ],
     )
     .await;
-    let evs = h
-        .wait_until("fails restarted", |e| {
-            e.contains(&ev("root/fails", "restarting"))
-        })
-        .await;
-    assert!(evs.contains(&ev("root/ok", "exited")));
+    h.wait_until("fails restarted and ok exited", |e| {
+        e.contains(&ev("root/fails", "restarting")) && e.contains(&ev("root/ok", "exited"))
+    })
+    .await;
     let reasons: Vec<_> = h
         .raw_events()
         .into_iter()

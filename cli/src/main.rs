@@ -3,6 +3,7 @@
 mod bench;
 mod client;
 mod config_cmd;
+mod conversations;
 mod debug;
 mod serve;
 mod tree;
@@ -31,6 +32,16 @@ enum Command {
     /// SIGTERM or Ctrl-C shuts the tree down in reverse start order, honouring each child's
     /// shutdown timeout.
     Serve(serve::ServeArgs),
+    /// Run one exec (turn): send an input to an agent and print its outputs as they stream.
+    /// Ends with `conversation=<id> seq=<n>` on stderr, so you can reconnect with --last-seq.
+    Exec(conversations::ExecArgs),
+    /// Branch a conversation at a seq into a new one.
+    Fork(conversations::ForkArgs),
+    /// List, show and read conversations.
+    Conversations {
+        #[command(subcommand)]
+        command: conversations::ConversationsCommand,
+    },
     /// Show the live supervision tree of a node (like pstree).
     Tree(tree::TreeArgs),
     /// Work with config files.
@@ -95,6 +106,9 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => serve::run(args).await,
             Command::Tree(args) => tree::run(args).await,
+            Command::Exec(args) => conversations::exec(args).await,
+            Command::Fork(args) => conversations::fork(args).await,
+            Command::Conversations { command } => conversations::run(command).await,
             Command::Config {
                 command: ConfigCommand::Check { file },
             } => config_cmd::check(&file),

@@ -102,7 +102,7 @@ fn event_line(e: &TreeEvent) -> String {
 }
 
 /// `2026-11-22T05:20:01.123Z` from microseconds since the epoch (UTC).
-fn rfc3339(micros: i64) -> String {
+pub fn rfc3339(micros: i64) -> String {
     let secs = micros.div_euclid(1_000_000);
     let millis = micros.rem_euclid(1_000_000) / 1000;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));

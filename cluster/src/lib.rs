@@ -3,7 +3,8 @@
 //! Store backends, membership and controller leadership arrive here too (see ARCHITECTURE.md).
 
 pub mod api;
+pub mod conversations;
 pub mod node;
 pub mod store;
 
-pub use node::{CONTROLLER, DEFAULT_LISTEN, Node, NodeError, NodeExit, NodeOptions, ROOT};
+pub use node::{AGENTS, CONTROLLER, DEFAULT_LISTEN, Node, NodeError, NodeExit, NodeOptions, ROOT};

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use cadre_actors::config::Config;
 use cadre_actors::controller::Controller;
 use cadre_actors::store::StoreError;
-use cadre_actors::{StartError, SupervisorRef, Tree};
+use cadre_actors::{
+    StartError, SupervisorFlags, SupervisorRef, Tree, supervisor_child_with_handle,
+};
 use cadre_proto::v1::actors_server::ActorsServer;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -16,13 +18,18 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::api::ActorsService;
+use crate::conversations::ConversationsService;
 use crate::store::SqliteStore;
+use cadre_proto::v1::conversations_server::ConversationsServer;
 
 /// Path of a node's root supervisor.
 pub const ROOT: &str = "root";
 
 /// Id of the controller under the root supervisor (path `root/controller`).
 pub const CONTROLLER: &str = "controller";
+
+/// Id of the dynamic supervisor that runs each exec's agent (path `root/agents`).
+pub const AGENTS: &str = "agents";
 
 /// The API address used when neither the command line nor the config names one.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7400";
@@ -102,7 +109,9 @@ impl Node {
         controller.audit(&tree);
         // The controller starts first and, in reverse order, stops last.
         let supervisor = &options.config.supervisor;
-        let mut children = vec![controller.child_spec(CONTROLLER)];
+        let (agents_spec, agents) =
+            supervisor_child_with_handle(AGENTS, SupervisorFlags::default(), Vec::new());
+        let mut children = vec![controller.child_spec(CONTROLLER), agents_spec];
         children.extend(supervisor.child_specs());
         let (root, root_exit) =
             SupervisorRef::start_root(ROOT, supervisor.flags.clone(), children, tree.clone())
@@ -116,6 +125,10 @@ impl Node {
         let service = ActorsService::new(tree.clone(), ROOT);
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<ActorsServer<ActorsService>>().await;
+        health
+            .set_serving::<ConversationsServer<ConversationsService>>()
+            .await;
+        let conversations = ConversationsService::new(controller.clone(), agents);
         let reflection = || {
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(cadre_proto::FILE_DESCRIPTOR_SET)
@@ -134,6 +147,7 @@ impl Node {
                 .add_service(reflection_v1)
                 .add_service(reflection_v1alpha)
                 .add_service(ActorsServer::new(service))
+                .add_service(ConversationsServer::new(conversations))
                 .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
                     let _ = stopped.await;
                 }),
@@ -158,6 +172,9 @@ impl Node {
             _ = stop => {
                 // Probes see the node leave before its actors do.
                 self.health.set_not_serving::<ActorsServer<ActorsService>>().await;
+                self.health
+                    .set_not_serving::<ConversationsServer<ConversationsService>>()
+                    .await;
                 self.health
                     .set_service_status("", tonic_health::ServingStatus::NotServing)
                     .await;

@@ -80,6 +80,16 @@ impl Node {
     /// Starts `cadre serve` with `config` (YAML) on a free port and waits until it listens.
     pub fn start(config: &str) -> Self {
         let dir = TempDir::new("node");
+        let data = dir.path().join("data");
+        Self::start_in(config, dir, &data)
+    }
+
+    /// Like [`Node::start`], on an existing data dir (a restart).
+    pub fn start_with_data(config: &str, data: &Path) -> Self {
+        Self::start_in(config, TempDir::new("node"), data)
+    }
+
+    fn start_in(config: &str, dir: TempDir, data: &Path) -> Self {
         let config_path = dir.path().join("cadre.yaml");
         std::fs::write(&config_path, config).expect("write config");
         let mut child = Command::new(cadre_bin())
@@ -87,7 +97,7 @@ impl Node {
             .arg("--config")
             .arg(&config_path)
             .arg("--data-dir")
-            .arg(dir.path().join("data"))
+            .arg(data)
             .args(["--listen", "127.0.0.1:0"])
             .env("CADRE_LOG", "info,ractor=warn")
             .stdout(Stdio::null())

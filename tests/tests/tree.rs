@@ -263,12 +263,13 @@ fn the_api_speaks_grpc_to_a_plain_tonic_client() {
     let paths: Vec<_> = root.children.iter().map(|c| c.path.as_str()).collect();
     assert_eq!(
         paths,
-        ["root/controller", "root/group"],
-        "the controller starts first"
+        ["root/controller", "root/agents", "root/group"],
+        "the node's own children start first"
     );
     assert_eq!(root.children[0].kind, "system");
-    assert_eq!(root.children[1].children.len(), 3);
-    assert!(root.children[1].children.iter().all(|c| c.pid.is_some()));
+    assert_eq!(root.children[1].kind, "supervisor");
+    assert_eq!(root.children[2].children.len(), 3);
+    assert!(root.children[2].children.iter().all(|c| c.pid.is_some()));
 }
 
 #[test]

@@ -23,7 +23,7 @@ use super::OpenExec;
 
 pub const LOG: &str = "log";
 pub const EVENTS: &str = "conv";
-const META: &str = "meta";
+pub const META: &str = "meta";
 const IDEM: &str = "idem";
 const EXEC: &str = "exec";
 

@@ -95,6 +95,8 @@ pub enum AppendError {
          fork it or raise store.max_events_per_conversation"
     )]
     HistoryLimit { conversation_id: String, limit: u64 },
+    #[error("conversation `{0}` already exists")]
+    AlreadyExists(String),
     #[error("the event log could not commit: {0}")]
     Store(StoreError),
     #[error("the controller is not running (it may be restarting); retry")]
@@ -218,6 +220,61 @@ impl Controller {
 
     /// Appends atomically; returns after the events are durable.
     pub async fn append(&self, request: AppendRequest) -> Result<Appended, AppendError> {
+        self.submit(request, false).await
+    }
+
+    /// Appends the first events of a new conversation; [`AppendError::AlreadyExists`] (and
+    /// nothing written) if it has any events already.
+    pub async fn create(&self, request: AppendRequest) -> Result<Appended, AppendError> {
+        self.submit(request, true).await
+    }
+
+    /// Conversations in id order after `after` (exclusive), at most `limit`, with their last seq.
+    pub async fn list(&self, after: &str, limit: usize) -> Result<Vec<(String, u64)>, StoreError> {
+        let shared = self.shared.clone();
+        let after = after.to_string();
+        blocking(move || {
+            let (begin, end) = range(&[Elem::Str(keys::META)]);
+            let begin = if after.is_empty() {
+                begin
+            } else {
+                let mut k = keys::meta(&after);
+                k.push(0xff);
+                k
+            };
+            let mut out: std::collections::BTreeMap<String, u64> =
+                std::collections::BTreeMap::new();
+            shared.store.read(&mut |t| {
+                for (k, v) in t.range(&begin, &end, limit, false)? {
+                    if let Some(crate::store::tuple::Value::Str(conv)) =
+                        crate::store::tuple::unpack(&k)
+                            .map_err(|e| StoreError::Io(e.to_string()))?
+                            .get(1)
+                    {
+                        out.insert(conv.clone(), keys::decode_u64(&v));
+                    }
+                }
+                Ok(())
+            })?;
+            // Conversations only in the tail so far.
+            let tail = shared.tail.tail.lock().expect("tail lock");
+            for (conv, q) in &tail.by_conversation {
+                if conv.as_str() > after.as_str()
+                    && let Some(last) = q.back()
+                {
+                    out.insert(conv.clone(), last.seq);
+                }
+            }
+            Ok(out.into_iter().take(limit).collect())
+        })
+        .await
+    }
+
+    async fn submit(
+        &self,
+        request: AppendRequest,
+        only_new: bool,
+    ) -> Result<Appended, AppendError> {
         if request.conversation_id.is_empty() {
             return Err(AppendError::Invalid("conversation_id is empty".into()));
         }
@@ -233,7 +290,11 @@ impl Controller {
             .ok_or(AppendError::Unavailable)?;
         let (reply, answer) = oneshot::channel();
         queue
-            .send(writer::Command::Append { request, reply })
+            .send(writer::Command::Append {
+                request,
+                only_new,
+                reply,
+            })
             .await
             .map_err(|_| AppendError::Unavailable)?;
         answer.await.map_err(|_| AppendError::Unavailable)?

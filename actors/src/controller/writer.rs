@@ -20,6 +20,8 @@ const MAX_BATCH_BYTES: usize = 4 << 20;
 pub enum Command {
     Append {
         request: AppendRequest,
+        /// Refuse unless the conversation has no events yet.
+        only_new: bool,
         reply: oneshot::Sender<Result<Appended, AppendError>>,
     },
 }
@@ -87,14 +89,19 @@ impl Writer {
             let mut events = 0;
             let mut bytes = 0;
             let mut next = Some(first);
-            while let Some(Command::Append { request, reply }) = next {
+            while let Some(Command::Append {
+                request,
+                only_new,
+                reply,
+            }) = next
+            {
                 events += request.events.len();
                 bytes += request
                     .events
                     .iter()
                     .map(|e| e.kind.encoded_len())
                     .sum::<usize>();
-                batch.push((request, reply));
+                batch.push((request, only_new, reply));
                 next = if events < MAX_BATCH_EVENTS && bytes < MAX_BATCH_BYTES {
                     rx.try_recv().ok()
                 } else {
@@ -107,12 +114,12 @@ impl Writer {
 
     /// Commits a batch in one transaction; a batch that is too large as a whole is committed
     /// request by request, so one oversized request fails alone.
-    fn commit(&mut self, batch: &mut Vec<(AppendRequest, Reply)>) {
+    fn commit(&mut self, batch: &mut Vec<(AppendRequest, bool, Reply)>) {
         self.wait_for_materializer();
-        let requests: Vec<&AppendRequest> = batch.iter().map(|(r, _)| r).collect();
+        let requests: Vec<(&AppendRequest, bool)> = batch.iter().map(|(r, n, _)| (r, *n)).collect();
         match self.transact(&requests) {
             Ok(outcomes) => {
-                let replies = batch.drain(..).map(|(_, reply)| reply);
+                let replies = batch.drain(..).map(|(_, _, reply)| reply);
                 self.finish(outcomes, replies);
             }
             Err(StoreError::TooLarge { .. }) if batch.len() > 1 => {
@@ -122,7 +129,7 @@ impl Writer {
             }
             Err(e) => {
                 tracing::error!(error = %e, requests = batch.len(), "event log commit failed");
-                for (_, reply) in batch.drain(..) {
+                for (_, _, reply) in batch.drain(..) {
                     let _ = reply.send(Err(AppendError::Store(e.clone())));
                 }
             }
@@ -190,7 +197,10 @@ impl Writer {
 
     /// One transaction for the whole batch, writing only log entries. Tentative seqs live in
     /// `pending` until it commits.
-    fn transact(&mut self, requests: &[&AppendRequest]) -> Result<Vec<Outcome>, StoreError> {
+    fn transact(
+        &mut self,
+        requests: &[(&AppendRequest, bool)],
+    ) -> Result<Vec<Outcome>, StoreError> {
         self.load_last_seqs(requests)?;
         let shared = self.controller.shared.clone();
         let limit = shared.limits.max_events_per_conversation;
@@ -202,7 +212,7 @@ impl Writer {
             lsn = self.next_lsn;
             let mut pending: HashMap<&str, u64> = HashMap::new();
             let mut seen_keys: HashMap<(&str, &str), Appended> = HashMap::new();
-            for request in requests {
+            for &(request, only_new) in requests {
                 let conv = request.conversation_id.as_str();
                 if let Some(key) = &request.idempotency_key {
                     if let Some(first) = seen_keys.get(&(conv, key.as_str())) {
@@ -227,6 +237,12 @@ impl Writer {
                     .copied()
                     .unwrap_or(0);
                 let n = request.events.len() as u64;
+                if only_new && last > 0 {
+                    outcomes.push(Outcome::Refused(AppendError::AlreadyExists(
+                        conv.to_string(),
+                    )));
+                    continue;
+                }
                 if last + n > limit {
                     outcomes.push(Outcome::Refused(AppendError::HistoryLimit {
                         conversation_id: conv.to_string(),
@@ -301,8 +317,8 @@ impl Writer {
     }
 
     /// Loads the last seq of conversations this writer has not seen yet.
-    fn load_last_seqs(&mut self, requests: &[&AppendRequest]) -> Result<(), StoreError> {
-        for request in requests {
+    fn load_last_seqs(&mut self, requests: &[(&AppendRequest, bool)]) -> Result<(), StoreError> {
+        for (request, _) in requests {
             let conv = &request.conversation_id;
             if !self.last_seq.contains_key(conv) {
                 let last = super::last_committed(&self.controller.shared, conv)?;

@@ -1,0 +1,504 @@
+//! `cadre.v1.Conversations`: execs, subscriptions, forks.
+//!
+//! Each exec's agent runs as a temporary child of the node's `root/agents` supervisor. Until the
+//! agent work lands, the only agent is the built-in `echo`, which replies with its input.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use cadre_actors::controller::{
+    AppendError, AppendRequest, Controller, NewEvent, SubscribeError, Subscription,
+};
+use cadre_actors::{
+    ActorKind, ChildExit, ChildSpec, ExitReason, Restart, StartContext, StartError, StartFuture,
+    Started, SupervisorHandle,
+};
+use cadre_proto::v1::conversations_server::Conversations;
+use cadre_proto::v1::{
+    Conversation, Event, ExecRequest, ExecState, ExecStateChanged, ForkRequest, Forked,
+    GetConversationRequest, InputReceived, ListConversationsRequest, ListConversationsResponse,
+    OutputEmitted, SubscribeRequest, event,
+};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+/// The agents this node can run.
+pub const AGENTS: &[&str] = &["echo"];
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<Event, Status>> + Send>>;
+
+/// The service; cheap to clone.
+#[derive(Clone)]
+pub struct ConversationsService {
+    controller: Controller,
+    agents: SupervisorHandle,
+    /// conversation id → the exec running in it.
+    running: Arc<Mutex<HashMap<String, String>>>,
+}
+
+/// How many events a list returns when the request does not say.
+const DEFAULT_LIST: u32 = 100;
+const MAX_LIST: u32 = 1000;
+
+impl ConversationsService {
+    pub fn new(controller: Controller, agents: SupervisorHandle) -> Self {
+        Self {
+            controller,
+            agents,
+            running: Arc::default(),
+        }
+    }
+
+    fn running_exec(&self, conversation: &str) -> Option<String> {
+        self.running
+            .lock()
+            .expect("running")
+            .get(conversation)
+            .cloned()
+    }
+
+    /// Streams events after `after` until `done` says the last one ends the stream.
+    fn stream(
+        &self,
+        mut sub: Subscription,
+        done: impl Fn(&Event) -> bool + Send + 'static,
+        caught_up: Option<u64>,
+    ) -> EventStream {
+        let (tx, rx) = mpsc::channel(256);
+        tokio::spawn(async move {
+            if caught_up.is_some_and(|end| sub.last_seq() >= end) {
+                return;
+            }
+            while let Some(item) = sub.next().await {
+                let (item, last) = match item {
+                    Ok(e) => {
+                        let last = done(&e) || caught_up.is_some_and(|end| e.seq >= end);
+                        (Ok(Event::clone(&e)), last)
+                    }
+                    Err(e) => (Err(subscribe_status(e)), true),
+                };
+                if tx.send(item).await.is_err() || last {
+                    return;
+                }
+            }
+        });
+        Box::pin(ReceiverStream::new(rx))
+    }
+
+    async fn start_exec(
+        &self,
+        conversation: String,
+        r: ExecRequest,
+    ) -> Result<EventStream, Status> {
+        if !AGENTS.contains(&r.agent_id.as_str()) {
+            return Err(Status::invalid_argument(format!(
+                "agent_id: unknown agent `{}` (available: {})",
+                r.agent_id,
+                AGENTS.join(", ")
+            )));
+        }
+        let exec_id = new_id("e");
+        {
+            let mut running = self.running.lock().expect("running");
+            if let Some(other) = running.get(&conversation) {
+                return Err(Status::failed_precondition(format!(
+                    "conversation `{conversation}` already has a running exec `{other}`; wait for it, \
+                     or reconnect with last_seq to follow it"
+                )));
+            }
+            running.insert(conversation.clone(), exec_id.clone());
+        }
+        let begin = AppendRequest {
+            conversation_id: conversation.clone(),
+            events: vec![
+                NewEvent {
+                    exec_id: exec_id.clone(),
+                    kind: event::Kind::InputReceived(InputReceived {
+                        agent_id: r.agent_id.clone(),
+                        text: r.input.clone(),
+                    }),
+                },
+                state(&exec_id, ExecState::Running, ""),
+            ],
+            idempotency_key: None,
+        };
+        let appended = match self.controller.append(begin).await {
+            Ok(a) => a,
+            Err(e) => {
+                self.running.lock().expect("running").remove(&conversation);
+                return Err(append_status(e));
+            }
+        };
+        let sub = self
+            .controller
+            .subscribe(&conversation, appended.first_seq - 1)
+            .await
+            .map_err(subscribe_status)?;
+        let agent = EchoAgent {
+            controller: self.controller.clone(),
+            running: self.running.clone(),
+            conversation,
+            exec_id: exec_id.clone(),
+            input: r.input,
+        };
+        let Some(agents) = self.agents.get() else {
+            agent.fail("the agents supervisor is not running").await;
+            return Err(Status::unavailable("the agents supervisor is not running"));
+        };
+        if let Err(e) = agents.start_child(agent.clone().child_spec()).await {
+            agent.fail(&e.to_string()).await;
+            return Err(Status::unavailable(format!("cannot start the agent: {e}")));
+        }
+        Ok(self.stream(sub, move |e| is_end_of(e, &exec_id), None))
+    }
+}
+
+#[tonic::async_trait]
+impl Conversations for ConversationsService {
+    type ExecStream = EventStream;
+    type SubscribeStream = EventStream;
+
+    async fn exec(&self, request: Request<ExecRequest>) -> Result<Response<EventStream>, Status> {
+        let r = request.into_inner();
+        let reconnect = r.input.is_empty();
+        if reconnect && r.conversation_id.is_empty() {
+            return Err(Status::invalid_argument(
+                "input: empty; give an input to start an exec, or a conversation_id (and last_seq) \
+                 to reconnect to one",
+            ));
+        }
+        if !reconnect && (r.resume || r.last_seq > 0) {
+            return Err(Status::invalid_argument(
+                "input: must be empty with resume or last_seq (they reconnect to an exec)",
+            ));
+        }
+        if !reconnect {
+            let conversation = if r.conversation_id.is_empty() {
+                new_id("c")
+            } else {
+                r.conversation_id.clone()
+            };
+            return self.start_exec(conversation, r).await.map(Response::new);
+        }
+        // Reconnect: exactly the events after last_seq, then the running exec to its end.
+        let sub = self
+            .controller
+            .subscribe(&r.conversation_id, r.last_seq)
+            .await
+            .map_err(subscribe_status)?;
+        let stream = match self.running_exec(&r.conversation_id) {
+            Some(exec_id) => self.stream(sub, move |e| is_end_of(e, &exec_id), None),
+            None => {
+                let end = self
+                    .controller
+                    .last_seq(&r.conversation_id)
+                    .await
+                    .map_err(|e| Status::unavailable(e.to_string()))?
+                    .unwrap_or(0);
+                self.stream(sub, |_| false, Some(end))
+            }
+        };
+        Ok(Response::new(stream))
+    }
+
+    async fn subscribe(
+        &self,
+        request: Request<SubscribeRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        let r = request.into_inner();
+        let sub = self
+            .controller
+            .subscribe(&r.conversation_id, r.after_seq)
+            .await
+            .map_err(subscribe_status)?;
+        Ok(Response::new(self.stream(sub, |_| false, None)))
+    }
+
+    async fn get(
+        &self,
+        request: Request<GetConversationRequest>,
+    ) -> Result<Response<Conversation>, Status> {
+        let id = request.into_inner().conversation_id;
+        Ok(Response::new(self.describe(&id).await?))
+    }
+
+    async fn list(
+        &self,
+        request: Request<ListConversationsRequest>,
+    ) -> Result<Response<ListConversationsResponse>, Status> {
+        let r = request.into_inner();
+        let limit = match r.limit {
+            0 => DEFAULT_LIST,
+            n if n > MAX_LIST => {
+                return Err(Status::invalid_argument(format!(
+                    "limit: at most {MAX_LIST}, got {n}"
+                )));
+            }
+            n => n,
+        };
+        let conversations = self
+            .controller
+            .list(&r.after, limit as usize)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?
+            .into_iter()
+            .map(|(conversation_id, last_seq)| Conversation {
+                conversation_id,
+                last_seq,
+                ..Default::default()
+            })
+            .collect();
+        Ok(Response::new(ListConversationsResponse { conversations }))
+    }
+
+    async fn fork(&self, request: Request<ForkRequest>) -> Result<Response<Conversation>, Status> {
+        let r = request.into_inner();
+        let end = self
+            .controller
+            .last_seq(&r.src_conversation_id)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?
+            .ok_or_else(|| {
+                Status::not_found(format!("no conversation `{}`", r.src_conversation_id))
+            })?;
+        let at = if r.at_seq == 0 { end } else { r.at_seq };
+        if at > end {
+            return Err(Status::out_of_range(format!(
+                "at_seq {at} is beyond the end of conversation `{}` (last seq {end})",
+                r.src_conversation_id
+            )));
+        }
+        let dest = if r.dest_conversation_id.is_empty() {
+            new_id("c")
+        } else {
+            r.dest_conversation_id
+        };
+        // Copied, not referenced: each conversation stays self-contained (reads never follow a
+        // chain of forks), at the cost of storing the shared prefix again.
+        let prefix = self
+            .controller
+            .read(&r.src_conversation_id, 0, at as usize)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let mut events: Vec<NewEvent> = prefix
+            .into_iter()
+            .filter_map(|e| {
+                e.kind.map(|kind| NewEvent {
+                    exec_id: e.exec_id,
+                    kind,
+                })
+            })
+            .collect();
+        events.push(NewEvent {
+            exec_id: String::new(),
+            kind: event::Kind::Forked(Forked {
+                src_conversation_id: r.src_conversation_id,
+                at_seq: at,
+            }),
+        });
+        self.controller
+            .create(AppendRequest {
+                conversation_id: dest.clone(),
+                events,
+                idempotency_key: None,
+            })
+            .await
+            .map_err(append_status)?;
+        Ok(Response::new(self.describe(&dest).await?))
+    }
+}
+
+impl ConversationsService {
+    /// A conversation's summary, from its log.
+    async fn describe(&self, id: &str) -> Result<Conversation, Status> {
+        let mut c = Conversation {
+            conversation_id: id.to_string(),
+            ..Default::default()
+        };
+        let mut after = 0;
+        loop {
+            let page = self
+                .controller
+                .read(id, after, 4096)
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))?;
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+            for e in &page {
+                match &e.kind {
+                    Some(event::Kind::InputReceived(i)) => {
+                        c.exec_id = e.exec_id.clone();
+                        c.agent_id = i.agent_id.clone();
+                        c.exec_state = ExecState::Pending as i32;
+                    }
+                    Some(event::Kind::ExecStateChanged(s)) if e.exec_id == c.exec_id => {
+                        c.exec_state = s.state;
+                    }
+                    Some(event::Kind::Forked(f)) => {
+                        c.forked_from = f.src_conversation_id.clone();
+                        c.forked_at_seq = f.at_seq;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if after == 0 {
+            return Err(Status::not_found(format!("no conversation `{id}`")));
+        }
+        c.last_seq = after;
+        Ok(c)
+    }
+}
+
+/// Whether `e` is the terminal state change of `exec_id`.
+fn is_end_of(e: &Event, exec_id: &str) -> bool {
+    match &e.kind {
+        Some(event::Kind::ExecStateChanged(s)) if e.exec_id == exec_id => matches!(
+            ExecState::try_from(s.state),
+            Ok(ExecState::Completed | ExecState::Failed | ExecState::Cancelled)
+        ),
+        _ => false,
+    }
+}
+
+fn state(exec_id: &str, state: ExecState, reason: &str) -> NewEvent {
+    NewEvent {
+        exec_id: exec_id.to_string(),
+        kind: event::Kind::ExecStateChanged(ExecStateChanged {
+            state: state as i32,
+            reason: reason.to_string(),
+        }),
+    }
+}
+
+fn new_id(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+pub fn subscribe_status(e: SubscribeError) -> Status {
+    match e {
+        SubscribeError::NotFound(_) => Status::not_found(e.to_string()),
+        SubscribeError::OutOfRange { .. } => Status::out_of_range(e.to_string()),
+        SubscribeError::TooSlow { .. } => Status::aborted(e.to_string()),
+        SubscribeError::Store(_) => Status::unavailable(e.to_string()),
+    }
+}
+
+pub fn append_status(e: AppendError) -> Status {
+    match e {
+        AppendError::Invalid(_) => Status::invalid_argument(e.to_string()),
+        AppendError::HistoryLimit { .. } => Status::resource_exhausted(e.to_string()),
+        AppendError::AlreadyExists(_) => Status::already_exists(e.to_string()),
+        AppendError::Store(_) | AppendError::Unavailable => Status::unavailable(e.to_string()),
+    }
+}
+
+/// The built-in `echo` agent: replies with its input, deterministically.
+#[derive(Clone)]
+struct EchoAgent {
+    controller: Controller,
+    running: Arc<Mutex<HashMap<String, String>>>,
+    conversation: String,
+    exec_id: String,
+    input: String,
+}
+
+impl EchoAgent {
+    /// A temporary child: an exec's agent is never restarted by its supervisor (recovery from
+    /// the log resumes execs instead).
+    fn child_spec(self) -> ChildSpec {
+        let id = self.exec_id.clone();
+        let start = move |ctx: StartContext| -> StartFuture {
+            let agent = self.clone();
+            Box::pin(async move {
+                let (actor, _) = Actor::spawn_linked(None, EchoActor, agent, ctx.supervisor)
+                    .await
+                    .map_err(|e| StartError(e.to_string()))?;
+                Ok(Started {
+                    cell: actor.get_cell(),
+                    os_process: None,
+                })
+            })
+        };
+        ChildSpec::worker(id, ActorKind::Agent, start).restart(Restart::Temporary)
+    }
+
+    async fn run(&self) -> Result<(), AppendError> {
+        let reply = AppendRequest {
+            conversation_id: self.conversation.clone(),
+            events: vec![
+                NewEvent {
+                    exec_id: self.exec_id.clone(),
+                    kind: event::Kind::OutputEmitted(OutputEmitted {
+                        text: self.input.clone(),
+                    }),
+                },
+                state(&self.exec_id, ExecState::Completed, ""),
+            ],
+            idempotency_key: Some(format!("{}/{}/reply", self.conversation, self.exec_id)),
+        };
+        let result = self.controller.append(reply).await.map(|_| ());
+        self.finished();
+        result
+    }
+
+    /// Ends the exec as FAILED (best effort) when the agent could not run.
+    async fn fail(&self, why: &str) {
+        let failed = AppendRequest {
+            conversation_id: self.conversation.clone(),
+            events: vec![state(&self.exec_id, ExecState::Failed, why)],
+            idempotency_key: None,
+        };
+        if let Err(e) = self.controller.append(failed).await {
+            tracing::error!(exec = %self.exec_id, error = %e, "cannot record a failed exec");
+        }
+        self.finished();
+    }
+
+    fn finished(&self) {
+        let mut running = self.running.lock().expect("running");
+        if running.get(&self.conversation) == Some(&self.exec_id) {
+            running.remove(&self.conversation);
+        }
+    }
+}
+
+struct EchoActor;
+
+impl Actor for EchoActor {
+    type Msg = ();
+    type State = EchoAgent;
+    type Arguments = EchoAgent;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<()>,
+        agent: EchoAgent,
+    ) -> Result<EchoAgent, ActorProcessingErr> {
+        // Work happens after start, so the supervisor's start_child returns at once.
+        myself.cast(())?;
+        Ok(agent)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<()>,
+        _msg: (),
+        agent: &mut EchoAgent,
+    ) -> Result<(), ActorProcessingErr> {
+        match agent.run().await {
+            Ok(()) => {
+                myself.stop(None);
+                Ok(())
+            }
+            Err(e) => {
+                agent.fail(&e.to_string()).await;
+                Err(Box::new(ChildExit(ExitReason::Error(e.to_string()))))
+            }
+        }
+    }
+}

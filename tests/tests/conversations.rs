@@ -1,0 +1,399 @@
+//! Conversations over real gRPC and the real CLI: exec, reconnect with last_seq, fork, error
+//! codes, and a node SIGKILLed while execs stream.
+
+use std::time::Duration;
+
+use cadre_proto::v1::conversations_client::ConversationsClient;
+use cadre_proto::v1::{Event, ExecRequest, ForkRequest, SubscribeRequest, event};
+use cadre_tests::Node;
+use serde_json::Value;
+use tonic::Code;
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Runtime::new().unwrap()
+}
+
+async fn client(node: &Node) -> ConversationsClient<tonic::transport::Channel> {
+    ConversationsClient::connect(format!("http://{}", node.addr))
+        .await
+        .unwrap()
+}
+
+fn exec(conversation: &str, input: &str) -> ExecRequest {
+    ExecRequest {
+        conversation_id: conversation.into(),
+        agent_id: "echo".into(),
+        input: input.into(),
+        last_seq: 0,
+        resume: false,
+    }
+}
+
+async fn collect(mut s: tonic::Streaming<Event>) -> Vec<Event> {
+    let mut out = Vec::new();
+    while let Some(e) = s.message().await.unwrap() {
+        out.push(e);
+    }
+    out
+}
+
+fn output(e: &Event) -> Option<&str> {
+    match &e.kind {
+        Some(event::Kind::OutputEmitted(o)) => Some(&o.text),
+        _ => None,
+    }
+}
+
+#[test]
+fn cli_exec_prints_outputs_and_how_to_resume() {
+    let node = Node::start("version: v1\n");
+    let out = node.cli(&["exec", "--agent", "echo", "--input", "hello there"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello there\n");
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    let tail = err.lines().last().unwrap();
+    assert!(
+        tail.starts_with("conversation=c-") && tail.ends_with(" seq=4"),
+        "{err}"
+    );
+    let conversation = tail
+        .split(' ')
+        .next()
+        .unwrap()
+        .trim_start_matches("conversation=");
+
+    // Reconnecting with --last-seq prints exactly the later events.
+    let again = node.cli(&[
+        "exec",
+        "--conversation",
+        conversation,
+        "--last-seq",
+        "2",
+        "-o",
+        "json",
+    ]);
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let seqs: Vec<u64> = String::from_utf8_lossy(&again.stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(seqs, [3, 4]);
+
+    // Continue the conversation; the log shows both execs in order.
+    let more = node.cli(&[
+        "exec",
+        "--agent",
+        "echo",
+        "--input",
+        "more",
+        "--conversation",
+        conversation,
+    ]);
+    assert!(more.status.success());
+    assert!(String::from_utf8_lossy(&more.stderr).contains(" seq=8"));
+    let log = node.cli(&["conversations", "log", conversation, "-o", "json"]);
+    let types: Vec<String> = String::from_utf8_lossy(&log.stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["type"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(types.len(), 8);
+    assert_eq!(types[0], "input_received");
+    assert_eq!(types[7], "exec_state_changed");
+    let ls = node.cli(&["conversations", "ls", "-o", "json"]);
+    assert!(String::from_utf8_lossy(&ls.stdout).contains(conversation));
+}
+
+#[test]
+fn a_dropped_stream_resumes_with_exactly_the_missing_events() {
+    let node = Node::start("version: v1\n");
+    rt().block_on(async {
+        let mut c = client(&node).await;
+        let first = collect(c.exec(exec("conv-a", "one")).await.unwrap().into_inner()).await;
+        assert_eq!(
+            first.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            [1, 2, 3, 4]
+        );
+        // Start a second exec, read one event, drop the stream mid-way.
+        let mut s = c.exec(exec("conv-a", "two")).await.unwrap().into_inner();
+        let seen = s.message().await.unwrap().unwrap();
+        assert_eq!(seen.seq, 5);
+        drop(s);
+        let rest = collect(
+            c.exec(ExecRequest {
+                last_seq: seen.seq,
+                ..exec("conv-a", "")
+            })
+            .await
+            .unwrap()
+            .into_inner(),
+        )
+        .await;
+        assert_eq!(
+            rest.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            [6, 7, 8],
+            "none missing, none twice"
+        );
+        assert_eq!(output(&rest[1]), Some("two"));
+    });
+}
+
+#[test]
+fn forks_share_the_prefix_and_continue_separately() {
+    let node = Node::start("version: v1\n");
+    rt().block_on(async {
+        let mut c = client(&node).await;
+        collect(c.exec(exec("main", "first")).await.unwrap().into_inner()).await;
+        collect(c.exec(exec("main", "second")).await.unwrap().into_inner()).await;
+        let fork = c
+            .fork(ForkRequest {
+                src_conversation_id: "main".into(),
+                at_seq: 4,
+                dest_conversation_id: "branch".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            (fork.last_seq, fork.forked_from.as_str(), fork.forked_at_seq),
+            (5, "main", 4)
+        );
+        let on_branch = collect(
+            c.exec(exec("branch", "branch work"))
+                .await
+                .unwrap()
+                .into_inner(),
+        )
+        .await;
+        assert_eq!(on_branch.first().unwrap().seq, 6);
+        let on_main = collect(
+            c.exec(exec("main", "main work"))
+                .await
+                .unwrap()
+                .into_inner(),
+        )
+        .await;
+        assert_eq!(on_main.first().unwrap().seq, 9);
+        let branch = read_through(&mut c, "branch", 9).await;
+        let outputs: Vec<_> = branch.iter().filter_map(output).collect();
+        assert_eq!(
+            outputs,
+            ["first", "branch work"],
+            "the branch has the prefix, not main's later work"
+        );
+        assert!(matches!(branch[4].kind, Some(event::Kind::Forked(_))));
+
+        // Errors: past the end, existing destination, unknown source.
+        let past = c
+            .fork(ForkRequest {
+                src_conversation_id: "main".into(),
+                at_seq: 99,
+                dest_conversation_id: "x".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(past.code(), Code::OutOfRange, "{past:?}");
+        let exists = c
+            .fork(ForkRequest {
+                src_conversation_id: "main".into(),
+                at_seq: 2,
+                dest_conversation_id: "branch".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(exists.code(), Code::AlreadyExists, "{exists:?}");
+        let missing = c
+            .fork(ForkRequest {
+                src_conversation_id: "nope".into(),
+                at_seq: 0,
+                dest_conversation_id: String::new(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(missing.code(), Code::NotFound);
+        let list = c
+            .list(cadre_proto::v1::ListConversationsRequest {
+                after: String::new(),
+                limit: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let ids: Vec<_> = list
+            .conversations
+            .iter()
+            .map(|c| c.conversation_id.as_str())
+            .collect();
+        assert!(
+            !ids.contains(&"x"),
+            "a refused fork writes nothing: {ids:?}"
+        );
+    });
+}
+
+/// Reads a conversation from the start through `seq` (subscriptions never end by themselves).
+async fn read_through(
+    c: &mut ConversationsClient<tonic::transport::Channel>,
+    conversation: &str,
+    seq: u64,
+) -> Vec<Event> {
+    let mut s = c
+        .subscribe(SubscribeRequest {
+            conversation_id: conversation.into(),
+            after_seq: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut out = Vec::new();
+    while out.len() < seq as usize {
+        out.push(s.message().await.unwrap().expect("more events"));
+    }
+    out
+}
+
+#[test]
+fn errors_carry_the_right_status_codes() {
+    let node = Node::start("version: v1\n");
+    rt().block_on(async {
+        let mut c = client(&node).await;
+        collect(c.exec(exec("known", "hi")).await.unwrap().into_inner()).await;
+        let unknown = c
+            .subscribe(SubscribeRequest {
+                conversation_id: "nope".into(),
+                after_seq: 0,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(unknown.code(), Code::NotFound);
+        let past = c
+            .exec(ExecRequest {
+                last_seq: 50,
+                ..exec("known", "")
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(past.code(), Code::OutOfRange);
+        assert!(past.message().contains("last seq 4"), "{past:?}");
+        let bad_agent = c
+            .exec(ExecRequest {
+                agent_id: "gpt-9".into(),
+                ..exec("", "x")
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(bad_agent.code(), Code::InvalidArgument);
+        assert!(
+            bad_agent.message().starts_with("agent_id:"),
+            "{bad_agent:?}"
+        );
+        let nothing = c.exec(exec("", "")).await.unwrap_err();
+        assert_eq!(nothing.code(), Code::InvalidArgument);
+        assert!(nothing.message().starts_with("input:"), "{nothing:?}");
+    });
+    let out = node.cli(&["exec", "--agent", "nope", "--input", "x"]);
+    assert_eq!(out.status.code(), Some(2), "usage errors exit 2");
+    let out = node.cli(&["conversations", "show", "nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("NotFound"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_node_killed_while_execs_stream_keeps_every_event_a_client_saw() {
+    let mut node = Node::start("version: v1\n");
+    let data = node.dir.path().join("data");
+    let seen: Vec<Event> = rt().block_on(async {
+        let mut c = client(&node).await;
+        let mut seen = Vec::new();
+        let killer = {
+            let pid = node.pid();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            })
+        };
+        'outer: for i in 0.. {
+            let conversation = format!("k{}", i % 4);
+            let Ok(resp) = c.exec(exec(&conversation, &format!("msg {i}"))).await else {
+                break;
+            };
+            let mut s = resp.into_inner();
+            loop {
+                match s.message().await {
+                    Ok(Some(e)) => seen.push(e),
+                    Ok(None) => break,
+                    Err(_) => break 'outer,
+                }
+            }
+        }
+        killer.await.unwrap();
+        seen
+    });
+    assert!(!seen.is_empty());
+    let _ = node.wait_exit(Duration::from_secs(10));
+
+    // Restart on the same data dir.
+    let node = Node::start_with_data("version: v1\n", &data);
+    rt().block_on(async {
+        let mut c = client(&node).await;
+        for conversation in ["k0", "k1", "k2", "k3"] {
+            let mine: Vec<&Event> = seen
+                .iter()
+                .filter(|e| e.conversation_id == conversation)
+                .collect();
+            let Some(last_seen) = mine.last() else {
+                continue;
+            };
+            let log = read_through(&mut c, conversation, last_seen.seq).await;
+            for e in &mine {
+                let stored = &log[e.seq as usize - 1];
+                assert_eq!(
+                    (stored.seq, &stored.kind),
+                    (e.seq, &e.kind),
+                    "{conversation} seq {}",
+                    e.seq
+                );
+            }
+            let end = c
+                .get(cadre_proto::v1::GetConversationRequest {
+                    conversation_id: conversation.into(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .last_seq;
+            let next = collect(
+                c.exec(exec(conversation, "after restart"))
+                    .await
+                    .unwrap()
+                    .into_inner(),
+            )
+            .await;
+            assert_eq!(
+                next[0].seq,
+                end + 1,
+                "{conversation}: numbering continues without a gap"
+            );
+        }
+    });
+}
