@@ -23,6 +23,7 @@ use crate::supervisor::supervisor_child;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub node: NodeConfig,
+    pub api: ApiConfig,
     pub store: StoreConfig,
     /// The root supervisor (path `root`).
     pub supervisor: SupervisorConfig,
@@ -33,6 +34,13 @@ pub struct Config {
 pub struct NodeConfig {
     pub listen: Option<String>,
     pub data_dir: Option<PathBuf>,
+}
+
+/// The `api` section.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ApiConfig {
+    /// Bearer tokens; when any is set, every API call must carry one.
+    pub tokens: Vec<String>,
 }
 
 /// The `store` section.
@@ -91,6 +99,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             node: NodeConfig::default(),
+            api: ApiConfig::default(),
             store: StoreConfig::default(),
             supervisor: SupervisorConfig {
                 flags: SupervisorFlags::default(),
@@ -185,6 +194,7 @@ impl ChildConfig {
 struct RawConfig {
     version: Option<Spanned<String>>,
     node: Option<RawNode>,
+    api: Option<RawApi>,
     store: Option<RawStore>,
     supervisor: Option<Spanned<RawSupervisor>>,
 }
@@ -194,6 +204,13 @@ struct RawConfig {
 struct RawNode {
     listen: Option<Spanned<String>>,
     data_dir: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApi {
+    #[serde(default)]
+    tokens: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -286,8 +303,19 @@ impl Checker {
             .as_ref()
             .map(|s| self.store(s))
             .unwrap_or_default();
+        let mut api = ApiConfig::default();
+        for t in raw.api.iter().flat_map(|a| &a.tokens) {
+            if t.trim().is_empty() || t.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                self.fail(
+                    t.span(),
+                    "api.tokens: a token must be non-empty with no spaces".into(),
+                );
+            }
+            api.tokens.push(t.to_string());
+        }
         Config {
             node,
+            api,
             store,
             supervisor,
         }

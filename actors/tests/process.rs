@@ -10,10 +10,19 @@ use cadre_actors::{
 };
 
 /// A process that exits 0 on SIGUSR1 and 3 on SIGUSR2, and dies by default on other signals.
-const OBEDIENT: &str = "trap 'exit 0' USR1; trap 'exit 3' USR2; while :; do sleep 0.02; done";
+/// The script touches `DIR/<its pid>` once its traps are set.
+fn obedient(dir: &std::path::Path) -> String {
+    format!(
+        "trap 'exit 0' USR1; trap 'exit 3' USR2; touch {}/$$; while :; do sleep 0.02; done",
+        dir.display()
+    )
+}
 
 /// Makes a process exit with `how`: exit 0, SIGTERM, exit 3, SIGABRT (a crash) or SIGKILL.
-fn make_exit(pid: u32, how: How) -> ExitReason {
+async fn make_exit(dir: &std::path::Path, pid: u32, how: How) -> ExitReason {
+    while !dir.join(pid.to_string()).exists() {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
     let (sig, reason) = match how {
         How::Normal => (libc::SIGUSR1, ExitReason::Normal),
         How::Shutdown => (libc::SIGTERM, ExitReason::Shutdown),
@@ -41,20 +50,25 @@ async fn every_strategy_restart_type_and_exit_reason_with_real_processes() {
         for restart in [Restart::Permanent, Restart::Transient, Restart::Temporary] {
             for how in ALL_HOWS {
                 let h = Harness::new();
+                let ready = std::env::temp_dir().join(format!(
+                    "cadre-obedient-{}-{strategy:?}-{restart:?}-{how:?}",
+                    std::process::id()
+                ));
+                std::fs::create_dir_all(&ready).unwrap();
                 let sup = root(
                     &h,
                     strategy,
                     vec![
-                        process_child("a", sh(OBEDIENT)),
-                        process_child("b", sh(OBEDIENT)).restart(restart),
-                        process_child("c", sh(OBEDIENT)),
+                        process_child("a", sh(&obedient(&ready))),
+                        process_child("b", sh(&obedient(&ready))).restart(restart),
+                        process_child("c", sh(&obedient(&ready))),
                     ],
                 )
                 .await;
                 h.settle(3).await;
                 h.clear().await;
                 let before = pids(&h);
-                let reason = make_exit(before[1].unwrap(), how);
+                let reason = make_exit(&ready, before[1].unwrap(), how).await;
                 let want = expected(strategy, restart, how);
                 let got = h.settle(want.len()).await;
                 let case = format!("{strategy:?} {restart:?} {how:?}");
@@ -82,6 +96,7 @@ async fn every_strategy_restart_type_and_exit_reason_with_real_processes() {
                     .flatten()
                     .all(|p| !alive(*p));
                 assert!(all_dead, "{case}: processes left behind");
+                let _ = std::fs::remove_dir_all(&ready);
             }
         }
     }
@@ -174,16 +189,27 @@ async fn sigkill_in_rest_for_one_restarts_it_and_the_ones_after() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_process_ignoring_sigterm_is_killed_at_its_timeout() {
     let h = Harness::new();
+    let ready = std::env::temp_dir().join(format!("cadre-stubborn-{}", std::process::id()));
+    let _ = std::fs::remove_file(&ready);
+    let script = format!(
+        "trap '' TERM; touch {}; while :; do sleep 0.05; done",
+        ready.display()
+    );
     let sup = root(
         &h,
         Strategy::OneForOne,
         vec![
-            process_child("stubborn", sh("trap '' TERM; while :; do sleep 0.05; done"))
+            process_child("stubborn", sh(&script))
                 .shutdown(Shutdown::Timeout(Duration::from_millis(400))),
             process_child("polite", sh("exec sleep 1000")),
         ],
     )
     .await;
+    // SIGTERM before the shell has set its trap would kill it at once.
+    while !ready.exists() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let _ = std::fs::remove_file(&ready);
     let p = pids(&h);
     let t = Instant::now();
     sup.terminate_child("polite").await.unwrap();

@@ -2,6 +2,9 @@
 
 use anyhow::anyhow;
 use clap::Args;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 /// Where the node is.
@@ -15,9 +18,46 @@ pub struct ServerArgs {
         global = true
     )]
     pub server: String,
+    /// Bearer token, for nodes started with api.tokens or --token-file.
+    #[arg(long, env = "CADRE_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
 }
 
-pub async fn connect(args: &ServerArgs) -> anyhow::Result<Channel> {
+/// Adds `authorization: Bearer <token>` to every call, when a token is given.
+#[derive(Clone)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(token) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", token.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A connection to a node's API.
+pub type Api = InterceptedService<Channel, Bearer>;
+
+pub async fn connect(args: &ServerArgs) -> anyhow::Result<Api> {
+    let bearer = match &args.token {
+        Some(t) => Some(
+            format!("Bearer {t}")
+                .parse()
+                .map_err(|_| anyhow!("--token: not a valid header value"))?,
+        ),
+        None => None,
+    };
+    let channel = connect_channel(args).await?;
+    Ok(InterceptedService::new(channel, Bearer(bearer)))
+}
+
+async fn connect_channel(args: &ServerArgs) -> anyhow::Result<Channel> {
     let url = if args.server.contains("://") {
         args.server.clone()
     } else {

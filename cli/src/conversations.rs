@@ -1,5 +1,6 @@
 //! `cadre exec`, `cadre fork` and `cadre conversations …`.
 
+use crate::client::Api;
 use cadre_proto::v1::conversations_client::ConversationsClient;
 use cadre_proto::v1::{
     Conversation, Event, ExecRequest, ExecState, ForkRequest, GetConversationRequest,
@@ -8,7 +9,6 @@ use cadre_proto::v1::{
 use clap::{Args, Subcommand};
 use serde_json::{Map, Value, json};
 use tonic::Streaming;
-use tonic::transport::Channel;
 
 use crate::client::{ServerArgs, connect};
 use crate::tree::rfc3339;
@@ -104,7 +104,7 @@ fn failure(call: &str, s: tonic::Status) -> Failure {
     }
 }
 
-async fn client(server: &ServerArgs) -> Result<ConversationsClient<Channel>, Failure> {
+async fn client(server: &ServerArgs) -> Result<ConversationsClient<Api>, Failure> {
     Ok(ConversationsClient::new(connect(server).await?))
 }
 

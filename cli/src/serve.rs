@@ -22,6 +22,10 @@ pub struct ServeArgs {
     /// gRPC listen address [default: node.listen, else 127.0.0.1:7400]; port 0 picks a free port.
     #[arg(long, value_name = "ADDR")]
     listen: Option<String>,
+    /// File of bearer tokens the API accepts, one per line (added to api.tokens). With any
+    /// token set, every call needs `authorization: Bearer <token>`.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
 }
 
 pub async fn run(args: ServeArgs) -> Result<(), Failure> {
@@ -51,8 +55,13 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
         .data_dir
         .or_else(|| config.node.data_dir.clone())
         .unwrap_or_else(default_data_dir);
+    let extra_tokens = match &args.token_file {
+        Some(file) => read_tokens(file)?,
+        None => Vec::new(),
+    };
     let node = Node::start(NodeOptions {
         config,
+        extra_tokens,
         listen,
         data_dir,
     })
@@ -67,6 +76,34 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
         )
         .into()),
     }
+}
+
+/// Tokens from a file: one per line; blank lines and `#` comments are skipped.
+fn read_tokens(file: &std::path::Path) -> Result<Vec<String>, Failure> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| Failure::Usage(format!("--token-file {}: {e}", file.display())))?;
+    let mut tokens = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if line.chars().any(char::is_whitespace) {
+            return Err(Failure::Usage(format!(
+                "{}:{}: a token must not contain spaces",
+                file.display(),
+                n + 1
+            )));
+        }
+        tokens.push(line.to_string());
+    }
+    if tokens.is_empty() {
+        return Err(Failure::Usage(format!(
+            "--token-file {}: no tokens in it",
+            file.display()
+        )));
+    }
+    Ok(tokens)
 }
 
 pub fn default_data_dir() -> PathBuf {

@@ -32,7 +32,7 @@ pub async fn run(args: TreeArgs) -> Result<(), Failure> {
             client
                 .watch_tree(WatchTreeRequest {})
                 .await
-                .map_err(|s| anyhow::anyhow!("WatchTree failed: {}: {}", s.code(), s.message()))?
+                .map_err(|s| anyhow::anyhow!("WatchTree failed: {:?}: {}", s.code(), s.message()))?
                 .into_inner(),
         )
     } else {
@@ -41,7 +41,7 @@ pub async fn run(args: TreeArgs) -> Result<(), Failure> {
     let response = client
         .tree(TreeRequest {})
         .await
-        .map_err(|s| anyhow::anyhow!("Tree failed: {}: {}", s.code(), s.message()))?;
+        .map_err(|s| anyhow::anyhow!("Tree failed: {:?}: {}", s.code(), s.message()))?;
     let root = response
         .into_inner()
         .root
@@ -56,7 +56,7 @@ pub async fn run(args: TreeArgs) -> Result<(), Failure> {
         while let Some(change) = changes
             .message()
             .await
-            .map_err(|s| anyhow::anyhow!("watch ended: {}: {}", s.code(), s.message()))?
+            .map_err(|s| anyhow::anyhow!("watch ended: {:?}: {}", s.code(), s.message()))?
         {
             match args.output {
                 Output::Json => println!("{}", event_json(&change)),

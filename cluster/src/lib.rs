@@ -3,6 +3,7 @@
 //! Store backends, membership and controller leadership arrive here too (see ARCHITECTURE.md).
 
 pub mod api;
+pub mod auth;
 pub mod conversations;
 pub mod node;
 pub mod store;

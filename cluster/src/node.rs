@@ -18,9 +18,11 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::api::ActorsService;
+use crate::auth::Auth;
 use crate::conversations::ConversationsService;
 use crate::store::SqliteStore;
 use cadre_proto::v1::conversations_server::ConversationsServer;
+use tonic::service::interceptor::InterceptedService;
 
 /// Path of a node's root supervisor.
 pub const ROOT: &str = "root";
@@ -37,6 +39,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:7400";
 /// What a node is started with.
 pub struct NodeOptions {
     pub config: Config,
+    /// Bearer tokens accepted by the API, besides `api.tokens` in the config.
+    pub extra_tokens: Vec<String>,
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
 }
@@ -134,20 +138,42 @@ impl Node {
                 .register_encoded_file_descriptor_set(cadre_proto::FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         };
-        let reflection_v1 = reflection()
-            .build_v1()
-            .map_err(|e| NodeError::Api(e.to_string()))?;
+        let auth = Auth::new(
+            options
+                .config
+                .api
+                .tokens
+                .iter()
+                .cloned()
+                .chain(options.extra_tokens.iter().cloned()),
+        );
+        if !auth.is_enabled() && !addr.ip().is_loopback() {
+            tracing::warn!(
+                %addr,
+                "listening beyond loopback without authentication: anyone who can reach this \
+                 address controls the node; set api.tokens or --token-file"
+            );
+        }
+        let reflection_v1 = InterceptedService::new(
+            reflection()
+                .build_v1()
+                .map_err(|e| NodeError::Api(e.to_string()))?,
+            auth.clone(),
+        );
         // Older grpcurl versions ask for v1alpha.
-        let reflection_v1alpha = reflection()
-            .build_v1alpha()
-            .map_err(|e| NodeError::Api(e.to_string()))?;
+        let reflection_v1alpha = InterceptedService::new(
+            reflection()
+                .build_v1alpha()
+                .map_err(|e| NodeError::Api(e.to_string()))?,
+            auth.clone(),
+        );
         let api = tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(health_service)
                 .add_service(reflection_v1)
                 .add_service(reflection_v1alpha)
-                .add_service(ActorsServer::new(service))
-                .add_service(ConversationsServer::new(conversations))
+                .add_service(ActorsServer::with_interceptor(service, auth.clone()))
+                .add_service(ConversationsServer::with_interceptor(conversations, auth))
                 .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
                     let _ = stopped.await;
                 }),

@@ -81,15 +81,22 @@ impl Node {
     pub fn start(config: &str) -> Self {
         let dir = TempDir::new("node");
         let data = dir.path().join("data");
-        Self::start_in(config, dir, &data)
+        Self::start_in(config, dir, &data, &[])
+    }
+
+    /// Like [`Node::start`], with more `cadre serve` arguments.
+    pub fn start_with_args(config: &str, args: &[&str]) -> Self {
+        let dir = TempDir::new("node");
+        let data = dir.path().join("data");
+        Self::start_in(config, dir, &data, args)
     }
 
     /// Like [`Node::start`], on an existing data dir (a restart).
     pub fn start_with_data(config: &str, data: &Path) -> Self {
-        Self::start_in(config, TempDir::new("node"), data)
+        Self::start_in(config, TempDir::new("node"), data, &[])
     }
 
-    fn start_in(config: &str, dir: TempDir, data: &Path) -> Self {
+    fn start_in(config: &str, dir: TempDir, data: &Path, args: &[&str]) -> Self {
         let config_path = dir.path().join("cadre.yaml");
         std::fs::write(&config_path, config).expect("write config");
         let mut child = Command::new(cadre_bin())
@@ -99,6 +106,7 @@ impl Node {
             .arg("--data-dir")
             .arg(data)
             .args(["--listen", "127.0.0.1:0"])
+            .args(args)
             .env("CADRE_LOG", "info,ractor=warn")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -130,7 +130,7 @@ fn sigterm_shuts_the_tree_down_in_reverse_start_order() {
     let trail = dir.path().join("trail");
     let child = |name: &str| {
         format!(
-            "          - id: {name}\n            process: {{ command: [sh, -c, \"trap 'echo {name} >> {t}; exit 0' TERM; while :; do sleep 0.05; done\"] }}\n",
+            "          - id: {name}\n            process: {{ command: [sh, -c, \"trap 'echo {name} >> {t}; exit 0' TERM; touch {t}-{name}; while :; do sleep 0.05; done\"] }}\n",
             t = trail.display()
         )
     };
@@ -141,6 +141,12 @@ fn sigterm_shuts_the_tree_down_in_reverse_start_order() {
         child("three")
     );
     let mut node = Node::start(&config);
+    // Each shell reports once its trap is set (a SIGTERM before that would skip the trail).
+    for name in ["one", "two", "three"] {
+        while !dir.path().join(format!("trail-{name}")).exists() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
     let tree = node.tree();
     let pids: Vec<u32> = ["one", "two", "three"]
         .iter()
@@ -164,9 +170,16 @@ fn sigterm_shuts_the_tree_down_in_reverse_start_order() {
 
 #[test]
 fn a_child_ignoring_sigterm_is_killed_at_its_shutdown_timeout() {
-    let mut node = Node::start(
-        "version: v1\nsupervisor:\n  children:\n    - id: stubborn\n      shutdown: 300\n      process: { command: [sh, -c, \"trap '' TERM; while :; do sleep 0.05; done\"] }\n",
-    );
+    let dir = cadre_tests::TempDir::new("stubborn");
+    let ready = dir.path().join("ready");
+    let mut node = Node::start(&format!(
+        "version: v1\nsupervisor:\n  children:\n    - id: stubborn\n      shutdown: 300\n      process: {{ command: [sh, -c, \"trap '' TERM; touch {}; while :; do sleep 0.05; done\"] }}\n",
+        ready.display()
+    ));
+    // SIGTERM before the shell has set its trap would kill it at once.
+    while !ready.exists() {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let pid = pid_of(&node.tree(), "root/stubborn");
     let t = std::time::Instant::now();
     assert!(node.stop(libc::SIGTERM).success());
