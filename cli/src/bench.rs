@@ -20,6 +20,24 @@ pub enum BenchCommand {
     /// Durable append throughput and latency of the event log (group commit through the
     /// controller), against a naive baseline that commits one transaction per event.
     Eventlog(EventlogArgs),
+    /// Exec round trips with the `echo` agent against a node started in this process (real
+    /// gRPC over loopback, durable log in a scratch data dir), from concurrent conversations.
+    Exec(ExecBenchArgs),
+}
+
+#[derive(Args)]
+pub struct ExecBenchArgs {
+    /// Execs in all.
+    #[arg(long, default_value_t = 20_000)]
+    execs: usize,
+    /// Concurrent conversations, each running one exec at a time.
+    #[arg(long, default_value_t = 64)]
+    conversations: usize,
+    /// Where the scratch node keeps its data [default: the node's default data dir].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    #[arg(short = 'o', long, value_enum, default_value_t)]
+    output: Output,
 }
 
 #[derive(Args)]
@@ -42,7 +60,10 @@ pub struct EventlogArgs {
 }
 
 pub async fn run(command: BenchCommand) -> Result<(), Failure> {
-    let BenchCommand::Eventlog(args) = command;
+    let args = match command {
+        BenchCommand::Eventlog(args) => args,
+        BenchCommand::Exec(args) => return exec(args).await,
+    };
     if args.events == 0 || args.writers == 0 {
         return Err(Failure::Usage(
             "--events and --writers must be at least 1".into(),
@@ -197,6 +218,101 @@ async fn baseline(store: Arc<SqliteStore>, writers: usize, events: usize) -> any
         t.await??;
     }
     Ok(events as f64 / started.elapsed().as_secs_f64())
+}
+
+async fn exec(args: ExecBenchArgs) -> Result<(), Failure> {
+    if args.execs == 0 || args.conversations == 0 {
+        return Err(Failure::Usage(
+            "--execs and --conversations must be at least 1".into(),
+        ));
+    }
+    let base = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(crate::serve::default_data_dir);
+    let scratch = base.join(format!("bench-exec-{}", std::process::id()));
+    let result = exec_rounds(&args, &scratch).await;
+    let _ = std::fs::remove_dir_all(&scratch);
+    let report = result?;
+    match args.output {
+        Output::Json => println!("{report}"),
+        Output::Text => println!(
+            "{:.0} execs/s, round trip p50 {:.3} ms, p99 {:.3} ms ({} execs over {} conversations)",
+            report["execs_per_sec"].as_f64().unwrap_or_default(),
+            report["exec_p50_ms"].as_f64().unwrap_or_default(),
+            report["exec_p99_ms"].as_f64().unwrap_or_default(),
+            args.execs,
+            args.conversations
+        ),
+    }
+    Ok(())
+}
+
+async fn exec_rounds(
+    args: &ExecBenchArgs,
+    dir: &std::path::Path,
+) -> anyhow::Result<serde_json::Value> {
+    use cadre_proto::v1::ExecRequest;
+    use cadre_proto::v1::conversations_client::ConversationsClient;
+
+    let node = cadre_cluster::Node::start(cadre_cluster::NodeOptions {
+        config: cadre_actors::config::Config::default(),
+        extra_tokens: Vec::new(),
+        listen: "127.0.0.1:0".parse().expect("loopback"),
+        data_dir: dir.to_path_buf(),
+    })
+    .await
+    .context("start a scratch node")?;
+    let url = format!("http://{}", node.addr);
+    eprintln!(
+        "bench exec: {} execs over {} conversations against {url}",
+        args.execs, args.conversations
+    );
+    let per = args.execs.div_ceil(args.conversations);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..args.conversations {
+        let url = url.clone();
+        let count = per.min(args.execs.saturating_sub(c * per));
+        tasks.push(tokio::spawn(async move {
+            let mut client = ConversationsClient::connect(url).await?;
+            let mut latencies = Vec::with_capacity(count);
+            for i in 0..count {
+                let t = Instant::now();
+                let mut stream = client
+                    .exec(ExecRequest {
+                        conversation_id: format!("bench-{c}"),
+                        agent_id: "echo".into(),
+                        input: format!("message {i}"),
+                        last_seq: 0,
+                        resume: false,
+                    })
+                    .await?
+                    .into_inner();
+                while stream.message().await?.is_some() {}
+                latencies.push(t.elapsed());
+            }
+            anyhow::Ok(latencies)
+        }));
+    }
+    let mut latencies = Vec::with_capacity(args.execs);
+    for t in tasks {
+        latencies.extend(t.await??);
+    }
+    let elapsed = started.elapsed();
+    node.run_until(async {}).await;
+    latencies.sort();
+    let pct =
+        |q: f64| ms(latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)]);
+    Ok(json!({
+        "execs": latencies.len(),
+        "conversations": args.conversations,
+        "execs_per_sec": (latencies.len() as f64 / elapsed.as_secs_f64()).round(),
+        "exec_p50_ms": pct(0.50),
+        "exec_p99_ms": pct(0.99),
+        "exec_max_ms": ms(*latencies.last().unwrap_or(&Duration::ZERO)),
+        "data_dir": dir.display().to_string(),
+    }))
 }
 
 fn ms(d: Duration) -> f64 {

@@ -53,6 +53,47 @@ impl ConversationsService {
         }
     }
 
+    /// Makes `exec_id` the conversation's running exec, or says which exec is running. A
+    /// client sees an exec's end as soon as it commits, a moment before the agent forgets it,
+    /// so an exec whose terminal event is in the log is not running any more.
+    async fn claim(&self, conversation: &str, exec_id: &str) -> Result<(), Status> {
+        loop {
+            let current = self.running_exec(conversation);
+            if let Some(other) = &current
+                && !self.finished(conversation, other).await?
+            {
+                return Err(Status::failed_precondition(format!(
+                    "conversation `{conversation}` already has a running exec `{other}`; wait \
+                     for it, or reconnect with last_seq to follow it"
+                )));
+            }
+            let mut running = self.running.lock().expect("running");
+            if running.get(conversation) == current.as_ref() {
+                running.insert(conversation.to_string(), exec_id.to_string());
+                return Ok(());
+            }
+        }
+    }
+
+    /// Whether the conversation's last event ends `exec_id`.
+    async fn finished(&self, conversation: &str, exec_id: &str) -> Result<bool, Status> {
+        let unavailable = |e: cadre_actors::store::StoreError| Status::unavailable(e.to_string());
+        let Some(last) = self
+            .controller
+            .last_seq(conversation)
+            .await
+            .map_err(unavailable)?
+        else {
+            return Ok(false);
+        };
+        let tail = self
+            .controller
+            .read(conversation, last - 1, 1)
+            .await
+            .map_err(unavailable)?;
+        Ok(tail.first().is_some_and(|e| is_end_of(e, exec_id)))
+    }
+
     fn running_exec(&self, conversation: &str) -> Option<String> {
         self.running
             .lock()
@@ -102,16 +143,7 @@ impl ConversationsService {
             )));
         }
         let exec_id = new_id("e");
-        {
-            let mut running = self.running.lock().expect("running");
-            if let Some(other) = running.get(&conversation) {
-                return Err(Status::failed_precondition(format!(
-                    "conversation `{conversation}` already has a running exec `{other}`; wait for it, \
-                     or reconnect with last_seq to follow it"
-                )));
-            }
-            running.insert(conversation.clone(), exec_id.clone());
-        }
+        self.claim(&conversation, &exec_id).await?;
         let begin = AppendRequest {
             conversation_id: conversation.clone(),
             events: vec![

@@ -87,6 +87,19 @@ pub enum NodeExit {
     RootExited,
 }
 
+/// Accepted API connections with Nagle's algorithm off: small gRPC frames must not wait for
+/// delayed ACKs (that costs ~40 ms per round trip).
+fn incoming(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    TcpListenerStream::new(listener).map(|conn| {
+        let conn = conn?;
+        conn.set_nodelay(true)?;
+        Ok(conn)
+    })
+}
+
 impl Node {
     /// Binds the API, starts the root supervisor (and with it every configured child), then
     /// serves the API.
@@ -174,7 +187,7 @@ impl Node {
                 .add_service(reflection_v1alpha)
                 .add_service(ActorsServer::with_interceptor(service, auth.clone()))
                 .add_service(ConversationsServer::with_interceptor(conversations, auth))
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                .serve_with_incoming_shutdown(incoming(listener), async {
                     let _ = stopped.await;
                 }),
         );

@@ -397,3 +397,57 @@ fn a_node_killed_while_execs_stream_keeps_every_event_a_client_saw() {
         }
     });
 }
+
+#[test]
+fn concurrent_execs_on_one_conversation_never_interleave() {
+    let node = Node::start("version: v1\n");
+    rt().block_on(async {
+        let mut tasks = Vec::new();
+        for i in 0..16 {
+            let mut c = client(&node).await;
+            tasks.push(tokio::spawn(async move {
+                match c.exec(exec("busy", &format!("try {i}"))).await {
+                    Ok(s) => Ok(collect(s.into_inner()).await),
+                    Err(status) => Err(status),
+                }
+            }));
+        }
+        let mut ok = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(events) => {
+                    assert_eq!(events.len(), 4);
+                    ok += 1;
+                }
+                Err(status) => {
+                    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+                    assert!(
+                        status.message().contains("already has a running exec `e-"),
+                        "{status:?}"
+                    );
+                }
+            }
+        }
+        assert!(ok >= 1);
+        // Each exec's four events sit together, in order.
+        let mut c = client(&node).await;
+        let log = read_through(&mut c, "busy", ok * 4).await;
+        for exec in log.chunks(4) {
+            assert!(
+                exec.iter().all(|e| e.exec_id == exec[0].exec_id),
+                "interleaved execs: {log:#?}"
+            );
+            assert!(matches!(exec[0].kind, Some(event::Kind::InputReceived(_))));
+        }
+        // Right after an exec's stream ends, the next exec is accepted.
+        for i in 0..20 {
+            collect(
+                c.exec(exec("busy", &format!("next {i}")))
+                    .await
+                    .unwrap()
+                    .into_inner(),
+            )
+            .await;
+        }
+    });
+}
