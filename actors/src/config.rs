@@ -124,45 +124,71 @@ impl Config {
 
     /// Validates config text; `file` is used in error messages.
     pub fn parse(file: &str, text: &str) -> Result<Self, ConfigError> {
-        let err = |span: Option<&Span>, message: String| {
-            let (line, column) = span
-                .and_then(|s| s.start())
-                .map(|m| (m.line(), m.column()))
-                .unwrap_or((1, 1));
-            ConfigError {
-                file: file.to_string(),
-                line,
-                column,
-                message,
-            }
-        };
         if text.trim().is_empty() {
             return Ok(Self::default());
         }
-        let node = marked_yaml::parse_yaml_with_options(
-            0,
-            text,
-            marked_yaml::LoaderOptions::default().error_on_duplicate_keys(true),
-        )
-        .map_err(|e| load_error(file, e))?;
-        let raw: RawConfig = marked_yaml::from_node(&node).map_err(|e| {
-            // Errors raised through `Spanned<…>` wrappers can lose their place; an unknown
-            // field can always be found again by its key.
-            let mark = match &*e {
-                marked_yaml::Error::UnknownFieldError(field, _, span) if span.start().is_none() => {
-                    find_key(&node, field)
-                }
-                _ => e.start_mark(),
-            };
-            let span = mark.map(Span::new_start);
-            err(span.as_ref(), clean_serde_message(&e.to_string()))
-        })?;
-        let mut check = Checker { errors: Vec::new() };
-        let config = check.config(raw);
-        match check.errors.into_iter().next() {
-            Some((span, message)) => Err(err(Some(&span), message)),
-            None => Ok(config),
+        parse_with(file, text, |check, raw: RawConfig| check.config(raw))
+    }
+}
+
+impl ChildConfig {
+    /// Validates one child entry (as under `children:`), for a supervisor with `parent` flags.
+    pub fn parse(file: &str, text: &str, parent: &SupervisorFlags) -> Result<Self, ConfigError> {
+        if text.trim().is_empty() {
+            return Err(ConfigError {
+                file: file.to_string(),
+                line: 1,
+                column: 1,
+                message: "empty child spec: give at least `id` and an actor kind".into(),
+            });
         }
+        parse_with(file, text, |check, raw: Spanned<RawChild>| {
+            check.child(&raw, parent)
+        })
+    }
+}
+
+/// Parses YAML into `R`, then validates it with `check`; the first error wins.
+fn parse_with<R: serde::de::DeserializeOwned, T>(
+    file: &str,
+    text: &str,
+    check: impl FnOnce(&mut Checker, R) -> T,
+) -> Result<T, ConfigError> {
+    let err = |span: Option<&Span>, message: String| {
+        let (line, column) = span
+            .and_then(|s| s.start())
+            .map(|m| (m.line(), m.column()))
+            .unwrap_or((1, 1));
+        ConfigError {
+            file: file.to_string(),
+            line,
+            column,
+            message,
+        }
+    };
+    let node = marked_yaml::parse_yaml_with_options(
+        0,
+        text,
+        marked_yaml::LoaderOptions::default().error_on_duplicate_keys(true),
+    )
+    .map_err(|e| load_error(file, e))?;
+    let raw: R = marked_yaml::from_node(&node).map_err(|e| {
+        // Errors raised through `Spanned<…>` wrappers can lose their place; an unknown
+        // field can always be found again by its key.
+        let mark = match &*e {
+            marked_yaml::Error::UnknownFieldError(field, _, span) if span.start().is_none() => {
+                find_key(&node, field)
+            }
+            _ => e.start_mark(),
+        };
+        let span = mark.map(Span::new_start);
+        err(span.as_ref(), clean_serde_message(&e.to_string()))
+    })?;
+    let mut checker = Checker { errors: Vec::new() };
+    let value = check(&mut checker, raw);
+    match checker.errors.into_iter().next() {
+        Some((span, message)) => Err(err(Some(&span), message)),
+        None => Ok(value),
     }
 }
 

@@ -243,7 +243,8 @@ impl Actor for Supervisor {
         myself: ActorRef<SupervisorMsg>,
         args: SupervisorArgs,
     ) -> Result<SupervisorState, ActorProcessingErr> {
-        args.tree.supervisor_init(&args.path, args.flags.strategy);
+        args.tree
+            .supervisor_init(&args.path, &args.flags, SupervisorRef(myself.clone()));
         let mut state = SupervisorState {
             myself,
             path: args.path,

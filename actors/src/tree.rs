@@ -10,7 +10,8 @@ use std::time::SystemTime;
 
 use tokio::sync::broadcast;
 
-use crate::spec::{ActorKind, ChildStatus, ExitReason, Strategy};
+use crate::spec::{ActorKind, ChildStatus, ExitReason, Strategy, SupervisorFlags};
+use crate::supervisor::SupervisorRef;
 
 /// One lifecycle change of one actor.
 #[derive(Debug, Clone, PartialEq)]
@@ -67,6 +68,8 @@ struct Entry {
     started_at: Option<SystemTime>,
     /// Child paths in start order.
     children: Vec<String>,
+    /// The running instance, for supervisors (to start and stop children by path).
+    supervisor: Option<(SupervisorRef, SupervisorFlags)>,
 }
 
 /// Capacity of the lifecycle broadcast; a subscriber that falls further behind gets `Lagged`.
@@ -140,31 +143,32 @@ impl Tree {
                 if status != ChildStatus::Running {
                     entry.pid = None;
                     entry.started_at = None;
+                    entry.supervisor = None;
                 }
             }
         }
         self.emit(path, kind, change);
     }
 
-    /// A supervisor instance announces its strategy and forgets the children of any previous
+    /// A supervisor instance announces itself and forgets the children of any previous
     /// instance at the same path (they are started afresh).
-    pub fn supervisor_init(&self, path: &str, strategy: Strategy) {
+    pub fn supervisor_init(&self, path: &str, flags: &SupervisorFlags, handle: SupervisorRef) {
         let mut map = self.inner.lock().expect("tree lock");
-        let old = match map.get_mut(path) {
-            Some(entry) => {
-                entry.strategy = Some(strategy);
-                std::mem::take(&mut entry.children)
-            }
-            None => {
-                let mut entry = Entry::new(ActorKind::Supervisor);
-                entry.strategy = Some(strategy);
-                map.insert(path.to_string(), entry);
-                Vec::new()
-            }
-        };
+        let entry = map
+            .entry(path.to_string())
+            .or_insert_with(|| Entry::new(ActorKind::Supervisor));
+        entry.strategy = Some(flags.strategy);
+        entry.supervisor = Some((handle, flags.clone()));
+        let old = std::mem::take(&mut entry.children);
         for child in old {
             remove_subtree(&mut map, &child);
         }
+    }
+
+    /// The running supervisor at `path` and its flags.
+    pub fn supervisor(&self, path: &str) -> Option<(SupervisorRef, SupervisorFlags)> {
+        let map = self.inner.lock().expect("tree lock");
+        map.get(path).and_then(|e| e.supervisor.clone())
     }
 
     /// Removes the child at `path` and its descendants.
@@ -232,6 +236,7 @@ impl Entry {
             strategy: None,
             started_at: Some(SystemTime::now()),
             children: Vec::new(),
+            supervisor: None,
         }
     }
 }

@@ -1,5 +1,6 @@
 //! `cadre`: run a node, and inspect and drive it over gRPC.
 
+mod actors;
 mod bench;
 mod client;
 mod config_cmd;
@@ -44,6 +45,11 @@ enum Command {
     },
     /// Show the live supervision tree of a node (like pstree).
     Tree(tree::TreeArgs),
+    /// List, spawn, stop and restart actors.
+    Actors {
+        #[command(subcommand)]
+        command: actors::ActorsCommand,
+    },
     /// Work with config files.
     Config {
         #[command(subcommand)]
@@ -106,6 +112,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => serve::run(args).await,
             Command::Tree(args) => tree::run(args).await,
+            Command::Actors { command } => actors::run(command).await,
             Command::Exec(args) => conversations::exec(args).await,
             Command::Fork(args) => conversations::fork(args).await,
             Command::Conversations { command } => conversations::run(command).await,

@@ -3,9 +3,13 @@
 use std::pin::Pin;
 use std::time::UNIX_EPOCH;
 
-use cadre_actors::{LifecycleEvent, Tree, TreeNode};
+use cadre_actors::config::ChildConfig;
+use cadre_actors::{LifecycleEvent, SupervisorError, Tree, TreeNode};
 use cadre_proto::v1::actors_server::Actors;
-use cadre_proto::v1::{ActorNode, TreeEvent, TreeRequest, TreeResponse, WatchTreeRequest};
+use cadre_proto::v1::{
+    ActorNode, ActorRequest, ListActorsRequest, ListActorsResponse, SpawnRequest, TreeEvent,
+    TreeRequest, TreeResponse, WatchTreeRequest,
+};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
@@ -29,9 +33,118 @@ impl ActorsService {
 
 type TreeEvents = Pin<Box<dyn Stream<Item = Result<TreeEvent, Status>> + Send>>;
 
+impl ActorsService {
+    fn node(&self, path: &str) -> Result<TreeNode, Status> {
+        self.tree
+            .snapshot(path)
+            .ok_or_else(|| Status::not_found(format!("no actor `{path}`")))
+    }
+
+    /// The supervisor above `path` and the child's id in it.
+    fn parent_of(&self, path: &str) -> Result<(cadre_actors::SupervisorRef, String), Status> {
+        let (parent, id) = match path.rsplit_once('/') {
+            Some(split) => split,
+            None if path == self.root => {
+                return Err(Status::failed_precondition(
+                    "the root supervisor cannot be stopped or restarted; stop the node instead",
+                ));
+            }
+            None => return Err(Status::not_found(format!("no actor `{path}`"))),
+        };
+        self.node(path)?;
+        let (sup, _) = self
+            .tree
+            .supervisor(parent)
+            .ok_or_else(|| Status::unavailable(format!("supervisor `{parent}` is not running")))?;
+        Ok((sup, id.to_string()))
+    }
+}
+
+fn supervisor_status(e: SupervisorError) -> Status {
+    match &e {
+        SupervisorError::NotFound(_) => Status::not_found(e.to_string()),
+        SupervisorError::Running(_) | SupervisorError::AlreadyPresent(_) => {
+            Status::already_exists(e.to_string())
+        }
+        SupervisorError::Restarting(_) => Status::failed_precondition(e.to_string()),
+        SupervisorError::MaxChildren(_) => Status::resource_exhausted(e.to_string()),
+        SupervisorError::InvalidSpec { .. } => Status::invalid_argument(e.to_string()),
+        SupervisorError::StartFailed { .. } => Status::failed_precondition(e.to_string()),
+        SupervisorError::Unavailable(_) => Status::unavailable(e.to_string()),
+    }
+}
+
 #[tonic::async_trait]
 impl Actors for ActorsService {
     type WatchTreeStream = TreeEvents;
+
+    async fn spawn(&self, request: Request<SpawnRequest>) -> Result<Response<ActorNode>, Status> {
+        let r = request.into_inner();
+        let parent = if r.parent.is_empty() {
+            self.root.clone()
+        } else {
+            r.parent
+        };
+        let (sup, flags) = self.tree.supervisor(&parent).ok_or_else(|| {
+            Status::not_found(format!("no running supervisor `{parent}` (parent)"))
+        })?;
+        let child = ChildConfig::parse("spec_yaml", &r.spec_yaml, &flags)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let info = sup
+            .start_child(child.child_spec())
+            .await
+            .map_err(supervisor_status)?;
+        Ok(Response::new(actor_node(
+            &self.node(&format!("{parent}/{}", info.id))?,
+        )))
+    }
+
+    async fn stop(&self, request: Request<ActorRequest>) -> Result<Response<ActorNode>, Status> {
+        let path = request.into_inner().path;
+        let (sup, id) = self.parent_of(&path)?;
+        sup.terminate_child(&id).await.map_err(supervisor_status)?;
+        // A temporary child is gone once stopped; report what it was.
+        let node = self
+            .tree
+            .snapshot(&path)
+            .map(|n| actor_node(&n))
+            .unwrap_or(ActorNode {
+                path,
+                status: "deleted".into(),
+                ..Default::default()
+            });
+        Ok(Response::new(node))
+    }
+
+    async fn restart(&self, request: Request<ActorRequest>) -> Result<Response<ActorNode>, Status> {
+        let path = request.into_inner().path;
+        let (sup, id) = self.parent_of(&path)?;
+        if self.node(&path)?.status == cadre_actors::ChildStatus::Running {
+            sup.terminate_child(&id).await.map_err(supervisor_status)?;
+        }
+        sup.restart_child(&id).await.map_err(supervisor_status)?;
+        Ok(Response::new(actor_node(&self.node(&path)?)))
+    }
+
+    async fn get(&self, request: Request<ActorRequest>) -> Result<Response<ActorNode>, Status> {
+        let path = request.into_inner().path;
+        Ok(Response::new(actor_node(&self.node(&path)?)))
+    }
+
+    async fn list(
+        &self,
+        _request: Request<ListActorsRequest>,
+    ) -> Result<Response<ListActorsResponse>, Status> {
+        let root = self.node(&self.root)?;
+        let mut actors = Vec::new();
+        let mut pending = vec![root];
+        while let Some(mut n) = pending.pop() {
+            let children = std::mem::take(&mut n.children);
+            actors.push(actor_node(&n));
+            pending.extend(children.into_iter().rev());
+        }
+        Ok(Response::new(ListActorsResponse { actors }))
+    }
 
     async fn watch_tree(
         &self,
