@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs a cadre node on its embedded defaults with examples/cadre.yaml, shows its supervision
-# tree, then kills one supervised process to show a rest_for_one restart. The node keeps
-# serving until Ctrl-C (or exits after the demo with --once).
+# tree, kills one supervised process to show a rest_for_one restart, runs an exec with the
+# built-in echo agent, prints its durable log and forks it. The node keeps serving until
+# Ctrl-C (or exits after the demo with --once).
 #
 #   ./scripts/run.sh [--once] [CONFIG]        listen address: $CADRE_LISTEN (127.0.0.1:7400)
 set -euo pipefail
@@ -44,6 +45,18 @@ if [ -n "${pid}" ]; then
   sleep 0.5
   "${cadre}" tree
 fi
+
+echo "==> cadre exec --agent echo --input 'hello, cadre'   (a durable exec: every event is in the log)"
+tmp=$(mktemp)
+"${cadre}" exec --agent echo --input "hello, cadre" 2> "${tmp}"
+cat "${tmp}"
+conversation=$(sed -n 's/^conversation=\([^ ]*\) seq=.*/\1/p' "${tmp}")
+rm -f "${tmp}"
+echo "==> cadre conversations log ${conversation}"
+"${cadre}" conversations log "${conversation}"
+echo "==> cadre fork --conversation ${conversation} --at-seq 1, then continue the branch"
+branch=$("${cadre}" fork --conversation "${conversation}" --at-seq 1 -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["conversation_id"])')
+"${cadre}" exec --agent echo --input "a different turn" --conversation "${branch}"
 
 if [ "${once}" = 1 ]; then
   echo "==> stopping the node (SIGTERM: reverse start order)"
