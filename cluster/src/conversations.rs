@@ -130,6 +130,88 @@ impl ConversationsService {
         Box::pin(ReceiverStream::new(rx))
     }
 
+    /// Continues the conversation's unfinished exec (after a crash, or in a fork taken
+    /// mid-exec): its agent runs again from the log; what it already did is not repeated.
+    async fn resume(&self, r: ExecRequest) -> Result<EventStream, Status> {
+        let conversation = r.conversation_id;
+        let summary = self.describe(&conversation).await?;
+        let done = matches!(
+            ExecState::try_from(summary.exec_state),
+            Ok(ExecState::Completed | ExecState::Failed | ExecState::Cancelled)
+        );
+        if summary.exec_id.is_empty() || done {
+            return Err(Status::failed_precondition(format!(
+                "conversation `{conversation}` has no unfinished exec to resume"
+            )));
+        }
+        if !AGENTS.contains(&summary.agent_id.as_str()) {
+            return Err(Status::failed_precondition(format!(
+                "exec `{}` needs agent `{}`, which this node does not have",
+                summary.exec_id, summary.agent_id
+            )));
+        }
+        let input = self.input_of(&conversation, &summary.exec_id).await?;
+        self.claim(&conversation, &summary.exec_id).await?;
+        let after = if r.last_seq > 0 {
+            r.last_seq
+        } else {
+            summary.last_seq
+        };
+        let sub = self
+            .controller
+            .subscribe(&conversation, after)
+            .await
+            .map_err(subscribe_status)?;
+        let agent = EchoAgent {
+            controller: self.controller.clone(),
+            running: self.running.clone(),
+            conversation,
+            exec_id: summary.exec_id.clone(),
+            input,
+        };
+        self.run_agent(agent).await?;
+        let exec_id = summary.exec_id;
+        Ok(self.stream(sub, move |e| is_end_of(e, &exec_id), None))
+    }
+
+    /// The input of an exec, from its `InputReceived`.
+    async fn input_of(&self, conversation: &str, exec_id: &str) -> Result<String, Status> {
+        let mut after = 0;
+        loop {
+            let page = self
+                .controller
+                .read(conversation, after, 4096)
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))?;
+            let Some(last) = page.last() else {
+                return Err(Status::failed_precondition(format!(
+                    "exec `{exec_id}` has no input in conversation `{conversation}`"
+                )));
+            };
+            after = last.seq;
+            for e in &page {
+                if let Some(event::Kind::InputReceived(i)) = &e.kind
+                    && e.exec_id == exec_id
+                {
+                    return Ok(i.text.clone());
+                }
+            }
+        }
+    }
+
+    /// Starts an exec's agent under `root/agents`; on failure the exec ends FAILED.
+    async fn run_agent(&self, agent: EchoAgent) -> Result<(), Status> {
+        let Some(agents) = self.agents.get() else {
+            agent.fail("the agents supervisor is not running").await;
+            return Err(Status::unavailable("the agents supervisor is not running"));
+        };
+        if let Err(e) = agents.start_child(agent.clone().child_spec()).await {
+            agent.fail(&e.to_string()).await;
+            return Err(Status::unavailable(format!("cannot start the agent: {e}")));
+        }
+        Ok(())
+    }
+
     async fn start_exec(
         &self,
         conversation: String,
@@ -177,14 +259,7 @@ impl ConversationsService {
             exec_id: exec_id.clone(),
             input: r.input,
         };
-        let Some(agents) = self.agents.get() else {
-            agent.fail("the agents supervisor is not running").await;
-            return Err(Status::unavailable("the agents supervisor is not running"));
-        };
-        if let Err(e) = agents.start_child(agent.clone().child_spec()).await {
-            agent.fail(&e.to_string()).await;
-            return Err(Status::unavailable(format!("cannot start the agent: {e}")));
-        }
+        self.run_agent(agent).await?;
         Ok(self.stream(sub, move |e| is_end_of(e, &exec_id), None))
     }
 }
@@ -203,7 +278,15 @@ impl Conversations for ConversationsService {
                  to reconnect to one",
             ));
         }
-        if !reconnect && (r.resume || r.last_seq > 0) {
+        if r.resume {
+            if !r.input.is_empty() {
+                return Err(Status::invalid_argument(
+                    "input: must be empty with resume (it continues the unfinished exec)",
+                ));
+            }
+            return self.resume(r).await.map(Response::new);
+        }
+        if !reconnect && r.last_seq > 0 {
             return Err(Status::invalid_argument(
                 "input: must be empty with resume or last_seq (they reconnect to an exec)",
             ));

@@ -451,3 +451,71 @@ fn concurrent_execs_on_one_conversation_never_interleave() {
         }
     });
 }
+
+#[test]
+fn resume_continues_an_unfinished_exec_once() {
+    let node = Node::start("version: v1\n");
+    rt().block_on(async {
+        let mut c = client(&node).await;
+        collect(c.exec(exec("src", "finish me")).await.unwrap().into_inner()).await;
+        // A fork taken mid-exec (after RUNNING, before the output) holds an unfinished exec.
+        c.fork(ForkRequest {
+            src_conversation_id: "src".into(),
+            at_seq: 2,
+            dest_conversation_id: "mid".into(),
+        })
+        .await
+        .unwrap();
+        let nothing_to_do = c
+            .exec(ExecRequest {
+                resume: true,
+                ..exec("src", "")
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            nothing_to_do.code(),
+            Code::FailedPrecondition,
+            "{nothing_to_do:?}"
+        );
+    });
+    let out = node.cli(&["exec", "--conversation", "mid", "--resume"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "finish me\n",
+        "the agent ran from the log"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("conversation=mid seq=5"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    rt().block_on(async {
+        let mut c = client(&node).await;
+        let log = read_through(&mut c, "mid", 5).await;
+        assert!(matches!(log[2].kind, Some(event::Kind::Forked(_))));
+        assert_eq!(output(&log[3]), Some("finish me"));
+        assert!(
+            log[1..]
+                .iter()
+                .all(|e| e.exec_id == log[0].exec_id || e.exec_id.is_empty())
+        );
+        let again = c
+            .exec(ExecRequest {
+                resume: true,
+                ..exec("mid", "")
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            again.code(),
+            Code::FailedPrecondition,
+            "a finished exec is not run twice"
+        );
+    });
+}
