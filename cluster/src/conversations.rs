@@ -176,6 +176,29 @@ impl ConversationsService {
 
     /// The input of an exec, from its `InputReceived`.
     async fn input_of(&self, conversation: &str, exec_id: &str) -> Result<String, Status> {
+        let mut input = None;
+        self.scan(conversation, |e| match &e.kind {
+            Some(event::Kind::InputReceived(i)) if e.exec_id == exec_id => {
+                input = Some(i.text.clone());
+                false
+            }
+            _ => true,
+        })
+        .await?;
+        input.ok_or_else(|| {
+            Status::failed_precondition(format!(
+                "exec `{exec_id}` has no input in conversation `{conversation}`"
+            ))
+        })
+    }
+
+    /// Reads the conversation from the start, page by page, while `visit` returns true.
+    /// Returns the seq of the last event read (0 if there are none).
+    async fn scan(
+        &self,
+        conversation: &str,
+        mut visit: impl FnMut(&Event) -> bool,
+    ) -> Result<u64, Status> {
         let mut after = 0;
         loop {
             let page = self
@@ -184,16 +207,12 @@ impl ConversationsService {
                 .await
                 .map_err(|e| Status::unavailable(e.to_string()))?;
             let Some(last) = page.last() else {
-                return Err(Status::failed_precondition(format!(
-                    "exec `{exec_id}` has no input in conversation `{conversation}`"
-                )));
+                return Ok(after);
             };
             after = last.seq;
             for e in &page {
-                if let Some(event::Kind::InputReceived(i)) = &e.kind
-                    && e.exec_id == exec_id
-                {
-                    return Ok(i.text.clone());
+                if !visit(e) {
+                    return Ok(e.seq);
                 }
             }
         }
@@ -434,16 +453,8 @@ impl ConversationsService {
             conversation_id: id.to_string(),
             ..Default::default()
         };
-        let mut after = 0;
-        loop {
-            let page = self
-                .controller
-                .read(id, after, 4096)
-                .await
-                .map_err(|e| Status::unavailable(e.to_string()))?;
-            let Some(last) = page.last() else { break };
-            after = last.seq;
-            for e in &page {
+        let after = self
+            .scan(id, |e| {
                 match &e.kind {
                     Some(event::Kind::InputReceived(i)) => {
                         c.exec_id = e.exec_id.clone();
@@ -459,8 +470,9 @@ impl ConversationsService {
                     }
                     _ => {}
                 }
-            }
-        }
+                true
+            })
+            .await?;
         if after == 0 {
             return Err(Status::not_found(format!("no conversation `{id}`")));
         }
