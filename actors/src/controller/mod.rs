@@ -373,7 +373,7 @@ impl Controller {
     }
 }
 
-/// Messages of the controller actor (it has none of its own: appends use the writer queue).
+/// Messages of the controller actor. Appends do not come here: they go to the writer queue.
 pub enum ControllerMsg {
     /// The writer thread ended: fail so that the supervisor restarts the controller.
     WriterExited(String),
