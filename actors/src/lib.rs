@@ -18,7 +18,5 @@ pub use spec::{
     ChildStatus, ChildType, ExitReason, Restart, Shutdown, StartContext, StartError, StartFuture,
     Started, Strategy, SupervisorError, SupervisorFlags,
 };
-pub use supervisor::{
-    Supervisor, SupervisorHandle, SupervisorRef, supervisor_child, supervisor_child_with_handle,
-};
+pub use supervisor::{Supervisor, SupervisorRef, supervisor_child};
 pub use tree::{Change, LifecycleEvent, Tree, TreeNode};

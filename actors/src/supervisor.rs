@@ -13,7 +13,6 @@
 //! so that the parent always sees a failure and escalation goes up the tree.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use ractor::{
@@ -93,39 +92,15 @@ enum Flow {
     AutoShutdown,
 }
 
-/// The current instance of a child supervisor, kept up to date across its restarts (for
-/// `start_child` on a dynamic supervisor such as a node's `agents`).
-#[derive(Clone, Default)]
-pub struct SupervisorHandle(Arc<RwLock<Option<SupervisorRef>>>);
-
-impl SupervisorHandle {
-    /// The running instance, if any.
-    pub fn get(&self) -> Option<SupervisorRef> {
-        self.0.read().expect("handle lock").clone()
-    }
-}
-
 /// A supervisor as a child of another supervisor (type supervisor, shutdown infinity).
 pub fn supervisor_child(
     id: impl Into<String>,
     flags: SupervisorFlags,
     children: Vec<ChildSpec>,
 ) -> ChildSpec {
-    supervisor_child_with_handle(id, flags, children).0
-}
-
-/// [`supervisor_child`], plus a handle to whichever instance is running.
-pub fn supervisor_child_with_handle(
-    id: impl Into<String>,
-    flags: SupervisorFlags,
-    children: Vec<ChildSpec>,
-) -> (ChildSpec, SupervisorHandle) {
-    let handle = SupervisorHandle::default();
-    let slot = handle.clone();
     let start = move |ctx: StartContext| -> crate::spec::StartFuture {
         let flags = flags.clone();
         let children = children.clone();
-        let slot = slot.clone();
         Box::pin(async move {
             let args = SupervisorArgs {
                 path: ctx.path,
@@ -136,19 +111,17 @@ pub fn supervisor_child_with_handle(
             let (actor, _) = Actor::spawn_linked(None, Supervisor, args, ctx.supervisor)
                 .await
                 .map_err(|e| StartError(e.to_string()))?;
-            *slot.0.write().expect("handle lock") = Some(SupervisorRef(actor.clone()));
             Ok(Started {
                 cell: actor.get_cell(),
                 os_process: None,
             })
         })
     };
-    let spec = ChildSpec {
+    ChildSpec {
         child_type: ChildType::Supervisor,
         shutdown: Shutdown::Infinity,
         ..ChildSpec::worker(id, ActorKind::Supervisor, start)
-    };
-    (spec, handle)
+    }
 }
 
 impl SupervisorRef {

@@ -219,7 +219,8 @@ pub async fn run(command: ConversationsCommand) -> Result<(), Failure> {
                         .last_seq,
                 )
             };
-            if end.is_some_and(|end| after_seq >= end) {
+            // Nothing after the end to print; past the end, Subscribe says OUT_OF_RANGE.
+            if end == Some(after_seq) {
                 return Ok(());
             }
             let mut stream = client

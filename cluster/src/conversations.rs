@@ -12,7 +12,7 @@ use cadre_actors::controller::{
 };
 use cadre_actors::{
     ActorKind, ChildExit, ChildSpec, ExitReason, Restart, StartContext, StartError, StartFuture,
-    Started, SupervisorHandle,
+    Started, Tree,
 };
 use cadre_proto::v1::conversations_server::Conversations;
 use cadre_proto::v1::{
@@ -35,7 +35,9 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<Event, Status>> + Send>>;
 #[derive(Clone)]
 pub struct ConversationsService {
     controller: Controller,
-    agents: SupervisorHandle,
+    /// Finds the agents supervisor (`root/agents`) by path, whichever instance runs.
+    tree: Tree,
+    agents: String,
     /// conversation id → the exec running in it.
     running: Arc<Mutex<HashMap<String, String>>>,
 }
@@ -45,10 +47,11 @@ const DEFAULT_LIST: u32 = 100;
 const MAX_LIST: u32 = 1000;
 
 impl ConversationsService {
-    pub fn new(controller: Controller, agents: SupervisorHandle) -> Self {
+    pub fn new(controller: Controller, tree: Tree, agents: impl Into<String>) -> Self {
         Self {
             controller,
-            agents,
+            tree,
+            agents: agents.into(),
             running: Arc::default(),
         }
     }
@@ -157,20 +160,42 @@ impl ConversationsService {
         } else {
             summary.last_seq
         };
-        let sub = self
-            .controller
-            .subscribe(&conversation, after)
+        self.launch(conversation, summary.exec_id, input, after)
             .await
-            .map_err(subscribe_status)?;
+    }
+
+    /// Streams the claimed exec's events after `after` and runs its agent under `root/agents`.
+    /// If either fails, the exec ends FAILED and the conversation is free again.
+    async fn launch(
+        &self,
+        conversation: String,
+        exec_id: String,
+        input: String,
+        after: u64,
+    ) -> Result<EventStream, Status> {
         let agent = EchoAgent {
             controller: self.controller.clone(),
             running: self.running.clone(),
             conversation,
-            exec_id: summary.exec_id.clone(),
+            exec_id,
             input,
         };
-        self.run_agent(agent).await?;
-        let exec_id = summary.exec_id;
+        let sub = match self.controller.subscribe(&agent.conversation, after).await {
+            Ok(sub) => sub,
+            Err(e) => {
+                agent.fail(&e.to_string()).await;
+                return Err(subscribe_status(e));
+            }
+        };
+        let Some((agents, _)) = self.tree.supervisor(&self.agents) else {
+            agent.fail("the agents supervisor is not running").await;
+            return Err(Status::unavailable("the agents supervisor is not running"));
+        };
+        if let Err(e) = agents.start_child(agent.clone().child_spec()).await {
+            agent.fail(&e.to_string()).await;
+            return Err(Status::unavailable(format!("cannot start the agent: {e}")));
+        }
+        let exec_id = agent.exec_id;
         Ok(self.stream(sub, move |e| is_end_of(e, &exec_id), None))
     }
 
@@ -218,19 +243,6 @@ impl ConversationsService {
         }
     }
 
-    /// Starts an exec's agent under `root/agents`; on failure the exec ends FAILED.
-    async fn run_agent(&self, agent: EchoAgent) -> Result<(), Status> {
-        let Some(agents) = self.agents.get() else {
-            agent.fail("the agents supervisor is not running").await;
-            return Err(Status::unavailable("the agents supervisor is not running"));
-        };
-        if let Err(e) = agents.start_child(agent.clone().child_spec()).await {
-            agent.fail(&e.to_string()).await;
-            return Err(Status::unavailable(format!("cannot start the agent: {e}")));
-        }
-        Ok(())
-    }
-
     async fn start_exec(
         &self,
         conversation: String,
@@ -266,20 +278,8 @@ impl ConversationsService {
                 return Err(append_status(e));
             }
         };
-        let sub = self
-            .controller
-            .subscribe(&conversation, appended.first_seq - 1)
+        self.launch(conversation, exec_id, r.input, appended.first_seq - 1)
             .await
-            .map_err(subscribe_status)?;
-        let agent = EchoAgent {
-            controller: self.controller.clone(),
-            running: self.running.clone(),
-            conversation,
-            exec_id: exec_id.clone(),
-            input: r.input,
-        };
-        self.run_agent(agent).await?;
-        Ok(self.stream(sub, move |e| is_end_of(e, &exec_id), None))
     }
 }
 

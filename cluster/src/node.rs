@@ -8,9 +8,7 @@ use std::sync::Arc;
 use cadre_actors::config::Config;
 use cadre_actors::controller::Controller;
 use cadre_actors::store::StoreError;
-use cadre_actors::{
-    StartError, SupervisorFlags, SupervisorRef, Tree, supervisor_child_with_handle,
-};
+use cadre_actors::{StartError, SupervisorFlags, SupervisorRef, Tree, supervisor_child};
 use cadre_proto::v1::actors_server::ActorsServer;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -126,9 +124,8 @@ impl Node {
         controller.audit(&tree);
         // The controller starts first and, in reverse order, stops last.
         let supervisor = &options.config.supervisor;
-        let (agents_spec, agents) =
-            supervisor_child_with_handle(AGENTS, SupervisorFlags::default(), Vec::new());
-        let mut children = vec![controller.child_spec(CONTROLLER), agents_spec];
+        let agents = supervisor_child(AGENTS, SupervisorFlags::default(), Vec::new());
+        let mut children = vec![controller.child_spec(CONTROLLER), agents];
         children.extend(supervisor.child_specs());
         let (root, root_exit) =
             SupervisorRef::start_root(ROOT, supervisor.flags.clone(), children, tree.clone())
@@ -145,7 +142,8 @@ impl Node {
         health
             .set_serving::<ConversationsServer<ConversationsService>>()
             .await;
-        let conversations = ConversationsService::new(controller.clone(), agents);
+        let conversations =
+            ConversationsService::new(controller.clone(), tree.clone(), format!("{ROOT}/{AGENTS}"));
         let reflection = || {
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(cadre_proto::FILE_DESCRIPTOR_SET)

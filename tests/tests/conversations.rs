@@ -116,6 +116,15 @@ fn cli_exec_prints_outputs_and_how_to_resume() {
     assert_eq!(types.len(), 8);
     assert_eq!(types[0], "input_received");
     assert_eq!(types[7], "exec_state_changed");
+    let past = node.cli(&["conversations", "log", conversation, "--after-seq", "99"]);
+    assert_eq!(past.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&past.stderr).contains("OutOfRange"),
+        "{}",
+        String::from_utf8_lossy(&past.stderr)
+    );
+    let at_end = node.cli(&["conversations", "log", conversation, "--after-seq", "8"]);
+    assert!(at_end.status.success() && at_end.stdout.is_empty());
     let ls = node.cli(&["conversations", "ls", "-o", "json"]);
     assert!(String::from_utf8_lossy(&ls.stdout).contains(conversation));
 }

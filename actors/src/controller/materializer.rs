@@ -59,10 +59,15 @@ impl Tail {
     /// Records a commit: its entries become visible to readers.
     pub fn push(&mut self, committed: Vec<Pending>) {
         for p in committed {
-            self.by_conversation
-                .entry(p.event.conversation_id.clone())
-                .or_default()
-                .push_back(p.event.clone());
+            // Look up before inserting: the key is allocated only for a new conversation.
+            let conv = &p.event.conversation_id;
+            match self.by_conversation.get_mut(conv) {
+                Some(q) => q.push_back(p.event.clone()),
+                None => {
+                    self.by_conversation
+                        .insert(conv.clone(), VecDeque::from([p.event.clone()]));
+                }
+            }
             if let Some((key, first, last)) = &p.idempotency {
                 self.idempotency.insert(
                     (p.event.conversation_id.clone(), key.clone()),
