@@ -42,8 +42,8 @@ pub struct ExecBenchArgs {
 
 #[derive(Args)]
 pub struct EventlogArgs {
-    /// Events to append in all.
-    #[arg(long, default_value_t = 200_000)]
+    /// Events to append in all (enough to reach a steady state with the materializer).
+    #[arg(long, default_value_t = 1_000_000)]
     events: usize,
     /// Concurrent writers, each appending one event at a time and waiting for its ack.
     #[arg(long, default_value_t = 64)]

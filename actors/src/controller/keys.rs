@@ -2,19 +2,21 @@
 //!
 //! | key | value |
 //! |---|---|
-//! | `("log", lsn)` | a [`LogEntry`]: committed, not yet materialized |
+//! | `("log", lsn)` | a [`LogBatch`]: one group commit, not yet materialized |
 //! | `("conv", conversation_id, seq)` | a `cadre.v1.Event` |
 //! | `("meta", conversation_id)` | last seq (u64, big-endian) |
 //! | `("idem", conversation_id, key)` | first and last seq of the original append |
 //! | `("exec", conversation_id, exec_id)` | open exec: state (i32) and a recovering flag |
 //!
-//! A commit writes only `log` entries, whose keys always grow, so a group commit touches a few
-//! pages at the end of one region. The materializer moves entries from `log` into the other
-//! prefixes in large transactions, clearing them from `log` in the same transaction.
+//! A group commit writes one `log` record holding the whole batch under a key that always
+//! grows, so it touches a few pages at the end of one region. The materializer moves entries
+//! from `log` into the other prefixes in large transactions, then clears the records it has
+//! fully materialized (the log may live in a store of its own).
 //!
 //! The actor registry and leader leases get their own prefixes when they arrive.
 
 use cadre_proto::v1::{Event, ExecState};
+use prost::Message;
 
 use crate::store::tuple::{Elem, Value, pack, range, unpack};
 use crate::store::{Store, StoreError};
@@ -38,6 +40,46 @@ pub struct LogEntry {
     /// Last seq of the append, when `idempotency_key` is set.
     #[prost(uint64, tag = "3")]
     pub append_last_seq: u64,
+}
+
+/// The record of one group commit: its entries in commit order.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LogBatch {
+    #[prost(message, repeated, tag = "1")]
+    pub entries: Vec<LogEntry>,
+}
+
+/// Appends one element of [`LogBatch::entries`] to an encoded batch, without copying the event.
+pub fn encode_log_entry(
+    batch: &mut Vec<u8>,
+    event: &Event,
+    idempotency_key: &str,
+    append_last_seq: u64,
+) {
+    use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
+    let event_len = event.encoded_len();
+    let mut len = key_len(1) + encoded_len_varint(event_len as u64) + event_len;
+    if !idempotency_key.is_empty() {
+        len +=
+            key_len(2) + encoded_len_varint(idempotency_key.len() as u64) + idempotency_key.len();
+    }
+    if append_last_seq != 0 {
+        len += key_len(3) + encoded_len_varint(append_last_seq);
+    }
+    encode_key(1, WireType::LengthDelimited, batch);
+    encode_varint(len as u64, batch);
+    encode_key(1, WireType::LengthDelimited, batch);
+    encode_varint(event_len as u64, batch);
+    event.encode_raw(batch);
+    if !idempotency_key.is_empty() {
+        encode_key(2, WireType::LengthDelimited, batch);
+        encode_varint(idempotency_key.len() as u64, batch);
+        batch.extend_from_slice(idempotency_key.as_bytes());
+    }
+    if append_last_seq != 0 {
+        encode_key(3, WireType::Varint, batch);
+        encode_varint(append_last_seq, batch);
+    }
 }
 
 pub fn log(lsn: u64) -> Vec<u8> {
@@ -139,4 +181,42 @@ pub fn mark_open_execs(store: &dyn Store) -> Result<Vec<OpenExec>, StoreError> {
         Ok(())
     })?;
     Ok(open)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cadre_proto::v1::{OutputEmitted, event};
+
+    #[test]
+    fn log_entries_encode_as_a_log_batch() {
+        let event = |seq| Event {
+            conversation_id: "c".into(),
+            seq,
+            exec_id: "e".into(),
+            time_unix_micros: 7,
+            kind: Some(event::Kind::OutputEmitted(OutputEmitted {
+                text: "hi".repeat(100),
+            })),
+        };
+        let mut encoded = Vec::new();
+        encode_log_entry(&mut encoded, &event(1), "key", 2);
+        encode_log_entry(&mut encoded, &event(2), "", 0);
+        let batch = LogBatch::decode(encoded.as_slice()).unwrap();
+        assert_eq!(
+            batch.entries,
+            vec![
+                LogEntry {
+                    event: Some(event(1)),
+                    idempotency_key: "key".into(),
+                    append_last_seq: 2
+                },
+                LogEntry {
+                    event: Some(event(2)),
+                    idempotency_key: String::new(),
+                    append_last_seq: 0
+                },
+            ]
+        );
+    }
 }

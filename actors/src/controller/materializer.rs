@@ -13,7 +13,7 @@ use std::time::Duration;
 use cadre_proto::v1::Event;
 use prost::Message;
 
-use super::keys::{self, LogEntry};
+use super::keys::{self, LogBatch};
 use super::writer::index_exec;
 use crate::store::tuple::{Elem, Value, range, unpack};
 use crate::store::{Store, StoreError, Txn};
@@ -21,7 +21,10 @@ use crate::store::{Store, StoreError, Txn};
 /// One committed entry waiting to be materialized.
 #[derive(Clone)]
 pub struct Pending {
+    /// The log record (group commit) that holds it.
     pub lsn: u64,
+    /// Whether it is the last entry of its record.
+    pub batch_end: bool,
     pub event: Arc<Event>,
     /// (key, first seq, last seq) of the append this event starts, if it had a key.
     pub idempotency: Option<(String, u64, u64)>,
@@ -48,12 +51,14 @@ pub struct SharedTail {
 
 /// The writer waits while the tail holds this many events (the materializer is behind).
 pub const MAX_TAIL: usize = 262_144;
-/// Most entries and bytes per materializing transaction.
-const MAX_MATERIALIZE: usize = 1_024;
+/// Most entries and bytes per materializing transaction. Large transactions write each
+/// conversation's pages once for many events: the materializer's I/O competes with the
+/// writer's fsyncs, and with 1,024 entries per transaction it halved the log's throughput.
+const MAX_MATERIALIZE: usize = 16_384;
 const MAX_MATERIALIZE_BYTES: usize = 6 << 20;
 /// How long the materializer lets entries accumulate when there are few.
-const LINGER: Duration = Duration::from_millis(20);
-const LINGER_BELOW: usize = 1024;
+const LINGER: Duration = Duration::from_millis(200);
+const LINGER_BELOW: usize = 16_384;
 
 impl Tail {
     /// Records a commit: its entries become visible to readers.
@@ -168,11 +173,12 @@ fn run(store: &dyn Store, log: &dyn Store, shared: &SharedTail) {
     }
 }
 
-/// Clears materialized entries from the log: everything up to the batch's last entry, so an
-/// earlier clear that failed is made good too. A failure leaves them for the next replay,
-/// which re-materializes the same values (materializing is idempotent).
+/// Clears materialized records from the log: every record up to the batch's last entry, and
+/// that one too if the batch ends it, so an earlier clear that failed is made good too. What
+/// stays is replayed at the next start, which re-materializes the same values (materializing
+/// is idempotent).
 fn clear_log(log: &dyn Store, batch: &[Pending]) {
-    let end = batch.last().map_or(0, |p| p.lsn) + 1;
+    let end = batch.last().map_or(0, |p| p.lsn + p.batch_end as u64);
     if let Err(e) = log.transact(&mut |t| t.clear_range(&keys::log(0), &keys::log(end))) {
         tracing::warn!(error = %e, "cannot clear materialized log entries; they will be replayed");
     }
@@ -206,41 +212,50 @@ pub fn replay(store: &dyn Store, log: &dyn Store) -> Result<usize, StoreError> {
     let (begin, end) = range(&[Elem::Str(keys::LOG)]);
     let mut total = 0;
     loop {
+        // One record at a time: a record is a whole group commit, at most a few MB.
         let mut batch = Vec::new();
         log.read(&mut |t| {
-            batch = t
-                .range(&begin, &end, MAX_MATERIALIZE / 4, false)?
-                .into_iter()
-                .map(|(k, v)| decode(&k, &v))
-                .collect::<Result<_, _>>()?;
+            batch = match t.range(&begin, &end, 1, false)?.pop() {
+                Some((k, v)) => decode(&k, &v)?,
+                None => Vec::new(),
+            };
             Ok(())
         })?;
-        if batch.is_empty() {
+        let Some(last) = batch.last() else {
             return Ok(total);
-        }
+        };
+        let end = last.lsn + 1;
         total += batch.len();
         store.transact(&mut |t| materialize(t, &batch))?;
-        let end = batch.last().map_or(0, |p| p.lsn) + 1;
         log.transact(&mut |t| t.clear_range(&keys::log(0), &keys::log(end)))?;
     }
 }
 
-fn decode(key: &[u8], value: &[u8]) -> Result<Pending, StoreError> {
-    let corrupt = |what: &str| StoreError::Io(format!("corrupt event log entry: {what}"));
+fn decode(key: &[u8], value: &[u8]) -> Result<Vec<Pending>, StoreError> {
+    let corrupt = |what: &str| StoreError::Io(format!("corrupt event log record: {what}"));
     let lsn = match unpack(key).map_err(|e| corrupt(&e.to_string()))?.get(1) {
         Some(Value::Int(n)) => *n,
         _ => return Err(corrupt("bad key")),
     };
-    let entry = LogEntry::decode(value).map_err(|e| corrupt(&e.to_string()))?;
-    let event = entry.event.ok_or_else(|| corrupt("no event"))?;
-    let idempotency = (!entry.idempotency_key.is_empty()).then_some((
-        entry.idempotency_key,
-        event.seq,
-        entry.append_last_seq,
-    ));
-    Ok(Pending {
-        lsn,
-        event: Arc::new(event),
-        idempotency,
-    })
+    let record = LogBatch::decode(value).map_err(|e| corrupt(&e.to_string()))?;
+    let n = record.entries.len();
+    record
+        .entries
+        .into_iter()
+        .enumerate()
+        .map(|(i, entry)| {
+            let event = entry.event.ok_or_else(|| corrupt("no event"))?;
+            let idempotency = (!entry.idempotency_key.is_empty()).then_some((
+                entry.idempotency_key,
+                event.seq,
+                entry.append_last_seq,
+            ));
+            Ok(Pending {
+                lsn,
+                batch_end: i + 1 == n,
+                event: Arc::new(event),
+                idempotency,
+            })
+        })
+        .collect()
 }

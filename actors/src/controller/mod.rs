@@ -146,7 +146,7 @@ struct Shared {
     log: Arc<dyn Store>,
     limits: HistoryLimits,
     /// The current writer's queue; `None` while the controller is down.
-    queue: RwLock<Option<mpsc::Sender<writer::Command>>>,
+    queue: RwLock<Option<(mpsc::Sender<writer::Command>, Arc<writer::Linger>)>>,
     tail: Arc<materializer::SharedTail>,
     hub: subscribe::Hub,
     open_execs: Mutex<Vec<OpenExec>>,
@@ -281,7 +281,7 @@ impl Controller {
         if request.events.is_empty() {
             return Err(AppendError::Invalid("no events to append".into()));
         }
-        let queue = self
+        let (queue, linger) = self
             .shared
             .queue
             .read()
@@ -297,6 +297,7 @@ impl Controller {
             })
             .await
             .map_err(|_| AppendError::Unavailable)?;
+        linger.notify();
         answer.await.map_err(|_| AppendError::Unavailable)?
     }
 
@@ -439,8 +440,9 @@ impl Actor for ControllerActor {
             shared.tail.clone(),
         )?;
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        let writer = writer::spawn(controller.clone(), rx, myself, materializer)?;
-        *shared.queue.write().expect("queue lock") = Some(tx);
+        let linger = Arc::new(writer::Linger::default());
+        let writer = writer::spawn(controller.clone(), rx, linger.clone(), myself, materializer)?;
+        *shared.queue.write().expect("queue lock") = Some((tx, linger));
         let audit = shared
             .audited
             .get()

@@ -1,14 +1,15 @@
 //! The writer thread: drains the controller's queue into group commits of log entries.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use cadre_proto::v1::{Event, ExecState, event};
-use prost::Message;
 use ractor::ActorRef;
 use tokio::sync::{mpsc, oneshot};
 
-use super::keys::{self, LogEntry};
+use super::keys;
 use super::materializer::{MAX_TAIL, Pending};
 use super::{AppendError, AppendRequest, Appended, Controller, ControllerMsg, now_micros};
 use crate::store::{StoreError, Txn};
@@ -28,6 +29,69 @@ pub enum Command {
 
 type Reply = oneshot::Sender<Result<Appended, AppendError>>;
 
+/// Longest a commit waits for more appends to join it.
+const MAX_LINGER: Duration = Duration::from_micros(500);
+
+/// Lets appenders wake a writer that waits for more of them ([`Linger::notify`]).
+#[derive(Default)]
+pub struct Linger {
+    thread: OnceLock<std::thread::Thread>,
+    lingering: AtomicBool,
+}
+
+impl Linger {
+    /// Called after queueing an append.
+    pub fn notify(&self) {
+        // Pairs with the writer's store of `lingering` before it looks at the queue: either it
+        // sees this append or this sees it lingering.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.lingering.load(Ordering::SeqCst)
+            && let Some(thread) = self.thread.get()
+        {
+            thread.unpark();
+        }
+    }
+}
+
+/// Requests taken from the queue for the next commit.
+#[derive(Default)]
+struct Batch {
+    requests: Vec<(AppendRequest, bool, Reply)>,
+    events: usize,
+    bytes: usize,
+}
+
+impl Batch {
+    fn push(&mut self, command: Command) {
+        let Command::Append {
+            request,
+            only_new,
+            reply,
+        } = command;
+        self.events += request.events.len();
+        self.bytes += request
+            .events
+            .iter()
+            .map(|e| e.kind.encoded_len())
+            .sum::<usize>();
+        self.requests.push((request, only_new, reply));
+    }
+
+    fn full(&self) -> bool {
+        self.events >= MAX_BATCH_EVENTS || self.bytes >= MAX_BATCH_BYTES
+    }
+
+    /// Takes what is waiting in the queue, up to the batch limits.
+    fn fill(&mut self, rx: &mut mpsc::Receiver<Command>) {
+        while !self.full() {
+            match rx.try_recv() {
+                Ok(command) => self.push(command),
+                Err(_) => return,
+            }
+        }
+    }
+}
+
 /// What one request of a batch came to.
 enum Outcome {
     Written(Appended, Vec<Pending>),
@@ -40,6 +104,7 @@ enum Outcome {
 pub fn spawn(
     controller: Controller,
     rx: mpsc::Receiver<Command>,
+    linger: Arc<Linger>,
     actor: ActorRef<ControllerMsg>,
     materializer: std::thread::JoinHandle<()>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
@@ -48,7 +113,7 @@ pub fn spawn(
         .spawn(move || {
             let tail = controller.shared.tail.clone();
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                Writer::new(controller).run(rx)
+                Writer::new(controller, linger).run(rx)
             }));
             tail.tail.lock().expect("tail lock").closed = true;
             tail.changed.notify_all();
@@ -69,14 +134,16 @@ struct Writer {
     /// Last committed seq per conversation (loaded on first use).
     last_seq: HashMap<String, u64>,
     warned: HashSet<String>,
-    /// Key of the next log entry; the log is empty when a writer starts (it was replayed).
+    /// Key of the next log record; the log is empty when a writer starts (it was replayed).
     next_lsn: u64,
+    linger: Arc<Linger>,
 }
 
 impl Writer {
-    fn new(controller: Controller) -> Self {
+    fn new(controller: Controller, linger: Arc<Linger>) -> Self {
         Self {
             controller,
+            linger,
             last_seq: HashMap::new(),
             warned: HashSet::new(),
             next_lsn: 1,
@@ -84,31 +151,36 @@ impl Writer {
     }
 
     fn run(&mut self, mut rx: mpsc::Receiver<Command>) {
-        let mut batch = Vec::new();
+        let _ = self.linger.thread.set(std::thread::current());
+        let mut batch = Batch::default();
+        // Callers answered by the last commit plus those already queued then: most of them
+        // append again at once, and a commit that waits a moment for them halves the number of
+        // fsyncs (otherwise the callers settle into two cohorts that alternate).
+        let mut expected = 0;
+        let mut last_commit = Duration::ZERO;
         while let Some(first) = rx.blocking_recv() {
-            let mut events = 0;
-            let mut bytes = 0;
-            let mut next = Some(first);
-            while let Some(Command::Append {
-                request,
-                only_new,
-                reply,
-            }) = next
-            {
-                events += request.events.len();
-                bytes += request
-                    .events
-                    .iter()
-                    .map(|e| e.kind.encoded_len())
-                    .sum::<usize>();
-                batch.push((request, only_new, reply));
-                next = if events < MAX_BATCH_EVENTS && bytes < MAX_BATCH_BYTES {
-                    rx.try_recv().ok()
-                } else {
-                    None
-                };
+            batch.push(first);
+            batch.fill(&mut rx);
+            if batch.requests.len() < expected && !batch.full() {
+                let deadline = Instant::now() + (last_commit / 2).min(MAX_LINGER);
+                self.linger.lingering.store(true, Ordering::SeqCst);
+                loop {
+                    batch.fill(&mut rx);
+                    let now = Instant::now();
+                    if batch.requests.len() >= expected || batch.full() || now >= deadline {
+                        break;
+                    }
+                    std::thread::park_timeout(deadline - now);
+                }
+                self.linger.lingering.store(false, Ordering::SeqCst);
             }
-            self.commit(&mut batch);
+            let answered = batch.requests.len();
+            let started = Instant::now();
+            self.commit(&mut batch.requests);
+            last_commit = started.elapsed();
+            batch.events = 0;
+            batch.bytes = 0;
+            expected = answered + rx.len();
         }
     }
 
@@ -195,7 +267,7 @@ impl Writer {
         }
     }
 
-    /// One transaction for the whole batch, writing only log entries. Tentative seqs live in
+    /// One transaction for the whole batch, writing one log record. Tentative seqs live in
     /// `pending` until it commits.
     fn transact(
         &mut self,
@@ -206,10 +278,11 @@ impl Writer {
         let limit = shared.limits.max_events_per_conversation;
         let time = now_micros();
         let mut outcomes = Vec::with_capacity(requests.len());
-        let mut lsn = self.next_lsn;
+        let lsn = self.next_lsn;
+        let mut record = Vec::new();
         shared.log.transact(&mut |t| {
             outcomes.clear();
-            lsn = self.next_lsn;
+            record.clear();
             let mut pending: HashMap<&str, u64> = HashMap::new();
             let mut seen_keys: HashMap<(&str, &str), Appended> = HashMap::new();
             for &(request, only_new) in requests {
@@ -263,22 +336,18 @@ impl Writer {
                         (Some(key), 0) => Some((key.clone(), last + 1, last + n)),
                         _ => None,
                     };
-                    let mut entry = LogEntry {
-                        event: Some(event),
-                        idempotency_key: String::new(),
-                        append_last_seq: 0,
+                    let event = Arc::new(event);
+                    let (key, last_seq) = match &idempotency {
+                        Some((key, _, last_seq)) => (key.as_str(), *last_seq),
+                        None => ("", 0),
                     };
-                    if let Some((key, _, last_seq)) = &idempotency {
-                        entry.idempotency_key = key.clone();
-                        entry.append_last_seq = *last_seq;
-                    }
-                    t.set(&keys::log(lsn), &entry.encode_to_vec())?;
+                    keys::encode_log_entry(&mut record, &event, key, last_seq);
                     entries.push(Pending {
                         lsn,
-                        event: Arc::new(entry.event.take().expect("just set")),
+                        batch_end: false,
+                        event,
                         idempotency,
                     });
-                    lsn += 1;
                 }
                 let appended = Appended {
                     first_seq: last + 1,
@@ -291,9 +360,18 @@ impl Writer {
                 pending.insert(conv, last + n);
                 outcomes.push(Outcome::Written(appended, entries));
             }
+            if !record.is_empty() {
+                t.set(&keys::log(lsn), &record)?;
+            }
             Ok(())
         })?;
-        self.next_lsn = lsn;
+        if let Some(last) = outcomes.iter_mut().rev().find_map(|o| match o {
+            Outcome::Written(_, entries) => entries.last_mut(),
+            _ => None,
+        }) {
+            last.batch_end = true;
+            self.next_lsn += 1;
+        }
         Ok(outcomes)
     }
 

@@ -30,10 +30,11 @@ pub struct SqliteStore {
 pub const MAIN_FILE: &str = "cadre.db";
 /// The event log's commit log (see [`SqliteStore::open_pair`]).
 pub const LOG_FILE: &str = "log.db";
-/// How often the background thread checkpoints the WAL.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
-/// WAL frames (pages) past which the next commit restarts the WAL.
-const RESTART_FRAMES: i64 = 4096;
+/// How often the background thread checkpoints the WAL (fewer, larger checkpoints disturb the
+/// log's fsyncs less).
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(1000);
+/// WAL frames (pages; 64 MiB) past which the next commit restarts the WAL.
+const RESTART_FRAMES: i64 = 16_384;
 /// Page cache per connection (KiB, as SQLite's negative cache_size).
 const CACHE_KIB: i64 = 8_192;
 
