@@ -147,6 +147,7 @@ async fn eventlog(args: &EventlogArgs, dir: &std::path::Path) -> anyhow::Result<
                         conversation_id: conversation.clone(),
                         events: vec![sample_event(w, i)],
                         idempotency_key: None,
+                        open_exec: None,
                     })
                     .await?;
                 latencies.push(t.elapsed());

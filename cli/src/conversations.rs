@@ -3,8 +3,8 @@
 use crate::client::Api;
 use cadre_proto::v1::conversations_client::ConversationsClient;
 use cadre_proto::v1::{
-    Conversation, Event, ExecRequest, ExecState, ForkRequest, GetConversationRequest,
-    ListConversationsRequest, SubscribeRequest, event,
+    CancelRequest, Conversation, Event, ExecRequest, ExecState, ForkRequest,
+    GetConversationRequest, ListConversationsRequest, SubscribeRequest, event,
 };
 use clap::{Args, Subcommand};
 use serde_json::{Map, Value, json};
@@ -48,6 +48,23 @@ pub struct ForkArgs {
     /// The new conversation's id (default: generated).
     #[arg(long)]
     to: Option<String>,
+    #[arg(short = 'o', long, value_enum, default_value_t)]
+    output: Output,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+#[derive(Args)]
+pub struct CancelArgs {
+    /// The conversation whose unfinished exec to cancel.
+    #[arg(long)]
+    conversation: String,
+    /// Only if this is the unfinished exec (refused otherwise).
+    #[arg(long)]
+    exec: Option<String>,
+    /// Recorded in the exec's CANCELLED state change.
+    #[arg(long, default_value = "")]
+    reason: String,
     #[arg(short = 'o', long, value_enum, default_value_t)]
     output: Output,
     #[command(flatten)]
@@ -153,6 +170,21 @@ pub async fn fork(args: ForkArgs) -> Result<(), Failure> {
         })
         .await
         .map_err(|s| failure("Fork", s))?
+        .into_inner();
+    print_conversation(&c, args.output);
+    Ok(())
+}
+
+pub async fn cancel(args: CancelArgs) -> Result<(), Failure> {
+    let mut client = client(&args.server).await?;
+    let c = client
+        .cancel(CancelRequest {
+            conversation_id: args.conversation,
+            exec_id: args.exec.unwrap_or_default(),
+            reason: args.reason,
+        })
+        .await
+        .map_err(|s| failure("Cancel", s))?
         .into_inner();
     print_conversation(&c, args.output);
     Ok(())

@@ -64,6 +64,7 @@ pub async fn run(command: DebugCommand) -> Result<(), Failure> {
                     conversation_id: conversation.clone(),
                     events,
                     idempotency_key: Some(batch.clone()),
+                    open_exec: None,
                 };
                 let Ok(a) = controller.append(request).await else {
                     return;

@@ -38,6 +38,8 @@ enum Command {
     Exec(conversations::ExecArgs),
     /// Branch a conversation at a seq into a new one.
     Fork(conversations::ForkArgs),
+    /// Cancel a conversation's unfinished exec: it ends CANCELLED and its agent is stopped.
+    Cancel(conversations::CancelArgs),
     /// List, show and read conversations.
     Conversations {
         #[command(subcommand)]
@@ -115,6 +117,7 @@ fn main() -> ExitCode {
             Command::Actors { command } => actors::run(command).await,
             Command::Exec(args) => conversations::exec(args).await,
             Command::Fork(args) => conversations::fork(args).await,
+            Command::Cancel(args) => conversations::cancel(args).await,
             Command::Conversations { command } => conversations::run(command).await,
             Command::Config {
                 command: ConfigCommand::Check { file },

@@ -12,13 +12,13 @@ use cadre_actors::controller::{
 };
 use cadre_actors::{
     ActorKind, ChildExit, ChildSpec, ExitReason, Restart, StartContext, StartError, StartFuture,
-    Started, Tree,
+    Started, SupervisorError, Tree,
 };
 use cadre_proto::v1::conversations_server::Conversations;
 use cadre_proto::v1::{
-    Conversation, Event, ExecRequest, ExecState, ExecStateChanged, ForkRequest, Forked,
-    GetConversationRequest, InputReceived, ListConversationsRequest, ListConversationsResponse,
-    OutputEmitted, SubscribeRequest, event,
+    CancelRequest, Conversation, Event, ExecRequest, ExecState, ExecStateChanged, ForkRequest,
+    Forked, GetConversationRequest, InputReceived, ListConversationsRequest,
+    ListConversationsResponse, OutputEmitted, SubscribeRequest, event,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::mpsc;
@@ -270,6 +270,7 @@ impl ConversationsService {
                 state(&exec_id, ExecState::Running, ""),
             ],
             idempotency_key: None,
+            open_exec: None,
         };
         let appended = match self.controller.append(begin).await {
             Ok(a) => a,
@@ -439,14 +440,78 @@ impl Conversations for ConversationsService {
                 conversation_id: dest.clone(),
                 events,
                 idempotency_key: None,
+                open_exec: None,
             })
             .await
             .map_err(append_status)?;
         Ok(Response::new(self.describe(&dest).await?))
     }
+
+    async fn cancel(
+        &self,
+        request: Request<CancelRequest>,
+    ) -> Result<Response<Conversation>, Status> {
+        self.cancel_exec(request.into_inner())
+            .await
+            .map(Response::new)
+    }
 }
 
 impl ConversationsService {
+    async fn cancel_exec(&self, r: CancelRequest) -> Result<Conversation, Status> {
+        let conversation = r.conversation_id;
+        let summary = self.describe(&conversation).await?;
+        let open = !summary.exec_id.is_empty()
+            && !matches!(
+                ExecState::try_from(summary.exec_state),
+                Ok(ExecState::Completed | ExecState::Failed | ExecState::Cancelled)
+            );
+        if !open {
+            return Err(Status::failed_precondition(format!(
+                "conversation `{conversation}` has no unfinished exec to cancel"
+            )));
+        }
+        let exec_id = summary.exec_id;
+        if !r.exec_id.is_empty() && r.exec_id != exec_id {
+            return Err(Status::failed_precondition(format!(
+                "exec `{}` is not the unfinished exec of conversation `{conversation}` (that is                  `{exec_id}`)",
+                r.exec_id
+            )));
+        }
+        let reason = if r.reason.is_empty() {
+            "cancelled by request".to_string()
+        } else {
+            r.reason
+        };
+        // Fenced on the exec being open: of a cancel and the agent's own end, one wins.
+        self.controller
+            .append(AppendRequest {
+                conversation_id: conversation.clone(),
+                events: vec![state(&exec_id, ExecState::Cancelled, &reason)],
+                idempotency_key: None,
+                open_exec: Some(exec_id.clone()),
+            })
+            .await
+            .map_err(append_status)?;
+        // The agent may be running (or may not, e.g. after a crash); its appends are refused
+        // from now on either way.
+        if let Some((agents, _)) = self.tree.supervisor(&self.agents) {
+            match agents.terminate_child(&exec_id).await {
+                Ok(()) | Err(SupervisorError::NotFound(_)) => {}
+                Err(e) => {
+                    tracing::warn!(exec = %exec_id, error = %e, "cannot stop a cancelled exec's agent")
+                }
+            }
+        }
+        {
+            let mut running = self.running.lock().expect("running");
+            if running.get(&conversation) == Some(&exec_id) {
+                running.remove(&conversation);
+            }
+        }
+        self.describe(&conversation).await
+    }
+
     /// A conversation's summary, from its log.
     async fn describe(&self, id: &str) -> Result<Conversation, Status> {
         let mut c = Conversation {
@@ -520,6 +585,7 @@ pub fn append_status(e: AppendError) -> Status {
         AppendError::Invalid(_) => Status::invalid_argument(e.to_string()),
         AppendError::HistoryLimit { .. } => Status::resource_exhausted(e.to_string()),
         AppendError::AlreadyExists(_) => Status::already_exists(e.to_string()),
+        AppendError::ExecFinished { .. } => Status::failed_precondition(e.to_string()),
         AppendError::Store(_) | AppendError::Unavailable => Status::unavailable(e.to_string()),
     }
 }
@@ -567,6 +633,7 @@ impl EchoAgent {
                 state(&self.exec_id, ExecState::Completed, ""),
             ],
             idempotency_key: Some(format!("{}/{}/reply", self.conversation, self.exec_id)),
+            open_exec: Some(self.exec_id.clone()),
         };
         let result = self.controller.append(reply).await.map(|_| ());
         self.finished();
@@ -579,9 +646,13 @@ impl EchoAgent {
             conversation_id: self.conversation.clone(),
             events: vec![state(&self.exec_id, ExecState::Failed, why)],
             idempotency_key: None,
+            open_exec: Some(self.exec_id.clone()),
         };
-        if let Err(e) = self.controller.append(failed).await {
-            tracing::error!(exec = %self.exec_id, error = %e, "cannot record a failed exec");
+        match self.controller.append(failed).await {
+            Ok(_) | Err(AppendError::ExecFinished { .. }) => {}
+            Err(e) => {
+                tracing::error!(exec = %self.exec_id, error = %e, "cannot record a failed exec")
+            }
         }
         self.finished();
     }
@@ -618,7 +689,8 @@ impl Actor for EchoActor {
         agent: &mut EchoAgent,
     ) -> Result<(), ActorProcessingErr> {
         match agent.run().await {
-            Ok(()) => {
+            // Cancelled meanwhile: nothing more to do.
+            Ok(()) | Err(AppendError::ExecFinished { .. }) => {
                 myself.stop(None);
                 Ok(())
             }

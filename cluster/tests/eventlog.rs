@@ -47,6 +47,7 @@ fn append(conv: &str, texts: &[&str]) -> AppendRequest {
         conversation_id: conv.into(),
         events: texts.iter().map(|t| output(t)).collect(),
         idempotency_key: None,
+        open_exec: None,
     }
 }
 
@@ -133,6 +134,7 @@ async fn a_retried_append_with_the_same_key_is_written_once() {
     c.append(append("c", &["before"])).await.unwrap();
     let keyed = AppendRequest {
         idempotency_key: Some("c/e1/step-1".into()),
+        open_exec: None,
         ..append("c", &["once", "only"])
     };
     // Concurrent retries land in the same group commit or in later ones: all must agree.
@@ -280,6 +282,7 @@ async fn an_oversized_append_fails_alone() {
         conversation_id: "big".into(),
         events: (0..4).map(|_| output(&huge)).collect(),
         idempotency_key: None,
+        open_exec: None,
     };
     let (a, b) = tokio::join!(c.append(big), c.append(append("small", &["z"])));
     assert!(
@@ -444,6 +447,7 @@ async fn unfinished_execs_are_found_and_marked_at_startup() {
             conversation_id: "c".into(),
             events,
             idempotency_key: None,
+            open_exec: None,
         })
         .await
         .unwrap();
@@ -585,6 +589,7 @@ async fn a_restart_replays_what_was_committed_but_not_materialized() {
         let actor = c.start_detached().await.unwrap();
         let keyed = AppendRequest {
             idempotency_key: Some("k".into()),
+            open_exec: None,
             ..append("r", &["3", "4"])
         };
         c.append(append("r", &["1", "2"])).await.unwrap();
@@ -593,6 +598,7 @@ async fn a_restart_replays_what_was_committed_but_not_materialized() {
             conversation_id: "r".into(),
             events: vec![state("x", ExecState::Running)],
             idempotency_key: None,
+            open_exec: None,
         })
         .await
         .unwrap();
@@ -626,6 +632,7 @@ async fn a_restart_replays_what_was_committed_but_not_materialized() {
     let again = c
         .append(AppendRequest {
             idempotency_key: Some("k".into()),
+            open_exec: None,
             ..append("r", &["3", "4"])
         })
         .await
@@ -637,4 +644,79 @@ async fn a_restart_replays_what_was_committed_but_not_materialized() {
     let open: Vec<_> = c.open_execs().into_iter().map(|o| o.exec_id).collect();
     assert_eq!(open, ["x"], "the exec index was replayed too");
     assert_eq!(c.append(append("r", &["6"])).await.unwrap().first_seq, 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_to_a_finished_exec_are_refused_and_write_nothing() {
+    let dir = Dir::new("fence");
+    let in_exec = |exec: &str, texts: &[&str]| AppendRequest {
+        open_exec: Some(exec.into()),
+        ..append("f", texts)
+    };
+    let states = |events: Vec<NewEvent>| AppendRequest {
+        conversation_id: "f".into(),
+        events,
+        idempotency_key: None,
+        open_exec: None,
+    };
+    {
+        let c = Controller::new(
+            Arc::new(SqliteStore::open(&dir.0).unwrap()),
+            HistoryLimits::default(),
+        );
+        let actor = c.start_detached().await.unwrap();
+        let never = c.append(in_exec("x", &["too early"])).await.unwrap_err();
+        assert!(
+            matches!(&never, AppendError::ExecFinished { exec_id, .. } if exec_id == "x"),
+            "{never:?}"
+        );
+        assert_eq!(c.last_seq("f").await.unwrap(), None, "nothing written");
+        c.append(states(vec![
+            state("x", ExecState::Running),
+            state("y", ExecState::Running),
+        ]))
+        .await
+        .unwrap();
+        assert_eq!(c.append(in_exec("x", &["a"])).await.unwrap().first_seq, 3);
+        c.append(states(vec![state("x", ExecState::Cancelled)]))
+            .await
+            .unwrap();
+        let refused = c.append(in_exec("x", &["b", "c"])).await.unwrap_err();
+        assert!(
+            matches!(refused, AppendError::ExecFinished { .. }),
+            "{refused:?}"
+        );
+        assert_eq!(
+            c.last_seq("f").await.unwrap(),
+            Some(4),
+            "nothing of it written"
+        );
+        // Concurrent appends to one exec: the state change wins over those queued after it.
+        let c2 = c.clone();
+        let finish = tokio::spawn(async move {
+            c2.append(states(vec![state("y", ExecState::Completed)]))
+                .await
+        });
+        let after: Vec<_> = (0..20)
+            .map(|i| {
+                let c = c.clone();
+                tokio::spawn(async move { c.append(in_exec("y", &[&format!("y{i}")])).await })
+            })
+            .collect();
+        let finished_at = finish.await.unwrap().unwrap().first_seq;
+        for task in after {
+            match task.await.unwrap() {
+                Ok(a) => assert!(a.first_seq < finished_at, "appended after the exec ended"),
+                Err(e) => assert!(matches!(e, AppendError::ExecFinished { .. }), "{e:?}"),
+            }
+        }
+        c.append(states(vec![state("z", ExecState::Running)]))
+            .await
+            .unwrap();
+        actor.stop_and_wait(None, None).await.unwrap();
+    }
+    // Which execs are open survives a restart (it is rebuilt from the exec index).
+    let c = sqlite(&dir).await;
+    c.append(in_exec("z", &["still open"])).await.unwrap();
+    assert!(c.append(in_exec("x", &["no"])).await.is_err());
 }

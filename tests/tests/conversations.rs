@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use cadre_proto::v1::conversations_client::ConversationsClient;
-use cadre_proto::v1::{Event, ExecRequest, ForkRequest, SubscribeRequest, event};
+use cadre_proto::v1::{
+    CancelRequest, Event, ExecRequest, ExecState, ForkRequest, SubscribeRequest, event,
+};
 use cadre_tests::Node;
 use serde_json::Value;
 use tonic::Code;
@@ -526,5 +528,85 @@ fn resume_continues_an_unfinished_exec_once() {
             Code::FailedPrecondition,
             "a finished exec is not run twice"
         );
+    });
+}
+
+#[test]
+fn cancel_ends_an_unfinished_exec_and_frees_the_conversation() {
+    let node = Node::start("version: v1\n");
+    let exec_id = rt().block_on(async {
+        let mut c = client(&node).await;
+        let first = collect(
+            c.exec(exec("src", "never mind"))
+                .await
+                .unwrap()
+                .into_inner(),
+        )
+        .await;
+        c.fork(ForkRequest {
+            src_conversation_id: "src".into(),
+            at_seq: 2,
+            dest_conversation_id: "mid".into(),
+        })
+        .await
+        .unwrap();
+        let cancel = |conversation: &str, exec_id: &str| CancelRequest {
+            conversation_id: conversation.into(),
+            exec_id: exec_id.into(),
+            reason: String::new(),
+        };
+        let unknown = c.cancel(cancel("nope", "")).await.unwrap_err();
+        assert_eq!(unknown.code(), Code::NotFound, "{unknown:?}");
+        let finished = c.cancel(cancel("src", "")).await.unwrap_err();
+        assert_eq!(finished.code(), Code::FailedPrecondition, "{finished:?}");
+        let other = c.cancel(cancel("mid", "e-other")).await.unwrap_err();
+        assert_eq!(other.code(), Code::FailedPrecondition, "{other:?}");
+        assert!(other.message().contains(&first[0].exec_id), "{other:?}");
+        let log = read_through(&mut c, "mid", 3).await;
+        assert_eq!(log.len(), 3, "refused cancels wrote nothing");
+        first[0].exec_id.clone()
+    });
+    let out = node.cli(&[
+        "cancel",
+        "--conversation",
+        "mid",
+        "--reason",
+        "user stopped it",
+        "-o",
+        "json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let c: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(c["exec_state"], "cancelled", "{c}");
+    assert_eq!(c["exec_id"], exec_id.as_str());
+    assert_eq!(c["last_seq"], 4);
+    let again = node.cli(&["cancel", "--conversation", "mid"]);
+    assert_eq!(again.status.code(), Some(1), "nothing left to cancel");
+    rt().block_on(async {
+        let mut c = client(&node).await;
+        let log = read_through(&mut c, "mid", 4).await;
+        match &log[3].kind {
+            Some(event::Kind::ExecStateChanged(s)) => {
+                assert_eq!(s.state, ExecState::Cancelled as i32);
+                assert_eq!(s.reason, "user stopped it");
+                assert_eq!(log[3].exec_id, exec_id);
+            }
+            other => panic!("expected the CANCELLED state change, got {other:?}"),
+        }
+        let resume = c
+            .exec(ExecRequest {
+                resume: true,
+                ..exec("mid", "")
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(resume.code(), Code::FailedPrecondition, "{resume:?}");
+        let next = collect(c.exec(exec("mid", "next")).await.unwrap().into_inner()).await;
+        assert_eq!(next.iter().filter_map(output).collect::<Vec<_>>(), ["next"]);
+        assert_eq!(next[0].seq, 5, "the conversation goes on after a cancel");
     });
 }

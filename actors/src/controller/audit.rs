@@ -91,6 +91,7 @@ async fn write(controller: &Controller, events: Vec<NewEvent>) {
         conversation_id: AUDIT_CONVERSATION.into(),
         events,
         idempotency_key: None,
+        open_exec: None,
     };
     match controller.append(request).await {
         Ok(_) => {}

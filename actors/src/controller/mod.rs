@@ -74,6 +74,10 @@ pub struct AppendRequest {
     pub events: Vec<NewEvent>,
     /// A retried request with the same key (per conversation) is not written twice.
     pub idempotency_key: Option<String>,
+    /// Refuse ([`AppendError::ExecFinished`]) unless this exec of the conversation is open
+    /// (its last state change was not terminal). Agents append with it, so once an exec is
+    /// cancelled its agent cannot add to it.
+    pub open_exec: Option<String>,
 }
 
 /// Where an append landed.
@@ -97,6 +101,13 @@ pub enum AppendError {
     HistoryLimit { conversation_id: String, limit: u64 },
     #[error("conversation `{0}` already exists")]
     AlreadyExists(String),
+    #[error(
+        "exec `{exec_id}` of conversation `{conversation_id}` is not open (it has finished or never started)"
+    )]
+    ExecFinished {
+        conversation_id: String,
+        exec_id: String,
+    },
     #[error("the event log could not commit: {0}")]
     Store(StoreError),
     #[error("the controller is not running (it may be restarting); retry")]

@@ -134,6 +134,8 @@ struct Writer {
     /// Last committed seq per conversation (loaded on first use).
     last_seq: HashMap<String, u64>,
     warned: HashSet<String>,
+    /// Open execs per conversation: the last state change of each was not terminal.
+    open_execs: HashMap<String, HashSet<String>>,
     /// Key of the next log record; the log is empty when a writer starts (it was replayed).
     next_lsn: u64,
     linger: Arc<Linger>,
@@ -141,7 +143,15 @@ struct Writer {
 
 impl Writer {
     fn new(controller: Controller, linger: Arc<Linger>) -> Self {
+        let mut open_execs: HashMap<String, HashSet<String>> = HashMap::new();
+        for open in controller.open_execs() {
+            open_execs
+                .entry(open.conversation_id)
+                .or_default()
+                .insert(open.exec_id);
+        }
         Self {
+            open_execs,
             controller,
             linger,
             last_seq: HashMap::new(),
@@ -280,11 +290,14 @@ impl Writer {
         let mut outcomes = Vec::with_capacity(requests.len());
         let lsn = self.next_lsn;
         let mut record = Vec::new();
+        let mut exec_states: HashMap<(&str, &str), bool> = HashMap::new();
         shared.log.transact(&mut |t| {
             outcomes.clear();
             record.clear();
             let mut pending: HashMap<&str, u64> = HashMap::new();
             let mut seen_keys: HashMap<(&str, &str), Appended> = HashMap::new();
+            // Execs opened or finished by this batch (true: open).
+            exec_states.clear();
             for &(request, only_new) in requests {
                 let conv = request.conversation_id.as_str();
                 if let Some(key) = &request.idempotency_key {
@@ -310,6 +323,19 @@ impl Writer {
                     .copied()
                     .unwrap_or(0);
                 let n = request.events.len() as u64;
+                if let Some(exec) = &request.open_exec {
+                    let open = match exec_states.get(&(conv, exec.as_str())) {
+                        Some(open) => *open,
+                        None => self.is_open(conv, exec),
+                    };
+                    if !open {
+                        outcomes.push(Outcome::Refused(AppendError::ExecFinished {
+                            conversation_id: conv.to_string(),
+                            exec_id: exec.clone(),
+                        }));
+                        continue;
+                    }
+                }
                 if only_new && last > 0 {
                     outcomes.push(Outcome::Refused(AppendError::AlreadyExists(
                         conv.to_string(),
@@ -325,6 +351,11 @@ impl Writer {
                 }
                 let mut entries = Vec::with_capacity(request.events.len());
                 for (i, new) in request.events.iter().enumerate() {
+                    if let event::Kind::ExecStateChanged(change) = &new.kind {
+                        let state =
+                            ExecState::try_from(change.state).unwrap_or(ExecState::Unspecified);
+                        exec_states.insert((conv, new.exec_id.as_str()), !keys::is_terminal(state));
+                    }
                     let event = Event {
                         conversation_id: conv.to_string(),
                         seq: last + 1 + i as u64,
@@ -365,6 +396,17 @@ impl Writer {
             }
             Ok(())
         })?;
+        for ((conv, exec), open) in exec_states {
+            let execs = self.open_execs.entry(conv.to_string()).or_default();
+            if open {
+                execs.insert(exec.to_string());
+            } else {
+                execs.remove(exec);
+                if execs.is_empty() {
+                    self.open_execs.remove(conv);
+                }
+            }
+        }
         if let Some(last) = outcomes.iter_mut().rev().find_map(|o| match o {
             Outcome::Written(_, entries) => entries.last_mut(),
             _ => None,
@@ -373,6 +415,12 @@ impl Writer {
             self.next_lsn += 1;
         }
         Ok(outcomes)
+    }
+
+    fn is_open(&self, conv: &str, exec: &str) -> bool {
+        self.open_execs
+            .get(conv)
+            .is_some_and(|execs| execs.contains(exec))
     }
 
     /// The span of an earlier append with this key: in the tail, or materialized. An entry
