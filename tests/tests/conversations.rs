@@ -39,6 +39,33 @@ async fn collect(mut s: tonic::Streaming<Event>) -> Vec<Event> {
     out
 }
 
+/// Runs an echo exec to its end.
+async fn run_exec(
+    c: &mut ConversationsClient<tonic::transport::Channel>,
+    conversation: &str,
+    input: &str,
+) -> Vec<Event> {
+    collect(
+        c.exec(exec(conversation, input))
+            .await
+            .unwrap()
+            .into_inner(),
+    )
+    .await
+}
+
+/// Forks `src` into `mid` after its exec's RUNNING (seq 2), before the output: `mid` holds an
+/// unfinished exec.
+async fn fork_mid_exec(c: &mut ConversationsClient<tonic::transport::Channel>) {
+    c.fork(ForkRequest {
+        src_conversation_id: "src".into(),
+        at_seq: 2,
+        dest_conversation_id: "mid".into(),
+    })
+    .await
+    .unwrap();
+}
+
 fn output(e: &Event) -> Option<&str> {
     match &e.kind {
         Some(event::Kind::OutputEmitted(o)) => Some(&o.text),
@@ -136,7 +163,7 @@ fn a_dropped_stream_resumes_with_exactly_the_missing_events() {
     let node = Node::start("version: v1\n");
     rt().block_on(async {
         let mut c = client(&node).await;
-        let first = collect(c.exec(exec("conv-a", "one")).await.unwrap().into_inner()).await;
+        let first = run_exec(&mut c, "conv-a", "one").await;
         assert_eq!(
             first.iter().map(|e| e.seq).collect::<Vec<_>>(),
             [1, 2, 3, 4]
@@ -170,8 +197,8 @@ fn forks_share_the_prefix_and_continue_separately() {
     let node = Node::start("version: v1\n");
     rt().block_on(async {
         let mut c = client(&node).await;
-        collect(c.exec(exec("main", "first")).await.unwrap().into_inner()).await;
-        collect(c.exec(exec("main", "second")).await.unwrap().into_inner()).await;
+        run_exec(&mut c, "main", "first").await;
+        run_exec(&mut c, "main", "second").await;
         let fork = c
             .fork(ForkRequest {
                 src_conversation_id: "main".into(),
@@ -185,21 +212,9 @@ fn forks_share_the_prefix_and_continue_separately() {
             (fork.last_seq, fork.forked_from.as_str(), fork.forked_at_seq),
             (5, "main", 4)
         );
-        let on_branch = collect(
-            c.exec(exec("branch", "branch work"))
-                .await
-                .unwrap()
-                .into_inner(),
-        )
-        .await;
+        let on_branch = run_exec(&mut c, "branch", "branch work").await;
         assert_eq!(on_branch.first().unwrap().seq, 6);
-        let on_main = collect(
-            c.exec(exec("main", "main work"))
-                .await
-                .unwrap()
-                .into_inner(),
-        )
-        .await;
+        let on_main = run_exec(&mut c, "main", "main work").await;
         assert_eq!(on_main.first().unwrap().seq, 9);
         let branch = read_through(&mut c, "branch", 9).await;
         let outputs: Vec<_> = branch.iter().filter_map(output).collect();
@@ -284,7 +299,7 @@ fn errors_carry_the_right_status_codes() {
     let node = Node::start("version: v1\n");
     rt().block_on(async {
         let mut c = client(&node).await;
-        collect(c.exec(exec("known", "hi")).await.unwrap().into_inner()).await;
+        run_exec(&mut c, "known", "hi").await;
         let unknown = c
             .subscribe(SubscribeRequest {
                 conversation_id: "nope".into(),
@@ -468,15 +483,9 @@ fn resume_continues_an_unfinished_exec_once() {
     let node = Node::start("version: v1\n");
     rt().block_on(async {
         let mut c = client(&node).await;
-        collect(c.exec(exec("src", "finish me")).await.unwrap().into_inner()).await;
+        run_exec(&mut c, "src", "finish me").await;
         // A fork taken mid-exec (after RUNNING, before the output) holds an unfinished exec.
-        c.fork(ForkRequest {
-            src_conversation_id: "src".into(),
-            at_seq: 2,
-            dest_conversation_id: "mid".into(),
-        })
-        .await
-        .unwrap();
+        fork_mid_exec(&mut c).await;
         let nothing_to_do = c
             .exec(ExecRequest {
                 resume: true,
@@ -536,20 +545,8 @@ fn cancel_ends_an_unfinished_exec_and_frees_the_conversation() {
     let node = Node::start("version: v1\n");
     let exec_id = rt().block_on(async {
         let mut c = client(&node).await;
-        let first = collect(
-            c.exec(exec("src", "never mind"))
-                .await
-                .unwrap()
-                .into_inner(),
-        )
-        .await;
-        c.fork(ForkRequest {
-            src_conversation_id: "src".into(),
-            at_seq: 2,
-            dest_conversation_id: "mid".into(),
-        })
-        .await
-        .unwrap();
+        let first = run_exec(&mut c, "src", "never mind").await;
+        fork_mid_exec(&mut c).await;
         let cancel = |conversation: &str, exec_id: &str| CancelRequest {
             conversation_id: conversation.into(),
             exec_id: exec_id.into(),
@@ -605,7 +602,7 @@ fn cancel_ends_an_unfinished_exec_and_frees_the_conversation() {
             .await
             .unwrap_err();
         assert_eq!(resume.code(), Code::FailedPrecondition, "{resume:?}");
-        let next = collect(c.exec(exec("mid", "next")).await.unwrap().into_inner()).await;
+        let next = run_exec(&mut c, "mid", "next").await;
         assert_eq!(next.iter().filter_map(output).collect::<Vec<_>>(), ["next"]);
         assert_eq!(next[0].seq, 5, "the conversation goes on after a cancel");
     });
