@@ -138,11 +138,7 @@ impl ConversationsService {
     async fn resume(&self, r: ExecRequest) -> Result<EventStream, Status> {
         let conversation = r.conversation_id;
         let summary = self.describe(&conversation).await?;
-        let done = matches!(
-            ExecState::try_from(summary.exec_state),
-            Ok(ExecState::Completed | ExecState::Failed | ExecState::Cancelled)
-        );
-        if summary.exec_id.is_empty() || done {
+        if unfinished_exec(&summary).is_none() {
             return Err(Status::failed_precondition(format!(
                 "conversation `{conversation}` has no unfinished exec to resume"
             )));
@@ -461,17 +457,11 @@ impl ConversationsService {
     async fn cancel_exec(&self, r: CancelRequest) -> Result<Conversation, Status> {
         let conversation = r.conversation_id;
         let summary = self.describe(&conversation).await?;
-        let open = !summary.exec_id.is_empty()
-            && !matches!(
-                ExecState::try_from(summary.exec_state),
-                Ok(ExecState::Completed | ExecState::Failed | ExecState::Cancelled)
-            );
-        if !open {
+        let Some(exec_id) = unfinished_exec(&summary).map(str::to_string) else {
             return Err(Status::failed_precondition(format!(
                 "conversation `{conversation}` has no unfinished exec to cancel"
             )));
-        }
-        let exec_id = summary.exec_id;
+        };
         if !r.exec_id.is_empty() && r.exec_id != exec_id {
             return Err(Status::failed_precondition(format!(
                 "exec `{}` is not the unfinished exec of conversation `{conversation}` (that is                  `{exec_id}`)",
@@ -503,12 +493,7 @@ impl ConversationsService {
                 }
             }
         }
-        {
-            let mut running = self.running.lock().expect("running");
-            if running.get(&conversation) == Some(&exec_id) {
-                running.remove(&conversation);
-            }
-        }
+        release(&self.running, &conversation, &exec_id);
         self.describe(&conversation).await
     }
 
@@ -549,11 +534,29 @@ impl ConversationsService {
 /// Whether `e` is the terminal state change of `exec_id`.
 fn is_end_of(e: &Event, exec_id: &str) -> bool {
     match &e.kind {
-        Some(event::Kind::ExecStateChanged(s)) if e.exec_id == exec_id => matches!(
-            ExecState::try_from(s.state),
-            Ok(ExecState::Completed | ExecState::Failed | ExecState::Cancelled)
-        ),
+        Some(event::Kind::ExecStateChanged(s)) if e.exec_id == exec_id => is_terminal(s.state),
         _ => false,
+    }
+}
+
+fn is_terminal(state: i32) -> bool {
+    matches!(
+        ExecState::try_from(state),
+        Ok(ExecState::Completed | ExecState::Failed | ExecState::Cancelled)
+    )
+}
+
+/// The conversation's exec that has not finished, if any.
+fn unfinished_exec(summary: &Conversation) -> Option<&str> {
+    (!summary.exec_id.is_empty() && !is_terminal(summary.exec_state))
+        .then_some(summary.exec_id.as_str())
+}
+
+/// Forgets that `exec_id` runs in `conversation`, unless another exec has taken its place.
+fn release(running: &Mutex<HashMap<String, String>>, conversation: &str, exec_id: &str) {
+    let mut running = running.lock().expect("running");
+    if running.get(conversation).map(String::as_str) == Some(exec_id) {
+        running.remove(conversation);
     }
 }
 
@@ -658,10 +661,7 @@ impl EchoAgent {
     }
 
     fn finished(&self) {
-        let mut running = self.running.lock().expect("running");
-        if running.get(&self.conversation) == Some(&self.exec_id) {
-            running.remove(&self.conversation);
-        }
+        release(&self.running, &self.conversation, &self.exec_id);
     }
 }
 
