@@ -110,7 +110,7 @@ fn sample_event(writer: usize, i: usize) -> NewEvent {
 }
 
 async fn eventlog(args: &EventlogArgs, dir: &std::path::Path) -> anyhow::Result<serde_json::Value> {
-    let (store, log) = SqliteStore::open_pair(dir).context("open a scratch store")?;
+    let (store, log) = cadre_cluster::store::open_embedded(dir).context("open a scratch store")?;
     let store = Arc::new(store);
     let controller = Controller::with_log(
         store.clone(),

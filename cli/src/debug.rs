@@ -6,7 +6,6 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use cadre_actors::controller::{AppendRequest, Controller, HistoryLimits, NewEvent};
-use cadre_cluster::store::SqliteStore;
 use cadre_proto::v1::{OutputEmitted, event};
 use clap::{Args, Subcommand};
 
@@ -34,7 +33,8 @@ pub struct WriterArgs {
 
 pub async fn run(command: DebugCommand) -> Result<(), Failure> {
     let DebugCommand::EventlogWriter(args) = command;
-    let (store, log) = SqliteStore::open_pair(&args.data_dir).context("open the event log")?;
+    let (store, log) =
+        cadre_cluster::store::open_embedded(&args.data_dir).context("open the event log")?;
     let controller = Controller::with_log(Arc::new(store), Arc::new(log), HistoryLimits::default());
     controller
         .start_detached()

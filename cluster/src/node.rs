@@ -18,7 +18,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use crate::api::ActorsService;
 use crate::auth::Auth;
 use crate::conversations::ConversationsService;
-use crate::store::SqliteStore;
+use crate::store;
 use cadre_proto::v1::conversations_server::ConversationsServer;
 use tonic::service::interceptor::InterceptedService;
 
@@ -117,7 +117,7 @@ impl Node {
             addr: options.listen,
             source,
         })?;
-        let (store, log) = SqliteStore::open_pair(&options.data_dir).map_err(NodeError::Store)?;
+        let (store, log) = store::open_embedded(&options.data_dir).map_err(NodeError::Store)?;
         let controller =
             Controller::with_log(Arc::new(store), Arc::new(log), options.config.store.limits);
         let tree = Tree::new();

@@ -9,7 +9,7 @@ use std::time::Duration;
 use std::sync::Arc;
 
 use cadre_actors::controller::{Controller, HistoryLimits};
-use cadre_cluster::store::SqliteStore;
+use cadre_cluster::store::open_embedded;
 use cadre_proto::v1::{Event, event};
 use cadre_tests::{TempDir, cadre_bin};
 
@@ -75,7 +75,7 @@ fn sigkill_mid_load_loses_no_acknowledged_append_and_leaves_no_partial_batch() {
     // Reopen through a controller: startup replays what the log holds but had not materialized.
     let rt = tokio::runtime::Runtime::new().unwrap();
     let logs: HashMap<String, Vec<Event>> = rt.block_on(async {
-        let (store, log) = SqliteStore::open_pair(&data).expect("reopen after the last kill");
+        let (store, log) = open_embedded(&data).expect("reopen after the last kill");
         let controller =
             Controller::with_log(Arc::new(store), Arc::new(log), HistoryLimits::default());
         controller

@@ -2,16 +2,16 @@
 //!
 //! | key | value |
 //! |---|---|
-//! | `("log", lsn)` | a [`LogBatch`]: one group commit, not yet materialized |
+//! | `("log", lsn)` | a [`LogBatch`]: one group commit, not yet materialized (with [`super::StoreLog`]) |
 //! | `("conv", conversation_id, seq)` | a `cadre.v1.Event` |
 //! | `("meta", conversation_id)` | last seq (u64, big-endian) |
 //! | `("idem", conversation_id, key)` | first and last seq of the original append |
 //! | `("exec", conversation_id, exec_id)` | open exec: state (i32) and a recovering flag |
 //!
-//! A group commit writes one `log` record holding the whole batch under a key that always
-//! grows, so it touches a few pages at the end of one region. The materializer moves entries
-//! from `log` into the other prefixes in large transactions, then clears the records it has
-//! fully materialized (the log may live in a store of its own).
+//! A group commit writes one [`LogBatch`] record holding the whole batch to the commit log:
+//! the `log` prefix here, or a commit log of its own (segment files on the embedded node). The
+//! materializer moves entries into the other prefixes in large transactions, then releases the
+//! records it has fully materialized.
 //!
 //! The actor registry and leader leases get their own prefixes when they arrive.
 

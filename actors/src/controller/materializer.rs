@@ -13,9 +13,9 @@ use std::time::Duration;
 use cadre_proto::v1::Event;
 use prost::Message;
 
+use super::commit_log::CommitLog;
 use super::keys::{self, LogBatch};
 use super::writer::index_exec;
-use crate::store::tuple::{Elem, Value, range, unpack};
 use crate::store::{Store, StoreError, Txn};
 
 /// One committed entry waiting to be materialized.
@@ -103,20 +103,21 @@ impl Tail {
 /// Runs the materializer until the tail is closed and drained.
 pub fn spawn(
     store: Arc<dyn Store>,
-    log: Arc<dyn Store>,
+    log: Arc<dyn CommitLog>,
     shared: Arc<SharedTail>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     shared.materializers.fetch_add(1, Ordering::SeqCst);
     std::thread::Builder::new()
         .name("cadre-log-index".into())
         .spawn(move || {
+            crate::store::background_priority();
             run(store.as_ref(), log.as_ref(), &shared);
             shared.materializers.fetch_sub(1, Ordering::SeqCst);
             shared.changed.notify_all();
         })
 }
 
-fn run(store: &dyn Store, log: &dyn Store, shared: &SharedTail) {
+fn run(store: &dyn Store, log: &dyn CommitLog, shared: &SharedTail) {
     loop {
         let batch: Vec<Pending> = {
             let mut tail = shared.tail.lock().expect("tail lock");
@@ -158,7 +159,7 @@ fn run(store: &dyn Store, log: &dyn Store, shared: &SharedTail) {
             Ok(()) => {
                 shared.tail.lock().expect("tail lock").pop(batch.len());
                 shared.changed.notify_all();
-                clear_log(log, &batch);
+                release(log, &batch);
             }
             Err(e) if shared.tail.lock().expect("tail lock").closed => {
                 // Stopping: the entries stay in the log and the next start replays them.
@@ -173,13 +174,13 @@ fn run(store: &dyn Store, log: &dyn Store, shared: &SharedTail) {
     }
 }
 
-/// Clears materialized records from the log: every record up to the batch's last entry, and
-/// that one too if the batch ends it, so an earlier clear that failed is made good too. What
-/// stays is replayed at the next start, which re-materializes the same values (materializing
-/// is idempotent).
-fn clear_log(log: &dyn Store, batch: &[Pending]) {
+/// Releases materialized records: every record before the batch's last entry, and that one too
+/// if the batch ends it, so an earlier release that failed is made good too. What stays is
+/// replayed at the next start, which re-materializes the same values (materializing is
+/// idempotent).
+fn release(log: &dyn CommitLog, batch: &[Pending]) {
     let end = batch.last().map_or(0, |p| p.lsn + p.batch_end as u64);
-    if let Err(e) = log.transact(&mut |t| t.clear_range(&keys::log(0), &keys::log(end))) {
+    if let Err(e) = log.release(end) {
         tracing::warn!(error = %e, "cannot clear materialized log entries; they will be replayed");
     }
 }
@@ -206,37 +207,38 @@ fn materialize(t: &mut dyn Txn, batch: &[Pending]) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Startup: materializes every entry a previous run committed but did not materialize.
-/// Returns how many there were.
-pub fn replay(store: &dyn Store, log: &dyn Store) -> Result<usize, StoreError> {
-    let (begin, end) = range(&[Elem::Str(keys::LOG)]);
+/// Startup: materializes every entry a previous run committed but did not materialize, in
+/// transactions as large as the materializer's. Returns how many there were.
+pub fn replay(store: &dyn Store, log: &dyn CommitLog) -> Result<usize, StoreError> {
     let mut total = 0;
-    loop {
-        // One record at a time: a record is a whole group commit, at most a few MB.
-        let mut batch = Vec::new();
-        log.read(&mut |t| {
-            batch = match t.range(&begin, &end, 1, false)?.pop() {
-                Some((k, v)) => decode(&k, &v)?,
-                None => Vec::new(),
-            };
-            Ok(())
-        })?;
-        let Some(last) = batch.last() else {
-            return Ok(total);
-        };
-        let end = last.lsn + 1;
-        total += batch.len();
-        store.transact(&mut |t| materialize(t, &batch))?;
-        log.transact(&mut |t| t.clear_range(&keys::log(0), &keys::log(end)))?;
-    }
+    let mut batch: Vec<Pending> = Vec::new();
+    let mut bytes = 0;
+    let flush = |batch: &mut Vec<Pending>| -> Result<(), StoreError> {
+        if let Some(last) = batch.last() {
+            let end = last.lsn + 1;
+            store.transact(&mut |t| materialize(t, batch))?;
+            log.release(end)?;
+            batch.clear();
+        }
+        Ok(())
+    };
+    log.replay(&mut |lsn, record| {
+        let entries = decode(lsn, record)?;
+        total += entries.len();
+        bytes += record.len();
+        batch.extend(entries);
+        if batch.len() >= MAX_MATERIALIZE || bytes >= MAX_MATERIALIZE_BYTES {
+            flush(&mut batch)?;
+            bytes = 0;
+        }
+        Ok(())
+    })?;
+    flush(&mut batch)?;
+    Ok(total)
 }
 
-fn decode(key: &[u8], value: &[u8]) -> Result<Vec<Pending>, StoreError> {
-    let corrupt = |what: &str| StoreError::Io(format!("corrupt event log record: {what}"));
-    let lsn = match unpack(key).map_err(|e| corrupt(&e.to_string()))?.get(1) {
-        Some(Value::Int(n)) => *n,
-        _ => return Err(corrupt("bad key")),
-    };
+fn decode(lsn: u64, value: &[u8]) -> Result<Vec<Pending>, StoreError> {
+    let corrupt = |what: &str| StoreError::Io(format!("corrupt event log record {lsn}: {what}"));
     let record = LogBatch::decode(value).map_err(|e| corrupt(&e.to_string()))?;
     let n = record.entries.len();
     record

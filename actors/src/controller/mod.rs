@@ -5,9 +5,10 @@
 //! (1, 2, 3, … with no gaps), writes the whole batch in one durable transaction (group commit),
 //! and only then acknowledges each caller and publishes the events to subscribers.
 //!
-//! As in restate's design, the durable record is an append-only log: a commit writes the batch
-//! under ever-growing `log` keys (a few pages, one fsync), and a materializer thread moves
-//! committed entries into the per-conversation keyspace in large transactions. Until then they
+//! As in restate's design, the durable record is an append-only commit log ([`CommitLog`]): a
+//! commit appends the batch as one record (on the embedded node, one `pwrite` and one
+//! `fdatasync` to a segment file), and a materializer thread moves committed entries into the
+//! store's per-conversation keyspace in large transactions, then releases the records. Until then they
 //! are served from memory (the tail); after a crash, startup replays whatever the log still
 //! holds before accepting appends. An append
 //! may carry an idempotency key: a retry with the same key returns the original seqs and writes
@@ -19,6 +20,7 @@
 //! are rebuilt from the store.
 
 mod audit;
+mod commit_log;
 mod keys;
 mod materializer;
 mod subscribe;
@@ -37,6 +39,7 @@ use crate::spec::{
 };
 use crate::store::tuple::{Elem, range};
 use crate::store::{Store, StoreError};
+pub use commit_log::{CommitLog, MAX_RECORD_BYTES, RecordFn, StoreLog};
 pub use subscribe::Subscription;
 
 /// Conversation id of the node's audit log (supervision lifecycle events).
@@ -153,8 +156,8 @@ pub struct Controller {
 struct Shared {
     /// Materialized events, metadata, idempotency records, the exec index.
     store: Arc<dyn Store>,
-    /// Where commits go (`log` entries); may be the same store.
-    log: Arc<dyn Store>,
+    /// Where commits become durable.
+    log: Arc<dyn CommitLog>,
     limits: HistoryLimits,
     /// The current writer's queue; `None` while the controller is down.
     queue: RwLock<Option<(mpsc::Sender<writer::Command>, Arc<writer::Linger>)>>,
@@ -172,12 +175,12 @@ impl Controller {
     /// A controller over `store`; it accepts appends once started by its supervisor (or
     /// [`Controller::start_detached`]).
     pub fn new(store: Arc<dyn Store>, limits: HistoryLimits) -> Self {
-        Self::with_log(store.clone(), store, limits)
+        Self::with_log(store.clone(), Arc::new(StoreLog(store)), limits)
     }
 
-    /// Like [`Controller::new`], committing log entries to `log` instead (a second store with
-    /// its own write lock, e.g. a second SQLite file).
-    pub fn with_log(store: Arc<dyn Store>, log: Arc<dyn Store>, limits: HistoryLimits) -> Self {
+    /// Like [`Controller::new`], committing to `log` instead of the store's `log` keyspace (e.g.
+    /// an append-only file, which commits with one `fdatasync` and no B-tree work).
+    pub fn with_log(store: Arc<dyn Store>, log: Arc<dyn CommitLog>, limits: HistoryLimits) -> Self {
         Self {
             shared: Arc::new(Shared {
                 store,
@@ -413,7 +416,7 @@ impl Actor for ControllerActor {
         let store = shared.store.clone();
         let log = shared.log.clone();
         let tail = shared.tail.clone();
-        let open = blocking(move || {
+        let (open, next_lsn) = blocking(move || {
             // A previous instance's materializer may still be finishing its last batch.
             let mut guard = tail.tail.lock().expect("tail lock");
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -435,7 +438,7 @@ impl Actor for ControllerActor {
             if replayed > 0 {
                 tracing::info!(entries = replayed, "event log replayed");
             }
-            keys::mark_open_execs(store.as_ref())
+            Ok((keys::mark_open_execs(store.as_ref())?, log.next_lsn()?))
         })
         .await?;
         if !open.is_empty() {
@@ -452,7 +455,14 @@ impl Actor for ControllerActor {
         )?;
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let linger = Arc::new(writer::Linger::default());
-        let writer = writer::spawn(controller.clone(), rx, linger.clone(), myself, materializer)?;
+        let writer = writer::spawn(
+            controller.clone(),
+            rx,
+            next_lsn,
+            linger.clone(),
+            myself,
+            materializer,
+        )?;
         *shared.queue.write().expect("queue lock") = Some((tx, linger));
         let audit = shared
             .audited

@@ -9,6 +9,7 @@ use cadre_proto::v1::{Event, ExecState, event};
 use ractor::ActorRef;
 use tokio::sync::{mpsc, oneshot};
 
+use super::commit_log::MAX_RECORD_BYTES;
 use super::keys;
 use super::materializer::{MAX_TAIL, Pending};
 use super::{AppendError, AppendRequest, Appended, Controller, ControllerMsg, now_micros};
@@ -104,6 +105,7 @@ enum Outcome {
 pub fn spawn(
     controller: Controller,
     rx: mpsc::Receiver<Command>,
+    next_lsn: u64,
     linger: Arc<Linger>,
     actor: ActorRef<ControllerMsg>,
     materializer: std::thread::JoinHandle<()>,
@@ -113,7 +115,7 @@ pub fn spawn(
         .spawn(move || {
             let tail = controller.shared.tail.clone();
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                Writer::new(controller, linger).run(rx)
+                Writer::new(controller, next_lsn, linger).run(rx)
             }));
             tail.tail.lock().expect("tail lock").closed = true;
             tail.changed.notify_all();
@@ -136,13 +138,13 @@ struct Writer {
     warned: HashSet<String>,
     /// Open execs per conversation: the last state change of each was not terminal.
     open_execs: HashMap<String, HashSet<String>>,
-    /// Key of the next log record; the log is empty when a writer starts (it was replayed).
+    /// Lsn of the next commit log record.
     next_lsn: u64,
     linger: Arc<Linger>,
 }
 
 impl Writer {
-    fn new(controller: Controller, linger: Arc<Linger>) -> Self {
+    fn new(controller: Controller, next_lsn: u64, linger: Arc<Linger>) -> Self {
         let mut open_execs: HashMap<String, HashSet<String>> = HashMap::new();
         for open in controller.open_execs() {
             open_execs
@@ -156,7 +158,7 @@ impl Writer {
             linger,
             last_seq: HashMap::new(),
             warned: HashSet::new(),
-            next_lsn: 1,
+            next_lsn,
         }
     }
 
@@ -277,8 +279,8 @@ impl Writer {
         }
     }
 
-    /// One transaction for the whole batch, writing one log record. Tentative seqs live in
-    /// `pending` until it commits.
+    /// One commit log record for the whole batch. Tentative seqs live in `pending` until it is
+    /// durable.
     fn transact(
         &mut self,
         requests: &[(&AppendRequest, bool)],
@@ -290,112 +292,110 @@ impl Writer {
         let mut outcomes = Vec::with_capacity(requests.len());
         let lsn = self.next_lsn;
         let mut record = Vec::new();
+        let mut pending: HashMap<&str, u64> = HashMap::new();
+        let mut seen_keys: HashMap<(&str, &str), Appended> = HashMap::new();
+        // Execs opened or finished by this batch (true: open).
         let mut exec_states: HashMap<(&str, &str), bool> = HashMap::new();
-        shared.log.transact(&mut |t| {
-            outcomes.clear();
-            record.clear();
-            let mut pending: HashMap<&str, u64> = HashMap::new();
-            let mut seen_keys: HashMap<(&str, &str), Appended> = HashMap::new();
-            // Execs opened or finished by this batch (true: open).
-            exec_states.clear();
-            for &(request, only_new) in requests {
-                let conv = request.conversation_id.as_str();
-                if let Some(key) = &request.idempotency_key {
-                    if let Some(first) = seen_keys.get(&(conv, key.as_str())) {
-                        outcomes.push(Outcome::Duplicate(Appended {
-                            duplicate: true,
-                            ..*first
-                        }));
-                        continue;
-                    }
-                    if let Some((first_seq, last_seq)) = self.committed_key(conv, key)? {
-                        outcomes.push(Outcome::Duplicate(Appended {
-                            first_seq,
-                            last_seq,
-                            duplicate: true,
-                        }));
-                        continue;
-                    }
-                }
-                let last = pending
-                    .get(conv)
-                    .or_else(|| self.last_seq.get(conv))
-                    .copied()
-                    .unwrap_or(0);
-                let n = request.events.len() as u64;
-                if let Some(exec) = &request.open_exec {
-                    let open = match exec_states.get(&(conv, exec.as_str())) {
-                        Some(open) => *open,
-                        None => self.is_open(conv, exec),
-                    };
-                    if !open {
-                        outcomes.push(Outcome::Refused(AppendError::ExecFinished {
-                            conversation_id: conv.to_string(),
-                            exec_id: exec.clone(),
-                        }));
-                        continue;
-                    }
-                }
-                if only_new && last > 0 {
-                    outcomes.push(Outcome::Refused(AppendError::AlreadyExists(
-                        conv.to_string(),
-                    )));
-                    continue;
-                }
-                if last + n > limit {
-                    outcomes.push(Outcome::Refused(AppendError::HistoryLimit {
-                        conversation_id: conv.to_string(),
-                        limit,
+        for &(request, only_new) in requests {
+            let conv = request.conversation_id.as_str();
+            if let Some(key) = &request.idempotency_key {
+                if let Some(first) = seen_keys.get(&(conv, key.as_str())) {
+                    outcomes.push(Outcome::Duplicate(Appended {
+                        duplicate: true,
+                        ..*first
                     }));
                     continue;
                 }
-                let mut entries = Vec::with_capacity(request.events.len());
-                for (i, new) in request.events.iter().enumerate() {
-                    if let event::Kind::ExecStateChanged(change) = &new.kind {
-                        let state =
-                            ExecState::try_from(change.state).unwrap_or(ExecState::Unspecified);
-                        exec_states.insert((conv, new.exec_id.as_str()), !keys::is_terminal(state));
-                    }
-                    let event = Event {
-                        conversation_id: conv.to_string(),
-                        seq: last + 1 + i as u64,
-                        exec_id: new.exec_id.clone(),
-                        time_unix_micros: time,
-                        kind: Some(new.kind.clone()),
-                    };
-                    let idempotency = match (&request.idempotency_key, i) {
-                        (Some(key), 0) => Some((key.clone(), last + 1, last + n)),
-                        _ => None,
-                    };
-                    let event = Arc::new(event);
-                    let (key, last_seq) = match &idempotency {
-                        Some((key, _, last_seq)) => (key.as_str(), *last_seq),
-                        None => ("", 0),
-                    };
-                    keys::encode_log_entry(&mut record, &event, key, last_seq);
-                    entries.push(Pending {
-                        lsn,
-                        batch_end: false,
-                        event,
-                        idempotency,
-                    });
+                if let Some((first_seq, last_seq)) = self.committed_key(conv, key)? {
+                    outcomes.push(Outcome::Duplicate(Appended {
+                        first_seq,
+                        last_seq,
+                        duplicate: true,
+                    }));
+                    continue;
                 }
-                let appended = Appended {
-                    first_seq: last + 1,
-                    last_seq: last + n,
-                    duplicate: false,
+            }
+            let last = pending
+                .get(conv)
+                .or_else(|| self.last_seq.get(conv))
+                .copied()
+                .unwrap_or(0);
+            let n = request.events.len() as u64;
+            if let Some(exec) = &request.open_exec {
+                let open = match exec_states.get(&(conv, exec.as_str())) {
+                    Some(open) => *open,
+                    None => self.is_open(conv, exec),
                 };
-                if let Some(key) = &request.idempotency_key {
-                    seen_keys.insert((conv, key.as_str()), appended);
+                if !open {
+                    outcomes.push(Outcome::Refused(AppendError::ExecFinished {
+                        conversation_id: conv.to_string(),
+                        exec_id: exec.clone(),
+                    }));
+                    continue;
                 }
-                pending.insert(conv, last + n);
-                outcomes.push(Outcome::Written(appended, entries));
             }
-            if !record.is_empty() {
-                t.set(&keys::log(lsn), &record)?;
+            if only_new && last > 0 {
+                outcomes.push(Outcome::Refused(AppendError::AlreadyExists(
+                    conv.to_string(),
+                )));
+                continue;
             }
-            Ok(())
-        })?;
+            if last + n > limit {
+                outcomes.push(Outcome::Refused(AppendError::HistoryLimit {
+                    conversation_id: conv.to_string(),
+                    limit,
+                }));
+                continue;
+            }
+            let mut entries = Vec::with_capacity(request.events.len());
+            for (i, new) in request.events.iter().enumerate() {
+                if let event::Kind::ExecStateChanged(change) = &new.kind {
+                    let state = ExecState::try_from(change.state).unwrap_or(ExecState::Unspecified);
+                    exec_states.insert((conv, new.exec_id.as_str()), !keys::is_terminal(state));
+                }
+                let event = Event {
+                    conversation_id: conv.to_string(),
+                    seq: last + 1 + i as u64,
+                    exec_id: new.exec_id.clone(),
+                    time_unix_micros: time,
+                    kind: Some(new.kind.clone()),
+                };
+                let idempotency = match (&request.idempotency_key, i) {
+                    (Some(key), 0) => Some((key.clone(), last + 1, last + n)),
+                    _ => None,
+                };
+                let event = Arc::new(event);
+                let (key, last_seq) = match &idempotency {
+                    Some((key, _, last_seq)) => (key.as_str(), *last_seq),
+                    None => ("", 0),
+                };
+                keys::encode_log_entry(&mut record, &event, key, last_seq);
+                entries.push(Pending {
+                    lsn,
+                    batch_end: false,
+                    event,
+                    idempotency,
+                });
+            }
+            let appended = Appended {
+                first_seq: last + 1,
+                last_seq: last + n,
+                duplicate: false,
+            };
+            if let Some(key) = &request.idempotency_key {
+                seen_keys.insert((conv, key.as_str()), appended);
+            }
+            pending.insert(conv, last + n);
+            outcomes.push(Outcome::Written(appended, entries));
+        }
+        if record.len() > MAX_RECORD_BYTES {
+            return Err(StoreError::TooLarge {
+                bytes: record.len(),
+            });
+        }
+        if !record.is_empty() {
+            shared.log.append(lsn, &record)?;
+        }
         for ((conv, exec), open) in exec_states {
             let execs = self.open_execs.entry(conv.to_string()).or_default();
             if open {

@@ -59,3 +59,20 @@ pub trait Store: Send + Sync + 'static {
         f: &mut dyn FnMut(&mut dyn Txn) -> Result<(), StoreError>,
     ) -> Result<(), StoreError>;
 }
+
+/// Lowers the calling thread's CPU priority (nice 10): for a store's background work
+/// (materializing, checkpoints), which must not delay the commits whose callers are waiting.
+/// On a machine with few cores it otherwise takes the CPU the committers need.
+pub fn background_priority() {
+    // SAFETY: plain syscalls on the calling thread; with PRIO_PROCESS, Linux takes a thread id.
+    let result = unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 10)
+    };
+    if result != 0 {
+        tracing::debug!(
+            error = %std::io::Error::last_os_error(),
+            "cannot lower a background thread's priority"
+        );
+    }
+}

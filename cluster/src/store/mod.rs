@@ -1,7 +1,47 @@
 //! Store backends.
 
 mod lock;
+mod segment_log;
 mod sqlite;
 
+use std::path::Path;
+use std::sync::Arc;
+
+use cadre_actors::controller::{CommitLog, StoreLog};
+use cadre_actors::store::StoreError;
+
 pub use lock::DataDirLock;
-pub use sqlite::SqliteStore;
+pub use segment_log::{LOG_DIR, SEGMENT_BYTES, SegmentLog};
+pub use sqlite::{MAIN_FILE, SqliteStore};
+
+/// A commit log kept in SQLite by earlier versions; [`open_embedded`] moves what it holds.
+const LEGACY_LOG_FILE: &str = "log.db";
+
+/// The embedded node's storage in `data_dir`, held against other nodes: the SQLite store
+/// (`cadre.db`) and the event log's commit log (`log/`, see [`SegmentLog`]).
+pub fn open_embedded(data_dir: &Path) -> Result<(SqliteStore, SegmentLog), StoreError> {
+    let lock = Arc::new(DataDirLock::acquire(data_dir)?);
+    let store = SqliteStore::open_file(data_dir, MAIN_FILE, lock.clone())?;
+    let log = SegmentLog::open_with(&data_dir.join(LOG_DIR), SEGMENT_BYTES, Some(lock.clone()))?;
+    if data_dir.join(LEGACY_LOG_FILE).exists() {
+        let legacy = Arc::new(SqliteStore::open_file(data_dir, LEGACY_LOG_FILE, lock)?);
+        let mut moved = 0;
+        StoreLog(legacy).replay(&mut |_, record| {
+            moved += 1;
+            log.append(log.next_lsn()?, record)
+        })?;
+        for suffix in ["", "-wal", "-shm"] {
+            let path = data_dir.join(format!("{LEGACY_LOG_FILE}{suffix}"));
+            if let Err(e) = std::fs::remove_file(&path)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                return Err(StoreError::Io(format!(
+                    "cannot remove {}: {e}",
+                    path.display()
+                )));
+            }
+        }
+        tracing::info!(records = moved, "moved the commit log from log.db to log/");
+    }
+    Ok((store, log))
+}

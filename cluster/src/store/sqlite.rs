@@ -28,8 +28,6 @@ pub struct SqliteStore {
 
 /// The node's main store file.
 pub const MAIN_FILE: &str = "cadre.db";
-/// The event log's commit log (see [`SqliteStore::open_pair`]).
-pub const LOG_FILE: &str = "log.db";
 /// How often the background thread checkpoints the WAL (fewer, larger checkpoints disturb the
 /// log's fsyncs less).
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(1000);
@@ -45,18 +43,11 @@ impl SqliteStore {
         Self::open_file(data_dir, MAIN_FILE, lock)
     }
 
-    /// The main store and a second one for the event log's commits, in one data dir. SQLite
-    /// has one write lock per file: with two files, group commits never queue behind the
-    /// materializer's larger transactions.
-    pub fn open_pair(data_dir: &Path) -> Result<(Self, Self), StoreError> {
-        let lock = Arc::new(DataDirLock::acquire(data_dir)?);
-        Ok((
-            Self::open_file(data_dir, MAIN_FILE, lock.clone())?,
-            Self::open_file(data_dir, LOG_FILE, lock)?,
-        ))
-    }
-
-    fn open_file(data_dir: &Path, file: &str, lock: Arc<DataDirLock>) -> Result<Self, StoreError> {
+    pub(super) fn open_file(
+        data_dir: &Path,
+        file: &str,
+        lock: Arc<DataDirLock>,
+    ) -> Result<Self, StoreError> {
         let path = data_dir.join(file);
         let writer = Connection::open(&path).map_err(io)?;
         writer
@@ -85,6 +76,7 @@ impl SqliteStore {
         let handle = std::thread::Builder::new()
             .name("cadre-sqlite-ckp".into())
             .spawn(move || {
+                cadre_actors::store::background_priority();
                 while !stopping.load(Ordering::Relaxed) {
                     std::thread::park_timeout(CHECKPOINT_EVERY);
                     // PASSIVE never blocks writers; what it cannot copy now it copies next time.
