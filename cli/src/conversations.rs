@@ -3,8 +3,8 @@
 use crate::client::Api;
 use cadre_proto::v1::conversations_client::ConversationsClient;
 use cadre_proto::v1::{
-    CancelRequest, Conversation, Event, ExecRequest, ExecState, ForkRequest,
-    GetConversationRequest, ListConversationsRequest, SubscribeRequest, event,
+    CancelRequest, Conversation, DeleteConversationRequest, Event, ExecRequest, ExecState,
+    ForkRequest, GetConversationRequest, ListConversationsRequest, SubscribeRequest, event,
 };
 use clap::{Args, Subcommand};
 use serde_json::{Map, Value, json};
@@ -102,6 +102,15 @@ pub enum ConversationsCommand {
         /// Keep streaming new events until interrupted.
         #[arg(short = 'f', long)]
         follow: bool,
+        #[arg(short = 'o', long, value_enum, default_value_t)]
+        output: Output,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Delete a conversation and all its events (refused while an exec runs in it; forks stay).
+    #[command(alias = "rm")]
+    Delete {
+        id: String,
         #[arg(short = 'o', long, value_enum, default_value_t)]
         output: Output,
         #[command(flatten)]
@@ -216,6 +225,26 @@ pub async fn run(command: ConversationsCommand) -> Result<(), Failure> {
                         println!("{:<40}  {:>8}", c.conversation_id, c.last_seq);
                     }
                 }
+            }
+        }
+        ConversationsCommand::Delete { id, output, server } => {
+            let deleted = client(&server)
+                .await?
+                .delete(DeleteConversationRequest {
+                    conversation_id: id,
+                })
+                .await
+                .map_err(|s| failure("Delete", s))?
+                .into_inner();
+            match output {
+                Output::Json => println!(
+                    "{}",
+                    json!({"conversation_id": deleted.conversation_id, "events": deleted.events})
+                ),
+                Output::Text => println!(
+                    "conversation {} deleted ({} events)",
+                    deleted.conversation_id, deleted.events
+                ),
             }
         }
         ConversationsCommand::Show { id, output, server } => {

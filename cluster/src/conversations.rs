@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use cadre_actors::controller::{
-    AppendError, AppendRequest, Controller, NewEvent, SubscribeError, Subscription,
+    AppendError, AppendRequest, Controller, DeleteError, NewEvent, SubscribeError, Subscription,
 };
 use cadre_actors::{
     ActorKind, ChildExit, ChildSpec, ExitReason, Restart, StartContext, StartError, StartFuture,
@@ -16,9 +16,10 @@ use cadre_actors::{
 };
 use cadre_proto::v1::conversations_server::Conversations;
 use cadre_proto::v1::{
-    CancelRequest, Conversation, Event, ExecRequest, ExecState, ExecStateChanged, ForkRequest,
-    Forked, GetConversationRequest, InputReceived, ListConversationsRequest,
-    ListConversationsResponse, OutputEmitted, SubscribeRequest, event,
+    CancelRequest, Conversation, DeleteConversationRequest, DeleteConversationResponse, Event,
+    ExecRequest, ExecState, ExecStateChanged, ForkRequest, Forked, GetConversationRequest,
+    InputReceived, ListConversationsRequest, ListConversationsResponse, OutputEmitted,
+    SubscribeRequest, event,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::mpsc;
@@ -42,6 +43,11 @@ pub struct ConversationsService {
     running: Arc<Mutex<HashMap<String, String>>>,
 }
 
+/// What a second exec is told to do about the running one.
+const FOLLOW: &str = "wait for it, or reconnect with last_seq to follow it";
+/// Marks a conversation being deleted in the running map (not a valid exec id).
+const DELETING: &str = "\0deleting";
+
 /// How many events a list returns when the request does not say.
 const DEFAULT_LIST: u32 = 100;
 const MAX_LIST: u32 = 1000;
@@ -56,18 +62,23 @@ impl ConversationsService {
         }
     }
 
-    /// Makes `exec_id` the conversation's running exec, or says which exec is running. A
-    /// client sees an exec's end as soon as it commits, a moment before the agent forgets it,
-    /// so an exec whose terminal event is in the log is not running any more.
-    async fn claim(&self, conversation: &str, exec_id: &str) -> Result<(), Status> {
+    /// Makes `exec_id` the conversation's running exec, or says which exec is running (and
+    /// what to do: `hint`). A client sees an exec's end as soon as it commits, a moment before
+    /// the agent forgets it, so an exec whose terminal event is in the log is not running any
+    /// more.
+    async fn claim(&self, conversation: &str, exec_id: &str, hint: &str) -> Result<(), Status> {
         loop {
             let current = self.running_exec(conversation);
+            if current.as_deref() == Some(DELETING) {
+                return Err(Status::failed_precondition(format!(
+                    "conversation `{conversation}` is being deleted"
+                )));
+            }
             if let Some(other) = &current
                 && !self.finished(conversation, other).await?
             {
                 return Err(Status::failed_precondition(format!(
-                    "conversation `{conversation}` already has a running exec `{other}`; wait \
-                     for it, or reconnect with last_seq to follow it"
+                    "conversation `{conversation}` already has a running exec `{other}`; {hint}"
                 )));
             }
             let mut running = self.running.lock().expect("running");
@@ -150,7 +161,7 @@ impl ConversationsService {
             )));
         }
         let input = self.input_of(&conversation, &summary.exec_id).await?;
-        self.claim(&conversation, &summary.exec_id).await?;
+        self.claim(&conversation, &summary.exec_id, FOLLOW).await?;
         let after = if r.last_seq > 0 {
             r.last_seq
         } else {
@@ -252,7 +263,7 @@ impl ConversationsService {
             )));
         }
         let exec_id = new_id("e");
-        self.claim(&conversation, &exec_id).await?;
+        self.claim(&conversation, &exec_id, FOLLOW).await?;
         let begin = AppendRequest {
             conversation_id: conversation.clone(),
             events: vec![
@@ -451,6 +462,26 @@ impl Conversations for ConversationsService {
             .await
             .map(Response::new)
     }
+
+    async fn delete(
+        &self,
+        request: Request<DeleteConversationRequest>,
+    ) -> Result<Response<DeleteConversationResponse>, Status> {
+        let id = request.into_inner().conversation_id;
+        if id.is_empty() {
+            return Err(Status::invalid_argument("conversation_id is required"));
+        }
+        let hint = format!("cancel it first (`cadre cancel --conversation {id}`)");
+        // Held while deleting, so no exec starts in the conversation meanwhile.
+        self.claim(&id, DELETING, &hint).await?;
+        let deleted = self.controller.delete(&id).await;
+        release(&self.running, &id, DELETING);
+        let events = deleted.map_err(delete_status)?;
+        Ok(Response::new(DeleteConversationResponse {
+            conversation_id: id,
+            events,
+        }))
+    }
 }
 
 impl ConversationsService {
@@ -464,7 +495,8 @@ impl ConversationsService {
         };
         if !r.exec_id.is_empty() && r.exec_id != exec_id {
             return Err(Status::failed_precondition(format!(
-                "exec `{}` is not the unfinished exec of conversation `{conversation}` (that is                  `{exec_id}`)",
+                "exec `{}` is not the unfinished exec of conversation `{conversation}` (that \
+                 is `{exec_id}`)",
                 r.exec_id
             )));
         }
@@ -579,7 +611,16 @@ pub fn subscribe_status(e: SubscribeError) -> Status {
         SubscribeError::NotFound(_) => Status::not_found(e.to_string()),
         SubscribeError::OutOfRange { .. } => Status::out_of_range(e.to_string()),
         SubscribeError::TooSlow { .. } => Status::aborted(e.to_string()),
+        SubscribeError::Deleted(_) => Status::not_found(e.to_string()),
         SubscribeError::Store(_) => Status::unavailable(e.to_string()),
+    }
+}
+
+pub fn delete_status(e: DeleteError) -> Status {
+    match e {
+        DeleteError::Invalid(_) => Status::invalid_argument(e.to_string()),
+        DeleteError::NotFound(_) => Status::not_found(e.to_string()),
+        DeleteError::Store(_) | DeleteError::Unavailable => Status::unavailable(e.to_string()),
     }
 }
 

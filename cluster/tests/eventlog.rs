@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use cadre_actors::controller::{
-    AppendError, AppendRequest, Controller, HistoryLimits, NewEvent, SubscribeError,
+    AppendError, AppendRequest, Controller, DeleteError, HistoryLimits, NewEvent, SubscribeError,
 };
 use cadre_actors::store::{Store, StoreError, Txn};
 use cadre_cluster::store::SqliteStore;
@@ -719,4 +719,92 @@ async fn appends_to_a_finished_exec_are_refused_and_write_nothing() {
     let c = sqlite(&dir).await;
     c.append(in_exec("z", &["still open"])).await.unwrap();
     assert!(c.append(in_exec("x", &["no"])).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_conversation_is_gone_and_its_id_starts_over() {
+    let dir = Dir::new("delete");
+    let open = || async {
+        let c = Controller::new(
+            Arc::new(SqliteStore::open(&dir.0).unwrap()),
+            HistoryLimits::default(),
+        );
+        let actor = c.start_detached().await.unwrap();
+        (c, actor)
+    };
+    let keyed = |conv: &str, texts: &[&str]| AppendRequest {
+        idempotency_key: Some("k".into()),
+        ..append(conv, texts)
+    };
+    let (c, actor) = open().await;
+    c.append(keyed("a", &["a1", "a2"])).await.unwrap();
+    c.append(AppendRequest {
+        events: vec![state("x", ExecState::Running)],
+        ..append("a", &[])
+    })
+    .await
+    .unwrap();
+    c.append(append("b", &["b1"])).await.unwrap();
+    let mut live = c.subscribe("a", 3).await.unwrap();
+    let waiter = tokio::spawn(async move { live.next().await });
+
+    // Refusals change nothing.
+    let refused = [
+        c.delete("nope").await,
+        c.delete(cadre_actors::controller::AUDIT_CONVERSATION).await,
+        c.delete("").await,
+    ];
+    assert!(matches!(&refused[0], Err(DeleteError::NotFound(id)) if id == "nope"));
+    assert!(matches!(&refused[1], Err(DeleteError::Invalid(m)) if m.contains("audit")));
+    assert!(matches!(&refused[2], Err(DeleteError::Invalid(_))));
+    assert_eq!(c.last_seq("a").await.unwrap(), Some(3));
+
+    assert_eq!(c.delete("a").await.unwrap(), 3, "it had three events");
+    match waiter.await.unwrap() {
+        Some(Err(SubscribeError::Deleted(id))) => assert_eq!(id, "a"),
+        other => panic!("a live subscriber must be told: {other:?}"),
+    }
+    assert_eq!(c.last_seq("a").await.unwrap(), None);
+    assert!(c.read("a", 0, 100).await.unwrap().is_empty());
+    assert!(matches!(
+        c.subscribe("a", 0).await,
+        Err(SubscribeError::NotFound(_))
+    ));
+    assert!(matches!(c.delete("a").await, Err(DeleteError::NotFound(_))));
+    let listed: Vec<String> = c
+        .list("", 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert!(
+        !listed.contains(&"a".to_string()) && listed.contains(&"b".to_string()),
+        "{listed:?}"
+    );
+
+    // The id starts over: seq 1, the idempotency key forgotten, the old exec not open.
+    let again = c.append(keyed("a", &["new"])).await.unwrap();
+    assert_eq!((again.first_seq, again.duplicate), (1, false));
+    let old_exec = c
+        .append(AppendRequest {
+            open_exec: Some("x".into()),
+            ..append("a", &["no"])
+        })
+        .await;
+    assert!(
+        matches!(old_exec, Err(AppendError::ExecFinished { .. })),
+        "{old_exec:?}"
+    );
+    let texts = |events: Vec<cadre_proto::v1::Event>| events.iter().map(text).collect::<Vec<_>>();
+    assert_eq!(texts(c.read("b", 0, 10).await.unwrap()), ["b1"]);
+    actor.stop_and_wait(None, None).await.unwrap();
+    drop(c);
+
+    // After a restart (replaying the log) the deleted events stay deleted.
+    let (c, actor) = open().await;
+    assert_eq!(texts(c.read("a", 0, 10).await.unwrap()), ["new"]);
+    assert_eq!(texts(c.read("b", 0, 10).await.unwrap()), ["b1"]);
+    assert!(c.open_execs().iter().all(|o| o.conversation_id != "a"));
+    actor.stop_and_wait(None, None).await.unwrap();
 }

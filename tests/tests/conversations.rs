@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use cadre_proto::v1::conversations_client::ConversationsClient;
 use cadre_proto::v1::{
-    CancelRequest, Event, ExecRequest, ExecState, ForkRequest, SubscribeRequest, event,
+    CancelRequest, DeleteConversationRequest, Event, ExecRequest, ExecState, ForkRequest,
+    SubscribeRequest, event,
 };
 use cadre_tests::Node;
 use serde_json::Value;
@@ -605,5 +606,112 @@ fn cancel_ends_an_unfinished_exec_and_frees_the_conversation() {
         let next = run_exec(&mut c, "mid", "next").await;
         assert_eq!(next.iter().filter_map(output).collect::<Vec<_>>(), ["next"]);
         assert_eq!(next[0].seq, 5, "the conversation goes on after a cancel");
+    });
+}
+
+#[test]
+fn delete_removes_a_conversation_for_good() {
+    let mut node = Node::start("version: v1\n");
+    let data = node.dir.path().join("data");
+    let refusals = rt().block_on(async {
+        let mut c = client(&node).await;
+        run_exec(&mut c, "gone", "bye").await;
+        run_exec(&mut c, "kept", "stay").await;
+        c.fork(ForkRequest {
+            src_conversation_id: "gone".into(),
+            at_seq: 4,
+            dest_conversation_id: "gone-fork".into(),
+        })
+        .await
+        .unwrap();
+        // A delete racing an exec: refused while the exec runs, or else the exec is refused
+        // while the delete runs, or the delete comes after the exec ended.
+        let mut other = client(&node).await;
+        let mut refusals = [0; 2];
+        for i in 0..30 {
+            let conversation = format!("race-{i}");
+            run_exec(&mut c, &conversation, "first").await;
+            let delete = DeleteConversationRequest {
+                conversation_id: conversation.clone(),
+            };
+            let (started, deleted) =
+                tokio::join!(c.exec(exec(&conversation, "second")), other.delete(delete));
+            let ran = match started {
+                Ok(stream) => {
+                    // Its stream may end early with NOT_FOUND if the delete came right after.
+                    let mut stream = stream.into_inner();
+                    while let Ok(Some(_)) = stream.message().await {}
+                    true
+                }
+                Err(status) => {
+                    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+                    assert!(status.message().contains("being deleted"), "{status:?}");
+                    refusals[1] += 1;
+                    false
+                }
+            };
+            match deleted {
+                Ok(d) => assert_eq!(d.get_ref().events, if ran { 8 } else { 4 }),
+                Err(status) => {
+                    assert!(ran, "one of the two goes ahead");
+                    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+                    assert!(
+                        status.message().contains("running exec")
+                            && status.message().contains("cadre cancel"),
+                        "{status:?}"
+                    );
+                    refusals[0] += 1;
+                    let log = read_through(&mut c, &conversation, 8).await;
+                    assert_eq!(log.len(), 8, "a refused delete removes nothing");
+                }
+            }
+        }
+        refusals
+    });
+    eprintln!(
+        "of 30 races: {} deletes met a running exec, {} execs met a delete",
+        refusals[0], refusals[1]
+    );
+
+    let audit = node.cli(&["conversations", "delete", "cadre.audit"]);
+    assert_eq!(
+        audit.status.code(),
+        Some(2),
+        "the audit log is not deletable"
+    );
+    let unknown = node.cli(&["conversations", "delete", "nope"]);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("NotFound"));
+    let out = node.cli(&["conversations", "delete", "gone", "-o", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deleted: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        deleted,
+        serde_json::json!({"conversation_id": "gone", "events": 4})
+    );
+    assert_eq!(
+        node.cli(&["conversations", "show", "gone"]).status.code(),
+        Some(1)
+    );
+
+    // Killed right after: the log must not bring the events back.
+    node.stop(libc::SIGKILL);
+    let node = Node::start_with_data("version: v1\n", &data);
+    let show = node.cli(&["conversations", "show", "gone"]);
+    assert_eq!(show.status.code(), Some(1), "deleted for good");
+    rt().block_on(async {
+        let mut c = client(&node).await;
+        assert_eq!(read_through(&mut c, "kept", 4).await.len(), 4);
+        assert_eq!(
+            read_through(&mut c, "gone-fork", 5).await.len(),
+            5,
+            "a fork is a copy and stays"
+        );
+        let next = run_exec(&mut c, "gone", "again").await;
+        assert_eq!(next[0].seq, 1, "the id starts a new conversation");
     });
 }

@@ -28,8 +28,8 @@ pub trait CommitLog: Send + Sync + 'static {
     /// Calls `f` with every record not yet released, in lsn order.
     fn replay(&self, f: &mut RecordFn<'_>) -> Result<(), StoreError>;
 
-    /// Records below `lsn` are materialized: they need not be replayed again, and their space
-    /// may be reused.
+    /// Records below `lsn` are materialized: once this returns they are never replayed again
+    /// (a conversation deleted since must not come back), and their space may be reused.
     fn release(&self, lsn: u64) -> Result<(), StoreError>;
 }
 

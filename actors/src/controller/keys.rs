@@ -19,7 +19,7 @@ use cadre_proto::v1::{Event, ExecState};
 use prost::Message;
 
 use crate::store::tuple::{Elem, Value, pack, range, unpack};
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, Txn};
 
 use super::OpenExec;
 
@@ -80,6 +80,15 @@ pub fn encode_log_entry(
         encode_key(3, WireType::Varint, batch);
         encode_varint(append_last_seq, batch);
     }
+}
+
+/// Clears everything stored for a conversation.
+pub fn clear_conversation(t: &mut dyn Txn, conversation_id: &str) -> Result<(), StoreError> {
+    for prefix in [EVENTS, IDEM, EXEC] {
+        let (begin, end) = range(&[Elem::Str(prefix), Elem::Str(conversation_id)]);
+        t.clear_range(&begin, &end)?;
+    }
+    t.clear(&meta(conversation_id))
 }
 
 pub fn log(lsn: u64) -> Vec<u8> {

@@ -38,6 +38,8 @@ pub struct Tail {
     pub idempotency: HashMap<(String, String), (u64, u64)>,
     /// Set when the writer is gone: the materializer drains what is left and exits.
     pub closed: bool,
+    /// Set while the writer waits for the tail to drain: the materializer does not linger.
+    pub flush: bool,
 }
 
 /// The tail with its condition variable (signalled on every change).
@@ -130,7 +132,7 @@ fn run(store: &dyn Store, log: &dyn CommitLog, shared: &SharedTail) {
             // Let entries accumulate: one materializing transaction then writes each
             // conversation's pages once for many events.
             let deadline = std::time::Instant::now() + LINGER;
-            while tail.entries.len() < LINGER_BELOW && !tail.closed {
+            while tail.entries.len() < LINGER_BELOW && !tail.closed && !tail.flush {
                 let now = std::time::Instant::now();
                 if now >= deadline {
                     break;

@@ -117,6 +117,19 @@ pub enum AppendError {
     Unavailable,
 }
 
+/// Why a conversation was not deleted. Nothing was removed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeleteError {
+    #[error("invalid delete: {0}")]
+    Invalid(String),
+    #[error("no conversation `{0}`")]
+    NotFound(String),
+    #[error("the event log could not delete: {0}")]
+    Store(StoreError),
+    #[error("the controller is not running (it may be restarting); retry")]
+    Unavailable,
+}
+
 /// Why a subscription could not start or ended.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SubscribeError {
@@ -135,6 +148,8 @@ pub enum SubscribeError {
          subscribe again with after_seq {last_seq}"
     )]
     TooSlow { buffer: usize, last_seq: u64 },
+    #[error("conversation `{0}` was deleted")]
+    Deleted(String),
     #[error("the event log could not be read: {0}")]
     Store(StoreError),
 }
@@ -282,6 +297,38 @@ impl Controller {
             Ok(out.into_iter().take(limit).collect())
         })
         .await
+    }
+
+    /// Deletes a conversation: its events, idempotency records and open execs, durably and in
+    /// order with appends (an append queued after the delete starts a new conversation at
+    /// seq 1). Live subscribers end with [`SubscribeError::Deleted`]. Returns how many events
+    /// it had. The audit log cannot be deleted.
+    pub async fn delete(&self, conversation_id: &str) -> Result<u64, DeleteError> {
+        if conversation_id.is_empty() {
+            return Err(DeleteError::Invalid("conversation_id is empty".into()));
+        }
+        if conversation_id == AUDIT_CONVERSATION {
+            return Err(DeleteError::Invalid(format!(
+                "the audit log `{AUDIT_CONVERSATION}` cannot be deleted"
+            )));
+        }
+        let (queue, linger) = self
+            .shared
+            .queue
+            .read()
+            .expect("queue lock")
+            .clone()
+            .ok_or(DeleteError::Unavailable)?;
+        let (reply, answer) = oneshot::channel();
+        queue
+            .send(writer::Command::Delete {
+                conversation_id: conversation_id.to_string(),
+                reply,
+            })
+            .await
+            .map_err(|_| DeleteError::Unavailable)?;
+        linger.notify();
+        answer.await.map_err(|_| DeleteError::Unavailable)?
     }
 
     async fn submit(

@@ -62,6 +62,19 @@ impl Hub {
         }
     }
 
+    /// Ends every live subscription of a deleted conversation.
+    pub fn close(&self, conversation: &str) {
+        let removed = self
+            .subscribers
+            .lock()
+            .expect("hub lock")
+            .remove(conversation);
+        for live in removed.into_iter().flatten() {
+            *live.cut_off.lock().expect("cut-off lock") =
+                Some(SubscribeError::Deleted(conversation.to_string()));
+        }
+    }
+
     fn register(&self, conversation: &str) -> (mpsc::Receiver<Arc<Event>>, CutOff) {
         let (tx, rx) = mpsc::channel(LIVE_BUFFER);
         let cut_off = Arc::new(Mutex::new(None));
@@ -180,6 +193,13 @@ impl Subscription {
                         self.ended = true;
                         return Some(Err(SubscribeError::Store(e)));
                     }
+                }
+                // Deleted before this registered (after, the hub ends it).
+                if self.buffer.is_empty()
+                    && matches!(self.controller.last_seq(&self.conversation).await, Ok(None))
+                {
+                    self.ended = true;
+                    return Some(Err(SubscribeError::Deleted(self.conversation.clone())));
                 }
             }
         }

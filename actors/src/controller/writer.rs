@@ -12,7 +12,9 @@ use tokio::sync::{mpsc, oneshot};
 use super::commit_log::MAX_RECORD_BYTES;
 use super::keys;
 use super::materializer::{MAX_TAIL, Pending};
-use super::{AppendError, AppendRequest, Appended, Controller, ControllerMsg, now_micros};
+use super::{
+    AppendError, AppendRequest, Appended, Controller, ControllerMsg, DeleteError, now_micros,
+};
 use crate::store::{StoreError, Txn};
 
 /// Most events and bytes in one group commit (well under the store's 10 MB transaction limit).
@@ -26,9 +28,16 @@ pub enum Command {
         only_new: bool,
         reply: oneshot::Sender<Result<Appended, AppendError>>,
     },
+    Delete {
+        conversation_id: String,
+        reply: oneshot::Sender<Result<u64, DeleteError>>,
+    },
 }
 
 type Reply = oneshot::Sender<Result<Appended, AppendError>>;
+
+/// Longest a delete waits for the materializer to catch up.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Longest a commit waits for more appends to join it.
 const MAX_LINGER: Duration = Duration::from_micros(500);
@@ -54,21 +63,31 @@ impl Linger {
     }
 }
 
-/// Requests taken from the queue for the next commit.
+/// Requests taken from the queue for the next commit, and a delete queued after them.
 #[derive(Default)]
 struct Batch {
     requests: Vec<(AppendRequest, bool, Reply)>,
     events: usize,
     bytes: usize,
+    delete: Option<(String, oneshot::Sender<Result<u64, DeleteError>>)>,
 }
 
 impl Batch {
     fn push(&mut self, command: Command) {
-        let Command::Append {
-            request,
-            only_new,
-            reply,
-        } = command;
+        let (request, only_new, reply) = match command {
+            Command::Append {
+                request,
+                only_new,
+                reply,
+            } => (request, only_new, reply),
+            Command::Delete {
+                conversation_id,
+                reply,
+            } => {
+                self.delete = Some((conversation_id, reply));
+                return;
+            }
+        };
         self.events += request.events.len();
         self.bytes += request
             .events
@@ -78,8 +97,9 @@ impl Batch {
         self.requests.push((request, only_new, reply));
     }
 
+    /// Whether to stop taking from the queue: appends after a delete wait for it.
     fn full(&self) -> bool {
-        self.events >= MAX_BATCH_EVENTS || self.bytes >= MAX_BATCH_BYTES
+        self.events >= MAX_BATCH_EVENTS || self.bytes >= MAX_BATCH_BYTES || self.delete.is_some()
     }
 
     /// Takes what is waiting in the queue, up to the batch limits.
@@ -187,9 +207,14 @@ impl Writer {
                 self.linger.lingering.store(false, Ordering::SeqCst);
             }
             let answered = batch.requests.len();
-            let started = Instant::now();
-            self.commit(&mut batch.requests);
-            last_commit = started.elapsed();
+            if answered > 0 {
+                let started = Instant::now();
+                self.commit(&mut batch.requests);
+                last_commit = started.elapsed();
+            }
+            if let Some((conversation, reply)) = batch.delete.take() {
+                let _ = reply.send(self.delete(&conversation));
+            }
             batch.events = 0;
             batch.bytes = 0;
             expected = answered + rx.len();
@@ -263,6 +288,67 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// Deletes a conversation once everything committed before is materialized (and its
+    /// commit log records released, so a replay cannot bring the events back), in one store
+    /// transaction.
+    fn delete(&mut self, conv: &str) -> Result<u64, DeleteError> {
+        let shared = self.controller.shared.clone();
+        let last = match self.last_seq.get(conv) {
+            Some(last) => *last,
+            None => super::last_committed(&shared, conv)
+                .map_err(DeleteError::Store)?
+                .unwrap_or(0),
+        };
+        if last == 0 {
+            return Err(DeleteError::NotFound(conv.to_string()));
+        }
+        self.drain_tail()?;
+        shared
+            .log
+            .release(self.next_lsn)
+            .map_err(DeleteError::Store)?;
+        shared
+            .store
+            .transact(&mut |t| keys::clear_conversation(t, conv))
+            .map_err(DeleteError::Store)?;
+        self.last_seq.remove(conv);
+        self.warned.remove(conv);
+        self.open_execs.remove(conv);
+        shared
+            .open_execs
+            .lock()
+            .expect("open execs")
+            .retain(|o| o.conversation_id != conv);
+        shared.hub.close(conv);
+        tracing::info!(conversation = conv, events = last, "conversation deleted");
+        Ok(last)
+    }
+
+    /// Waits until the materializer has written everything committed so far.
+    fn drain_tail(&self) -> Result<(), DeleteError> {
+        let shared = &self.controller.shared.tail;
+        let mut tail = shared.tail.lock().expect("tail lock");
+        tail.flush = true;
+        shared.changed.notify_all();
+        let deadline = Instant::now() + DRAIN_TIMEOUT;
+        while !tail.entries.is_empty() {
+            let now = Instant::now();
+            if now >= deadline {
+                tail.flush = false;
+                return Err(DeleteError::Store(StoreError::Io(format!(
+                    "committed events were not materialized within {DRAIN_TIMEOUT:?}"
+                ))));
+            }
+            tail = shared
+                .changed
+                .wait_timeout(tail, deadline - now)
+                .expect("tail lock")
+                .0;
+        }
+        tail.flush = false;
+        Ok(())
     }
 
     fn warn_near_limit(&mut self, conversation: &str, last: u64) {

@@ -12,6 +12,11 @@
 //! its base, and each segment starts where the previous one ended. Reading stops at the first
 //! record that is zero, torn (bad CRC) or out of sequence — left over from the segment's
 //! previous life, or an append that never completed (and so was never acknowledged).
+//!
+//! `released` holds the release point: replay skips records below it, so a conversation
+//! deleted after its events were materialized cannot come back from the log. It has two
+//! 32-byte slots in separate sectors, written in turn, each with a sequence number and a CRC;
+//! the valid slot with the higher sequence number wins, so a torn write loses nothing.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
@@ -34,6 +39,10 @@ const MAGIC: &[u8; 8] = b"CADRELOG";
 const VERSION: u32 = 1;
 const HEADER: u64 = 32;
 const RECORD_HEADER: usize = 16;
+const RELEASED_FILE: &str = "released";
+const RELEASED_MAGIC: &[u8; 8] = b"CADRERLS";
+/// Bytes between the two slots of `released` (one sector each).
+const SLOT: u64 = 512;
 
 /// Append-only segment files implementing [`CommitLog`].
 pub struct SegmentLog {
@@ -41,7 +50,16 @@ pub struct SegmentLog {
     segment_bytes: u64,
     state: Mutex<State>,
     spares: Arc<Spares>,
+    released: Mutex<Released>,
     _lock: Option<Arc<DataDirLock>>,
+}
+
+/// The durable release point.
+struct Released {
+    file: File,
+    /// Writes so far; the next goes to slot `seq % 2`.
+    seq: u64,
+    lsn: u64,
 }
 
 struct State {
@@ -157,7 +175,9 @@ impl SegmentLog {
                 (file, 1)
             }
         };
+        let released = Mutex::new(Released::open(&dir.join(RELEASED_FILE))?);
         let log = Self {
+            released,
             dir: dir.to_path_buf(),
             segment_bytes,
             state: Mutex::new(State {
@@ -292,6 +312,7 @@ impl CommitLog for SegmentLog {
                 .map(|s| (s.base, s.path.clone()))
                 .collect()
         };
+        let released = self.released.lock().map_err(|_| poisoned())?.lsn;
         for (base, path) in paths {
             let bytes = std::fs::read(&path).map_err(|e| {
                 StoreError::Io(format!("cannot read commit log {}: {e}", path.display()))
@@ -299,7 +320,9 @@ impl CommitLog for SegmentLog {
             let mut at = HEADER as usize;
             let mut lsn = base;
             while let Some((payload, next)) = record_at(&bytes, at, lsn) {
-                f(lsn, payload)?;
+                if lsn >= released {
+                    f(lsn, payload)?;
+                }
                 at = next;
                 lsn += 1;
             }
@@ -308,6 +331,7 @@ impl CommitLog for SegmentLog {
     }
 
     fn release(&self, lsn: u64) -> Result<(), StoreError> {
+        self.released.lock().map_err(|_| poisoned())?.advance(lsn)?;
         let released: Vec<Segment> = {
             let mut state = self.state.lock().map_err(|_| poisoned())?;
             let mut released = Vec::new();
@@ -334,10 +358,68 @@ impl CommitLog for SegmentLog {
                 std::fs::remove_file(&segment.path).map_err(io)?;
             }
         }
-        // Durable before anything relies on it: a released segment that came back after a
-        // crash would only be replayed again (materializing is idempotent), but one that
+        // A released segment that came back after a crash would be skipped, but one that
         // reappeared after later ones were deleted would look like a gap.
         sync_dir(&self.dir).map_err(io)
+    }
+}
+
+impl Released {
+    fn open(path: &Path) -> Result<Self, StoreError> {
+        let io = |e: std::io::Error| {
+            StoreError::Io(format!("commit log release point {}: {e}", path.display()))
+        };
+        if !path.exists() {
+            let tmp = path.with_extension("tmp");
+            write_zeros(&tmp, 2 * SLOT).map_err(io)?;
+            std::fs::rename(&tmp, path).map_err(io)?;
+            sync_dir(path.parent().unwrap_or(Path::new("."))).map_err(io)?;
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(io)?;
+        let mut best = (0, 0);
+        for slot in 0..2 {
+            let mut bytes = [0; 32];
+            if file.read_exact_at(&mut bytes, slot * SLOT).is_ok()
+                && &bytes[0..8] == RELEASED_MAGIC
+                && crc32fast::hash(&bytes[0..24]).to_le_bytes() == bytes[24..28]
+            {
+                let seq = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
+                let lsn = u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes"));
+                if seq >= best.0 {
+                    best = (seq, lsn);
+                }
+            }
+        }
+        Ok(Self {
+            file,
+            seq: best.0,
+            lsn: best.1,
+        })
+    }
+
+    /// Moves the release point forward (never back) and makes it durable.
+    fn advance(&mut self, lsn: u64) -> Result<(), StoreError> {
+        if lsn <= self.lsn {
+            return Ok(());
+        }
+        let seq = self.seq + 1;
+        let mut bytes = [0; 32];
+        bytes[0..8].copy_from_slice(RELEASED_MAGIC);
+        bytes[8..16].copy_from_slice(&seq.to_le_bytes());
+        bytes[16..24].copy_from_slice(&lsn.to_le_bytes());
+        let crc = crc32fast::hash(&bytes[0..24]);
+        bytes[24..28].copy_from_slice(&crc.to_le_bytes());
+        self.file
+            .write_all_at(&bytes, (seq % 2) * SLOT)
+            .and_then(|()| self.file.sync_data())
+            .map_err(|e| StoreError::Io(format!("cannot record the commit log release: {e}")))?;
+        self.seq = seq;
+        self.lsn = lsn;
+        Ok(())
     }
 }
 
