@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "cadre/v1/actors.proto",
         "cadre/v1/conversations.proto",
         "cadre/v1/events.proto",
+        "cadre/v1/worker.proto",
     ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing cadre needs, idempotently. Safe to run again.
-# Today that is the Rust toolchain's rustfmt and clippy, plus the POSIX tools the tests run as
-# supervised processes (sh, sleep). Later parts add runsc, libclang-dev and MCP test servers here.
+# Today that is the Rust toolchain's rustfmt and clippy, the POSIX tools the tests run as
+# supervised processes (sh, sleep, bash), and gVisor's runsc for the sandbox tests. Later parts add
+# libclang-dev and MCP test servers here.
 set -euo pipefail
 
 if ! command -v cargo >/dev/null 2>&1; then
@@ -16,14 +17,22 @@ if command -v rustup >/dev/null 2>&1; then
   done
 fi
 missing=()
-for tool in sh sleep; do
+for tool in sh sleep bash; do
   command -v "${tool}" >/dev/null 2>&1 || missing+=("${tool}")
 done
 if ((${#missing[@]})); then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    apt-get update -qq && apt-get install -y -qq coreutils dash
+    apt-get update -qq && apt-get install -y -qq coreutils dash bash
   else
-    echo "setup: missing ${missing[*]}; install coreutils" >&2
+    echo "setup: missing ${missing[*]}; install coreutils, dash and bash" >&2
+    exit 1
+  fi
+fi
+if ! command -v runsc >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && apt-get install -y -qq runsc
+  else
+    echo "setup: runsc (gVisor) is missing; install it as root: apt-get install -y runsc" >&2
     exit 1
   fi
 fi

@@ -8,6 +8,7 @@
 pub mod config;
 pub mod controller;
 pub mod process;
+pub mod sandbox;
 pub mod spec;
 pub mod store;
 pub mod supervisor;

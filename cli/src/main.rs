@@ -63,6 +63,13 @@ enum Command {
         command: bench::BenchCommand,
     },
     /// Helpers for tests.
+    /// Serve the worker protocol on stdin/stdout, inside a sandbox (the node starts it).
+    #[command(hide = true)]
+    Worker {
+        /// The directory the protocol's file paths are relative to.
+        #[arg(long)]
+        workspace: std::path::PathBuf,
+    },
     #[command(hide = true)]
     Debug {
         #[command(subcommand)]
@@ -122,6 +129,10 @@ fn main() -> ExitCode {
             Command::Config {
                 command: ConfigCommand::Check { file },
             } => config_cmd::check(&file),
+            Command::Worker { workspace } => cadre_sandbox::worker::WorkerService::new(workspace)
+                .serve_stdio()
+                .await
+                .map_err(|e| Failure::Runtime(anyhow::anyhow!("worker: {e}"))),
             Command::Debug { command } => debug::run(command).await,
             Command::Bench { command } => bench::run(command).await,
         }

@@ -1,3 +1,16 @@
-//! Isolation providers (gVisor via `runsc`, plain processes, Kubernetes pods) and the worker
-//! protocol spoken to `cadre worker` inside a sandbox. See ARCHITECTURE.md; the providers arrive
-//! with the sandbox and placement work.
+//! Where untrusted work runs: the isolation providers and the worker protocol.
+//!
+//! Providers implement [`cadre_actors::sandbox::SandboxProvider`]: [`GvisorProvider`] (a `runsc`
+//! sandbox per [`Sandbox`]: gVisor's user-space kernel, a read-only view of the host's system
+//! directories, the workspace as the only writable host directory, no network unless egress is
+//! allowed, memory and CPU limits) and [`ProcessProvider`] (no isolation at all; refused unless
+//! explicitly allowed). Each sandbox runs `cadre worker` ([`worker::WorkerService`]), which the
+//! node drives over the worker protocol (`cadre.v1.Worker`, gRPC over the sandbox's stdio).
+
+mod gvisor;
+mod process;
+pub mod worker;
+
+pub use cadre_actors::sandbox::{Sandbox, SandboxError, SandboxProvider, SandboxSpec, StartFuture};
+pub use gvisor::GvisorProvider;
+pub use process::ProcessProvider;

@@ -1,0 +1,210 @@
+//! The `gvisor` provider: each sandbox is a `runsc` container running `cadre worker`.
+//!
+//! The container's root is an empty read-only directory; the host's system directories (`/usr`,
+//! `/lib`, `/lib64`, `/bin`, `/sbin`) and the `cadre` binary are mounted read-only, `/tmp` and
+//! `/dev` are the sandbox's own tmpfs, and the workspace is the only host directory it can
+//! write. Network: `none` unless the spec allows egress. Memory and CPU limits go into the OCI
+//! spec's cgroup resources. gVisor's user-space kernel stands between all of it and the host.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use serde_json::{Value, json};
+use tokio::io::AsyncBufReadExt;
+
+use crate::{Sandbox, SandboxError, SandboxProvider, SandboxSpec, StartFuture, worker};
+
+/// Where the worker's binary and workspace appear inside a sandbox.
+const WORKER_BIN: &str = "/cadre/cadre";
+const WORKSPACE: &str = "/workspace";
+/// Host directories every sandbox sees read-only (those that exist).
+const SYSTEM_DIRS: &[&str] = &["/usr", "/lib", "/lib64", "/bin", "/sbin"];
+
+/// Starts `runsc` sandboxes; keeps their bundles and runsc state under `state_dir`.
+pub struct GvisorProvider {
+    runsc: PathBuf,
+    state_dir: PathBuf,
+    worker_bin: PathBuf,
+}
+
+impl GvisorProvider {
+    /// Finds `runsc` on `PATH`. `worker_bin` is the `cadre` binary run inside each sandbox.
+    pub fn new(state_dir: PathBuf, worker_bin: PathBuf) -> Result<Self, SandboxError> {
+        let runsc = std::env::var_os("PATH")
+            .iter()
+            .flat_map(std::env::split_paths)
+            .map(|dir| dir.join("runsc"))
+            .find(|p| p.is_file())
+            .ok_or_else(|| {
+                SandboxError::Unavailable(
+                    "runsc (gVisor) is not installed: `apt-get install -y runsc`, or configure \
+                     the `process` provider with `allow_unsandboxed: true`"
+                        .into(),
+                )
+            })?;
+        for dir in [state_dir.join("runsc"), state_dir.join("bundles")] {
+            std::fs::create_dir_all(&dir).map_err(|e| {
+                SandboxError::Unavailable(format!("sandbox state dir {}: {e}", dir.display()))
+            })?;
+        }
+        Ok(Self {
+            runsc,
+            state_dir,
+            worker_bin,
+        })
+    }
+
+    fn runsc_root(&self) -> PathBuf {
+        self.state_dir.join("runsc")
+    }
+}
+
+impl SandboxProvider for GvisorProvider {
+    fn name(&self) -> &'static str {
+        "gvisor"
+    }
+
+    fn isolated(&self) -> bool {
+        true
+    }
+
+    fn start(&self, spec: SandboxSpec) -> StartFuture<'_> {
+        Box::pin(async move {
+            if spec.id.is_empty()
+                || !spec
+                    .id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(SandboxError::Invalid(format!(
+                    "id `{}`: use letters, digits, `-` and `_`",
+                    spec.id
+                )));
+            }
+            let fail = |why: String| SandboxError::Start {
+                id: spec.id.clone(),
+                why,
+            };
+            let bundle = self.state_dir.join("bundles").join(&spec.id);
+            let prepare = || -> std::io::Result<()> {
+                std::fs::create_dir_all(bundle.join("rootfs"))?;
+                std::fs::create_dir_all(&spec.workspace)?;
+                let config = oci_config(&spec, &self.worker_bin);
+                std::fs::write(bundle.join("config.json"), config.to_string())
+            };
+            prepare().map_err(|e| fail(format!("bundle {}: {e}", bundle.display())))?;
+            let network = if spec.egress { "host" } else { "none" };
+            let mut child = tokio::process::Command::new(&self.runsc)
+                .arg("--root")
+                .arg(self.runsc_root())
+                .arg(format!("--network={network}"))
+                .arg("run")
+                .arg("--bundle")
+                .arg(&bundle)
+                .arg(&spec.id)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .map_err(|e| fail(format!("{}: {e}", self.runsc.display())))?;
+            log_stderr(&spec.id, child.stderr.take());
+            let io = tokio::io::join(
+                child.stdout.take().expect("piped"),
+                child.stdin.take().expect("piped"),
+            );
+            let worker = worker::connect(io)
+                .await
+                .map_err(|e| fail(format!("cannot reach its worker: {e}")))?;
+            let (runsc, root, id) = (self.runsc.clone(), self.runsc_root(), spec.id.clone());
+            let teardown = move || {
+                let _ = std::process::Command::new(&runsc)
+                    .arg("--root")
+                    .arg(&root)
+                    .args(["delete", "--force", &id])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+                let _ = std::fs::remove_dir_all(&bundle);
+            };
+            Ok(Sandbox::new(
+                spec,
+                self.name(),
+                worker,
+                child,
+                Some(Box::new(teardown)),
+            ))
+        })
+    }
+}
+
+/// The OCI runtime spec of a sandbox.
+fn oci_config(spec: &SandboxSpec, worker_bin: &Path) -> Value {
+    let bind = |source: &Path, destination: &str, mode: &str| {
+        json!({"destination": destination, "type": "bind", "source": source,
+               "options": ["rbind", mode]})
+    };
+    let mut mounts = vec![
+        json!({"destination": "/proc", "type": "proc", "source": "proc"}),
+        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs"}),
+        json!({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs"}),
+    ];
+    for dir in SYSTEM_DIRS {
+        if Path::new(dir).exists() {
+            mounts.push(bind(Path::new(dir), dir, "ro"));
+        }
+    }
+    mounts.push(bind(worker_bin, WORKER_BIN, "ro"));
+    mounts.push(bind(&spec.workspace, WORKSPACE, "rw"));
+    let mut resources = serde_json::Map::new();
+    if let Some(bytes) = spec.memory_bytes {
+        resources.insert("memory".into(), json!({"limit": bytes}));
+    }
+    if let Some(cpus) = spec.cpus {
+        let period = 100_000u64;
+        resources.insert(
+            "cpu".into(),
+            json!({"quota": (cpus * period as f64) as i64, "period": period}),
+        );
+    }
+    // With egress the sandbox uses the host's network stack (through gVisor's netstack
+    // passthrough), so it gets no network namespace of its own.
+    let mut namespaces = vec![
+        json!({"type": "pid"}),
+        json!({"type": "mount"}),
+        json!({"type": "ipc"}),
+        json!({"type": "uts"}),
+    ];
+    if !spec.egress {
+        namespaces.push(json!({"type": "network"}));
+    }
+    json!({
+        "ociVersion": "1.0.0",
+        "process": {
+            "terminal": false,
+            "user": {"uid": 0, "gid": 0},
+            "args": [WORKER_BIN, "worker", "--workspace", WORKSPACE],
+            "env": ["PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "HOME=/workspace"],
+            "cwd": WORKSPACE,
+        },
+        "root": {"path": "rootfs", "readonly": true},
+        "hostname": spec.id,
+        "mounts": mounts,
+        "linux": {
+            "namespaces": namespaces,
+            "resources": resources,
+        },
+    })
+}
+
+/// Logs what runsc and the worker print on stderr, one line at a time.
+fn log_stderr(id: &str, stderr: Option<tokio::process::ChildStderr>) {
+    let Some(stderr) = stderr else { return };
+    let id = id.to_string();
+    tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            tracing::info!(sandbox = %id, "{line}");
+        }
+    });
+}

@@ -1,0 +1,341 @@
+//! The worker: `cadre worker` serves `cadre.v1.Worker` inside a sandbox, and the node connects
+//! to it over the sandbox's stdio (one HTTP/2 connection on a pipe pair).
+
+use std::path::{Component, Path, PathBuf};
+use std::pin::Pin;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use cadre_proto::v1::worker_client::WorkerClient;
+use cadre_proto::v1::worker_server::{Worker, WorkerServer};
+use cadre_proto::v1::{
+    FileEntry, ListFilesRequest, ListFilesResponse, ProcessExit, ProcessStart, ReadFileRequest,
+    ReadFileResponse, RunInput, RunOutput, WorkerStats, WorkerStatsRequest, WriteFileRequest,
+    WriteFileResponse, run_input, run_output,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::Connected;
+use tonic::transport::{Channel, Endpoint, Server};
+use tonic::{Request, Response, Status, Streaming};
+
+/// Serves the worker protocol for files under `workspace`.
+pub struct WorkerService {
+    workspace: PathBuf,
+    processes: Arc<AtomicU32>,
+    started: Instant,
+}
+
+/// Bytes per stdout/stderr message.
+const CHUNK: usize = 32 * 1024;
+
+impl WorkerService {
+    pub fn new(workspace: PathBuf) -> Self {
+        Self {
+            workspace,
+            processes: Arc::default(),
+            started: Instant::now(),
+        }
+    }
+
+    /// Serves one connection on stdin/stdout until it closes.
+    pub async fn serve_stdio(self) -> Result<(), tonic::transport::Error> {
+        let (closed_tx, closed) = tokio::sync::oneshot::channel();
+        let io = Pipe {
+            io: tokio::io::join(tokio::io::stdin(), tokio::io::stdout()),
+            _closed: closed_tx,
+        };
+        // The server stops when its incoming stream ends, so it never does; it stops instead
+        // when the one connection is gone (hyper drops the pipe).
+        let incoming = tokio_stream::StreamExt::chain(
+            tokio_stream::once(Ok::<_, std::io::Error>(io)),
+            tokio_stream::pending(),
+        );
+        Server::builder()
+            .add_service(WorkerServer::new(self))
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = closed.await;
+            })
+            .await
+    }
+
+    /// `path` inside the workspace; absolute paths and `..` are refused.
+    fn resolve(&self, path: &str) -> Result<PathBuf, Status> {
+        let relative = Path::new(path);
+        if !relative
+            .components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+        {
+            return Err(Status::invalid_argument(format!(
+                "path `{path}` leaves the workspace (use a relative path without `..`)"
+            )));
+        }
+        Ok(self.workspace.join(relative))
+    }
+
+    fn start(&self, start: ProcessStart) -> Result<tokio::process::Child, Status> {
+        let Some(program) = start.argv.first() else {
+            return Err(Status::invalid_argument("start.argv is empty"));
+        };
+        let mut command = tokio::process::Command::new(program);
+        command
+            .args(&start.argv[1..])
+            .envs(&start.env)
+            .current_dir(self.resolve(&start.cwd)?)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        command.spawn().map_err(|e| {
+            Status::invalid_argument(format!("start.argv: cannot run `{program}`: {e}"))
+        })
+    }
+}
+
+type RunStream = Pin<Box<dyn Stream<Item = Result<RunOutput, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Worker for WorkerService {
+    type RunStream = RunStream;
+
+    async fn run(
+        &self,
+        request: Request<Streaming<RunInput>>,
+    ) -> Result<Response<RunStream>, Status> {
+        let mut inputs = request.into_inner();
+        let Some(run_input::Input::Start(start)) =
+            inputs.message().await?.and_then(|first| first.input)
+        else {
+            return Err(Status::invalid_argument("the first input must be `start`"));
+        };
+        let mut child = self.start(start)?;
+        let pid = child.id().unwrap_or_default();
+        let (tx, rx) = mpsc::channel(64);
+        let output = |o| Ok(RunOutput { output: Some(o) });
+        let _ = tx.send(output(run_output::Output::Pid(pid))).await;
+        let stdout = forward(child.stdout.take(), tx.clone(), run_output::Output::Stdout);
+        let stderr = forward(child.stderr.take(), tx.clone(), run_output::Output::Stderr);
+        let mut stdin = child.stdin.take();
+        let signal = move |n: i32| {
+            // SAFETY: a plain syscall; the negative pid names the process group it leads.
+            unsafe { libc::kill(-(pid as i32), n) };
+        };
+        tokio::spawn(async move {
+            while let Ok(Some(input)) = inputs.message().await {
+                match input.input {
+                    Some(run_input::Input::Stdin(bytes)) => {
+                        if let Some(pipe) = &mut stdin
+                            && pipe.write_all(&bytes).await.is_err()
+                        {
+                            stdin = None;
+                        }
+                    }
+                    Some(run_input::Input::CloseStdin(_)) => stdin = None,
+                    Some(run_input::Input::Signal(n)) => signal(n),
+                    Some(run_input::Input::Start(_)) | None => {}
+                }
+            }
+        });
+        let processes = self.processes.clone();
+        processes.fetch_add(1, Ordering::SeqCst);
+        tokio::spawn(async move {
+            let status = tokio::select! {
+                status = child.wait() => status,
+                // The caller went away: the process goes too.
+                () = tx.closed() => {
+                    signal(libc::SIGKILL);
+                    child.wait().await
+                }
+            };
+            let _ = tokio::join!(stdout, stderr);
+            processes.fetch_sub(1, Ordering::SeqCst);
+            let exit = match status {
+                Ok(status) => {
+                    use std::os::unix::process::ExitStatusExt;
+                    ProcessExit {
+                        code: status.code().unwrap_or(-1),
+                        signal: status.signal().unwrap_or(0),
+                    }
+                }
+                Err(e) => {
+                    let _ = tx
+                        .send(Err(Status::internal(format!("cannot wait for {pid}: {e}"))))
+                        .await;
+                    return;
+                }
+            };
+            let _ = tx.send(output(run_output::Output::Exit(exit))).await;
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn write_file(
+        &self,
+        request: Request<WriteFileRequest>,
+    ) -> Result<Response<WriteFileResponse>, Status> {
+        let r = request.into_inner();
+        let path = self.resolve(&r.path)?;
+        if let Some(parent) = path.parent() {
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(|e| io_status(&r.path, e))?;
+        }
+        tokio::fs::write(&path, &r.content)
+            .await
+            .map_err(|e| io_status(&r.path, e))?;
+        Ok(Response::new(WriteFileResponse {}))
+    }
+
+    async fn read_file(
+        &self,
+        request: Request<ReadFileRequest>,
+    ) -> Result<Response<ReadFileResponse>, Status> {
+        let r = request.into_inner();
+        let content = tokio::fs::read(self.resolve(&r.path)?)
+            .await
+            .map_err(|e| io_status(&r.path, e))?;
+        Ok(Response::new(ReadFileResponse { content }))
+    }
+
+    async fn list_files(
+        &self,
+        request: Request<ListFilesRequest>,
+    ) -> Result<Response<ListFilesResponse>, Status> {
+        let r = request.into_inner();
+        let mut dir = tokio::fs::read_dir(self.resolve(&r.path)?)
+            .await
+            .map_err(|e| io_status(&r.path, e))?;
+        let mut entries = Vec::new();
+        while let Some(entry) = dir.next_entry().await.map_err(|e| io_status(&r.path, e))? {
+            let meta = entry.metadata().await.map_err(|e| io_status(&r.path, e))?;
+            entries.push(FileEntry {
+                name: entry.file_name().to_string_lossy().into_owned(),
+                dir: meta.is_dir(),
+                size: meta.len(),
+            });
+        }
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Response::new(ListFilesResponse { entries }))
+    }
+
+    async fn stats(
+        &self,
+        _request: Request<WorkerStatsRequest>,
+    ) -> Result<Response<WorkerStats>, Status> {
+        Ok(Response::new(WorkerStats {
+            processes: self.processes.load(Ordering::SeqCst),
+            memory_used_bytes: memory_used().unwrap_or(0),
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+        }))
+    }
+}
+
+/// Connects to a worker over a byte stream (e.g. a sandbox's stdout and stdin, joined).
+pub async fn connect<Io>(io: Io) -> Result<WorkerClient<Channel>, tonic::transport::Error>
+where
+    Io: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    // The stream can be handed out once; a reconnect finds it gone and fails.
+    let slot = Arc::new(Mutex::new(Some(io)));
+    let channel = Endpoint::from_static("http://worker.invalid")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let io = slot.lock().expect("worker io").take();
+            async move {
+                io.map(hyper_util::rt::TokioIo::new)
+                    .ok_or_else(|| std::io::Error::other("the worker's connection is closed"))
+            }
+        }))
+        .await?;
+    Ok(WorkerClient::new(channel))
+}
+
+/// Copies a pipe into output messages.
+fn forward(
+    pipe: Option<impl AsyncRead + Unpin + Send + 'static>,
+    tx: mpsc::Sender<Result<RunOutput, Status>>,
+    wrap: fn(Vec<u8>) -> run_output::Output,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let Some(mut pipe) = pipe else { return };
+        let mut buf = vec![0; CHUNK];
+        while let Ok(n) = pipe.read(&mut buf).await {
+            if n == 0 {
+                return;
+            }
+            let message = RunOutput {
+                output: Some(wrap(buf[..n].to_vec())),
+            };
+            if tx.send(Ok(message)).await.is_err() {
+                return;
+            }
+        }
+    })
+}
+
+fn io_status(path: &str, e: std::io::Error) -> Status {
+    let message = format!("`{path}`: {e}");
+    match e.kind() {
+        std::io::ErrorKind::NotFound => Status::not_found(message),
+        std::io::ErrorKind::PermissionDenied => Status::permission_denied(message),
+        _ => Status::internal(message),
+    }
+}
+
+/// MemTotal - MemAvailable from /proc/meminfo, in bytes.
+fn memory_used() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let field = |name: &str| {
+        meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|kib| kib.parse::<u64>().ok())
+    };
+    Some(field("MemTotal:")?.saturating_sub(field("MemAvailable:")?) * 1024)
+}
+
+/// Stdin and stdout as one connection; dropping it signals the server to stop.
+struct Pipe {
+    io: tokio::io::Join<tokio::io::Stdin, tokio::io::Stdout>,
+    _closed: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Connected for Pipe {
+    type ConnectInfo = ();
+
+    fn connect_info(&self) {}
+}
+
+impl AsyncRead for Pipe {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Pipe {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}

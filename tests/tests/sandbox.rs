@@ -1,0 +1,291 @@
+//! Sandboxes with real `runsc` (gVisor): the worker protocol inside a sandbox, and isolation —
+//! the host's files, the network, other tenants' workspaces, the memory limit.
+
+use std::time::Duration;
+
+use cadre_proto::v1::worker_client::WorkerClient;
+use cadre_proto::v1::{
+    ListFilesRequest, ProcessExit, ProcessStart, ReadFileRequest, RunInput, WorkerStatsRequest,
+    WriteFileRequest, run_input, run_output,
+};
+use cadre_sandbox::{GvisorProvider, ProcessProvider, Sandbox, SandboxProvider, SandboxSpec};
+use cadre_tests::{TempDir, cadre_bin};
+use tonic::Code;
+use tonic::transport::Channel;
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Runtime::new().unwrap()
+}
+
+fn gvisor(dir: &TempDir) -> GvisorProvider {
+    GvisorProvider::new(dir.path().join("state"), cadre_bin())
+        .expect("runsc is installed by scripts/setup.sh")
+}
+
+fn spec(dir: &TempDir, id: &str, tenant: &str) -> SandboxSpec {
+    SandboxSpec {
+        id: format!("{id}-{}", std::process::id()),
+        tenant: tenant.into(),
+        workspace: dir.path().join(format!("ws-{id}")),
+        egress: false,
+        memory_bytes: Some(256 << 20),
+        cpus: Some(1.0),
+    }
+}
+
+#[derive(Debug)]
+struct Ran {
+    exit: ProcessExit,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs a command in the sandbox to its end.
+async fn run(worker: &mut WorkerClient<Channel>, argv: &[&str]) -> Result<Ran, tonic::Status> {
+    let start = RunInput {
+        input: Some(run_input::Input::Start(ProcessStart {
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        })),
+    };
+    let mut outputs = worker
+        .run(tokio_stream::iter(vec![start]))
+        .await?
+        .into_inner();
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    while let Some(out) = outputs.message().await? {
+        match out.output {
+            Some(run_output::Output::Stdout(b)) => stdout.extend(b),
+            Some(run_output::Output::Stderr(b)) => stderr.extend(b),
+            Some(run_output::Output::Exit(exit)) => {
+                return Ok(Ran {
+                    exit,
+                    stdout: String::from_utf8_lossy(&stdout).into(),
+                    stderr: String::from_utf8_lossy(&stderr).into(),
+                });
+            }
+            Some(run_output::Output::Pid(_)) | None => {}
+        }
+    }
+    Err(tonic::Status::unavailable("the run ended without an exit"))
+}
+
+async fn sh(sandbox: &Sandbox, script: &str) -> Ran {
+    run(&mut sandbox.worker(), &["/bin/sh", "-c", script])
+        .await
+        .unwrap()
+}
+
+#[test]
+fn a_sandbox_sees_its_workspace_and_nothing_else_of_the_host() {
+    let dir = TempDir::new("sandbox-view");
+    let secret = dir.path().join("host-secret.txt");
+    std::fs::write(&secret, "top secret").unwrap();
+    let provider = gvisor(&dir);
+    assert!(provider.isolated());
+    rt().block_on(async {
+        let a = provider
+            .start(spec(&dir, "view-a", "tenant-a"))
+            .await
+            .unwrap();
+        let b = provider
+            .start(spec(&dir, "view-b", "tenant-b"))
+            .await
+            .unwrap();
+        let mut wa = a.worker();
+
+        // The worker protocol: files in and out, processes, stats.
+        wa.write_file(WriteFileRequest {
+            path: "notes/a.txt".into(),
+            content: b"tenant a's data".to_vec(),
+        })
+        .await
+        .unwrap();
+        let listed = wa
+            .list_files(ListFilesRequest {
+                path: "notes".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(listed.entries[0].name, "a.txt");
+        let ran = sh(&a, "cat notes/a.txt; echo; echo err >&2; exit 3").await;
+        assert_eq!(ran.exit.code, 3);
+        assert_eq!(ran.stdout, "tenant a's data\n");
+        assert_eq!(ran.stderr, "err\n");
+        let made = sh(&a, "echo made inside > out.txt").await;
+        assert_eq!(made.exit.code, 0, "{}", made.stderr);
+        let back = wa
+            .read_file(ReadFileRequest {
+                path: "out.txt".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(back.content, b"made inside\n");
+        assert_eq!(
+            std::fs::read_to_string(a.spec.workspace.join("out.txt")).unwrap(),
+            "made inside\n",
+            "the workspace is the host directory"
+        );
+        let stats = wa.stats(WorkerStatsRequest {}).await.unwrap().into_inner();
+        assert!(stats.memory_used_bytes > 0, "{stats:?}");
+        for path in ["../escape", "/etc/passwd"] {
+            let refused = wa
+                .read_file(ReadFileRequest { path: path.into() })
+                .await
+                .unwrap_err();
+            assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+        }
+        let bad = run(&mut wa, &["/no/such/program"]).await.unwrap_err();
+        assert_eq!(bad.code(), Code::InvalidArgument, "{bad:?}");
+
+        // The host's files outside the view are not there.
+        let host = sh(&a, &format!("cat {}", secret.display())).await;
+        assert_ne!(host.exit.code, 0);
+        assert!(!host.stdout.contains("top secret"));
+        let home = sh(&a, "ls /root /work /etc 2>&1; cat /etc/shadow").await;
+        assert_ne!(home.exit.code, 0, "{}", home.stdout);
+        // The kernel is gVisor's, not the host's.
+        let kernel = sh(&a, "cat /proc/version").await;
+        let host_kernel = std::fs::read_to_string("/proc/version").unwrap();
+        assert_ne!(kernel.stdout, host_kernel);
+        // The system directories are read-only.
+        let write = sh(&a, "echo x > /usr/cadre-was-here").await;
+        assert_ne!(write.exit.code, 0);
+        assert!(!std::path::Path::new("/usr/cadre-was-here").exists());
+
+        // Tenant b sees neither a's workspace nor its files.
+        let other = sh(
+            &b,
+            &format!(
+                "cat notes/a.txt; cat {}/notes/a.txt; ls /workspace",
+                a.spec.workspace.display()
+            ),
+        )
+        .await;
+        assert_ne!(other.exit.code, 0);
+        assert!(!other.stdout.contains("tenant a"), "{}", other.stdout);
+        a.kill().await;
+        b.kill().await;
+    });
+}
+
+#[test]
+fn no_network_unless_egress_is_allowed() {
+    let dir = TempDir::new("sandbox-net");
+    let provider = gvisor(&dir);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    let connect = format!("exec 3<>/dev/tcp/127.0.0.1/{port} && echo connected");
+    rt().block_on(async {
+        let closed = provider.start(spec(&dir, "net-off", "t")).await.unwrap();
+        let refused = run(&mut closed.worker(), &["/bin/bash", "-c", &connect])
+            .await
+            .unwrap();
+        assert_ne!(refused.exit.code, 0, "{}", refused.stdout);
+        assert!(
+            listener.accept().is_err(),
+            "nothing reached the host listener"
+        );
+        let outside = run(
+            &mut closed.worker(),
+            &["/bin/bash", "-c", "exec 3<>/dev/tcp/1.1.1.1/53"],
+        )
+        .await
+        .unwrap();
+        assert_ne!(outside.exit.code, 0);
+        closed.kill().await;
+
+        let open = provider
+            .start(SandboxSpec {
+                egress: true,
+                ..spec(&dir, "net-on", "t")
+            })
+            .await
+            .unwrap();
+        let ok = run(&mut open.worker(), &["/bin/bash", "-c", &connect])
+            .await
+            .unwrap();
+        assert_eq!(ok.exit.code, 0, "{}", ok.stderr);
+        assert_eq!(ok.stdout, "connected\n");
+        open.kill().await;
+    });
+}
+
+#[test]
+fn the_memory_limit_kills_the_sandbox_not_the_node() {
+    let dir = TempDir::new("sandbox-mem");
+    let provider = gvisor(&dir);
+    rt().block_on(async {
+        let mut small = provider
+            .start(SandboxSpec {
+                memory_bytes: Some(48 << 20),
+                ..spec(&dir, "mem-small", "t")
+            })
+            .await
+            .unwrap();
+        // `tail -c N` keeps the last N bytes in memory: 100 MB.
+        let hog = "head -c 100000000 /dev/zero | tail -c 100000000 | wc -c | sed 's/^/survived /'";
+        let outcome = tokio::time::timeout(
+            Duration::from_secs(60),
+            run(&mut small.worker(), &["/bin/sh", "-c", hog]),
+        )
+        .await
+        .expect("the hog ends one way or another");
+        match outcome {
+            // Inside gVisor the hog itself was killed.
+            Ok(ran) => {
+                eprintln!("the hog was killed inside the sandbox: {ran:?}");
+                assert_ne!(ran.stdout, "survived 100000000\n", "{ran:?}");
+            }
+            // The whole sandbox was killed: its worker connection broke.
+            Err(status) => {
+                assert!(
+                    matches!(status.code(), Code::Unknown | Code::Unavailable),
+                    "{status:?}"
+                );
+                let ended = tokio::time::timeout(Duration::from_secs(10), small.wait())
+                    .await
+                    .expect("the killed sandbox ends")
+                    .unwrap();
+                assert!(!ended.success(), "{ended:?}");
+            }
+        }
+        small.kill().await;
+
+        // The node goes on, and a sandbox with room runs the same thing.
+        let big = provider
+            .start(SandboxSpec {
+                memory_bytes: Some(2 << 30),
+                ..spec(&dir, "mem-big", "t")
+            })
+            .await
+            .unwrap();
+        let ran = sh(&big, hog).await;
+        assert_eq!(ran.stdout, "survived 100000000\n");
+        big.kill().await;
+    });
+}
+
+#[test]
+fn the_process_provider_is_refused_unless_allowed_and_then_isolates_nothing() {
+    let refused = ProcessProvider::new(cadre_bin(), false)
+        .err()
+        .expect("refused by default");
+    assert!(
+        refused.to_string().contains("allow_unsandboxed"),
+        "{refused}"
+    );
+    let dir = TempDir::new("sandbox-process");
+    let provider = ProcessProvider::new(cadre_bin(), true).unwrap();
+    assert!(!provider.isolated());
+    rt().block_on(async {
+        let s = provider.start(spec(&dir, "plain", "t")).await.unwrap();
+        let ran = sh(&s, "echo hi > f.txt && cat f.txt").await;
+        assert_eq!(ran.stdout, "hi\n");
+        assert!(s.spec.workspace.join("f.txt").exists());
+        s.kill().await;
+    });
+}
