@@ -109,11 +109,7 @@ impl SandboxProvider for GvisorProvider {
                 .spawn()
                 .map_err(|e| fail(format!("{}: {e}", self.runsc.display())))?;
             log_stderr(&spec.id, child.stderr.take());
-            let io = tokio::io::join(
-                child.stdout.take().expect("piped"),
-                child.stdin.take().expect("piped"),
-            );
-            let worker = worker::connect(io)
+            let worker = worker::connect_child(&mut child)
                 .await
                 .map_err(|e| fail(format!("cannot reach its worker: {e}")))?;
             let (runsc, root, id) = (self.runsc.clone(), self.runsc_root(), spec.id.clone());

@@ -56,11 +56,7 @@ impl SandboxProvider for ProcessProvider {
                 .kill_on_drop(true)
                 .spawn()
                 .map_err(|e| fail(format!("{}: {e}", self.worker_bin.display())))?;
-            let io = tokio::io::join(
-                child.stdout.take().expect("piped"),
-                child.stdin.take().expect("piped"),
-            );
-            let worker = worker::connect(io)
+            let worker = worker::connect_child(&mut child)
                 .await
                 .map_err(|e| fail(format!("cannot reach its worker: {e}")))?;
             Ok(Sandbox::new(spec, self.name(), worker, child, None))

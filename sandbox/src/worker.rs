@@ -255,6 +255,20 @@ where
     Ok(WorkerClient::new(channel))
 }
 
+/// Connects to the worker on a child's stdout and stdin (both piped).
+pub async fn connect_child(
+    child: &mut tokio::process::Child,
+) -> Result<WorkerClient<Channel>, std::io::Error> {
+    let (Some(stdout), Some(stdin)) = (child.stdout.take(), child.stdin.take()) else {
+        return Err(std::io::Error::other(
+            "the worker's stdin and stdout are not piped",
+        ));
+    };
+    connect(tokio::io::join(stdout, stdin))
+        .await
+        .map_err(std::io::Error::other)
+}
+
 /// Copies a pipe into output messages.
 fn forward(
     pipe: Option<impl AsyncRead + Unpin + Send + 'static>,
