@@ -1,6 +1,7 @@
 //! Sandboxes with real `runsc` (gVisor): the worker protocol inside a sandbox, and isolation —
 //! the host's files, the network, other tenants' workspaces, the memory limit.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use cadre_proto::v1::worker_client::WorkerClient;
@@ -8,7 +9,10 @@ use cadre_proto::v1::{
     ListFilesRequest, ProcessExit, ProcessStart, ReadFileRequest, RunInput, WorkerStatsRequest,
     WriteFileRequest, run_input, run_output,
 };
-use cadre_sandbox::{GvisorProvider, ProcessProvider, Sandbox, SandboxProvider, SandboxSpec};
+use cadre_sandbox::{
+    GvisorProvider, PoolConfig, PoolError, ProcessProvider, Sandbox, SandboxInfo, SandboxProvider,
+    SandboxSpec, WarmPool,
+};
 use cadre_tests::{TempDir, cadre_bin};
 use tonic::Code;
 use tonic::transport::Channel;
@@ -287,5 +291,100 @@ fn the_process_provider_is_refused_unless_allowed_and_then_isolates_nothing() {
         assert_eq!(ran.stdout, "hi\n");
         assert!(s.spec.workspace.join("f.txt").exists());
         s.kill().await;
+    });
+}
+
+/// Polls the pool until `done` holds.
+async fn wait_for(pool: &WarmPool, what: &str, done: impl Fn(&[SandboxInfo]) -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let list = pool.list();
+        if done(&list) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}: {list:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn warm(list: &[SandboxInfo]) -> usize {
+    list.iter().filter(|s| s.tenant.is_none()).count()
+}
+
+#[test]
+fn the_warm_pool_leases_per_tenant_and_refills_when_a_sandbox_dies() {
+    let dir = TempDir::new("sandbox-pool");
+    let state = dir.path().join("state");
+    let provider = Arc::new(gvisor(&dir));
+    rt().block_on(async {
+        let pool = WarmPool::start(
+            provider,
+            PoolConfig {
+                min: 2,
+                max: 3,
+                workspaces: dir.path().join("workspaces"),
+                memory_bytes: Some(256 << 20),
+                cpus: Some(1.0),
+                name: format!("pool-{}", std::process::id()),
+            },
+        );
+        wait_for(&pool, "two warm sandboxes", |l| {
+            l.len() == 2 && warm(l) == 2
+        })
+        .await;
+        let a = pool.acquire("tenant-a").await.unwrap();
+        let echoed = run(&mut a.worker.clone(), &["/bin/echo", "from a"])
+            .await
+            .unwrap();
+        assert_eq!(echoed.stdout, "from a\n");
+        wait_for(&pool, "refilled to two warm", |l| {
+            l.len() == 3 && warm(l) == 2
+        })
+        .await;
+        let b = pool.acquire("tenant-b").await.unwrap();
+        let c = pool.acquire("tenant-c").await.unwrap();
+        let full = pool.acquire("tenant-d").await.err().expect("at max");
+        assert!(matches!(full, PoolError::Exhausted { max: 3 }), "{full}");
+        let ids: std::collections::HashSet<_> = [&a.id, &b.id, &c.id].into_iter().collect();
+        assert_eq!(ids.len(), 3, "one sandbox per tenant");
+
+        // Kill a's sandbox (gVisor's sandbox process, holding its kernel).
+        let mut died = pool.subscribe();
+        let out = std::process::Command::new("runsc")
+            .arg("--root")
+            .arg(state.join("runsc"))
+            .args(["state", &a.id])
+            .output()
+            .unwrap();
+        let sandbox: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let pid = sandbox["pid"].as_i64().expect("runsc state has a pid");
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        let death = tokio::time::timeout(Duration::from_secs(30), died.recv())
+            .await
+            .expect("the death is reported")
+            .unwrap();
+        assert_eq!(
+            (death.id.as_str(), death.tenant.as_deref()),
+            (a.id.as_str(), Some("tenant-a"))
+        );
+        assert!(
+            run(&mut a.worker.clone(), &["/bin/true"]).await.is_err(),
+            "its worker is gone"
+        );
+        wait_for(&pool, "a replacement", |l| {
+            l.len() == 3 && warm(l) == 1 && l.iter().all(|s| s.id != a.id)
+        })
+        .await;
+
+        // A released sandbox is destroyed, never handed to another tenant.
+        pool.release(&b.id);
+        wait_for(&pool, "refilled after a release", |l| {
+            l.len() == 3 && warm(l) == 2 && l.iter().all(|s| s.id != b.id)
+        })
+        .await;
+        let d = pool.acquire("tenant-d").await.unwrap();
+        assert!(d.id != b.id && d.id != c.id);
+        pool.shutdown();
+        wait_for(&pool, "shut down", |l| l.is_empty()).await;
     });
 }
