@@ -25,6 +25,7 @@ pub struct Config {
     pub node: NodeConfig,
     pub api: ApiConfig,
     pub store: StoreConfig,
+    pub sandbox: SandboxConfig,
     /// The root supervisor (path `root`).
     pub supervisor: SupervisorConfig,
 }
@@ -47,6 +48,43 @@ pub struct ApiConfig {
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct StoreConfig {
     pub limits: HistoryLimits,
+}
+
+/// The `sandbox` section: where untrusted work runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SandboxConfig {
+    pub provider: SandboxKind,
+    /// Whether the section was given (else the defaults apply and a missing `runsc` only
+    /// disables sandboxes instead of stopping the node).
+    pub configured: bool,
+    /// Warm sandboxes kept ready.
+    pub min: usize,
+    /// Most sandboxes in all.
+    pub max: usize,
+    pub memory_bytes: Option<u64>,
+    pub cpus: Option<f64>,
+}
+
+/// `sandbox.provider`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SandboxKind {
+    /// gVisor (`runsc`).
+    Gvisor,
+    /// Plain host processes: nothing isolated (requires `allow_unsandboxed: true`).
+    Process,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self {
+            provider: SandboxKind::Gvisor,
+            configured: false,
+            min: 0,
+            max: 8,
+            memory_bytes: Some(512 << 20),
+            cpus: Some(1.0),
+        }
+    }
 }
 
 /// A supervisor's flags and children.
@@ -101,6 +139,7 @@ impl Default for Config {
             node: NodeConfig::default(),
             api: ApiConfig::default(),
             store: StoreConfig::default(),
+            sandbox: SandboxConfig::default(),
             supervisor: SupervisorConfig {
                 flags: SupervisorFlags::default(),
                 children: Vec::new(),
@@ -222,7 +261,26 @@ struct RawConfig {
     node: Option<RawNode>,
     api: Option<RawApi>,
     store: Option<RawStore>,
+    sandbox: Option<RawSandbox>,
     supervisor: Option<Spanned<RawSupervisor>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSandbox {
+    provider: Option<Spanned<String>>,
+    allow_unsandboxed: Option<Spanned<bool>>,
+    warm_pool: Option<RawWarmPool>,
+    memory_mib: Option<Spanned<i64>>,
+    cpus: Option<Spanned<f64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWarmPool {
+    min: Option<Spanned<i64>>,
+    max: Option<Spanned<i64>>,
+    slots_per_sandbox: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -329,6 +387,11 @@ impl Checker {
             .as_ref()
             .map(|s| self.store(s))
             .unwrap_or_default();
+        let sandbox = raw
+            .sandbox
+            .as_ref()
+            .map(|s| self.sandbox(s))
+            .unwrap_or_default();
         let mut api = ApiConfig::default();
         for t in raw.api.iter().flat_map(|a| &a.tokens) {
             if t.trim().is_empty() || t.chars().any(|c| c.is_whitespace() || c.is_control()) {
@@ -343,8 +406,95 @@ impl Checker {
             node,
             api,
             store,
+            sandbox,
             supervisor,
         }
+    }
+
+    fn sandbox(&mut self, raw: &RawSandbox) -> SandboxConfig {
+        let mut config = SandboxConfig {
+            configured: true,
+            ..SandboxConfig::default()
+        };
+        if let Some(p) = &raw.provider {
+            match p.as_str() {
+                "gvisor" => config.provider = SandboxKind::Gvisor,
+                "process" => {
+                    config.provider = SandboxKind::Process;
+                    if !raw.allow_unsandboxed.as_ref().is_some_and(|a| **a) {
+                        self.fail(
+                            p.span(),
+                            "sandbox.provider `process` isolates nothing: untrusted code would \
+                             run on the host; add `allow_unsandboxed: true` to accept that"
+                                .into(),
+                        );
+                    }
+                }
+                "kubernetes" => self.fail(
+                    p.span(),
+                    "sandbox.provider `kubernetes` is not available in this build (use gvisor)"
+                        .into(),
+                ),
+                other => self.fail(
+                    p.span(),
+                    format!("unknown sandbox.provider `{other}` (expected gvisor or process)"),
+                ),
+            }
+        }
+        if let Some(pool) = &raw.warm_pool {
+            let mut count = |v: &Spanned<i64>, what: &str, least: i64| {
+                if **v < least {
+                    self.fail(
+                        v.span(),
+                        format!("sandbox.warm_pool.{what} must be ≥ {least}, got {}", **v),
+                    );
+                    None
+                } else {
+                    Some(**v as usize)
+                }
+            };
+            let min = pool.min.as_ref().and_then(|m| count(m, "min", 0));
+            let max = pool.max.as_ref().and_then(|m| count(m, "max", 1));
+            config.min = min.unwrap_or(config.min);
+            config.max = max.unwrap_or(config.max.max(config.min));
+            if config.min > config.max
+                && let Some(m) = pool.min.as_ref().or(pool.max.as_ref())
+            {
+                self.fail(
+                    m.span(),
+                    format!(
+                        "sandbox.warm_pool.min ({}) is more than max ({})",
+                        config.min, config.max
+                    ),
+                );
+            }
+            if let Some(slots) = &pool.slots_per_sandbox {
+                self.fail(
+                    slots.span(),
+                    "sandbox.warm_pool.slots_per_sandbox: placement of logical actors on \
+                     sandbox slots is not built yet"
+                        .into(),
+                );
+            }
+        }
+        if let Some(m) = &raw.memory_mib {
+            if **m < 16 {
+                self.fail(
+                    m.span(),
+                    format!("sandbox.memory_mib must be ≥ 16, got {}", **m),
+                );
+            } else {
+                config.memory_bytes = Some((**m as u64) << 20);
+            }
+        }
+        if let Some(c) = &raw.cpus {
+            if !(**c > 0.0 && c.is_finite()) {
+                self.fail(c.span(), format!("sandbox.cpus must be > 0, got {}", **c));
+            } else {
+                config.cpus = Some(**c);
+            }
+        }
+        config
     }
 
     fn store(&mut self, raw: &RawStore) -> StoreConfig {

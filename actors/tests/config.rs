@@ -223,3 +223,52 @@ fn duplicate_key() {
         "cadre.yaml:2:1: duplicate key `version`"
     );
 }
+
+#[test]
+fn sandbox_section() {
+    let config = Config::parse(
+        "cadre.yaml",
+        "version: v1\nsandbox:\n  provider: gvisor\n  warm_pool: { min: 2, max: 4 }\n  memory_mib: 256\n  cpus: 1\n",
+    )
+    .unwrap();
+    assert_eq!(
+        (
+            config.sandbox.min,
+            config.sandbox.max,
+            config.sandbox.memory_bytes
+        ),
+        (2, 4, Some(256 << 20))
+    );
+    assert!(config.sandbox.configured);
+    assert!(
+        !Config::parse("cadre.yaml", "version: v1\n")
+            .unwrap()
+            .sandbox
+            .configured
+    );
+    let plain = Config::parse(
+        "cadre.yaml",
+        "version: v1\nsandbox: { provider: process, allow_unsandboxed: true }\n",
+    )
+    .unwrap();
+    assert_eq!(
+        plain.sandbox.provider,
+        cadre_actors::config::SandboxKind::Process
+    );
+    assert_eq!(
+        reject("version: v1\nsandbox:\n  provider: process\n"),
+        "cadre.yaml:3:13: sandbox.provider `process` isolates nothing: untrusted code would run on the host; add `allow_unsandboxed: true` to accept that"
+    );
+    assert_eq!(
+        reject("version: v1\nsandbox:\n  warm_pool: { min: 5, max: 2 }\n"),
+        "cadre.yaml:3:21: sandbox.warm_pool.min (5) is more than max (2)"
+    );
+    assert_eq!(
+        reject("version: v1\nsandbox:\n  provider: firecracker\n"),
+        "cadre.yaml:3:13: unknown sandbox.provider `firecracker` (expected gvisor or process)"
+    );
+    assert!(
+        reject("version: v1\nsandbox:\n  warm_pool: { slots_per_sandbox: 64 }\n")
+            .starts_with("cadre.yaml:3:35: sandbox.warm_pool.slots_per_sandbox: placement")
+    );
+}

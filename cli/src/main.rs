@@ -6,6 +6,7 @@ mod client;
 mod config_cmd;
 mod conversations;
 mod debug;
+mod sandboxes;
 mod serve;
 mod tree;
 
@@ -51,6 +52,11 @@ enum Command {
     Actors {
         #[command(subcommand)]
         command: actors::ActorsCommand,
+    },
+    /// The node's sandboxes (gVisor or plain processes) and its warm pool.
+    Sandboxes {
+        #[command(subcommand)]
+        command: sandboxes::SandboxesCommand,
     },
     /// Work with config files.
     Config {
@@ -122,6 +128,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve::run(args).await,
             Command::Tree(args) => tree::run(args).await,
             Command::Actors { command } => actors::run(command).await,
+            Command::Sandboxes { command } => sandboxes::run(command).await,
             Command::Exec(args) => conversations::exec(args).await,
             Command::Fork(args) => conversations::fork(args).await,
             Command::Cancel(args) => conversations::cancel(args).await,

@@ -199,7 +199,7 @@ fn line(out: &mut String, node: &ActorNode, lead: &str, child_lead: &str, now: i
     }
 }
 
-fn uptime(d: Duration) -> String {
+pub fn uptime(d: Duration) -> String {
     let s = d.as_secs();
     match s {
         0..60 => format!("{s}s"),

@@ -1,15 +1,18 @@
 //! A node: one `cadre serve` process with its supervision tree and gRPC API.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use std::sync::Arc;
 
-use cadre_actors::config::Config;
+use cadre_actors::config::{Config, SandboxConfig, SandboxKind};
 use cadre_actors::controller::Controller;
+use cadre_actors::sandbox::SandboxProvider;
 use cadre_actors::store::StoreError;
 use cadre_actors::{StartError, SupervisorFlags, SupervisorRef, Tree, supervisor_child};
 use cadre_proto::v1::actors_server::ActorsServer;
+use cadre_proto::v1::cluster_server::ClusterServer;
+use cadre_sandbox::{GvisorProvider, PoolConfig, ProcessProvider, WarmPool};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -17,6 +20,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::api::ActorsService;
 use crate::auth::Auth;
+use crate::cluster::{ClusterService, Sandboxes};
 use crate::conversations::ConversationsService;
 use crate::store;
 use cadre_proto::v1::conversations_server::ConversationsServer;
@@ -53,6 +57,7 @@ pub struct Node {
     stop_api: oneshot::Sender<()>,
     health: tonic_health::server::HealthReporter,
     api: JoinHandle<Result<(), tonic::transport::Error>>,
+    pool: Option<WarmPool>,
 }
 
 /// Why a node could not start.
@@ -74,6 +79,8 @@ pub enum NodeError {
     Root(StartError),
     #[error("cannot set up the API: {0}")]
     Api(String),
+    #[error("sandboxes: {0}")]
+    Sandbox(String),
 }
 
 /// How a node ended.
@@ -135,10 +142,17 @@ impl Node {
         if !open.is_empty() {
             tracing::warn!(count = open.len(), "execs to recover from the last run");
         }
+        let sandboxes = start_sandboxes(&options.config.sandbox, &options.data_dir)?;
+        let pool = match &sandboxes {
+            Sandboxes::Pool { pool, .. } => Some(pool.clone()),
+            Sandboxes::Unavailable(_) => None,
+        };
+        let cluster = ClusterService::new(addr.to_string(), sandboxes);
         let (stop_api, stopped) = oneshot::channel::<()>();
         let service = ActorsService::new(tree.clone(), ROOT);
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<ActorsServer<ActorsService>>().await;
+        health.set_serving::<ClusterServer<ClusterService>>().await;
         health
             .set_serving::<ConversationsServer<ConversationsService>>()
             .await;
@@ -184,6 +198,7 @@ impl Node {
                 .add_service(reflection_v1)
                 .add_service(reflection_v1alpha)
                 .add_service(ActorsServer::with_interceptor(service, auth.clone()))
+                .add_service(ClusterServer::with_interceptor(cluster, auth.clone()))
                 .add_service(ConversationsServer::with_interceptor(conversations, auth))
                 .serve_with_incoming_shutdown(incoming(listener), async {
                     let _ = stopped.await;
@@ -199,6 +214,7 @@ impl Node {
             stop_api,
             health,
             api,
+            pool,
         })
     }
 
@@ -209,6 +225,7 @@ impl Node {
             _ = stop => {
                 // Probes see the node leave before its actors do.
                 self.health.set_not_serving::<ActorsServer<ActorsService>>().await;
+                self.health.set_not_serving::<ClusterServer<ClusterService>>().await;
                 self.health
                     .set_not_serving::<ConversationsServer<ConversationsService>>()
                     .await;
@@ -224,6 +241,9 @@ impl Node {
                 NodeExit::RootExited
             }
         };
+        if let Some(pool) = &self.pool {
+            pool.shutdown().await;
+        }
         let _ = self.stop_api.send(());
         if let Ok(Err(e)) = self.api.await {
             tracing::warn!(error = %e, "API server ended with an error");
@@ -231,4 +251,45 @@ impl Node {
         tracing::info!(?exit, "cadre node stopped");
         exit
     }
+}
+
+/// The node's warm pool on the configured provider. Without a `sandbox` section a missing
+/// `runsc` only leaves the node without sandboxes; with one it stops the node.
+fn start_sandboxes(config: &SandboxConfig, data_dir: &Path) -> Result<Sandboxes, NodeError> {
+    let worker_bin = std::env::current_exe()
+        .map_err(|e| NodeError::Sandbox(format!("cannot find the cadre binary: {e}")))?;
+    let provider: Arc<dyn SandboxProvider> = match config.provider {
+        SandboxKind::Gvisor => match GvisorProvider::new(data_dir.join("sandboxes"), worker_bin) {
+            Ok(p) => Arc::new(p),
+            Err(e) if !config.configured => {
+                tracing::warn!(error = %e, "no sandboxes on this node");
+                return Ok(Sandboxes::Unavailable(e.to_string()));
+            }
+            Err(e) => return Err(NodeError::Sandbox(e.to_string())),
+        },
+        // The config was validated: `allow_unsandboxed: true` is set.
+        SandboxKind::Process => Arc::new(
+            ProcessProvider::new(worker_bin, true)
+                .map_err(|e| NodeError::Sandbox(e.to_string()))?,
+        ),
+    };
+    let pool = WarmPool::start(
+        provider.clone(),
+        PoolConfig {
+            min: config.min,
+            max: config.max,
+            workspaces: data_dir.join("workspaces"),
+            memory_bytes: config.memory_bytes,
+            cpus: config.cpus,
+            // Unique per run, so no sandbox reuses a workspace of an earlier run.
+            name: format!("sbx-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
+        },
+    );
+    Ok(Sandboxes::Pool {
+        pool,
+        provider: provider.name(),
+        isolated: provider.isolated(),
+        min: config.min,
+        max: config.max,
+    })
 }

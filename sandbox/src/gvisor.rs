@@ -47,11 +47,35 @@ impl GvisorProvider {
                 SandboxError::Unavailable(format!("sandbox state dir {}: {e}", dir.display()))
             })?;
         }
-        Ok(Self {
+        let provider = Self {
             runsc,
             state_dir,
             worker_bin,
-        })
+        };
+        provider.remove_leftovers();
+        Ok(provider)
+    }
+
+    /// Removes the sandboxes a previous run left in the state dir (after a crash): the state
+    /// dir is this provider's alone, so none of them is anyone else's.
+    fn remove_leftovers(&self) {
+        let listed = std::process::Command::new(&self.runsc)
+            .arg("--root")
+            .arg(self.runsc_root())
+            .args(["list", "-quiet"])
+            .output();
+        let Ok(listed) = listed else { return };
+        for id in String::from_utf8_lossy(&listed.stdout).split_whitespace() {
+            tracing::warn!(sandbox = id, "removing a sandbox left by the last run");
+            let _ = std::process::Command::new(&self.runsc)
+                .arg("--root")
+                .arg(self.runsc_root())
+                .args(["delete", "--force", id])
+                .output();
+        }
+        let bundles = self.state_dir.join("bundles");
+        let _ = std::fs::remove_dir_all(&bundles);
+        let _ = std::fs::create_dir_all(&bundles);
     }
 
     fn runsc_root(&self) -> PathBuf {

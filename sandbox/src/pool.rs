@@ -84,6 +84,8 @@ struct Inner {
     refill: Notify,
     died: broadcast::Sender<SandboxDied>,
     next: AtomicU64,
+    /// Each sandbox's monitor, which tears it down when it ends.
+    monitors: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 #[derive(Default)]
@@ -113,6 +115,7 @@ impl WarmPool {
                 refill: Notify::new(),
                 died,
                 next: AtomicU64::new(1),
+                monitors: Mutex::default(),
             }),
         };
         let refiller = pool.clone();
@@ -190,8 +193,8 @@ impl WarmPool {
         self.inner.refill.notify_one();
     }
 
-    /// Destroys every sandbox and stops refilling.
-    pub fn shutdown(&self) {
+    /// Destroys every sandbox, waits until they are gone, and stops refilling.
+    pub async fn shutdown(&self) {
         let entries = {
             let mut state = self.inner.state.lock().expect("pool lock");
             state.closed = true;
@@ -203,6 +206,10 @@ impl WarmPool {
             }
         }
         self.inner.refill.notify_one();
+        let monitors = std::mem::take(&mut *self.inner.monitors.lock().expect("monitors"));
+        for monitor in monitors {
+            let _ = monitor.await;
+        }
     }
 
     /// Keeps `min` warm sandboxes, one start at a time; retries failed starts after a pause.
@@ -283,7 +290,7 @@ impl WarmPool {
         }
         let pool = self.clone();
         let monitored = id.clone();
-        tokio::spawn(async move {
+        let monitor = tokio::spawn(async move {
             tokio::select! {
                 status = sandbox.wait() => {
                     let entry = pool.inner.state.lock().expect("pool lock").sandboxes.remove(&monitored);
@@ -303,6 +310,9 @@ impl WarmPool {
             }
             sandbox.kill().await;
         });
+        let mut monitors = self.inner.monitors.lock().expect("monitors");
+        monitors.retain(|m| !m.is_finished());
+        monitors.push(monitor);
         Ok((id, worker))
     }
 }

@@ -384,7 +384,87 @@ fn the_warm_pool_leases_per_tenant_and_refills_when_a_sandbox_dies() {
         .await;
         let d = pool.acquire("tenant-d").await.unwrap();
         assert!(d.id != b.id && d.id != c.id);
-        pool.shutdown();
+        pool.shutdown().await;
         wait_for(&pool, "shut down", |l| l.is_empty()).await;
     });
+}
+
+fn sandboxes(node: &cadre_tests::Node) -> Vec<serde_json::Value> {
+    let out = node.cli(&["sandboxes", "ls", "-o", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn a_node_keeps_its_warm_pool_and_removes_it_when_it_stops() {
+    let mut node = cadre_tests::Node::start(
+        "version: v1\nsandbox:\n  provider: gvisor\n  warm_pool: { min: 2, max: 4 }\n  memory_mib: 256\n",
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let list = loop {
+        let list = sandboxes(&node);
+        if list.len() == 2 {
+            break list;
+        }
+        assert!(std::time::Instant::now() < deadline, "{list:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for s in &list {
+        assert_eq!(s["state"], "warm");
+        assert_eq!(s["provider"], "gvisor");
+        assert_eq!(s["isolated"], true);
+        assert!(cadre_tests::alive(s["pid"].as_u64().unwrap() as u32));
+    }
+    let table = node.cli(&["sandboxes", "ls"]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        text.starts_with("provider gvisor (isolated); warm pool min 2 max 4\nSANDBOX"),
+        "{text}"
+    );
+    let data = node.dir.path().join("data");
+    node.stop(libc::SIGTERM);
+    for s in &list {
+        assert!(
+            !cadre_tests::alive(s["pid"].as_u64().unwrap() as u32),
+            "stopped with the node"
+        );
+    }
+    let left = std::process::Command::new("runsc")
+        .arg("--root")
+        .arg(data.join("sandboxes/runsc"))
+        .args(["list", "-quiet"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&left.stdout).trim(),
+        "",
+        "no runsc sandbox left"
+    );
+}
+
+#[test]
+fn a_node_on_the_process_provider_says_nothing_is_isolated() {
+    let node = cadre_tests::Node::start(
+        "version: v1\nsandbox: { provider: process, allow_unsandboxed: true, warm_pool: { min: 1, max: 1 } }\n",
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while sandboxes(&node).is_empty() {
+        assert!(std::time::Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let table = node.cli(&["sandboxes", "ls"]);
+    assert!(
+        String::from_utf8_lossy(&table.stdout).contains("NOT ISOLATED"),
+        "{}",
+        String::from_utf8_lossy(&table.stdout)
+    );
+    let defaults = cadre_tests::Node::start("version: v1\n");
+    assert!(sandboxes(&defaults).is_empty(), "no sandbox section: min 0");
 }

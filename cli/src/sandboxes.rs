@@ -1,0 +1,83 @@
+//! `cadre sandboxes …`.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use cadre_proto::v1::SandboxesRequest;
+use cadre_proto::v1::cluster_client::ClusterClient;
+use clap::Subcommand;
+use serde_json::json;
+
+use crate::client::{ServerArgs, connect};
+use crate::tree::uptime;
+use crate::{Failure, Output};
+
+#[derive(Subcommand)]
+pub enum SandboxesCommand {
+    /// The node's sandboxes: id, state (warm or leased), tenant, pid, age; the provider and
+    /// whether it isolates anything.
+    Ls {
+        #[arg(short = 'o', long, value_enum, default_value_t)]
+        output: Output,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+pub async fn run(command: SandboxesCommand) -> Result<(), Failure> {
+    let SandboxesCommand::Ls { output, server } = command;
+    let list = ClusterClient::new(connect(&server).await?)
+        .sandboxes(SandboxesRequest {})
+        .await
+        .map_err(|s| {
+            Failure::Runtime(anyhow::anyhow!(
+                "Sandboxes failed: {:?}: {}",
+                s.code(),
+                s.message()
+            ))
+        })?
+        .into_inner();
+    match output {
+        Output::Json => {
+            for s in &list.sandboxes {
+                println!(
+                    "{}",
+                    json!({
+                        "id": s.id, "state": s.state, "tenant": s.tenant, "pid": s.pid,
+                        "started_unix_ms": s.started_unix_ms, "provider": list.provider,
+                        "isolated": list.isolated,
+                    })
+                );
+            }
+        }
+        Output::Text => {
+            let isolation = if list.isolated {
+                "isolated"
+            } else {
+                "NOT ISOLATED: sandboxed work runs directly on the host"
+            };
+            println!(
+                "provider {} ({isolation}); warm pool min {} max {}",
+                list.provider, list.min, list.max
+            );
+            println!(
+                "{:<24}  {:<7}  {:<20}  {:>8}  AGE",
+                "SANDBOX", "STATE", "TENANT", "PID"
+            );
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            for s in &list.sandboxes {
+                let tenant = if s.tenant.is_empty() { "-" } else { &s.tenant };
+                println!(
+                    "{:<24}  {:<7}  {:<20}  {:>8}  {}",
+                    s.id,
+                    s.state,
+                    tenant,
+                    s.pid,
+                    uptime(Duration::from_millis(now.saturating_sub(s.started_unix_ms)))
+                );
+            }
+        }
+    }
+    Ok(())
+}
