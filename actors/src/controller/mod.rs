@@ -312,23 +312,12 @@ impl Controller {
                 "the audit log `{AUDIT_CONVERSATION}` cannot be deleted"
             )));
         }
-        let (queue, linger) = self
-            .shared
-            .queue
-            .read()
-            .expect("queue lock")
-            .clone()
-            .ok_or(DeleteError::Unavailable)?;
-        let (reply, answer) = oneshot::channel();
-        queue
-            .send(writer::Command::Delete {
-                conversation_id: conversation_id.to_string(),
-                reply,
-            })
-            .await
-            .map_err(|_| DeleteError::Unavailable)?;
-        linger.notify();
-        answer.await.map_err(|_| DeleteError::Unavailable)?
+        self.command(|reply| writer::Command::Delete {
+            conversation_id: conversation_id.to_string(),
+            reply,
+        })
+        .await
+        .ok_or(DeleteError::Unavailable)?
     }
 
     async fn submit(
@@ -342,24 +331,26 @@ impl Controller {
         if request.events.is_empty() {
             return Err(AppendError::Invalid("no events to append".into()));
         }
-        let (queue, linger) = self
-            .shared
-            .queue
-            .read()
-            .expect("queue lock")
-            .clone()
-            .ok_or(AppendError::Unavailable)?;
+        self.command(|reply| writer::Command::Append {
+            request,
+            only_new,
+            reply,
+        })
+        .await
+        .ok_or(AppendError::Unavailable)?
+    }
+
+    /// Queues a command for the writer and waits for its answer; `None` if the writer is not
+    /// running (or stopped before answering).
+    async fn command<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<T>) -> writer::Command,
+    ) -> Option<T> {
+        let (queue, linger) = self.shared.queue.read().expect("queue lock").clone()?;
         let (reply, answer) = oneshot::channel();
-        queue
-            .send(writer::Command::Append {
-                request,
-                only_new,
-                reply,
-            })
-            .await
-            .map_err(|_| AppendError::Unavailable)?;
+        queue.send(command(reply)).await.ok()?;
         linger.notify();
-        answer.await.map_err(|_| AppendError::Unavailable)?
+        answer.await.ok()
     }
 
     /// Events of a conversation after `after_seq` (backfill), then live ones, with no gap and

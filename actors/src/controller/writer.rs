@@ -295,12 +295,7 @@ impl Writer {
     /// transaction.
     fn delete(&mut self, conv: &str) -> Result<u64, DeleteError> {
         let shared = self.controller.shared.clone();
-        let last = match self.last_seq.get(conv) {
-            Some(last) => *last,
-            None => super::last_committed(&shared, conv)
-                .map_err(DeleteError::Store)?
-                .unwrap_or(0),
-        };
+        let last = self.last_seq_of(conv).map_err(DeleteError::Store)?;
         if last == 0 {
             return Err(DeleteError::NotFound(conv.to_string()));
         }
@@ -531,13 +526,19 @@ impl Writer {
     /// Loads the last seq of conversations this writer has not seen yet.
     fn load_last_seqs(&mut self, requests: &[(&AppendRequest, bool)]) -> Result<(), StoreError> {
         for (request, _) in requests {
-            let conv = &request.conversation_id;
-            if !self.last_seq.contains_key(conv) {
-                let last = super::last_committed(&self.controller.shared, conv)?;
-                self.last_seq.insert(conv.clone(), last.unwrap_or(0));
-            }
+            self.last_seq_of(&request.conversation_id)?;
         }
         Ok(())
+    }
+
+    /// A conversation's last committed seq (0 if it has none), loaded on first use.
+    fn last_seq_of(&mut self, conv: &str) -> Result<u64, StoreError> {
+        if let Some(last) = self.last_seq.get(conv) {
+            return Ok(*last);
+        }
+        let last = super::last_committed(&self.controller.shared, conv)?.unwrap_or(0);
+        self.last_seq.insert(conv.to_string(), last);
+        Ok(last)
     }
 }
 
