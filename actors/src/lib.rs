@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod controller;
+pub mod placement;
 pub mod process;
 pub mod sandbox;
 pub mod spec;

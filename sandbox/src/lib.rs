@@ -8,11 +8,13 @@
 //! node drives over the worker protocol (`cadre.v1.Worker`, gRPC over the sandbox's stdio).
 
 mod gvisor;
+mod placement;
 mod pool;
 mod process;
 pub mod worker;
 
 pub use cadre_actors::sandbox::{Sandbox, SandboxError, SandboxProvider, SandboxSpec, StartFuture};
 pub use gvisor::GvisorProvider;
+pub use placement::{Delivered, Pinned, Placement, PlacementError, PlacementEvent};
 pub use pool::{Lease, PoolConfig, PoolError, SandboxDied, SandboxInfo, WarmPool};
 pub use process::ProcessProvider;

@@ -1,6 +1,7 @@
 //! The worker: `cadre worker` serves `cadre.v1.Worker` inside a sandbox, and the node connects
 //! to it over the sandbox's stdio (one HTTP/2 connection on a pipe pair).
 
+use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
 use std::pin::Pin;
 use std::process::Stdio;
@@ -12,9 +13,10 @@ use std::time::Instant;
 use cadre_proto::v1::worker_client::WorkerClient;
 use cadre_proto::v1::worker_server::{Worker, WorkerServer};
 use cadre_proto::v1::{
-    FileEntry, ListFilesRequest, ListFilesResponse, ProcessExit, ProcessStart, ReadFileRequest,
-    ReadFileResponse, RunInput, RunOutput, WorkerStats, WorkerStatsRequest, WriteFileRequest,
-    WriteFileResponse, run_input, run_output,
+    ActivateRequest, ActivateResponse, DeliverRequest, DeliverResponse, FileEntry,
+    ListFilesRequest, ListFilesResponse, PassivateRequest, PassivateResponse, ProcessExit,
+    ProcessStart, ReadFileRequest, ReadFileResponse, RunInput, RunOutput, WorkerStats,
+    WorkerStatsRequest, WriteFileRequest, WriteFileResponse, run_input, run_output,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -28,8 +30,19 @@ use tonic::{Request, Response, Status, Streaming};
 pub struct WorkerService {
     workspace: PathBuf,
     processes: Arc<AtomicU32>,
+    /// Hosted logical actors by id.
+    actors: Mutex<HashMap<String, HostedActor>>,
     started: Instant,
 }
+
+/// A logical actor active in this worker. Its state is the number of messages it has handled,
+/// carried across passivations (8 bytes, little-endian).
+struct HostedActor {
+    handled: u64,
+}
+
+/// Where hosted actors' workspaces go, relative to the worker's.
+const ACTORS_DIR: &str = "actors";
 
 /// Bytes per stdout/stderr message.
 const CHUNK: usize = 32 * 1024;
@@ -39,6 +52,7 @@ impl WorkerService {
         Self {
             workspace,
             processes: Arc::default(),
+            actors: Mutex::default(),
             started: Instant::now(),
         }
     }
@@ -76,6 +90,22 @@ impl WorkerService {
             )));
         }
         Ok(self.workspace.join(relative))
+    }
+
+    /// An actor's workspace, relative to the worker's; the id must be a plain name.
+    fn actor_workspace(actor_id: &str) -> Result<String, Status> {
+        let plain = !actor_id.is_empty()
+            && actor_id != "."
+            && actor_id != ".."
+            && actor_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+        if !plain {
+            return Err(Status::invalid_argument(format!(
+                "actor_id `{actor_id}`: use letters, digits, `.`, `-` and `_`"
+            )));
+        }
+        Ok(format!("{ACTORS_DIR}/{actor_id}"))
     }
 
     fn start(&self, start: ProcessStart) -> Result<tokio::process::Child, Status> {
@@ -230,10 +260,95 @@ impl Worker for WorkerService {
     ) -> Result<Response<WorkerStats>, Status> {
         Ok(Response::new(WorkerStats {
             processes: self.processes.load(Ordering::SeqCst),
+            actors: self.actors.lock().expect("actors").len() as u32,
             memory_used_bytes: memory_used().unwrap_or(0),
             uptime_ms: self.started.elapsed().as_millis() as u64,
         }))
     }
+
+    async fn activate(
+        &self,
+        request: Request<ActivateRequest>,
+    ) -> Result<Response<ActivateResponse>, Status> {
+        let r = request.into_inner();
+        let workspace = Self::actor_workspace(&r.actor_id)?;
+        let handled = match r.state.len() {
+            0 => 0,
+            8 => u64::from_le_bytes(r.state[..].try_into().expect("8 bytes")),
+            n => {
+                return Err(Status::invalid_argument(format!(
+                    "state of actor `{}`: {n} bytes, expected 0 or 8",
+                    r.actor_id
+                )));
+            }
+        };
+        if self
+            .actors
+            .lock()
+            .expect("actors")
+            .contains_key(&r.actor_id)
+        {
+            return Err(Status::already_exists(format!(
+                "actor `{}` is already active here",
+                r.actor_id
+            )));
+        }
+        tokio::fs::create_dir_all(self.workspace.join(&workspace))
+            .await
+            .map_err(|e| io_status(&workspace, e))?;
+        let mut actors = self.actors.lock().expect("actors");
+        if actors.contains_key(&r.actor_id) {
+            return Err(Status::already_exists(format!(
+                "actor `{}` is already active here",
+                r.actor_id
+            )));
+        }
+        actors.insert(r.actor_id, HostedActor { handled });
+        Ok(Response::new(ActivateResponse { workspace }))
+    }
+
+    async fn deliver(
+        &self,
+        request: Request<DeliverRequest>,
+    ) -> Result<Response<DeliverResponse>, Status> {
+        let r = request.into_inner();
+        let mut actors = self.actors.lock().expect("actors");
+        let actor = actors
+            .get_mut(&r.actor_id)
+            .ok_or_else(|| not_active(&r.actor_id))?;
+        actor.handled += 1;
+        Ok(Response::new(DeliverResponse {
+            payload: r.payload,
+            handled: actor.handled,
+        }))
+    }
+
+    async fn passivate(
+        &self,
+        request: Request<PassivateRequest>,
+    ) -> Result<Response<PassivateResponse>, Status> {
+        let r = request.into_inner();
+        let workspace = Self::actor_workspace(&r.actor_id)?;
+        let actor = self
+            .actors
+            .lock()
+            .expect("actors")
+            .remove(&r.actor_id)
+            .ok_or_else(|| not_active(&r.actor_id))?;
+        match tokio::fs::remove_dir_all(self.workspace.join(&workspace)).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io_status(&workspace, e));
+            }
+            _ => {}
+        }
+        Ok(Response::new(PassivateResponse {
+            state: actor.handled.to_le_bytes().to_vec(),
+        }))
+    }
+}
+
+fn not_active(actor_id: &str) -> Status {
+    Status::failed_precondition(format!("actor `{actor_id}` is not active in this worker"))
 }
 
 /// Connects to a worker over a byte stream (e.g. a sandbox's stdout and stdin, joined).

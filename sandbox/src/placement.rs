@@ -1,0 +1,411 @@
+//! The placement actor: hosts many logical actors on a few sandboxes of the warm pool.
+//!
+//! It carries out what [`PlacementPolicy`] decides: an actor is activated on demand in a slot
+//! of a sandbox of its tenant (a real round trip: the worker makes its workspace and loads its
+//! state), idle actors are passivated (their state comes back to the node) after the idle
+//! timeout or when their slot is needed, and activations wait in a bounded queue when nothing
+//! is free. When a sandbox dies, its actors are lost: each is reported as
+//! [`PlacementEvent::Lost`] (their supervisors see the failure) and is placed again on its next
+//! message, with the state of its last passivation.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cadre_actors::placement::{
+    ActorPlacement, LogicalActor, PlaceError, PlacementConfig, PlacementPolicy, SandboxSlots, Step,
+    Victim,
+};
+use cadre_proto::v1::worker_client::WorkerClient;
+use cadre_proto::v1::{ActivateRequest, DeliverRequest, PassivateRequest};
+use futures_util::future::join_all;
+use tokio::sync::{broadcast, oneshot};
+use tonic::transport::Channel;
+
+use crate::{PoolError, SandboxError, WarmPool};
+
+/// Something that happened to placed actors.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PlacementEvent {
+    /// The actor's sandbox died while it was there; it will be placed again on demand.
+    Lost {
+        actor: LogicalActor,
+        sandbox: String,
+        reason: String,
+    },
+}
+
+/// Why a message could not be delivered.
+#[derive(Debug, thiserror::Error)]
+pub enum PlacementError {
+    #[error("{limit} activations are already waiting for a sandbox slot; try again later")]
+    QueueFull { limit: usize },
+    #[error(transparent)]
+    Refused(#[from] PlaceError),
+    #[error("cannot start a sandbox for tenant `{tenant}`: {source}")]
+    Lease {
+        tenant: String,
+        source: SandboxError,
+    },
+    #[error("actor `{actor}` in sandbox `{sandbox}`: {status}")]
+    Worker {
+        actor: String,
+        sandbox: String,
+        status: tonic::Status,
+    },
+    #[error("placement is shut down")]
+    Closed,
+}
+
+/// A message's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivered {
+    pub sandbox: String,
+    pub payload: Vec<u8>,
+    /// Messages the actor has handled in its life, this one included.
+    pub handled: u64,
+    /// Whether this message activated the actor.
+    pub activated: bool,
+}
+
+/// An active actor held in its slot (it is not passivated while held); dropping it lets go.
+pub struct Pinned {
+    placement: Placement,
+    pub actor: String,
+    pub sandbox: String,
+    pub worker: WorkerClient<Channel>,
+    /// Whether pinning activated the actor.
+    pub activated: bool,
+}
+
+/// The placement actor; cheap to clone.
+#[derive(Clone)]
+pub struct Placement {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: WarmPool,
+    state: Mutex<State>,
+    events: broadcast::Sender<PlacementEvent>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+struct State {
+    policy: PlacementPolicy<WorkerClient<Channel>>,
+    /// Activations waiting for a change; all are woken by any change and ask again.
+    waiters: VecDeque<oneshot::Sender<()>>,
+    closed: bool,
+}
+
+impl Placement {
+    /// Starts placement on `pool`, with its idle sweeper and its watch on dying sandboxes.
+    pub fn start(pool: WarmPool, config: PlacementConfig) -> Self {
+        let (events, _) = broadcast::channel(4096);
+        let sweep_every =
+            (config.idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        let placement = Self {
+            inner: Arc::new(Inner {
+                state: Mutex::new(State {
+                    policy: PlacementPolicy::new(config),
+                    waiters: VecDeque::new(),
+                    closed: false,
+                }),
+                pool: pool.clone(),
+                events,
+                tasks: Mutex::default(),
+            }),
+        };
+        let mut died = pool.subscribe();
+        let watcher = placement.clone();
+        let watch = tokio::spawn(async move {
+            loop {
+                match died.recv().await {
+                    Ok(dead) => watcher.sandbox_died(&dead.id, &dead.status),
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::error!(missed = n, "placement missed sandbox deaths");
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        let sweeper = placement.clone();
+        let sweep = tokio::spawn(async move {
+            let mut every = tokio::time::interval(sweep_every);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                let idle = sweeper.lock().policy.config().idle_timeout;
+                sweeper.passivate_idle(idle).await;
+            }
+        });
+        *placement.inner.tasks.lock().expect("tasks") = vec![watch, sweep];
+        placement
+    }
+
+    /// Delivers a message to `actor`, activating it first if it is not active.
+    pub async fn send(
+        &self,
+        actor: &LogicalActor,
+        payload: Vec<u8>,
+    ) -> Result<Delivered, PlacementError> {
+        let pinned = self.pin(actor).await?;
+        let answer = pinned
+            .worker
+            .clone()
+            .deliver(DeliverRequest {
+                actor_id: actor.id.clone(),
+                payload,
+            })
+            .await
+            .map_err(|status| PlacementError::Worker {
+                actor: actor.id.clone(),
+                sandbox: pinned.sandbox.clone(),
+                status,
+            })?
+            .into_inner();
+        Ok(Delivered {
+            sandbox: pinned.sandbox.clone(),
+            payload: answer.payload,
+            handled: answer.handled,
+            activated: pinned.activated,
+        })
+    }
+
+    /// Makes `actor` active (activating it if needed) and holds it in its slot.
+    pub async fn pin(&self, actor: &LogicalActor) -> Result<Pinned, PlacementError> {
+        let mut queued = false;
+        loop {
+            let step = {
+                let mut state = self.lock();
+                if state.closed {
+                    return Err(PlacementError::Closed);
+                }
+                match state.policy.place(actor, Instant::now())? {
+                    Step::Wait => {
+                        let limit = state.policy.config().queue_limit;
+                        if !queued && state.waiters.len() >= limit {
+                            return Err(PlacementError::QueueFull { limit });
+                        }
+                        let (tx, rx) = oneshot::channel();
+                        state.waiters.push_back(tx);
+                        Err(rx)
+                    }
+                    step => Ok(step),
+                }
+            };
+            let step = match step {
+                Ok(step) => step,
+                Err(woken) => {
+                    queued = true;
+                    let _ = woken.await;
+                    continue;
+                }
+            };
+            match step {
+                Step::Deliver { sandbox, handle } => {
+                    return Ok(self.pinned(actor, sandbox, handle, false));
+                }
+                Step::Activate {
+                    sandbox,
+                    handle,
+                    state,
+                } => {
+                    let acked = handle
+                        .clone()
+                        .activate(ActivateRequest {
+                            actor_id: actor.id.clone(),
+                            state,
+                        })
+                        .await;
+                    match acked {
+                        Ok(_) => {
+                            if self.lock().policy.activated(&actor.id, &sandbox) {
+                                return Ok(self.pinned(actor, sandbox, handle, true));
+                            }
+                            // Its sandbox died meanwhile: place it again.
+                        }
+                        Err(status) => {
+                            let mut s = self.lock();
+                            s.policy
+                                .activation_failed(&actor.id, &sandbox, Instant::now());
+                            wake(&mut s);
+                            return Err(PlacementError::Worker {
+                                actor: actor.id.clone(),
+                                sandbox,
+                                status,
+                            });
+                        }
+                    }
+                }
+                Step::Acquire { .. } => {
+                    let leased = self.inner.pool.acquire(&actor.tenant).await;
+                    let failed = {
+                        let mut s = self.lock();
+                        let failed = match leased {
+                            Ok(lease) => {
+                                s.policy
+                                    .add_sandbox(actor, lease.id, lease.worker, Instant::now());
+                                None
+                            }
+                            Err(PoolError::Exhausted { .. }) => {
+                                s.policy.pool_exhausted(actor);
+                                None
+                            }
+                            Err(PoolError::Start(source)) => {
+                                s.policy.lease_failed(actor);
+                                Some(source)
+                            }
+                        };
+                        wake(&mut s);
+                        failed
+                    };
+                    if let Some(source) = failed {
+                        return Err(PlacementError::Lease {
+                            tenant: actor.tenant.clone(),
+                            source,
+                        });
+                    }
+                }
+                Step::Passivate(victims) => {
+                    join_all(victims.into_iter().map(|v| self.passivate(v))).await;
+                }
+                Step::Release { sandbox } => {
+                    self.inner.pool.release(&sandbox);
+                    wake(&mut self.lock());
+                }
+                Step::Wait => unreachable!("handled above"),
+            }
+        }
+    }
+
+    /// Passivates every actor idle for at least `idle` and releases sandboxes empty that long.
+    pub async fn passivate_idle(&self, idle: Duration) {
+        let sweep = self.lock().policy.sweep(Instant::now(), idle);
+        for sandbox in &sweep.release {
+            self.inner.pool.release(sandbox);
+        }
+        join_all(sweep.passivate.into_iter().map(|v| self.passivate(v))).await;
+        if !sweep.release.is_empty() {
+            wake(&mut self.lock());
+        }
+    }
+
+    /// Lost actors and other placement events.
+    pub fn subscribe(&self) -> broadcast::Receiver<PlacementEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// The sandboxes placement holds, with their slots and actors.
+    pub fn sandboxes(&self) -> Vec<SandboxSlots> {
+        self.lock().policy.sandboxes()
+    }
+
+    /// Placed actors (and passive ones too, if `all`).
+    pub fn actors(&self, all: bool) -> Vec<ActorPlacement> {
+        self.lock().policy.actors(all)
+    }
+
+    /// Known actors, and how many of them are passive.
+    pub fn counts(&self) -> (usize, usize) {
+        self.lock().policy.counts()
+    }
+
+    /// Where an actor is, if it is in a sandbox.
+    pub fn sandbox_of(&self, actor: &str) -> Option<String> {
+        self.lock().policy.sandbox_of(actor).map(str::to_string)
+    }
+
+    /// Stops placing: waiting and later activations fail with [`PlacementError::Closed`].
+    pub fn shutdown(&self) {
+        let mut state = self.lock();
+        state.closed = true;
+        wake(&mut state);
+        drop(state);
+        for task in self.inner.tasks.lock().expect("tasks").drain(..) {
+            task.abort();
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.inner.state.lock().expect("placement lock")
+    }
+
+    fn pinned(
+        &self,
+        actor: &LogicalActor,
+        sandbox: String,
+        worker: WorkerClient<Channel>,
+        activated: bool,
+    ) -> Pinned {
+        Pinned {
+            placement: self.clone(),
+            actor: actor.id.clone(),
+            sandbox,
+            worker,
+            activated,
+        }
+    }
+
+    /// Passivates one actor marked by the policy and releases its sandbox if that emptied it.
+    async fn passivate(&self, victim: Victim<WorkerClient<Channel>>) {
+        let answer = victim
+            .handle
+            .clone()
+            .passivate(PassivateRequest {
+                actor_id: victim.actor.clone(),
+            })
+            .await;
+        let state = match answer {
+            Ok(answer) => Some(answer.into_inner().state),
+            Err(status) => {
+                tracing::warn!(actor = %victim.actor, sandbox = %victim.sandbox, %status,
+                    "passivation failed; keeping the actor's last saved state");
+                None
+            }
+        };
+        let mut s = self.lock();
+        let release = s
+            .policy
+            .passivated(&victim.actor, &victim.sandbox, state, Instant::now());
+        wake(&mut s);
+        drop(s);
+        if let Some(sandbox) = release {
+            self.inner.pool.release(&sandbox);
+        }
+    }
+
+    fn sandbox_died(&self, sandbox: &str, reason: &str) {
+        let lost = {
+            let mut state = self.lock();
+            let lost = state.policy.remove_sandbox(sandbox);
+            wake(&mut state);
+            lost
+        };
+        for actor in lost {
+            tracing::warn!(actor = %actor.id, %sandbox, %reason, "actor lost with its sandbox");
+            let _ = self.inner.events.send(PlacementEvent::Lost {
+                actor,
+                sandbox: sandbox.to_string(),
+                reason: reason.to_string(),
+            });
+        }
+    }
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        let mut state = self.placement.lock();
+        state.policy.done(&self.actor, Instant::now());
+        if !state.waiters.is_empty() {
+            wake(&mut state);
+        }
+    }
+}
+
+/// Wakes every waiting activation to ask again.
+fn wake(state: &mut State) {
+    for waiter in state.waiters.drain(..) {
+        let _ = waiter.send(());
+    }
+}

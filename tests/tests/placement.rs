@@ -1,0 +1,240 @@
+//! Placement with real `runsc`: thousands of logical actors on a small warm pool, tenants kept
+//! apart, idle actors passivated with their state, and actors lost with a killed sandbox placed
+//! again.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cadre_actors::placement::{Isolation, LogicalActor, PlacementConfig};
+use cadre_sandbox::{
+    GvisorProvider, Placement, PlacementError, PlacementEvent, PoolConfig, WarmPool,
+};
+use cadre_tests::{TempDir, cadre_bin};
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Runtime::new().unwrap()
+}
+
+/// A pool of `warm` sandboxes; `name` keeps sandbox ids (and so gVisor's cgroups) apart
+/// between tests running at once.
+fn pool(dir: &TempDir, name: &str, warm: usize) -> WarmPool {
+    let provider = GvisorProvider::new(dir.path().join("state"), cadre_bin())
+        .expect("runsc is installed by scripts/setup.sh");
+    WarmPool::start(
+        Arc::new(provider),
+        PoolConfig {
+            min: warm,
+            max: warm,
+            workspaces: dir.path().join("workspaces"),
+            memory_bytes: Some(256 << 20),
+            cpus: Some(1.0),
+            name: format!("{name}-{}", std::process::id()),
+        },
+    )
+}
+
+async fn wait_warm(pool: &WarmPool, n: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while pool.list().len() < n {
+        assert!(std::time::Instant::now() < deadline, "{:#?}", pool.list());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn actor(i: usize, tenants: usize) -> LogicalActor {
+    LogicalActor {
+        id: format!("actor-{i}"),
+        tenant: format!("tenant-{}", i % tenants),
+        isolation: Isolation::Shared,
+    }
+}
+
+#[test]
+fn ten_thousand_actors_share_eight_warm_sandboxes_without_mixing_tenants() {
+    const ACTORS: usize = 10_000;
+    const TENANTS: usize = 4;
+    let dir = TempDir::new("placement-10k");
+    rt().block_on(async {
+        let pool = pool(&dir, "p10k", 8);
+        wait_warm(&pool, 8).await;
+        let placement = Placement::start(
+            pool.clone(),
+            PlacementConfig {
+                slots_per_sandbox: 64,
+                idle_timeout: Duration::from_secs(600),
+                queue_limit: 4096,
+            },
+        );
+        // Every message and the sandbox that answered it, 64 in flight at a time.
+        let mut answered: Vec<(usize, String)> = Vec::with_capacity(ACTORS);
+        let mut inflight = tokio::task::JoinSet::new();
+        for i in 0..ACTORS {
+            if inflight.len() >= 64 {
+                answered.push(inflight.join_next().await.unwrap().unwrap());
+            }
+            let placement = placement.clone();
+            inflight.spawn(async move {
+                let a = actor(i, TENANTS);
+                let payload = format!("hello {i}").into_bytes();
+                let got = placement.send(&a, payload.clone()).await.unwrap();
+                assert_eq!(got.payload, payload);
+                assert_eq!(got.handled, 1);
+                assert!(got.activated);
+                (i, got.sandbox)
+            });
+        }
+        while let Some(done) = inflight.join_next().await {
+            answered.push(done.unwrap());
+        }
+        assert_eq!(answered.len(), ACTORS, "every actor answered");
+
+        let mut tenant_of: HashMap<String, String> = HashMap::new();
+        for (i, sandbox) in &answered {
+            let tenant = actor(*i, TENANTS).tenant;
+            let seen = tenant_of.entry(sandbox.clone()).or_insert(tenant.clone());
+            assert_eq!(*seen, tenant, "sandbox {sandbox} hosted two tenants");
+        }
+        assert!(pool.list().len() <= 8, "{:#?}", pool.list());
+        let used: HashSet<_> = tenant_of.keys().collect();
+        assert!(used.len() <= 8, "only the warm pool was used: {used:?}");
+
+        // 8 × 64 slots for 10,000 actors: most were passivated to make room.
+        let (known, passive) = placement.counts();
+        assert_eq!(known, ACTORS);
+        assert!(passive >= ACTORS - 8 * 64, "{passive} passive");
+        for s in placement.sandboxes() {
+            assert!(s.used <= 64, "{s:?}");
+        }
+        // A passivated actor comes back with its state: its second message is its second.
+        let first = actor(0, TENANTS);
+        assert_eq!(
+            placement.sandbox_of(&first.id),
+            None,
+            "actor-0 was passivated"
+        );
+        let again = placement.send(&first, b"again".to_vec()).await.unwrap();
+        assert!(again.activated);
+        assert_eq!(again.handled, 2, "the count survived passivation");
+        placement.shutdown();
+        pool.shutdown().await;
+    });
+}
+
+#[test]
+fn actors_of_a_killed_sandbox_are_lost_and_placed_again_and_the_pool_refills() {
+    let dir = TempDir::new("placement-kill");
+    rt().block_on(async {
+        let pool = pool(&dir, "pkill", 2);
+        wait_warm(&pool, 2).await;
+        let placement = Placement::start(
+            pool.clone(),
+            PlacementConfig {
+                slots_per_sandbox: 8,
+                idle_timeout: Duration::from_secs(600),
+                queue_limit: 16,
+            },
+        );
+        let actors: Vec<_> = (0..4).map(|i| actor(i, 1)).collect();
+        for a in &actors {
+            placement.send(a, b"one".to_vec()).await.unwrap();
+        }
+        // Passivate them once (their state is saved: 1 message), then a second message.
+        placement.passivate_idle(Duration::ZERO).await;
+        assert_eq!(placement.counts(), (4, 4));
+        let mut sandbox = String::new();
+        for a in &actors {
+            let got = placement.send(a, b"two".to_vec()).await.unwrap();
+            assert_eq!(got.handled, 2);
+            sandbox = got.sandbox;
+        }
+        let mut events = placement.subscribe();
+        let info = pool.list().into_iter().find(|s| s.id == sandbox).unwrap();
+        // Kill gVisor's sandbox process for it.
+        let out = std::process::Command::new("runsc")
+            .arg("--root")
+            .arg(dir.path().join("state/runsc"))
+            .args(["state", &info.id])
+            .output()
+            .unwrap();
+        let state: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let pid = state["pid"].as_i64().expect("runsc state has a pid");
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        let mut lost = Vec::new();
+        while lost.len() < 4 {
+            let event = tokio::time::timeout(Duration::from_secs(30), events.recv())
+                .await
+                .expect("the loss is reported")
+                .unwrap();
+            let PlacementEvent::Lost {
+                actor, sandbox: s, ..
+            } = event;
+            assert_eq!(s, sandbox);
+            lost.push(actor.id);
+        }
+        lost.sort();
+        assert_eq!(lost, ["actor-0", "actor-1", "actor-2", "actor-3"]);
+        // Placed again on the next message, with the state of their last passivation.
+        for a in &actors {
+            let got = placement.send(a, b"three".to_vec()).await.unwrap();
+            assert!(got.activated);
+            assert_ne!(got.sandbox, sandbox);
+            assert_eq!(
+                got.handled, 2,
+                "the second message was lost with the sandbox"
+            );
+        }
+        wait_warm(&pool, 2).await;
+        assert!(pool.list().iter().all(|s| s.id != sandbox), "refilled");
+        placement.shutdown();
+        pool.shutdown().await;
+    });
+}
+
+#[test]
+fn activations_past_the_queue_limit_are_refused_and_exclusive_actors_get_their_own_sandbox() {
+    let dir = TempDir::new("placement-queue");
+    rt().block_on(async {
+        let pool = pool(&dir, "pqueue", 2);
+        wait_warm(&pool, 2).await;
+        let placement = Placement::start(
+            pool.clone(),
+            PlacementConfig {
+                slots_per_sandbox: 1,
+                idle_timeout: Duration::from_secs(600),
+                queue_limit: 2,
+            },
+        );
+        let solo = LogicalActor {
+            id: "solo".into(),
+            tenant: "t".into(),
+            isolation: Isolation::Exclusive,
+        };
+        let held_solo = placement.pin(&solo).await.unwrap();
+        let shared = actor(0, 1);
+        let held = placement.pin(&shared).await.unwrap();
+        assert_ne!(held.sandbox, held_solo.sandbox, "exclusive means alone");
+        // Both sandboxes are taken by pinned actors: two activations wait, the third is refused.
+        let waiting: Vec<_> = (1..3)
+            .map(|i| {
+                let placement = placement.clone();
+                tokio::spawn(async move { placement.send(&actor(i, 1), vec![]).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let refused = placement.send(&actor(3, 1), vec![]).await.err().unwrap();
+        assert!(
+            matches!(refused, PlacementError::QueueFull { limit: 2 }),
+            "{refused}"
+        );
+        assert!(waiting.iter().all(|w| !w.is_finished()), "they wait");
+        drop(held);
+        for w in waiting {
+            let got = w.await.unwrap().unwrap();
+            assert_ne!(got.sandbox, held_solo.sandbox);
+        }
+        drop(held_solo);
+        placement.shutdown();
+        pool.shutdown().await;
+    });
+}
