@@ -23,6 +23,39 @@ pub enum BenchCommand {
     /// Exec round trips with the `echo` agent against a node started in this process (real
     /// gRPC over loopback, durable log in a scratch data dir), from concurrent conversations.
     Exec(ExecBenchArgs),
+    /// Placement on a warm pool of real gVisor sandboxes: activations (placement decision,
+    /// slot claim and the worker's acknowledgement), memory per passivated actor, cold sandbox
+    /// start, and process start inside a warm sandbox. Needs runsc (run as root).
+    Placement(PlacementBenchArgs),
+}
+
+#[derive(Args)]
+pub struct PlacementBenchArgs {
+    /// Warm sandboxes in the pool (one tenant each).
+    #[arg(long, default_value_t = 8)]
+    sandboxes: usize,
+    /// Logical actors to activate, spread over the tenants.
+    #[arg(long, default_value_t = 20_000)]
+    actors: usize,
+    /// Activations in flight at once.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// More actors activated after the timed round (each passivating the least recently used
+    /// one once the slots are full), to measure the memory a passivated actor holds: the
+    /// growth of this process's resident memory, divided.
+    #[arg(long, default_value_t = 50_000)]
+    memory_actors: usize,
+    /// Processes started (one at a time) inside a warm sandbox.
+    #[arg(long, default_value_t = 200)]
+    process_starts: usize,
+    /// Cold sandbox starts to time.
+    #[arg(long, default_value_t = 5)]
+    cold_starts: usize,
+    /// Where the scratch sandboxes keep their state [default: the node's default data dir].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    #[arg(short = 'o', long, value_enum, default_value_t)]
+    output: Output,
 }
 
 #[derive(Args)]
@@ -63,6 +96,7 @@ pub async fn run(command: BenchCommand) -> Result<(), Failure> {
     let args = match command {
         BenchCommand::Eventlog(args) => args,
         BenchCommand::Exec(args) => return exec(args).await,
+        BenchCommand::Placement(args) => return placement(args).await,
     };
     if args.events == 0 || args.writers == 0 {
         return Err(Failure::Usage(
@@ -314,6 +348,239 @@ async fn exec_rounds(
         "exec_max_ms": ms(*latencies.last().unwrap_or(&Duration::ZERO)),
         "data_dir": dir.display().to_string(),
     }))
+}
+
+async fn placement(args: PlacementBenchArgs) -> Result<(), Failure> {
+    if args.sandboxes == 0 || args.actors == 0 || args.concurrency == 0 || args.memory_actors == 0 {
+        return Err(Failure::Usage(
+            "--sandboxes, --actors, --concurrency and --memory-actors must be at least 1".into(),
+        ));
+    }
+    let base = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(crate::serve::default_data_dir);
+    let scratch = base.join(format!("bench-placement-{}", std::process::id()));
+    let result = placement_rounds(&args, &scratch).await;
+    let _ = std::fs::remove_dir_all(&scratch);
+    let report = result?;
+    match args.output {
+        Output::Json => println!("{report}"),
+        Output::Text => {
+            let f = |k: &str| report[k].as_f64().unwrap_or_default();
+            println!(
+                "activations: {:.0}/s, p50 {:.3} ms, p99 {:.3} ms ({} actors on {} sandboxes)",
+                f("activations_per_sec"),
+                f("activation_p50_ms"),
+                f("activation_p99_ms"),
+                args.actors,
+                args.sandboxes
+            );
+            println!(
+                "{:.0} bytes per passivated actor; cold sandbox start {:.1} ms; process start p50 {:.2} ms, p99 {:.2} ms",
+                f("bytes_per_passivated_actor"),
+                f("cold_start_ms"),
+                f("process_start_p50_ms"),
+                f("process_start_p99_ms"),
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn placement_rounds(
+    args: &PlacementBenchArgs,
+    dir: &std::path::Path,
+) -> anyhow::Result<serde_json::Value> {
+    use cadre_actors::placement::{Isolation, LogicalActor, PlacementConfig};
+    use cadre_actors::sandbox::{SandboxProvider, SandboxSpec};
+    use cadre_sandbox::{GvisorProvider, Placement, PoolConfig, WarmPool};
+
+    let worker_bin = std::env::current_exe().context("find the cadre binary")?;
+    let provider = Arc::new(GvisorProvider::new(dir.join("state"), worker_bin)?);
+    let name = format!("bench-{}", std::process::id());
+
+    eprintln!("bench placement: {} cold sandbox starts", args.cold_starts);
+    let mut cold = Vec::new();
+    for i in 0..args.cold_starts {
+        let t = Instant::now();
+        let sandbox = provider
+            .start(SandboxSpec {
+                id: format!("{name}-cold-{i}"),
+                tenant: "cold".into(),
+                workspace: dir.join(format!("cold-{i}")),
+                egress: false,
+                memory_bytes: Some(512 << 20),
+                cpus: Some(1.0),
+            })
+            .await?;
+        sandbox
+            .worker()
+            .stats(cadre_proto::v1::WorkerStatsRequest {})
+            .await?;
+        cold.push(t.elapsed());
+        sandbox.kill().await;
+    }
+    cold.sort();
+
+    // One sandbox more than the tenants, for the process starts.
+    let pool = WarmPool::start(
+        provider,
+        PoolConfig {
+            min: args.sandboxes + 1,
+            max: args.sandboxes + 1,
+            workspaces: dir.join("workspaces"),
+            memory_bytes: Some(512 << 20),
+            cpus: Some(1.0),
+            name,
+        },
+    );
+    eprintln!(
+        "bench placement: waiting for {} warm sandboxes",
+        args.sandboxes
+    );
+    while pool.list().len() <= args.sandboxes {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let lease = pool.acquire("processes").await?;
+    let tenants = args.sandboxes;
+    let placement = Placement::start(
+        pool.clone(),
+        PlacementConfig {
+            slots_per_sandbox: args.actors.div_ceil(tenants) + 1,
+            idle_timeout: Duration::from_secs(3600),
+            queue_limit: args.concurrency.max(1024),
+        },
+    );
+    let actor = |i: usize| LogicalActor {
+        id: format!("actor-{i}"),
+        tenant: format!("tenant-{}", i % tenants),
+        isolation: Isolation::Shared,
+    };
+    // Each tenant leases its sandbox before timing starts: activations are from warm.
+    for t in 0..tenants {
+        placement.send(&actor(args.actors + t), Vec::new()).await?;
+    }
+    placement.passivate_idle(Duration::ZERO).await;
+
+    eprintln!(
+        "bench placement: {} activations, {} in flight",
+        args.actors, args.concurrency
+    );
+    let started = Instant::now();
+    let mut latencies =
+        activate_all(&placement, (0..args.actors).map(actor), args.concurrency).await?;
+    let elapsed = started.elapsed();
+    placement.passivate_idle(Duration::ZERO).await;
+    // Memory: what as many more passivated actors add, once buffers and tables are warm.
+    let rss_before = rss_bytes();
+    eprintln!(
+        "bench placement: {} more actors, for memory",
+        args.memory_actors
+    );
+    let more = (0..args.memory_actors).map(|i| LogicalActor {
+        id: format!("more-{i}"),
+        ..actor(i)
+    });
+    activate_all(&placement, more, args.concurrency).await?;
+    placement.passivate_idle(Duration::ZERO).await;
+    let rss_after = rss_bytes();
+    let (known, passive) = placement.counts();
+    anyhow::ensure!(passive == known, "{passive} of {known} actors passivated");
+    latencies.sort();
+
+    eprintln!("bench placement: {} process starts", args.process_starts);
+    let mut starts = Vec::with_capacity(args.process_starts);
+    for _ in 0..args.process_starts {
+        starts.push(process_start(lease.worker.clone()).await?);
+    }
+    starts.sort();
+    placement.shutdown();
+    pool.shutdown().await;
+
+    let pct = |v: &[Duration], q: f64| ms(v[((v.len() as f64 * q) as usize).min(v.len() - 1)]);
+    Ok(json!({
+        "sandboxes": args.sandboxes,
+        "actors": latencies.len(),
+        "concurrency": args.concurrency,
+        "activations_per_sec": (latencies.len() as f64 / elapsed.as_secs_f64()).round(),
+        "activation_p50_ms": pct(&latencies, 0.50),
+        "activation_p99_ms": pct(&latencies, 0.99),
+        "activation_max_ms": ms(*latencies.last().unwrap_or(&Duration::ZERO)),
+        "bytes_per_passivated_actor": (rss_after.saturating_sub(rss_before) as f64 / args.memory_actors as f64).round(),
+        "cold_start_ms": if cold.is_empty() { serde_json::Value::Null } else { json!(pct(&cold, 0.5)) },
+        "process_start_p50_ms": pct(&starts, 0.50),
+        "process_start_p99_ms": pct(&starts, 0.99),
+    }))
+}
+
+/// Activates every actor (none may be active already), `concurrency` at a time; the latency
+/// of each activation.
+async fn activate_all(
+    placement: &cadre_sandbox::Placement,
+    actors: impl Iterator<Item = cadre_actors::placement::LogicalActor>,
+    concurrency: usize,
+) -> anyhow::Result<Vec<Duration>> {
+    let mut latencies = Vec::new();
+    let mut inflight = tokio::task::JoinSet::new();
+    for a in actors {
+        if inflight.len() >= concurrency
+            && let Some(done) = inflight.join_next().await
+        {
+            latencies.push(done??);
+        }
+        let placement = placement.clone();
+        inflight.spawn(async move {
+            let t = Instant::now();
+            let pinned = placement.pin(&a).await?;
+            let elapsed = t.elapsed();
+            anyhow::ensure!(pinned.activated, "actor {} was already active", a.id);
+            anyhow::Ok(elapsed)
+        });
+    }
+    while let Some(done) = inflight.join_next().await {
+        latencies.push(done??);
+    }
+    Ok(latencies)
+}
+
+/// Starts `/bin/true` in a sandbox: the time until the worker reports its pid.
+async fn process_start(
+    mut worker: cadre_proto::v1::worker_client::WorkerClient<tonic::transport::Channel>,
+) -> anyhow::Result<Duration> {
+    use cadre_proto::v1::{ProcessStart, RunInput, run_input, run_output};
+    let start = RunInput {
+        input: Some(run_input::Input::Start(ProcessStart {
+            argv: vec!["/bin/true".into()],
+            ..Default::default()
+        })),
+    };
+    let t = Instant::now();
+    let mut outputs = worker
+        .run(tokio_stream::iter(vec![start]))
+        .await?
+        .into_inner();
+    let mut started = None;
+    while let Some(out) = outputs.message().await? {
+        match out.output {
+            Some(run_output::Output::Pid(_)) => started = Some(t.elapsed()),
+            Some(run_output::Output::Exit(_)) => break,
+            _ => {}
+        }
+    }
+    started.context("the worker reported no pid")
+}
+
+/// Resident memory of this process.
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    pages * unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64
 }
 
 fn ms(d: Duration) -> f64 {

@@ -75,6 +75,9 @@ enum Command {
         /// The directory the protocol's file paths are relative to.
         #[arg(long)]
         workspace: std::path::PathBuf,
+        /// Where hosted actors' workspaces go [default: WORKSPACE/actors].
+        #[arg(long, value_name = "DIR")]
+        actors: Option<std::path::PathBuf>,
     },
     #[command(hide = true)]
     Debug {
@@ -116,7 +119,14 @@ impl From<anyhow::Error> for Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Runtime::new() {
+    // The worker runs inside a sandbox where thread hand-offs are costly: one thread.
+    let runtime = match &cli.command {
+        Command::Worker { .. } => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        _ => tokio::runtime::Runtime::new(),
+    };
+    let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cadre: cannot start the async runtime: {e}");
@@ -136,10 +146,13 @@ fn main() -> ExitCode {
             Command::Config {
                 command: ConfigCommand::Check { file },
             } => config_cmd::check(&file),
-            Command::Worker { workspace } => cadre_sandbox::worker::WorkerService::new(workspace)
-                .serve_stdio()
-                .await
-                .map_err(|e| Failure::Runtime(anyhow::anyhow!("worker: {e}"))),
+            Command::Worker { workspace, actors } => {
+                let actors = actors.unwrap_or_else(|| workspace.join("actors"));
+                cadre_sandbox::worker::WorkerService::new(workspace, actors)
+                    .serve_stdio()
+                    .await
+                    .map_err(|e| Failure::Runtime(anyhow::anyhow!("worker: {e}")))
+            }
             Command::Debug { command } => debug::run(command).await,
             Command::Bench { command } => bench::run(command).await,
         }

@@ -17,6 +17,8 @@ use crate::{Sandbox, SandboxError, SandboxProvider, SandboxSpec, StartFuture, wo
 /// Where the worker's binary and workspace appear inside a sandbox.
 const WORKER_BIN: &str = "/cadre/cadre";
 const WORKSPACE: &str = "/workspace";
+/// Hosted actors' workspaces: a tmpfs, so making one costs no round trip to the host.
+const ACTORS: &str = "/actors";
 /// Host directories every sandbox sees read-only (those that exist).
 const SYSTEM_DIRS: &[&str] = &["/usr", "/lib", "/lib64", "/bin", "/sbin"];
 
@@ -168,6 +170,7 @@ fn oci_config(spec: &SandboxSpec, worker_bin: &Path) -> Value {
         json!({"destination": "/proc", "type": "proc", "source": "proc"}),
         json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs"}),
         json!({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs"}),
+        json!({"destination": ACTORS, "type": "tmpfs", "source": "tmpfs"}),
     ];
     for dir in SYSTEM_DIRS {
         if Path::new(dir).exists() {
@@ -203,7 +206,7 @@ fn oci_config(spec: &SandboxSpec, worker_bin: &Path) -> Value {
         "process": {
             "terminal": false,
             "user": {"uid": 0, "gid": 0},
-            "args": [WORKER_BIN, "worker", "--workspace", WORKSPACE],
+            "args": [WORKER_BIN, "worker", "--workspace", WORKSPACE, "--actors", ACTORS],
             "env": ["PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "HOME=/workspace"],
             "cwd": WORKSPACE,
         },

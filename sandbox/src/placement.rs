@@ -78,6 +78,9 @@ pub struct Pinned {
     pub activated: bool,
 }
 
+/// Passivations a sweep runs at once.
+const PASSIVATIONS_AT_ONCE: usize = 64;
+
 /// The placement actor; cheap to clone.
 #[derive(Clone)]
 pub struct Placement {
@@ -285,7 +288,17 @@ impl Placement {
         for sandbox in &sweep.release {
             self.inner.pool.release(sandbox);
         }
-        join_all(sweep.passivate.into_iter().map(|v| self.passivate(v))).await;
+        // A bounded number at a time: a sweep may find thousands.
+        let mut victims = sweep.passivate.into_iter().peekable();
+        while victims.peek().is_some() {
+            join_all(
+                victims
+                    .by_ref()
+                    .take(PASSIVATIONS_AT_ONCE)
+                    .map(|v| self.passivate(v)),
+            )
+            .await;
+        }
         if !sweep.release.is_empty() {
             wake(&mut self.lock());
         }

@@ -29,6 +29,8 @@ use tonic::{Request, Response, Status, Streaming};
 /// Serves the worker protocol for files under `workspace`.
 pub struct WorkerService {
     workspace: PathBuf,
+    /// Where hosted actors' workspaces go.
+    actors_dir: PathBuf,
     processes: Arc<AtomicU32>,
     /// Hosted logical actors by id.
     actors: Mutex<HashMap<String, HostedActor>>,
@@ -41,27 +43,37 @@ struct HostedActor {
     handled: u64,
 }
 
-/// Where hosted actors' workspaces go, relative to the worker's.
-const ACTORS_DIR: &str = "actors";
-
 /// Bytes per stdout/stderr message.
 const CHUNK: usize = 32 * 1024;
 
 impl WorkerService {
-    pub fn new(workspace: PathBuf) -> Self {
+    /// Serves `workspace`; hosted actors get their workspaces under `actors_dir` (in a
+    /// sandbox, a tmpfs of its own: scratch space that goes with the actor).
+    pub fn new(workspace: PathBuf, actors_dir: PathBuf) -> Self {
         Self {
             workspace,
+            actors_dir,
             processes: Arc::default(),
             actors: Mutex::default(),
             started: Instant::now(),
         }
     }
 
-    /// Serves one connection on stdin/stdout until it closes.
-    pub async fn serve_stdio(self) -> Result<(), tonic::transport::Error> {
+    /// Serves one connection on stdin/stdout until it closes. Both must be pipes: they are
+    /// read and written without blocking, on the runtime's own thread (tokio's stdin would
+    /// read on a blocking thread, and every hand-off between threads costs syscalls, which
+    /// are slow under gVisor).
+    pub async fn serve_stdio(self) -> Result<(), std::io::Error> {
+        use std::os::fd::AsFd;
+        use tokio::net::unix::pipe;
+        let stdin = std::io::stdin().as_fd().try_clone_to_owned()?;
+        let stdout = std::io::stdout().as_fd().try_clone_to_owned()?;
         let (closed_tx, closed) = tokio::sync::oneshot::channel();
         let io = Pipe {
-            io: tokio::io::join(tokio::io::stdin(), tokio::io::stdout()),
+            io: tokio::io::join(
+                pipe::Receiver::from_owned_fd(stdin)?,
+                pipe::Sender::from_owned_fd(stdout)?,
+            ),
             _closed: closed_tx,
         };
         // The server stops when its incoming stream ends, so it never does; it stops instead
@@ -76,6 +88,7 @@ impl WorkerService {
                 let _ = closed.await;
             })
             .await
+            .map_err(std::io::Error::other)
     }
 
     /// `path` inside the workspace; absolute paths and `..` are refused.
@@ -92,8 +105,8 @@ impl WorkerService {
         Ok(self.workspace.join(relative))
     }
 
-    /// An actor's workspace, relative to the worker's; the id must be a plain name.
-    fn actor_workspace(actor_id: &str) -> Result<String, Status> {
+    /// An actor's workspace; the id must be a plain name.
+    fn actor_workspace(&self, actor_id: &str) -> Result<PathBuf, Status> {
         let plain = !actor_id.is_empty()
             && actor_id != "."
             && actor_id != ".."
@@ -105,7 +118,7 @@ impl WorkerService {
                 "actor_id `{actor_id}`: use letters, digits, `.`, `-` and `_`"
             )));
         }
-        Ok(format!("{ACTORS_DIR}/{actor_id}"))
+        Ok(self.actors_dir.join(actor_id))
     }
 
     fn start(&self, start: ProcessStart) -> Result<tokio::process::Child, Status> {
@@ -271,7 +284,7 @@ impl Worker for WorkerService {
         request: Request<ActivateRequest>,
     ) -> Result<Response<ActivateResponse>, Status> {
         let r = request.into_inner();
-        let workspace = Self::actor_workspace(&r.actor_id)?;
+        let workspace = self.actor_workspace(&r.actor_id)?;
         let handled = match r.state.len() {
             0 => 0,
             8 => u64::from_le_bytes(r.state[..].try_into().expect("8 bytes")),
@@ -293,9 +306,9 @@ impl Worker for WorkerService {
                 r.actor_id
             )));
         }
-        tokio::fs::create_dir_all(self.workspace.join(&workspace))
-            .await
-            .map_err(|e| io_status(&workspace, e))?;
+        // A short metadata call: done on this thread rather than handed to another.
+        let shown = workspace.display().to_string();
+        std::fs::create_dir_all(&workspace).map_err(|e| io_status(&shown, e))?;
         let mut actors = self.actors.lock().expect("actors");
         if actors.contains_key(&r.actor_id) {
             return Err(Status::already_exists(format!(
@@ -304,7 +317,7 @@ impl Worker for WorkerService {
             )));
         }
         actors.insert(r.actor_id, HostedActor { handled });
-        Ok(Response::new(ActivateResponse { workspace }))
+        Ok(Response::new(ActivateResponse { workspace: shown }))
     }
 
     async fn deliver(
@@ -328,16 +341,16 @@ impl Worker for WorkerService {
         request: Request<PassivateRequest>,
     ) -> Result<Response<PassivateResponse>, Status> {
         let r = request.into_inner();
-        let workspace = Self::actor_workspace(&r.actor_id)?;
+        let workspace = self.actor_workspace(&r.actor_id)?;
         let actor = self
             .actors
             .lock()
             .expect("actors")
             .remove(&r.actor_id)
             .ok_or_else(|| not_active(&r.actor_id))?;
-        match tokio::fs::remove_dir_all(self.workspace.join(&workspace)).await {
+        match std::fs::remove_dir_all(&workspace) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(io_status(&workspace, e));
+                return Err(io_status(&workspace.display().to_string(), e));
             }
             _ => {}
         }
@@ -431,7 +444,7 @@ fn memory_used() -> Option<u64> {
 
 /// Stdin and stdout as one connection; dropping it signals the server to stop.
 struct Pipe {
-    io: tokio::io::Join<tokio::io::Stdin, tokio::io::Stdout>,
+    io: tokio::io::Join<tokio::net::unix::pipe::Receiver, tokio::net::unix::pipe::Sender>,
     _closed: tokio::sync::oneshot::Sender<()>,
 }
 

@@ -7,10 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cadre_actors::placement::{Isolation, LogicalActor, PlacementConfig};
+use cadre_proto::v1::worker_client::WorkerClient;
+use cadre_proto::v1::{ProcessStart, RunInput, run_input, run_output};
 use cadre_sandbox::{
     GvisorProvider, Placement, PlacementError, PlacementEvent, PoolConfig, WarmPool,
 };
 use cadre_tests::{TempDir, cadre_bin};
+use tonic::transport::Channel;
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Runtime::new().unwrap()
@@ -40,6 +43,28 @@ async fn wait_warm(pool: &WarmPool, n: usize) {
         assert!(std::time::Instant::now() < deadline, "{:#?}", pool.list());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Runs a shell script in a sandbox; its exit code.
+async fn sh(worker: &WorkerClient<Channel>, script: &str) -> i32 {
+    let start = RunInput {
+        input: Some(run_input::Input::Start(ProcessStart {
+            argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
+            ..Default::default()
+        })),
+    };
+    let mut outputs = worker
+        .clone()
+        .run(tokio_stream::iter(vec![start]))
+        .await
+        .unwrap()
+        .into_inner();
+    while let Some(out) = outputs.message().await.unwrap() {
+        if let Some(run_output::Output::Exit(exit)) = out.output {
+            return exit.code;
+        }
+    }
+    panic!("no exit")
 }
 
 fn actor(i: usize, tenants: usize) -> LogicalActor {
@@ -214,6 +239,18 @@ fn activations_past_the_queue_limit_are_refused_and_exclusive_actors_get_their_o
         let shared = actor(0, 1);
         let held = placement.pin(&shared).await.unwrap();
         assert_ne!(held.sandbox, held_solo.sandbox, "exclusive means alone");
+        // The activation's acknowledgement means the actor's workspace exists in its sandbox
+        // (the sandbox's own memory, not the host's workspace).
+        let check = "test -d /actors/actor-0 && test ! -e /workspace/actors";
+        assert_eq!(sh(&held.worker, check).await, 0);
+        assert_eq!(
+            sh(
+                &held_solo.worker,
+                "test -d /actors/solo && test ! -e /actors/actor-0"
+            )
+            .await,
+            0
+        );
         // Both sandboxes are taken by pinned actors: two activations wait, the third is refused.
         let waiting: Vec<_> = (1..3)
             .map(|i| {
