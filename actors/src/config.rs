@@ -472,7 +472,7 @@ impl Checker {
                 self.fail(
                     slots.span(),
                     "sandbox.warm_pool.slots_per_sandbox: placement of logical actors on \
-                     sandbox slots is not built yet"
+                     sandbox slots is not wired into the node yet"
                         .into(),
                 );
             }

@@ -89,6 +89,8 @@ pub struct Victim<H> {
     pub actor: String,
     pub sandbox: String,
     pub handle: H,
+    /// The sandbox is the actor's own: it can be suspended whole instead.
+    pub exclusive: bool,
 }
 
 /// Where an actor is.
@@ -301,10 +303,24 @@ impl<H: Clone> PlacementPolicy<H> {
         );
     }
 
+    /// An exclusive actor's suspended sandbox was restored: the actor is active in it again,
+    /// as it was, and pinned for the message that restored it.
+    pub fn add_restored(&mut self, actor: &LogicalActor, sandbox: String, handle: H, now: Instant) {
+        self.add_sandbox(actor, sandbox.clone(), handle, now);
+        self.claim(&actor.id, &sandbox);
+        self.activated(&actor.id, &sandbox);
+    }
+
     /// The pool had no sandbox to lease; until one goes away, room is made by passivation.
     pub fn pool_exhausted(&mut self, actor: &LogicalActor) {
         self.lease_ended(actor);
         self.pool_exhausted = true;
+    }
+
+    /// The pool may have room again (it refilled, or a sandbox it leased elsewhere went):
+    /// leases are tried again.
+    pub fn pool_may_have_room(&mut self) {
+        self.pool_exhausted = false;
     }
 
     /// A lease failed for another reason (the sandbox did not start).
@@ -620,9 +636,11 @@ impl<H: Clone> PlacementPolicy<H> {
         entry.state = ActorState::Passivating {
             sandbox: sandbox.clone(),
         };
+        let s = &self.sandboxes[&sandbox];
         Some(Victim {
             actor: actor.to_string(),
-            handle: self.sandboxes[&sandbox].handle.clone(),
+            handle: s.handle.clone(),
+            exclusive: s.exclusive.is_some(),
             sandbox,
         })
     }

@@ -3,7 +3,7 @@
 //! driven over the worker protocol (`cadre.v1.Worker`).
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 
 use cadre_proto::v1::worker_client::WorkerClient;
@@ -36,10 +36,17 @@ pub enum SandboxError {
     Invalid(String),
     #[error("cannot start sandbox `{id}`: {why}")]
     Start { id: String, why: String },
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("cannot checkpoint sandbox `{id}`: {why}")]
+    Checkpoint { id: String, why: String },
 }
 
 /// A boxed future, so providers can be used as trait objects.
 pub type StartFuture<'a> = Pin<Box<dyn Future<Output = Result<Sandbox, SandboxError>> + Send + 'a>>;
+
+/// A boxed future of a checkpoint.
+pub type CheckpointFuture<'a> = Pin<Box<dyn Future<Output = Result<(), SandboxError>> + Send + 'a>>;
 
 /// Starts sandboxes of one kind.
 pub trait SandboxProvider: Send + Sync {
@@ -49,6 +56,32 @@ pub trait SandboxProvider: Send + Sync {
     fn isolated(&self) -> bool;
     /// Starts a sandbox running `cadre worker` and connects to it.
     fn start(&self, spec: SandboxSpec) -> StartFuture<'_>;
+
+    /// Why this provider cannot checkpoint sandboxes here, or `None` if it can.
+    fn cannot_checkpoint(&self) -> Option<String> {
+        Some(format!(
+            "the `{}` provider cannot checkpoint sandboxes",
+            self.name()
+        ))
+    }
+
+    /// Saves a running sandbox (memory, processes, its worker) to the directory `image`; the
+    /// sandbox is stopped, and the caller removes it ([`Sandbox::kill`]) before restoring the
+    /// image under its id. Its worker is asked to Suspend first, so that a restored worker
+    /// serves a new connection.
+    fn checkpoint<'a>(&'a self, sandbox: &'a mut Sandbox, image: &'a Path) -> CheckpointFuture<'a> {
+        let why = self.cannot_checkpoint().unwrap_or_default();
+        let _ = (sandbox, image);
+        Box::pin(async move { Err(SandboxError::Unsupported(why)) })
+    }
+
+    /// Starts a sandbox from a checkpoint `image`, with the spec it was started with; its
+    /// processes continue where they were.
+    fn restore(&self, spec: SandboxSpec, image: PathBuf) -> StartFuture<'_> {
+        let why = self.cannot_checkpoint().unwrap_or_default();
+        let _ = (spec, image);
+        Box::pin(async move { Err(SandboxError::Unsupported(why)) })
+    }
 }
 
 /// A running sandbox and its worker connection. Dropping it tears the sandbox down.
@@ -59,17 +92,22 @@ pub struct Sandbox {
     worker: WorkerClient<Channel>,
     /// The host process that holds the sandbox (`runsc run`, or the worker itself).
     child: Child,
+    /// A duplicate of the worker's stdin: while it is open the worker never reads the end of
+    /// its input, even between connections (around a checkpoint).
+    _input: std::os::fd::OwnedFd,
     /// Removes what the provider left behind (for gVisor: `runsc delete --force`).
     teardown: Option<Box<dyn FnOnce() + Send>>,
 }
 
 impl Sandbox {
     /// A sandbox held by `child` (the host process that keeps it alive), reached through
-    /// `worker`; `teardown` removes what the provider left behind once it is gone.
+    /// `worker` (with `input`, a duplicate of the worker's stdin; see
+    /// `cadre_sandbox::worker::connect_child`); `teardown` removes what the provider left
+    /// behind once it is gone.
     pub fn new(
         spec: SandboxSpec,
         provider: &'static str,
-        worker: WorkerClient<Channel>,
+        (worker, input): (WorkerClient<Channel>, std::os::fd::OwnedFd),
         child: Child,
         teardown: Option<Box<dyn FnOnce() + Send>>,
     ) -> Self {
@@ -78,6 +116,7 @@ impl Sandbox {
             provider,
             worker,
             child,
+            _input: input,
             teardown,
         }
     }

@@ -38,7 +38,7 @@ pub struct PlacementBenchArgs {
     #[arg(long, default_value_t = 20_000)]
     actors: usize,
     /// Activations in flight at once.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 24)]
     concurrency: usize,
     /// More actors activated after the timed round (each passivating the least recently used
     /// one once the slots are full), to measure the memory a passivated actor holds: the
@@ -51,6 +51,9 @@ pub struct PlacementBenchArgs {
     /// Cold sandbox starts to time.
     #[arg(long, default_value_t = 5)]
     cold_starts: usize,
+    /// Checkpoints and restores of a sandbox to time.
+    #[arg(long, default_value_t = 5)]
+    suspensions: usize,
     /// Where the scratch sandboxes keep their state [default: the node's default data dir].
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
@@ -383,6 +386,12 @@ async fn placement(args: PlacementBenchArgs) -> Result<(), Failure> {
                 f("process_start_p50_ms"),
                 f("process_start_p99_ms"),
             );
+            println!(
+                "checkpoint {:.1} ms ({:.0} KiB image), restore p50 {:.1} ms",
+                f("checkpoint_ms"),
+                f("checkpoint_image_bytes") / 1024.0,
+                f("restore_p50_ms"),
+            );
         }
     }
     Ok(())
@@ -430,6 +439,7 @@ async fn placement_rounds(
             min: args.sandboxes + 1,
             max: args.sandboxes + 1,
             workspaces: dir.join("workspaces"),
+            images: dir.join("images"),
             memory_bytes: Some(512 << 20),
             cpus: Some(1.0),
             name,
@@ -495,10 +505,37 @@ async fn placement_rounds(
         starts.push(process_start(lease.worker.clone()).await?);
     }
     starts.sort();
+
+    eprintln!(
+        "bench placement: {} checkpoints and restores",
+        args.suspensions
+    );
+    let (mut checkpoints, mut restores, mut image_bytes) = (Vec::new(), Vec::new(), 0);
+    let mut id = lease.id.clone();
+    for _ in 0..args.suspensions {
+        let t = Instant::now();
+        pool.suspend(&id).await?;
+        checkpoints.push(t.elapsed());
+        image_bytes = dir_bytes(&dir.join("images").join(&id));
+        pool.removed(&id).await;
+        let t = Instant::now();
+        let restored = pool.restore(&id, "processes").await?;
+        restores.push(t.elapsed());
+        id = restored.id;
+    }
+    checkpoints.sort();
+    restores.sort();
     placement.shutdown();
     pool.shutdown().await;
 
     let pct = |v: &[Duration], q: f64| ms(v[((v.len() as f64 * q) as usize).min(v.len() - 1)]);
+    let p50 = |v: &[Duration]| {
+        if v.is_empty() {
+            serde_json::Value::Null
+        } else {
+            json!(pct(v, 0.5))
+        }
+    };
     Ok(json!({
         "sandboxes": args.sandboxes,
         "actors": latencies.len(),
@@ -508,7 +545,10 @@ async fn placement_rounds(
         "activation_p99_ms": pct(&latencies, 0.99),
         "activation_max_ms": ms(*latencies.last().unwrap_or(&Duration::ZERO)),
         "bytes_per_passivated_actor": (rss_after.saturating_sub(rss_before) as f64 / args.memory_actors as f64).round(),
-        "cold_start_ms": if cold.is_empty() { serde_json::Value::Null } else { json!(pct(&cold, 0.5)) },
+        "cold_start_ms": p50(&cold),
+        "checkpoint_ms": p50(&checkpoints),
+        "restore_p50_ms": p50(&restores),
+        "checkpoint_image_bytes": image_bytes,
         "process_start_p50_ms": pct(&starts, 0.50),
         "process_start_p99_ms": pct(&starts, 0.99),
     }))
@@ -569,6 +609,17 @@ async fn process_start(
         }
     }
     started.context("the worker reported no pid")
+}
+
+/// Bytes of the files in a directory.
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum()
 }
 
 /// Resident memory of this process.

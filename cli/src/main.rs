@@ -119,14 +119,18 @@ impl From<anyhow::Error> for Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The worker runs inside a sandbox where thread hand-offs are costly: one thread.
-    let runtime = match &cli.command {
-        Command::Worker { .. } => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build(),
-        _ => tokio::runtime::Runtime::new(),
-    };
-    let runtime = match runtime {
+    if let Command::Worker { workspace, actors } = cli.command {
+        // Runs its own single-threaded runtimes (see `serve_stdio`).
+        let actors = actors.unwrap_or_else(|| workspace.join("actors"));
+        return match cadre_sandbox::worker::WorkerService::new(workspace, actors).serve_stdio() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("cadre: worker: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cadre: cannot start the async runtime: {e}");
@@ -146,13 +150,7 @@ fn main() -> ExitCode {
             Command::Config {
                 command: ConfigCommand::Check { file },
             } => config_cmd::check(&file),
-            Command::Worker { workspace, actors } => {
-                let actors = actors.unwrap_or_else(|| workspace.join("actors"));
-                cadre_sandbox::worker::WorkerService::new(workspace, actors)
-                    .serve_stdio()
-                    .await
-                    .map_err(|e| Failure::Runtime(anyhow::anyhow!("worker: {e}")))
-            }
+            Command::Worker { .. } => unreachable!("served above"),
             Command::Debug { command } => debug::run(command).await,
             Command::Bench { command } => bench::run(command).await,
         }

@@ -279,6 +279,7 @@ fn start_sandboxes(config: &SandboxConfig, data_dir: &Path) -> Result<Sandboxes,
             min: config.min,
             max: config.max,
             workspaces: data_dir.join("workspaces"),
+            images: data_dir.join("sandboxes/images"),
             memory_bytes: config.memory_bytes,
             cpus: config.cpus,
             // Unique per run, so no sandbox reuses a workspace of an earlier run.

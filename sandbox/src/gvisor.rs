@@ -12,6 +12,9 @@ use std::process::Stdio;
 use serde_json::{Value, json};
 use tokio::io::AsyncBufReadExt;
 
+use cadre_actors::sandbox::CheckpointFuture;
+use cadre_proto::v1::SuspendRequest;
+
 use crate::{Sandbox, SandboxError, SandboxProvider, SandboxSpec, StartFuture, worker};
 
 /// Where the worker's binary and workspace appear inside a sandbox.
@@ -83,6 +86,79 @@ impl GvisorProvider {
     fn runsc_root(&self) -> PathBuf {
         self.state_dir.join("runsc")
     }
+
+    /// Starts a sandbox: `runsc run`, or `runsc restore` from a checkpoint image.
+    async fn launch(
+        &self,
+        spec: SandboxSpec,
+        image: Option<PathBuf>,
+    ) -> Result<Sandbox, SandboxError> {
+        if spec.id.is_empty()
+            || !spec
+                .id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(SandboxError::Invalid(format!(
+                "id `{}`: use letters, digits, `-` and `_`",
+                spec.id
+            )));
+        }
+        let fail = |why: String| SandboxError::Start {
+            id: spec.id.clone(),
+            why,
+        };
+        let bundle = self.state_dir.join("bundles").join(&spec.id);
+        let prepare = || -> std::io::Result<()> {
+            std::fs::create_dir_all(bundle.join("rootfs"))?;
+            std::fs::create_dir_all(&spec.workspace)?;
+            let config = oci_config(&spec, &self.worker_bin);
+            std::fs::write(bundle.join("config.json"), config.to_string())
+        };
+        prepare().map_err(|e| fail(format!("bundle {}: {e}", bundle.display())))?;
+        let network = if spec.egress { "host" } else { "none" };
+        let mut command = tokio::process::Command::new(&self.runsc);
+        command
+            .arg("--root")
+            .arg(self.runsc_root())
+            .arg(format!("--network={network}"));
+        match &image {
+            Some(image) => command.arg("restore").arg("--image-path").arg(image),
+            None => command.arg("run"),
+        };
+        let mut child = command
+            .arg("--bundle")
+            .arg(&bundle)
+            .arg(&spec.id)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| fail(format!("{}: {e}", self.runsc.display())))?;
+        log_stderr(&spec.id, child.stderr.take());
+        let worker = worker::connect_child(&mut child)
+            .await
+            .map_err(|e| fail(format!("cannot reach its worker: {e}")))?;
+        let (runsc, root, id) = (self.runsc.clone(), self.runsc_root(), spec.id.clone());
+        let teardown = move || {
+            let _ = std::process::Command::new(&runsc)
+                .arg("--root")
+                .arg(&root)
+                .args(["delete", "--force", &id])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            let _ = std::fs::remove_dir_all(&bundle);
+        };
+        Ok(Sandbox::new(
+            spec,
+            self.name(),
+            worker,
+            child,
+            Some(Box::new(teardown)),
+        ))
+    }
 }
 
 impl SandboxProvider for GvisorProvider {
@@ -95,67 +171,66 @@ impl SandboxProvider for GvisorProvider {
     }
 
     fn start(&self, spec: SandboxSpec) -> StartFuture<'_> {
+        Box::pin(self.launch(spec, None))
+    }
+
+    fn cannot_checkpoint(&self) -> Option<String> {
+        // SAFETY: geteuid has no preconditions.
+        let uid = unsafe { libc::geteuid() };
+        (uid != 0).then(|| {
+            format!(
+                "runsc checkpoint/restore needs root in this runsc version (running as uid {uid})"
+            )
+        })
+    }
+
+    fn checkpoint<'a>(&'a self, sandbox: &'a mut Sandbox, image: &'a Path) -> CheckpointFuture<'a> {
         Box::pin(async move {
-            if spec.id.is_empty()
-                || !spec
-                    .id
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-            {
-                return Err(SandboxError::Invalid(format!(
-                    "id `{}`: use letters, digits, `-` and `_`",
-                    spec.id
-                )));
-            }
-            let fail = |why: String| SandboxError::Start {
-                id: spec.id.clone(),
+            let id = &sandbox.spec.id;
+            let fail = |why: String| SandboxError::Checkpoint {
+                id: id.clone(),
                 why,
             };
-            let bundle = self.state_dir.join("bundles").join(&spec.id);
-            let prepare = || -> std::io::Result<()> {
-                std::fs::create_dir_all(bundle.join("rootfs"))?;
-                std::fs::create_dir_all(&spec.workspace)?;
-                let config = oci_config(&spec, &self.worker_bin);
-                std::fs::write(bundle.join("config.json"), config.to_string())
-            };
-            prepare().map_err(|e| fail(format!("bundle {}: {e}", bundle.display())))?;
-            let network = if spec.egress { "host" } else { "none" };
-            let mut child = tokio::process::Command::new(&self.runsc)
+            if let Some(why) = self.cannot_checkpoint() {
+                return Err(SandboxError::Unsupported(why));
+            }
+            let mut worker = sandbox.worker();
+            let suspend = worker.suspend(SuspendRequest {});
+            match tokio::time::timeout(std::time::Duration::from_secs(10), suspend).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(status)) => {
+                    return Err(fail(format!("its worker did not suspend: {status}")));
+                }
+                Err(_) => return Err(fail("its worker did not answer Suspend in 10 s".into())),
+            }
+            let _ = std::fs::remove_dir_all(image);
+            std::fs::create_dir_all(image)
+                .map_err(|e| fail(format!("image dir {}: {e}", image.display())))?;
+            let out = tokio::process::Command::new(&self.runsc)
                 .arg("--root")
                 .arg(self.runsc_root())
-                .arg(format!("--network={network}"))
-                .arg("run")
-                .arg("--bundle")
-                .arg(&bundle)
-                .arg(&spec.id)
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .kill_on_drop(true)
-                .spawn()
-                .map_err(|e| fail(format!("{}: {e}", self.runsc.display())))?;
-            log_stderr(&spec.id, child.stderr.take());
-            let worker = worker::connect_child(&mut child)
+                .arg("checkpoint")
+                .arg("--image-path")
+                .arg(image)
+                .arg(id)
+                .output()
                 .await
-                .map_err(|e| fail(format!("cannot reach its worker: {e}")))?;
-            let (runsc, root, id) = (self.runsc.clone(), self.runsc_root(), spec.id.clone());
-            let teardown = move || {
-                let _ = std::process::Command::new(&runsc)
-                    .arg("--root")
-                    .arg(&root)
-                    .args(["delete", "--force", &id])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status();
-                let _ = std::fs::remove_dir_all(&bundle);
-            };
-            Ok(Sandbox::new(
-                spec,
-                self.name(),
-                worker,
-                child,
-                Some(Box::new(teardown)),
-            ))
+                .map_err(|e| fail(format!("{}: {e}", self.runsc.display())))?;
+            if !out.status.success() {
+                return Err(fail(
+                    String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                ));
+            }
+            Ok(())
+        })
+    }
+
+    fn restore(&self, spec: SandboxSpec, image: PathBuf) -> StartFuture<'_> {
+        Box::pin(async move {
+            if let Some(why) = self.cannot_checkpoint() {
+                return Err(SandboxError::Unsupported(why));
+            }
+            self.launch(spec, Some(image)).await
         })
     }
 }

@@ -7,8 +7,13 @@
 //! is free. When a sandbox dies, its actors are lost: each is reported as
 //! [`PlacementEvent::Lost`] (their supervisors see the failure) and is placed again on its next
 //! message, with the state of its last passivation.
+//!
+//! An `exclusive` actor has a sandbox of its own, so when it is idle the whole sandbox is
+//! suspended (`runsc checkpoint`: memory, processes and all, to an image on disk) and restored
+//! on its next message with everything as it was. Where the provider cannot checkpoint, the
+//! actor is passivated like any other and the reason is logged.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,7 +27,7 @@ use futures_util::future::join_all;
 use tokio::sync::{broadcast, oneshot};
 use tonic::transport::Channel;
 
-use crate::{PoolError, SandboxError, WarmPool};
+use crate::{Lease, PoolError, WarmPool};
 
 /// Something that happened to placed actors.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,11 +47,8 @@ pub enum PlacementError {
     QueueFull { limit: usize },
     #[error(transparent)]
     Refused(#[from] PlaceError),
-    #[error("cannot start a sandbox for tenant `{tenant}`: {source}")]
-    Lease {
-        tenant: String,
-        source: SandboxError,
-    },
+    #[error("cannot start a sandbox for tenant `{tenant}`: {reason}")]
+    Lease { tenant: String, reason: String },
     #[error("actor `{actor}` in sandbox `{sandbox}`: {status}")]
     Worker {
         actor: String,
@@ -66,6 +68,8 @@ pub struct Delivered {
     pub handled: u64,
     /// Whether this message activated the actor.
     pub activated: bool,
+    /// Whether it was activated by restoring its suspended sandbox.
+    pub restored: bool,
 }
 
 /// An active actor held in its slot (it is not passivated while held); dropping it lets go.
@@ -76,6 +80,8 @@ pub struct Pinned {
     pub worker: WorkerClient<Channel>,
     /// Whether pinning activated the actor.
     pub activated: bool,
+    /// Whether it was activated by restoring its suspended sandbox.
+    pub restored: bool,
 }
 
 /// Passivations a sweep runs at once.
@@ -98,6 +104,10 @@ struct State {
     policy: PlacementPolicy<WorkerClient<Channel>>,
     /// Activations waiting for a change; all are woken by any change and ask again.
     waiters: VecDeque<oneshot::Sender<()>>,
+    /// Exclusive actors whose sandbox is suspended: the sandbox's id.
+    suspended: HashMap<String, String>,
+    /// Why sandboxes cannot be suspended here, until that is logged.
+    cannot_suspend: Option<String>,
     closed: bool,
 }
 
@@ -112,6 +122,8 @@ impl Placement {
                 state: Mutex::new(State {
                     policy: PlacementPolicy::new(config),
                     waiters: VecDeque::new(),
+                    suspended: HashMap::new(),
+                    cannot_suspend: pool.cannot_suspend(),
                     closed: false,
                 }),
                 pool: pool.clone(),
@@ -138,7 +150,16 @@ impl Placement {
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 every.tick().await;
-                let idle = sweeper.lock().policy.config().idle_timeout;
+                let idle = {
+                    let mut state = sweeper.lock();
+                    // The pool may have room again without placement seeing a sandbox go
+                    // (a warm one finished starting): waiting activations ask again.
+                    if !state.waiters.is_empty() {
+                        state.policy.pool_may_have_room();
+                        wake(&mut state);
+                    }
+                    state.policy.config().idle_timeout
+                };
                 sweeper.passivate_idle(idle).await;
             }
         });
@@ -172,6 +193,7 @@ impl Placement {
             payload: answer.payload,
             handled: answer.handled,
             activated: pinned.activated,
+            restored: pinned.restored,
         })
     }
 
@@ -207,7 +229,7 @@ impl Placement {
             };
             match step {
                 Step::Deliver { sandbox, handle } => {
-                    return Ok(self.pinned(actor, sandbox, handle, false));
+                    return Ok(self.pinned(actor, sandbox, handle, false, false));
                 }
                 Step::Activate {
                     sandbox,
@@ -224,7 +246,7 @@ impl Placement {
                     match acked {
                         Ok(_) => {
                             if self.lock().policy.activated(&actor.id, &sandbox) {
-                                return Ok(self.pinned(actor, sandbox, handle, true));
+                                return Ok(self.pinned(actor, sandbox, handle, true, false));
                             }
                             // Its sandbox died meanwhile: place it again.
                         }
@@ -241,32 +263,42 @@ impl Placement {
                         }
                     }
                 }
-                Step::Acquire { .. } => {
-                    let leased = self.inner.pool.acquire(&actor.tenant).await;
-                    let failed = {
-                        let mut s = self.lock();
-                        let failed = match leased {
-                            Ok(lease) => {
-                                s.policy
-                                    .add_sandbox(actor, lease.id, lease.worker, Instant::now());
-                                None
-                            }
-                            Err(PoolError::Exhausted { .. }) => {
-                                s.policy.pool_exhausted(actor);
-                                None
-                            }
-                            Err(PoolError::Start(source)) => {
-                                s.policy.lease_failed(actor);
-                                Some(source)
-                            }
-                        };
-                        wake(&mut s);
-                        failed
+                Step::Acquire { exclusive } => {
+                    let (leased, restored) = self.lease(actor, exclusive).await;
+                    let mut s = self.lock();
+                    let failed = match leased {
+                        Ok(lease) if restored => {
+                            let (id, worker) = (lease.id, lease.worker);
+                            s.policy.add_restored(
+                                actor,
+                                id.clone(),
+                                worker.clone(),
+                                Instant::now(),
+                            );
+                            wake(&mut s);
+                            drop(s);
+                            return Ok(self.pinned(actor, id, worker, true, true));
+                        }
+                        Ok(lease) => {
+                            s.policy
+                                .add_sandbox(actor, lease.id, lease.worker, Instant::now());
+                            None
+                        }
+                        Err(PoolError::Exhausted { .. }) => {
+                            s.policy.pool_exhausted(actor);
+                            None
+                        }
+                        Err(e) => {
+                            s.policy.lease_failed(actor);
+                            Some(e)
+                        }
                     };
-                    if let Some(source) = failed {
+                    wake(&mut s);
+                    drop(s);
+                    if let Some(e) = failed {
                         return Err(PlacementError::Lease {
                             tenant: actor.tenant.clone(),
-                            source,
+                            reason: e.to_string(),
                         });
                     }
                 }
@@ -350,6 +382,7 @@ impl Placement {
         sandbox: String,
         worker: WorkerClient<Channel>,
         activated: bool,
+        restored: bool,
     ) -> Pinned {
         Pinned {
             placement: self.clone(),
@@ -357,11 +390,73 @@ impl Placement {
             sandbox,
             worker,
             activated,
+            restored,
         }
+    }
+
+    /// Leases a sandbox for `actor`: its own suspended one restored, if it has one (true), or
+    /// one from the pool.
+    async fn lease(
+        &self,
+        actor: &LogicalActor,
+        exclusive: bool,
+    ) -> (Result<Lease, PoolError>, bool) {
+        let suspended = if exclusive {
+            self.lock().suspended.remove(&actor.id)
+        } else {
+            None
+        };
+        let Some(id) = suspended else {
+            return (self.inner.pool.acquire(&actor.tenant).await, false);
+        };
+        match self.inner.pool.restore(&id, &actor.tenant).await {
+            Ok(lease) => (Ok(lease), true),
+            Err(e @ PoolError::Exhausted { .. }) => {
+                self.lock().suspended.insert(actor.id.clone(), id);
+                (Err(e), false)
+            }
+            Err(e) => {
+                tracing::warn!(actor = %actor.id, sandbox = %id, error = %e,
+                    "cannot restore the actor's suspended sandbox; activating it afresh");
+                (self.inner.pool.acquire(&actor.tenant).await, false)
+            }
+        }
+    }
+
+    /// Suspends an exclusive actor's own sandbox whole. False if that cannot be done here:
+    /// then the actor is passivated like any other (the reason is logged once).
+    async fn suspend(&self, victim: &Victim<WorkerClient<Channel>>) -> bool {
+        if let Some(why) = self.inner.pool.cannot_suspend() {
+            if self.lock().cannot_suspend.take().is_some() {
+                tracing::warn!(reason = %why,
+                    "exclusive actors are passivated and started afresh instead of suspended");
+            }
+            return false;
+        }
+        let suspended = self.inner.pool.suspend(&victim.sandbox).await;
+        let mut s = self.lock();
+        match suspended {
+            Ok(()) => {
+                s.suspended
+                    .insert(victim.actor.clone(), victim.sandbox.clone());
+            }
+            Err(e) => {
+                tracing::warn!(actor = %victim.actor, sandbox = %victim.sandbox, error = %e,
+                    "cannot suspend the actor's sandbox; its state since its last passivation is lost");
+            }
+        }
+        // Its sandbox has left the pool either way.
+        s.policy
+            .passivated(&victim.actor, &victim.sandbox, None, Instant::now());
+        wake(&mut s);
+        true
     }
 
     /// Passivates one actor marked by the policy and releases its sandbox if that emptied it.
     async fn passivate(&self, victim: Victim<WorkerClient<Channel>>) {
+        if victim.exclusive && self.suspend(&victim).await {
+            return;
+        }
         let answer = victim
             .handle
             .clone()

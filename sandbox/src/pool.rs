@@ -5,14 +5,17 @@
 //! than `max` in all. [`WarmPool::acquire`] hands a warm sandbox to a tenant (or starts one if
 //! none is warm and there is room). A sandbox never changes tenant: [`WarmPool::release`]
 //! destroys it, since its workspace holds the tenant's files. A sandbox that dies is removed,
-//! reported to [`WarmPool::subscribe`]rs, and the pool refills.
+//! reported to [`WarmPool::subscribe`]rs, and the pool refills. A leased sandbox can be
+//! suspended to a checkpoint image on disk ([`WarmPool::suspend`]), which frees its place, and
+//! restored later under the same id ([`WarmPool::restore`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use cadre_proto::v1::WorkerStatsRequest;
 use cadre_proto::v1::worker_client::WorkerClient;
 use tokio::sync::{Notify, broadcast, oneshot};
 use tonic::transport::Channel;
@@ -32,6 +35,8 @@ pub struct PoolConfig {
     pub cpus: Option<f64>,
     /// Prefix of sandbox ids.
     pub name: String,
+    /// Checkpoint images go under this directory, one per suspended sandbox.
+    pub images: PathBuf,
 }
 
 /// One sandbox as the pool sees it.
@@ -68,6 +73,8 @@ pub enum PoolError {
     Exhausted { max: usize },
     #[error(transparent)]
     Start(#[from] SandboxError),
+    #[error("no sandbox `{0}` in the pool")]
+    Unknown(String),
 }
 
 /// The pool; cheap to clone.
@@ -86,6 +93,8 @@ struct Inner {
     next: AtomicU64,
     /// Each sandbox's monitor, which tears it down when it ends.
     monitors: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Suspended sandboxes still being removed: a restore under the same id waits.
+    removing: Mutex<HashMap<String, oneshot::Receiver<()>>>,
 }
 
 #[derive(Default)]
@@ -93,19 +102,34 @@ struct State {
     sandboxes: BTreeMap<String, Entry>,
     /// Sandboxes being started (they count against `max`).
     starting: usize,
+    /// Of those, the warm ones the pool starts by itself.
+    warming: usize,
     closed: bool,
 }
 
 struct Entry {
     info: SandboxInfo,
     worker: WorkerClient<Channel>,
-    /// Tells the sandbox's monitor to tear it down.
-    stop: Option<oneshot::Sender<()>>,
+    /// Tells the sandbox's monitor to tear it down or suspend it.
+    control: Option<oneshot::Sender<Control>>,
+}
+
+/// What a sandbox's monitor is told to do.
+enum Control {
+    Stop,
+    Suspend {
+        image: PathBuf,
+        done: oneshot::Sender<Result<(), SandboxError>>,
+        /// Sent once the stopped sandbox is removed.
+        gone: oneshot::Sender<()>,
+    },
 }
 
 impl WarmPool {
     /// Starts the pool; it fills up to `min` warm sandboxes in the background.
+    /// Images left by an earlier run are removed: what they belonged to is gone.
     pub fn start(provider: Arc<dyn SandboxProvider>, config: PoolConfig) -> Self {
+        let _ = std::fs::remove_dir_all(&config.images);
         let (died, _) = broadcast::channel(1024);
         let pool = Self {
             inner: Arc::new(Inner {
@@ -116,6 +140,7 @@ impl WarmPool {
                 died,
                 next: AtomicU64::new(1),
                 monitors: Mutex::default(),
+                removing: Mutex::default(),
             }),
         };
         let refiller = pool.clone();
@@ -167,10 +192,11 @@ impl WarmPool {
         if let Some(lease) = warm {
             return Ok(lease);
         }
-        let started = self.launch(Some(tenant)).await;
+        let id = self.next_id();
+        let started = self.launch(id.clone(), Some(tenant), None).await;
         self.inner.state.lock().expect("pool lock").starting -= 1;
         self.inner.refill.notify_one();
-        let (id, worker) = started?;
+        let worker = started?;
         Ok(Lease {
             id,
             tenant: tenant.to_string(),
@@ -187,10 +213,123 @@ impl WarmPool {
             .expect("pool lock")
             .sandboxes
             .remove(id);
-        if let Some(stop) = entry.and_then(|mut e| e.stop.take()) {
-            let _ = stop.send(());
+        if let Some(control) = entry.and_then(|mut e| e.control.take()) {
+            let _ = control.send(Control::Stop);
         }
         self.inner.refill.notify_one();
+    }
+
+    /// Why sandboxes cannot be suspended here, or `None` if they can.
+    pub fn cannot_suspend(&self) -> Option<String> {
+        self.inner.provider.cannot_checkpoint()
+    }
+
+    /// Checkpoints a leased sandbox to its image and removes it (its place is free while it
+    /// is suspended). The checkpoint's duration is the time this takes.
+    pub async fn suspend(&self, id: &str) -> Result<(), PoolError> {
+        let entry = self
+            .inner
+            .state
+            .lock()
+            .expect("pool lock")
+            .sandboxes
+            .remove(id);
+        let control = entry
+            .and_then(|mut e| e.control.take())
+            .ok_or_else(|| PoolError::Unknown(id.to_string()))?;
+        let (done, result) = oneshot::channel();
+        let (gone, removed) = oneshot::channel();
+        self.inner
+            .removing
+            .lock()
+            .expect("removing")
+            .insert(id.to_string(), removed);
+        let image = self.image(id);
+        let _ = control.send(Control::Suspend { image, done, gone });
+        let result = result.await.unwrap_or_else(|_| {
+            Err(SandboxError::Unavailable(format!(
+                "sandbox `{id}` ended while it was being suspended"
+            )))
+        });
+        self.inner.refill.notify_one();
+        result.map_err(PoolError::Start)
+    }
+
+    /// Restores a suspended sandbox for `tenant` under its id, if there is room (a warm
+    /// sandbox gives up its place if need be); its image is removed once it runs.
+    pub async fn restore(&self, id: &str, tenant: &str) -> Result<Lease, PoolError> {
+        loop {
+            {
+                let mut state = self.inner.state.lock().expect("pool lock");
+                let full = state.sandboxes.len() + state.starting >= self.inner.config.max;
+                let warm = state
+                    .sandboxes
+                    .iter()
+                    .find(|(_, e)| e.info.tenant.is_none())
+                    .map(|(id, _)| id.clone());
+                match (full, warm) {
+                    (false, _) => {
+                        state.starting += 1;
+                        break;
+                    }
+                    (true, Some(warm)) => {
+                        let control = state
+                            .sandboxes
+                            .remove(&warm)
+                            .and_then(|mut e| e.control.take());
+                        if let Some(control) = control {
+                            let _ = control.send(Control::Stop);
+                        }
+                        state.starting += 1;
+                        break;
+                    }
+                    (true, None) if state.warming == 0 => {
+                        return Err(PoolError::Exhausted {
+                            max: self.inner.config.max,
+                        });
+                    }
+                    // A warm sandbox is on its way: it will give up its place.
+                    (true, None) => {}
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.removed(id).await;
+        let image = self.image(id);
+        let started = self
+            .launch(id.to_string(), Some(tenant), Some(&image))
+            .await;
+        self.inner.state.lock().expect("pool lock").starting -= 1;
+        self.inner.refill.notify_one();
+        let worker = started?;
+        // runsc reads the image while the sandbox starts: it can go once the worker answers.
+        if let Err(status) = worker.clone().stats(WorkerStatsRequest {}).await {
+            self.release(id);
+            return Err(PoolError::Start(SandboxError::Start {
+                id: id.to_string(),
+                why: format!("the restored worker does not answer: {status}"),
+            }));
+        }
+        let _ = std::fs::remove_dir_all(&image);
+        Ok(Lease {
+            id: id.to_string(),
+            tenant: tenant.to_string(),
+            worker,
+        })
+    }
+
+    /// Waits until what is left of a suspended sandbox is removed (a restore under its id
+    /// needs that).
+    pub async fn removed(&self, id: &str) {
+        let removing = self.inner.removing.lock().expect("removing").remove(id);
+        if let Some(removed) = removing {
+            let _ = removed.await;
+        }
+    }
+
+    /// Where a suspended sandbox's image goes.
+    fn image(&self, id: &str) -> PathBuf {
+        self.inner.config.images.join(id)
     }
 
     /// Destroys every sandbox, waits until they are gone, and stops refilling.
@@ -201,8 +340,8 @@ impl WarmPool {
             std::mem::take(&mut state.sandboxes)
         };
         for (_, mut entry) in entries {
-            if let Some(stop) = entry.stop.take() {
-                let _ = stop.send(());
+            if let Some(control) = entry.control.take() {
+                let _ = control.send(Control::Stop);
             }
         }
         self.inner.refill.notify_one();
@@ -230,6 +369,7 @@ impl WarmPool {
                     warm + state.starting < self.inner.config.min && total < self.inner.config.max;
                 if wanted {
                     state.starting += 1;
+                    state.warming += 1;
                 }
                 wanted
             };
@@ -237,8 +377,12 @@ impl WarmPool {
                 self.inner.refill.notified().await;
                 continue;
             }
-            let result = self.launch(None).await;
-            self.inner.state.lock().expect("pool lock").starting -= 1;
+            let result = self.launch(self.next_id(), None, None).await;
+            {
+                let mut state = self.inner.state.lock().expect("pool lock");
+                state.starting -= 1;
+                state.warming -= 1;
+            }
             if let Err(e) = result {
                 tracing::error!(error = %e, "cannot start a warm sandbox; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -246,14 +390,22 @@ impl WarmPool {
         }
     }
 
-    /// Starts a sandbox and its monitor, and adds it to the pool.
+    fn next_id(&self) -> String {
+        let n = self.inner.next.fetch_add(1, Ordering::SeqCst);
+        // Fixed width: runsc accepts a unique prefix for an id, so no id may be the prefix
+        // of another.
+        format!("{}-{n:08x}", self.inner.config.name)
+    }
+
+    /// Starts a sandbox (from a checkpoint `image`, if given) and its monitor, and adds it to
+    /// the pool.
     async fn launch(
         &self,
+        id: String,
         tenant: Option<&str>,
-    ) -> Result<(String, WorkerClient<Channel>), SandboxError> {
+        image: Option<&std::path::Path>,
+    ) -> Result<WorkerClient<Channel>, SandboxError> {
         let config = &self.inner.config;
-        let n = self.inner.next.fetch_add(1, Ordering::SeqCst);
-        let id = format!("{}-{n}", config.name);
         let spec = SandboxSpec {
             id: id.clone(),
             tenant: tenant.unwrap_or_default().to_string(),
@@ -262,9 +414,17 @@ impl WarmPool {
             memory_bytes: config.memory_bytes,
             cpus: config.cpus,
         };
-        let mut sandbox = self.inner.provider.start(spec).await?;
+        let mut sandbox = match image {
+            Some(image) => {
+                self.inner
+                    .provider
+                    .restore(spec, image.to_path_buf())
+                    .await?
+            }
+            None => self.inner.provider.start(spec).await?,
+        };
         let worker = sandbox.worker();
-        let (stop, stopped) = oneshot::channel();
+        let (control, controlled) = oneshot::channel();
         let closed = {
             let mut state = self.inner.state.lock().expect("pool lock");
             if !state.closed {
@@ -278,7 +438,7 @@ impl WarmPool {
                             started: SystemTime::now(),
                         },
                         worker: worker.clone(),
-                        stop: Some(stop),
+                        control: Some(control),
                     },
                 );
             }
@@ -291,7 +451,7 @@ impl WarmPool {
         let pool = self.clone();
         let monitored = id.clone();
         let monitor = tokio::spawn(async move {
-            tokio::select! {
+            let control = tokio::select! {
                 status = sandbox.wait() => {
                     let entry = pool.inner.state.lock().expect("pool lock").sandboxes.remove(&monitored);
                     let status = match status {
@@ -305,14 +465,24 @@ impl WarmPool {
                         status,
                     });
                     pool.inner.refill.notify_one();
+                    None
                 }
-                _ = stopped => {}
+                control = controlled => control.ok(),
+            };
+            match control {
+                Some(Control::Suspend { image, done, gone }) => {
+                    let _ = done.send(pool.inner.provider.checkpoint(&mut sandbox, &image).await);
+                    // Removing a stopped gVisor sandbox takes a while (over a second here):
+                    // the suspension is done without waiting for it; a restore waits.
+                    sandbox.kill().await;
+                    let _ = gone.send(());
+                }
+                Some(Control::Stop) | None => sandbox.kill().await,
             }
-            sandbox.kill().await;
         });
         let mut monitors = self.inner.monitors.lock().expect("monitors");
         monitors.retain(|m| !m.is_finished());
         monitors.push(monitor);
-        Ok((id, worker))
+        Ok(worker)
     }
 }

@@ -15,8 +15,9 @@ use cadre_proto::v1::worker_server::{Worker, WorkerServer};
 use cadre_proto::v1::{
     ActivateRequest, ActivateResponse, DeliverRequest, DeliverResponse, FileEntry,
     ListFilesRequest, ListFilesResponse, PassivateRequest, PassivateResponse, ProcessExit,
-    ProcessStart, ReadFileRequest, ReadFileResponse, RunInput, RunOutput, WorkerStats,
-    WorkerStatsRequest, WriteFileRequest, WriteFileResponse, run_input, run_output,
+    ProcessStart, ReadFileRequest, ReadFileResponse, RunInput, RunOutput, SuspendRequest,
+    SuspendResponse, WorkerStats, WorkerStatsRequest, WriteFileRequest, WriteFileResponse,
+    run_input, run_output,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -35,6 +36,8 @@ pub struct WorkerService {
     /// Hosted logical actors by id.
     actors: Mutex<HashMap<String, HostedActor>>,
     started: Instant,
+    /// Bumped by Suspend: the current connection ends.
+    suspend: tokio::sync::watch::Sender<u64>,
 }
 
 /// A logical actor active in this worker. Its state is the number of messages it has handled,
@@ -46,6 +49,13 @@ struct HostedActor {
 /// Bytes per stdout/stderr message.
 const CHUNK: usize = 32 * 1024;
 
+/// The line that starts each connection on the worker's stdin.
+pub const CONNECT_LINE: &[u8] = b"cadre-worker-connect\n";
+
+/// How long a suspended connection may take to deliver the Suspend answer (a write of a few
+/// bytes into a pipe the node reads).
+const SUSPEND_GRACE: std::time::Duration = std::time::Duration::from_millis(50);
+
 impl WorkerService {
     /// Serves `workspace`; hosted actors get their workspaces under `actors_dir` (in a
     /// sandbox, a tmpfs of its own: scratch space that goes with the actor).
@@ -56,39 +66,38 @@ impl WorkerService {
             processes: Arc::default(),
             actors: Mutex::default(),
             started: Instant::now(),
+            suspend: tokio::sync::watch::Sender::new(0),
         }
     }
 
-    /// Serves one connection on stdin/stdout until it closes. Both must be pipes: they are
-    /// read and written without blocking, on the runtime's own thread (tokio's stdin would
-    /// read on a blocking thread, and every hand-off between threads costs syscalls, which
-    /// are slow under gVisor).
-    pub async fn serve_stdio(self) -> Result<(), std::io::Error> {
+    /// Serves connections on stdin and stdout, one after another, until stdin ends. Blocks
+    /// the calling thread; each connection gets a single-threaded runtime of its own.
+    ///
+    /// Why it is built this way: after a gVisor restore, the stdio are new host files behind
+    /// the same descriptors, and this runsc version delivers readiness events neither for them
+    /// nor reliably through an epoll set made before the checkpoint. So stdin is read by a
+    /// thread of its own with plain blocking reads, stdout is written with blocking writes,
+    /// and the runtime (with its epoll set) of a suspended connection is dropped: the next
+    /// connection starts on a new one. Dropping it also ends whatever that connection left
+    /// running (its Run calls), so nothing of it can write into the next connection.
+    pub fn serve_stdio(self) -> Result<(), std::io::Error> {
         use std::os::fd::AsFd;
-        use tokio::net::unix::pipe;
-        let stdin = std::io::stdin().as_fd().try_clone_to_owned()?;
-        let stdout = std::io::stdout().as_fd().try_clone_to_owned()?;
-        let (closed_tx, closed) = tokio::sync::oneshot::channel();
-        let io = Pipe {
-            io: tokio::io::join(
-                pipe::Receiver::from_owned_fd(stdin)?,
-                pipe::Sender::from_owned_fd(stdout)?,
-            ),
-            _closed: closed_tx,
-        };
-        // The server stops when its incoming stream ends, so it never does; it stops instead
-        // when the one connection is gone (hyper drops the pipe).
-        let incoming = tokio_stream::StreamExt::chain(
-            tokio_stream::once(Ok::<_, std::io::Error>(io)),
-            tokio_stream::pending(),
-        );
-        Server::builder()
-            .add_service(WorkerServer::new(self))
-            .serve_with_incoming_shutdown(incoming, async {
-                let _ = closed.await;
-            })
-            .await
-            .map_err(std::io::Error::other)
+        let stdin = std::fs::File::from(std::io::stdin().as_fd().try_clone_to_owned()?);
+        let stdout = std::fs::File::from(std::io::stdout().as_fd().try_clone_to_owned()?);
+        let input = Arc::new(Mutex::new(Input::read(stdin)?));
+        let stdout = Arc::new(stdout);
+        let service = Arc::new(self);
+        while read_connect_line(&input) {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(serve_connection(
+                service.clone(),
+                input.clone(),
+                stdout.clone(),
+            ))?;
+        }
+        Ok(())
     }
 
     /// `path` inside the workspace; absolute paths and `..` are refused.
@@ -336,6 +345,14 @@ impl Worker for WorkerService {
         }))
     }
 
+    async fn suspend(
+        &self,
+        _request: Request<SuspendRequest>,
+    ) -> Result<Response<SuspendResponse>, Status> {
+        self.suspend.send_modify(|n| *n += 1);
+        Ok(Response::new(SuspendResponse {}))
+    }
+
     async fn passivate(
         &self,
         request: Request<PassivateRequest>,
@@ -360,15 +377,112 @@ impl Worker for WorkerService {
     }
 }
 
+/// Stdin as chunks read by its own thread, and what the current reader has not taken yet.
+struct Input {
+    chunks: mpsc::Receiver<Vec<u8>>,
+    pending: Vec<u8>,
+}
+
+impl Input {
+    /// Starts the thread that reads `stdin`; an empty chunk is the end.
+    fn read(mut stdin: std::fs::File) -> std::io::Result<Self> {
+        use std::io::Read;
+        let (tx, chunks) = mpsc::channel(8);
+        std::thread::Builder::new()
+            .name("stdin".into())
+            .spawn(move || {
+                let mut buf = vec![0u8; CHUNK];
+                loop {
+                    let n = match stdin.read(&mut buf) {
+                        Ok(n) => n,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        Err(_) => 0,
+                    };
+                    if tx.blocking_send(buf[..n].to_vec()).is_err() || n == 0 {
+                        return;
+                    }
+                }
+            })?;
+        Ok(Self {
+            chunks,
+            pending: Vec::new(),
+        })
+    }
+}
+
+/// Serves one connection until it ends or is suspended.
+async fn serve_connection(
+    service: Arc<WorkerService>,
+    input: Arc<Mutex<Input>>,
+    stdout: Arc<std::fs::File>,
+) -> Result<(), std::io::Error> {
+    let mut suspended = service.suspend.subscribe();
+    suspended.borrow_and_update();
+    let (closed_tx, closed) = tokio::sync::oneshot::channel();
+    let io = Pipe {
+        input,
+        stdout,
+        generation: *suspended.borrow(),
+        suspend: suspended.clone(),
+        _closed: closed_tx,
+    };
+    // The server stops when its incoming stream ends, so it never does; it stops instead when
+    // the one connection is gone (hyper drops the pipe), or is dropped on Suspend.
+    let incoming = tokio_stream::StreamExt::chain(
+        tokio_stream::once(Ok::<_, std::io::Error>(io)),
+        tokio_stream::pending(),
+    );
+    let server = Server::builder()
+        .add_service(WorkerServer::from_arc(service))
+        .serve_with_incoming_shutdown(incoming, async move {
+            let _ = closed.await;
+        });
+    tokio::pin!(server);
+    tokio::select! {
+        served = &mut server => served.map_err(std::io::Error::other),
+        _ = suspended.changed() => {
+            // Let the Suspend answer go out; then the connection's runtime is dropped.
+            let _ = tokio::time::timeout(SUSPEND_GRACE, &mut server).await;
+            Ok(())
+        }
+    }
+}
+
+/// Reads stdin up to and including the next connect line, dropping what comes before it
+/// (what is left of a suspended connection). False at the end of stdin. Blocks.
+fn read_connect_line(input: &Mutex<Input>) -> bool {
+    let mut input = input.lock().expect("input");
+    loop {
+        if let Some(at) = input
+            .pending
+            .windows(CONNECT_LINE.len())
+            .position(|w| w == CONNECT_LINE)
+        {
+            input.pending.drain(..at + CONNECT_LINE.len());
+            return true;
+        }
+        // Keep what could be the start of a connect line split between chunks.
+        let keep = input.pending.len().min(CONNECT_LINE.len() - 1);
+        let cut = input.pending.len() - keep;
+        input.pending.drain(..cut);
+        match input.chunks.blocking_recv() {
+            Some(chunk) if !chunk.is_empty() => input.pending.extend_from_slice(&chunk),
+            _ => return false,
+        }
+    }
+}
+
 fn not_active(actor_id: &str) -> Status {
     Status::failed_precondition(format!("actor `{actor_id}` is not active in this worker"))
 }
 
-/// Connects to a worker over a byte stream (e.g. a sandbox's stdout and stdin, joined).
-pub async fn connect<Io>(io: Io) -> Result<WorkerClient<Channel>, tonic::transport::Error>
+/// Connects to a worker over a byte stream (e.g. a sandbox's stdout and stdin, joined):
+/// the connect line, then HTTP/2.
+pub async fn connect<Io>(mut io: Io) -> Result<WorkerClient<Channel>, std::io::Error>
 where
     Io: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
+    io.write_all(CONNECT_LINE).await?;
     // The stream can be handed out once; a reconnect finds it gone and fails.
     let slot = Arc::new(Mutex::new(Some(io)));
     let channel = Endpoint::from_static("http://worker.invalid")
@@ -379,22 +493,26 @@ where
                     .ok_or_else(|| std::io::Error::other("the worker's connection is closed"))
             }
         }))
-        .await?;
+        .await
+        .map_err(std::io::Error::other)?;
     Ok(WorkerClient::new(channel))
 }
 
-/// Connects to the worker on a child's stdout and stdin (both piped).
+/// Connects to the worker on a child's stdout and stdin (both piped). Also returns a
+/// duplicate of the child's stdin: closing the connection (as Suspend does) then does not end
+/// the worker's input, which would end the worker.
 pub async fn connect_child(
     child: &mut tokio::process::Child,
-) -> Result<WorkerClient<Channel>, std::io::Error> {
+) -> Result<(WorkerClient<Channel>, std::os::fd::OwnedFd), std::io::Error> {
+    use std::os::fd::AsFd;
     let (Some(stdout), Some(stdin)) = (child.stdout.take(), child.stdin.take()) else {
         return Err(std::io::Error::other(
             "the worker's stdin and stdout are not piped",
         ));
     };
-    connect(tokio::io::join(stdout, stdin))
-        .await
-        .map_err(std::io::Error::other)
+    let input = stdin.as_fd().try_clone_to_owned()?;
+    let client = connect(tokio::io::join(stdout, stdin)).await?;
+    Ok((client, input))
 }
 
 /// Copies a pipe into output messages.
@@ -442,9 +560,17 @@ fn memory_used() -> Option<u64> {
     Some(field("MemTotal:")?.saturating_sub(field("MemAvailable:")?) * 1024)
 }
 
-/// Stdin and stdout as one connection; dropping it signals the server to stop.
+/// Stdin and stdout as one connection; dropping it signals the server to stop. Both are
+/// shared so that the next connection can use them.
 struct Pipe {
-    io: tokio::io::Join<tokio::net::unix::pipe::Receiver, tokio::net::unix::pipe::Sender>,
+    input: Arc<Mutex<Input>>,
+    stdout: Arc<std::fs::File>,
+    /// The Suspend generation this connection was made in: once it changes, the connection
+    /// reads nothing more (its reads never complete; it still writes, so the Suspend answer
+    /// goes out), and the rest of stdin, the next connection after a restore included, is
+    /// left for the next connection.
+    generation: u64,
+    suspend: tokio::sync::watch::Receiver<u64>,
     _closed: tokio::sync::oneshot::Sender<()>,
 }
 
@@ -456,28 +582,46 @@ impl Connected for Pipe {
 
 impl AsyncRead for Pipe {
     fn poll_read(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        if *self.suspend.borrow() != self.generation {
+            // Suspended: nothing more is read until this connection's runtime is dropped.
+            return Poll::Pending;
+        }
+        let mut input = self.input.lock().expect("input");
+        if input.pending.is_empty() {
+            match std::task::ready!(input.chunks.poll_recv(cx)) {
+                Some(chunk) => input.pending = chunk,
+                // The end of stdin: the end of this connection.
+                None => return Poll::Ready(Ok(())),
+            }
+        }
+        let n = input.pending.len().min(buf.remaining());
+        buf.put_slice(&input.pending[..n]);
+        input.pending.drain(..n);
+        Poll::Ready(Ok(()))
     }
 }
 
 impl AsyncWrite for Pipe {
     fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        // A blocking write: the node always reads, so it waits only while the pipe is full.
+        use std::io::Write;
+        Poll::Ready((&*self.stdout).write(buf))
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
     }
 
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        // Stdout outlives the connection.
+        Poll::Ready(Ok(()))
     }
 }

@@ -30,6 +30,7 @@ fn pool(dir: &TempDir, name: &str, warm: usize) -> WarmPool {
             min: warm,
             max: warm,
             workspaces: dir.path().join("workspaces"),
+            images: dir.path().join("images"),
             memory_bytes: Some(256 << 20),
             cpus: Some(1.0),
             name: format!("{name}-{}", std::process::id()),
@@ -47,6 +48,11 @@ async fn wait_warm(pool: &WarmPool, n: usize) {
 
 /// Runs a shell script in a sandbox; its exit code.
 async fn sh(worker: &WorkerClient<Channel>, script: &str) -> i32 {
+    sh_out(worker, script).await.0
+}
+
+/// Runs a shell script in a sandbox; its exit code and stdout.
+async fn sh_out(worker: &WorkerClient<Channel>, script: &str) -> (i32, String) {
     let start = RunInput {
         input: Some(run_input::Input::Start(ProcessStart {
             argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
@@ -59,9 +65,14 @@ async fn sh(worker: &WorkerClient<Channel>, script: &str) -> i32 {
         .await
         .unwrap()
         .into_inner();
+    let mut stdout = Vec::new();
     while let Some(out) = outputs.message().await.unwrap() {
-        if let Some(run_output::Output::Exit(exit)) = out.output {
-            return exit.code;
+        match out.output {
+            Some(run_output::Output::Stdout(b)) => stdout.extend(b),
+            Some(run_output::Output::Exit(exit)) => {
+                return (exit.code, String::from_utf8_lossy(&stdout).into_owned());
+            }
+            _ => {}
         }
     }
     panic!("no exit")
@@ -271,6 +282,88 @@ fn activations_past_the_queue_limit_are_refused_and_exclusive_actors_get_their_o
             assert_ne!(got.sandbox, held_solo.sandbox);
         }
         drop(held_solo);
+        placement.shutdown();
+        pool.shutdown().await;
+    });
+}
+
+#[test]
+fn an_idle_exclusive_actor_is_suspended_and_restored_with_its_processes_and_memory() {
+    let dir = TempDir::new("placement-suspend");
+    rt().block_on(async {
+        let pool = pool(&dir, "psusp", 1);
+        wait_warm(&pool, 1).await;
+        assert_eq!(pool.cannot_suspend(), None, "the tests run as root");
+        let placement = Placement::start(
+            pool.clone(),
+            PlacementConfig {
+                slots_per_sandbox: 8,
+                idle_timeout: Duration::from_secs(600),
+                queue_limit: 8,
+            },
+        );
+        let counter = LogicalActor {
+            id: "counter".into(),
+            tenant: "t".into(),
+            isolation: Isolation::Exclusive,
+        };
+        let first = placement.send(&counter, b"one".to_vec()).await.unwrap();
+        assert_eq!(first.handled, 1);
+        // A stateful process in the actor's sandbox, counting in the sandbox's memory (/tmp).
+        let pinned = placement.pin(&counter).await.unwrap();
+        let started = sh(
+            &pinned.worker,
+            "(i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done) \
+             >/dev/null 2>&1 &",
+        )
+        .await;
+        assert_eq!(started, 0);
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let read = |worker: WorkerClient<Channel>| async move {
+            let (code, out) = sh_out(&worker, "cat /tmp/count").await;
+            assert_eq!(code, 0);
+            out.trim().parse::<u64>().unwrap()
+        };
+        let before = read(pinned.worker.clone()).await;
+        assert!(before >= 2, "it counts: {before}");
+        drop(pinned);
+
+        placement.passivate_idle(Duration::ZERO).await;
+        assert!(
+            pool.list().iter().all(|s| s.id != first.sandbox),
+            "the suspended sandbox left the pool"
+        );
+        assert!(dir.path().join("images").join(&first.sandbox).is_dir());
+        tokio::time::sleep(Duration::from_secs(1)).await;
+
+        let again = placement.send(&counter, b"two".to_vec()).await.unwrap();
+        assert!(again.activated && again.restored, "{again:?}");
+        assert_eq!(again.sandbox, first.sandbox, "the same sandbox, restored");
+        assert_eq!(again.handled, 2, "the worker's memory was restored");
+        let pinned = placement.pin(&counter).await.unwrap();
+        let after = read(pinned.worker.clone()).await;
+        assert!(
+            after >= before,
+            "the count went on from {before}, not from 0: {after}"
+        );
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let later = read(pinned.worker.clone()).await;
+        assert!(
+            later > after,
+            "the counter still runs: {after} then {later}"
+        );
+        assert!(
+            !dir.path().join("images").join(&first.sandbox).exists(),
+            "image removed"
+        );
+        drop(pinned);
+        // And again: a restored sandbox suspends and restores like a new one.
+        for n in 3..5 {
+            placement.passivate_idle(Duration::ZERO).await;
+            let back = placement.send(&counter, b"again".to_vec()).await.unwrap();
+            assert!(back.restored, "{back:?}");
+            assert_eq!(back.handled, n);
+        }
         placement.shutdown();
         pool.shutdown().await;
     });

@@ -323,6 +323,7 @@ fn the_warm_pool_leases_per_tenant_and_refills_when_a_sandbox_dies() {
                 min: 2,
                 max: 3,
                 workspaces: dir.path().join("workspaces"),
+                images: dir.path().join("images"),
                 memory_bytes: Some(256 << 20),
                 cpus: Some(1.0),
                 name: format!("pool-{}", std::process::id()),
