@@ -63,6 +63,8 @@ pub struct SandboxConfig {
     pub max: usize,
     pub memory_bytes: Option<u64>,
     pub cpus: Option<f64>,
+    /// Logical actors one shared sandbox hosts at once.
+    pub slots_per_sandbox: usize,
 }
 
 /// `sandbox.provider`.
@@ -83,6 +85,7 @@ impl Default for SandboxConfig {
             max: 8,
             memory_bytes: Some(512 << 20),
             cpus: Some(1.0),
+            slots_per_sandbox: 64,
         }
     }
 }
@@ -455,6 +458,10 @@ impl Checker {
             };
             let min = pool.min.as_ref().and_then(|m| count(m, "min", 0));
             let max = pool.max.as_ref().and_then(|m| count(m, "max", 1));
+            if let Some(slots) = pool.slots_per_sandbox.as_ref() {
+                config.slots_per_sandbox =
+                    count(slots, "slots_per_sandbox", 1).unwrap_or(config.slots_per_sandbox);
+            }
             config.min = min.unwrap_or(config.min);
             config.max = max.unwrap_or(config.max.max(config.min));
             if config.min > config.max
@@ -466,14 +473,6 @@ impl Checker {
                         "sandbox.warm_pool.min ({}) is more than max ({})",
                         config.min, config.max
                     ),
-                );
-            }
-            if let Some(slots) = &pool.slots_per_sandbox {
-                self.fail(
-                    slots.span(),
-                    "sandbox.warm_pool.slots_per_sandbox: placement of logical actors on \
-                     sandbox slots is not wired into the node yet"
-                        .into(),
                 );
             }
         }

@@ -267,8 +267,14 @@ fn sandbox_section() {
         reject("version: v1\nsandbox:\n  provider: firecracker\n"),
         "cadre.yaml:3:13: unknown sandbox.provider `firecracker` (expected gvisor or process)"
     );
-    assert!(
-        reject("version: v1\nsandbox:\n  warm_pool: { slots_per_sandbox: 64 }\n")
-            .starts_with("cadre.yaml:3:35: sandbox.warm_pool.slots_per_sandbox: placement")
+    assert_eq!(
+        reject("version: v1\nsandbox:\n  warm_pool: { slots_per_sandbox: 0 }\n"),
+        "cadre.yaml:3:35: sandbox.warm_pool.slots_per_sandbox must be ≥ 1, got 0"
     );
+    let slots = Config::parse(
+        "cadre.yaml",
+        "version: v1\nsandbox:\n  warm_pool: { slots_per_sandbox: 16 }\n",
+    )
+    .unwrap();
+    assert_eq!(slots.sandbox.slots_per_sandbox, 16);
 }

@@ -13,8 +13,8 @@ use crate::{Failure, Output};
 
 #[derive(Subcommand)]
 pub enum SandboxesCommand {
-    /// The node's sandboxes: id, state (warm or leased), tenant, pid, age; the provider and
-    /// whether it isolates anything.
+    /// The node's sandboxes: id, state (warm, leased or suspended), tenant, pid, the logical
+    /// actors placed in it of its slots, age; the provider and whether it isolates anything.
     Ls {
         #[arg(short = 'o', long, value_enum, default_value_t)]
         output: Output,
@@ -44,7 +44,8 @@ pub async fn run(command: SandboxesCommand) -> Result<(), Failure> {
                     json!({
                         "id": s.id, "state": s.state, "tenant": s.tenant, "pid": s.pid,
                         "started_unix_ms": s.started_unix_ms, "provider": list.provider,
-                        "isolated": list.isolated,
+                        "isolated": list.isolated, "slots": s.slots, "actors": s.actors,
+                        "exclusive": s.exclusive,
                     })
                 );
             }
@@ -60,21 +61,33 @@ pub async fn run(command: SandboxesCommand) -> Result<(), Failure> {
                 list.provider, list.min, list.max
             );
             println!(
-                "{:<24}  {:<7}  {:<20}  {:>8}  AGE",
-                "SANDBOX", "STATE", "TENANT", "PID"
+                "{:<24}  {:<9}  {:<20}  {:>8}  {:>9}  AGE",
+                "SANDBOX", "STATE", "TENANT", "PID", "ACTORS"
             );
             let now = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64);
             for s in &list.sandboxes {
                 let tenant = if s.tenant.is_empty() { "-" } else { &s.tenant };
-                println!(
-                    "{:<24}  {:<7}  {:<20}  {:>8}  {}",
-                    s.id,
-                    s.state,
-                    tenant,
-                    s.pid,
+                let pid = if s.pid == 0 {
+                    "-".into()
+                } else {
+                    s.pid.to_string()
+                };
+                // Actors placed in it, of its slots.
+                let actors = if s.slots == 0 {
+                    "-".into()
+                } else {
+                    format!("{}/{}", s.actors.len(), s.slots)
+                };
+                let age = if s.started_unix_ms == 0 {
+                    "-".into()
+                } else {
                     uptime(Duration::from_millis(now.saturating_sub(s.started_unix_ms)))
+                };
+                println!(
+                    "{:<24}  {:<9}  {:<20}  {:>8}  {:>9}  {age}",
+                    s.id, s.state, tenant, pid, actors
                 );
             }
         }

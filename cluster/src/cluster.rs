@@ -1,12 +1,15 @@
 //! `cadre.v1.Cluster`: this node and its sandboxes.
 
+use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use cadre_actors::placement::{ActorState, Isolation};
 use cadre_proto::v1::cluster_server::Cluster;
 use cadre_proto::v1::{
-    NodeInfo, NodesRequest, NodesResponse, SandboxInfo, SandboxesRequest, SandboxesResponse,
+    NodeInfo, NodesRequest, NodesResponse, PlacedActor, PlacementRequest, PlacementResponse,
+    SandboxInfo, SandboxesRequest, SandboxesResponse,
 };
-use cadre_sandbox::WarmPool;
+use cadre_sandbox::{Placement, WarmPool};
 use tonic::{Request, Response, Status};
 
 /// The node's sandboxes: a pool, or why there is none.
@@ -14,6 +17,7 @@ use tonic::{Request, Response, Status};
 pub enum Sandboxes {
     Pool {
         pool: WarmPool,
+        placement: Placement,
         provider: &'static str,
         isolated: bool,
         min: usize,
@@ -65,31 +69,55 @@ impl Cluster for ClusterService {
         &self,
         _: Request<SandboxesRequest>,
     ) -> Result<Response<SandboxesResponse>, Status> {
-        let (pool, provider, isolated, min, max) = match &self.sandboxes {
-            Sandboxes::Pool {
-                pool,
-                provider,
-                isolated,
-                min,
-                max,
-            } => (pool, provider, isolated, min, max),
-            Sandboxes::Unavailable(why) => {
-                return Err(Status::failed_precondition(format!(
-                    "this node has no sandboxes: {why}"
-                )));
-            }
+        let Sandboxes::Pool {
+            pool,
+            placement,
+            provider,
+            isolated,
+            min,
+            max,
+        } = &self.sandboxes
+        else {
+            return Err(self.unavailable());
         };
-        let sandboxes = pool
+        let mut slots: HashMap<String, _> = placement
+            .sandboxes()
+            .into_iter()
+            .map(|s| (s.id.clone(), s))
+            .collect();
+        let mut sandboxes: Vec<SandboxInfo> = pool
             .list()
             .into_iter()
-            .map(|s| SandboxInfo {
-                state: if s.tenant.is_some() { "leased" } else { "warm" }.into(),
-                id: s.id,
-                tenant: s.tenant.unwrap_or_default(),
-                pid: s.pid.unwrap_or_default(),
-                started_unix_ms: unix_ms(s.started),
+            .map(|s| {
+                let placed = slots.remove(&s.id);
+                SandboxInfo {
+                    state: if s.tenant.is_some() { "leased" } else { "warm" }.into(),
+                    id: s.id,
+                    tenant: s.tenant.unwrap_or_default(),
+                    pid: s.pid.unwrap_or_default(),
+                    started_unix_ms: unix_ms(s.started),
+                    slots: placed.as_ref().map_or(0, |p| p.slots as u32),
+                    exclusive: placed.as_ref().is_some_and(|p| p.exclusive),
+                    actors: placed.map(|p| p.actors).unwrap_or_default(),
+                }
             })
             .collect();
+        let tenants: HashMap<String, String> = placement
+            .actors(true)
+            .into_iter()
+            .map(|a| (a.id, a.tenant))
+            .collect();
+        for (sandbox, actor) in placement.suspended() {
+            sandboxes.push(SandboxInfo {
+                id: sandbox,
+                tenant: tenants.get(&actor).cloned().unwrap_or_default(),
+                state: "suspended".into(),
+                slots: 1,
+                exclusive: true,
+                actors: vec![actor],
+                ..Default::default()
+            });
+        }
         Ok(Response::new(SandboxesResponse {
             provider: provider.to_string(),
             isolated: *isolated,
@@ -97,6 +125,60 @@ impl Cluster for ClusterService {
             max: *max as u32,
             sandboxes,
         }))
+    }
+
+    async fn placement(
+        &self,
+        request: Request<PlacementRequest>,
+    ) -> Result<Response<PlacementResponse>, Status> {
+        let Sandboxes::Pool { placement, .. } = &self.sandboxes else {
+            return Err(self.unavailable());
+        };
+        let suspended: HashMap<String, String> = placement
+            .suspended()
+            .into_iter()
+            .map(|(sandbox, actor)| (actor, sandbox))
+            .collect();
+        let all = request.into_inner().all;
+        let actors = placement
+            .actors(true)
+            .into_iter()
+            .filter(|a| all || a.state != ActorState::Passive || suspended.contains_key(&a.id))
+            .map(|a| {
+                let (state, sandbox) = match (&a.state, suspended.get(&a.id)) {
+                    (ActorState::Passive, Some(sandbox)) => ("suspended", sandbox.clone()),
+                    (ActorState::Passive, None) => ("passive", String::new()),
+                    (ActorState::Leasing, _) => ("leasing", String::new()),
+                    (ActorState::Activating { sandbox }, _) => ("activating", sandbox.clone()),
+                    (ActorState::Active { sandbox, .. }, _) => ("active", sandbox.clone()),
+                    (ActorState::Passivating { sandbox }, _) => ("passivating", sandbox.clone()),
+                };
+                PlacedActor {
+                    isolation: match a.isolation {
+                        Isolation::Shared => "shared",
+                        Isolation::Exclusive => "exclusive",
+                    }
+                    .into(),
+                    state: state.into(),
+                    sandbox,
+                    state_bytes: a.state_bytes as u64,
+                    tenant: a.tenant,
+                    id: a.id,
+                }
+            })
+            .collect();
+        Ok(Response::new(PlacementResponse { actors }))
+    }
+}
+
+impl ClusterService {
+    fn unavailable(&self) -> Status {
+        match &self.sandboxes {
+            Sandboxes::Unavailable(why) => {
+                Status::failed_precondition(format!("this node has no sandboxes: {why}"))
+            }
+            Sandboxes::Pool { .. } => Status::internal("sandboxes are available"),
+        }
     }
 }
 

@@ -7,12 +7,13 @@ use std::sync::Arc;
 
 use cadre_actors::config::{Config, SandboxConfig, SandboxKind};
 use cadre_actors::controller::Controller;
+use cadre_actors::placement::PlacementConfig;
 use cadre_actors::sandbox::SandboxProvider;
 use cadre_actors::store::StoreError;
 use cadre_actors::{StartError, SupervisorFlags, SupervisorRef, Tree, supervisor_child};
 use cadre_proto::v1::actors_server::ActorsServer;
 use cadre_proto::v1::cluster_server::ClusterServer;
-use cadre_sandbox::{GvisorProvider, PoolConfig, ProcessProvider, WarmPool};
+use cadre_sandbox::{GvisorProvider, Placement, PoolConfig, ProcessProvider, WarmPool};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -57,7 +58,8 @@ pub struct Node {
     stop_api: oneshot::Sender<()>,
     health: tonic_health::server::HealthReporter,
     api: JoinHandle<Result<(), tonic::transport::Error>>,
-    pool: Option<WarmPool>,
+    /// The warm pool and the placement on it, if the node has sandboxes.
+    sandboxes: Option<(WarmPool, Placement)>,
 }
 
 /// Why a node could not start.
@@ -144,7 +146,9 @@ impl Node {
         }
         let sandboxes = start_sandboxes(&options.config.sandbox, &options.data_dir)?;
         let pool = match &sandboxes {
-            Sandboxes::Pool { pool, .. } => Some(pool.clone()),
+            Sandboxes::Pool {
+                pool, placement, ..
+            } => Some((pool.clone(), placement.clone())),
             Sandboxes::Unavailable(_) => None,
         };
         let cluster = ClusterService::new(addr.to_string(), sandboxes);
@@ -214,7 +218,7 @@ impl Node {
             stop_api,
             health,
             api,
-            pool,
+            sandboxes: pool,
         })
     }
 
@@ -241,7 +245,8 @@ impl Node {
                 NodeExit::RootExited
             }
         };
-        if let Some(pool) = &self.pool {
+        if let Some((pool, placement)) = &self.sandboxes {
+            placement.shutdown();
             pool.shutdown().await;
         }
         let _ = self.stop_api.send(());
@@ -286,8 +291,16 @@ fn start_sandboxes(config: &SandboxConfig, data_dir: &Path) -> Result<Sandboxes,
             name: format!("sbx-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
         },
     );
+    let placement = Placement::start(
+        pool.clone(),
+        PlacementConfig {
+            slots_per_sandbox: config.slots_per_sandbox,
+            ..PlacementConfig::default()
+        },
+    );
     Ok(Sandboxes::Pool {
         pool,
+        placement,
         provider: provider.name(),
         isolated: provider.isolated(),
         min: config.min,

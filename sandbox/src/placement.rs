@@ -356,6 +356,18 @@ impl Placement {
         self.lock().policy.counts()
     }
 
+    /// Exclusive actors whose sandbox is suspended: (sandbox, actor), in sandbox order.
+    pub fn suspended(&self) -> Vec<(String, String)> {
+        let mut listed: Vec<(String, String)> = self
+            .lock()
+            .suspended
+            .iter()
+            .map(|(actor, sandbox)| (sandbox.clone(), actor.clone()))
+            .collect();
+        listed.sort();
+        listed
+    }
+
     /// Where an actor is, if it is in a sandbox.
     pub fn sandbox_of(&self, actor: &str) -> Option<String> {
         self.lock().policy.sandbox_of(actor).map(str::to_string)

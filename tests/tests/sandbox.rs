@@ -14,6 +14,7 @@ use cadre_sandbox::{
     SandboxSpec, WarmPool,
 };
 use cadre_tests::{TempDir, cadre_bin};
+use serde_json::json;
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -422,7 +423,19 @@ fn a_node_keeps_its_warm_pool_and_removes_it_when_it_stops() {
         assert_eq!(s["provider"], "gvisor");
         assert_eq!(s["isolated"], true);
         assert!(cadre_tests::alive(s["pid"].as_u64().unwrap() as u32));
+        // Placement runs on the pool; nothing is placed in a warm sandbox.
+        assert_eq!((&s["slots"], &s["actors"]), (&json!(0), &json!([])));
     }
+    let placed = rt().block_on(async {
+        cadre_proto::v1::cluster_client::ClusterClient::connect(format!("http://{}", node.addr))
+            .await
+            .unwrap()
+            .placement(cadre_proto::v1::PlacementRequest { all: true })
+            .await
+            .unwrap()
+            .into_inner()
+    });
+    assert!(placed.actors.is_empty(), "{placed:?}");
     let table = node.cli(&["sandboxes", "ls"]);
     let text = String::from_utf8_lossy(&table.stdout);
     assert!(
