@@ -14,6 +14,7 @@
 //! actor is passivated like any other and the reason is logged.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -98,6 +99,9 @@ struct Inner {
     state: Mutex<State>,
     events: broadcast::Sender<PlacementEvent>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Why sandboxes cannot be suspended here, if they cannot; said once in the log.
+    cannot_suspend: Option<String>,
+    suspend_warned: AtomicBool,
 }
 
 struct State {
@@ -106,8 +110,6 @@ struct State {
     waiters: VecDeque<oneshot::Sender<()>>,
     /// Exclusive actors whose sandbox is suspended: the sandbox's id.
     suspended: HashMap<String, String>,
-    /// Why sandboxes cannot be suspended here, until that is logged.
-    cannot_suspend: Option<String>,
     closed: bool,
 }
 
@@ -123,9 +125,10 @@ impl Placement {
                     policy: PlacementPolicy::new(config),
                     waiters: VecDeque::new(),
                     suspended: HashMap::new(),
-                    cannot_suspend: pool.cannot_suspend(),
                     closed: false,
                 }),
+                cannot_suspend: pool.cannot_suspend(),
+                suspend_warned: AtomicBool::new(false),
                 pool: pool.clone(),
                 events,
                 tasks: Mutex::default(),
@@ -438,8 +441,8 @@ impl Placement {
     /// Suspends an exclusive actor's own sandbox whole. False if that cannot be done here:
     /// then the actor is passivated like any other (the reason is logged once).
     async fn suspend(&self, victim: &Victim<WorkerClient<Channel>>) -> bool {
-        if let Some(why) = self.inner.pool.cannot_suspend() {
-            if self.lock().cannot_suspend.take().is_some() {
+        if let Some(why) = &self.inner.cannot_suspend {
+            if !self.inner.suspend_warned.swap(true, Ordering::Relaxed) {
                 tracing::warn!(reason = %why,
                     "exclusive actors are passivated and started afresh instead of suspended");
             }

@@ -114,6 +114,13 @@ struct Entry {
     control: Option<oneshot::Sender<Control>>,
 }
 
+impl State {
+    /// Removes a sandbox from the pool; its monitor's control, to tell it what to do.
+    fn take(&mut self, id: &str) -> Option<oneshot::Sender<Control>> {
+        self.sandboxes.remove(id)?.control.take()
+    }
+}
+
 /// What a sandbox's monitor is told to do.
 enum Control {
     Stop,
@@ -206,14 +213,8 @@ impl WarmPool {
 
     /// Destroys a leased sandbox (it is never given to another tenant) and refills the pool.
     pub fn release(&self, id: &str) {
-        let entry = self
-            .inner
-            .state
-            .lock()
-            .expect("pool lock")
-            .sandboxes
-            .remove(id);
-        if let Some(control) = entry.and_then(|mut e| e.control.take()) {
+        let control = self.inner.state.lock().expect("pool lock").take(id);
+        if let Some(control) = control {
             let _ = control.send(Control::Stop);
         }
         self.inner.refill.notify_one();
@@ -227,16 +228,8 @@ impl WarmPool {
     /// Checkpoints a leased sandbox to its image and removes it (its place is free while it
     /// is suspended). The checkpoint's duration is the time this takes.
     pub async fn suspend(&self, id: &str) -> Result<(), PoolError> {
-        let entry = self
-            .inner
-            .state
-            .lock()
-            .expect("pool lock")
-            .sandboxes
-            .remove(id);
-        let control = entry
-            .and_then(|mut e| e.control.take())
-            .ok_or_else(|| PoolError::Unknown(id.to_string()))?;
+        let control = self.inner.state.lock().expect("pool lock").take(id);
+        let control = control.ok_or_else(|| PoolError::Unknown(id.to_string()))?;
         let (done, result) = oneshot::channel();
         let (gone, removed) = oneshot::channel();
         self.inner
@@ -273,11 +266,7 @@ impl WarmPool {
                         break;
                     }
                     (true, Some(warm)) => {
-                        let control = state
-                            .sandboxes
-                            .remove(&warm)
-                            .and_then(|mut e| e.control.take());
-                        if let Some(control) = control {
+                        if let Some(control) = state.take(&warm) {
                             let _ = control.send(Control::Stop);
                         }
                         state.starting += 1;

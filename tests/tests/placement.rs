@@ -38,6 +38,19 @@ fn pool(dir: &TempDir, name: &str, warm: usize) -> WarmPool {
     )
 }
 
+/// Placement on `pool` with `slots` per sandbox and a queue of `queue`; nothing idles out
+/// unless a test passivates it.
+fn placement(pool: &WarmPool, slots: usize, queue: usize) -> Placement {
+    Placement::start(
+        pool.clone(),
+        PlacementConfig {
+            slots_per_sandbox: slots,
+            idle_timeout: Duration::from_secs(600),
+            queue_limit: queue,
+        },
+    )
+}
+
 async fn wait_warm(pool: &WarmPool, n: usize) {
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     while pool.list().len() < n {
@@ -94,14 +107,7 @@ fn ten_thousand_actors_share_eight_warm_sandboxes_without_mixing_tenants() {
     rt().block_on(async {
         let pool = pool(&dir, "p10k", 8);
         wait_warm(&pool, 8).await;
-        let placement = Placement::start(
-            pool.clone(),
-            PlacementConfig {
-                slots_per_sandbox: 64,
-                idle_timeout: Duration::from_secs(600),
-                queue_limit: 4096,
-            },
-        );
+        let placement = placement(&pool, 64, 4096);
         // Every message and the sandbox that answered it, 64 in flight at a time.
         let mut answered: Vec<(usize, String)> = Vec::with_capacity(ACTORS);
         let mut inflight = tokio::task::JoinSet::new();
@@ -163,14 +169,7 @@ fn actors_of_a_killed_sandbox_are_lost_and_placed_again_and_the_pool_refills() {
     rt().block_on(async {
         let pool = pool(&dir, "pkill", 2);
         wait_warm(&pool, 2).await;
-        let placement = Placement::start(
-            pool.clone(),
-            PlacementConfig {
-                slots_per_sandbox: 8,
-                idle_timeout: Duration::from_secs(600),
-                queue_limit: 16,
-            },
-        );
+        let placement = placement(&pool, 8, 16);
         let actors: Vec<_> = (0..4).map(|i| actor(i, 1)).collect();
         for a in &actors {
             placement.send(a, b"one".to_vec()).await.unwrap();
@@ -233,14 +232,7 @@ fn activations_past_the_queue_limit_are_refused_and_exclusive_actors_get_their_o
     rt().block_on(async {
         let pool = pool(&dir, "pqueue", 2);
         wait_warm(&pool, 2).await;
-        let placement = Placement::start(
-            pool.clone(),
-            PlacementConfig {
-                slots_per_sandbox: 1,
-                idle_timeout: Duration::from_secs(600),
-                queue_limit: 2,
-            },
-        );
+        let placement = placement(&pool, 1, 2);
         let solo = LogicalActor {
             id: "solo".into(),
             tenant: "t".into(),
@@ -294,14 +286,7 @@ fn an_idle_exclusive_actor_is_suspended_and_restored_with_its_processes_and_memo
         let pool = pool(&dir, "psusp", 1);
         wait_warm(&pool, 1).await;
         assert_eq!(pool.cannot_suspend(), None, "the tests run as root");
-        let placement = Placement::start(
-            pool.clone(),
-            PlacementConfig {
-                slots_per_sandbox: 8,
-                idle_timeout: Duration::from_secs(600),
-                queue_limit: 8,
-            },
-        );
+        let placement = placement(&pool, 8, 8);
         let counter = LogicalActor {
             id: "counter".into(),
             tenant: "t".into(),
