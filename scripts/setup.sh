@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what building and testing cadre needs, idempotently. Safe to run again.
 # Today that is the Rust toolchain's rustfmt and clippy, the POSIX tools the tests run as
-# supervised processes (sh, sleep, bash), and gVisor's runsc for the sandbox tests. Later parts add
-# libclang-dev and MCP test servers here.
+# supervised processes (sh, sleep, bash), gVisor's runsc for the sandbox tests, and the real MCP
+# servers the tool tests drive (from npm and PyPI, under $CADRE_MCP_DIR, default
+# /usr/local/lib/cadre-mcp: below /usr, so that gVisor sandboxes see them).
 set -euo pipefail
 
 if ! command -v cargo >/dev/null 2>&1; then
@@ -28,11 +29,35 @@ if ((${#missing[@]})); then
     exit 1
   fi
 fi
-if ! command -v runsc >/dev/null 2>&1; then
+
+apt_install() {
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    apt-get update -qq && apt-get install -y -qq runsc
+    apt-get update -qq && apt-get install -y -qq "$@"
   else
-    echo "setup: runsc (gVisor) is missing; install it as root: apt-get install -y runsc" >&2
+    echo "setup: install $* (as root: apt-get install -y $*)" >&2
     exit 1
   fi
+}
+
+command -v runsc >/dev/null 2>&1 || apt_install runsc
+
+mcp_dir=${CADRE_MCP_DIR:-/usr/local/lib/cadre-mcp}
+everything_version=2026.8.31
+time_version=2026.10.19
+everything="${mcp_dir}/npm/node_modules/@modelcontextprotocol/server-everything"
+if ! grep -qs "\"version\": \"${everything_version}\"" "${everything}/package.json"; then
+  command -v npm >/dev/null 2>&1 || apt_install nodejs npm
+  echo "setup: installing @modelcontextprotocol/server-everything@${everything_version}"
+  npm install --silent --no-audit --no-fund --prefix "${mcp_dir}/npm" \
+    "@modelcontextprotocol/server-everything@${everything_version}"
+fi
+# Debian's python3 (in /usr/bin), not one under /root: the sandbox sees only /usr and /bin.
+if ! "${mcp_dir}/time/bin/python3" -c "import mcp_server_time" >/dev/null 2>&1 ||
+  [ "$("${mcp_dir}/time/bin/pip" show mcp-server-time 2>/dev/null | sed -n 's/^Version: //p')" != "${time_version}" ]; then
+  [ -x /usr/bin/python3 ] || apt_install python3
+  /usr/bin/python3 -m venv --help >/dev/null 2>&1 || apt_install python3-venv
+  rm -rf "${mcp_dir}/time"
+  /usr/bin/python3 -m venv "${mcp_dir}/time" || { apt_install python3-venv; /usr/bin/python3 -m venv "${mcp_dir}/time"; }
+  echo "setup: installing mcp-server-time==${time_version}"
+  "${mcp_dir}/time/bin/pip" install -q --disable-pip-version-check "mcp-server-time==${time_version}"
 fi

@@ -46,10 +46,7 @@ fn idle(id: &str, cells: &Cells) -> ChildSpec {
                 .await
                 .map_err(|e| StartError(e.to_string()))?;
             cells.lock().unwrap().insert(ctx.path, actor.get_cell());
-            Ok(Started {
-                cell: actor.get_cell(),
-                os_process: None,
-            })
+            Ok(Started::actor(actor.get_cell()))
         })
     };
     ChildSpec::worker(id, ActorKind::Tool, start)

@@ -13,7 +13,9 @@ use marked_yaml::{Marker, Span, Spanned};
 use serde::Deserialize;
 
 use crate::controller::HistoryLimits;
+use crate::mcp::{McpSpec, mcp_child};
 use crate::process::{ProcessSpec, process_child};
+use crate::services::Services;
 use crate::spec::{
     AutoShutdown, Backoff, ChildSpec, ChildType, Restart, Shutdown, Strategy, SupervisorFlags,
 };
@@ -111,6 +113,7 @@ pub struct ChildConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub enum ActorConfig {
     Process(ProcessSpec),
+    Mcp(McpSpec),
     Supervisor(SupervisorConfig),
 }
 
@@ -235,18 +238,22 @@ fn parse_with<R: serde::de::DeserializeOwned, T>(
 }
 
 impl SupervisorConfig {
-    /// The runtime child specs for this supervisor's children.
-    pub fn child_specs(&self) -> Vec<ChildSpec> {
-        self.children.iter().map(ChildConfig::child_spec).collect()
+    /// The runtime child specs for this supervisor's children, on the node's `services`.
+    pub fn child_specs(&self, services: &Services) -> Vec<ChildSpec> {
+        self.children
+            .iter()
+            .map(|c| c.child_spec(services))
+            .collect()
     }
 }
 
 impl ChildConfig {
-    pub fn child_spec(&self) -> ChildSpec {
+    pub fn child_spec(&self, services: &Services) -> ChildSpec {
         let spec = match &self.actor {
             ActorConfig::Process(p) => process_child(&self.id, p.clone()),
+            ActorConfig::Mcp(m) => mcp_child(&self.id, m.clone(), services.clone()),
             ActorConfig::Supervisor(s) => {
-                supervisor_child(&self.id, s.flags.clone(), s.child_specs())
+                supervisor_child(&self.id, s.flags.clone(), s.child_specs(services))
             }
         };
         spec.restart(self.restart)
@@ -340,7 +347,20 @@ struct RawChild {
     child_type: Option<Spanned<String>>,
     significant: Option<Spanned<bool>>,
     process: Option<Spanned<RawProcess>>,
+    mcp: Option<Spanned<RawMcp>>,
     supervisor: Option<Spanned<RawSupervisor>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMcp {
+    command: Spanned<Vec<String>>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    tenant: Option<Spanned<String>>,
+    isolation: Option<Spanned<String>>,
+    timeout_ms: Option<Spanned<i64>>,
+    start_timeout_ms: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -618,6 +638,58 @@ impl Checker {
         SupervisorConfig { flags, children }
     }
 
+    fn mcp(&mut self, id: &str, raw: &RawMcp) -> McpSpec {
+        let mut spec = McpSpec::default();
+        if raw.command.is_empty() || raw.command[0].is_empty() {
+            self.fail(
+                raw.command.span(),
+                format!("child `{id}`: mcp.command must name a program"),
+            );
+        }
+        spec.command = raw.command.to_vec();
+        spec.env = raw.env.clone().into_iter().collect();
+        if let Some(t) = &raw.tenant {
+            if t.is_empty()
+                || !t
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                self.fail(
+                    t.span(),
+                    format!(
+                        "child `{id}`: mcp.tenant must use only letters, digits, `-`, `_` and `.`"
+                    ),
+                );
+            }
+            spec.tenant = t.to_string();
+        }
+        if let Some(i) = &raw.isolation {
+            match i.as_str() {
+                "shared" => spec.exclusive = false,
+                "exclusive" => spec.exclusive = true,
+                other => self.fail(
+                    i.span(),
+                    format!("unknown mcp.isolation `{other}` (expected shared or exclusive)"),
+                ),
+            }
+        }
+        let mut ms = |v: &Option<Spanned<i64>>, name: &str, default: Duration| match v {
+            Some(v) if **v < 1 => {
+                self.fail(v.span(), format!("mcp.{name} must be ≥ 1, got {}", **v));
+                default
+            }
+            Some(v) => Duration::from_millis(**v as u64),
+            None => default,
+        };
+        spec.call_timeout = ms(&raw.timeout_ms, "timeout_ms", spec.call_timeout);
+        spec.start_timeout = ms(
+            &raw.start_timeout_ms,
+            "start_timeout_ms",
+            spec.start_timeout,
+        );
+        spec
+    }
+
     fn backoff(&mut self, raw: &RawBackoff) -> Backoff {
         let mut ms = |v: &Spanned<i64>, name: &str| -> Duration {
             if **v < 0 {
@@ -663,35 +735,45 @@ impl Checker {
                 format!("child id `{id}` must be non-empty and use only letters, digits, `-`, `_` and `.`"),
             );
         }
-        let actor = match (&raw.process, &raw.supervisor) {
-            (Some(p), None) => {
-                if p.command.is_empty() || p.command[0].is_empty() {
-                    self.fail(
-                        p.command.span(),
-                        format!("child `{id}`: process.command must name a program"),
-                    );
-                }
-                ActorConfig::Process(ProcessSpec {
-                    command: p.command.to_vec(),
-                    env: p.env.clone().into_iter().collect(),
-                    cwd: p.cwd.as_ref().map(PathBuf::from),
-                })
-            }
-            (None, Some(s)) => ActorConfig::Supervisor(self.supervisor(s)),
-            (Some(_), Some(s)) => {
+        let kinds: Vec<(&str, &Span)> = [
+            raw.process.as_ref().map(|p| ("process", p.span())),
+            raw.mcp.as_ref().map(|m| ("mcp", m.span())),
+            raw.supervisor.as_ref().map(|s| ("supervisor", s.span())),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if let [_, (second, span), ..] = kinds.as_slice() {
+            self.fail(
+                span,
+                format!(
+                    "child `{id}` has both `{}` and `{second}`; give exactly one",
+                    kinds[0].0
+                ),
+            );
+        }
+        let actor = if let Some(p) = &raw.process {
+            if p.command.is_empty() || p.command[0].is_empty() {
                 self.fail(
-                    s.span(),
-                    format!("child `{id}` has both `process` and `supervisor`; give exactly one"),
+                    p.command.span(),
+                    format!("child `{id}`: process.command must name a program"),
                 );
-                ActorConfig::Supervisor(Config::default().supervisor)
             }
-            (None, None) => {
-                self.fail(
-                    raw.span(),
-                    format!("child `{id}` needs an actor kind: `process` or `supervisor`"),
-                );
-                ActorConfig::Supervisor(Config::default().supervisor)
-            }
+            ActorConfig::Process(ProcessSpec {
+                command: p.command.to_vec(),
+                env: p.env.clone().into_iter().collect(),
+                cwd: p.cwd.as_ref().map(PathBuf::from),
+            })
+        } else if let Some(m) = &raw.mcp {
+            ActorConfig::Mcp(self.mcp(&id, m))
+        } else if let Some(s) = &raw.supervisor {
+            ActorConfig::Supervisor(self.supervisor(s))
+        } else {
+            self.fail(
+                raw.span(),
+                format!("child `{id}` needs an actor kind: `process`, `mcp` or `supervisor`"),
+            );
+            ActorConfig::Supervisor(Config::default().supervisor)
         };
         let is_supervisor = matches!(actor, ActorConfig::Supervisor(_));
         if let Some(t) = &raw.child_type {

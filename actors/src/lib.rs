@@ -4,21 +4,27 @@
 //! - [`process`]: supervised OS processes (actor kind `process`).
 //! - [`tree`]: the live view of a node's trees and its lifecycle events.
 //! - [`config`]: the `cadre.yaml` schema, validated with `FILE:LINE:COL` errors.
+//! - [`mcp`]: MCP servers as supervised actors (kind `mcp`), in sandboxes.
+//! - [`tools`]: the tool registry, with argument checks against each tool's schema.
 
 pub mod config;
 pub mod controller;
+pub mod mcp;
 pub mod placement;
 pub mod process;
 pub mod sandbox;
+pub mod services;
 pub mod spec;
 pub mod store;
 pub mod supervisor;
+pub mod tools;
 pub mod tree;
 
+pub use services::Services;
 pub use spec::{
     ActorKind, AutoShutdown, Backoff, ChildCounts, ChildExit, ChildInfo, ChildSpec, ChildStart,
-    ChildStatus, ChildType, ExitReason, Restart, Shutdown, StartContext, StartError, StartFuture,
-    Started, Strategy, SupervisorError, SupervisorFlags,
+    ChildStatus, ChildType, ExitReason, Hosted, Restart, Shutdown, StartContext, StartError,
+    StartFuture, Started, Strategy, SupervisorError, SupervisorFlags,
 };
 pub use supervisor::{Supervisor, SupervisorRef, supervisor_child};
 pub use tree::{Change, LifecycleEvent, Tree, TreeNode};

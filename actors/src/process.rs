@@ -53,6 +53,7 @@ pub fn process_child(id: impl Into<String>, spec: ProcessSpec) -> ChildSpec {
                 Ok((actor, _)) => Ok(Started {
                     cell: actor.get_cell(),
                     os_process: Some(process),
+                    hosted: None,
                 }),
                 Err(e) => {
                     process.kill().await;

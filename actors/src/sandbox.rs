@@ -1,14 +1,19 @@
 //! Sandboxes: where untrusted work runs. The [`SandboxProvider`] trait is implemented by
 //! `cadre-sandbox` (gVisor via `runsc`, plain processes); a [`Sandbox`] runs `cadre worker`,
-//! driven over the worker protocol (`cadre.v1.Worker`).
+//! driven over the worker protocol (`cadre.v1.Worker`). A [`ProcessHost`] runs the processes
+//! of supervised actors (MCP servers, tools) in sandboxes, placed by the node's placement.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 
 use cadre_proto::v1::worker_client::WorkerClient;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::process::Child;
+use tokio::sync::{mpsc, watch};
 use tonic::transport::Channel;
+
+use crate::process::ProcessExit;
 
 /// What a sandbox is given.
 #[derive(Debug, Clone, PartialEq)]
@@ -81,6 +86,62 @@ pub trait SandboxProvider: Send + Sync {
         let why = self.cannot_checkpoint().unwrap_or_default();
         let _ = (spec, image);
         Box::pin(async move { Err(SandboxError::Unsupported(why)) })
+    }
+}
+
+/// A process to run in a sandbox on behalf of a supervised actor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostedSpec {
+    /// The logical actor the process belongs to (placement's unit); the child's path.
+    pub actor: String,
+    /// Whose sandbox it may share: actors of different tenants never share one.
+    pub tenant: String,
+    /// A sandbox of its own.
+    pub exclusive: bool,
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
+/// How a hosted process ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostedExit {
+    Exited(ProcessExit),
+    /// Its sandbox or the connection to it went away.
+    Lost(String),
+}
+
+/// A process running in a sandbox. Dropping it kills the process and lets its slot go.
+pub struct HostedProcess {
+    pub sandbox: String,
+    /// Its pid inside the sandbox.
+    pub pid: u32,
+    pub stdin: Pin<Box<dyn AsyncWrite + Send>>,
+    pub stdout: Pin<Box<dyn AsyncRead + Send>>,
+    /// Becomes `Some` once, when the process ends or is lost.
+    pub exit: watch::Receiver<Option<HostedExit>>,
+    /// Signals for its process group.
+    pub signals: mpsc::UnboundedSender<i32>,
+    /// Keeps the process's call and its slot alive.
+    pub hold: Box<dyn Send + Sync>,
+}
+
+/// A boxed future of a hosted process.
+pub type HostFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<HostedProcess, SandboxError>> + Send + 'a>>;
+
+/// Runs processes of supervised actors in sandboxes (implemented by `cadre-sandbox` on the
+/// node's placement).
+pub trait ProcessHost: Send + Sync {
+    /// Places `spec.actor` in a sandbox of its tenant and starts its process there.
+    fn spawn(&self, spec: HostedSpec) -> HostFuture<'_>;
+}
+
+impl HostedExit {
+    pub fn reason(&self) -> crate::ExitReason {
+        match self {
+            HostedExit::Exited(exit) => exit.reason(),
+            HostedExit::Lost(why) => crate::ExitReason::Error(format!("sandbox lost: {why}")),
+        }
     }
 }
 

@@ -113,6 +113,28 @@ pub struct Started {
     /// The OS process behind the actor, if any: the supervisor makes sure it is dead and
     /// reaped before it counts the child as terminated.
     pub os_process: Option<OsProcess>,
+    /// Where the actor's work runs when it is hosted in a sandbox (shown by `cadre tree`).
+    pub hosted: Option<Hosted>,
+}
+
+/// A child instance whose process runs in a sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hosted {
+    /// The sandbox, e.g. `sbx-1a2b3c4d-00000002`.
+    pub sandbox: String,
+    /// The process's pid inside the sandbox.
+    pub pid: Option<u32>,
+}
+
+impl Started {
+    /// An instance that is just an actor (no OS process, not hosted).
+    pub fn actor(cell: ActorCell) -> Self {
+        Self {
+            cell,
+            os_process: None,
+            hosted: None,
+        }
+    }
 }
 
 /// What a start function is given.

@@ -111,10 +111,7 @@ pub fn supervisor_child(
             let (actor, _) = Actor::spawn_linked(None, Supervisor, args, ctx.supervisor)
                 .await
                 .map_err(|e| StartError(e.to_string()))?;
-            Ok(Started {
-                cell: actor.get_cell(),
-                os_process: None,
-            })
+            Ok(Started::actor(actor.get_cell()))
         })
     };
     ChildSpec {
@@ -397,11 +394,12 @@ impl SupervisorState {
             child_type: child.spec.child_type,
             status: child.status,
             restarts: child.starts.saturating_sub(1),
-            pid: child
-                .instance
-                .as_ref()
-                .and_then(|i| i.os_process.as_ref())
-                .map(|p| p.pid()),
+            pid: child.instance.as_ref().and_then(|i| {
+                i.os_process
+                    .as_ref()
+                    .map(|p| p.pid())
+                    .or(i.hosted.as_ref().and_then(|h| h.pid))
+            }),
         }
     }
 
@@ -454,13 +452,23 @@ impl SupervisorState {
         };
         let started = child.spec.start.start(ctx).await?;
         let child = self.children.get_mut(id).expect("child exists");
-        let pid = started.os_process.as_ref().map(|p| p.pid());
+        let pid = started
+            .os_process
+            .as_ref()
+            .map(|p| p.pid())
+            .or(started.hosted.as_ref().and_then(|h| h.pid));
+        let placement = started.hosted.as_ref().map(|h| h.sandbox.clone());
         self.by_actor.insert(started.cell.get_id(), id.to_string());
         child.instance = Some(started);
         child.status = ChildStatus::Running;
         child.starts += 1;
-        self.tree
-            .started(&child.path, child.spec.kind, pid, child.starts - 1);
+        self.tree.started(
+            &child.path,
+            child.spec.kind,
+            pid,
+            child.starts - 1,
+            placement,
+        );
         Ok(())
     }
 

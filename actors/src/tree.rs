@@ -48,6 +48,8 @@ pub struct TreeNode {
     pub restarts: u32,
     pub pid: Option<u32>,
     pub strategy: Option<Strategy>,
+    /// The sandbox the actor's work runs in, for hosted actors.
+    pub placement: Option<String>,
     pub started_at: Option<SystemTime>,
     pub children: Vec<TreeNode>,
 }
@@ -65,6 +67,7 @@ struct Entry {
     restarts: u32,
     pid: Option<u32>,
     strategy: Option<Strategy>,
+    placement: Option<String>,
     started_at: Option<SystemTime>,
     /// Child paths in start order.
     children: Vec<String>,
@@ -119,8 +122,16 @@ impl Tree {
         map.insert(path.to_string(), entry);
     }
 
-    /// Records that a new instance of the child at `path` is running.
-    pub fn started(&self, path: &str, kind: ActorKind, pid: Option<u32>, restarts: u32) {
+    /// Records that a new instance of the child at `path` is running (in `placement`, a
+    /// sandbox, if it is hosted).
+    pub fn started(
+        &self,
+        path: &str,
+        kind: ActorKind,
+        pid: Option<u32>,
+        restarts: u32,
+        placement: Option<String>,
+    ) {
         {
             let mut map = self.inner.lock().expect("tree lock");
             let entry = map
@@ -129,6 +140,7 @@ impl Tree {
             entry.status = ChildStatus::Running;
             entry.restarts = restarts;
             entry.pid = pid;
+            entry.placement = placement;
             entry.started_at = Some(SystemTime::now());
         }
         self.emit(path, kind, Change::Started { pid, restarts });
@@ -142,6 +154,7 @@ impl Tree {
                 entry.status = status;
                 if status != ChildStatus::Running {
                     entry.pid = None;
+                    entry.placement = None;
                     entry.started_at = None;
                     entry.supervisor = None;
                 }
@@ -234,6 +247,7 @@ impl Entry {
             restarts: 0,
             pid: None,
             strategy: None,
+            placement: None,
             started_at: Some(SystemTime::now()),
             children: Vec::new(),
             supervisor: None,
@@ -259,6 +273,7 @@ fn snapshot_of(map: &HashMap<String, Entry>, path: &str) -> Option<TreeNode> {
         restarts: entry.restarts,
         pid: entry.pid,
         strategy: entry.strategy,
+        placement: entry.placement.clone(),
         started_at: entry.started_at,
         children: entry
             .children

@@ -72,7 +72,10 @@ supervisor:
     assert_eq!(a.restart, Restart::Transient);
     assert!(a.significant);
     assert_eq!(a.shutdown, Shutdown::Timeout(Duration::from_millis(250)));
-    assert_eq!(root.child_specs().len(), 2);
+    assert_eq!(
+        root.child_specs(&cadre_actors::Services::default()).len(),
+        2
+    );
 }
 
 #[test]
@@ -147,7 +150,7 @@ fn bad_shutdown() {
 fn child_without_kind() {
     assert_eq!(
         reject("version: v1\nsupervisor:\n  children:\n    - id: a\n      restart: transient\n"),
-        "cadre.yaml:4:9: child `a` needs an actor kind: `process` or `supervisor`"
+        "cadre.yaml:4:9: child `a` needs an actor kind: `process`, `mcp` or `supervisor`"
     );
 }
 
@@ -277,4 +280,51 @@ fn sandbox_section() {
     )
     .unwrap();
     assert_eq!(slots.sandbox.slots_per_sandbox, 16);
+}
+
+#[test]
+fn mcp_children() {
+    let config = Config::parse(
+        "cadre.yaml",
+        "version: v1\nsupervisor:\n  children:\n    - id: time\n      restart: transient\n      \
+         mcp: { command: [python3, -m, mcp_server_time], tenant: team-a, isolation: exclusive, \
+         timeout_ms: 1500 }\n",
+    )
+    .unwrap();
+    let child = &config.supervisor.children[0];
+    assert_eq!(child.restart, Restart::Transient);
+    let ActorConfig::Mcp(mcp) = &child.actor else {
+        panic!("{child:?}")
+    };
+    assert_eq!(mcp.command, ["python3", "-m", "mcp_server_time"]);
+    assert_eq!(mcp.tenant, "team-a");
+    assert!(mcp.exclusive);
+    assert_eq!(mcp.call_timeout, Duration::from_millis(1500));
+    assert_eq!(mcp.start_timeout, Duration::from_secs(60));
+
+    let child = |mcp: &str| {
+        format!("version: v1\nsupervisor:\n  children:\n    - id: m\n      mcp: {mcp}\n")
+    };
+    assert_eq!(
+        reject(&child("{ command: [] }")),
+        "cadre.yaml:5:23: child `m`: mcp.command must name a program"
+    );
+    assert_eq!(
+        reject(&child("{ command: [x], isolation: private }")),
+        "cadre.yaml:5:39: unknown mcp.isolation `private` (expected shared or exclusive)"
+    );
+    assert_eq!(
+        reject(&child("{ command: [x], timeout_ms: 0 }")),
+        "cadre.yaml:5:40: mcp.timeout_ms must be ≥ 1, got 0"
+    );
+    assert_eq!(
+        reject(&child("{ command: [x], tenant: \"a b\" }")),
+        "cadre.yaml:5:36: child `m`: mcp.tenant must use only letters, digits, `-`, `_` and `.`"
+    );
+    assert!(
+        reject(
+            "version: v1\nsupervisor:\n  children:\n    - id: m\n      process: { command: [x] }\n      mcp: { command: [y] }\n"
+        )
+        .contains("child `m` has both `process` and `mcp`; give exactly one")
+    );
 }

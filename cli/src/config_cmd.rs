@@ -26,6 +26,6 @@ fn count(s: &SupervisorConfig) -> (usize, usize) {
                 let (a, b) = count(inner);
                 (sup + 1 + a, work + b)
             }
-            ActorConfig::Process(_) => (sup, work + 1),
+            ActorConfig::Process(_) | ActorConfig::Mcp(_) => (sup, work + 1),
         })
 }

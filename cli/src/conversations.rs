@@ -5,6 +5,7 @@ use cadre_proto::v1::conversations_client::ConversationsClient;
 use cadre_proto::v1::{
     CancelRequest, Conversation, DeleteConversationRequest, Event, ExecRequest, ExecState,
     ForkRequest, GetConversationRequest, ListConversationsRequest, SubscribeRequest, event,
+    tool_returned,
 };
 use clap::{Args, Subcommand};
 use serde_json::{Map, Value, json};
@@ -123,7 +124,7 @@ fn status(call: &str, s: tonic::Status) -> anyhow::Error {
 }
 
 /// Usage errors the server found (bad or missing fields) exit 2; everything else exits 1.
-fn failure(call: &str, s: tonic::Status) -> Failure {
+pub(crate) fn failure(call: &str, s: tonic::Status) -> Failure {
     match s.code() {
         tonic::Code::InvalidArgument => Failure::Usage(format!("cadre: {call}: {}", s.message())),
         _ => Failure::Runtime(status(call, s)),
@@ -385,7 +386,13 @@ fn describe(e: &Event) -> (&'static str, String) {
         Some(event::Kind::ToolCalled(t)) => {
             ("tool_called", format!("{} {}", t.tool, t.arguments_json))
         }
-        Some(event::Kind::ToolReturned(t)) => ("tool_returned", t.call_id.clone()),
+        Some(event::Kind::ToolReturned(t)) => (
+            "tool_returned",
+            match &t.outcome {
+                Some(tool_returned::Outcome::Error(e)) => format!("{} error: {e}", t.call_id),
+                _ => format!("{} ok", t.call_id),
+            },
+        ),
         Some(event::Kind::OutputEmitted(o)) => ("output_emitted", o.text.clone()),
         Some(event::Kind::ExecStateChanged(s)) => (
             "exec_state_changed",
@@ -446,6 +453,15 @@ pub fn event_json(e: &Event) -> Value {
         }
         Some(event::Kind::ToolReturned(t)) => {
             obj.insert("call_id".into(), json!(t.call_id));
+            match &t.outcome {
+                Some(tool_returned::Outcome::ResultJson(r)) => {
+                    obj.insert("result_json".into(), json!(r));
+                }
+                Some(tool_returned::Outcome::Error(e)) => {
+                    obj.insert("error".into(), json!(e));
+                }
+                None => {}
+            }
         }
         Some(event::Kind::ActorLifecycle(l)) => {
             obj.insert("path".into(), json!(l.path));

@@ -8,6 +8,7 @@ mod conversations;
 mod debug;
 mod sandboxes;
 mod serve;
+mod tools;
 mod tree;
 
 use std::path::PathBuf;
@@ -52,6 +53,11 @@ enum Command {
     Actors {
         #[command(subcommand)]
         command: actors::ActorsCommand,
+    },
+    /// The node's tools (of its MCP servers) and calls to them.
+    Tools {
+        #[command(subcommand)]
+        command: tools::ToolsCommand,
     },
     /// The node's sandboxes (gVisor or plain processes) and its warm pool.
     Sandboxes {
@@ -143,6 +149,7 @@ fn main() -> ExitCode {
             Command::Tree(args) => tree::run(args).await,
             Command::Actors { command } => actors::run(command).await,
             Command::Sandboxes { command } => sandboxes::run(command).await,
+            Command::Tools { command } => tools::run(command).await,
             Command::Exec(args) => conversations::exec(args).await,
             Command::Fork(args) => conversations::fork(args).await,
             Command::Cancel(args) => conversations::cancel(args).await,

@@ -33,7 +33,7 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("CADRE_LOG")
-                .unwrap_or_else(|_| EnvFilter::new("info,ractor=warn")),
+                .unwrap_or_else(|_| EnvFilter::new("info,ractor=warn,rmcp=warn")),
         )
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)

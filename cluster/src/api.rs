@@ -3,6 +3,7 @@
 use std::pin::Pin;
 use std::time::UNIX_EPOCH;
 
+use cadre_actors::Services;
 use cadre_actors::config::ChildConfig;
 use cadre_actors::{LifecycleEvent, SupervisorError, Tree, TreeNode};
 use cadre_proto::v1::actors_server::Actors;
@@ -20,13 +21,16 @@ use tonic::{Request, Response, Status};
 pub struct ActorsService {
     tree: Tree,
     root: String,
+    /// What spawned children start on (sandboxes, the tool registry).
+    services: Services,
 }
 
 impl ActorsService {
-    pub fn new(tree: Tree, root: impl Into<String>) -> Self {
+    pub fn new(tree: Tree, root: impl Into<String>, services: Services) -> Self {
         Self {
             tree,
             root: root.into(),
+            services,
         }
     }
 }
@@ -91,7 +95,7 @@ impl Actors for ActorsService {
         let child = ChildConfig::parse("spec_yaml", &r.spec_yaml, &flags)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let info = sup
-            .start_child(child.child_spec())
+            .start_child(child.child_spec(&self.services))
             .await
             .map_err(supervisor_status)?;
         Ok(Response::new(actor_node(
@@ -207,7 +211,7 @@ fn actor_node(node: &TreeNode) -> ActorNode {
         restarts: node.restarts,
         pid: node.pid,
         strategy: node.strategy.map(|s| s.as_str().to_string()),
-        placement: None,
+        placement: node.placement.clone(),
         started_at_unix_ms: node
             .started_at
             .and_then(|t| t.duration_since(UNIX_EPOCH).ok())

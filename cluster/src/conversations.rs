@@ -655,10 +655,7 @@ impl EchoAgent {
                 let (actor, _) = Actor::spawn_linked(None, EchoActor, agent, ctx.supervisor)
                     .await
                     .map_err(|e| StartError(e.to_string()))?;
-                Ok(Started {
-                    cell: actor.get_cell(),
-                    os_process: None,
-                })
+                Ok(Started::actor(actor.get_cell()))
             })
         };
         ChildSpec::worker(id, ActorKind::Agent, start).restart(Restart::Temporary)

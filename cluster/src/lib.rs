@@ -8,5 +8,6 @@ pub mod cluster;
 pub mod conversations;
 pub mod node;
 pub mod store;
+pub mod tools;
 
 pub use node::{AGENTS, CONTROLLER, DEFAULT_LISTEN, Node, NodeError, NodeExit, NodeOptions, ROOT};

@@ -10,9 +10,11 @@ use cadre_actors::controller::Controller;
 use cadre_actors::placement::PlacementConfig;
 use cadre_actors::sandbox::SandboxProvider;
 use cadre_actors::store::StoreError;
-use cadre_actors::{StartError, SupervisorFlags, SupervisorRef, Tree, supervisor_child};
+use cadre_actors::tools::ToolRegistry;
+use cadre_actors::{Services, StartError, SupervisorFlags, SupervisorRef, Tree, supervisor_child};
 use cadre_proto::v1::actors_server::ActorsServer;
 use cadre_proto::v1::cluster_server::ClusterServer;
+use cadre_proto::v1::tools_server::ToolsServer;
 use cadre_sandbox::{GvisorProvider, Placement, PoolConfig, ProcessProvider, WarmPool};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -24,6 +26,7 @@ use crate::auth::Auth;
 use crate::cluster::{ClusterService, Sandboxes};
 use crate::conversations::ConversationsService;
 use crate::store;
+use crate::tools::ToolsService;
 use cadre_proto::v1::conversations_server::ConversationsServer;
 use tonic::service::interceptor::InterceptedService;
 
@@ -53,6 +56,7 @@ pub struct Node {
     pub tree: Tree,
     pub root: SupervisorRef,
     pub controller: Controller,
+    pub tools: ToolRegistry,
     pub addr: SocketAddr,
     root_exit: JoinHandle<()>,
     stop_api: oneshot::Sender<()>,
@@ -110,7 +114,13 @@ fn incoming(
 impl Node {
     /// Binds the API, starts the root supervisor (and with it every configured child), then
     /// serves the API.
-    pub async fn start(options: NodeOptions) -> Result<Self, NodeError> {
+    pub async fn start(mut options: NodeOptions) -> Result<Self, NodeError> {
+        // Sandbox bundles name host paths under it, and runsc needs them absolute.
+        options.data_dir =
+            std::path::absolute(&options.data_dir).map_err(|source| NodeError::DataDir {
+                path: options.data_dir.clone(),
+                source,
+            })?;
         std::fs::create_dir_all(&options.data_dir).map_err(|source| NodeError::DataDir {
             path: options.data_dir.clone(),
             source,
@@ -131,19 +141,7 @@ impl Node {
             Controller::with_log(Arc::new(store), Arc::new(log), options.config.store.limits);
         let tree = Tree::new();
         controller.audit(&tree);
-        // The controller starts first and, in reverse order, stops last.
-        let supervisor = &options.config.supervisor;
-        let agents = supervisor_child(AGENTS, SupervisorFlags::default(), Vec::new());
-        let mut children = vec![controller.child_spec(CONTROLLER), agents];
-        children.extend(supervisor.child_specs());
-        let (root, root_exit) =
-            SupervisorRef::start_root(ROOT, supervisor.flags.clone(), children, tree.clone())
-                .await
-                .map_err(NodeError::Root)?;
-        let open = controller.open_execs();
-        if !open.is_empty() {
-            tracing::warn!(count = open.len(), "execs to recover from the last run");
-        }
+        // Sandboxed children (MCP servers) need the pool as they start.
         let sandboxes = start_sandboxes(&options.config.sandbox, &options.data_dir)?;
         let pool = match &sandboxes {
             Sandboxes::Pool {
@@ -151,12 +149,42 @@ impl Node {
             } => Some((pool.clone(), placement.clone())),
             Sandboxes::Unavailable(_) => None,
         };
+        let services = Services {
+            host: pool
+                .as_ref()
+                .map(|(_, placement)| Arc::new(placement.clone()) as _),
+            tools: ToolRegistry::new(),
+        };
+        // The controller starts first and, in reverse order, stops last.
+        let supervisor = &options.config.supervisor;
+        let agents = supervisor_child(AGENTS, SupervisorFlags::default(), Vec::new());
+        let mut children = vec![controller.child_spec(CONTROLLER), agents];
+        children.extend(supervisor.child_specs(&services));
+        let (root, root_exit) =
+            match SupervisorRef::start_root(ROOT, supervisor.flags.clone(), children, tree.clone())
+                .await
+            {
+                Ok(root) => root,
+                Err(e) => {
+                    if let Some((pool, placement)) = &pool {
+                        placement.shutdown();
+                        pool.shutdown().await;
+                    }
+                    return Err(NodeError::Root(e));
+                }
+            };
+        let open = controller.open_execs();
+        if !open.is_empty() {
+            tracing::warn!(count = open.len(), "execs to recover from the last run");
+        }
         let cluster = ClusterService::new(addr.to_string(), sandboxes);
         let (stop_api, stopped) = oneshot::channel::<()>();
-        let service = ActorsService::new(tree.clone(), ROOT);
+        let service = ActorsService::new(tree.clone(), ROOT, services.clone());
+        let tools = ToolsService::new(services.tools.clone(), controller.clone());
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<ActorsServer<ActorsService>>().await;
         health.set_serving::<ClusterServer<ClusterService>>().await;
+        health.set_serving::<ToolsServer<ToolsService>>().await;
         health
             .set_serving::<ConversationsServer<ConversationsService>>()
             .await;
@@ -203,6 +231,7 @@ impl Node {
                 .add_service(reflection_v1alpha)
                 .add_service(ActorsServer::with_interceptor(service, auth.clone()))
                 .add_service(ClusterServer::with_interceptor(cluster, auth.clone()))
+                .add_service(ToolsServer::with_interceptor(tools, auth.clone()))
                 .add_service(ConversationsServer::with_interceptor(conversations, auth))
                 .serve_with_incoming_shutdown(incoming(listener), async {
                     let _ = stopped.await;
@@ -213,6 +242,7 @@ impl Node {
             tree,
             root,
             controller,
+            tools: services.tools,
             addr,
             root_exit,
             stop_api,
@@ -230,6 +260,7 @@ impl Node {
                 // Probes see the node leave before its actors do.
                 self.health.set_not_serving::<ActorsServer<ActorsService>>().await;
                 self.health.set_not_serving::<ClusterServer<ClusterService>>().await;
+                self.health.set_not_serving::<ToolsServer<ToolsService>>().await;
                 self.health
                     .set_not_serving::<ConversationsServer<ConversationsService>>()
                     .await;

@@ -6,8 +6,11 @@
 //! allowed, memory and CPU limits) and [`ProcessProvider`] (no isolation at all; refused unless
 //! explicitly allowed). Each sandbox runs `cadre worker` ([`worker::WorkerService`]), which the
 //! node drives over the worker protocol (`cadre.v1.Worker`, gRPC over the sandbox's stdio).
+//! [`Placement`] hosts logical actors on the warm pool, and runs the processes of supervised
+//! actors (as [`cadre_actors::sandbox::ProcessHost`]).
 
 mod gvisor;
+mod host;
 mod placement;
 mod pool;
 mod process;

@@ -73,6 +73,8 @@ pub struct Node {
     child: Option<Child>,
     pub addr: String,
     pub dir: TempDir,
+    /// The node's data dir.
+    pub data: PathBuf,
     log: Arc<Mutex<Vec<String>>>,
 }
 
@@ -138,6 +140,7 @@ impl Node {
             child: Some(child),
             addr,
             dir,
+            data: data.to_path_buf(),
             log,
         }
     }
@@ -281,4 +284,52 @@ pub fn audit_log(data_dir: &Path) -> Vec<(String, String, String)> {
         })
         .expect("read audit log");
     out
+}
+
+/// Where `scripts/setup.sh` installs the MCP servers the tests drive (`$CADRE_MCP_DIR`).
+pub fn mcp_dir() -> PathBuf {
+    std::env::var_os("CADRE_MCP_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/local/lib/cadre-mcp"))
+}
+
+/// `@modelcontextprotocol/server-everything` (npm) on stdio, as a YAML flow list.
+pub fn everything_command() -> String {
+    let index =
+        mcp_dir().join("npm/node_modules/@modelcontextprotocol/server-everything/dist/index.js");
+    assert!(
+        index.exists(),
+        "{} is missing: run scripts/setup.sh",
+        index.display()
+    );
+    format!("[node, \"{}\", stdio]", index.display())
+}
+
+/// `mcp-server-time` (PyPI) on stdio, as a YAML flow list.
+pub fn time_command() -> String {
+    let python = mcp_dir().join("time/bin/python3");
+    assert!(
+        python.exists(),
+        "{} is missing: run scripts/setup.sh",
+        python.display()
+    );
+    format!(
+        "[\"{}\", -m, mcp_server_time, --local-timezone, UTC]",
+        python.display()
+    )
+}
+
+/// SIGKILLs process `pid` inside the gVisor sandbox `sandbox` of a node with data dir `data`.
+pub fn kill_in_sandbox(data: &Path, sandbox: &str, pid: u32) {
+    let out = Command::new("runsc")
+        .arg("--root")
+        .arg(data.join("sandboxes/runsc"))
+        .args(["exec", sandbox, "/bin/kill", "-9", &pid.to_string()])
+        .output()
+        .expect("run runsc exec");
+    assert!(
+        out.status.success(),
+        "runsc exec kill failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -226,10 +226,7 @@ impl Controller {
                     Actor::spawn_linked(None, ControllerActor, controller, ctx.supervisor)
                         .await
                         .map_err(|e| StartError(e.to_string()))?;
-                Ok(Started {
-                    cell: actor.get_cell(),
-                    os_process: None,
-                })
+                Ok(Started::actor(actor.get_cell()))
             })
         };
         ChildSpec::worker(id, ActorKind::System, start)

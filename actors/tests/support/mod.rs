@@ -95,10 +95,7 @@ impl Harness {
                 .await
                 .map_err(|e| StartError(e.to_string()))?;
                 h.workers.lock().unwrap().insert(path, actor.clone());
-                Ok(Started {
-                    cell: actor.get_cell(),
-                    os_process: None,
-                })
+                Ok(Started::actor(actor.get_cell()))
             })
         };
         ChildSpec::worker(id, ActorKind::Tool, start)

@@ -1,0 +1,15 @@
+//! What actor kinds are given by their node when they start.
+
+use std::sync::Arc;
+
+use crate::sandbox::ProcessHost;
+use crate::tools::ToolRegistry;
+
+/// The node's services for actor kinds; cheap to clone.
+#[derive(Clone, Default)]
+pub struct Services {
+    /// Where sandboxed processes run (`None` on a node without sandboxes).
+    pub host: Option<Arc<dyn ProcessHost>>,
+    /// The node's tools: `mcp` children register theirs here.
+    pub tools: ToolRegistry,
+}

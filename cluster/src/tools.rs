@@ -1,0 +1,156 @@
+//! `cadre.v1.Tools`: the node's tool registry over gRPC. A call is journaled like an agent's:
+//! `ToolCalled` (with the idempotency key passed to the tool) before it is made and
+//! `ToolReturned` after, in the caller's conversation or in `cadre.tools`.
+
+use cadre_actors::controller::{AUDIT_CONVERSATION, AppendRequest, Controller, NewEvent};
+use cadre_actors::tools::{ToolError, ToolRegistry};
+use cadre_proto::v1::tools_server::Tools;
+use cadre_proto::v1::{
+    CallToolRequest, CallToolResponse, ListToolsRequest, ListToolsResponse, ToolCalled, ToolInfo,
+    ToolReturned, event, tool_returned,
+};
+use tonic::{Request, Response, Status};
+
+use crate::conversations::append_status;
+
+/// Where calls made through the API are journaled when the caller names no conversation.
+pub const TOOLS_CONVERSATION: &str = "cadre.tools";
+
+/// The service; cheap to clone.
+#[derive(Clone)]
+pub struct ToolsService {
+    tools: ToolRegistry,
+    controller: Controller,
+}
+
+impl ToolsService {
+    pub fn new(tools: ToolRegistry, controller: Controller) -> Self {
+        Self { tools, controller }
+    }
+
+    async fn journal(
+        &self,
+        conversation: &str,
+        key: String,
+        kind: event::Kind,
+    ) -> Result<u64, Status> {
+        let appended = self
+            .controller
+            .append(AppendRequest {
+                conversation_id: conversation.to_string(),
+                events: vec![NewEvent {
+                    exec_id: String::new(),
+                    kind,
+                }],
+                idempotency_key: Some(key),
+                open_exec: None,
+            })
+            .await
+            .map_err(append_status)?;
+        Ok(appended.first_seq)
+    }
+}
+
+/// The gRPC status for a tool error.
+pub fn tool_status(e: &ToolError) -> Status {
+    let message = e.to_string();
+    match e {
+        ToolError::NotFound(_) => Status::not_found(message),
+        ToolError::InvalidArguments { .. } => Status::invalid_argument(message),
+        ToolError::Timeout { .. } => Status::deadline_exceeded(message),
+        ToolError::Unavailable { .. } => Status::unavailable(message),
+        ToolError::Taken { .. } => Status::internal(message),
+    }
+}
+
+#[tonic::async_trait]
+impl Tools for ToolsService {
+    async fn list(
+        &self,
+        _request: Request<ListToolsRequest>,
+    ) -> Result<Response<ListToolsResponse>, Status> {
+        let tools = self
+            .tools
+            .list()
+            .into_iter()
+            .map(|t| ToolInfo {
+                name: t.name,
+                server: t.server,
+                description: t.description,
+                input_schema_json: t.input_schema.to_string(),
+            })
+            .collect();
+        Ok(Response::new(ListToolsResponse { tools }))
+    }
+
+    async fn call(
+        &self,
+        request: Request<CallToolRequest>,
+    ) -> Result<Response<CallToolResponse>, Status> {
+        let r = request.into_inner();
+        if r.name.is_empty() {
+            return Err(Status::invalid_argument(
+                "name: give a tool name (`cadre tools ls`)",
+            ));
+        }
+        let arguments: serde_json::Value = if r.arguments_json.trim().is_empty() {
+            serde_json::json!({})
+        } else {
+            serde_json::from_str(&r.arguments_json)
+                .map_err(|e| Status::invalid_argument(format!("arguments_json: not JSON: {e}")))?
+        };
+        let conversation = if r.conversation_id.is_empty() {
+            TOOLS_CONVERSATION.to_string()
+        } else {
+            r.conversation_id
+        };
+        if conversation == AUDIT_CONVERSATION {
+            return Err(Status::invalid_argument(format!(
+                "conversation_id: `{AUDIT_CONVERSATION}` holds lifecycle events only"
+            )));
+        }
+        let prepared = self
+            .tools
+            .prepare(&r.name, &arguments)
+            .map_err(|e| tool_status(&e))?;
+        let call_id = uuid::Uuid::new_v4().simple().to_string();
+        let key = format!("{conversation}/call-{call_id}/1");
+        let called_seq = self
+            .journal(
+                &conversation,
+                format!("{key}/called"),
+                event::Kind::ToolCalled(ToolCalled {
+                    call_id: call_id.clone(),
+                    tool: r.name.clone(),
+                    arguments_json: arguments.to_string(),
+                    idempotency_key: key.clone(),
+                }),
+            )
+            .await?;
+        let outcome = prepared.call(&key).await;
+        let returned = ToolReturned {
+            call_id: call_id.clone(),
+            outcome: Some(match &outcome {
+                Ok(o) => tool_returned::Outcome::ResultJson(o.result.to_string()),
+                Err(e) => tool_returned::Outcome::Error(e.to_string()),
+            }),
+        };
+        let returned_seq = self
+            .journal(
+                &conversation,
+                format!("{key}/returned"),
+                event::Kind::ToolReturned(returned),
+            )
+            .await?;
+        let outcome = outcome.map_err(|e| tool_status(&e))?;
+        Ok(Response::new(CallToolResponse {
+            result_json: outcome.result.to_string(),
+            is_error: outcome.is_error,
+            conversation_id: conversation,
+            called_seq,
+            returned_seq,
+            idempotency_key: key,
+            call_id,
+        }))
+    }
+}

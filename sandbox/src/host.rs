@@ -1,0 +1,186 @@
+//! Processes of supervised actors, run in sandboxes placed by [`Placement`].
+//!
+//! Starting one pins the actor's logical actor (activating it in a slot of a sandbox of its
+//! tenant, or in a sandbox of its own), then runs the process there through the worker's `Run`
+//! call, whose stdio is bridged to in-memory pipes. The pin holds the slot for as long as the
+//! process runs. If the sandbox dies, the call breaks and the process is reported
+//! [`HostedExit::Lost`]; dropping the [`HostedProcess`] ends the call, which kills the process.
+
+use cadre_actors::placement::{Isolation, LogicalActor};
+use cadre_actors::process::ProcessExit;
+use cadre_actors::sandbox::{
+    HostFuture, HostedExit, HostedProcess, HostedSpec, ProcessHost, SandboxError,
+};
+use cadre_proto::v1::{ProcessStart, RunInput, RunOutput, run_input, run_output};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::Placement;
+
+/// Bytes buffered in each direction of a hosted process's stdio.
+const PIPE_BUFFER: usize = 256 * 1024;
+
+impl ProcessHost for Placement {
+    fn spawn(&self, spec: HostedSpec) -> HostFuture<'_> {
+        Box::pin(async move {
+            let fail = |why: String| SandboxError::Start {
+                id: spec.actor.clone(),
+                why,
+            };
+            let actor = LogicalActor {
+                id: logical_id(&spec.actor),
+                tenant: spec.tenant.clone(),
+                isolation: if spec.exclusive {
+                    Isolation::Exclusive
+                } else {
+                    Isolation::Shared
+                },
+            };
+            let pinned = self.pin(&actor).await.map_err(|e| fail(e.to_string()))?;
+            let (inputs, input_rx) = mpsc::channel::<RunInput>(64);
+            let start = RunInput {
+                input: Some(run_input::Input::Start(ProcessStart {
+                    argv: spec.argv.clone(),
+                    env: spec.env.iter().cloned().collect(),
+                    cwd: String::new(),
+                })),
+            };
+            let _ = inputs.send(start).await;
+            let mut outputs = pinned
+                .worker
+                .clone()
+                .run(ReceiverStream::new(input_rx))
+                .await
+                .map_err(|s| fail(s.message().to_string()))?
+                .into_inner();
+            let pid = match outputs.message().await {
+                Ok(Some(RunOutput {
+                    output: Some(run_output::Output::Pid(pid)),
+                })) => pid,
+                Ok(_) => return Err(fail("the worker did not start the process".into())),
+                Err(s) => return Err(fail(s.message().to_string())),
+            };
+            let (exit_tx, exit) = watch::channel(None);
+            let (stdout_theirs, stdout) = tokio::io::duplex(PIPE_BUFFER);
+            let (stdin, stdin_theirs) = tokio::io::duplex(PIPE_BUFFER);
+            let (signals, signal_rx) = mpsc::unbounded_channel();
+            let path = spec.actor.clone();
+            let output = tokio::spawn(async move {
+                let exit = pump_outputs(&mut outputs, stdout_theirs, &path).await;
+                let _ = exit_tx.send(Some(exit));
+            });
+            let input = tokio::spawn(pump_inputs(stdin_theirs, signal_rx, inputs));
+            Ok(HostedProcess {
+                sandbox: pinned.sandbox.clone(),
+                pid,
+                stdin: Box::pin(stdin),
+                stdout: Box::pin(stdout),
+                exit,
+                signals,
+                hold: Box::new(Hold {
+                    _pinned: pinned,
+                    tasks: [output.abort_handle(), input.abort_handle()],
+                }),
+            })
+        })
+    }
+}
+
+/// The pin and the tasks that carry the call; dropping it ends the call.
+struct Hold {
+    _pinned: crate::Pinned,
+    tasks: [tokio::task::AbortHandle; 2],
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Placement's actor ids take letters, digits, `.`, `-` and `_`: `root/tools/time` becomes
+/// `root.tools.time`.
+fn logical_id(path: &str) -> String {
+    path.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '.'
+            }
+        })
+        .collect()
+}
+
+/// Copies the process's stdout into `stdout` and logs its stderr, until its exit.
+async fn pump_outputs(
+    outputs: &mut tonic::Streaming<RunOutput>,
+    mut stdout: DuplexStream,
+    path: &str,
+) -> HostedExit {
+    let mut stderr_line = Vec::new();
+    loop {
+        match outputs.message().await {
+            Ok(Some(RunOutput { output: Some(out) })) => match out {
+                run_output::Output::Stdout(bytes) => {
+                    // A reader that went away just loses the output.
+                    let _ = stdout.write_all(&bytes).await;
+                }
+                run_output::Output::Stderr(bytes) => {
+                    stderr_line.extend_from_slice(&bytes);
+                    while let Some(end) = stderr_line.iter().position(|&b| b == b'\n') {
+                        let line: Vec<u8> = stderr_line.drain(..=end).collect();
+                        let line = String::from_utf8_lossy(&line[..line.len() - 1]);
+                        tracing::info!(target: "cadre::process", actor = %path, stream = "stderr", "{line}");
+                    }
+                }
+                run_output::Output::Exit(e) => {
+                    return HostedExit::Exited(if e.signal != 0 {
+                        ProcessExit::Signal(e.signal)
+                    } else {
+                        ProcessExit::Code(e.code)
+                    });
+                }
+                run_output::Output::Pid(_) => {}
+            },
+            Ok(Some(RunOutput { output: None })) => {}
+            Ok(None) => {
+                return HostedExit::Lost("the worker ended the call without an exit".into());
+            }
+            Err(status) => return HostedExit::Lost(status.message().to_string()),
+        }
+    }
+}
+
+/// Sends what is written to the process's stdin, and its signals, to the worker.
+async fn pump_inputs(
+    mut stdin: DuplexStream,
+    mut signals: mpsc::UnboundedReceiver<i32>,
+    inputs: mpsc::Sender<RunInput>,
+) {
+    let mut buf = vec![0; 64 * 1024];
+    let mut open = true;
+    loop {
+        let input = tokio::select! {
+            n = stdin.read(&mut buf), if open => match n {
+                Ok(0) | Err(_) => {
+                    open = false;
+                    run_input::Input::CloseStdin(true)
+                }
+                Ok(n) => run_input::Input::Stdin(buf[..n].to_vec()),
+            },
+            Some(sig) = signals.recv() => run_input::Input::Signal(sig),
+            else => {
+                // Nothing more to send; keep the call open until it is dropped.
+                std::future::pending::<()>().await;
+                return;
+            }
+        };
+        if inputs.send(RunInput { input: Some(input) }).await.is_err() {
+            return;
+        }
+    }
+}
