@@ -15,6 +15,8 @@ use serde_json::json;
 
 use crate::{Failure, Output};
 
+mod tools;
+
 #[derive(Subcommand)]
 pub enum BenchCommand {
     /// Durable append throughput and latency of the event log (group commit through the
@@ -27,6 +29,10 @@ pub enum BenchCommand {
     /// slot claim and the worker's acknowledgement), memory per passivated actor, cold sandbox
     /// start, and process start inside a warm sandbox. Needs runsc (run as root).
     Placement(PlacementBenchArgs),
+    /// Tool calls through the registry to a warm stdio MCP server in a gVisor sandbox, against
+    /// the same server driven directly on the host: latency p50/p99, calls/s, and what cadre
+    /// adds. Needs runsc (run as root) and the server (scripts/setup.sh installs it).
+    Tools(tools::ToolsBenchArgs),
 }
 
 #[derive(Args)]
@@ -100,6 +106,7 @@ pub async fn run(command: BenchCommand) -> Result<(), Failure> {
         BenchCommand::Eventlog(args) => args,
         BenchCommand::Exec(args) => return exec(args).await,
         BenchCommand::Placement(args) => return placement(args).await,
+        BenchCommand::Tools(args) => return tools::run(args).await,
     };
     if args.events == 0 || args.writers == 0 {
         return Err(Failure::Usage(
@@ -199,8 +206,6 @@ async fn eventlog(args: &EventlogArgs, dir: &std::path::Path) -> anyhow::Result<
     let elapsed = started.elapsed();
     actor.stop_and_wait(None, None).await.ok();
     latencies.sort();
-    let pct =
-        |q: f64| ms(latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)]);
     let events_per_sec = latencies.len() as f64 / elapsed.as_secs_f64();
 
     eprintln!(
@@ -212,8 +217,8 @@ async fn eventlog(args: &EventlogArgs, dir: &std::path::Path) -> anyhow::Result<
         "events": latencies.len(),
         "writers": args.writers,
         "events_per_sec": events_per_sec.round(),
-        "append_p50_ms": pct(0.50),
-        "append_p99_ms": pct(0.99),
+        "append_p50_ms": pct(&latencies, 0.50),
+        "append_p99_ms": pct(&latencies, 0.99),
         "append_max_ms": ms(*latencies.last().unwrap_or(&Duration::ZERO)),
         "baseline_events": args.baseline_events,
         "baseline_events_per_sec": baseline.round(),
@@ -340,14 +345,12 @@ async fn exec_rounds(
     let elapsed = started.elapsed();
     node.run_until(async {}).await;
     latencies.sort();
-    let pct =
-        |q: f64| ms(latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)]);
     Ok(json!({
         "execs": latencies.len(),
         "conversations": args.conversations,
         "execs_per_sec": (latencies.len() as f64 / elapsed.as_secs_f64()).round(),
-        "exec_p50_ms": pct(0.50),
-        "exec_p99_ms": pct(0.99),
+        "exec_p50_ms": pct(&latencies, 0.50),
+        "exec_p99_ms": pct(&latencies, 0.99),
         "exec_max_ms": ms(*latencies.last().unwrap_or(&Duration::ZERO)),
         "data_dir": dir.display().to_string(),
     }))
@@ -528,7 +531,6 @@ async fn placement_rounds(
     placement.shutdown();
     pool.shutdown().await;
 
-    let pct = |v: &[Duration], q: f64| ms(v[((v.len() as f64 * q) as usize).min(v.len() - 1)]);
     let p50 = |v: &[Duration]| {
         if v.is_empty() {
             serde_json::Value::Null
@@ -632,6 +634,11 @@ fn rss_bytes() -> u64 {
         .unwrap_or(0);
     // SAFETY: sysconf has no preconditions.
     pages * unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64
+}
+
+/// The `q` quantile of sorted latencies, in ms.
+fn pct(sorted: &[Duration], q: f64) -> f64 {
+    ms(sorted[((sorted.len() as f64 * q) as usize).min(sorted.len() - 1)])
 }
 
 fn ms(d: Duration) -> f64 {

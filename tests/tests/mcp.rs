@@ -356,3 +356,90 @@ supervisor:
         assert!(names.contains(&format!("{ns}.echo")), "{names:?}");
     }
 }
+
+#[test]
+fn when_a_sandbox_dies_its_mcp_servers_fail_are_restarted_elsewhere_and_the_pool_refills() {
+    let everything = everything_command();
+    let config = format!(
+        r#"
+version: v1
+sandbox:
+  warm_pool: {{ min: 1, max: 3 }}
+supervisor:
+  strategy: one_for_one
+  intensity: 4
+  children:
+    - id: a
+      mcp: {{ command: {everything} }}
+    - id: b
+      mcp: {{ command: {everything} }}
+"#
+    );
+    let node = Node::start(&config);
+    let before = node.wait_tree("two servers", START, |t| running(t, &["root/a", "root/b"]));
+    let sandbox = find(&before, "root/a")["placement"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        find(&before, "root/b")["placement"],
+        sandbox.as_str(),
+        "one tenant, one sandbox"
+    );
+    let sandboxes = |node: &Node| -> Vec<Value> {
+        let out = node.cli(&["sandboxes", "ls", "-o", "json"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let listed = sandboxes(&node);
+    let hosting = listed
+        .iter()
+        .find(|s| s["id"] == sandbox.as_str())
+        .expect("listed");
+    assert_eq!(
+        hosting["actors"].as_array().map(Vec::len),
+        Some(2),
+        "{hosting}"
+    );
+
+    // Kill gVisor's sandbox process: everything in it is gone at once.
+    let out = std::process::Command::new("runsc")
+        .arg("--root")
+        .arg(node.data.join("sandboxes/runsc"))
+        .args(["state", &sandbox])
+        .output()
+        .unwrap();
+    let state: Value = serde_json::from_slice(&out.stdout).unwrap();
+    unsafe { libc::kill(state["pid"].as_i64().unwrap() as i32, libc::SIGKILL) };
+
+    let after = node.wait_tree("both restarted in another sandbox", START, |t| {
+        running(t, &["root/a", "root/b"])
+            && find(t, "root/a")["restarts"] == 1
+            && find(t, "root/b")["restarts"] == 1
+    });
+    let moved = find(&after, "root/a")["placement"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(moved, sandbox);
+    assert_eq!(find(&after, "root/b")["placement"], moved.as_str());
+    let log_text = node.log();
+    assert!(log_text.contains("sandbox lost"), "{log_text}");
+    // The dead sandbox is gone and the pool keeps a warm one again.
+    let deadline = Instant::now() + START;
+    loop {
+        let listed = sandboxes(&node);
+        if listed.iter().all(|s| s["id"] != sandbox.as_str())
+            && listed.iter().any(|s| s["state"] == "warm")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{listed:#?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (code, r, err) = call(&node, "b.echo", r#"{"message":"still here"}"#);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(text(&r), "Echo: still here");
+}
