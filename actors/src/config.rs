@@ -13,7 +13,7 @@ use marked_yaml::{Marker, Span, Spanned};
 use serde::Deserialize;
 
 use crate::controller::HistoryLimits;
-use crate::mcp::{McpSpec, mcp_child};
+use crate::mcp::{McpServer, McpSpec, mcp_child};
 use crate::process::{ProcessSpec, process_child};
 use crate::services::Services;
 use crate::spec::{
@@ -354,7 +354,8 @@ struct RawChild {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawMcp {
-    command: Spanned<Vec<String>>,
+    command: Option<Spanned<Vec<String>>>,
+    url: Option<Spanned<String>>,
     #[serde(default)]
     env: BTreeMap<String, String>,
     tenant: Option<Spanned<String>>,
@@ -638,16 +639,55 @@ impl Checker {
         SupervisorConfig { flags, children }
     }
 
-    fn mcp(&mut self, id: &str, raw: &RawMcp) -> McpSpec {
+    fn mcp(&mut self, id: &str, raw: &Spanned<RawMcp>) -> McpSpec {
         let mut spec = McpSpec::default();
-        if raw.command.is_empty() || raw.command[0].is_empty() {
-            self.fail(
-                raw.command.span(),
-                format!("child `{id}`: mcp.command must name a program"),
-            );
+        match (&raw.command, &raw.url) {
+            (Some(command), None) => {
+                if command.is_empty() || command[0].is_empty() {
+                    self.fail(
+                        command.span(),
+                        format!("child `{id}`: mcp.command must name a program"),
+                    );
+                }
+                spec.server = McpServer::Stdio {
+                    command: command.to_vec(),
+                    env: raw.env.clone().into_iter().collect(),
+                };
+            }
+            (None, Some(url)) => {
+                if url.starts_with("https://") {
+                    self.fail(
+                        url.span(),
+                        format!(
+                            "child `{id}`: mcp.url: https is not in this build (no TLS client); \
+                             use http:// (e.g. through a local TLS proxy)"
+                        ),
+                    );
+                } else if !url.starts_with("http://") {
+                    self.fail(
+                        url.span(),
+                        format!("child `{id}`: mcp.url must be an http:// URL"),
+                    );
+                }
+                if !raw.env.is_empty() {
+                    self.fail(
+                        url.span(),
+                        format!("child `{id}`: mcp.env is for a command, not a url"),
+                    );
+                }
+                spec.server = McpServer::Http {
+                    url: url.to_string(),
+                };
+            }
+            (Some(_), Some(url)) => self.fail(
+                url.span(),
+                format!("child `{id}`: mcp takes a `command` or a `url`, not both"),
+            ),
+            (None, None) => self.fail(
+                raw.span(),
+                format!("child `{id}`: mcp needs a `command` (stdio) or a `url` (streamable HTTP)"),
+            ),
         }
-        spec.command = raw.command.to_vec();
-        spec.env = raw.env.clone().into_iter().collect();
         if let Some(t) = &raw.tenant {
             if t.is_empty()
                 || !t

@@ -1,12 +1,13 @@
 //! MCP servers as supervised actors (kind `mcp`).
 //!
-//! Each start runs the server's command as a process in a sandbox (placed by the node's
-//! placement through [`ProcessHost`]), speaks MCP to it over the process's stdio with the
-//! official Rust SDK (`rmcp`: the protocol version is negotiated in its handshake), lists its
-//! tools (every page) and registers them in the [`ToolRegistry`] under the child's id. A
+//! A stdio server runs as a process in a sandbox (placed by the node's placement through
+//! [`ProcessHost`](crate::sandbox::ProcessHost)) and is spoken to over the process's stdio; a
+//! streamable HTTP server is reached at its URL. Either way the actor speaks MCP with the
+//! official Rust SDK (`rmcp`: the protocol version is negotiated in its handshake), lists the
+//! tools (every page) and registers them in the [`ToolRegistry`] under the child's id; a
 //! `tools/list_changed` notification lists them again. If the process exits or the session
-//! breaks, the actor exits with that reason, its tools are removed and calls in flight fail,
-//! and its supervisor restarts it per policy.
+//! breaks (for HTTP: the server stops answering), the actor exits with that reason, its tools
+//! are removed, calls in flight fail, and its supervisor restarts it per policy.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -36,10 +37,8 @@ use crate::tools::{
 /// What an `mcp` child runs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct McpSpec {
-    /// The stdio server's program and arguments, run in a sandbox.
-    pub command: Vec<String>,
-    pub env: Vec<(String, String)>,
-    /// Whose sandbox the server may share.
+    pub server: McpServer,
+    /// Whose sandbox a stdio server may share.
     pub tenant: String,
     /// A sandbox of its own.
     pub exclusive: bool,
@@ -49,14 +48,28 @@ pub struct McpSpec {
     pub start_timeout: Duration,
 }
 
+/// Where the server is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum McpServer {
+    /// A program and its arguments, run in a sandbox and spoken to on its stdio.
+    Stdio {
+        command: Vec<String>,
+        env: Vec<(String, String)>,
+    },
+    /// A streamable HTTP endpoint, e.g. `http://127.0.0.1:3001/mcp`.
+    Http { url: String },
+}
+
 /// The `_meta` key that carries a call's idempotency key to an MCP server.
 pub const IDEMPOTENCY_META_KEY: &str = "cadre/idempotency-key";
 
 impl Default for McpSpec {
     fn default() -> Self {
         Self {
-            command: Vec::new(),
-            env: Vec::new(),
+            server: McpServer::Stdio {
+                command: Vec::new(),
+                env: Vec::new(),
+            },
             tenant: "system".into(),
             exclusive: false,
             call_timeout: Duration::from_secs(30),
@@ -86,8 +99,88 @@ async fn start_server(
     spec: McpSpec,
     services: Services,
 ) -> Result<Started, String> {
+    let (broken, broken_rx) = mpsc::unbounded_channel();
+    let registration = Arc::new(Mutex::new(None));
+    let client = Client {
+        namespace: namespace.clone(),
+        tools: services.tools.clone(),
+        registration: registration.clone(),
+    };
+    let start_ms = spec.start_timeout.as_millis();
+    let (session, process, hosted) = match &spec.server {
+        McpServer::Stdio { command, env } => {
+            let (session, process) =
+                start_stdio(&ctx, &spec, command, env, client, &services).await?;
+            let hosted = Hosted {
+                sandbox: process.sandbox.clone(),
+                pid: Some(process.pid),
+            };
+            (session, Some(process), Some(hosted))
+        }
+        McpServer::Http { url } => (
+            connect_http(url, spec.start_timeout, client).await?,
+            None,
+            None,
+        ),
+    };
+    let ended = |what: String| match process.as_ref().and_then(|p| p.exit.borrow().clone()) {
+        Some(e) => format!("{what}: the server ended ({})", e.reason()),
+        None => what,
+    };
+    let peer = session.peer().clone();
+    let tools = match tokio::time::timeout(spec.start_timeout, peer.list_all_tools()).await {
+        Err(_) => return Err(ended(format!("tools/list took over {start_ms} ms"))),
+        Ok(Err(e)) => return Err(ended(format!("tools/list failed: {e}"))),
+        Ok(Ok(tools)) => tools,
+    };
+    let caller = Caller {
+        peer,
+        timeout: spec.call_timeout,
+        namespace: namespace.clone(),
+        broken,
+    };
+    let reg = services
+        .tools
+        .register(&namespace, &ctx.path, defs(tools), Arc::new(caller))
+        .map_err(|e| e.to_string())?;
+    *registration.lock().expect("registration") = Some(reg);
+    tracing::info!(
+        actor = %ctx.path,
+        sandbox = hosted.as_ref().map(|h| h.sandbox.as_str()).unwrap_or("-"),
+        protocol = session.peer_info().map(|i| i.protocol_version.to_string()).unwrap_or_default(),
+        "mcp server ready"
+    );
+    let state = McpState {
+        namespace,
+        tools: services.tools.clone(),
+        registration: reg,
+        process,
+        cancel: None,
+    };
+    let (actor, _) =
+        Actor::spawn_linked(None, McpActor, (state, session, broken_rx), ctx.supervisor)
+            .await
+            .map_err(|e| e.to_string())?;
+    Ok(Started {
+        cell: actor.get_cell(),
+        os_process: None,
+        hosted,
+    })
+}
+
+type Session = RunningService<RoleClient, Client>;
+
+/// Runs a stdio server in a sandbox and completes the handshake on its stdio.
+async fn start_stdio(
+    ctx: &StartContext,
+    spec: &McpSpec,
+    command: &[String],
+    env: &[(String, String)],
+    client: Client,
+    services: &Services,
+) -> Result<(Session, Process), String> {
     let host = services.host.clone().ok_or_else(|| {
-        "this node has no sandboxes and an mcp server runs only in one: install runsc \
+        "this node has no sandboxes and a stdio mcp server runs only in one: install runsc \
          (gVisor) or configure `sandbox:`"
             .to_string()
     })?;
@@ -104,69 +197,64 @@ async fn start_server(
             actor: ctx.path.clone(),
             tenant: spec.tenant.clone(),
             exclusive: spec.exclusive,
-            argv: spec.command.clone(),
-            env: spec.env.clone(),
+            argv: command.to_vec(),
+            env: env.to_vec(),
         })
         .await
         .map_err(|e| e.to_string())?;
-    let ended = |what: String| match exit.borrow().as_ref() {
+    let process = Process {
+        sandbox,
+        pid,
+        exit,
+        signals,
+        _hold: hold,
+    };
+    let ended = |what: String| match process.exit.borrow().as_ref() {
         Some(e) => format!("{what}: the server ended ({})", e.reason()),
         None => what,
     };
-    let registration = Arc::new(Mutex::new(None));
-    let client = Client {
-        namespace: namespace.clone(),
-        tools: services.tools.clone(),
-        registration: registration.clone(),
-    };
     let start_ms = spec.start_timeout.as_millis();
-    let session =
-        match tokio::time::timeout(spec.start_timeout, client.serve((stdout, stdin))).await {
-            Err(_) => return Err(ended(format!("no MCP handshake within {start_ms} ms"))),
-            Ok(Err(e)) => return Err(ended(format!("MCP handshake failed: {e}"))),
-            Ok(Ok(session)) => session,
+    match tokio::time::timeout(spec.start_timeout, client.serve((stdout, stdin))).await {
+        Err(_) => Err(ended(format!("no MCP handshake within {start_ms} ms"))),
+        Ok(Err(e)) => Err(ended(format!("MCP handshake failed: {e}"))),
+        Ok(Ok(session)) => Ok((session, process)),
+    }
+}
+
+/// Connects to a streamable HTTP server, trying again until `within` has passed: a server
+/// started beside it (say, a sibling `process` child) may not listen yet.
+async fn connect_http(url: &str, within: Duration, client: Client) -> Result<Session, String> {
+    use rmcp::transport::StreamableHttpClientTransport;
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let transport = StreamableHttpClientTransport::from_uri(url.to_string());
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let why = match tokio::time::timeout(left, client.clone().serve(transport)).await {
+            Ok(Ok(session)) => return Ok(session),
+            Ok(Err(e)) => format!("MCP handshake with {url} failed: {e}"),
+            Err(_) => format!(
+                "no MCP handshake with {url} within {} ms",
+                within.as_millis()
+            ),
         };
-    let peer = session.peer().clone();
-    let tools = match tokio::time::timeout(spec.start_timeout, peer.list_all_tools()).await {
-        Err(_) => return Err(ended(format!("tools/list took over {start_ms} ms"))),
-        Ok(Err(e)) => return Err(ended(format!("tools/list failed: {e}"))),
-        Ok(Ok(tools)) => tools,
-    };
-    let caller = Caller {
-        peer,
-        timeout: spec.call_timeout,
-        namespace: namespace.clone(),
-    };
-    let reg = services
-        .tools
-        .register(&namespace, &ctx.path, defs(tools), Arc::new(caller))
-        .map_err(|e| e.to_string())?;
-    *registration.lock().expect("registration") = Some(reg);
-    tracing::info!(
-        actor = %ctx.path, %sandbox, pid,
-        protocol = session.peer_info().map(|i| i.protocol_version.to_string()).unwrap_or_default(),
-        "mcp server ready"
-    );
-    let state = McpState {
-        namespace,
-        tools: services.tools.clone(),
-        registration: reg,
-        exit,
-        signals,
-        cancel: None,
-        _hold: hold,
-    };
-    let (actor, _) = Actor::spawn_linked(None, McpActor, (state, session), ctx.supervisor)
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(Started {
-        cell: actor.get_cell(),
-        os_process: None,
-        hosted: Some(Hosted {
-            sandbox,
-            pid: Some(pid),
-        }),
-    })
+        if tokio::time::Instant::now() + CONNECT_RETRY >= deadline {
+            return Err(why);
+        }
+        tokio::time::sleep(CONNECT_RETRY).await;
+    }
+}
+
+/// How often an HTTP server is tried again while it starts.
+const CONNECT_RETRY: Duration = Duration::from_millis(200);
+
+/// A stdio server's process in its sandbox.
+struct Process {
+    sandbox: String,
+    pid: u32,
+    exit: watch::Receiver<Option<HostedExit>>,
+    signals: mpsc::UnboundedSender<i32>,
+    /// The process's call and slot: dropping it kills the process if it still runs.
+    _hold: Box<dyn Send + Sync>,
 }
 
 fn defs(tools: Vec<rmcp::model::Tool>) -> Vec<ToolDef> {
@@ -215,11 +303,13 @@ struct Caller {
     peer: Peer<RoleClient>,
     timeout: Duration,
     namespace: String,
+    /// Tells the actor that the session is broken (the transport failed under a call).
+    broken: mpsc::UnboundedSender<String>,
 }
 
 impl ToolServer for Caller {
     fn call(&self, tool: &str, arguments: Map<String, Value>, key: &str) -> CallFuture {
-        let (peer, timeout) = (self.peer.clone(), self.timeout);
+        let (peer, timeout, broken) = (self.peer.clone(), self.timeout, self.broken.clone());
         let name = format!("{}.{tool}", self.namespace);
         let mut meta = MetaObject::new();
         meta.0.insert(IDEMPOTENCY_META_KEY.into(), key.into());
@@ -239,10 +329,18 @@ impl ToolServer for Caller {
                     }),
                     is_error: true,
                 }),
-                Ok(Err(e)) => Err(ToolError::Unavailable {
-                    tool: name,
-                    reason: e.to_string(),
-                }),
+                Ok(Err(e)) => {
+                    if matches!(
+                        e,
+                        rmcp::ServiceError::TransportSend(_) | rmcp::ServiceError::TransportClosed
+                    ) {
+                        let _ = broken.send(e.to_string());
+                    }
+                    Err(ToolError::Unavailable {
+                        tool: name,
+                        reason: e.to_string(),
+                    })
+                }
                 Ok(Ok(result)) => Ok(ToolOutcome {
                     is_error: result.is_error.unwrap_or(false),
                     result: serde_json::to_value(&result).unwrap_or(Value::Null),
@@ -259,12 +357,10 @@ struct McpState {
     namespace: String,
     tools: ToolRegistry,
     registration: Registration,
-    exit: watch::Receiver<Option<HostedExit>>,
-    signals: mpsc::UnboundedSender<i32>,
     /// Ends the session (and the task that watches it) with the actor.
     cancel: Option<RunningServiceCancellationToken>,
-    /// The process's call and slot: dropped last, which kills the process if it still runs.
-    _hold: Box<dyn Send + Sync>,
+    /// A stdio server's process; dropped last, which kills it if it still runs.
+    process: Option<Process>,
 }
 
 enum McpMsg {
@@ -277,21 +373,22 @@ const EXIT_GRACE: Duration = Duration::from_millis(500);
 impl Actor for McpActor {
     type Msg = McpMsg;
     type State = McpState;
-    type Arguments = (McpState, RunningService<RoleClient, Client>);
+    type Arguments = (McpState, Session, mpsc::UnboundedReceiver<String>);
 
     async fn pre_start(
         &self,
         myself: ActorRef<McpMsg>,
-        (mut state, session): (McpState, RunningService<RoleClient, Client>),
+        (mut state, session, mut broken): (McpState, Session, mpsc::UnboundedReceiver<String>),
     ) -> Result<McpState, ActorProcessingErr> {
         state.cancel = Some(session.cancellation_token());
-        let mut exit = state.exit.clone();
+        let mut exit = state.process.as_ref().map(|p| p.exit.clone());
         tokio::spawn(async move {
             let reason = tokio::select! {
-                e = ended(&mut exit) => exit_reason(e),
+                e = ended(exit.as_mut()) => exit_reason(e),
+                Some(why) = broken.recv() => ExitReason::Error(format!("the MCP session broke: {why}")),
                 quit = session.waiting() => {
                     let closed = format!("the MCP session closed ({quit:?})");
-                    match tokio::time::timeout(EXIT_GRACE, ended(&mut exit)).await {
+                    match tokio::time::timeout(EXIT_GRACE, ended(exit.as_mut())).await {
                         Ok(Some(e)) => e.reason(),
                         _ => ExitReason::Error(closed),
                     }
@@ -325,9 +422,11 @@ impl Actor for McpActor {
     ) -> Result<(), ActorProcessingErr> {
         state.tools.unregister(&state.namespace, state.registration);
         // Graceful stop: SIGTERM, then wait. The supervisor kills at the shutdown timeout.
-        if state.exit.borrow().is_none() {
-            let _ = state.signals.send(libc::SIGTERM);
-            let _ = state.exit.wait_for(Option::is_some).await;
+        if let Some(p) = &mut state.process
+            && p.exit.borrow().is_none()
+        {
+            let _ = p.signals.send(libc::SIGTERM);
+            let _ = p.exit.wait_for(Option::is_some).await;
         }
         Ok(())
     }
@@ -342,12 +441,17 @@ impl Drop for McpState {
     }
 }
 
-/// Waits for the process's end; `None` if its watch is gone without one.
-async fn ended(exit: &mut watch::Receiver<Option<HostedExit>>) -> Option<HostedExit> {
-    exit.wait_for(Option::is_some)
-        .await
-        .ok()
-        .and_then(|e| e.clone())
+/// Waits for the process's end (forever for a server without one); `None` if its watch is
+/// gone without an end.
+async fn ended(exit: Option<&mut watch::Receiver<Option<HostedExit>>>) -> Option<HostedExit> {
+    match exit {
+        Some(exit) => exit
+            .wait_for(Option::is_some)
+            .await
+            .ok()
+            .and_then(|e| e.clone()),
+        None => std::future::pending().await,
+    }
 }
 
 fn exit_reason(exit: Option<HostedExit>) -> ExitReason {

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use cadre_actors::config::{ActorConfig, Config};
+use cadre_actors::mcp::McpServer;
 use cadre_actors::{AutoShutdown, Restart, Shutdown, Strategy};
 
 fn reject(text: &str) -> String {
@@ -296,7 +297,13 @@ fn mcp_children() {
     let ActorConfig::Mcp(mcp) = &child.actor else {
         panic!("{child:?}")
     };
-    assert_eq!(mcp.command, ["python3", "-m", "mcp_server_time"]);
+    assert_eq!(
+        mcp.server,
+        McpServer::Stdio {
+            command: vec!["python3".into(), "-m".into(), "mcp_server_time".into()],
+            env: vec![]
+        }
+    );
     assert_eq!(mcp.tenant, "team-a");
     assert!(mcp.exclusive);
     assert_eq!(mcp.call_timeout, Duration::from_millis(1500));
@@ -321,6 +328,26 @@ fn mcp_children() {
         reject(&child("{ command: [x], tenant: \"a b\" }")),
         "cadre.yaml:5:36: child `m`: mcp.tenant must use only letters, digits, `-`, `_` and `.`"
     );
+    let config = Config::parse(
+        "cadre.yaml",
+        &child("{ url: \"http://127.0.0.1:3001/mcp\" }"),
+    )
+    .unwrap();
+    let ActorConfig::Mcp(mcp) = &config.supervisor.children[0].actor else {
+        panic!()
+    };
+    assert_eq!(
+        mcp.server,
+        McpServer::Http {
+            url: "http://127.0.0.1:3001/mcp".into()
+        }
+    );
+    assert_eq!(
+        reject(&child("{ timeout_ms: 5 }")),
+        "cadre.yaml:5:12: child `m`: mcp needs a `command` (stdio) or a `url` (streamable HTTP)"
+    );
+    assert!(reject(&child("{ command: [x], url: \"http://a\" }")).contains("not both"));
+    assert!(reject(&child("{ url: \"https://a\" }")).contains("https is not in this build"));
     assert!(
         reject(
             "version: v1\nsupervisor:\n  children:\n    - id: m\n      process: { command: [x] }\n      mcp: { command: [y] }\n"

@@ -443,3 +443,60 @@ supervisor:
     assert_eq!(code, 0, "{err}");
     assert_eq!(text(&r), "Echo: still here");
 }
+
+#[test]
+fn a_streamable_http_server_is_reached_at_its_url_and_reconnected_after_it_restarts() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let everything = everything_command().replace(", stdio]", ", streamableHttp]");
+    let config = format!(
+        r#"
+version: v1
+supervisor:
+  strategy: one_for_one
+  intensity: 5
+  period_secs: 30
+  children:
+    - id: web
+      process: {{ command: {everything}, env: {{ PORT: "{port}" }} }}
+    - id: remote
+      mcp: {{ url: "http://127.0.0.1:{port}/mcp", timeout_ms: 10000 }}
+"#
+    );
+    let node = Node::start(&config);
+    node.wait_tree("the remote server", START, |t| {
+        find(t, "root/remote")["status"] == "running"
+    });
+    let remote = tools(&node)
+        .into_iter()
+        .find(|t| t["name"] == "remote.get-sum")
+        .expect("remote.get-sum is listed");
+    assert_eq!(remote["server"], "root/remote");
+    let (code, r, err) = call(&node, "remote.get-sum", r#"{"a":1,"b":2}"#);
+    assert_eq!(code, 0, "{err}");
+    assert!(text(&r).contains('3'), "{r}");
+
+    // The server restarts (a new process, no sessions): the session broke, so the mcp actor
+    // fails, is restarted, connects again, and calls work again.
+    let web = cadre_tests::pid_of(&node.tree(), "root/web");
+    unsafe { libc::kill(web as i32, libc::SIGKILL) };
+    let deadline = Instant::now() + START;
+    loop {
+        let (code, r, _) = call(&node, "remote.echo", r#"{"message":"back"}"#);
+        if code == 0 {
+            assert_eq!(text(&r), "Echo: back");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never back:\n{}", node.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let tree = node.tree();
+    assert!(
+        find(&tree, "root/remote")["restarts"].as_u64().unwrap() >= 1,
+        "{tree:#}"
+    );
+    assert_eq!(find(&tree, "root/remote")["kind"], "mcp");
+}

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use cadre_actors::mcp::{McpSpec, mcp_child};
+use cadre_actors::mcp::{McpServer, McpSpec, mcp_child};
 use cadre_actors::tools::ToolRegistry;
 use cadre_actors::{Services, SupervisorFlags, SupervisorRef, Tree};
 use clap::Args;
@@ -172,7 +172,10 @@ async fn rounds(
         tools: tools.clone(),
     };
     let spec = McpSpec {
-        command: server.to_vec(),
+        server: McpServer::Stdio {
+            command: server.to_vec(),
+            env: Vec::new(),
+        },
         ..McpSpec::default()
     };
     let started = SupervisorRef::start_root(
