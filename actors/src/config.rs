@@ -16,6 +16,7 @@ use crate::controller::HistoryLimits;
 use crate::mcp::{McpServer, McpSpec, mcp_child};
 use crate::process::{ProcessSpec, process_child};
 use crate::services::Services;
+use crate::skills::{SkillSpec, skill_child};
 use crate::spec::{
     AutoShutdown, Backoff, ChildSpec, ChildType, Restart, Shutdown, Strategy, SupervisorFlags,
 };
@@ -114,6 +115,7 @@ pub struct ChildConfig {
 pub enum ActorConfig {
     Process(ProcessSpec),
     Mcp(McpSpec),
+    Skill(SkillSpec),
     Supervisor(SupervisorConfig),
 }
 
@@ -252,6 +254,7 @@ impl ChildConfig {
         let spec = match &self.actor {
             ActorConfig::Process(p) => process_child(&self.id, p.clone()),
             ActorConfig::Mcp(m) => mcp_child(&self.id, m.clone(), services.clone()),
+            ActorConfig::Skill(s) => skill_child(&self.id, s.clone(), services.clone()),
             ActorConfig::Supervisor(s) => {
                 supervisor_child(&self.id, s.flags.clone(), s.child_specs(services))
             }
@@ -348,7 +351,14 @@ struct RawChild {
     significant: Option<Spanned<bool>>,
     process: Option<Spanned<RawProcess>>,
     mcp: Option<Spanned<RawMcp>>,
+    skill: Option<Spanned<RawSkill>>,
     supervisor: Option<Spanned<RawSupervisor>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSkill {
+    path: Spanned<String>,
 }
 
 #[derive(Deserialize)]
@@ -778,6 +788,7 @@ impl Checker {
         let kinds: Vec<(&str, &Span)> = [
             raw.process.as_ref().map(|p| ("process", p.span())),
             raw.mcp.as_ref().map(|m| ("mcp", m.span())),
+            raw.skill.as_ref().map(|s| ("skill", s.span())),
             raw.supervisor.as_ref().map(|s| ("supervisor", s.span())),
         ]
         .into_iter()
@@ -806,12 +817,24 @@ impl Checker {
             })
         } else if let Some(m) = &raw.mcp {
             ActorConfig::Mcp(self.mcp(&id, m))
+        } else if let Some(s) = &raw.skill {
+            if s.path.is_empty() {
+                self.fail(
+                    s.path.span(),
+                    format!("child `{id}`: skill.path must name the skill's folder"),
+                );
+            }
+            ActorConfig::Skill(SkillSpec {
+                path: PathBuf::from(s.path.as_str()),
+            })
         } else if let Some(s) = &raw.supervisor {
             ActorConfig::Supervisor(self.supervisor(s))
         } else {
             self.fail(
                 raw.span(),
-                format!("child `{id}` needs an actor kind: `process`, `mcp` or `supervisor`"),
+                format!(
+                    "child `{id}` needs an actor kind: `process`, `mcp`, `skill` or `supervisor`"
+                ),
             );
             ActorConfig::Supervisor(Config::default().supervisor)
         };

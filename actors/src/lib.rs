@@ -5,8 +5,11 @@
 //! - [`tree`]: the live view of a node's trees and its lifecycle events.
 //! - [`config`]: the `cadre.yaml` schema, validated with `FILE:LINE:COL` errors.
 //! - [`mcp`]: MCP servers as supervised actors (kind `mcp`), in sandboxes.
+//! - [`skills`]: skills as supervised actors (kind `skill`).
+//! - [`builtin`]: the built-in tools (a conversation's workspace, skills).
 //! - [`tools`]: the tool registry, with argument checks against each tool's schema.
 
+pub mod builtin;
 pub mod config;
 pub mod controller;
 pub mod mcp;
@@ -14,6 +17,7 @@ pub mod placement;
 pub mod process;
 pub mod sandbox;
 pub mod services;
+pub mod skills;
 pub mod spec;
 pub mod store;
 pub mod supervisor;

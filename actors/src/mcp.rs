@@ -1,7 +1,7 @@
 //! MCP servers as supervised actors (kind `mcp`).
 //!
 //! A stdio server runs as a process in a sandbox (placed by the node's placement through
-//! [`ProcessHost`](crate::sandbox::ProcessHost)) and is spoken to over the process's stdio; a
+//! [`SandboxHost`](crate::sandbox::SandboxHost)) and is spoken to over the process's stdio; a
 //! streamable HTTP server is reached at its URL. Either way the actor speaks MCP with the
 //! official Rust SDK (`rmcp`: the protocol version is negotiated in its handshake), lists the
 //! tools (every page) and registers them in the [`ToolRegistry`] under the child's id; a
@@ -24,14 +24,15 @@ use rmcp::{ClientHandler, ServiceExt};
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, watch};
 
-use crate::sandbox::{HostedExit, HostedProcess, HostedSpec};
+use crate::sandbox::{HostedActor, HostedExit, HostedProcess, HostedSpec};
 use crate::services::Services;
 use crate::spec::{
     ActorKind, ChildExit, ChildSpec, ExitReason, Hosted, StartContext, StartError, StartFuture,
     Started,
 };
 use crate::tools::{
-    CallFuture, Registration, ToolDef, ToolError, ToolOutcome, ToolRegistry, ToolServer,
+    CallContext, CallFuture, Registration, ToolDef, ToolError, ToolOutcome, ToolRegistry,
+    ToolServer,
 };
 
 /// What an `mcp` child runs.
@@ -194,9 +195,11 @@ async fn start_stdio(
         hold,
     } = host
         .spawn(HostedSpec {
-            actor: ctx.path.clone(),
-            tenant: spec.tenant.clone(),
-            exclusive: spec.exclusive,
+            actor: HostedActor {
+                id: ctx.path.clone(),
+                tenant: spec.tenant.clone(),
+                exclusive: spec.exclusive,
+            },
             argv: command.to_vec(),
             env: env.to_vec(),
         })
@@ -264,6 +267,7 @@ fn defs(tools: Vec<rmcp::model::Tool>) -> Vec<ToolDef> {
             name: t.name.to_string(),
             description: t.description.map(|d| d.to_string()).unwrap_or_default(),
             input_schema: Value::Object((*t.input_schema).clone()),
+            requires_approval: false,
         })
         .collect()
 }
@@ -308,11 +312,14 @@ struct Caller {
 }
 
 impl ToolServer for Caller {
-    fn call(&self, tool: &str, arguments: Map<String, Value>, key: &str) -> CallFuture {
+    fn call(&self, tool: &str, arguments: Map<String, Value>, ctx: &CallContext) -> CallFuture {
         let (peer, timeout, broken) = (self.peer.clone(), self.timeout, self.broken.clone());
         let name = format!("{}.{tool}", self.namespace);
         let mut meta = MetaObject::new();
-        meta.0.insert(IDEMPOTENCY_META_KEY.into(), key.into());
+        meta.0.insert(
+            IDEMPOTENCY_META_KEY.into(),
+            ctx.idempotency_key.clone().into(),
+        );
         let mut params = CallToolRequestParams::new(tool.to_string()).with_arguments(arguments);
         params.meta = Some(RequestMetaObject(meta));
         Box::pin(async move {

@@ -1,7 +1,7 @@
 //! Sandboxes: where untrusted work runs. The [`SandboxProvider`] trait is implemented by
 //! `cadre-sandbox` (gVisor via `runsc`, plain processes); a [`Sandbox`] runs `cadre worker`,
-//! driven over the worker protocol (`cadre.v1.Worker`). A [`ProcessHost`] runs the processes
-//! of supervised actors (MCP servers, tools) in sandboxes, placed by the node's placement.
+//! driven over the worker protocol (`cadre.v1.Worker`). A [`SandboxHost`] places the work of
+//! supervised actors (MCP servers, conversations' workspaces) in sandboxes.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -89,18 +89,36 @@ pub trait SandboxProvider: Send + Sync {
     }
 }
 
-/// A process to run in a sandbox on behalf of a supervised actor.
+/// A logical actor to place in a sandbox (placement's unit).
 #[derive(Debug, Clone, PartialEq)]
-pub struct HostedSpec {
-    /// The logical actor the process belongs to (placement's unit); the child's path.
-    pub actor: String,
+pub struct HostedActor {
+    /// Its id, e.g. the child's path.
+    pub id: String,
     /// Whose sandbox it may share: actors of different tenants never share one.
     pub tenant: String,
     /// A sandbox of its own.
     pub exclusive: bool,
+}
+
+/// A process to run in a sandbox on behalf of a supervised actor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostedSpec {
+    /// The logical actor the process belongs to.
+    pub actor: HostedActor,
     pub argv: Vec<String>,
     pub env: Vec<(String, String)>,
 }
+
+/// A placed actor held in its slot, with its sandbox's worker. Dropping it lets the slot go.
+pub struct PinnedWorker {
+    pub sandbox: String,
+    pub worker: WorkerClient<Channel>,
+    pub hold: Box<dyn Send + Sync>,
+}
+
+/// A boxed future of a pinned actor.
+pub type PinFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<PinnedWorker, SandboxError>> + Send + 'a>>;
 
 /// How a hosted process ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,10 +147,12 @@ pub struct HostedProcess {
 pub type HostFuture<'a> =
     Pin<Box<dyn Future<Output = Result<HostedProcess, SandboxError>> + Send + 'a>>;
 
-/// Runs processes of supervised actors in sandboxes (implemented by `cadre-sandbox` on the
+/// Places the work of supervised actors in sandboxes (implemented by `cadre-sandbox` on the
 /// node's placement).
-pub trait ProcessHost: Send + Sync {
-    /// Places `spec.actor` in a sandbox of its tenant and starts its process there.
+pub trait SandboxHost: Send + Sync {
+    /// Activates `actor` in a sandbox of its tenant (or of its own) and holds it there.
+    fn pin(&self, actor: HostedActor) -> PinFuture<'_>;
+    /// Places `spec.actor` and starts its process there.
     fn spawn(&self, spec: HostedSpec) -> HostFuture<'_>;
 }
 

@@ -22,6 +22,8 @@ pub struct ToolInfo {
     pub description: String,
     /// The JSON schema of its arguments.
     pub input_schema: Value,
+    /// Calls need an approval (an agent's exec pauses for one; an API caller says so).
+    pub requires_approval: bool,
 }
 
 /// A tool as its server describes it.
@@ -31,6 +33,16 @@ pub struct ToolDef {
     pub name: String,
     pub description: String,
     pub input_schema: Value,
+    pub requires_approval: bool,
+}
+
+/// Who calls, for the tool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallContext {
+    /// The conversation the call is journaled in (built-in tools work in its workspace).
+    pub conversation: String,
+    /// `conversation/exec/step`: the same for a retried call.
+    pub idempotency_key: String,
 }
 
 /// What a call returned.
@@ -62,9 +74,9 @@ pub type CallFuture = Pin<Box<dyn Future<Output = Result<ToolOutcome, ToolError>
 
 /// Serves the tools of one namespace (an MCP server's session, built-in tools).
 pub trait ToolServer: Send + Sync {
-    /// Calls `tool` (its name inside the server) with checked `arguments`; `idempotency_key`
-    /// is passed to the tool so that it can recognise a retried call.
-    fn call(&self, tool: &str, arguments: Map<String, Value>, idempotency_key: &str) -> CallFuture;
+    /// Calls `tool` (its name inside the server) with checked `arguments`; the context's
+    /// idempotency key is passed to the tool so that it can recognise a retried call.
+    fn call(&self, tool: &str, arguments: Map<String, Value>, ctx: &CallContext) -> CallFuture;
 }
 
 /// The node's tools; cheap to clone.
@@ -169,6 +181,7 @@ impl ToolRegistry {
                     server: n.server.clone(),
                     description: t.def.description.clone(),
                     input_schema: t.def.input_schema.clone(),
+                    requires_approval: t.def.requires_approval,
                 })
             })
             .collect()
@@ -216,6 +229,7 @@ impl ToolRegistry {
         }
         Ok(PreparedCall {
             name: name.to_string(),
+            requires_approval: t.def.requires_approval,
             tool: tool.to_string(),
             arguments: map.clone(),
             caller: ns.caller.clone(),
@@ -226,16 +240,16 @@ impl ToolRegistry {
 /// A checked call, ready to be made (and journaled first).
 pub struct PreparedCall {
     pub name: String,
+    pub requires_approval: bool,
     tool: String,
     arguments: Map<String, Value>,
     caller: Arc<dyn ToolServer>,
 }
 
 impl PreparedCall {
-    /// Makes the call, passing `idempotency_key` to the tool.
-    pub fn call(self, idempotency_key: &str) -> CallFuture {
-        self.caller
-            .call(&self.tool, self.arguments, idempotency_key)
+    /// Makes the call.
+    pub fn call(self, ctx: &CallContext) -> CallFuture {
+        self.caller.call(&self.tool, self.arguments, ctx)
     }
 }
 
@@ -277,8 +291,8 @@ mod tests {
     struct Echo;
 
     impl ToolServer for Echo {
-        fn call(&self, tool: &str, arguments: Map<String, Value>, key: &str) -> CallFuture {
-            let result = json!({"tool": tool, "arguments": arguments, "key": key});
+        fn call(&self, tool: &str, arguments: Map<String, Value>, ctx: &CallContext) -> CallFuture {
+            let result = json!({"tool": tool, "arguments": arguments, "key": ctx.idempotency_key});
             Box::pin(async move {
                 Ok(ToolOutcome {
                     result,
@@ -297,6 +311,7 @@ mod tests {
                 "properties": {"a": {"type": "number"}, "b": {"type": "number"}},
                 "required": ["a", "b"]
             }),
+            requires_approval: false,
         }
     }
 
@@ -310,7 +325,10 @@ mod tests {
         let out = registry
             .prepare("math.add", &json!({"a": 1, "b": 2}))
             .unwrap()
-            .call("c/e/1")
+            .call(&CallContext {
+                conversation: "c".into(),
+                idempotency_key: "c/e/1".into(),
+            })
             .await
             .unwrap();
         assert_eq!(out.result["tool"], "add");

@@ -26,6 +26,8 @@ fn count(s: &SupervisorConfig) -> (usize, usize) {
                 let (a, b) = count(inner);
                 (sup + 1 + a, work + b)
             }
-            ActorConfig::Process(_) | ActorConfig::Mcp(_) => (sup, work + 1),
+            ActorConfig::Process(_) | ActorConfig::Mcp(_) | ActorConfig::Skill(_) => {
+                (sup, work + 1)
+            }
         })
 }

@@ -29,9 +29,13 @@ pub enum ToolsCommand {
         /// The arguments, a JSON object.
         #[arg(long, default_value = "{}")]
         args: String,
-        /// The conversation the call is journaled in [default: cadre.tools].
+        /// The conversation the call is journaled in, whose workspace the built-in tools use
+        /// [default: cadre.tools].
         #[arg(long)]
         conversation: Option<String>,
+        /// Approve a tool that requires approval (`workspace.run`).
+        #[arg(long)]
+        approve: bool,
         #[arg(short = 'o', long, value_enum, default_value_t)]
         output: Output,
         #[command(flatten)]
@@ -56,7 +60,8 @@ pub async fn run(command: ToolsCommand) -> Result<(), Failure> {
                         println!(
                             "{}",
                             json!({"name": t.name, "server": t.server,
-                                   "description": t.description, "input_schema": schema})
+                                   "description": t.description, "input_schema": schema,
+                                   "requires_approval": t.requires_approval})
                         );
                     }
                 }
@@ -81,6 +86,7 @@ pub async fn run(command: ToolsCommand) -> Result<(), Failure> {
             name,
             args,
             conversation,
+            approve,
             output,
             server,
         } => {
@@ -94,6 +100,7 @@ pub async fn run(command: ToolsCommand) -> Result<(), Failure> {
                     name,
                     arguments_json: args,
                     conversation_id: conversation.unwrap_or_default(),
+                    approved: approve,
                 })
                 .await
                 .map_err(|s| failure("Tools.Call", s))?

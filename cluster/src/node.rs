@@ -5,10 +5,14 @@ use std::path::{Path, PathBuf};
 
 use std::sync::Arc;
 
+use cadre_actors::builtin::{
+    BUILTIN_SERVER, SKILLS, SkillTools, WORKSPACE, WorkspaceTools, skill_tools, workspace_tools,
+};
 use cadre_actors::config::{Config, SandboxConfig, SandboxKind};
 use cadre_actors::controller::Controller;
 use cadre_actors::placement::PlacementConfig;
 use cadre_actors::sandbox::SandboxProvider;
+use cadre_actors::skills::SkillRegistry;
 use cadre_actors::store::StoreError;
 use cadre_actors::tools::ToolRegistry;
 use cadre_actors::{Services, StartError, SupervisorFlags, SupervisorRef, Tree, supervisor_child};
@@ -154,7 +158,9 @@ impl Node {
                 .as_ref()
                 .map(|(_, placement)| Arc::new(placement.clone()) as _),
             tools: ToolRegistry::new(),
+            skills: SkillRegistry::default(),
         };
+        register_builtins(&services);
         // The controller starts first and, in reverse order, stops last.
         let supervisor = &options.config.supervisor;
         let agents = supervisor_child(AGENTS, SupervisorFlags::default(), Vec::new());
@@ -286,6 +292,26 @@ impl Node {
         }
         tracing::info!(?exit, "cadre node stopped");
         exit
+    }
+}
+
+/// The built-in tools: skills always, workspaces where the node has sandboxes.
+fn register_builtins(services: &Services) {
+    let skills = SkillTools::new(services.skills.clone(), services.host.clone());
+    let registered =
+        services
+            .tools
+            .register(SKILLS, BUILTIN_SERVER, skill_tools(), Arc::new(skills));
+    debug_assert!(registered.is_ok(), "a fresh registry");
+    if let Some(host) = &services.host {
+        let workspace = WorkspaceTools::new(host.clone());
+        let registered = services.tools.register(
+            WORKSPACE,
+            BUILTIN_SERVER,
+            workspace_tools(),
+            Arc::new(workspace),
+        );
+        debug_assert!(registered.is_ok(), "a fresh registry");
     }
 }
 

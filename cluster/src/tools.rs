@@ -3,7 +3,7 @@
 //! `ToolReturned` after, in the caller's conversation or in `cadre.tools`.
 
 use cadre_actors::controller::{AUDIT_CONVERSATION, AppendRequest, Controller, NewEvent};
-use cadre_actors::tools::{ToolError, ToolRegistry};
+use cadre_actors::tools::{CallContext, ToolError, ToolRegistry};
 use cadre_proto::v1::tools_server::Tools;
 use cadre_proto::v1::{
     CallToolRequest, CallToolResponse, ListToolsRequest, ListToolsResponse, ToolCalled, ToolInfo,
@@ -78,6 +78,7 @@ impl Tools for ToolsService {
                 server: t.server,
                 description: t.description,
                 input_schema_json: t.input_schema.to_string(),
+                requires_approval: t.requires_approval,
             })
             .collect();
         Ok(Response::new(ListToolsResponse { tools }))
@@ -113,6 +114,13 @@ impl Tools for ToolsService {
             .tools
             .prepare(&r.name, &arguments)
             .map_err(|e| tool_status(&e))?;
+        if prepared.requires_approval && !r.approved {
+            return Err(Status::failed_precondition(format!(
+                "tool `{}` requires approval: call again with approved set (`cadre tools call \
+                 --approve`)",
+                r.name
+            )));
+        }
         let call_id = uuid::Uuid::new_v4().simple().to_string();
         let key = format!("{conversation}/call-{call_id}/1");
         let called_seq = self
@@ -127,7 +135,12 @@ impl Tools for ToolsService {
                 }),
             )
             .await?;
-        let outcome = prepared.call(&key).await;
+        let outcome = prepared
+            .call(&CallContext {
+                conversation: conversation.clone(),
+                idempotency_key: key.clone(),
+            })
+            .await;
         let returned = ToolReturned {
             call_id: call_id.clone(),
             outcome: Some(match &outcome {

@@ -1,7 +1,8 @@
 //! The `gvisor` provider: each sandbox is a `runsc` container running `cadre worker`.
 //!
 //! The container's root is an empty read-only directory; the host's system directories (`/usr`,
-//! `/lib`, `/lib64`, `/bin`, `/sbin`) and the `cadre` binary are mounted read-only, `/tmp` and
+//! `/lib`, `/lib64`, `/bin`, `/sbin`, `/etc/alternatives`) and the `cadre` binary are mounted
+//! read-only, `/tmp` and
 //! `/dev` are the sandbox's own tmpfs, and the workspace is the only host directory it can
 //! write. Network: `none` unless the spec allows egress. Memory and CPU limits go into the OCI
 //! spec's cgroup resources. gVisor's user-space kernel stands between all of it and the host.
@@ -22,8 +23,17 @@ const WORKER_BIN: &str = "/cadre/cadre";
 const WORKSPACE: &str = "/workspace";
 /// Hosted actors' workspaces: a tmpfs, so making one costs no round trip to the host.
 const ACTORS: &str = "/actors";
-/// Host directories every sandbox sees read-only (those that exist).
-const SYSTEM_DIRS: &[&str] = &["/usr", "/lib", "/lib64", "/bin", "/sbin"];
+/// Host directories every sandbox sees read-only (those that exist). `/etc/alternatives` holds
+/// only the symlinks behind Debian's generic commands (`awk`, `editor`, …), which point back
+/// into `/usr`; the rest of `/etc` stays out of the view.
+const SYSTEM_DIRS: &[&str] = &[
+    "/usr",
+    "/lib",
+    "/lib64",
+    "/bin",
+    "/sbin",
+    "/etc/alternatives",
+];
 
 /// Starts `runsc` sandboxes; keeps their bundles and runsc state under `state_dir`.
 pub struct GvisorProvider {

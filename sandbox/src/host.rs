@@ -1,6 +1,7 @@
-//! Processes of supervised actors, run in sandboxes placed by [`Placement`].
+//! The work of supervised actors in sandboxes placed by [`Placement`]: pinned actors (a
+//! conversation's workspace) and processes (MCP servers).
 //!
-//! Starting one pins the actor's logical actor (activating it in a slot of a sandbox of its
+//! Starting a process pins the actor's logical actor (activating it in a slot of a sandbox of its
 //! tenant, or in a sandbox of its own), then runs the process there through the worker's `Run`
 //! call, whose stdio is bridged to in-memory pipes. The pin holds the slot for as long as the
 //! process runs. If the sandbox dies, the call breaks and the process is reported
@@ -9,7 +10,8 @@
 use cadre_actors::placement::{Isolation, LogicalActor};
 use cadre_actors::process::ProcessExit;
 use cadre_actors::sandbox::{
-    HostFuture, HostedExit, HostedProcess, HostedSpec, ProcessHost, SandboxError,
+    HostFuture, HostedActor, HostedExit, HostedProcess, HostedSpec, PinFuture, PinnedWorker,
+    SandboxError, SandboxHost,
 };
 use cadre_proto::v1::{ProcessStart, RunInput, RunOutput, run_input, run_output};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
@@ -21,23 +23,39 @@ use crate::Placement;
 /// Bytes buffered in each direction of a hosted process's stdio.
 const PIPE_BUFFER: usize = 256 * 1024;
 
-impl ProcessHost for Placement {
-    fn spawn(&self, spec: HostedSpec) -> HostFuture<'_> {
+impl SandboxHost for Placement {
+    fn pin(&self, actor: HostedActor) -> PinFuture<'_> {
         Box::pin(async move {
-            let fail = |why: String| SandboxError::Start {
-                id: spec.actor.clone(),
-                why,
-            };
-            let actor = LogicalActor {
-                id: logical_id(&spec.actor),
-                tenant: spec.tenant.clone(),
-                isolation: if spec.exclusive {
+            let logical = LogicalActor {
+                id: logical_id(&actor.id),
+                tenant: actor.tenant.clone(),
+                isolation: if actor.exclusive {
                     Isolation::Exclusive
                 } else {
                     Isolation::Shared
                 },
             };
-            let pinned = self.pin(&actor).await.map_err(|e| fail(e.to_string()))?;
+            let pinned = Placement::pin(self, &logical)
+                .await
+                .map_err(|e| SandboxError::Start {
+                    id: actor.id.clone(),
+                    why: e.to_string(),
+                })?;
+            Ok(PinnedWorker {
+                sandbox: pinned.sandbox.clone(),
+                worker: pinned.worker.clone(),
+                hold: Box::new(pinned),
+            })
+        })
+    }
+
+    fn spawn(&self, spec: HostedSpec) -> HostFuture<'_> {
+        Box::pin(async move {
+            let fail = |why: String| SandboxError::Start {
+                id: spec.actor.id.clone(),
+                why,
+            };
+            let pinned = SandboxHost::pin(self, spec.actor.clone()).await?;
             let (inputs, input_rx) = mpsc::channel::<RunInput>(64);
             let start = RunInput {
                 input: Some(run_input::Input::Start(ProcessStart {
@@ -65,7 +83,7 @@ impl ProcessHost for Placement {
             let (stdout_theirs, stdout) = tokio::io::duplex(PIPE_BUFFER);
             let (stdin, stdin_theirs) = tokio::io::duplex(PIPE_BUFFER);
             let (signals, signal_rx) = mpsc::unbounded_channel();
-            let path = spec.actor.clone();
+            let path = spec.actor.id.clone();
             let output = tokio::spawn(async move {
                 let exit = pump_outputs(&mut outputs, stdout_theirs, &path).await;
                 let _ = exit_tx.send(Some(exit));
@@ -79,7 +97,7 @@ impl ProcessHost for Placement {
                 exit,
                 signals,
                 hold: Box::new(Hold {
-                    _pinned: pinned,
+                    _pinned: pinned.hold,
                     tasks: [output.abort_handle(), input.abort_handle()],
                 }),
             })
@@ -89,7 +107,7 @@ impl ProcessHost for Placement {
 
 /// The pin and the tasks that carry the call; dropping it ends the call.
 struct Hold {
-    _pinned: crate::Pinned,
+    _pinned: Box<dyn Send + Sync>,
     tasks: [tokio::task::AbortHandle; 2],
 }
 

@@ -7,7 +7,7 @@
 //! explicitly allowed). Each sandbox runs `cadre worker` ([`worker::WorkerService`]), which the
 //! node drives over the worker protocol (`cadre.v1.Worker`, gRPC over the sandbox's stdio).
 //! [`Placement`] hosts logical actors on the warm pool, and runs the processes of supervised
-//! actors (as [`cadre_actors::sandbox::ProcessHost`]).
+//! actors (as [`cadre_actors::sandbox::SandboxHost`]).
 
 mod gvisor;
 mod host;

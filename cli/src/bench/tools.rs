@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use cadre_actors::mcp::{McpServer, McpSpec, mcp_child};
-use cadre_actors::tools::ToolRegistry;
+use cadre_actors::tools::{CallContext, ToolRegistry};
 use cadre_actors::{Services, SupervisorFlags, SupervisorRef, Tree};
 use clap::Args;
 use rmcp::ServiceExt;
@@ -170,6 +170,7 @@ async fn rounds(
     let services = Services {
         host: Some(Arc::new(placement.clone())),
         tools: tools.clone(),
+        skills: Default::default(),
     };
     let spec = McpSpec {
         server: McpServer::Stdio {
@@ -192,7 +193,11 @@ async fn rounds(
             let through: Call = Arc::new(move || {
                 let prepared = registry.prepare(&name, &call_args);
                 Box::pin(async move {
-                    let outcome = prepared?.call("bench/call/1").await?;
+                    let ctx = CallContext {
+                        conversation: "bench".into(),
+                        idempotency_key: "bench/call/1".into(),
+                    };
+                    let outcome = prepared?.call(&ctx).await?;
                     anyhow::ensure!(!outcome.is_error, "the tool reported an error");
                     Ok(())
                 })

@@ -1,0 +1,295 @@
+//! Skills (kind `skill`, the two example skills in `examples/skills/`) and the built-in
+//! workspace tools, on a real `cadre serve` with real gVisor sandboxes, through the CLI.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use cadre_tests::{Node, find};
+use serde_json::Value;
+
+fn skill_dir(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/skills")
+        .join(name)
+        .canonicalize()
+        .expect("the example skill exists")
+}
+
+/// `cadre tools call NAME --args ARGS --conversation C -o json [extra]`: exit code, the parsed
+/// response, stderr.
+fn call(
+    node: &Node,
+    conversation: &str,
+    name: &str,
+    args: &str,
+    extra: &[&str],
+) -> (i32, Value, String) {
+    let mut argv = vec![
+        "tools",
+        "call",
+        name,
+        "--args",
+        args,
+        "--conversation",
+        conversation,
+        "-o",
+        "json",
+    ];
+    argv.extend_from_slice(extra);
+    let out = node.cli(&argv);
+    let value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (
+        out.status.code().unwrap_or(-1),
+        value,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn structured(r: &Value) -> &Value {
+    &r["result"]["structuredContent"]
+}
+
+fn events(node: &Node, conversation: &str) -> usize {
+    let out = node.cli(&["conversations", "log", conversation, "-o", "json"]);
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+#[test]
+fn skills_are_listed_activated_into_a_workspace_and_used_with_the_workspace_tools() {
+    let config = format!(
+        r#"
+version: v1
+sandbox:
+  warm_pool: {{ min: 1, max: 4 }}
+supervisor:
+  children:
+    - id: skills
+      supervisor:
+        children:
+          - id: csv-summary
+            skill: {{ path: "{csv}" }}
+          - id: release-notes
+            skill: {{ path: "{notes}" }}
+"#,
+        csv = skill_dir("csv-summary").display(),
+        notes = skill_dir("release-notes").display(),
+    );
+    let node = Node::start(&config);
+    let tree = node.wait_tree("the skills", Duration::from_secs(30), |t| {
+        find(t, "root/skills/release-notes")["status"] == "running"
+    });
+    assert_eq!(find(&tree, "root/skills/csv-summary")["kind"], "skill");
+
+    let out = node.cli(&["tools", "ls", "-o", "json"]);
+    let tools: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let tool = |name: &str| {
+        tools
+            .iter()
+            .find(|t| t["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {tools:#?}"))
+    };
+    assert_eq!(tool("workspace.run")["requires_approval"], true);
+    assert_eq!(tool("workspace.read_file")["requires_approval"], false);
+    assert_eq!(tool("skills.activate_skill")["server"], "builtin");
+
+    // The list: both skills with their front matter.
+    let (code, r, err) = call(&node, "c1", "skills.list_skills", "{}", &[]);
+    assert_eq!(code, 0, "{err}");
+    let skills = structured(&r)["skills"].as_array().unwrap().clone();
+    assert_eq!(skills.len(), 2, "{r}");
+    assert_eq!(skills[0]["name"], "csv-summary");
+    assert!(
+        skills[0]["description"]
+            .as_str()
+            .unwrap()
+            .starts_with("Summarises a CSV file")
+    );
+    assert_eq!(skills[1]["name"], "release-notes");
+
+    // Activation: the instructions, and the folder in the caller's workspace.
+    let (code, r, err) = call(
+        &node,
+        "c1",
+        "skills.activate_skill",
+        r#"{"name":"csv-summary"}"#,
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        structured(&r)["instructions"]
+            .as_str()
+            .unwrap()
+            .contains("# Summarising a CSV file")
+    );
+    assert_eq!(
+        structured(&r)["files"],
+        serde_json::json!([
+            "skills/csv-summary/SKILL.md",
+            "skills/csv-summary/scripts/summarize.sh"
+        ])
+    );
+    let (code, r, err) = call(
+        &node,
+        "c1",
+        "workspace.list_files",
+        r#"{"path":"skills/csv-summary/scripts"}"#,
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(structured(&r)["entries"][0]["name"], "summarize.sh");
+
+    // Use it: write a file, run the skill's script (approval needed), read the result.
+    let csv = r#"{"path":"data/fruit.csv","content":"name,qty,price\napple,3,1.5\npear,5,2\n"}"#;
+    let (code, _, err) = call(&node, "c1", "workspace.write_file", csv, &[]);
+    assert_eq!(code, 0, "{err}");
+    let run = r#"{"command":"sh skills/csv-summary/scripts/summarize.sh data/fruit.csv > summary.txt && cat summary.txt"}"#;
+    let before = events(&node, "c1");
+    let (code, _, err) = call(&node, "c1", "workspace.run", run, &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("FailedPrecondition") && err.contains("requires approval"),
+        "{err}"
+    );
+    assert_eq!(
+        events(&node, "c1"),
+        before,
+        "a refused call journals nothing"
+    );
+    let (code, r, err) = call(&node, "c1", "workspace.run", run, &["--approve"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(structured(&r)["exit_code"], 0, "{r}");
+    let stdout = structured(&r)["stdout"].as_str().unwrap().to_string();
+    assert!(
+        stdout.contains("rows: 2") && stdout.contains("qty: sum 8, mean 4"),
+        "{stdout}"
+    );
+    let (code, r, err) = call(
+        &node,
+        "c1",
+        "workspace.read_file",
+        r#"{"path":"summary.txt"}"#,
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(structured(&r)["content"], stdout.as_str());
+
+    // The run tool's limits: a timeout kills the command; the output is capped.
+    let (code, r, _) = call(
+        &node,
+        "c1",
+        "workspace.run",
+        r#"{"command":"sleep 30","timeout_ms":500}"#,
+        &["--approve"],
+    );
+    assert_eq!(code, 1);
+    assert_eq!(structured(&r)["timed_out"], true, "{r}");
+    let (code, r, err) = call(
+        &node,
+        "c1",
+        "workspace.run",
+        r#"{"command":"head -c 200000 /dev/zero | tr '\\0' x; exit 3"}"#,
+        &["--approve"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(structured(&r)["exit_code"], 3, "{r}");
+    assert_eq!(structured(&r)["truncated"], true);
+    assert_eq!(structured(&r)["stdout"].as_str().unwrap().len(), 64 * 1024);
+
+    // Another conversation has a workspace (and a sandbox) of its own.
+    let (code, r, _) = call(
+        &node,
+        "c2",
+        "workspace.read_file",
+        r#"{"path":"summary.txt"}"#,
+        &[],
+    );
+    assert_eq!(code, 1, "{r}");
+    assert_eq!(r["is_error"], true);
+    let (code, r, _) = call(
+        &node,
+        "c2",
+        "workspace.run",
+        r#"{"command":"ls skills 2>&1; ls /"}"#,
+        &["--approve"],
+    );
+    assert_eq!(code, 0);
+    assert!(
+        !structured(&r)["stdout"]
+            .as_str()
+            .unwrap()
+            .contains("csv-summary"),
+        "{r}"
+    );
+    let (code, r, _) = call(
+        &node,
+        "c2",
+        "workspace.read_file",
+        r#"{"path":"../../etc/passwd"}"#,
+        &[],
+    );
+    assert_eq!((code, &r["is_error"]), (1, &Value::Bool(true)), "{r}");
+
+    // Unknown skill; schema checks apply to built-ins too.
+    let (code, r, _) = call(
+        &node,
+        "c1",
+        "skills.activate_skill",
+        r#"{"name":"nope"}"#,
+        &[],
+    );
+    assert_eq!(code, 1);
+    assert!(
+        r["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("no skill `nope`")
+    );
+    let (code, _, err) = call(
+        &node,
+        "c1",
+        "workspace.run",
+        r#"{"command":"true","timeout_ms":0}"#,
+        &["--approve"],
+    );
+    assert_eq!(code, 2, "{err}");
+
+    // A stopped skill leaves the list; a bad skill folder fails to start, naming the line.
+    let out = node.cli(&["actors", "stop", "root/skills/release-notes"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, r, _) = call(&node, "c1", "skills.list_skills", "{}", &[]);
+    assert_eq!(structured(&r)["skills"].as_array().unwrap().len(), 1, "{r}");
+    let bad = node.dir.path().join("bad-skill");
+    std::fs::create_dir_all(&bad).unwrap();
+    std::fs::write(
+        bad.join("SKILL.md"),
+        "---\nname: bad\n---\nno description\n",
+    )
+    .unwrap();
+    let spec = node.dir.path().join("bad.yaml");
+    std::fs::write(
+        &spec,
+        format!("id: bad\nskill: {{ path: \"{}\" }}\n", bad.display()),
+    )
+    .unwrap();
+    let out = node.cli(&[
+        "actors",
+        "spawn",
+        "-f",
+        spec.to_str().unwrap(),
+        "--parent",
+        "root/skills",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("SKILL.md:2: front matter needs a non-empty `description`"),
+        "{err}"
+    );
+}
