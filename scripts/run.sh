@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs a cadre node on its embedded defaults with examples/cadre.yaml, shows its supervision
 # tree, kills one supervised process to show a rest_for_one restart, runs an exec with the
-# built-in echo agent, prints its durable log and forks it. The node keeps serving until
+# built-in echo agent, prints its durable log and forks it, then lists the node's tools, calls
+# one of the MCP server's, activates a skill into a conversation's workspace and runs its script
+# there (in a gVisor sandbox). The node keeps serving until
 # Ctrl-C (or exits after the demo with --once).
 #
 #   ./scripts/run.sh [--once] [CONFIG]        listen address: $CADRE_LISTEN (127.0.0.1:7400)
@@ -23,7 +25,7 @@ echo "==> cadre serve --config ${config} --listen ${addr}"
 "${cadre}" serve --config "${config}" --listen "${addr}" &
 node=$!
 trap 'kill -TERM "${node}" 2>/dev/null || true; wait "${node}" 2>/dev/null || true' EXIT
-for _ in $(seq 100); do
+for _ in $(seq 300); do
   "${cadre}" tree >/dev/null 2>&1 && break
   kill -0 "${node}" 2>/dev/null || { echo "cadre serve exited; see the log above" >&2; exit 1; }
   sleep 0.1
@@ -57,6 +59,17 @@ echo "==> cadre conversations log ${conversation}"
 echo "==> cadre fork --conversation ${conversation} --at-seq 1, then continue the branch"
 branch=$("${cadre}" fork --conversation "${conversation}" --at-seq 1 -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["conversation_id"])')
 "${cadre}" exec --agent echo --input "a different turn" --conversation "${branch}"
+
+echo "==> cadre tools ls   (an MCP server in a gVisor sandbox, skills, built-in workspace tools)"
+"${cadre}" tools ls
+echo "==> cadre tools call everything.get-sum --args '{\"a\":2,\"b\":40}'   (journaled in cadre.tools)"
+"${cadre}" tools call everything.get-sum --args '{"a":2,"b":40}'
+echo "==> the csv-summary skill in conversation demo's workspace (a sandbox of its own)"
+"${cadre}" tools call skills.activate_skill --args '{"name":"csv-summary"}' --conversation demo | head -3
+"${cadre}" tools call workspace.write_file --conversation demo \
+  --args '{"path":"fruit.csv","content":"name,qty,price\napple,3,1.5\npear,5,2\n"}'
+"${cadre}" tools call workspace.run --approve --conversation demo \
+  --args '{"command":"sh skills/csv-summary/scripts/summarize.sh fruit.csv"}'
 
 if [ "${once}" = 1 ]; then
   echo "==> stopping the node (SIGTERM: reverse start order)"
