@@ -71,6 +71,20 @@ fn log(node: &Node, conversation: &str) -> Vec<Value> {
         .collect()
 }
 
+/// A server on the official Python SDK (installed with mcp-server-time) whose one tool answers
+/// with the `_meta` of its request.
+const META_SERVER: &str = r#"
+import json
+from mcp.server.mcpserver import MCPServer, Context
+server = MCPServer("meta")
+@server.tool()
+def meta(ctx: Context) -> str:
+    "Returns the request's _meta."
+    m = ctx.request_context.meta
+    return json.dumps(m if isinstance(m, dict) else m.model_dump(by_alias=True, exclude_none=True))
+server.run()
+"#;
+
 #[test]
 fn tools_of_real_mcp_servers_are_listed_checked_called_and_journaled() {
     let config = format!(
@@ -88,13 +102,24 @@ supervisor:
             mcp: {{ command: {time} }}
           - id: everything
             mcp: {{ command: {everything}, timeout_ms: 20000 }}
+          - id: meta
+            mcp: {{ command: [{python}, -c, {meta}] }}
 "#,
         time = time_command(),
         everything = everything_command(),
+        python = cadre_tests::mcp_dir().join("time/bin/python3").display(),
+        meta = serde_json::to_string(META_SERVER).unwrap(),
     );
     let node = Node::start(&config);
-    let tree = node.wait_tree("both servers", START, |t| {
-        running(t, &["root/tools/time", "root/tools/everything"])
+    let tree = node.wait_tree("the servers", START, |t| {
+        running(
+            t,
+            &[
+                "root/tools/time",
+                "root/tools/everything",
+                "root/tools/meta",
+            ],
+        )
     });
     // Both run in gVisor, in one sandbox of their tenant.
     let (time, everything) = (
@@ -196,6 +221,15 @@ supervisor:
     assert_eq!(code, 1);
     assert_eq!(r["is_error"], true, "{r}");
     assert!(text(&r).contains("Mars/Olympus"), "{r}");
+
+    // The idempotency key reaches the server in the request's `_meta`.
+    let (code, r, err) = call(&node, "meta.meta", "{}");
+    assert_eq!(code, 0, "{err}");
+    let meta: Value = serde_json::from_str(&text(&r)).unwrap();
+    assert_eq!(
+        meta["cadre/idempotency-key"], r["idempotency_key"],
+        "{meta}"
+    );
 
     // Journaled in the caller's conversation when it names one.
     let out = node.cli(&[
