@@ -146,6 +146,7 @@ pub fn workspace_actor(conversation: &str) -> HostedActor {
         id: format!("ws.{safe}"),
         tenant: format!("conversation.{safe}"),
         exclusive: true,
+        egress: false,
     }
 }
 

@@ -370,6 +370,7 @@ struct RawMcp {
     env: BTreeMap<String, String>,
     tenant: Option<Spanned<String>>,
     isolation: Option<Spanned<String>>,
+    egress: Option<Spanned<bool>>,
     timeout_ms: Option<Spanned<i64>>,
     start_timeout_ms: Option<Spanned<i64>>,
 }
@@ -722,6 +723,15 @@ impl Checker {
                     format!("unknown mcp.isolation `{other}` (expected shared or exclusive)"),
                 ),
             }
+        }
+        if let Some(e) = &raw.egress {
+            if **e && raw.url.is_some() {
+                self.fail(
+                    e.span(),
+                    format!("child `{id}`: mcp.egress is for a command in a sandbox, not a url"),
+                );
+            }
+            spec.egress = **e;
         }
         let mut ms = |v: &Option<Spanned<i64>>, name: &str, default: Duration| match v {
             Some(v) if **v < 1 => {

@@ -43,6 +43,8 @@ pub struct McpSpec {
     pub tenant: String,
     /// A sandbox of its own.
     pub exclusive: bool,
+    /// Network access for a stdio server (a sandbox of its own that may connect out).
+    pub egress: bool,
     /// How long one tool call may take.
     pub call_timeout: Duration,
     /// How long the server may take to start and answer the handshake and the tool list.
@@ -73,6 +75,7 @@ impl Default for McpSpec {
             },
             tenant: "system".into(),
             exclusive: false,
+            egress: false,
             call_timeout: Duration::from_secs(30),
             start_timeout: Duration::from_secs(60),
         }
@@ -199,6 +202,7 @@ async fn start_stdio(
                 id: ctx.path.clone(),
                 tenant: spec.tenant.clone(),
                 exclusive: spec.exclusive,
+                egress: spec.egress,
             },
             argv: command.to_vec(),
             env: env.to_vec(),

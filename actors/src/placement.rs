@@ -47,6 +47,16 @@ pub enum Isolation {
     Shared,
     /// A sandbox of its own.
     Exclusive,
+    /// A sandbox of its own that may open network connections (egress is opt-in per actor,
+    /// and never shared with an actor that did not opt in).
+    ExclusiveWithEgress,
+}
+
+impl Isolation {
+    /// Whether the actor has a sandbox of its own.
+    pub fn is_exclusive(self) -> bool {
+        self != Isolation::Shared
+    }
 }
 
 /// A logical actor as placement sees it.
@@ -241,7 +251,7 @@ impl<H: Clone> PlacementPolicy<H> {
             ActorState::Passive => {}
         }
         let tenant = entry.tenant.clone();
-        if actor.isolation == Isolation::Exclusive {
+        if actor.isolation.is_exclusive() {
             let own = self
                 .sandboxes
                 .iter()
@@ -289,7 +299,7 @@ impl<H: Clone> PlacementPolicy<H> {
     pub fn add_sandbox(&mut self, actor: &LogicalActor, sandbox: String, handle: H, now: Instant) {
         let tenant = self.tenant(&actor.tenant);
         self.lease_ended(actor);
-        let exclusive = (actor.isolation == Isolation::Exclusive).then(|| actor.id.clone());
+        let exclusive = actor.isolation.is_exclusive().then(|| actor.id.clone());
         self.sandboxes.insert(
             sandbox,
             SandboxEntry {
@@ -564,7 +574,7 @@ impl<H: Clone> PlacementPolicy<H> {
 
     /// A lease asked for by `actor` arrived or failed.
     fn lease_ended(&mut self, actor: &LogicalActor) {
-        if actor.isolation == Isolation::Exclusive {
+        if actor.isolation.is_exclusive() {
             if self.actors.get(&actor.id).map(|e| &e.state) == Some(&ActorState::Leasing) {
                 self.set_state(&actor.id, ActorState::Passive);
             }

@@ -98,6 +98,8 @@ pub struct HostedActor {
     pub tenant: String,
     /// A sandbox of its own.
     pub exclusive: bool,
+    /// Network access (opt-in; implies a sandbox of its own).
+    pub egress: bool,
 }
 
 /// A process to run in a sandbox on behalf of a supervised actor.

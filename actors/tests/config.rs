@@ -349,6 +349,15 @@ fn mcp_children() {
     assert!(reject(&child("{ command: [x], url: \"http://a\" }")).contains("not both"));
     assert!(reject(&child("{ url: \"https://a\" }")).contains("https is not in this build"));
     assert!(
+        reject(&child("{ url: \"http://a\", egress: true }"))
+            .contains("mcp.egress is for a command in a sandbox, not a url")
+    );
+    let config = Config::parse("cadre.yaml", &child("{ command: [x], egress: true }")).unwrap();
+    let ActorConfig::Mcp(mcp) = &config.supervisor.children[0].actor else {
+        panic!()
+    };
+    assert!(mcp.egress);
+    assert!(
         reject(
             "version: v1\nsupervisor:\n  children:\n    - id: m\n      process: { command: [x] }\n      mcp: { command: [y] }\n"
         )

@@ -3,7 +3,8 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cadre_proto::v1::actors_client::ActorsClient;
-use cadre_proto::v1::{ActorNode, TreeEvent, TreeRequest, WatchTreeRequest};
+use cadre_proto::v1::cluster_client::ClusterClient;
+use cadre_proto::v1::{ActorNode, SandboxesRequest, TreeEvent, TreeRequest, WatchTreeRequest};
 use clap::Args;
 use serde_json::{Map, Value, json};
 
@@ -49,7 +50,12 @@ pub async fn run(args: TreeArgs) -> Result<(), Failure> {
     match (args.output, &changes) {
         (Output::Json, None) => println!("{}", to_json(&root)),
         (Output::Json, Some(_)) => {}
-        (Output::Text, _) => print!("{}", render(&root)),
+        (Output::Text, _) => {
+            if let Some(warning) = not_isolated(&args.server, &root).await {
+                println!("{warning}");
+            }
+            print!("{}", render(&root))
+        }
     }
     if let Some(changes) = &mut changes {
         use std::io::Write;
@@ -145,6 +151,28 @@ pub fn to_json(node: &ActorNode) -> Value {
         Value::Array(node.children.iter().map(to_json).collect()),
     );
     Value::Object(obj)
+}
+
+/// A plain warning when the tree has placed actors and the node's sandboxes isolate nothing.
+async fn not_isolated(server: &ServerArgs, root: &ActorNode) -> Option<String> {
+    fn placed(n: &ActorNode) -> bool {
+        n.placement.is_some() || n.children.iter().any(placed)
+    }
+    if !placed(root) {
+        return None;
+    }
+    let channel = connect(server).await.ok()?;
+    let list = ClusterClient::new(channel)
+        .sandboxes(SandboxesRequest {})
+        .await
+        .ok()?
+        .into_inner();
+    (!list.isolated).then(|| {
+        format!(
+            "NOT ISOLATED: sandbox provider `{}`: placed actors run directly on the host",
+            list.provider
+        )
+    })
 }
 
 /// A pstree-like drawing: name, kind (and strategy), status, restarts, uptime, pid, placement.

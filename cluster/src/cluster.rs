@@ -157,6 +157,7 @@ impl Cluster for ClusterService {
                     isolation: match a.isolation {
                         Isolation::Shared => "shared",
                         Isolation::Exclusive => "exclusive",
+                        Isolation::ExclusiveWithEgress => "exclusive+egress",
                     }
                     .into(),
                     state: state.into(),

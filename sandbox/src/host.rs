@@ -29,10 +29,10 @@ impl SandboxHost for Placement {
             let logical = LogicalActor {
                 id: logical_id(&actor.id),
                 tenant: actor.tenant.clone(),
-                isolation: if actor.exclusive {
-                    Isolation::Exclusive
-                } else {
-                    Isolation::Shared
+                isolation: match (actor.egress, actor.exclusive) {
+                    (true, _) => Isolation::ExclusiveWithEgress,
+                    (false, true) => Isolation::Exclusive,
+                    (false, false) => Isolation::Shared,
                 },
             };
             let pinned = Placement::pin(self, &logical)

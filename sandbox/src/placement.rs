@@ -19,8 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cadre_actors::placement::{
-    ActorPlacement, LogicalActor, PlaceError, PlacementConfig, PlacementPolicy, SandboxSlots, Step,
-    Victim,
+    ActorPlacement, Isolation, LogicalActor, PlaceError, PlacementConfig, PlacementPolicy,
+    SandboxSlots, Step, Victim,
 };
 use cadre_proto::v1::worker_client::WorkerClient;
 use cadre_proto::v1::{ActivateRequest, DeliverRequest, PassivateRequest};
@@ -421,8 +421,15 @@ impl Placement {
         } else {
             None
         };
+        let fresh = || async {
+            if actor.isolation == Isolation::ExclusiveWithEgress {
+                self.inner.pool.acquire_with_egress(&actor.tenant).await
+            } else {
+                self.inner.pool.acquire(&actor.tenant).await
+            }
+        };
         let Some(id) = suspended else {
-            return (self.inner.pool.acquire(&actor.tenant).await, false);
+            return (fresh().await, false);
         };
         match self.inner.pool.restore(&id, &actor.tenant).await {
             Ok(lease) => (Ok(lease), true),
@@ -433,7 +440,7 @@ impl Placement {
             Err(e) => {
                 tracing::warn!(actor = %actor.id, sandbox = %id, error = %e,
                     "cannot restore the actor's suspended sandbox; activating it afresh");
-                (self.inner.pool.acquire(&actor.tenant).await, false)
+                (fresh().await, false)
             }
         }
     }

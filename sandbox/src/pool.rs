@@ -9,7 +9,7 @@
 //! suspended to a checkpoint image on disk ([`WarmPool::suspend`]), which frees its place, and
 //! restored later under the same id ([`WarmPool::restore`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -95,6 +95,8 @@ struct Inner {
     monitors: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Suspended sandboxes still being removed: a restore under the same id waits.
     removing: Mutex<HashMap<String, oneshot::Receiver<()>>>,
+    /// Sandboxes started with network access (also while suspended, so a restore has it too).
+    egress: Mutex<HashSet<String>>,
 }
 
 #[derive(Default)]
@@ -148,6 +150,7 @@ impl WarmPool {
                 next: AtomicU64::new(1),
                 monitors: Mutex::default(),
                 removing: Mutex::default(),
+                egress: Mutex::default(),
             }),
         };
         let refiller = pool.clone();
@@ -211,8 +214,28 @@ impl WarmPool {
         })
     }
 
+    /// Starts a sandbox with network access for `tenant` (never a warm one: warm sandboxes
+    /// have none). A warm sandbox gives up its place if the pool is full.
+    pub async fn acquire_with_egress(&self, tenant: &str) -> Result<Lease, PoolError> {
+        self.make_room().await?;
+        let id = self.next_id();
+        self.inner.egress.lock().expect("egress").insert(id.clone());
+        let started = self.launch(id.clone(), Some(tenant), None).await;
+        self.inner.state.lock().expect("pool lock").starting -= 1;
+        self.inner.refill.notify_one();
+        let worker = started.inspect_err(|_| {
+            self.inner.egress.lock().expect("egress").remove(&id);
+        })?;
+        Ok(Lease {
+            id,
+            tenant: tenant.to_string(),
+            worker,
+        })
+    }
+
     /// Destroys a leased sandbox (it is never given to another tenant) and refills the pool.
     pub fn release(&self, id: &str) {
+        self.inner.egress.lock().expect("egress").remove(id);
         let control = self.inner.state.lock().expect("pool lock").take(id);
         if let Some(control) = control {
             let _ = control.send(Control::Stop);
@@ -251,38 +274,7 @@ impl WarmPool {
     /// Restores a suspended sandbox for `tenant` under its id, if there is room (a warm
     /// sandbox gives up its place if need be); its image is removed once it runs.
     pub async fn restore(&self, id: &str, tenant: &str) -> Result<Lease, PoolError> {
-        loop {
-            {
-                let mut state = self.inner.state.lock().expect("pool lock");
-                let full = state.sandboxes.len() + state.starting >= self.inner.config.max;
-                let warm = state
-                    .sandboxes
-                    .iter()
-                    .find(|(_, e)| e.info.tenant.is_none())
-                    .map(|(id, _)| id.clone());
-                match (full, warm) {
-                    (false, _) => {
-                        state.starting += 1;
-                        break;
-                    }
-                    (true, Some(warm)) => {
-                        if let Some(control) = state.take(&warm) {
-                            let _ = control.send(Control::Stop);
-                        }
-                        state.starting += 1;
-                        break;
-                    }
-                    (true, None) if state.warming == 0 => {
-                        return Err(PoolError::Exhausted {
-                            max: self.inner.config.max,
-                        });
-                    }
-                    // A warm sandbox is on its way: it will give up its place.
-                    (true, None) => {}
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        self.make_room().await?;
         self.removed(id).await;
         let image = self.image(id);
         let started = self
@@ -305,6 +297,43 @@ impl WarmPool {
             tenant: tenant.to_string(),
             worker,
         })
+    }
+
+    /// Counts one more sandbox as starting once there is room for it: a warm sandbox gives up
+    /// its place if the pool is full; `Exhausted` if every place is leased.
+    async fn make_room(&self) -> Result<(), PoolError> {
+        loop {
+            {
+                let mut state = self.inner.state.lock().expect("pool lock");
+                let full = state.sandboxes.len() + state.starting >= self.inner.config.max;
+                let warm = state
+                    .sandboxes
+                    .iter()
+                    .find(|(_, e)| e.info.tenant.is_none())
+                    .map(|(id, _)| id.clone());
+                match (full, warm) {
+                    (false, _) => {
+                        state.starting += 1;
+                        return Ok(());
+                    }
+                    (true, Some(warm)) => {
+                        if let Some(control) = state.take(&warm) {
+                            let _ = control.send(Control::Stop);
+                        }
+                        state.starting += 1;
+                        return Ok(());
+                    }
+                    (true, None) if state.warming == 0 => {
+                        return Err(PoolError::Exhausted {
+                            max: self.inner.config.max,
+                        });
+                    }
+                    // A warm sandbox is on its way: it will give up its place.
+                    (true, None) => {}
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Waits until what is left of a suspended sandbox is removed (a restore under its id
@@ -399,7 +428,7 @@ impl WarmPool {
             id: id.clone(),
             tenant: tenant.unwrap_or_default().to_string(),
             workspace: config.workspaces.join(&id),
-            egress: false,
+            egress: self.inner.egress.lock().expect("egress").contains(&id),
             memory_bytes: config.memory_bytes,
             cpus: config.cpus,
         };

@@ -534,3 +534,64 @@ supervisor:
     );
     assert_eq!(find(&tree, "root/remote")["kind"], "mcp");
 }
+
+/// A server on the official Python SDK whose tool opens a TCP connection to a port on
+/// 127.0.0.1 and says whether it could.
+const NET_SERVER: &str = r#"
+import socket
+from mcp.server.mcpserver import MCPServer
+server = MCPServer("net")
+@server.tool()
+def connect(port: int) -> str:
+    "Connects to 127.0.0.1:PORT."
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=3).close()
+        return "connected"
+    except OSError as e:
+        return "refused: " + str(e)
+server.run()
+"#;
+
+#[test]
+fn an_mcp_server_reaches_the_network_only_when_its_egress_is_opted_in() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let python = cadre_tests::mcp_dir().join("time/bin/python3");
+    let server = serde_json::to_string(NET_SERVER).unwrap();
+    let config = format!(
+        r#"
+version: v1
+sandbox:
+  warm_pool: {{ min: 1, max: 3 }}
+supervisor:
+  children:
+    - id: open
+      mcp: {{ command: ["{python}", -c, {server}], egress: true }}
+    - id: closed
+      mcp: {{ command: ["{python}", -c, {server}] }}
+"#,
+        python = python.display(),
+    );
+    let node = Node::start(&config);
+    let tree = node.wait_tree("both servers", START, |t| {
+        running(t, &["root/open", "root/closed"])
+    });
+    // The egress server has a sandbox of its own, not the warm one the other took.
+    assert_ne!(
+        find(&tree, "root/open")["placement"],
+        find(&tree, "root/closed")["placement"]
+    );
+    let args = format!(r#"{{"port":{port}}}"#);
+    let (code, r, err) = call(&node, "open.connect", &args);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(text(&r), "connected");
+    let (code, r, err) = call(&node, "closed.connect", &args);
+    assert_eq!(code, 0, "{err}");
+    assert!(text(&r).starts_with("refused"), "{r}");
+    let placed = node.cli(&["sandboxes", "ls", "-o", "json"]);
+    assert!(
+        String::from_utf8_lossy(&placed.stdout).contains("root.open"),
+        "{placed:?}"
+    );
+    drop(listener);
+}

@@ -465,9 +465,11 @@ fn a_node_keeps_its_warm_pool_and_removes_it_when_it_stops() {
 
 #[test]
 fn a_node_on_the_process_provider_says_nothing_is_isolated() {
-    let node = cadre_tests::Node::start(
-        "version: v1\nsandbox: { provider: process, allow_unsandboxed: true, warm_pool: { min: 1, max: 1 } }\n",
-    );
+    let node = cadre_tests::Node::start(&format!(
+        "version: v1\nsandbox: {{ provider: process, allow_unsandboxed: true, warm_pool: {{ min: 1, max: 2 }} }}\n\
+         supervisor:\n  children:\n    - id: everything\n      mcp: {{ command: {} }}\n",
+        cadre_tests::everything_command()
+    ));
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while sandboxes(&node).is_empty() {
         assert!(std::time::Instant::now() < deadline);
@@ -478,6 +480,27 @@ fn a_node_on_the_process_provider_says_nothing_is_isolated() {
         String::from_utf8_lossy(&table.stdout).contains("NOT ISOLATED"),
         "{}",
         String::from_utf8_lossy(&table.stdout)
+    );
+    // The tree says so too once an actor is placed; the MCP server runs (on the host).
+    node.wait_tree("the mcp server", Duration::from_secs(60), |t| {
+        cadre_tests::find(t, "root/everything")["status"] == "running"
+    });
+    let tree = node.cli(&["tree"]);
+    let tree = String::from_utf8_lossy(&tree.stdout);
+    assert!(
+        tree.starts_with("NOT ISOLATED: sandbox provider `process`"),
+        "{tree}"
+    );
+    let echoed = node.cli(&[
+        "tools",
+        "call",
+        "everything.echo",
+        "--args",
+        r#"{"message":"on the host"}"#,
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&echoed.stdout).trim(),
+        "Echo: on the host"
     );
     let defaults = cadre_tests::Node::start("version: v1\n");
     assert!(sandboxes(&defaults).is_empty(), "no sandbox section: min 0");
