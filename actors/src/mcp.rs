@@ -378,8 +378,8 @@ enum McpMsg {
     Ended(ExitReason),
 }
 
-/// How long a closed session waits for the process's exit, to report the better reason.
-const EXIT_GRACE: Duration = Duration::from_millis(500);
+/// How long a broken session waits for the process's exit, to report the better reason.
+const EXIT_GRACE: Duration = Duration::from_secs(2);
 
 impl Actor for McpActor {
     type Msg = McpMsg;
@@ -394,16 +394,21 @@ impl Actor for McpActor {
         state.cancel = Some(session.cancellation_token());
         let mut exit = state.process.as_ref().map(|p| p.exit.clone());
         tokio::spawn(async move {
-            let reason = tokio::select! {
-                e = ended(exit.as_mut()) => exit_reason(e),
-                Some(why) = broken.recv() => ExitReason::Error(format!("the MCP session broke: {why}")),
-                quit = session.waiting() => {
-                    let closed = format!("the MCP session closed ({quit:?})");
-                    match tokio::time::timeout(EXIT_GRACE, ended(exit.as_mut())).await {
-                        Ok(Some(e)) => e.reason(),
-                        _ => ExitReason::Error(closed),
-                    }
+            let broke = tokio::select! {
+                e = ended(exit.as_mut()) => {
+                    let _ = myself.cast(McpMsg::Ended(exit_reason(e)));
+                    return;
                 }
+                Some(why) = broken.recv() => format!("the MCP session broke: {why}"),
+                quit = session.waiting() => format!("the MCP session closed ({quit:?})"),
+            };
+            // A session usually breaks because its process ended: say how, if it did.
+            let reason = match exit.as_mut() {
+                Some(exit) => match tokio::time::timeout(EXIT_GRACE, ended(Some(exit))).await {
+                    Ok(Some(e)) => e.reason(),
+                    _ => ExitReason::Error(broke),
+                },
+                None => ExitReason::Error(broke),
             };
             let _ = myself.cast(McpMsg::Ended(reason));
         });

@@ -113,11 +113,7 @@ pub async fn run(command: BenchCommand) -> Result<(), Failure> {
             "--events and --writers must be at least 1".into(),
         ));
     }
-    let base = args
-        .data_dir
-        .clone()
-        .unwrap_or_else(crate::serve::default_data_dir);
-    let scratch = base.join(format!("bench-eventlog-{}", std::process::id()));
+    let scratch = scratch_dir(args.data_dir.as_deref(), "eventlog");
     let result = eventlog(&args, &scratch).await;
     let _ = std::fs::remove_dir_all(&scratch);
     let report = result?;
@@ -269,11 +265,7 @@ async fn exec(args: ExecBenchArgs) -> Result<(), Failure> {
             "--execs and --conversations must be at least 1".into(),
         ));
     }
-    let base = args
-        .data_dir
-        .clone()
-        .unwrap_or_else(crate::serve::default_data_dir);
-    let scratch = base.join(format!("bench-exec-{}", std::process::id()));
+    let scratch = scratch_dir(args.data_dir.as_deref(), "exec");
     let result = exec_rounds(&args, &scratch).await;
     let _ = std::fs::remove_dir_all(&scratch);
     let report = result?;
@@ -362,11 +354,7 @@ async fn placement(args: PlacementBenchArgs) -> Result<(), Failure> {
             "--sandboxes, --actors, --concurrency and --memory-actors must be at least 1".into(),
         ));
     }
-    let base = args
-        .data_dir
-        .clone()
-        .unwrap_or_else(crate::serve::default_data_dir);
-    let scratch = base.join(format!("bench-placement-{}", std::process::id()));
+    let scratch = scratch_dir(args.data_dir.as_deref(), "placement");
     let result = placement_rounds(&args, &scratch).await;
     let _ = std::fs::remove_dir_all(&scratch);
     let report = result?;
@@ -634,6 +622,12 @@ fn rss_bytes() -> u64 {
         .unwrap_or(0);
     // SAFETY: sysconf has no preconditions.
     pages * unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64
+}
+
+/// A new scratch folder for bench `what` inside `data_dir` (default: the node's data dir).
+fn scratch_dir(data_dir: Option<&std::path::Path>, what: &str) -> PathBuf {
+    let base = data_dir.map_or_else(crate::serve::default_data_dir, |d| d.to_path_buf());
+    base.join(format!("bench-{what}-{}", std::process::id()))
 }
 
 /// The `q` quantile of sorted latencies, in ms.

@@ -14,6 +14,8 @@ use cadre_actors::sandbox::{
     SandboxError, SandboxHost,
 };
 use cadre_proto::v1::{ProcessStart, RunInput, RunOutput, run_input, run_output};
+use std::time::Duration;
+
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -55,29 +57,23 @@ impl SandboxHost for Placement {
                 id: spec.actor.id.clone(),
                 why,
             };
-            let pinned = SandboxHost::pin(self, spec.actor.clone()).await?;
-            let (inputs, input_rx) = mpsc::channel::<RunInput>(64);
-            let start = RunInput {
-                input: Some(run_input::Input::Start(ProcessStart {
-                    argv: spec.argv.clone(),
-                    env: spec.env.iter().cloned().collect(),
-                    cwd: String::new(),
-                })),
-            };
-            let _ = inputs.send(start).await;
-            let mut outputs = pinned
-                .worker
-                .clone()
-                .run(ReceiverStream::new(input_rx))
-                .await
-                .map_err(|s| fail(s.message().to_string()))?
-                .into_inner();
-            let pid = match outputs.message().await {
-                Ok(Some(RunOutput {
-                    output: Some(run_output::Output::Pid(pid)),
-                })) => pid,
-                Ok(_) => return Err(fail("the worker did not start the process".into())),
-                Err(s) => return Err(fail(s.message().to_string())),
+            let deadline = tokio::time::Instant::now() + DYING_SANDBOX_WAIT;
+            let (pinned, inputs, mut outputs, pid) = loop {
+                let pinned = SandboxHost::pin(self, spec.actor.clone()).await?;
+                match start_process(&pinned, &spec).await {
+                    Ok((inputs, outputs, pid)) => break (pinned, inputs, outputs, pid),
+                    // The worker does not answer: its sandbox is most likely dying and placement
+                    // has not heard yet. Ask again once it has rather than fail the start (each
+                    // failed start counts against the supervisor's restart intensity).
+                    Err(s)
+                        if s.code() != tonic::Code::InvalidArgument
+                            && tokio::time::Instant::now() < deadline =>
+                    {
+                        drop(pinned);
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    Err(s) => return Err(fail(s.message().to_string())),
+                }
             };
             let (exit_tx, exit) = watch::channel(None);
             let (stdout_theirs, stdout) = tokio::io::duplex(PIPE_BUFFER);
@@ -102,6 +98,39 @@ impl SandboxHost for Placement {
                 }),
             })
         })
+    }
+}
+
+/// How long a start waits for placement to notice that the sandbox it offered is dead.
+const DYING_SANDBOX_WAIT: Duration = Duration::from_secs(10);
+
+/// Starts the process on the pinned actor's worker: the call's input, its output, the pid.
+async fn start_process(
+    pinned: &PinnedWorker,
+    spec: &HostedSpec,
+) -> Result<(mpsc::Sender<RunInput>, tonic::Streaming<RunOutput>, u32), tonic::Status> {
+    let (inputs, input_rx) = mpsc::channel::<RunInput>(64);
+    let start = RunInput {
+        input: Some(run_input::Input::Start(ProcessStart {
+            argv: spec.argv.clone(),
+            env: spec.env.iter().cloned().collect(),
+            cwd: String::new(),
+        })),
+    };
+    let _ = inputs.send(start).await;
+    let mut outputs = pinned
+        .worker
+        .clone()
+        .run(ReceiverStream::new(input_rx))
+        .await?
+        .into_inner();
+    match outputs.message().await? {
+        Some(RunOutput {
+            output: Some(run_output::Output::Pid(pid)),
+        }) => Ok((inputs, outputs, pid)),
+        _ => Err(tonic::Status::internal(
+            "the worker did not start the process",
+        )),
     }
 }
 

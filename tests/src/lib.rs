@@ -154,6 +154,20 @@ impl Node {
         cli_with_server(&self.addr, args)
     }
 
+    /// A read command's `-o json` output (JSON lines), parsed; the command must succeed.
+    pub fn json_lines(&self, args: &[&str]) -> Vec<Value> {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "cadre {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("JSON lines"))
+            .collect()
+    }
+
     /// `cadre tree -o json`, parsed.
     pub fn tree(&self) -> Value {
         let out = self.cli(&["tree", "-o", "json"]);

@@ -18,16 +18,7 @@ fn running(tree: &Value, paths: &[&str]) -> bool {
 }
 
 fn tools(node: &Node) -> Vec<Value> {
-    let out = node.cli(&["tools", "ls", "-o", "json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("tools ls -o json is JSON lines"))
-        .collect()
+    node.json_lines(&["tools", "ls", "-o", "json"])
 }
 
 fn names(node: &Node) -> Vec<String> {
@@ -59,16 +50,7 @@ fn text(response: &Value) -> String {
 
 /// The conversation's events as `conversations log -o json` prints them.
 fn log(node: &Node, conversation: &str) -> Vec<Value> {
-    let out = node.cli(&["conversations", "log", conversation, "-o", "json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    node.json_lines(&["conversations", "log", conversation, "-o", "json"])
 }
 
 /// A server on the official Python SDK (installed with mcp-server-time) whose one tool answers
@@ -420,13 +402,7 @@ supervisor:
         sandbox.as_str(),
         "one tenant, one sandbox"
     );
-    let sandboxes = |node: &Node| -> Vec<Value> {
-        let out = node.cli(&["sandboxes", "ls", "-o", "json"]);
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    };
+    let sandboxes = |node: &Node| node.json_lines(&["sandboxes", "ls", "-o", "json"]);
     let listed = sandboxes(&node);
     let hosting = listed
         .iter()

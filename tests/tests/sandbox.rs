@@ -392,16 +392,7 @@ fn the_warm_pool_leases_per_tenant_and_refills_when_a_sandbox_dies() {
 }
 
 fn sandboxes(node: &cadre_tests::Node) -> Vec<serde_json::Value> {
-    let out = node.cli(&["sandboxes", "ls", "-o", "json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    node.json_lines(&["sandboxes", "ls", "-o", "json"])
 }
 
 #[test]

@@ -50,8 +50,8 @@ fn structured(r: &Value) -> &Value {
 }
 
 fn events(node: &Node, conversation: &str) -> usize {
-    let out = node.cli(&["conversations", "log", conversation, "-o", "json"]);
-    String::from_utf8_lossy(&out.stdout).lines().count()
+    node.json_lines(&["conversations", "log", conversation, "-o", "json"])
+        .len()
 }
 
 #[test]
@@ -80,11 +80,7 @@ supervisor:
     });
     assert_eq!(find(&tree, "root/skills/csv-summary")["kind"], "skill");
 
-    let out = node.cli(&["tools", "ls", "-o", "json"]);
-    let tools: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let tools = node.json_lines(&["tools", "ls", "-o", "json"]);
     let tool = |name: &str| {
         tools
             .iter()

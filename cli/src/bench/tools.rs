@@ -68,11 +68,7 @@ pub async fn run(args: ToolsBenchArgs) -> Result<(), Failure> {
     } else {
         args.server.clone()
     };
-    let base = args
-        .data_dir
-        .clone()
-        .unwrap_or_else(crate::serve::default_data_dir);
-    let scratch = base.join(format!("bench-tools-{}", std::process::id()));
+    let scratch = super::scratch_dir(args.data_dir.as_deref(), "tools");
     let result = rounds(&args, &server, arguments, &scratch).await;
     let _ = std::fs::remove_dir_all(&scratch);
     let report = result?;
