@@ -104,7 +104,7 @@ async fn start_server(
     services: Services,
 ) -> Result<Started, String> {
     let (broken, broken_rx) = mpsc::unbounded_channel();
-    let registration = Arc::new(Mutex::new(None));
+    let registration = Arc::new(Mutex::new(Listing::default()));
     let client = Client {
         namespace: namespace.clone(),
         tools: services.tools.clone(),
@@ -138,7 +138,7 @@ async fn start_server(
         Ok(Ok(tools)) => tools,
     };
     let caller = Caller {
-        peer,
+        peer: peer.clone(),
         timeout: spec.call_timeout,
         namespace: namespace.clone(),
         broken,
@@ -147,7 +147,17 @@ async fn start_server(
         .tools
         .register(&namespace, &ctx.path, defs(tools), Arc::new(caller))
         .map_err(|e| e.to_string())?;
-    *registration.lock().expect("registration") = Some(reg);
+    let stale = {
+        let mut listing = registration.lock().expect("registration");
+        listing.registration = Some(reg);
+        std::mem::take(&mut listing.stale)
+    };
+    // The list changed while it was first read: read it again.
+    if stale
+        && let Ok(Ok(tools)) = tokio::time::timeout(spec.call_timeout, peer.list_all_tools()).await
+    {
+        services.tools.update(&namespace, reg, defs(tools));
+    }
     tracing::info!(
         actor = %ctx.path,
         sandbox = hosted.as_ref().map(|h| h.sandbox.as_str()).unwrap_or("-"),
@@ -235,8 +245,10 @@ async fn connect_http(url: &str, within: Duration, client: Client) -> Result<Ses
     let deadline = tokio::time::Instant::now() + within;
     loop {
         let transport = StreamableHttpClientTransport::from_uri(url.to_string());
+        // One attempt may hang on a server that is not up yet: bound it and try again.
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let why = match tokio::time::timeout(left, client.clone().serve(transport)).await {
+        let attempt = left.min(CONNECT_ATTEMPT);
+        let why = match tokio::time::timeout(attempt, client.clone().serve(transport)).await {
             Ok(Ok(session)) => return Ok(session),
             Ok(Err(e)) => format!("MCP handshake with {url} failed: {e}"),
             Err(_) => format!(
@@ -253,6 +265,8 @@ async fn connect_http(url: &str, within: Duration, client: Client) -> Result<Ses
 
 /// How often an HTTP server is tried again while it starts.
 const CONNECT_RETRY: Duration = Duration::from_millis(200);
+/// How long one handshake with an HTTP server may take before it is tried again.
+const CONNECT_ATTEMPT: Duration = Duration::from_secs(5);
 
 /// A stdio server's process in its sandbox.
 struct Process {
@@ -281,7 +295,15 @@ fn defs(tools: Vec<rmcp::model::Tool>) -> Vec<ToolDef> {
 struct Client {
     namespace: String,
     tools: ToolRegistry,
-    registration: Arc<Mutex<Option<Registration>>>,
+    registration: Arc<Mutex<Listing>>,
+}
+
+/// The session's tools in the registry, once registered.
+#[derive(Default)]
+struct Listing {
+    registration: Option<Registration>,
+    /// A change was announced before the first list was registered.
+    stale: bool,
 }
 
 impl ClientHandler for Client {
@@ -295,9 +317,10 @@ impl ClientHandler for Client {
     async fn on_tool_list_changed(&self, context: NotificationContext<RoleClient>) {
         match context.peer.list_all_tools().await {
             Ok(tools) => {
-                let registration = *self.registration.lock().expect("registration");
-                if let Some(reg) = registration {
-                    self.tools.update(&self.namespace, reg, defs(tools));
+                let mut listing = self.registration.lock().expect("registration");
+                match listing.registration {
+                    Some(reg) => self.tools.update(&self.namespace, reg, defs(tools)),
+                    None => listing.stale = true,
                 }
             }
             Err(e) => tracing::warn!(namespace = %self.namespace, error = %e,

@@ -124,6 +124,12 @@ supervisor:
     for tool in ["time.convert_time", "everything.echo", "everything.get-sum"] {
         assert!(names.iter().any(|n| n == tool), "{tool} not in {names:?}");
     }
+    // server-everything announces `tools/list_changed` as it starts: the list is read again.
+    let log_text = node.log();
+    assert!(
+        log_text.contains("tools changed namespace=\"everything\""),
+        "{log_text}"
+    );
     let table = node.cli(&["tools", "ls"]);
     assert!(String::from_utf8_lossy(&table.stdout).starts_with("TOOL"));
 
