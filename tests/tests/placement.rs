@@ -298,8 +298,9 @@ fn an_idle_exclusive_actor_is_suspended_and_restored_with_its_processes_and_memo
         let pinned = placement.pin(&counter).await.unwrap();
         let started = sh(
             &pinned.worker,
-            "(i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done) \
-             >/dev/null 2>&1 &",
+            // Renamed into place, so a reader never sees the file truncated and empty.
+            "(i=0; while true; do i=$((i+1)); echo $i > /tmp/count.new; \
+             mv /tmp/count.new /tmp/count; sleep 0.1; done) >/dev/null 2>&1 &",
         )
         .await;
         assert_eq!(started, 0);
