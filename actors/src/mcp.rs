@@ -127,8 +127,8 @@ async fn start_server(
             None,
         ),
     };
-    let ended = |what: String| match process.as_ref().and_then(|p| p.exit.borrow().clone()) {
-        Some(e) => format!("{what}: the server ended ({})", e.reason()),
+    let ended = |what: String| match &process {
+        Some(p) => p.explain(what),
         None => what,
     };
     let peer = session.peer().clone();
@@ -226,10 +226,7 @@ async fn start_stdio(
         signals,
         _hold: hold,
     };
-    let ended = |what: String| match process.exit.borrow().as_ref() {
-        Some(e) => format!("{what}: the server ended ({})", e.reason()),
-        None => what,
-    };
+    let ended = |what: String| process.explain(what);
     let start_ms = spec.start_timeout.as_millis();
     match tokio::time::timeout(spec.start_timeout, client.serve((stdout, stdin))).await {
         Err(_) => Err(ended(format!("no MCP handshake within {start_ms} ms"))),
@@ -260,6 +257,16 @@ async fn connect_http(url: &str, within: Duration, client: Client) -> Result<Ses
             return Err(why);
         }
         tokio::time::sleep(CONNECT_RETRY).await;
+    }
+}
+
+impl Process {
+    /// `what` went wrong, and how the server ended if that is why.
+    fn explain(&self, what: String) -> String {
+        match self.exit.borrow().as_ref() {
+            Some(e) => format!("{what}: the server ended ({})", e.reason()),
+            None => what,
+        }
     }
 }
 
