@@ -12,8 +12,10 @@ use std::time::Duration;
 use marked_yaml::{Marker, Span, Spanned};
 use serde::Deserialize;
 
+use crate::agent::{AgentSpec, agent_child};
 use crate::controller::HistoryLimits;
 use crate::mcp::{McpServer, McpSpec, mcp_child};
+use crate::model::ModelSpec;
 use crate::process::{ProcessSpec, process_child};
 use crate::services::Services;
 use crate::skills::{SkillSpec, skill_child};
@@ -29,6 +31,8 @@ pub struct Config {
     pub api: ApiConfig,
     pub store: StoreConfig,
     pub sandbox: SandboxConfig,
+    /// The models agents can call (`models:`).
+    pub models: Vec<ModelSpec>,
     /// The root supervisor (path `root`).
     pub supervisor: SupervisorConfig,
 }
@@ -116,6 +120,7 @@ pub enum ActorConfig {
     Process(ProcessSpec),
     Mcp(McpSpec),
     Skill(SkillSpec),
+    Agent(AgentSpec),
     Supervisor(SupervisorConfig),
 }
 
@@ -148,6 +153,7 @@ impl Default for Config {
             api: ApiConfig::default(),
             store: StoreConfig::default(),
             sandbox: SandboxConfig::default(),
+            models: Vec::new(),
             supervisor: SupervisorConfig {
                 flags: SupervisorFlags::default(),
                 children: Vec::new(),
@@ -255,6 +261,7 @@ impl ChildConfig {
             ActorConfig::Process(p) => process_child(&self.id, p.clone()),
             ActorConfig::Mcp(m) => mcp_child(&self.id, m.clone(), services.clone()),
             ActorConfig::Skill(s) => skill_child(&self.id, s.clone(), services.clone()),
+            ActorConfig::Agent(a) => agent_child(&self.id, a.clone(), services.clone()),
             ActorConfig::Supervisor(s) => {
                 supervisor_child(&self.id, s.flags.clone(), s.child_specs(services))
             }
@@ -275,7 +282,44 @@ struct RawConfig {
     api: Option<RawApi>,
     store: Option<RawStore>,
     sandbox: Option<RawSandbox>,
+    #[serde(default)]
+    models: Vec<Spanned<RawModel>>,
     supervisor: Option<Spanned<RawSupervisor>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawModel {
+    id: Spanned<String>,
+    openai: Spanned<RawOpenAi>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOpenAi {
+    base_url: Spanned<String>,
+    model: Spanned<String>,
+    api_key_env: Option<Spanned<String>>,
+    timeout_ms: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    model: Spanned<String>,
+    #[serde(default)]
+    system_prompt: String,
+    #[serde(default)]
+    tools: Vec<Spanned<String>>,
+    #[serde(default)]
+    require_approval: Vec<Spanned<String>>,
+    max_iterations: Option<Spanned<i64>>,
+    token_budget: Option<Spanned<i64>>,
+    compact_at_tokens: Option<Spanned<i64>>,
+    tool_timeout_ms: Option<Spanned<i64>>,
+    exec_timeout_secs: Option<Spanned<i64>>,
+    execs_per_minute: Option<Spanned<i64>>,
+    max_repeats: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -352,6 +396,7 @@ struct RawChild {
     process: Option<Spanned<RawProcess>>,
     mcp: Option<Spanned<RawMcp>>,
     skill: Option<Spanned<RawSkill>>,
+    agent: Option<Spanned<RawAgent>>,
     supervisor: Option<Spanned<RawSupervisor>>,
 }
 
@@ -413,8 +458,13 @@ impl Checker {
                 data_dir: n.data_dir.map(|d| PathBuf::from(d.as_str())),
             })
             .unwrap_or_default();
-        let supervisor = match raw.supervisor {
-            Some(s) => self.supervisor(&s),
+        let models = self.models(&raw.models);
+        let supervisor = match &raw.supervisor {
+            Some(s) => {
+                let config = self.supervisor(s);
+                self.agent_models(s, &models);
+                config
+            }
             None => Config::default().supervisor,
         };
         let store = raw
@@ -442,8 +492,136 @@ impl Checker {
             api,
             store,
             sandbox,
+            models,
             supervisor,
         }
+    }
+
+    fn models(&mut self, raw: &[Spanned<RawModel>]) -> Vec<ModelSpec> {
+        let mut models: Vec<ModelSpec> = Vec::new();
+        for m in raw {
+            let id = m.id.as_str();
+            if models.iter().any(|o| o.id == id) {
+                self.fail(m.id.span(), format!("duplicate model id `{id}`"));
+            }
+            let o = &m.openai;
+            if o.base_url.starts_with("https://") {
+                self.fail(
+                    o.base_url.span(),
+                    format!(
+                        "model `{id}`: openai.base_url: https is not in this build (no TLS \
+                         client); use http:// (e.g. through a local TLS proxy)"
+                    ),
+                );
+            } else if !o.base_url.starts_with("http://") {
+                self.fail(
+                    o.base_url.span(),
+                    format!("model `{id}`: openai.base_url must be an http:// URL"),
+                );
+            }
+            if o.model.trim().is_empty() {
+                self.fail(
+                    o.model.span(),
+                    format!("model `{id}`: openai.model is empty"),
+                );
+            }
+            let timeout = match &o.timeout_ms {
+                Some(t) if **t < 1 => {
+                    self.fail(
+                        t.span(),
+                        format!("openai.timeout_ms must be ≥ 1, got {}", **t),
+                    );
+                    Duration::from_secs(120)
+                }
+                Some(t) => Duration::from_millis(**t as u64),
+                None => Duration::from_secs(120),
+            };
+            models.push(ModelSpec {
+                id: id.to_string(),
+                base_url: o.base_url.to_string(),
+                model: o.model.to_string(),
+                api_key_env: o.api_key_env.as_ref().map(|k| k.to_string()),
+                timeout,
+            });
+        }
+        models
+    }
+
+    /// Every agent's model is one of `models`.
+    fn agent_models(&mut self, raw: &RawSupervisor, models: &[ModelSpec]) {
+        for child in &raw.children {
+            if let Some(a) = &child.agent
+                && !models.iter().any(|m| m.id == *a.model)
+            {
+                let known: Vec<&str> = models.iter().map(|m| m.id.as_str()).collect();
+                self.fail(
+                    a.model.span(),
+                    format!(
+                        "child `{}`: unknown model `{}` (models: {})",
+                        child.id.as_str(),
+                        a.model.as_str(),
+                        if known.is_empty() {
+                            "none configured".to_string()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                );
+            }
+            if let Some(s) = &child.supervisor {
+                self.agent_models(s, models);
+            }
+        }
+    }
+
+    fn agent(&mut self, id: &str, raw: &RawAgent) -> AgentSpec {
+        let mut spec = AgentSpec {
+            model: raw.model.to_string(),
+            system_prompt: raw.system_prompt.clone(),
+            tools: raw.tools.iter().map(|t| t.to_string()).collect(),
+            require_approval: raw.require_approval.iter().map(|t| t.to_string()).collect(),
+            ..AgentSpec::default()
+        };
+        for t in raw.tools.iter().chain(&raw.require_approval) {
+            let ok = !t.is_empty()
+                && t.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.*".contains(c))
+                && (!t.contains('*') || t.as_str() == "*" || t.ends_with(".*"));
+            if !ok {
+                self.fail(
+                    t.span(),
+                    format!(
+                        "child `{id}`: tool pattern `{}` must be `ns.tool`, `ns.*` or `*`",
+                        t.as_str()
+                    ),
+                );
+            }
+        }
+        let mut positive = |v: &Option<Spanned<i64>>, name: &str| -> Option<u64> {
+            let v = v.as_ref()?;
+            if **v < 1 {
+                self.fail(v.span(), format!("agent.{name} must be ≥ 1, got {}", **v));
+                None
+            } else {
+                Some(**v as u64)
+            }
+        };
+        if let Some(m) = positive(&raw.max_iterations, "max_iterations") {
+            spec.max_iterations = m.min(u64::from(u32::MAX)) as u32;
+        }
+        spec.token_budget = positive(&raw.token_budget, "token_budget");
+        spec.compact_at_tokens = positive(&raw.compact_at_tokens, "compact_at_tokens");
+        if let Some(t) = positive(&raw.tool_timeout_ms, "tool_timeout_ms") {
+            spec.tool_timeout = Duration::from_millis(t);
+        }
+        spec.exec_timeout =
+            positive(&raw.exec_timeout_secs, "exec_timeout_secs").map(Duration::from_secs);
+        spec.execs_per_minute = positive(&raw.execs_per_minute, "execs_per_minute")
+            .map(|n| n.min(u64::from(u32::MAX)) as u32);
+        if let Some(m) = positive(&raw.max_repeats, "max_repeats") {
+            spec.max_repeats = m.min(u64::from(u32::MAX)) as u32;
+        }
+        spec
     }
 
     fn sandbox(&mut self, raw: &RawSandbox) -> SandboxConfig {
@@ -799,6 +977,7 @@ impl Checker {
             raw.process.as_ref().map(|p| ("process", p.span())),
             raw.mcp.as_ref().map(|m| ("mcp", m.span())),
             raw.skill.as_ref().map(|s| ("skill", s.span())),
+            raw.agent.as_ref().map(|a| ("agent", a.span())),
             raw.supervisor.as_ref().map(|s| ("supervisor", s.span())),
         ]
         .into_iter()
@@ -837,13 +1016,15 @@ impl Checker {
             ActorConfig::Skill(SkillSpec {
                 path: PathBuf::from(s.path.as_str()),
             })
+        } else if let Some(a) = &raw.agent {
+            ActorConfig::Agent(self.agent(&id, a))
         } else if let Some(s) = &raw.supervisor {
             ActorConfig::Supervisor(self.supervisor(s))
         } else {
             self.fail(
                 raw.span(),
                 format!(
-                    "child `{id}` needs an actor kind: `process`, `mcp`, `skill` or `supervisor`"
+                    "child `{id}` needs an actor kind: `process`, `mcp`, `skill`, `agent` or `supervisor`"
                 ),
             );
             ActorConfig::Supervisor(Config::default().supervisor)

@@ -7,12 +7,16 @@
 //! - [`mcp`]: MCP servers as supervised actors (kind `mcp`), in sandboxes.
 //! - [`skills`]: skills as supervised actors (kind `skill`).
 //! - [`builtin`]: the built-in tools (a conversation's workspace, skills).
+//! - [`agent`]: model agents (kind `agent`) and their durable exec loop.
+//! - [`model`]: model clients (OpenAI-compatible Chat Completions).
 //! - [`tools`]: the tool registry, with argument checks against each tool's schema.
 
+pub mod agent;
 pub mod builtin;
 pub mod config;
 pub mod controller;
 pub mod mcp;
+pub mod model;
 pub mod placement;
 pub mod process;
 pub mod sandbox;

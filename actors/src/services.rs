@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use crate::agent::AgentRegistry;
+use crate::model::Models;
 use crate::sandbox::SandboxHost;
 use crate::skills::SkillRegistry;
 use crate::tools::ToolRegistry;
@@ -15,4 +17,8 @@ pub struct Services {
     pub tools: ToolRegistry,
     /// The node's skills: `skill` children add theirs here.
     pub skills: SkillRegistry,
+    /// The node's models (`models:`), by id.
+    pub models: Models,
+    /// The node's agents: `agent` children register theirs here.
+    pub agents: AgentRegistry,
 }

@@ -151,7 +151,7 @@ fn bad_shutdown() {
 fn child_without_kind() {
     assert_eq!(
         reject("version: v1\nsupervisor:\n  children:\n    - id: a\n      restart: transient\n"),
-        "cadre.yaml:4:9: child `a` needs an actor kind: `process`, `mcp`, `skill` or `supervisor`"
+        "cadre.yaml:4:9: child `a` needs an actor kind: `process`, `mcp`, `skill`, `agent` or `supervisor`"
     );
 }
 

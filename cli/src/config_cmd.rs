@@ -26,8 +26,9 @@ fn count(s: &SupervisorConfig) -> (usize, usize) {
                 let (a, b) = count(inner);
                 (sup + 1 + a, work + b)
             }
-            ActorConfig::Process(_) | ActorConfig::Mcp(_) | ActorConfig::Skill(_) => {
-                (sup, work + 1)
-            }
+            ActorConfig::Process(_)
+            | ActorConfig::Mcp(_)
+            | ActorConfig::Skill(_)
+            | ActorConfig::Agent(_) => (sup, work + 1),
         })
 }

@@ -3,9 +3,9 @@
 use crate::client::Api;
 use cadre_proto::v1::conversations_client::ConversationsClient;
 use cadre_proto::v1::{
-    CancelRequest, Conversation, DeleteConversationRequest, Event, ExecRequest, ExecState,
-    ForkRequest, GetConversationRequest, ListConversationsRequest, SubscribeRequest, event,
-    tool_returned,
+    AgentPatch, ApproveRequest, CancelRequest, Conversation, DeleteConversationRequest, Event,
+    ExecRequest, ExecState, ForkRequest, GetConversationRequest, ListConversationsRequest,
+    SubscribeRequest, event, tool_returned,
 };
 use clap::{Args, Subcommand};
 use serde_json::{Map, Value, json};
@@ -17,7 +17,7 @@ use crate::{Failure, Output};
 
 #[derive(Args)]
 pub struct ExecArgs {
-    /// The agent to run (`echo` until model agents arrive).
+    /// The agent to run: an `agent` of the node's config, or the built-in `echo`.
     #[arg(long)]
     agent: Option<String>,
     /// The input. Leave it out to reconnect to a conversation's exec (with --last-seq).
@@ -49,6 +49,30 @@ pub struct ForkArgs {
     /// The new conversation's id (default: generated).
     #[arg(long)]
     to: Option<String>,
+    /// A YAML file of changes to the agent for the new branch: `system_prompt`, `model`,
+    /// `max_iterations`, `token_budget`.
+    #[arg(long)]
+    patch: Option<std::path::PathBuf>,
+    #[arg(short = 'o', long, value_enum, default_value_t)]
+    output: Output,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+#[derive(Args)]
+pub struct ApproveArgs {
+    /// The conversation whose exec waits for an approval.
+    #[arg(long)]
+    conversation: String,
+    /// Only if the exec waits on this call (`STEP.INDEX`, as in its ToolCalled).
+    #[arg(long)]
+    call: Option<String>,
+    /// Decline the call instead: the agent gets an error for it and goes on.
+    #[arg(long)]
+    decline: bool,
+    /// Recorded with the decision.
+    #[arg(long, default_value = "")]
+    reason: String,
     #[arg(short = 'o', long, value_enum, default_value_t)]
     output: Output,
     #[command(flatten)]
@@ -161,25 +185,89 @@ pub async fn exec(args: ExecArgs) -> Result<(), Failure> {
         .await
         .map_err(|s| failure("Exec", s))?
         .into_inner();
-    let (conversation, last) = print_stream(stream, args.output, true).await?;
-    let conversation = conversation.or(args.conversation).unwrap_or_default();
+    let streamed = print_stream(stream, args.output, true).await?;
+    let conversation = streamed
+        .conversation
+        .or(args.conversation)
+        .unwrap_or_default();
     eprintln!(
         "conversation={conversation} seq={}",
-        last.unwrap_or(args.last_seq)
+        streamed.last.unwrap_or(args.last_seq)
     );
-    Ok(())
+    match streamed.failed {
+        Some(why) => Err(Failure::Runtime(anyhow::anyhow!(why))),
+        None => Ok(()),
+    }
 }
 
 pub async fn fork(args: ForkArgs) -> Result<(), Failure> {
+    let patch = args.patch.as_deref().map(read_patch).transpose()?;
     let mut client = client(&args.server).await?;
     let c = client
         .fork(ForkRequest {
             src_conversation_id: args.conversation,
             at_seq: args.at_seq.unwrap_or(0),
             dest_conversation_id: args.to.unwrap_or_default(),
+            patch,
         })
         .await
         .map_err(|s| failure("Fork", s))?
+        .into_inner();
+    print_conversation(&c, args.output);
+    Ok(())
+}
+
+/// The fields a fork patch may set.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatchFile {
+    system_prompt: Option<String>,
+    model: Option<String>,
+    max_iterations: Option<u32>,
+    token_budget: Option<u64>,
+}
+
+fn read_patch(path: &std::path::Path) -> Result<AgentPatch, Failure> {
+    let file = path.display();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Failure::Usage(format!("cadre: {file}: cannot read: {e}")))?;
+    let node = marked_yaml::parse_yaml(0, &text)
+        .map_err(|e| Failure::Usage(format!("cadre: {file}: {e}")))?;
+    let p: PatchFile = marked_yaml::from_node(&node).map_err(|e| {
+        // An unknown field's error carries no place: find its key.
+        let key_line = match &*e {
+            marked_yaml::Error::UnknownFieldError(field, ..) => text
+                .lines()
+                .position(|l| l.trim_start().starts_with(&format!("{field}:")))
+                .map(|i| format!("{}:1", i + 1)),
+            _ => None,
+        };
+        let at = e
+            .start_mark()
+            .map(|m| format!("{}:{}", m.line(), m.column()))
+            .or(key_line)
+            .unwrap_or_else(|| "1:1".into());
+        Failure::Usage(format!("cadre: {file}:{at}: {e}"))
+    })?;
+    Ok(AgentPatch {
+        system_prompt: p.system_prompt,
+        model: p.model,
+        max_iterations: p.max_iterations,
+        token_budget: p.token_budget,
+    })
+}
+
+pub async fn approve(args: ApproveArgs) -> Result<(), Failure> {
+    let mut client = client(&args.server).await?;
+    let c = client
+        .approve(ApproveRequest {
+            conversation_id: args.conversation,
+            call_id: args.call.unwrap_or_default(),
+            approved: !args.decline,
+            reason: args.reason,
+        })
+        .await
+        .map_err(|s| failure("Approve", s))?
         .into_inner();
     print_conversation(&c, args.output);
     Ok(())
@@ -304,22 +392,44 @@ pub async fn run(command: ConversationsCommand) -> Result<(), Failure> {
     Ok(())
 }
 
+/// What a printed exec stream showed.
+struct Streamed {
+    conversation: Option<String>,
+    last: Option<u64>,
+    /// The exec ended FAILED or CANCELLED: why.
+    failed: Option<String>,
+}
+
 /// Prints a stream of events; returns the conversation id and the last seq seen.
 async fn print_stream(
     mut stream: Streaming<Event>,
     output: Output,
     outputs_only: bool,
-) -> Result<(Option<String>, Option<u64>), Failure> {
+) -> Result<Streamed, Failure> {
     let mut conversation = None;
     let mut last = None;
+    let mut failed = None;
     loop {
         match stream.message().await {
             Ok(Some(e)) => {
                 conversation.get_or_insert_with(|| e.conversation_id.clone());
                 last = Some(e.seq);
+                if let Some(event::Kind::ExecStateChanged(s)) = &e.kind {
+                    failed = matches!(
+                        ExecState::try_from(s.state),
+                        Ok(ExecState::Failed | ExecState::Cancelled)
+                    )
+                    .then(|| format!("exec {} {}: {}", e.exec_id, state_name(s.state), s.reason));
+                }
                 print_event(&e, output, outputs_only);
             }
-            Ok(None) => return Ok((conversation, last)),
+            Ok(None) => {
+                return Ok(Streamed {
+                    conversation,
+                    last,
+                    failed,
+                });
+            }
             Err(s) => {
                 if let (Some(c), Some(seq)) = (&conversation, last) {
                     eprintln!("conversation={c} seq={seq}");
@@ -402,7 +512,22 @@ fn describe(e: &Event) -> (&'static str, String) {
         ),
         Some(event::Kind::Forked(f)) => (
             "forked",
-            format!("from {} at seq {}", f.src_conversation_id, f.at_seq),
+            format!(
+                "from {} at seq {}{}",
+                f.src_conversation_id,
+                f.at_seq,
+                if f.patch.is_some() { " (patched)" } else { "" }
+            ),
+        ),
+        Some(event::Kind::ApprovalDecided(d)) => (
+            "approval_decided",
+            format!(
+                "{} {} {}: {}",
+                d.call_id,
+                d.tool,
+                if d.approved { "approved" } else { "declined" },
+                d.reason
+            ),
         ),
         Some(event::Kind::ActorLifecycle(l)) => (
             "actor_lifecycle",
@@ -438,12 +563,30 @@ pub fn event_json(e: &Event) -> Value {
         Some(event::Kind::Forked(f)) => {
             obj.insert("src_conversation_id".into(), json!(f.src_conversation_id));
             obj.insert("at_seq".into(), json!(f.at_seq));
+            if let Some(p) = &f.patch {
+                obj.insert(
+                    "patch".into(),
+                    json!({
+                        "system_prompt": p.system_prompt,
+                        "model": p.model,
+                        "max_iterations": p.max_iterations,
+                        "token_budget": p.token_budget,
+                    }),
+                );
+            }
+        }
+        Some(event::Kind::ApprovalDecided(d)) => {
+            obj.insert("call_id".into(), json!(d.call_id));
+            obj.insert("tool".into(), json!(d.tool));
+            obj.insert("approved".into(), json!(d.approved));
+            obj.insert("reason".into(), json!(d.reason));
         }
         Some(event::Kind::ModelCalled(m)) => {
             obj.insert("model".into(), json!(m.model));
             obj.insert("response_json".into(), json!(m.response_json));
             obj.insert("prompt_tokens".into(), json!(m.prompt_tokens));
             obj.insert("completion_tokens".into(), json!(m.completion_tokens));
+            obj.insert("compaction".into(), json!(m.compaction));
         }
         Some(event::Kind::ToolCalled(t)) => {
             obj.insert("call_id".into(), json!(t.call_id));
@@ -482,6 +625,10 @@ fn conversation_json(c: &Conversation) -> Value {
         obj.insert("exec_state".into(), json!(state_name(c.exec_state)));
         obj.insert("agent_id".into(), json!(c.agent_id));
     }
+    if !c.waiting_call_id.is_empty() {
+        obj.insert("waiting_call_id".into(), json!(c.waiting_call_id));
+        obj.insert("waiting_tool".into(), json!(c.waiting_tool));
+    }
     if !c.forked_from.is_empty() {
         obj.insert("forked_from".into(), json!(c.forked_from));
         obj.insert("forked_at_seq".into(), json!(c.forked_at_seq));
@@ -501,6 +648,12 @@ fn print_conversation(c: &Conversation, output: Output) {
                     c.exec_id,
                     state_name(c.exec_state),
                     c.agent_id
+                );
+            }
+            if !c.waiting_call_id.is_empty() {
+                println!(
+                    "waiting on:    call {} ({}): `cadre approve --conversation {}`",
+                    c.waiting_call_id, c.waiting_tool, c.conversation_id
                 );
             }
             if !c.forked_from.is_empty() {

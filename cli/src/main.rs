@@ -42,6 +42,8 @@ enum Command {
     Fork(conversations::ForkArgs),
     /// Cancel a conversation's unfinished exec: it ends CANCELLED and its agent is stopped.
     Cancel(conversations::CancelArgs),
+    /// Approve (or --decline) the tool call a WAITING_APPROVAL exec waits on; the exec runs on.
+    Approve(conversations::ApproveArgs),
     /// List, show and read conversations.
     Conversations {
         #[command(subcommand)]
@@ -153,6 +155,7 @@ fn main() -> ExitCode {
             Command::Exec(args) => conversations::exec(args).await,
             Command::Fork(args) => conversations::fork(args).await,
             Command::Cancel(args) => conversations::cancel(args).await,
+            Command::Approve(args) => conversations::approve(args).await,
             Command::Conversations { command } => conversations::run(command).await,
             Command::Config {
                 command: ConfigCommand::Check { file },

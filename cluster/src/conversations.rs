@@ -1,25 +1,28 @@
 //! `cadre.v1.Conversations`: execs, subscriptions, forks.
 //!
-//! Each exec's agent runs as a temporary child of the node's `root/agents` supervisor. Until the
-//! agent work lands, the only agent is the built-in `echo`, which replies with its input.
+//! Each exec's agent runs as a transient child of the node's `root/agents` supervisor: an agent
+//! that crashes is restarted and goes on from the log; one that ends normally is removed. The
+//! agents are the `agent` children of the config (model agents, see
+//! [`cadre_actors::agent`]) and the built-in `echo`, which replies with its input.
 
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
+use cadre_actors::agent::{ExecEnd, ExecRun};
 use cadre_actors::controller::{
     AppendError, AppendRequest, Controller, DeleteError, NewEvent, SubscribeError, Subscription,
 };
 use cadre_actors::{
-    ActorKind, ChildExit, ChildSpec, ExitReason, Restart, StartContext, StartError, StartFuture,
-    Started, SupervisorError, Tree,
+    ActorKind, ChildExit, ChildSpec, ExitReason, Restart, Services, StartContext, StartError,
+    StartFuture, Started, SupervisorError, Tree,
 };
 use cadre_proto::v1::conversations_server::Conversations;
 use cadre_proto::v1::{
-    CancelRequest, Conversation, DeleteConversationRequest, DeleteConversationResponse, Event,
-    ExecRequest, ExecState, ExecStateChanged, ForkRequest, Forked, GetConversationRequest,
-    InputReceived, ListConversationsRequest, ListConversationsResponse, OutputEmitted,
-    SubscribeRequest, event,
+    ApprovalDecided, ApproveRequest, CancelRequest, Conversation, DeleteConversationRequest,
+    DeleteConversationResponse, Event, ExecRequest, ExecState, ExecStateChanged, ForkRequest,
+    Forked, GetConversationRequest, InputReceived, ListConversationsRequest,
+    ListConversationsResponse, OutputEmitted, SubscribeRequest, event,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::mpsc;
@@ -27,8 +30,8 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-/// The agents this node can run.
-pub const AGENTS: &[&str] = &["echo"];
+/// The built-in agent: replies with its input.
+pub const ECHO: &str = "echo";
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<Event, Status>> + Send>>;
 
@@ -39,8 +42,10 @@ pub struct ConversationsService {
     /// Finds the agents supervisor (`root/agents`) by path, whichever instance runs.
     tree: Tree,
     agents: String,
-    /// conversation id → the exec running in it.
+    /// conversation id → the exec running in it (or waiting for an approval).
     running: Arc<Mutex<HashMap<String, String>>>,
+    /// Tools, models and agents for model agents.
+    services: Services,
 }
 
 /// What a second exec is told to do about the running one.
@@ -53,13 +58,63 @@ const DEFAULT_LIST: u32 = 100;
 const MAX_LIST: u32 = 1000;
 
 impl ConversationsService {
-    pub fn new(controller: Controller, tree: Tree, agents: impl Into<String>) -> Self {
+    pub fn new(
+        controller: Controller,
+        tree: Tree,
+        agents: impl Into<String>,
+        services: Services,
+    ) -> Self {
         Self {
             controller,
             tree,
             agents: agents.into(),
             running: Arc::default(),
+            services,
         }
+    }
+
+    /// Whether this node can run `agent`.
+    fn has_agent(&self, agent: &str) -> bool {
+        agent == ECHO || self.services.agents.get(agent).is_some()
+    }
+
+    fn agent_names(&self) -> String {
+        let mut names = vec![ECHO.to_string()];
+        names.extend(self.services.agents.ids());
+        names.join(", ")
+    }
+
+    /// Resumes every exec the last run of the node left unfinished (startup recovery). An exec
+    /// whose agent this node does not have ends FAILED, saying so.
+    pub async fn recover(&self, open: Vec<cadre_actors::controller::OpenExec>) {
+        let count = open.len();
+        let mut resumed = 0;
+        for exec in open {
+            let conversation = exec.conversation_id.clone();
+            let summary = match self.describe(&conversation).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(%conversation, error = %e.message(), "cannot recover an exec");
+                    continue;
+                }
+            };
+            if summary.exec_id != exec.exec_id || unfinished_exec(&summary).is_none() {
+                continue;
+            }
+            let request = ExecRequest {
+                conversation_id: conversation.clone(),
+                resume: true,
+                last_seq: summary.last_seq,
+                ..Default::default()
+            };
+            match self.resume(request).await {
+                Ok(_) => resumed += 1,
+                Err(e) => {
+                    tracing::warn!(%conversation, exec = %exec.exec_id, error = %e.message(), "exec not resumed")
+                }
+            }
+        }
+        tracing::info!(count, resumed, "recovered the execs of the last run");
     }
 
     /// Makes `exec_id` the conversation's running exec, or says which exec is running (and
@@ -154,7 +209,7 @@ impl ConversationsService {
                 "conversation `{conversation}` has no unfinished exec to resume"
             )));
         }
-        if !AGENTS.contains(&summary.agent_id.as_str()) {
+        if !self.has_agent(&summary.agent_id) {
             return Err(Status::failed_precondition(format!(
                 "exec `{}` needs agent `{}`, which this node does not have",
                 summary.exec_id, summary.agent_id
@@ -167,8 +222,14 @@ impl ConversationsService {
         } else {
             summary.last_seq
         };
-        self.launch(conversation, summary.exec_id, input, after)
-            .await
+        self.launch(
+            conversation,
+            summary.exec_id,
+            summary.agent_id,
+            input,
+            after,
+        )
+        .await
     }
 
     /// Streams the claimed exec's events after `after` and runs its agent under `root/agents`.
@@ -177,15 +238,31 @@ impl ConversationsService {
         &self,
         conversation: String,
         exec_id: String,
+        agent_id: String,
         input: String,
         after: u64,
     ) -> Result<EventStream, Status> {
-        let agent = EchoAgent {
+        let model = self.services.agents.get(&agent_id).map(|spec| {
+            Arc::new(ExecRun {
+                controller: self.controller.clone(),
+                tools: self.services.tools.clone(),
+                models: self.services.models.clone(),
+                agents: self.services.agents.clone(),
+                agent_id: agent_id.clone(),
+                spec,
+                conversation: conversation.clone(),
+                exec_id: exec_id.clone(),
+            })
+        });
+        let agent = ExecAgent {
             controller: self.controller.clone(),
             running: self.running.clone(),
+            tree: self.tree.clone(),
+            agents: self.agents.clone(),
             conversation,
             exec_id,
             input,
+            model,
         };
         let sub = match self.controller.subscribe(&agent.conversation, after).await {
             Ok(sub) => sub,
@@ -198,7 +275,13 @@ impl ConversationsService {
             agent.fail("the agents supervisor is not running").await;
             return Err(Status::unavailable("the agents supervisor is not running"));
         };
-        if let Err(e) = agents.start_child(agent.clone().child_spec()).await {
+        let mut started = agents.start_child(agent.clone().child_spec()).await;
+        if let Err(SupervisorError::AlreadyPresent(_)) = &started {
+            // The exec's agent of an earlier launch ended and is being removed.
+            let _ = agents.delete_child(&agent.exec_id).await;
+            started = agents.start_child(agent.clone().child_spec()).await;
+        }
+        if let Err(e) = started {
             agent.fail(&e.to_string()).await;
             return Err(Status::unavailable(format!("cannot start the agent: {e}")));
         }
@@ -255,11 +338,11 @@ impl ConversationsService {
         conversation: String,
         r: ExecRequest,
     ) -> Result<EventStream, Status> {
-        if !AGENTS.contains(&r.agent_id.as_str()) {
+        if !self.has_agent(&r.agent_id) {
             return Err(Status::invalid_argument(format!(
                 "agent_id: unknown agent `{}` (available: {})",
                 r.agent_id,
-                AGENTS.join(", ")
+                self.agent_names()
             )));
         }
         let exec_id = new_id("e");
@@ -286,8 +369,14 @@ impl ConversationsService {
                 return Err(append_status(e));
             }
         };
-        self.launch(conversation, exec_id, r.input, appended.first_seq - 1)
-            .await
+        self.launch(
+            conversation,
+            exec_id,
+            r.agent_id,
+            r.input,
+            appended.first_seq - 1,
+        )
+        .await
     }
 }
 
@@ -419,6 +508,24 @@ impl Conversations for ConversationsService {
         } else {
             r.dest_conversation_id
         };
+        if let Some(model) = r.patch.as_ref().and_then(|p| p.model.as_ref())
+            && !self.services.models.contains_key(model)
+        {
+            return Err(Status::invalid_argument(format!(
+                "patch.model: unknown model `{model}` (models: {})",
+                self.services
+                    .models
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        if r.patch.as_ref().and_then(|p| p.max_iterations) == Some(0) {
+            return Err(Status::invalid_argument(
+                "patch.max_iterations: must be ≥ 1",
+            ));
+        }
         // Copied, not referenced: each conversation stays self-contained (reads never follow a
         // chain of forks), at the cost of storing the shared prefix again.
         let prefix = self
@@ -440,6 +547,7 @@ impl Conversations for ConversationsService {
             kind: event::Kind::Forked(Forked {
                 src_conversation_id: r.src_conversation_id,
                 at_seq: at,
+                patch: r.patch,
             }),
         });
         self.controller
@@ -459,6 +567,15 @@ impl Conversations for ConversationsService {
         request: Request<CancelRequest>,
     ) -> Result<Response<Conversation>, Status> {
         self.cancel_exec(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn approve(
+        &self,
+        request: Request<ApproveRequest>,
+    ) -> Result<Response<Conversation>, Status> {
+        self.approve_call(request.into_inner())
             .await
             .map(Response::new)
     }
@@ -485,6 +602,76 @@ impl Conversations for ConversationsService {
 }
 
 impl ConversationsService {
+    async fn approve_call(&self, r: ApproveRequest) -> Result<Conversation, Status> {
+        let conversation = r.conversation_id;
+        let summary = self.describe(&conversation).await?;
+        if summary.exec_state != ExecState::WaitingApproval as i32 {
+            return Err(Status::failed_precondition(format!(
+                "conversation `{conversation}` has no exec waiting for an approval"
+            )));
+        }
+        if !r.call_id.is_empty() && r.call_id != summary.waiting_call_id {
+            return Err(Status::failed_precondition(format!(
+                "exec `{}` waits on call {} (`{}`), not {}",
+                summary.exec_id, summary.waiting_call_id, summary.waiting_tool, r.call_id
+            )));
+        }
+        let exec_id = summary.exec_id.clone();
+        let reason = if r.reason.is_empty() {
+            if r.approved { "approved" } else { "declined" }.to_string()
+        } else {
+            r.reason
+        };
+        // Fenced on the exec being open, and keyed by the call: two approvers, one decision.
+        let decided = AppendRequest {
+            conversation_id: conversation.clone(),
+            events: vec![
+                NewEvent {
+                    exec_id: exec_id.clone(),
+                    kind: event::Kind::ApprovalDecided(ApprovalDecided {
+                        call_id: summary.waiting_call_id.clone(),
+                        tool: summary.waiting_tool.clone(),
+                        approved: r.approved,
+                        reason,
+                    }),
+                },
+                state(&exec_id, ExecState::Running, ""),
+            ],
+            idempotency_key: Some(format!(
+                "{conversation}/{exec_id}/{}/decided",
+                summary.waiting_call_id
+            )),
+            open_exec: Some(exec_id.clone()),
+        };
+        let appended = self
+            .controller
+            .append(decided)
+            .await
+            .map_err(append_status)?;
+        if appended.duplicate {
+            return Err(Status::failed_precondition(format!(
+                "call {} of exec `{exec_id}` was already decided",
+                summary.waiting_call_id
+            )));
+        }
+        // The paused agent has ended; run it on from the log.
+        release(&self.running, &conversation, &exec_id);
+        self.claim(&conversation, &exec_id, FOLLOW).await?;
+        let input = self.input_of(&conversation, &exec_id).await?;
+        // The approver follows the exec with Subscribe or Exec (last_seq) if they want to.
+        drop(
+            self.launch(
+                conversation.clone(),
+                exec_id,
+                summary.agent_id,
+                input,
+                appended.last_seq,
+            )
+            .await?,
+        );
+        self.describe(&conversation).await
+    }
+
     async fn cancel_exec(&self, r: CancelRequest) -> Result<Conversation, Status> {
         let conversation = r.conversation_id;
         let summary = self.describe(&conversation).await?;
@@ -535,16 +722,34 @@ impl ConversationsService {
             conversation_id: id.to_string(),
             ..Default::default()
         };
+        // The exec's model steps, and its tool calls not answered yet (call id, tool).
+        let mut step = 0u32;
+        let mut pending_calls: Vec<(String, String)> = Vec::new();
         let after = self
             .scan(id, |e| {
+                let last_call = pending_calls.first().cloned().unwrap_or_default();
                 match &e.kind {
                     Some(event::Kind::InputReceived(i)) => {
+                        step = 0;
+                        pending_calls.clear();
                         c.exec_id = e.exec_id.clone();
                         c.agent_id = i.agent_id.clone();
                         c.exec_state = ExecState::Pending as i32;
                     }
                     Some(event::Kind::ExecStateChanged(s)) if e.exec_id == c.exec_id => {
                         c.exec_state = s.state;
+                        c.waiting_call_id.clear();
+                        c.waiting_tool.clear();
+                        if s.state == ExecState::WaitingApproval as i32 {
+                            c.waiting_call_id = last_call.0.clone();
+                            c.waiting_tool = last_call.1.clone();
+                        }
+                    }
+                    Some(event::Kind::ModelCalled(m)) if e.exec_id == c.exec_id => {
+                        pending_calls = waiting_calls(&m.response_json, &mut step);
+                    }
+                    Some(event::Kind::ToolReturned(t)) if e.exec_id == c.exec_id => {
+                        pending_calls.retain(|(id, _)| id != &t.call_id);
                     }
                     Some(event::Kind::Forked(f)) => {
                         c.forked_from = f.src_conversation_id.clone();
@@ -561,6 +766,24 @@ impl ConversationsService {
         c.last_seq = after;
         Ok(c)
     }
+}
+
+/// The tool calls of a model step, as (`STEP.INDEX`, tool), counting the step.
+fn waiting_calls(response_json: &str, step: &mut u32) -> Vec<(String, String)> {
+    *step += 1;
+    let response: serde_json::Value = serde_json::from_str(response_json).unwrap_or_default();
+    let calls = response["choices"][0]["message"]["tool_calls"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    calls
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let wire = c["function"]["name"].as_str().unwrap_or_default();
+            (format!("{step}.{}", i + 1), wire.replacen("__", ".", 1))
+        })
+        .collect()
 }
 
 /// Whether `e` is the terminal state change of `exec_id`.
@@ -634,34 +857,42 @@ pub fn append_status(e: AppendError) -> Status {
     }
 }
 
-/// The built-in `echo` agent: replies with its input, deterministically.
+/// An exec's agent: the built-in `echo` (replies with its input, deterministically) or a model
+/// agent's durable loop.
 #[derive(Clone)]
-struct EchoAgent {
+struct ExecAgent {
     controller: Controller,
     running: Arc<Mutex<HashMap<String, String>>>,
+    /// To remove the agent from `root/agents` once it has ended.
+    tree: Tree,
+    agents: String,
     conversation: String,
     exec_id: String,
     input: String,
+    model: Option<Arc<ExecRun>>,
 }
 
-impl EchoAgent {
-    /// A temporary child: an exec's agent is never restarted by its supervisor (recovery from
-    /// the log resumes execs instead).
+impl ExecAgent {
+    /// A transient child: a crashed agent is restarted and resumes from the log; one that ends
+    /// normally removes itself.
     fn child_spec(self) -> ChildSpec {
         let id = self.exec_id.clone();
         let start = move |ctx: StartContext| -> StartFuture {
             let agent = self.clone();
             Box::pin(async move {
-                let (actor, _) = Actor::spawn_linked(None, EchoActor, agent, ctx.supervisor)
+                let (actor, _) = Actor::spawn_linked(None, ExecActor, agent, ctx.supervisor)
                     .await
                     .map_err(|e| StartError(e.to_string()))?;
                 Ok(Started::actor(actor.get_cell()))
             })
         };
-        ChildSpec::worker(id, ActorKind::Agent, start).restart(Restart::Temporary)
+        ChildSpec::worker(id, ActorKind::Agent, start).restart(Restart::Transient)
     }
 
-    async fn run(&self) -> Result<(), AppendError> {
+    async fn run(&self) -> Result<ExecEnd, String> {
+        if let Some(model) = &self.model {
+            return model.run().await.map_err(|e| e.to_string());
+        }
         let reply = AppendRequest {
             conversation_id: self.conversation.clone(),
             events: vec![
@@ -676,9 +907,11 @@ impl EchoAgent {
             idempotency_key: Some(format!("{}/{}/reply", self.conversation, self.exec_id)),
             open_exec: Some(self.exec_id.clone()),
         };
-        let result = self.controller.append(reply).await.map(|_| ());
-        self.finished();
-        result
+        match self.controller.append(reply).await {
+            Ok(_) => Ok(ExecEnd::Completed),
+            Err(AppendError::ExecFinished { .. }) => Ok(ExecEnd::Finished),
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     /// Ends the exec as FAILED (best effort) when the agent could not run.
@@ -701,20 +934,38 @@ impl EchoAgent {
     fn finished(&self) {
         release(&self.running, &self.conversation, &self.exec_id);
     }
+
+    /// Removes the ended agent's spec from `root/agents` (a transient child that ends normally
+    /// stays listed, as in OTP, until deleted).
+    fn remove_later(&self) {
+        let (tree, agents, id) = (self.tree.clone(), self.agents.clone(), self.exec_id.clone());
+        tokio::spawn(async move {
+            for _ in 0..50 {
+                let Some((sup, _)) = tree.supervisor(&agents) else {
+                    return;
+                };
+                match sup.delete_child(&id).await {
+                    Ok(()) | Err(SupervisorError::NotFound(_)) => return,
+                    // Still stopping, or restarted by a relaunch.
+                    Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+                }
+            }
+        });
+    }
 }
 
-struct EchoActor;
+struct ExecActor;
 
-impl Actor for EchoActor {
+impl Actor for ExecActor {
     type Msg = ();
-    type State = EchoAgent;
-    type Arguments = EchoAgent;
+    type State = ExecAgent;
+    type Arguments = ExecAgent;
 
     async fn pre_start(
         &self,
         myself: ActorRef<()>,
-        agent: EchoAgent,
-    ) -> Result<EchoAgent, ActorProcessingErr> {
+        agent: ExecAgent,
+    ) -> Result<ExecAgent, ActorProcessingErr> {
         // Work happens after start, so the supervisor's start_child returns at once.
         myself.cast(())?;
         Ok(agent)
@@ -724,18 +975,19 @@ impl Actor for EchoActor {
         &self,
         myself: ActorRef<()>,
         _msg: (),
-        agent: &mut EchoAgent,
+        agent: &mut ExecAgent,
     ) -> Result<(), ActorProcessingErr> {
         match agent.run().await {
-            // Cancelled meanwhile: nothing more to do.
-            Ok(()) | Err(AppendError::ExecFinished { .. }) => {
-                myself.stop(None);
-                Ok(())
-            }
+            // Paused: the exec stays claimed until an approval runs it on.
+            Ok(ExecEnd::WaitingApproval) => {}
+            Ok(_) => agent.finished(),
             Err(e) => {
-                agent.fail(&e.to_string()).await;
-                Err(Box::new(ChildExit(ExitReason::Error(e.to_string()))))
+                tracing::warn!(exec = %agent.exec_id, error = %e, "agent failed; its supervisor restarts it");
+                return Err(Box::new(ChildExit(ExitReason::Error(e))));
             }
         }
+        agent.remove_later();
+        myself.stop(None);
+        Ok(())
     }
 }

@@ -5,11 +5,13 @@ use std::path::{Path, PathBuf};
 
 use std::sync::Arc;
 
+use cadre_actors::agent::AgentRegistry;
 use cadre_actors::builtin::{
     BUILTIN_SERVER, SKILLS, SkillTools, WORKSPACE, WorkspaceTools, skill_tools, workspace_tools,
 };
 use cadre_actors::config::{Config, SandboxConfig, SandboxKind};
 use cadre_actors::controller::Controller;
+use cadre_actors::model::{ModelClient, OpenAiClient};
 use cadre_actors::placement::PlacementConfig;
 use cadre_actors::sandbox::SandboxProvider;
 use cadre_actors::skills::SkillRegistry;
@@ -91,6 +93,8 @@ pub enum NodeError {
     Api(String),
     #[error("sandboxes: {0}")]
     Sandbox(String),
+    #[error("model `{id}`: {reason}")]
+    Model { id: String, reason: String },
 }
 
 /// How a node ended.
@@ -153,17 +157,35 @@ impl Node {
             } => Some((pool.clone(), placement.clone())),
             Sandboxes::Unavailable(_) => None,
         };
+        let mut models = std::collections::BTreeMap::new();
+        for spec in &options.config.models {
+            let client = OpenAiClient::new(spec.clone()).map_err(|e| NodeError::Model {
+                id: spec.id.clone(),
+                reason: e.to_string(),
+            })?;
+            models.insert(spec.id.clone(), Arc::new(client) as Arc<dyn ModelClient>);
+        }
         let services = Services {
             host: pool
                 .as_ref()
                 .map(|(_, placement)| Arc::new(placement.clone()) as _),
             tools: ToolRegistry::new(),
             skills: SkillRegistry::default(),
+            models: Arc::new(models),
+            agents: AgentRegistry::default(),
         };
         register_builtins(&services);
         // The controller starts first and, in reverse order, stops last.
         let supervisor = &options.config.supervisor;
-        let agents = supervisor_child(AGENTS, SupervisorFlags::default(), Vec::new());
+        // Each exec's agent is a transient child here. A crash restarts it and it resumes from
+        // the log; the intensity allows for execs failing together (a store hiccup) before
+        // the failure escalates to the root.
+        let agent_flags = SupervisorFlags {
+            intensity: 50,
+            period: std::time::Duration::from_secs(10),
+            ..SupervisorFlags::default()
+        };
+        let agents = supervisor_child(AGENTS, agent_flags, Vec::new());
         let mut children = vec![controller.child_spec(CONTROLLER), agents];
         children.extend(supervisor.child_specs(&services));
         let (root, root_exit) =
@@ -180,9 +202,6 @@ impl Node {
                 }
             };
         let open = controller.open_execs();
-        if !open.is_empty() {
-            tracing::warn!(count = open.len(), "execs to recover from the last run");
-        }
         let cluster = ClusterService::new(addr.to_string(), sandboxes);
         let (stop_api, stopped) = oneshot::channel::<()>();
         let service = ActorsService::new(tree.clone(), ROOT, services.clone());
@@ -194,8 +213,17 @@ impl Node {
         health
             .set_serving::<ConversationsServer<ConversationsService>>()
             .await;
-        let conversations =
-            ConversationsService::new(controller.clone(), tree.clone(), format!("{ROOT}/{AGENTS}"));
+        let conversations = ConversationsService::new(
+            controller.clone(),
+            tree.clone(),
+            format!("{ROOT}/{AGENTS}"),
+            services.clone(),
+        );
+        if !open.is_empty() {
+            tracing::warn!(count = open.len(), "resuming the execs of the last run");
+            let recovering = conversations.clone();
+            tokio::spawn(async move { recovering.recover(open).await });
+        }
         let reflection = || {
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(cadre_proto::FILE_DESCRIPTOR_SET)

@@ -62,6 +62,7 @@ async fn fork_mid_exec(c: &mut ConversationsClient<tonic::transport::Channel>) {
         src_conversation_id: "src".into(),
         at_seq: 2,
         dest_conversation_id: "mid".into(),
+        patch: None,
     })
     .await
     .unwrap();
@@ -205,6 +206,7 @@ fn forks_share_the_prefix_and_continue_separately() {
                 src_conversation_id: "main".into(),
                 at_seq: 4,
                 dest_conversation_id: "branch".into(),
+                patch: None,
             })
             .await
             .unwrap()
@@ -232,6 +234,7 @@ fn forks_share_the_prefix_and_continue_separately() {
                 src_conversation_id: "main".into(),
                 at_seq: 99,
                 dest_conversation_id: "x".into(),
+                patch: None,
             })
             .await
             .unwrap_err();
@@ -241,6 +244,7 @@ fn forks_share_the_prefix_and_continue_separately() {
                 src_conversation_id: "main".into(),
                 at_seq: 2,
                 dest_conversation_id: "branch".into(),
+                patch: None,
             })
             .await
             .unwrap_err();
@@ -250,6 +254,7 @@ fn forks_share_the_prefix_and_continue_separately() {
                 src_conversation_id: "nope".into(),
                 at_seq: 0,
                 dest_conversation_id: String::new(),
+                patch: None,
             })
             .await
             .unwrap_err();
@@ -621,6 +626,7 @@ fn delete_removes_a_conversation_for_good() {
             src_conversation_id: "gone".into(),
             at_seq: 4,
             dest_conversation_id: "gone-fork".into(),
+            patch: None,
         })
         .await
         .unwrap();

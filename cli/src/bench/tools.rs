@@ -166,7 +166,7 @@ async fn rounds(
     let services = Services {
         host: Some(Arc::new(placement.clone())),
         tools: tools.clone(),
-        skills: Default::default(),
+        ..Default::default()
     };
     let spec = McpSpec {
         server: McpServer::Stdio {

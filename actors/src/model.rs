@@ -1,0 +1,156 @@
+//! Model clients: an agent's model is called through [`ModelClient`]; [`OpenAiClient`] speaks
+//! the OpenAI Chat Completions wire format (vLLM, Ollama, OpenAI-compatible gateways).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+/// One entry of the `models:` section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelSpec {
+    pub id: String,
+    /// `http://HOST:PORT/v1`: `/chat/completions` is appended.
+    pub base_url: String,
+    /// The model name sent in each request.
+    pub model: String,
+    /// The environment variable holding the API key (sent as a bearer token), if any.
+    pub api_key_env: Option<String>,
+    /// How long one request may take.
+    pub timeout: Duration,
+}
+
+/// What an agent asks its model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatRequest {
+    /// Chat messages in the wire format (`{"role", "content", "tool_calls"?, "tool_call_id"?}`).
+    pub messages: Vec<Value>,
+    /// Tools in the wire format (`{"type": "function", "function": {…}}`).
+    pub tools: Vec<Value>,
+}
+
+/// What the model answered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatResponse {
+    /// The whole response body, as journaled.
+    pub raw: Value,
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+}
+
+/// Why a model call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ModelError {
+    #[error("model endpoint {url} answered {status}: {body}")]
+    Status {
+        url: String,
+        status: u16,
+        body: String,
+    },
+    #[error("cannot reach model endpoint {url}: {reason}")]
+    Transport { url: String, reason: String },
+    #[error("model endpoint {url} sent an invalid response: {reason}")]
+    Invalid { url: String, reason: String },
+}
+
+impl ModelError {
+    /// Whether trying again may help (the endpoint is down, overloaded or rate limiting).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Status { status, .. } => *status == 429 || *status >= 500,
+            Self::Transport { .. } => true,
+            Self::Invalid { .. } => false,
+        }
+    }
+}
+
+/// A boxed chat future.
+pub type ChatFuture = Pin<Box<dyn Future<Output = Result<ChatResponse, ModelError>> + Send>>;
+
+/// A model an agent can call.
+pub trait ModelClient: Send + Sync {
+    /// The model's name, as journaled in `ModelCalled`.
+    fn name(&self) -> &str;
+    fn chat(&self, request: ChatRequest) -> ChatFuture;
+}
+
+/// An OpenAI-compatible Chat Completions endpoint.
+pub struct OpenAiClient {
+    spec: ModelSpec,
+    url: String,
+    http: reqwest::Client,
+}
+
+impl OpenAiClient {
+    pub fn new(spec: ModelSpec) -> Result<Self, ModelError> {
+        let url = format!("{}/chat/completions", spec.base_url.trim_end_matches('/'));
+        let http = reqwest::Client::builder()
+            .timeout(spec.timeout)
+            .build()
+            .map_err(|e| ModelError::Transport {
+                url: url.clone(),
+                reason: e.to_string(),
+            })?;
+        Ok(Self { spec, url, http })
+    }
+}
+
+impl ModelClient for OpenAiClient {
+    fn name(&self) -> &str {
+        &self.spec.model
+    }
+
+    fn chat(&self, request: ChatRequest) -> ChatFuture {
+        let mut body = json!({ "model": self.spec.model, "messages": request.messages });
+        if !request.tools.is_empty() {
+            body["tools"] = Value::Array(request.tools);
+        }
+        let mut call = self.http.post(&self.url).json(&body);
+        if let Some(key) = self
+            .spec
+            .api_key_env
+            .as_ref()
+            .and_then(|v| std::env::var(v).ok())
+        {
+            call = call.bearer_auth(key);
+        }
+        let url = self.url.clone();
+        Box::pin(async move {
+            let transport = |e: reqwest::Error| ModelError::Transport {
+                url: url.clone(),
+                reason: e.to_string(),
+            };
+            let response = call.send().await.map_err(transport)?;
+            let status = response.status();
+            let text = response.text().await.map_err(transport)?;
+            if !status.is_success() {
+                return Err(ModelError::Status {
+                    url,
+                    status: status.as_u16(),
+                    body: text.chars().take(500).collect(),
+                });
+            }
+            let raw: Value = serde_json::from_str(&text).map_err(|e| ModelError::Invalid {
+                url: url.clone(),
+                reason: format!("not JSON: {e}"),
+            })?;
+            if !raw["choices"][0]["message"].is_object() {
+                return Err(ModelError::Invalid {
+                    url,
+                    reason: "no choices[0].message".into(),
+                });
+            }
+            let tokens = |field: &str| raw["usage"][field].as_u64().unwrap_or(0) as u32;
+            Ok(ChatResponse {
+                prompt_tokens: tokens("prompt_tokens"),
+                completion_tokens: tokens("completion_tokens"),
+                raw,
+            })
+        })
+    }
+}
+
+/// The node's models by id; cheap to clone.
+pub type Models = Arc<std::collections::BTreeMap<String, Arc<dyn ModelClient>>>;

@@ -1,0 +1,770 @@
+//! Model agents end to end: a real `cadre serve`, a scripted OpenAI-compatible model server
+//! (real HTTP, real wire format, every request counted) and a side-effecting MCP tool server on
+//! the official Python SDK that records the idempotency key of every call.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cadre_tests::{Node, TempDir, mcp_dir};
+use serde_json::{Value, json};
+
+/// The scripted model server (`tests/fixtures/model_server.py`).
+struct ModelServer {
+    child: Child,
+    port: u16,
+    _dir: TempDir,
+}
+
+impl ModelServer {
+    fn start(script: Value) -> Self {
+        let dir = TempDir::new("model");
+        let path = dir.path().join("script.json");
+        std::fs::write(&path, script.to_string()).unwrap();
+        let mut child = Command::new("python3")
+            .arg(fixture("model_server.py"))
+            .arg(&path)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 runs the model server");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .strip_prefix("port ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("model server said {line:?}"));
+        Self {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+
+    /// Per scripted reply: `{"count", "messages", "tools"}` of the request that got it.
+    fn requests(&self) -> Vec<Value> {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        write!(s, "GET /requests HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
+        serde_json::from_str::<Vec<Value>>(body).expect("requests JSON")
+    }
+
+    fn counts(&self) -> Vec<u64> {
+        self.requests()
+            .iter()
+            .map(|r| r["count"].as_u64().unwrap())
+            .collect()
+    }
+}
+
+impl Drop for ModelServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The record tool server (`tests/fixtures/record_server.py`).
+struct RecordServer {
+    child: Child,
+    port: u16,
+    effects: PathBuf,
+    _dir: TempDir,
+}
+
+impl RecordServer {
+    fn start(delay_ms: u64) -> Self {
+        let dir = TempDir::new("record");
+        let effects = dir.path().join("effects.jsonl");
+        let port = free_port();
+        let child = Command::new(mcp_dir().join("time/bin/python3"))
+            .arg(fixture("record_server.py"))
+            .arg(port.to_string())
+            .arg(&effects)
+            .arg(delay_ms.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the MCP SDK's python runs the record server");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the record server did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Self {
+            child,
+            port,
+            effects,
+            _dir: dir,
+        }
+    }
+
+    /// Every call the tool saw: `{"key", "note", "applied"}`.
+    fn effects(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.effects)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+impl Drop for RecordServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A node config with the model, the record server and `agents` (YAML child entries).
+fn config(model: &ModelServer, record: &RecordServer, agents: &str) -> String {
+    format!(
+        r#"
+version: v1
+models:
+  - id: scripted
+    openai: {{ base_url: "http://127.0.0.1:{model}/v1", model: test-model }}
+supervisor:
+  strategy: one_for_one
+  intensity: 5
+  period_secs: 30
+  children:
+    - id: rec
+      mcp: {{ url: "http://127.0.0.1:{record}/mcp", timeout_ms: 20000 }}
+{agents}
+"#,
+        model = model.port,
+        record = record.port,
+    )
+}
+
+/// A tool-call reply of the script.
+fn record_call(note: &str) -> Value {
+    json!({"tool_calls": [{"name": "rec__record", "arguments": {"note": note}}]})
+}
+
+fn wait_for_tools(node: &Node) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let tools = node.json_lines(&["tools", "ls", "-o", "json"]);
+        if tools.iter().any(|t| t["name"] == "rec.record") {
+            return;
+        }
+        assert!(Instant::now() < deadline, "rec.record never registered");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Waits until the conversation's exec is in one of `states`.
+fn wait_state(node: &Node, conversation: &str, states: &[&str]) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = node.cli(&["conversations", "show", conversation, "-o", "json"]);
+        if out.status.success() {
+            let c: Value = serde_json::from_slice(&out.stdout).unwrap();
+            if states.iter().any(|s| c["exec_state"] == *s) {
+                return c;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{conversation} never reached {states:?}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            node.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn log(node: &Node, conversation: &str) -> Vec<Value> {
+    node.json_lines(&["conversations", "log", conversation, "-o", "json"])
+}
+
+fn types(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| e["type"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Starts `cadre exec` in the background (it streams until the exec ends).
+fn exec_in_background(node: &Node, agent: &str, conversation: &str, input: &str) -> Child {
+    Command::new(cadre_tests::cadre_bin())
+        .args(["exec", "--agent", agent, "--conversation", conversation])
+        .args(["--input", input, "--server", &node.addr])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// The reason of the exec's FAILED state change.
+fn failure_reason(node: &Node, conversation: &str) -> String {
+    wait_state(node, conversation, &["failed"]);
+    log(node, conversation)
+        .iter()
+        .rev()
+        .find(|e| e["state"] == "failed")
+        .map(|e| e["reason"].as_str().unwrap().to_string())
+        .unwrap()
+}
+
+#[test]
+fn a_multi_step_exec_journals_every_model_and_tool_call_and_completes() {
+    let model = ModelServer::start(json!([
+        record_call("first"),
+        record_call("second"),
+        {"content": "all recorded"},
+    ]));
+    let record = RecordServer::start(0);
+    let agents = r#"
+    - id: scribe
+      agent: { model: scripted, system_prompt: "You record notes.", tools: ["rec.*"] }
+"#;
+    let node = Node::start(&config(&model, &record, agents));
+    wait_for_tools(&node);
+
+    let out = node.cli(&["exec", "--agent", "scribe", "--input", "record two notes"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "all recorded");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let conversation = stderr
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("conversation="))
+        .expect("conversation= on stderr")
+        .to_string();
+
+    let events = log(&node, &conversation);
+    assert_eq!(
+        types(&events),
+        [
+            "input_received",
+            "exec_state_changed",
+            "model_called",
+            "tool_called",
+            "tool_returned",
+            "model_called",
+            "tool_called",
+            "tool_returned",
+            "model_called",
+            "output_emitted",
+            "exec_state_changed",
+        ]
+    );
+    let called: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["type"] == "tool_called")
+        .collect();
+    assert_eq!(called[0]["tool"], "rec.record");
+    let exec = events[0]["exec_id"].as_str().unwrap();
+    assert_eq!(
+        called[0]["idempotency_key"],
+        format!("{conversation}/{exec}/1.1")
+    );
+    let model_called = &events[2];
+    assert!(model_called["prompt_tokens"].as_u64().unwrap() > 0);
+    assert!(
+        model_called["response_json"]
+            .as_str()
+            .unwrap()
+            .contains("rec__record"),
+        "the full response is journaled"
+    );
+    assert_eq!(model.counts(), [1, 1, 1], "each reply requested once");
+    let requests = model.requests();
+    assert_eq!(requests[0]["messages"][0]["content"], "You record notes.");
+    assert_eq!(requests[0]["tools"][0]["function"]["name"], "rec__record");
+    // The second request carries the first call and its result.
+    let second = requests[1]["messages"].as_array().unwrap();
+    assert_eq!(second[2]["tool_calls"][0]["id"], "call_0_0");
+    assert_eq!(second[3]["role"], "tool");
+    assert_eq!(second[3]["tool_call_id"], "call_0_0");
+    assert_eq!(second[3]["content"], "recorded first");
+    let effects = record.effects();
+    assert_eq!(effects.len(), 2);
+    assert!(effects.iter().all(|e| e["applied"] == true));
+}
+
+#[test]
+fn sigkill_mid_exec_resumes_on_restart_without_repeating_a_model_call_or_a_side_effect() {
+    let notes = ["a", "b", "c", "d"];
+    let mut script: Vec<Value> = notes.iter().map(|n| record_call(n)).collect();
+    script.push(json!({"content": "done"}));
+    let model = ModelServer::start(Value::Array(script));
+    // Slow enough that a kill lands while a call runs.
+    let record = RecordServer::start(700);
+    let agents = r#"
+    - id: scribe
+      agent: { model: scripted, tools: ["rec.*"] }
+"#;
+    let config = config(&model, &record, agents);
+    let data_dir = TempDir::new("agents-crash");
+    let data = data_dir.path().join("data");
+    let mut node = Node::start_with_data(&config, &data);
+    wait_for_tools(&node);
+    let mut exec = exec_in_background(&node, "scribe", "crashy", "record four notes");
+
+    // Kill the node while a tool call runs (ToolCalled journaled, no ToolReturned yet), and
+    // once right after a model call was journaled; restart it each time.
+    let kills = [("tool_called", 1), ("model_called", 3), ("tool_called", 3)];
+    for (kind, nth) in kills {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = node.cli(&["conversations", "log", "crashy", "-o", "json"]);
+            let events: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect();
+            if events.iter().filter(|e| e["type"] == kind).count() >= nth {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "never saw {nth} {kind}:\n{}",
+                node.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        node.stop(libc::SIGKILL);
+        let _ = exec.wait();
+        node = Node::start_with_data(&config, &data);
+        wait_for_tools(&node);
+        exec = Command::new("true").spawn().unwrap();
+    }
+    let _ = exec.wait();
+    let c = wait_state(&node, "crashy", &["completed", "failed"]);
+    assert_eq!(c["exec_state"], "completed", "{c}\n{}", node.log());
+    let events = log(&node, "crashy");
+    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "no gap");
+    assert_eq!(
+        model.counts(),
+        [1, 1, 1, 1, 1],
+        "each scripted reply requested exactly once"
+    );
+    let returned = events
+        .iter()
+        .filter(|e| e["type"] == "tool_returned")
+        .count();
+    assert_eq!(returned, 4, "one result per call");
+    let effects = record.effects();
+    let applied: Vec<&str> = effects
+        .iter()
+        .filter(|e| e["applied"] == true)
+        .map(|e| e["note"].as_str().unwrap())
+        .collect();
+    assert_eq!(applied, notes, "each side effect applied once: {effects:?}");
+    // A call interrupted by a kill was made again with the same key (and not applied twice).
+    let keys: std::collections::BTreeSet<&str> =
+        effects.iter().map(|e| e["key"].as_str().unwrap()).collect();
+    assert_eq!(keys.len(), 4, "{effects:?}");
+    assert!(
+        effects.len() > 4,
+        "a retried call reached the tool: {effects:?}"
+    );
+}
+
+#[test]
+fn every_governance_limit_ends_the_exec_failed_with_its_reason() {
+    let record = RecordServer::start(0);
+
+    // One model server per case keeps their scripts apart.
+    let cases: Vec<(&str, Value, &str, &str)> = vec![
+        (
+            "iterations",
+            json!([record_call("1"), record_call("2"), record_call("3")]),
+            "max_iterations: 2",
+            "max_iterations: 2 model calls made, limit 2",
+        ),
+        (
+            "budget",
+            json!([{"tool_calls": [{"name": "rec__record", "arguments": {"note": "x"}}],
+                    "usage": {"prompt_tokens": 900, "completion_tokens": 200}}]),
+            "token_budget: 1000",
+            "token_budget: 1100 tokens used, limit 1000",
+        ),
+        (
+            "repeats",
+            json!([
+                record_call("same"),
+                record_call("same"),
+                record_call("same")
+            ]),
+            "max_repeats: 3",
+            "max_repeats: `rec.record` asked for 3 times with the same arguments, limit 3",
+        ),
+        (
+            "exectime",
+            json!([{"content": "late", "delay_ms": 3000}]),
+            "exec_timeout_secs: 1",
+            "exec_timeout_secs: the model call did not answer within the exec's limit of 1 s",
+        ),
+    ];
+    for (name, script, limit, reason) in cases {
+        let model = ModelServer::start(script);
+        let agents = format!(
+            "    - id: {name}\n      agent: {{ model: scripted, tools: [\"rec.*\"], {limit} }}\n"
+        );
+        let node = Node::start(&config(&model, &record, &agents));
+        wait_for_tools(&node);
+        let out = node.cli(&[
+            "exec",
+            "--agent",
+            name,
+            "--conversation",
+            name,
+            "--input",
+            "go",
+        ]);
+        assert_eq!(out.status.code(), Some(1), "{name}: the exec failed");
+        assert_eq!(failure_reason(&node, name), reason, "{name}");
+    }
+
+    // Tool timeout: a slow tool.
+    let slow = RecordServer::start(3000);
+    let model = ModelServer::start(json!([record_call("slow")]));
+    let agents = "    - id: slowtool\n      agent: { model: scripted, tools: [\"rec.*\"], tool_timeout_ms: 300 }\n";
+    let node = Node::start(&config(&model, &slow, agents));
+    wait_for_tools(&node);
+    let _ = node.cli(&[
+        "exec",
+        "--agent",
+        "slowtool",
+        "--conversation",
+        "t",
+        "--input",
+        "go",
+    ]);
+    assert_eq!(
+        failure_reason(&node, "t"),
+        "tool_timeout_ms: `rec.record` did not answer within 300 ms"
+    );
+    let events = log(&node, "t");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["type"] == "tool_returned" && e["error"] == "timed out after 300 ms"),
+        "the timed-out call has its result"
+    );
+
+    // Rate limit: one exec per minute.
+    let model = ModelServer::start(json!([{"content": "one"}, {"content": "two"}]));
+    let agents = "    - id: rated\n      agent: { model: scripted, execs_per_minute: 1 }\n";
+    let node = Node::start(&config(&model, &record, agents));
+    let first = node.cli(&[
+        "exec",
+        "--agent",
+        "rated",
+        "--conversation",
+        "r1",
+        "--input",
+        "a",
+    ]);
+    assert!(first.status.success());
+    let _ = node.cli(&[
+        "exec",
+        "--agent",
+        "rated",
+        "--conversation",
+        "r2",
+        "--input",
+        "b",
+    ]);
+    assert_eq!(
+        failure_reason(&node, "r2"),
+        "execs_per_minute: agent `rated` started 1 execs in the last minute, limit 1"
+    );
+    assert_eq!(model.counts(), [1], "the limited exec asked no model");
+
+    // Compaction: a prompt past the threshold makes the next step summarise first.
+    let model = ModelServer::start(json!([
+        {"tool_calls": [{"name": "rec__record", "arguments": {"note": "long"}}],
+         "usage": {"prompt_tokens": 5000, "completion_tokens": 10}},
+        {"content": "the user wanted a note recorded; it was", "usage": {"prompt_tokens": 10, "completion_tokens": 10}},
+        {"content": "finished", "usage": {"prompt_tokens": 10, "completion_tokens": 10}},
+    ]));
+    let agents = "    - id: compact\n      agent: { model: scripted, tools: [\"rec.*\"], compact_at_tokens: 4000 }\n";
+    let node = Node::start(&config(&model, &record, agents));
+    wait_for_tools(&node);
+    let out = node.cli(&[
+        "exec",
+        "--agent",
+        "compact",
+        "--conversation",
+        "k",
+        "--input",
+        "go",
+    ]);
+    assert!(out.status.success(), "{}", node.log());
+    let calls: Vec<Value> = log(&node, "k")
+        .into_iter()
+        .filter(|e| e["type"] == "model_called")
+        .collect();
+    assert_eq!(
+        calls
+            .iter()
+            .map(|c| c["compaction"].as_bool().unwrap())
+            .collect::<Vec<_>>(),
+        [false, true, false]
+    );
+    let requests = model.requests();
+    let summarise = requests[1]["messages"].as_array().unwrap();
+    assert!(
+        summarise.last().unwrap()["content"]
+            .as_str()
+            .unwrap()
+            .contains("Summarise")
+    );
+    let after = requests[2]["messages"].as_array().unwrap();
+    assert_eq!(after.len(), 2, "system prompt and the summary: {after:?}");
+    assert!(
+        after[1]["content"]
+            .as_str()
+            .unwrap()
+            .contains("the user wanted a note recorded")
+    );
+}
+
+#[test]
+fn a_tool_that_needs_approval_pauses_the_exec_until_it_is_approved_or_declined() {
+    let model = ModelServer::start(json!([
+        record_call("guarded"),
+        {"content": "recorded after approval"},
+        record_call("refused"),
+        {"content": "it was declined"},
+    ]));
+    let record = RecordServer::start(0);
+    let agents = r#"
+    - id: careful
+      agent: { model: scripted, tools: ["rec.*"], require_approval: ["rec.record"] }
+"#;
+    let node = Node::start(&config(&model, &record, agents));
+    wait_for_tools(&node);
+
+    let mut exec = exec_in_background(&node, "careful", "ap", "record a guarded note");
+    let c = wait_state(&node, "ap", &["waiting_approval"]);
+    assert_eq!(c["waiting_call_id"], "1.1");
+    assert_eq!(c["waiting_tool"], "rec.record");
+    assert!(
+        record.effects().is_empty(),
+        "nothing ran before the approval"
+    );
+    // A new exec in the conversation is refused while it waits.
+    let second = node.cli(&[
+        "exec",
+        "--agent",
+        "careful",
+        "--conversation",
+        "ap",
+        "--input",
+        "x",
+    ]);
+    assert_eq!(second.status.code(), Some(1));
+    // An approval for another call is refused and writes nothing.
+    let before = log(&node, "ap").len();
+    let wrong = node.cli(&["approve", "--conversation", "ap", "--call", "9.9"]);
+    assert_eq!(wrong.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("waits on call 1.1"));
+    assert_eq!(log(&node, "ap").len(), before);
+
+    let ok = node.cli(&["approve", "--conversation", "ap", "--reason", "looks fine"]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(
+        exec.wait().unwrap().success(),
+        "the exec's stream ends when it completes"
+    );
+    wait_state(&node, "ap", &["completed"]);
+    let events = log(&node, "ap");
+    let decided = events
+        .iter()
+        .find(|e| e["type"] == "approval_decided")
+        .unwrap();
+    assert_eq!(decided["approved"], true);
+    assert_eq!(decided["reason"], "looks fine");
+    assert_eq!(record.effects().len(), 1);
+    let again = node.cli(&["approve", "--conversation", "ap"]);
+    assert_eq!(again.status.code(), Some(1), "nothing waits any more");
+
+    // Declined: the agent gets an error for the call and goes on.
+    let mut exec = exec_in_background(&node, "careful", "ap", "record another");
+    wait_state(&node, "ap", &["waiting_approval"]);
+    let no = node.cli(&[
+        "approve",
+        "--conversation",
+        "ap",
+        "--decline",
+        "--reason",
+        "not now",
+    ]);
+    assert!(no.status.success());
+    assert!(exec.wait().unwrap().success());
+    wait_state(&node, "ap", &["completed"]);
+    assert_eq!(record.effects().len(), 1, "the declined call was not made");
+    let requests = model.requests();
+    let last = requests[3]["messages"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(last["role"], "tool");
+    assert_eq!(
+        last["content"],
+        "error: the call was declined by its approver: not now"
+    );
+    assert_eq!(model.counts(), [1, 1, 1, 1]);
+}
+
+#[test]
+fn a_fork_with_a_patched_prompt_resumes_from_its_step_without_rerunning_earlier_ones() {
+    let model = ModelServer::start(json!([
+        record_call("one"),
+        record_call("two"),
+        {"content": "original done"},
+        record_call("branch"),
+        {"content": "branch done"},
+    ]));
+    let record = RecordServer::start(0);
+    let agents = r#"
+    - id: scribe
+      agent: { model: scripted, system_prompt: "original prompt", tools: ["rec.*"] }
+"#;
+    let node = Node::start(&config(&model, &record, agents));
+    wait_for_tools(&node);
+    let out = node.cli(&[
+        "exec",
+        "--agent",
+        "scribe",
+        "--conversation",
+        "src",
+        "--input",
+        "go",
+    ]);
+    assert!(out.status.success());
+    let events = log(&node, "src");
+    // Fork right after the first tool result: step 1 is done, step 2 is not.
+    let at = events
+        .iter()
+        .find(|e| e["type"] == "tool_returned")
+        .unwrap()["seq"]
+        .as_u64()
+        .unwrap();
+    let patch = node.dir.path().join("patch.yaml");
+    std::fs::write(&patch, "system_prompt: patched prompt\n").unwrap();
+    let forked = node.cli(&[
+        "fork",
+        "--conversation",
+        "src",
+        "--at-seq",
+        &at.to_string(),
+        "--to",
+        "branch",
+        "--patch",
+        patch.to_str().unwrap(),
+    ]);
+    assert!(
+        forked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&forked.stderr)
+    );
+    let before = model.counts();
+    let resumed = node.cli(&["exec", "--conversation", "branch", "--resume"]);
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&resumed.stdout).trim(),
+        "branch done"
+    );
+
+    let requests = model.requests();
+    assert_eq!(before, [1, 1, 1]);
+    assert_eq!(
+        model.counts(),
+        [1, 1, 1, 1, 1],
+        "no request for the steps before the fork"
+    );
+    for r in &requests[3..] {
+        assert_eq!(r["messages"][0]["content"], "patched prompt");
+    }
+    // The branch's first request goes on from the first tool result.
+    let first = requests[3]["messages"].as_array().unwrap();
+    assert_eq!(
+        first.len(),
+        4,
+        "system, user, step 1 call, its result: {first:?}"
+    );
+    assert_eq!(first[3]["content"], "recorded one");
+    let notes: Vec<String> = record
+        .effects()
+        .iter()
+        .map(|e| e["note"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(notes, ["one", "two", "branch"]);
+
+    // A bad patch is refused with its file and line, and writes nothing.
+    std::fs::write(&patch, "system_prompt: x\ntemperature: 2\n").unwrap();
+    let bad = node.cli(&[
+        "fork",
+        "--conversation",
+        "src",
+        "--to",
+        "bad",
+        "--patch",
+        patch.to_str().unwrap(),
+    ]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("patch.yaml:2:"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    std::fs::write(&patch, "model: nope\n").unwrap();
+    let bad = node.cli(&[
+        "fork",
+        "--conversation",
+        "src",
+        "--to",
+        "bad",
+        "--patch",
+        patch.to_str().unwrap(),
+    ]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("patch.model: unknown model `nope`"));
+    assert_eq!(
+        node.cli(&["conversations", "show", "bad"]).status.code(),
+        Some(1)
+    );
+}
