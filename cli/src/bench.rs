@@ -15,6 +15,7 @@ use serde_json::json;
 
 use crate::{Failure, Output};
 
+mod agent;
 mod tools;
 
 #[derive(Subcommand)]
@@ -33,6 +34,11 @@ pub enum BenchCommand {
     /// the same server driven directly on the host: latency p50/p99, calls/s, and what cadre
     /// adds. Needs runsc (run as root) and the server (scripts/setup.sh installs it).
     Tools(tools::ToolsBenchArgs),
+    /// Durable execution of a model agent against a zero-latency model server in this
+    /// process: time per journaled step (model call, tool call, their events) against the
+    /// bare model round trip, and recovery after SIGKILL with execs in flight (a `cadre
+    /// serve` process is killed and restarted on its data dir).
+    Agent(agent::AgentBenchArgs),
 }
 
 #[derive(Args)]
@@ -107,6 +113,7 @@ pub async fn run(command: BenchCommand) -> Result<(), Failure> {
         BenchCommand::Exec(args) => return exec(args).await,
         BenchCommand::Placement(args) => return placement(args).await,
         BenchCommand::Tools(args) => return tools::run(args).await,
+        BenchCommand::Agent(args) => return agent::run(args).await,
     };
     if args.events == 0 || args.writers == 0 {
         return Err(Failure::Usage(

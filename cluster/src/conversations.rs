@@ -14,8 +14,8 @@ use cadre_actors::controller::{
     AppendError, AppendRequest, Controller, DeleteError, NewEvent, SubscribeError, Subscription,
 };
 use cadre_actors::{
-    ActorKind, ChildExit, ChildSpec, ExitReason, Restart, Services, StartContext, StartError,
-    StartFuture, Started, SupervisorError, Tree,
+    ActorKind, ChildExit, ChildSpec, ExitReason, Restart, Services, Shutdown, StartContext,
+    StartError, StartFuture, Started, SupervisorError, Tree,
 };
 use cadre_proto::v1::conversations_server::Conversations;
 use cadre_proto::v1::{
@@ -886,7 +886,11 @@ impl ExecAgent {
                 Ok(Started::actor(actor.get_cell()))
             })
         };
-        ChildSpec::worker(id, ActorKind::Agent, start).restart(Restart::Transient)
+        // Killed at once on shutdown: everything it did is in the log, and a model call it
+        // waits on could otherwise hold the shutdown for the whole timeout.
+        ChildSpec::worker(id, ActorKind::Agent, start)
+            .restart(Restart::Transient)
+            .shutdown(Shutdown::BrutalKill)
     }
 
     async fn run(&self) -> Result<ExecEnd, String> {
