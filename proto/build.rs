@@ -3,6 +3,7 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "cadre/v1/actors.proto",
+        "cadre/v1/agent.proto",
         "cadre/v1/cluster.proto",
         "cadre/v1/conversations.proto",
         "cadre/v1/events.proto",

@@ -2,7 +2,7 @@
 # Installs what building and testing cadre needs, idempotently. Safe to run again.
 # Today that is the Rust toolchain's rustfmt and clippy, the POSIX tools the tests run as
 # supervised processes (sh, sleep, bash), gVisor's runsc for the sandbox tests, and the real MCP
-# servers the tool tests drive (from npm and PyPI, under $CADRE_MCP_DIR, default
+# servers the tool tests drive and gRPC for the Python example agent (from npm and PyPI, under $CADRE_MCP_DIR, default
 # /usr/local/lib/cadre-mcp: below /usr, so that gVisor sandboxes see them).
 set -euo pipefail
 
@@ -60,4 +60,14 @@ if ! "${mcp_dir}/time/bin/python3" -c "import mcp_server_time" >/dev/null 2>&1 |
   /usr/bin/python3 -m venv "${mcp_dir}/time" || { apt_install python3-venv; /usr/bin/python3 -m venv "${mcp_dir}/time"; }
   echo "setup: installing mcp-server-time==${time_version}"
   "${mcp_dir}/time/bin/pip" install -q --disable-pip-version-check "mcp-server-time==${time_version}"
+fi
+# gRPC for Python, for the example remote agent in examples/remote-agent-python.
+grpc_version=1.85.1
+if [ "$("${mcp_dir}/grpc/bin/pip" show grpcio-tools 2>/dev/null | sed -n 's/^Version: //p')" != "${grpc_version}" ]; then
+  [ -x /usr/bin/python3 ] || apt_install python3
+  rm -rf "${mcp_dir}/grpc"
+  /usr/bin/python3 -m venv "${mcp_dir}/grpc" || { apt_install python3-venv; /usr/bin/python3 -m venv "${mcp_dir}/grpc"; }
+  echo "setup: installing grpcio==${grpc_version} and grpcio-tools==${grpc_version}"
+  "${mcp_dir}/grpc/bin/pip" install -q --disable-pip-version-check \
+    "grpcio==${grpc_version}" "grpcio-tools==${grpc_version}"
 fi

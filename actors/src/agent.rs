@@ -27,8 +27,10 @@ use crate::tools::{CallContext, ToolError, ToolRegistry};
 /// An `agent` child's configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AgentSpec {
-    /// A model id of the node's `models:`.
+    /// A model id of the node's `models:` (empty for a remote agent).
     pub model: String,
+    /// A remote agent's `AgentService` address (`http://HOST:PORT`) instead of a model.
+    pub remote: Option<String>,
     pub system_prompt: String,
     /// The tools it may call: `ns.tool`, `ns.*` or `*`.
     pub tools: Vec<String>,
@@ -56,6 +58,7 @@ impl Default for AgentSpec {
     fn default() -> Self {
         Self {
             model: String::new(),
+            remote: None,
             system_prompt: String::new(),
             tools: Vec::new(),
             require_approval: Vec::new(),
@@ -158,7 +161,7 @@ pub fn agent_child(id: impl Into<String>, spec: AgentSpec, services: Services) -
     let start = move |ctx: StartContext| -> StartFuture {
         let (spec, services, id) = (spec.clone(), services.clone(), agent_id.clone());
         Box::pin(async move {
-            if !services.models.contains_key(&spec.model) {
+            if spec.remote.is_none() && !services.models.contains_key(&spec.model) {
                 return Err(StartError(format!(
                     "agent `{id}`: unknown model `{}` (the node's models: {})",
                     spec.model,
@@ -344,25 +347,47 @@ impl ExecRun {
                 self.agent_id
             )));
         }
-        let Some(model) = self.models.get(&spec.model).cloned() else {
-            return Ok(Err(format!("model `{}` is not configured", spec.model)));
+        let step = journal.model_calls + 1;
+        let (name, response) = match &spec.remote {
+            Some(address) => (
+                format!("remote agent at {address}"),
+                self.remote_step(address, journal, spec, step).await,
+            ),
+            None => {
+                let Some(model) = self.models.get(&spec.model).cloned() else {
+                    return Ok(Err(format!("model `{}` is not configured", spec.model)));
+                };
+                let mut messages = vec![json!({"role": "system", "content": spec.system_prompt})];
+                messages.extend(journal.messages.iter().cloned());
+                let tools = if compaction {
+                    messages.push(json!({"role": "user", "content": COMPACTION_PROMPT}));
+                    Vec::new()
+                } else {
+                    self.tool_list(spec)
+                        .into_iter()
+                        .map(|t| {
+                            json!({
+                                "type": "function",
+                                "function": {
+                                    "name": wire_name(&t.name),
+                                    "description": t.description,
+                                    "parameters": t.input_schema,
+                                }
+                            })
+                        })
+                        .collect()
+                };
+                let request = ChatRequest { messages, tools };
+                let response = self.chat(model.as_ref(), request, journal).await;
+                (model.name().to_string(), response)
+            }
         };
-        let mut messages = vec![json!({"role": "system", "content": spec.system_prompt})];
-        messages.extend(journal.messages.iter().cloned());
-        let tools = if compaction {
-            messages.push(json!({"role": "user", "content": COMPACTION_PROMPT}));
-            Vec::new()
-        } else {
-            self.tool_list(spec)
-        };
-        let request = ChatRequest { messages, tools };
-        let response = match self.chat(model.as_ref(), request, journal).await {
+        let response = match response {
             Ok(r) => r,
             Err(reason) => return Ok(Err(reason)),
         };
-        let step = journal.model_calls + 1;
         let called = ModelCalled {
-            model: model.name().to_string(),
+            model: name,
             request_summary: if compaction {
                 format!("compaction of {} messages", journal.messages.len())
             } else {
@@ -441,24 +466,119 @@ impl ExecRun {
         Some(limit.saturating_sub(elapsed))
     }
 
-    /// The tools the agent may call, in the wire format (`.` is not allowed in a function
-    /// name, so `time.now` is sent as `time__now`).
-    fn tool_list(&self, spec: &AgentSpec) -> Vec<Value> {
+    /// The tools the agent may call. A model gets them in the wire format, where `.` is not
+    /// allowed in a function name (`time.now` is sent as `time__now`).
+    fn tool_list(&self, spec: &AgentSpec) -> Vec<crate::tools::ToolInfo> {
         self.tools
             .list()
             .into_iter()
             .filter(|t| matches_any(&spec.tools, &t.name))
-            .map(|t| {
-                json!({
-                    "type": "function",
-                    "function": {
-                        "name": wire_name(&t.name),
-                        "description": t.description,
-                        "parameters": t.input_schema,
-                    }
-                })
-            })
             .collect()
+    }
+
+    /// One step of a remote agent (`AgentService.Step`), tried again while the agent is
+    /// unavailable. Its reply is put in the chat format, so that it is journaled and replayed
+    /// like a model's.
+    async fn remote_step(
+        &self,
+        address: &str,
+        journal: &Journal,
+        spec: &AgentSpec,
+        step: u32,
+    ) -> Result<crate::model::ChatResponse, String> {
+        use cadre_proto::v1::agent_service_client::AgentServiceClient;
+        use cadre_proto::v1::{RemoteTool, StepRequest, step_reply};
+
+        let request = StepRequest {
+            conversation_id: self.conversation.clone(),
+            exec_id: self.exec_id.clone(),
+            agent_id: self.agent_id.clone(),
+            step,
+            history: journal.events.clone(),
+            tools: self
+                .tool_list(spec)
+                .into_iter()
+                .map(|t| RemoteTool {
+                    name: t.name,
+                    description: t.description,
+                    input_schema_json: t.input_schema.to_string(),
+                })
+                .collect(),
+        };
+        let mut last = String::new();
+        for attempt in 0..MODEL_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(MODEL_RETRY * attempt).await;
+            }
+            let reply = async {
+                let mut client = AgentServiceClient::connect(address.to_string())
+                    .await
+                    .map_err(|e| (true, format!("cannot connect: {e}")))?;
+                let mut stream = client
+                    .step(request.clone())
+                    .await
+                    .map_err(|s| (s.code() == tonic::Code::Unavailable, s.to_string()))?
+                    .into_inner();
+                let (mut outputs, mut calls) = (Vec::new(), Vec::new());
+                while let Some(r) = stream
+                    .message()
+                    .await
+                    .map_err(|s| (s.code() == tonic::Code::Unavailable, s.to_string()))?
+                {
+                    match r.kind {
+                        Some(step_reply::Kind::Output(text)) => outputs.push(text),
+                        Some(step_reply::Kind::ToolCall(c)) => calls.push(c),
+                        Some(step_reply::Kind::Fail(reason)) => {
+                            return Err((false, format!("it failed the exec: {reason}")));
+                        }
+                        None => {}
+                    }
+                }
+                Ok((outputs, calls))
+            };
+            let result = match self.time_left(journal) {
+                Some(left) => tokio::time::timeout(left, reply)
+                    .await
+                    .unwrap_or_else(|_| Err((false, "exec_timeout_secs: limit reached".into()))),
+                None => reply.await,
+            };
+            match result {
+                Ok((outputs, calls)) => {
+                    let tool_calls: Vec<Value> = calls
+                        .iter()
+                        .enumerate()
+                        .map(|(i, c)| {
+                            json!({
+                                "id": format!("r{step}.{}", i + 1),
+                                "type": "function",
+                                "function": {
+                                    "name": wire_name(&c.tool),
+                                    "arguments": c.arguments_json,
+                                }
+                            })
+                        })
+                        .collect();
+                    let mut message = json!({"role": "assistant", "content": outputs.join("\n")});
+                    if !tool_calls.is_empty() {
+                        message["tool_calls"] = Value::Array(tool_calls);
+                    }
+                    return Ok(crate::model::ChatResponse {
+                        raw: json!({"choices": [{"index": 0, "message": message}], "outputs": outputs}),
+                        prompt_tokens: 0,
+                        completion_tokens: 0,
+                    });
+                }
+                Err((true, e)) => {
+                    tracing::warn!(exec = %self.exec_id, error = %e, "remote agent unavailable; trying again");
+                    last = e;
+                }
+                Err((false, e)) => return Err(format!("remote agent `{}`: {e}", self.agent_id)),
+            }
+        }
+        Err(format!(
+            "remote agent `{}` at {address}: {last} (after {MODEL_ATTEMPTS} attempts)",
+            self.agent_id
+        ))
     }
 
     /// Handles the tool call at `index` of the last step: asks for an approval, applies a
@@ -729,6 +849,8 @@ struct PlannedCall {
 /// The state of a conversation and its exec, rebuilt from the log.
 #[derive(Default)]
 struct Journal {
+    /// The conversation's events (what a remote agent is sent).
+    events: Vec<Event>,
     /// The chat history (without the system prompt).
     messages: Vec<Value>,
     /// The latest fork patch.
@@ -790,9 +912,10 @@ impl Journal {
         if let Some(text) = &self.final_text {
             return Next::Finish(text.clone());
         }
-        if spec
-            .compact_at_tokens
-            .is_some_and(|at| self.last_prompt_tokens >= at)
+        if spec.remote.is_none()
+            && spec
+                .compact_at_tokens
+                .is_some_and(|at| self.last_prompt_tokens >= at)
         {
             return Next::Compact;
         }
@@ -800,6 +923,7 @@ impl Journal {
     }
 
     fn apply(&mut self, e: &Event, exec: &str, tools: &ToolRegistry) {
+        self.events.push(e.clone());
         let mine = e.exec_id == exec;
         match &e.kind {
             Some(event::Kind::InputReceived(i)) => {

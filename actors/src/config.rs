@@ -306,7 +306,8 @@ struct RawOpenAi {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawAgent {
-    model: Spanned<String>,
+    model: Option<Spanned<String>>,
+    remote: Option<Spanned<String>>,
     #[serde(default)]
     system_prompt: String,
     #[serde(default)]
@@ -551,15 +552,16 @@ impl Checker {
     fn agent_models(&mut self, raw: &RawSupervisor, models: &[ModelSpec]) {
         for child in &raw.children {
             if let Some(a) = &child.agent
-                && !models.iter().any(|m| m.id == *a.model)
+                && let Some(model) = &a.model
+                && !models.iter().any(|m| m.id == **model)
             {
                 let known: Vec<&str> = models.iter().map(|m| m.id.as_str()).collect();
                 self.fail(
-                    a.model.span(),
+                    model.span(),
                     format!(
                         "child `{}`: unknown model `{}` (models: {})",
                         child.id.as_str(),
-                        a.model.as_str(),
+                        model.as_str(),
                         if known.is_empty() {
                             "none configured".to_string()
                         } else {
@@ -574,9 +576,29 @@ impl Checker {
         }
     }
 
-    fn agent(&mut self, id: &str, raw: &RawAgent) -> AgentSpec {
+    fn agent(&mut self, id: &str, raw: &Spanned<RawAgent>) -> AgentSpec {
+        match (&raw.model, &raw.remote) {
+            (Some(_), Some(r)) => self.fail(
+                r.span(),
+                format!("child `{id}`: an agent takes a `model` or a `remote` address, not both"),
+            ),
+            (None, None) => self.fail(
+                raw.span(),
+                format!("child `{id}`: an agent needs a `model` (an id of `models:`) or a `remote` AgentService address"),
+            ),
+            (None, Some(r)) if !r.starts_with("http://") => self.fail(
+                r.span(),
+                format!("child `{id}`: agent.remote must be an http://HOST:PORT address"),
+            ),
+            _ => {}
+        }
         let mut spec = AgentSpec {
-            model: raw.model.to_string(),
+            model: raw
+                .model
+                .as_ref()
+                .map(|m| m.to_string())
+                .unwrap_or_default(),
+            remote: raw.remote.as_ref().map(|r| r.to_string()),
             system_prompt: raw.system_prompt.clone(),
             tools: raw.tools.iter().map(|t| t.to_string()).collect(),
             require_approval: raw.require_approval.iter().map(|t| t.to_string()).collect(),

@@ -768,3 +768,126 @@ fn a_fork_with_a_patched_prompt_resumes_from_its_step_without_rerunning_earlier_
         Some(1)
     );
 }
+
+/// Starts an example agent's process and returns it with the address it printed.
+fn start_agent(mut command: Command) -> (Child, String) {
+    let mut child = command
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the example agent");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("the agent said {line:?}"))
+        .to_string();
+    (child, addr)
+}
+
+#[test]
+fn both_example_remote_agents_complete_an_exec_with_a_tool_call() {
+    let rust = Command::new(cadre_tests::workspace_bin(
+        "remote-agent-rust",
+        "remote-agent-rust",
+    ));
+    let mut python = Command::new(mcp_dir().join("grpc/bin/python3"));
+    python.arg(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/remote-agent-python/agent.py"),
+    );
+    let (mut rust, rust_addr) = start_agent(rust);
+    let (mut python, python_addr) = start_agent(python);
+    let config = format!(
+        r#"
+version: v1
+supervisor:
+  children:
+    - id: rusty
+      agent: {{ remote: "http://{rust_addr}", tools: ["skills.*"] }}
+    - id: pythonic
+      agent: {{ remote: "http://{python_addr}", tools: ["skills.*"] }}
+"#
+    );
+    let node = Node::start(&config);
+    for (agent, language) in [("rusty", "rust"), ("pythonic", "python")] {
+        let out = node.cli(&[
+            "exec",
+            "--agent",
+            agent,
+            "--conversation",
+            agent,
+            "--input",
+            "list the skills",
+        ]);
+        assert!(
+            out.status.success(),
+            "{agent}: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            node.log()
+        );
+        let said = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            said.contains(&format!("{language} agent: skills.list_skills returned")),
+            "{agent}: {said}"
+        );
+        let events = log(&node, agent);
+        assert_eq!(
+            types(&events),
+            [
+                "input_received",
+                "exec_state_changed",
+                "model_called",
+                "tool_called",
+                "tool_returned",
+                "model_called",
+                "output_emitted",
+                "exec_state_changed",
+            ],
+            "{agent}"
+        );
+        let called = &events[3];
+        assert_eq!(called["tool"], "skills.list_skills");
+        assert!(
+            events[2]["model"]
+                .as_str()
+                .unwrap()
+                .starts_with("remote agent at http://")
+        );
+    }
+    // An agent that fails the exec: its reason is recorded.
+    let _ = rust.kill();
+    let _ = python.kill();
+    let (mut picky, picky_addr) = {
+        let mut c = Command::new(cadre_tests::workspace_bin(
+            "remote-agent-rust",
+            "remote-agent-rust",
+        ));
+        c.env("AGENT_TOOL", "workspace.run");
+        start_agent(c)
+    };
+    let config = format!(
+        "version: v1\nsupervisor:\n  children:\n    - id: picky\n      agent: {{ remote: \"http://{picky_addr}\", tools: [\"skills.*\"] }}\n"
+    );
+    let node = Node::start(&config);
+    let out = node.cli(&[
+        "exec",
+        "--agent",
+        "picky",
+        "--conversation",
+        "p",
+        "--input",
+        "x",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        failure_reason(&node, "p"),
+        "remote agent `picky`: it failed the exec: tool `workspace.run` is not offered to this agent"
+    );
+    let _ = picky.kill();
+    let _ = rust.wait();
+    let _ = python.wait();
+    let _ = picky.wait();
+}
