@@ -308,6 +308,7 @@ struct RawOpenAi {
 struct RawAgent {
     model: Option<Spanned<String>>,
     remote: Option<Spanned<String>>,
+    command: Option<Spanned<Vec<String>>>,
     #[serde(default)]
     system_prompt: String,
     #[serde(default)]
@@ -577,20 +578,40 @@ impl Checker {
     }
 
     fn agent(&mut self, id: &str, raw: &Spanned<RawAgent>) -> AgentSpec {
-        match (&raw.model, &raw.remote) {
-            (Some(_), Some(r)) => self.fail(
-                r.span(),
-                format!("child `{id}`: an agent takes a `model` or a `remote` address, not both"),
-            ),
-            (None, None) => self.fail(
+        let backends = [
+            raw.model.as_ref().map(|m| m.span()),
+            raw.remote.as_ref().map(|r| r.span()),
+            raw.command.as_ref().map(|c| c.span()),
+        ];
+        match backends.iter().flatten().collect::<Vec<_>>().as_slice() {
+            [] => self.fail(
                 raw.span(),
-                format!("child `{id}`: an agent needs a `model` (an id of `models:`) or a `remote` AgentService address"),
+                format!(
+                    "child `{id}`: an agent needs a `model` (an id of `models:`), a `remote` \
+                     AgentService address or a `command` (a process agent)"
+                ),
             ),
-            (None, Some(r)) if !r.starts_with("http://") => self.fail(
+            [_] => {}
+            [_, second, ..] => self.fail(
+                second,
+                format!("child `{id}`: an agent takes one of `model`, `remote` and `command`"),
+            ),
+        }
+        if let Some(r) = &raw.remote
+            && !r.starts_with("http://")
+        {
+            self.fail(
                 r.span(),
                 format!("child `{id}`: agent.remote must be an http://HOST:PORT address"),
-            ),
-            _ => {}
+            );
+        }
+        if let Some(c) = &raw.command
+            && (c.is_empty() || c[0].is_empty())
+        {
+            self.fail(
+                c.span(),
+                format!("child `{id}`: agent.command must name a program"),
+            );
         }
         let mut spec = AgentSpec {
             model: raw
@@ -599,6 +620,7 @@ impl Checker {
                 .map(|m| m.to_string())
                 .unwrap_or_default(),
             remote: raw.remote.as_ref().map(|r| r.to_string()),
+            command: raw.command.as_ref().map(|c| c.to_vec()),
             system_prompt: raw.system_prompt.clone(),
             tools: raw.tools.iter().map(|t| t.to_string()).collect(),
             require_approval: raw.require_approval.iter().map(|t| t.to_string()).collect(),

@@ -248,6 +248,7 @@ impl ConversationsService {
                 tools: self.services.tools.clone(),
                 models: self.services.models.clone(),
                 agents: self.services.agents.clone(),
+                host: self.services.host.clone(),
                 agent_id: agent_id.clone(),
                 spec,
                 conversation: conversation.clone(),

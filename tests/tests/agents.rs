@@ -891,3 +891,89 @@ supervisor:
     let _ = python.wait();
     let _ = picky.wait();
 }
+
+/// A harness for a process agent: JSON lines over stdio.
+const HARNESS: &str = r#"
+import json, sys
+def send(m):
+    print(json.dumps(m), flush=True)
+def call(tool, arguments):
+    send({"type": "tool_call", "tool": tool, "arguments": arguments})
+    return json.loads(sys.stdin.readline())
+start = json.loads(sys.stdin.readline())
+if start["text"] == "fail":
+    sys.exit(3)
+send({"type": "output", "text": "harness got: " + start["text"]})
+wrote = call("workspace.write_file", {"path": "notes.txt", "content": start["text"]})
+read = call("workspace.read_file", {"path": "notes.txt"})
+send({"type": "output", "text": "file says: " + read["result"]["structuredContent"]["content"]})
+denied = call("workspace.run", {"command": "true"})
+send({"type": "output", "text": "run: " + denied.get("error", "allowed?")})
+"#;
+
+#[test]
+fn a_process_agent_runs_in_the_conversations_sandbox_with_journaled_outputs_and_tool_calls() {
+    let config = format!(
+        r#"
+version: v1
+supervisor:
+  children:
+    - id: harness
+      agent: {{ command: ["/usr/bin/python3", "-c", {script}], tools: ["workspace.*"] }}
+"#,
+        script = serde_json::to_string(HARNESS).unwrap()
+    );
+    let node = Node::start(&config);
+    let out = node.cli(&[
+        "exec",
+        "--agent",
+        "harness",
+        "--conversation",
+        "h",
+        "--input",
+        "hello",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        node.log()
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = said.lines().collect();
+    assert_eq!(lines[0], "harness got: hello");
+    assert_eq!(lines[1], "file says: hello");
+    assert_eq!(
+        lines[2],
+        "run: tool `workspace.run` needs an approval, which a process agent cannot wait for"
+    );
+    let events = log(&node, "h");
+    let called: Vec<&str> = events
+        .iter()
+        .filter(|e| e["type"] == "tool_called")
+        .map(|e| e["tool"].as_str().unwrap())
+        .collect();
+    assert_eq!(called, ["workspace.write_file", "workspace.read_file"]);
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e["type"] == "tool_returned")
+            .count(),
+        3
+    );
+
+    let out = node.cli(&[
+        "exec",
+        "--agent",
+        "harness",
+        "--conversation",
+        "h2",
+        "--input",
+        "fail",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        failure_reason(&node, "h2"),
+        "process agent: exited with status 3"
+    );
+}
