@@ -364,3 +364,61 @@ fn mcp_children() {
         .contains("child `m` has both `process` and `mcp`; give exactly one")
     );
 }
+
+#[test]
+fn models_and_agent_children() {
+    let text = "version: v1\nmodels:\n  - id: local\n    openai: { base_url: \"http://127.0.0.1:8000/v1\", model: qwen3, api_key_env: KEY }\nsupervisor:\n  children:\n    - id: coder\n      restart: transient\n      agent: { model: local, system_prompt: hi, tools: [\"time.*\", workspace.run], max_iterations: 5, token_budget: 1000, tool_timeout_ms: 250, exec_timeout_secs: 9, execs_per_minute: 2, max_repeats: 4, compact_at_tokens: 800, require_approval: [\"time.*\"] }\n";
+    let config = Config::parse("cadre.yaml", text).unwrap();
+    assert_eq!(config.models[0].id, "local");
+    assert_eq!(config.models[0].model, "qwen3");
+    assert_eq!(config.models[0].api_key_env.as_deref(), Some("KEY"));
+    let ActorConfig::Agent(agent) = &config.supervisor.children[0].actor else {
+        panic!("an agent")
+    };
+    assert_eq!(agent.model, "local");
+    assert_eq!(agent.tools, ["time.*", "workspace.run"]);
+    assert_eq!(agent.max_iterations, 5);
+    assert_eq!(agent.token_budget, Some(1000));
+    assert_eq!(agent.tool_timeout, Duration::from_millis(250));
+    assert_eq!(agent.exec_timeout, Some(Duration::from_secs(9)));
+    assert_eq!(agent.execs_per_minute, Some(2));
+    assert_eq!(agent.max_repeats, 4);
+    assert_eq!(agent.compact_at_tokens, Some(800));
+    assert_eq!(agent.require_approval, ["time.*"]);
+
+    let child = |agent: &str| {
+        format!("version: v1\nsupervisor:\n  children:\n    - id: a\n      agent: {agent}\n")
+    };
+    assert_eq!(
+        reject(&child("{ model: gpt }")),
+        "cadre.yaml:5:23: child `a`: unknown model `gpt` (models: none configured)"
+    );
+    assert_eq!(
+        reject(&child("{ tools: [x] }")),
+        "cadre.yaml:5:14: child `a`: an agent needs a `model` (an id of `models:`), a `remote` \
+         AgentService address or a `command` (a process agent)"
+    );
+    assert_eq!(
+        reject(&child("{ remote: \"http://h:1\", command: [x] }")),
+        "cadre.yaml:5:47: child `a`: an agent takes one of `model`, `remote` and `command`"
+    );
+    assert_eq!(
+        reject(&child("{ remote: \"h:1\" }")),
+        "cadre.yaml:5:24: child `a`: agent.remote must be an http://HOST:PORT address"
+    );
+    assert_eq!(
+        reject(&child("{ command: [x], tools: [\"ti*me\"] }")),
+        "cadre.yaml:5:38: child `a`: tool pattern `ti*me` must be `ns.tool`, `ns.*` or `*`"
+    );
+    assert_eq!(
+        reject(&child("{ command: [x], max_iterations: 0 }")),
+        "cadre.yaml:5:46: agent.max_iterations must be ≥ 1, got 0"
+    );
+    assert_eq!(
+        reject(
+            "version: v1\nmodels:\n  - id: m\n    openai: { base_url: \"https://api.example.com/v1\", model: x }\n"
+        ),
+        "cadre.yaml:4:25: model `m`: openai.base_url: https is not in this build (no TLS client); \
+         use http:// (e.g. through a local TLS proxy)"
+    );
+}

@@ -977,3 +977,57 @@ supervisor:
         "process agent: exited with status 3"
     );
 }
+
+#[test]
+fn an_exec_agent_that_is_restarted_mid_call_resumes_from_the_log() {
+    let model = ModelServer::start(json!([record_call("slow"), {"content": "finished"}]));
+    let record = RecordServer::start(1500);
+    let agents = r#"
+    - id: scribe
+      agent: { model: scripted, tools: ["rec.*"] }
+"#;
+    let node = Node::start(&config(&model, &record, agents));
+    wait_for_tools(&node);
+    let mut exec = exec_in_background(&node, "scribe", "rs", "go");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let exec_id = loop {
+        let events = log(&node, "rs");
+        if events.iter().any(|e| e["type"] == "tool_called") {
+            break events[0]["exec_id"].as_str().unwrap().to_string();
+        }
+        assert!(Instant::now() < deadline, "no tool call");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // Its supervisor stops and starts it while the call runs: it reads the log again and makes
+    // the started call again with the same key.
+    let path = format!("root/agents/{exec_id}");
+    let restarted = node.cli(&["actors", "restart", &path]);
+    assert!(
+        restarted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&restarted.stderr)
+    );
+    assert!(exec.wait().unwrap().success());
+    wait_state(&node, "rs", &["completed"]);
+    assert_eq!(model.counts(), [1, 1]);
+    let effects = record.effects();
+    assert_eq!(effects.len(), 2, "the call was made twice: {effects:?}");
+    assert_eq!(effects[0]["key"], effects[1]["key"], "with one key");
+    assert_eq!(effects.iter().filter(|e| e["applied"] == true).count(), 1);
+    let returned = log(&node, "rs")
+        .iter()
+        .filter(|e| e["type"] == "tool_returned")
+        .count();
+    assert_eq!(returned, 1);
+    // Once the exec has ended, its agent is gone from the tree.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node
+        .cli(&["actors", "ls", "-o", "json"])
+        .stdout
+        .windows(exec_id.len())
+        .any(|w| w == exec_id.as_bytes())
+    {
+        assert!(Instant::now() < deadline, "the ended agent is still listed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
