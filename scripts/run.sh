@@ -3,7 +3,8 @@
 # tree, kills one supervised process to show a rest_for_one restart, runs an exec with the
 # built-in echo agent, prints its durable log and forks it, then lists the node's tools, calls
 # one of the MCP server's, activates a skill into a conversation's workspace and runs its script
-# there (in a gVisor sandbox). The node keeps serving until
+# there (in a gVisor sandbox), and runs two execs of a process agent in one conversation (a
+# harness in that conversation's sandbox, its tool calls journaled). The node keeps serving until
 # Ctrl-C (or exits after the demo with --once).
 #
 #   ./scripts/run.sh [--once] [CONFIG]        listen address: $CADRE_LISTEN (127.0.0.1:7400)
@@ -70,6 +71,12 @@ echo "==> the csv-summary skill in conversation demo's workspace (a sandbox of i
   --args '{"path":"fruit.csv","content":"name,qty,price\napple,3,1.5\npear,5,2\n"}'
 "${cadre}" tools call workspace.run --approve --conversation demo \
   --args '{"command":"sh skills/csv-summary/scripts/summarize.sh fruit.csv"}'
+
+echo "==> cadre exec --agent notes (a process agent in conversation notes-demo's sandbox), twice"
+"${cadre}" exec --agent notes --conversation notes-demo --input "buy milk"
+"${cadre}" exec --agent notes --conversation notes-demo --input "call the plumber"
+echo "==> cadre conversations log notes-demo   (outputs and tool calls, journaled)"
+"${cadre}" conversations log notes-demo
 
 if [ "${once}" = 1 ]; then
   echo "==> stopping the node (SIGTERM: reverse start order)"
