@@ -707,7 +707,11 @@ impl ConversationsService {
         // from now on either way.
         if let Some((agents, _)) = self.tree.supervisor(&self.agents) {
             match agents.terminate_child(&exec_id).await {
-                Ok(()) | Err(SupervisorError::NotFound(_)) => {}
+                // A stopped transient child stays listed until deleted.
+                Ok(()) => {
+                    let _ = agents.delete_child(&exec_id).await;
+                }
+                Err(SupervisorError::NotFound(_)) => {}
                 Err(e) => {
                     tracing::warn!(exec = %exec_id, error = %e, "cannot stop a cancelled exec's agent")
                 }

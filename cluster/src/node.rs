@@ -97,6 +97,9 @@ pub enum NodeError {
     Model { id: String, reason: String },
 }
 
+/// How long a stopping node waits for open API streams to end.
+const API_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// How a node ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NodeExit {
@@ -315,8 +318,16 @@ impl Node {
             pool.shutdown().await;
         }
         let _ = self.stop_api.send(());
-        if let Ok(Err(e)) = self.api.await {
-            tracing::warn!(error = %e, "API server ended with an error");
+        // A graceful stop waits for open streams, and an exec's stream only ends with its exec:
+        // one whose agent was stopped with the tree would hold the node forever. Its client
+        // reconnects to the next run (the exec resumes there).
+        match tokio::time::timeout(API_GRACE, &mut self.api).await {
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "API server ended with an error"),
+            Ok(_) => {}
+            Err(_) => {
+                tracing::info!("closing the streams still open");
+                self.api.abort();
+            }
         }
         tracing::info!(?exit, "cadre node stopped");
         exit

@@ -202,6 +202,15 @@ fn log(node: &Node, conversation: &str) -> Vec<Value> {
     node.json_lines(&["conversations", "log", conversation, "-o", "json"])
 }
 
+/// The log, or nothing while the conversation does not exist yet.
+fn log_so_far(node: &Node, conversation: &str) -> Vec<Value> {
+    let out = node.cli(&["conversations", "log", conversation, "-o", "json"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
 fn types(events: &[Value]) -> Vec<String> {
     events
         .iter()
@@ -311,6 +320,41 @@ fn a_multi_step_exec_journals_every_model_and_tool_call_and_completes() {
     assert!(effects.iter().all(|e| e["applied"] == true));
 }
 
+/// Three increasing (event type, n) points of a 4-step exec, from a seed printed on failure.
+fn kill_points() -> Vec<(&'static str, usize)> {
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64
+        | 1;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    // Events in exec order: ModelCalled 1, ToolCalled 1, ModelCalled 2, …
+    let mut points: Vec<usize> = Vec::new();
+    while points.len() < 3 {
+        let p = (next() % 8) as usize;
+        if !points.contains(&p) {
+            points.push(p);
+        }
+    }
+    points.sort();
+    points
+        .into_iter()
+        .map(|p| {
+            let kind = if p % 2 == 0 {
+                "model_called"
+            } else {
+                "tool_called"
+            };
+            (kind, p / 2 + 1)
+        })
+        .collect()
+}
+
 #[test]
 fn sigkill_mid_exec_resumes_on_restart_without_repeating_a_model_call_or_a_side_effect() {
     let notes = ["a", "b", "c", "d"];
@@ -330,17 +374,16 @@ fn sigkill_mid_exec_resumes_on_restart_without_repeating_a_model_call_or_a_side_
     wait_for_tools(&node);
     let mut exec = exec_in_background(&node, "scribe", "crashy", "record four notes");
 
-    // Kill the node while a tool call runs (ToolCalled journaled, no ToolReturned yet), and
-    // once right after a model call was journaled; restart it each time.
-    let kills = [("tool_called", 1), ("model_called", 3), ("tool_called", 3)];
-    for (kind, nth) in kills {
+    // Kill the node at three random points: right after the n-th ToolCalled (the call is
+    // running) or the n-th ModelCalled (its tool call starts); restart it each time. Points are
+    // picked where no model request is in flight: a request cut off by a crash is asked again
+    // by design (its reply was never journaled).
+    let kills = kill_points();
+    eprintln!("kill points: {kills:?}");
+    for &(kind, nth) in &kills {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let out = node.cli(&["conversations", "log", "crashy", "-o", "json"]);
-            let events: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .filter_map(|l| serde_json::from_str(l).ok())
-                .collect();
+            let events = log_so_far(&node, "crashy");
             if events.iter().filter(|e| e["type"] == kind).count() >= nth {
                 break;
             }
@@ -991,7 +1034,7 @@ fn an_exec_agent_that_is_restarted_mid_call_resumes_from_the_log() {
     let mut exec = exec_in_background(&node, "scribe", "rs", "go");
     let deadline = Instant::now() + Duration::from_secs(30);
     let exec_id = loop {
-        let events = log(&node, "rs");
+        let events = log_so_far(&node, "rs");
         if events.iter().any(|e| e["type"] == "tool_called") {
             break events[0]["exec_id"].as_str().unwrap().to_string();
         }
@@ -1030,4 +1073,38 @@ fn an_exec_agent_that_is_restarted_mid_call_resumes_from_the_log() {
         assert!(Instant::now() < deadline, "the ended agent is still listed");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+#[test]
+fn a_node_stopped_during_an_exec_exits_promptly_and_the_next_run_finishes_the_exec() {
+    let model = ModelServer::start(json!([record_call("slow"), {"content": "finished"}]));
+    let record = RecordServer::start(3000);
+    let agents = "    - id: scribe\n      agent: { model: scripted, tools: [\"rec.*\"] }\n";
+    let config = config(&model, &record, agents);
+    let data_dir = TempDir::new("agents-stop");
+    let data = data_dir.path().join("data");
+    let mut node = Node::start_with_data(&config, &data);
+    wait_for_tools(&node);
+    let mut exec = exec_in_background(&node, "scribe", "st", "go");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !log_so_far(&node, "st")
+        .iter()
+        .any(|e| e["type"] == "tool_called")
+    {
+        assert!(Instant::now() < deadline, "no tool call");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SIGTERM while the exec's stream is open and its tool call runs.
+    let stopping = Instant::now();
+    assert!(node.stop(libc::SIGTERM).success());
+    assert!(
+        stopping.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        stopping.elapsed()
+    );
+    let _ = exec.wait();
+    let node = Node::start_with_data(&config, &data);
+    let c = wait_state(&node, "st", &["completed", "failed"]);
+    assert_eq!(c["exec_state"], "completed", "{}", node.log());
+    assert_eq!(model.counts(), [1, 1]);
 }
