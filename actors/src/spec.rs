@@ -96,6 +96,9 @@ pub struct SupervisorFlags {
     /// Refuse `start_child` past this many children (like Elixir's DynamicSupervisor).
     pub max_children: Option<usize>,
     pub backoff: Option<Backoff>,
+    /// Children that end and are not restarted are removed, as in OTP's `simple_one_for_one`
+    /// and Elixir's DynamicSupervisor, so per-request children do not pile up.
+    pub dynamic: bool,
 }
 
 /// Why an actor exited. `Normal` and `Shutdown` are normal; the rest are abnormal.
@@ -243,6 +246,7 @@ impl Default for SupervisorFlags {
             auto_shutdown: AutoShutdown::Never,
             max_children: None,
             backoff: None,
+            dynamic: false,
         }
     }
 }

@@ -502,7 +502,11 @@ impl SupervisorState {
             return self.restart(id).await;
         }
         let significant = child.spec.significant;
-        self.drop_if_temporary(id);
+        if self.flags.dynamic {
+            self.remove(id);
+        } else {
+            self.drop_if_temporary(id);
+        }
         if significant && self.auto_shutdown_due() {
             tracing::info!(supervisor = %self.path, "significant child exited; auto_shutdown");
             let ids = self.order.clone();

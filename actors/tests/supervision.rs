@@ -545,6 +545,47 @@ async fn dynamic_children() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dynamic_supervisor_removes_children_that_end_without_a_restart() {
+    let h = Harness::new();
+    let sup = start(
+        &h,
+        SupervisorFlags {
+            dynamic: true,
+            ..flags(Strategy::OneForOne, 5)
+        },
+        Vec::new(),
+    )
+    .await;
+    for id in ["t", "f"] {
+        sup.start_child(h.worker(id).restart(Restart::Transient))
+            .await
+            .unwrap();
+    }
+    // A transient child that fails is restarted; one that ends normally is gone.
+    h.exit("root/f", How::Error).await;
+    h.exit("root/t", How::Normal).await;
+    h.settle(4).await;
+    let children: Vec<_> = sup
+        .which_children()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.id, c.status, c.restarts))
+        .collect();
+    assert_eq!(children, [("f".to_string(), ChildStatus::Running, 1)]);
+    // Its id can be used again at once.
+    sup.start_child(h.worker("t").restart(Restart::Transient))
+        .await
+        .unwrap();
+    // terminate_child keeps the spec, as in any supervisor.
+    sup.terminate_child("t").await.unwrap();
+    assert_eq!(
+        sup.start_child(h.worker("t")).await,
+        Err(SupervisorError::AlreadyPresent("t".into()))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_restarts_are_retried_and_counted() {
     let h = Harness::new();
     let fails = Arc::new(Mutex::new(0));

@@ -258,8 +258,6 @@ impl ConversationsService {
         let agent = ExecAgent {
             controller: self.controller.clone(),
             running: self.running.clone(),
-            tree: self.tree.clone(),
-            agents: self.agents.clone(),
             conversation,
             exec_id,
             input,
@@ -277,9 +275,17 @@ impl ConversationsService {
             return Err(Status::unavailable("the agents supervisor is not running"));
         };
         let mut started = agents.start_child(agent.clone().child_spec()).await;
-        if let Err(SupervisorError::AlreadyPresent(_)) = &started {
-            // The exec's agent of an earlier launch ended and is being removed.
-            let _ = agents.delete_child(&agent.exec_id).await;
+        for _ in 0..50 {
+            match &started {
+                // The agent of an earlier launch (paused for an approval) is still ending.
+                Err(SupervisorError::Running(_)) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await
+                }
+                Err(SupervisorError::AlreadyPresent(_)) => {
+                    let _ = agents.delete_child(&agent.exec_id).await;
+                }
+                _ => break,
+            }
             started = agents.start_child(agent.clone().child_spec()).await;
         }
         if let Err(e) = started {
@@ -868,9 +874,6 @@ pub fn append_status(e: AppendError) -> Status {
 struct ExecAgent {
     controller: Controller,
     running: Arc<Mutex<HashMap<String, String>>>,
-    /// To remove the agent from `root/agents` once it has ended.
-    tree: Tree,
-    agents: String,
     conversation: String,
     exec_id: String,
     input: String,
@@ -879,7 +882,7 @@ struct ExecAgent {
 
 impl ExecAgent {
     /// A transient child: a crashed agent is restarted and resumes from the log; one that ends
-    /// normally removes itself.
+    /// normally is removed (`root/agents` is dynamic).
     fn child_spec(self) -> ChildSpec {
         let id = self.exec_id.clone();
         let start = move |ctx: StartContext| -> StartFuture {
@@ -943,24 +946,6 @@ impl ExecAgent {
     fn finished(&self) {
         release(&self.running, &self.conversation, &self.exec_id);
     }
-
-    /// Removes the ended agent's spec from `root/agents` (a transient child that ends normally
-    /// stays listed, as in OTP, until deleted).
-    fn remove_later(&self) {
-        let (tree, agents, id) = (self.tree.clone(), self.agents.clone(), self.exec_id.clone());
-        tokio::spawn(async move {
-            for _ in 0..50 {
-                let Some((sup, _)) = tree.supervisor(&agents) else {
-                    return;
-                };
-                match sup.delete_child(&id).await {
-                    Ok(()) | Err(SupervisorError::NotFound(_)) => return,
-                    // Still stopping, or restarted by a relaunch.
-                    Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
-                }
-            }
-        });
-    }
 }
 
 struct ExecActor;
@@ -995,7 +980,6 @@ impl Actor for ExecActor {
                 return Err(Box::new(ChildExit(ExitReason::Error(e))));
             }
         }
-        agent.remove_later();
         myself.stop(None);
         Ok(())
     }

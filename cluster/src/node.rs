@@ -180,12 +180,13 @@ impl Node {
         register_builtins(&services);
         // The controller starts first and, in reverse order, stops last.
         let supervisor = &options.config.supervisor;
-        // Each exec's agent is a transient child here. A crash restarts it and it resumes from
-        // the log; the intensity allows for execs failing together (a store hiccup) before
-        // the failure escalates to the root.
+        // Each exec's agent is a transient child here: a crash restarts it and it resumes from
+        // the log; one that ends is removed (dynamic). The intensity allows for execs failing
+        // together (a store hiccup) before the failure escalates to the root.
         let agent_flags = SupervisorFlags {
             intensity: 50,
             period: std::time::Duration::from_secs(10),
+            dynamic: true,
             ..SupervisorFlags::default()
         };
         let agents = supervisor_child(AGENTS, agent_flags, Vec::new());
