@@ -279,6 +279,16 @@ impl ExecRun {
         if journal.state.is_some_and(is_terminal) {
             return Ok(ExecEnd::Finished);
         }
+        // Counted once per exec, before it does anything (a resumed exec has done something).
+        if journal.fresh
+            && let Err(limit) = self.agents.admit(&self.agent_id)
+        {
+            let reason = format!(
+                "execs_per_minute: agent `{}` started {limit} execs in the last minute, limit {limit}",
+                self.agent_id
+            );
+            return self.end_failed(&mut journal, reason).await;
+        }
         if let Some(command) = &self.spec.command {
             return self.run_process(&mut journal, command).await;
         }
@@ -299,11 +309,14 @@ impl ExecRun {
                         Err(e) => Err(e.into()),
                     };
                 }
-                Next::CallModel | Next::Compact => {
-                    let compaction = matches!(journal.next(&spec), Next::Compact);
+                next @ (Next::CallModel | Next::Compact) => {
+                    let compaction = matches!(next, Next::Compact);
                     match self.call_model(&mut journal, &spec, compaction).await? {
                         Ok(()) => {}
-                        Err(reason) => return self.end_failed(&mut journal, reason).await,
+                        Err(Stop::Failed(reason)) => {
+                            return self.end_failed(&mut journal, reason).await;
+                        }
+                        Err(Stop::Finished) => return Ok(ExecEnd::Finished),
                     }
                 }
                 Next::Tool(index) => {
@@ -334,17 +347,6 @@ impl ExecRun {
             let reason = "process agents need sandboxes; this node has none".to_string();
             return self.end_failed(journal, reason).await;
         };
-        if journal.steps == 0
-            && journal.outputs == 0
-            && journal.called.is_empty()
-            && let Err(limit) = self.agents.admit(&self.agent_id)
-        {
-            let reason = format!(
-                "execs_per_minute: agent `{}` started {limit} execs in the last minute, limit {limit}",
-                self.agent_id
-            );
-            return self.end_failed(journal, reason).await;
-        }
         let spec = HostedSpec {
             actor: crate::builtin::workspace_actor(&self.conversation),
             argv: command.to_vec(),
@@ -545,29 +547,20 @@ impl ExecRun {
         journal: &mut Journal,
         spec: &AgentSpec,
         compaction: bool,
-    ) -> Result<Result<(), String>, RunError> {
+    ) -> Result<Result<(), Stop>, RunError> {
         if !compaction && journal.steps >= spec.max_iterations {
-            return Ok(Err(format!(
+            return Ok(Err(Stop::Failed(format!(
                 "max_iterations: {} model calls made, limit {}",
                 journal.steps, spec.max_iterations
-            )));
+            ))));
         }
         if let Some(budget) = spec.token_budget
             && journal.tokens_used >= budget
         {
-            return Ok(Err(format!(
+            return Ok(Err(Stop::Failed(format!(
                 "token_budget: {} tokens used, limit {budget}",
                 journal.tokens_used
-            )));
-        }
-        if journal.steps == 0
-            && journal.model_calls == 0
-            && let Err(limit) = self.agents.admit(&self.agent_id)
-        {
-            return Ok(Err(format!(
-                "execs_per_minute: agent `{}` started {limit} execs in the last minute, limit {limit}",
-                self.agent_id
-            )));
+            ))));
         }
         let step = journal.model_calls + 1;
         let (name, response) = match &spec.remote {
@@ -577,7 +570,10 @@ impl ExecRun {
             ),
             None => {
                 let Some(model) = self.models.get(&spec.model).cloned() else {
-                    return Ok(Err(format!("model `{}` is not configured", spec.model)));
+                    return Ok(Err(Stop::Failed(format!(
+                        "model `{}` is not configured",
+                        spec.model
+                    ))));
                 };
                 let mut messages = vec![json!({"role": "system", "content": spec.system_prompt})];
                 messages.extend(journal.messages.iter().cloned());
@@ -606,7 +602,7 @@ impl ExecRun {
         };
         let response = match response {
             Ok(r) => r,
-            Err(reason) => return Ok(Err(reason)),
+            Err(reason) => return Ok(Err(Stop::Failed(reason))),
         };
         let called = ModelCalled {
             model: name,
@@ -634,7 +630,7 @@ impl ExecRun {
             .await
         {
             Ok(()) => Ok(Ok(())),
-            Err(AppendError::ExecFinished { .. }) => Ok(Err(FINISHED.into())),
+            Err(AppendError::ExecFinished { .. }) => Ok(Err(Stop::Finished)),
             Err(e) => Err(e.into()),
         }
     }
@@ -961,9 +957,6 @@ impl ExecRun {
     }
 
     async fn end_failed(&self, journal: &mut Journal, reason: String) -> Result<ExecEnd, RunError> {
-        if reason == FINISHED {
-            return Ok(ExecEnd::Finished);
-        }
         tracing::info!(exec = %self.exec_id, %reason, "exec failed");
         match self
             .append(journal, vec![self.state(ExecState::Failed, &reason)], "end")
@@ -1028,7 +1021,11 @@ impl ExecRun {
     }
 
     async fn read_journal(&self) -> Result<Journal, RunError> {
-        let mut journal = Journal::default();
+        let mut journal = Journal {
+            keep_events: self.spec.remote.is_some(),
+            fresh: true,
+            ..Journal::default()
+        };
         let mut after = 0;
         loop {
             let page = self
@@ -1047,8 +1044,13 @@ impl ExecRun {
     }
 }
 
-/// Marks a step whose exec was ended by someone else.
-const FINISHED: &str = "\0finished";
+/// Why a step did not go on.
+enum Stop {
+    /// A limit or an error: the exec ends FAILED with this reason.
+    Failed(String),
+    /// Someone else ended the exec meanwhile (a cancel).
+    Finished,
+}
 
 /// What the agent asks its model for when its context grew past the compaction threshold.
 const COMPACTION_PROMPT: &str = "Summarise the conversation so far for yourself: the user's \
@@ -1071,8 +1073,11 @@ struct PlannedCall {
 /// The state of a conversation and its exec, rebuilt from the log.
 #[derive(Default)]
 struct Journal {
-    /// The conversation's events (what a remote agent is sent).
+    /// Whether the conversation's events are kept (a remote agent is sent them).
+    keep_events: bool,
     events: Vec<Event>,
+    /// This exec has nothing in the log after its input and state changes.
+    fresh: bool,
     /// The chat history (without the system prompt).
     messages: Vec<Value>,
     /// The latest fork patch.
@@ -1097,8 +1102,6 @@ struct Journal {
     state: Option<i32>,
     /// The exec's input.
     input: String,
-    /// Outputs of this exec.
-    outputs: u32,
     /// Results of this exec's returned calls.
     results: HashMap<String, Result<Value, String>>,
     started_micros: i64,
@@ -1151,8 +1154,16 @@ impl Journal {
     }
 
     fn apply(&mut self, e: &Event, exec: &str, tools: &ToolRegistry) {
-        self.events.push(e.clone());
+        if self.keep_events {
+            self.events.push(e.clone());
+        }
         let mine = e.exec_id == exec;
+        if mine {
+            self.fresh &= matches!(
+                e.kind,
+                Some(event::Kind::InputReceived(_) | event::Kind::ExecStateChanged(_))
+            );
+        }
         match &e.kind {
             Some(event::Kind::InputReceived(i)) => {
                 self.messages
@@ -1270,9 +1281,6 @@ impl Journal {
                     .insert(d.call_id.clone(), (d.approved, d.reason.clone()));
             }
             Some(event::Kind::OutputEmitted(o)) => {
-                if mine {
-                    self.outputs += 1;
-                }
                 // Agents without model calls (echo) answer with outputs only.
                 let said = self.messages.last().is_some_and(|m| {
                     m["role"] == "assistant" && m["content"].as_str() == Some(o.text.as_str())
@@ -1351,7 +1359,7 @@ fn registry_name(tools: &ToolRegistry, wire: &str) -> Option<String> {
         Some((ns, tool)) => format!("{ns}.{tool}"),
         None => wire.to_string(),
     };
-    tools.list().iter().any(|t| t.name == name).then_some(name)
+    tools.contains(&name).then_some(name)
 }
 
 /// Arguments with their keys sorted, so equal calls compare equal.

@@ -187,6 +187,18 @@ impl ToolRegistry {
             .collect()
     }
 
+    /// Whether the registry has the tool `namespace.tool`.
+    pub fn contains(&self, name: &str) -> bool {
+        let Some((namespace, tool)) = name.split_once('.') else {
+            return false;
+        };
+        let inner = self.inner.read().expect("tool registry");
+        inner
+            .namespaces
+            .get(namespace)
+            .is_some_and(|ns| ns.tools.contains_key(tool))
+    }
+
     /// Checks `arguments` against the tool's schema and returns what calls it, or why not.
     pub fn prepare(&self, name: &str, arguments: &Value) -> Result<PreparedCall, ToolError> {
         let (namespace, tool) = name
