@@ -4,7 +4,7 @@ use std::pin::Pin;
 use std::time::UNIX_EPOCH;
 
 use cadre_actors::Services;
-use cadre_actors::config::ChildConfig;
+use cadre_actors::config::{ActorConfig, ChildConfig};
 use cadre_actors::{LifecycleEvent, SupervisorError, Tree, TreeNode};
 use cadre_proto::v1::actors_server::Actors;
 use cadre_proto::v1::{
@@ -94,6 +94,24 @@ impl Actors for ActorsService {
         })?;
         let child = ChildConfig::parse("spec_yaml", &r.spec_yaml, &flags)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // The config file checks agents' models against `models:`; a spawned spec is checked
+        // against the node's.
+        if let ActorConfig::Agent(agent) = &child.actor
+            && agent.remote.is_none()
+            && agent.command.is_none()
+            && !self.services.models.contains_key(&agent.model)
+        {
+            let known: Vec<&str> = self.services.models.keys().map(String::as_str).collect();
+            return Err(Status::invalid_argument(format!(
+                "spec_yaml: agent.model: unknown model `{}` (the node's models: {})",
+                agent.model,
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            )));
+        }
         let info = sup
             .start_child(child.child_spec(&self.services))
             .await

@@ -1019,6 +1019,19 @@ supervisor:
         failure_reason(&node, "h2"),
         "process agent: exited with status 3"
     );
+
+    // A spawned agent naming a model the node does not have is refused and starts nothing.
+    let spec = node.dir.path().join("agent.yaml");
+    std::fs::write(&spec, "id: lost\nagent: { model: nope }\n").unwrap();
+    let spawned = node.cli(&["actors", "spawn", "-f", spec.to_str().unwrap()]);
+    assert_eq!(spawned.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&spawned.stderr)
+            .contains("agent.model: unknown model `nope` (the node's models: none)"),
+        "{}",
+        String::from_utf8_lossy(&spawned.stderr)
+    );
+    assert!(!String::from_utf8_lossy(&node.cli(&["tree"]).stdout).contains("lost"));
 }
 
 #[test]
