@@ -25,9 +25,7 @@ use cadre_proto::v1::{
     ListConversationsResponse, OutputEmitted, SubscribeRequest, event,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use tokio::sync::mpsc;
 use tokio_stream::Stream;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 /// The built-in agent: replies with its input.
@@ -171,32 +169,33 @@ impl ConversationsService {
             .cloned()
     }
 
-    /// Streams events after `after` until `done` says the last one ends the stream.
+    /// Streams the subscription's events until `done` says the last one ends the stream (or,
+    /// with `caught_up`, until that seq). The response polls the subscription itself, with no
+    /// task or channel between them: the events of one commit reach the encoder together and
+    /// leave in one write, and a client that goes away drops the subscription at once.
     fn stream(
         &self,
-        mut sub: Subscription,
+        sub: Subscription,
         done: impl Fn(&Event) -> bool + Send + 'static,
         caught_up: Option<u64>,
     ) -> EventStream {
-        let (tx, rx) = mpsc::channel(256);
-        tokio::spawn(async move {
-            if caught_up.is_some_and(|end| sub.last_seq() >= end) {
-                return;
-            }
-            while let Some(item) = sub.next().await {
-                let (item, last) = match item {
+        let ended = caught_up.is_some_and(|end| sub.last_seq() >= end);
+        let events = futures_util::stream::unfold(
+            (sub, done, ended),
+            move |(mut sub, done, ended)| async move {
+                if ended {
+                    return None;
+                }
+                match sub.next().await? {
                     Ok(e) => {
                         let last = done(&e) || caught_up.is_some_and(|end| e.seq >= end);
-                        (Ok(Event::clone(&e)), last)
+                        Some((Ok(Event::clone(&e)), (sub, done, last)))
                     }
-                    Err(e) => (Err(subscribe_status(e)), true),
-                };
-                if tx.send(item).await.is_err() || last {
-                    return;
+                    Err(e) => Some((Err(subscribe_status(e)), (sub, done, true))),
                 }
-            }
-        });
-        Box::pin(ReceiverStream::new(rx))
+            },
+        );
+        Box::pin(events)
     }
 
     /// Continues the conversation's unfinished exec (after a crash, or in a fork taken

@@ -362,6 +362,10 @@ impl Controller {
 
     /// The last seq of a conversation, or `None` if it has no events.
     pub async fn last_seq(&self, conversation_id: &str) -> Result<Option<u64>, StoreError> {
+        // Most asks are about a conversation in use, whose last events are still in the tail.
+        if let Some(last) = tail_last(&self.shared, conversation_id) {
+            return Ok(Some(last));
+        }
         let shared = self.shared.clone();
         let conversation = conversation_id.to_string();
         blocking(move || last_committed(&shared, &conversation)).await
@@ -562,15 +566,8 @@ impl Drop for ControllerState {
 
 /// The last committed seq of a conversation: from the tail, else the materialized keyspace.
 fn last_committed(shared: &Shared, conversation_id: &str) -> Result<Option<u64>, StoreError> {
-    {
-        let tail = shared.tail.tail.lock().expect("tail lock");
-        if let Some(last) = tail
-            .by_conversation
-            .get(conversation_id)
-            .and_then(|q| q.back())
-        {
-            return Ok(Some(last.seq));
-        }
+    if let Some(last) = tail_last(shared, conversation_id) {
+        return Ok(Some(last));
     }
     let key = keys::meta(conversation_id);
     let mut out = None;
@@ -579,6 +576,15 @@ fn last_committed(shared: &Shared, conversation_id: &str) -> Result<Option<u64>,
         Ok(())
     })?;
     Ok(out)
+}
+
+/// The seq of the conversation's last event in the tail, if it has one there.
+fn tail_last(shared: &Shared, conversation_id: &str) -> Option<u64> {
+    let tail = shared.tail.tail.lock().expect("tail lock");
+    tail.by_conversation
+        .get(conversation_id)
+        .and_then(|q| q.back())
+        .map(|e| e.seq)
 }
 
 fn decode_event(bytes: &[u8]) -> Result<Event, StoreError> {

@@ -143,14 +143,20 @@ impl Store for SqliteStore {
         &self,
         f: &mut dyn FnMut(&mut dyn Txn) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
-        let mut conn = self.reader.lock().map_err(|_| poisoned())?;
-        let tx = conn.transaction().map_err(io)?;
+        let conn = self.reader.lock().map_err(|_| poisoned())?;
+        // Cached statements rather than rusqlite's `transaction()`, which parses BEGIN and
+        // ROLLBACK again for every read (most reads here are one point lookup).
+        let run = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([]));
+        run("BEGIN").map_err(io)?;
         let mut txn = SqliteTxn {
-            conn: &tx,
+            conn: &conn,
             written: 0,
             read_only: true,
         };
-        f(&mut txn)
+        let result = f(&mut txn);
+        // Ends the snapshot, so the WAL can be checkpointed past it.
+        run("ROLLBACK").map_err(io)?;
+        result
     }
 }
 
