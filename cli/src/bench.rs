@@ -81,6 +81,10 @@ pub struct ExecBenchArgs {
     /// Concurrent conversations, each running one exec at a time.
     #[arg(long, default_value_t = 64)]
     conversations: usize,
+    /// HTTP/2 connections the conversations share (conversation i uses connection
+    /// i mod N) [default: one per conversation]
+    #[arg(long)]
+    connections: Option<usize>,
     /// Where the scratch node keeps its data [default: the node's default data dir].
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
@@ -267,9 +271,9 @@ async fn baseline(store: Arc<SqliteStore>, writers: usize, events: usize) -> any
 }
 
 async fn exec(args: ExecBenchArgs) -> Result<(), Failure> {
-    if args.execs == 0 || args.conversations == 0 {
+    if args.execs == 0 || args.conversations == 0 || args.connections == Some(0) {
         return Err(Failure::Usage(
-            "--execs and --conversations must be at least 1".into(),
+            "--execs, --conversations and --connections must be at least 1".into(),
         ));
     }
     let scratch = scratch_dir(args.data_dir.as_deref(), "exec");
@@ -310,14 +314,22 @@ async fn exec_rounds(
         "bench exec: {} execs over {} conversations against {url}",
         args.execs, args.conversations
     );
+    let connections = args.connections.unwrap_or(args.conversations);
+    let mut channels = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        channels.push(
+            tonic::transport::Endpoint::from_shared(url.clone())?
+                .connect()
+                .await?,
+        );
+    }
     let per = args.execs.div_ceil(args.conversations);
     let started = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..args.conversations {
-        let url = url.clone();
+        let mut client = ConversationsClient::new(channels[c % connections].clone());
         let count = per.min(args.execs.saturating_sub(c * per));
         tasks.push(tokio::spawn(async move {
-            let mut client = ConversationsClient::connect(url).await?;
             let mut latencies = Vec::with_capacity(count);
             for i in 0..count {
                 let t = Instant::now();
@@ -347,6 +359,7 @@ async fn exec_rounds(
     Ok(json!({
         "execs": latencies.len(),
         "conversations": args.conversations,
+        "connections": connections,
         "execs_per_sec": (latencies.len() as f64 / elapsed.as_secs_f64()).round(),
         "exec_p50_ms": pct(&latencies, 0.50),
         "exec_p99_ms": pct(&latencies, 0.99),

@@ -915,7 +915,9 @@ impl ExecAgent {
                 },
                 state(&self.exec_id, ExecState::Completed, ""),
             ],
-            idempotency_key: Some(format!("{}/{}/reply", self.conversation, self.exec_id)),
+            // The fence alone makes the reply exactly-once, with no key to look up: it ends
+            // the exec, so a retry after it committed is refused as finished.
+            idempotency_key: None,
             open_exec: Some(self.exec_id.clone()),
         };
         match self.controller.append(reply).await {

@@ -15,7 +15,7 @@ use prost::Message;
 
 use super::commit_log::CommitLog;
 use super::keys::{self, LogBatch};
-use super::writer::index_exec;
+use super::writer::exec_index_change;
 use crate::store::{Store, StoreError, Txn};
 
 /// One committed entry waiting to be materialized.
@@ -191,10 +191,15 @@ fn release(log: &dyn CommitLog, batch: &[Pending]) {
 /// order, leaves the same result.
 fn materialize(t: &mut dyn Txn, batch: &[Pending]) -> Result<(), StoreError> {
     let mut last: HashMap<&str, u64> = HashMap::new();
+    // Only each exec's last state is written: most execs start and end within one batch, and
+    // then their key is cleared without having been set.
+    let mut exec_index: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::new();
     for p in batch {
         let e = &p.event;
         t.set(&keys::event(&e.conversation_id, e.seq), &e.encode_to_vec())?;
-        index_exec(t, e)?;
+        if let Some((key, value)) = exec_index_change(e) {
+            exec_index.insert(key, value);
+        }
         if let Some((key, first, last_seq)) = &p.idempotency {
             t.set(
                 &keys::idempotency(&e.conversation_id, key),
@@ -202,6 +207,12 @@ fn materialize(t: &mut dyn Txn, batch: &[Pending]) -> Result<(), StoreError> {
             )?;
         }
         last.insert(&e.conversation_id, e.seq);
+    }
+    for (key, value) in exec_index {
+        match value {
+            Some(value) => t.set(&key, &value)?,
+            None => t.clear(&key)?,
+        }
     }
     for (conv, seq) in last {
         t.set(&keys::meta(conv), &keys::encode_u64(seq))?;

@@ -15,7 +15,7 @@ use super::materializer::{MAX_TAIL, Pending};
 use super::{
     AppendError, AppendRequest, Appended, Controller, ControllerMsg, DeleteError, now_micros,
 };
-use crate::store::{StoreError, Txn};
+use crate::store::StoreError;
 
 /// Most events and bytes in one group commit (well under the store's 10 MB transaction limit).
 const MAX_BATCH_EVENTS: usize = 16_384;
@@ -542,16 +542,14 @@ impl Writer {
     }
 }
 
-/// Keeps the index of open execs that startup recovery scans.
-pub(super) fn index_exec(t: &mut dyn Txn, event: &Event) -> Result<(), StoreError> {
-    if let Some(event::Kind::ExecStateChanged(change)) = &event.kind {
-        let key = keys::exec(&event.conversation_id, &event.exec_id);
-        let state = ExecState::try_from(change.state).unwrap_or(ExecState::Unspecified);
-        if keys::is_terminal(state) {
-            t.clear(&key)?;
-        } else {
-            t.set(&key, &keys::encode_exec(state, false))?;
-        }
-    }
-    Ok(())
+/// The change an event makes to the index of open execs that startup recovery scans: the
+/// exec's key, and its new value (`None`: it is finished and leaves the index).
+pub(super) fn exec_index_change(event: &Event) -> Option<(Vec<u8>, Option<Vec<u8>>)> {
+    let Some(event::Kind::ExecStateChanged(change)) = &event.kind else {
+        return None;
+    };
+    let key = keys::exec(&event.conversation_id, &event.exec_id);
+    let state = ExecState::try_from(change.state).unwrap_or(ExecState::Unspecified);
+    let value = (!keys::is_terminal(state)).then(|| keys::encode_exec(state, false).to_vec());
+    Some((key, value))
 }
