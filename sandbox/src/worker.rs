@@ -23,7 +23,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::server::Connected;
+use tonic::transport::{Channel, Endpoint, Server};
 use tonic::{Request, Response, Status, Streaming};
 
 /// Serves the worker protocol for files under `workspace`.
@@ -88,7 +89,7 @@ impl WorkerService {
         let service = Arc::new(self);
         while read_connect_line(&input) {
             let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_io()
+                .enable_all()
                 .build()?;
             runtime.block_on(serve_connection(
                 service.clone(),
@@ -410,10 +411,6 @@ impl Input {
 }
 
 /// Serves one connection until it ends or is suspended.
-///
-/// Served by hyper directly rather than through tonic's server, with no date header and no
-/// timer: under gVisor's ptrace platform every clock read is a trip through the sandbox's
-/// kernel, and the date header and the runtime's timer wheel added four of them to each call.
 async fn serve_connection(
     service: Arc<WorkerService>,
     input: Arc<Mutex<Input>>,
@@ -421,43 +418,34 @@ async fn serve_connection(
 ) -> Result<(), std::io::Error> {
     let mut suspended = service.suspend.subscribe();
     suspended.borrow_and_update();
+    let (closed_tx, closed) = tokio::sync::oneshot::channel();
     let io = Pipe {
         input,
         stdout,
         generation: *suspended.borrow(),
         suspend: suspended.clone(),
+        _closed: closed_tx,
     };
-    let server = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-        .auto_date_header(false)
-        // As tonic's server: no cap on concurrent streams (each running process holds one).
-        .max_concurrent_streams(None)
-        .serve_connection(
-            hyper_util::rt::TokioIo::new(io),
-            hyper_util::service::TowerToHyperService::new(WorkerServer::from_arc(service)),
-        );
+    // The server stops when its incoming stream ends, so it never does; it stops instead when
+    // the one connection is gone (hyper drops the pipe), or is dropped on Suspend.
+    let incoming = tokio_stream::StreamExt::chain(
+        tokio_stream::once(Ok::<_, std::io::Error>(io)),
+        tokio_stream::pending(),
+    );
+    let server = Server::builder()
+        .add_service(WorkerServer::from_arc(service))
+        .serve_with_incoming_shutdown(incoming, async move {
+            let _ = closed.await;
+        });
     tokio::pin!(server);
     tokio::select! {
         served = &mut server => served.map_err(std::io::Error::other),
         _ = suspended.changed() => {
             // Let the Suspend answer go out; then the connection's runtime is dropped.
-            let grace = elapsed_after(SUSPEND_GRACE);
-            tokio::select! {
-                _ = &mut server => {}
-                _ = grace => {}
-            }
+            let _ = tokio::time::timeout(SUSPEND_GRACE, &mut server).await;
             Ok(())
         }
     }
-}
-
-/// Resolves once `delay` has passed, timed by a thread: the connection's runtime has no timer.
-fn elapsed_after(delay: std::time::Duration) -> tokio::sync::oneshot::Receiver<()> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::spawn(move || {
-        std::thread::sleep(delay);
-        let _ = tx.send(());
-    });
-    rx
 }
 
 /// Reads stdin up to and including the next connect line, dropping what comes before it
@@ -572,8 +560,8 @@ fn memory_used() -> Option<u64> {
     Some(field("MemTotal:")?.saturating_sub(field("MemAvailable:")?) * 1024)
 }
 
-/// Stdin and stdout as one connection. Both are shared so that the next connection can use
-/// them.
+/// Stdin and stdout as one connection; dropping it signals the server to stop. Both are
+/// shared so that the next connection can use them.
 struct Pipe {
     input: Arc<Mutex<Input>>,
     stdout: Arc<std::fs::File>,
@@ -583,6 +571,13 @@ struct Pipe {
     /// left for the next connection.
     generation: u64,
     suspend: tokio::sync::watch::Receiver<u64>,
+    _closed: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Connected for Pipe {
+    type ConnectInfo = ();
+
+    fn connect_info(&self) {}
 }
 
 impl AsyncRead for Pipe {
