@@ -23,7 +23,9 @@ use cadre_actors::placement::{
     SandboxSlots, Step, Victim,
 };
 use cadre_proto::v1::worker_client::WorkerClient;
-use cadre_proto::v1::{ActivateRequest, DeliverRequest, PassivateRequest};
+use cadre_proto::v1::{
+    ActivateRequest, ActorActivation, DeliverRequest, PassivateRequest, activation_result,
+};
 use futures_util::future::join_all;
 use tokio::sync::{broadcast, oneshot};
 use tonic::transport::Channel;
@@ -85,6 +87,22 @@ pub struct Pinned {
     pub restored: bool,
 }
 
+/// A sandbox as placement holds it: its worker, and the activations waiting to go to it.
+#[derive(Clone)]
+struct Held {
+    worker: WorkerClient<Channel>,
+    activations: Arc<Mutex<Outbox>>,
+}
+
+/// Activations waiting for one sandbox. One Activate call per sandbox is in flight at a time,
+/// and the activations that arrive meanwhile go together in the next: a busy sandbox is woken
+/// once for many of them (under gVisor a wakeup costs far more than an activation's work).
+#[derive(Default)]
+struct Outbox {
+    waiting: Vec<(ActorActivation, oneshot::Sender<Result<(), tonic::Status>>)>,
+    sending: bool,
+}
+
 /// Passivations a sweep runs at once.
 const PASSIVATIONS_AT_ONCE: usize = 64;
 
@@ -105,7 +123,7 @@ struct Inner {
 }
 
 struct State {
-    policy: PlacementPolicy<WorkerClient<Channel>>,
+    policy: PlacementPolicy<Held>,
     /// Activations waiting for a change; all are woken by any change and ask again.
     waiters: VecDeque<oneshot::Sender<()>>,
     /// Exclusive actors whose sandbox is suspended: the sandbox's id.
@@ -232,7 +250,7 @@ impl Placement {
             };
             match step {
                 Step::Deliver { sandbox, handle } => {
-                    return Ok(self.pinned(actor, sandbox, handle, false, false));
+                    return Ok(self.pinned(actor, sandbox, handle.worker, false, false));
                 }
                 Step::Activate {
                     sandbox,
@@ -240,16 +258,15 @@ impl Placement {
                     state,
                 } => {
                     let acked = handle
-                        .clone()
-                        .activate(ActivateRequest {
+                        .activate(ActorActivation {
                             actor_id: actor.id.clone(),
                             state,
                         })
                         .await;
                     match acked {
-                        Ok(_) => {
+                        Ok(()) => {
                             if self.lock().policy.activated(&actor.id, &sandbox) {
-                                return Ok(self.pinned(actor, sandbox, handle, true, false));
+                                return Ok(self.pinned(actor, sandbox, handle.worker, true, false));
                             }
                             // Its sandbox died meanwhile: place it again.
                         }
@@ -275,7 +292,7 @@ impl Placement {
                             s.policy.add_restored(
                                 actor,
                                 id.clone(),
-                                worker.clone(),
+                                Held::new(worker.clone()),
                                 Instant::now(),
                             );
                             wake(&mut s);
@@ -283,8 +300,12 @@ impl Placement {
                             return Ok(self.pinned(actor, id, worker, true, true));
                         }
                         Ok(lease) => {
-                            s.policy
-                                .add_sandbox(actor, lease.id, lease.worker, Instant::now());
+                            s.policy.add_sandbox(
+                                actor,
+                                lease.id,
+                                Held::new(lease.worker),
+                                Instant::now(),
+                            );
                             None
                         }
                         Err(PoolError::Exhausted { .. }) => {
@@ -447,7 +468,7 @@ impl Placement {
 
     /// Suspends an exclusive actor's own sandbox whole. False if that cannot be done here:
     /// then the actor is passivated like any other (the reason is logged once).
-    async fn suspend(&self, victim: &Victim<WorkerClient<Channel>>) -> bool {
+    async fn suspend(&self, victim: &Victim<Held>) -> bool {
         if let Some(why) = &self.inner.cannot_suspend {
             if !self.inner.suspend_warned.swap(true, Ordering::Relaxed) {
                 tracing::warn!(reason = %why,
@@ -475,12 +496,13 @@ impl Placement {
     }
 
     /// Passivates one actor marked by the policy and releases its sandbox if that emptied it.
-    async fn passivate(&self, victim: Victim<WorkerClient<Channel>>) {
+    async fn passivate(&self, victim: Victim<Held>) {
         if victim.exclusive && self.suspend(&victim).await {
             return;
         }
         let answer = victim
             .handle
+            .worker
             .clone()
             .passivate(PassivateRequest {
                 actor_id: victim.actor.clone(),
@@ -519,6 +541,82 @@ impl Placement {
                 sandbox: sandbox.to_string(),
                 reason: reason.to_string(),
             });
+        }
+    }
+}
+
+impl Held {
+    fn new(worker: WorkerClient<Channel>) -> Self {
+        Self {
+            worker,
+            activations: Arc::default(),
+        }
+    }
+
+    /// Activates one actor in this sandbox, together with the others waiting for it.
+    async fn activate(&self, actor: ActorActivation) -> Result<(), tonic::Status> {
+        let (reply, answer) = oneshot::channel();
+        let lead = {
+            let mut outbox = self.activations.lock().expect("outbox");
+            outbox.waiting.push((actor, reply));
+            !std::mem::replace(&mut outbox.sending, true)
+        };
+        if lead {
+            tokio::spawn(self.clone().send_activations());
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| Err(tonic::Status::cancelled("placement is shut down")))
+    }
+
+    /// Sends the waiting activations, one call at a time, until none are left.
+    async fn send_activations(self) {
+        loop {
+            let batch = {
+                let mut outbox = self.activations.lock().expect("outbox");
+                if outbox.waiting.is_empty() {
+                    outbox.sending = false;
+                    return;
+                }
+                std::mem::take(&mut outbox.waiting)
+            };
+            let (actors, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+            let asked = actors.len();
+            let results = match self
+                .worker
+                .clone()
+                .activate(ActivateRequest { actors })
+                .await
+            {
+                Ok(answer) => answer.into_inner().results,
+                Err(status) => {
+                    for reply in replies {
+                        let _ = reply.send(Err(status.clone()));
+                    }
+                    continue;
+                }
+            };
+            if results.len() != asked {
+                let status = tonic::Status::internal(format!(
+                    "the worker answered {} of {asked} activations",
+                    results.len()
+                ));
+                for reply in replies {
+                    let _ = reply.send(Err(status.clone()));
+                }
+                continue;
+            }
+            for (reply, result) in replies.into_iter().zip(results) {
+                let _ = reply.send(match result.result {
+                    Some(activation_result::Result::Workspace(_)) => Ok(()),
+                    Some(activation_result::Result::Error(e)) => {
+                        Err(tonic::Status::new(tonic::Code::from(e.code), e.message))
+                    }
+                    None => Err(tonic::Status::internal(
+                        "the worker's answer to an activation is empty",
+                    )),
+                });
+            }
         }
     }
 }

@@ -13,11 +13,12 @@ use std::time::Instant;
 use cadre_proto::v1::worker_client::WorkerClient;
 use cadre_proto::v1::worker_server::{Worker, WorkerServer};
 use cadre_proto::v1::{
-    ActivateRequest, ActivateResponse, DeliverRequest, DeliverResponse, FileEntry,
-    ListFilesRequest, ListFilesResponse, PassivateRequest, PassivateResponse, ProcessExit,
-    ProcessStart, ReadFileRequest, ReadFileResponse, RunInput, RunOutput, SuspendRequest,
-    SuspendResponse, WorkerStats, WorkerStatsRequest, WriteFileRequest, WriteFileResponse,
-    run_input, run_output,
+    ActivateRequest, ActivateResponse, ActivationError, ActivationResult, ActorActivation,
+    DeliverRequest, DeliverResponse, FileEntry, ListFilesRequest, ListFilesResponse,
+    PassivateRequest, PassivateResponse, ProcessExit, ProcessStart, ReadFileRequest,
+    ReadFileResponse, RunInput, RunOutput, SuspendRequest, SuspendResponse, WorkerStats,
+    WorkerStatsRequest, WriteFileRequest, WriteFileResponse, activation_result, run_input,
+    run_output,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -75,16 +76,22 @@ impl WorkerService {
     ///
     /// Why it is built this way: after a gVisor restore, the stdio are new host files behind
     /// the same descriptors, and this runsc version delivers readiness events neither for them
-    /// nor reliably through an epoll set made before the checkpoint. So stdin is read by a
-    /// thread of its own with plain blocking reads, stdout is written with blocking writes,
-    /// and the runtime (with its epoll set) of a suspended connection is dropped: the next
-    /// connection starts on a new one. Dropping it also ends whatever that connection left
-    /// running (its Run calls), so nothing of it can write into the next connection.
+    /// nor reliably through an epoll set made before the checkpoint. So the first connection
+    /// reads stdin through its runtime's epoll set (one wakeup per request: under gVisor a
+    /// thread handing each read to another costs as much again), and once it has ended (the
+    /// sandbox may be checkpointed next) stdin is read by a thread of its own with plain
+    /// blocking reads. Stdout is written with blocking writes, and the runtime (with its epoll
+    /// set) of an ended connection is dropped: the next connection starts on a new one.
+    /// Dropping it also ends whatever that connection left running (its Run calls), so
+    /// nothing of it can write into the next connection.
     pub fn serve_stdio(self) -> Result<(), std::io::Error> {
         use std::os::fd::AsFd;
         let stdin = std::fs::File::from(std::io::stdin().as_fd().try_clone_to_owned()?);
         let stdout = std::fs::File::from(std::io::stdout().as_fd().try_clone_to_owned()?);
-        let input = Arc::new(Mutex::new(Input::read(stdin)?));
+        let input = Arc::new(Mutex::new(Input {
+            pending: Vec::new(),
+            source: Source::Direct(stdin),
+        }));
         let stdout = Arc::new(stdout);
         let service = Arc::new(self);
         while read_connect_line(&input) {
@@ -96,6 +103,8 @@ impl WorkerService {
                 input.clone(),
                 stdout.clone(),
             ))?;
+            drop(runtime);
+            input.lock().expect("input").read_by_thread()?;
         }
         Ok(())
     }
@@ -128,6 +137,40 @@ impl WorkerService {
             )));
         }
         Ok(self.actors_dir.join(actor_id))
+    }
+
+    /// Makes an actor's workspace and loads its state: the workspace.
+    fn activate_one(&self, actor: ActorActivation) -> Result<String, Status> {
+        let workspace = self.actor_workspace(&actor.actor_id)?;
+        let handled = match actor.state.len() {
+            0 => 0,
+            8 => u64::from_le_bytes(actor.state[..].try_into().expect("8 bytes")),
+            n => {
+                return Err(Status::invalid_argument(format!(
+                    "state of actor `{}`: {n} bytes, expected 0 or 8",
+                    actor.actor_id
+                )));
+            }
+        };
+        let already =
+            || Status::already_exists(format!("actor `{}` is already active here", actor.actor_id));
+        if self
+            .actors
+            .lock()
+            .expect("actors")
+            .contains_key(&actor.actor_id)
+        {
+            return Err(already());
+        }
+        // A short metadata call: done on this thread rather than handed to another.
+        let shown = workspace.display().to_string();
+        std::fs::create_dir_all(&workspace).map_err(|e| io_status(&shown, e))?;
+        let mut actors = self.actors.lock().expect("actors");
+        if actors.contains_key(&actor.actor_id) {
+            return Err(already());
+        }
+        actors.insert(actor.actor_id, HostedActor { handled });
+        Ok(shown)
     }
 
     fn start(&self, start: ProcessStart) -> Result<tokio::process::Child, Status> {
@@ -292,41 +335,24 @@ impl Worker for WorkerService {
         &self,
         request: Request<ActivateRequest>,
     ) -> Result<Response<ActivateResponse>, Status> {
-        let r = request.into_inner();
-        let workspace = self.actor_workspace(&r.actor_id)?;
-        let handled = match r.state.len() {
-            0 => 0,
-            8 => u64::from_le_bytes(r.state[..].try_into().expect("8 bytes")),
-            n => {
-                return Err(Status::invalid_argument(format!(
-                    "state of actor `{}`: {n} bytes, expected 0 or 8",
-                    r.actor_id
-                )));
-            }
-        };
-        if self
+        let results = request
+            .into_inner()
             .actors
-            .lock()
-            .expect("actors")
-            .contains_key(&r.actor_id)
-        {
-            return Err(Status::already_exists(format!(
-                "actor `{}` is already active here",
-                r.actor_id
-            )));
-        }
-        // A short metadata call: done on this thread rather than handed to another.
-        let shown = workspace.display().to_string();
-        std::fs::create_dir_all(&workspace).map_err(|e| io_status(&shown, e))?;
-        let mut actors = self.actors.lock().expect("actors");
-        if actors.contains_key(&r.actor_id) {
-            return Err(Status::already_exists(format!(
-                "actor `{}` is already active here",
-                r.actor_id
-            )));
-        }
-        actors.insert(r.actor_id, HostedActor { handled });
-        Ok(Response::new(ActivateResponse { workspace: shown }))
+            .into_iter()
+            .map(|actor| {
+                let result = match self.activate_one(actor) {
+                    Ok(workspace) => activation_result::Result::Workspace(workspace),
+                    Err(status) => activation_result::Result::Error(ActivationError {
+                        code: status.code() as i32,
+                        message: status.message().to_string(),
+                    }),
+                };
+                ActivationResult {
+                    result: Some(result),
+                }
+            })
+            .collect();
+        Ok(Response::new(ActivateResponse { results }))
     }
 
     async fn deliver(
@@ -377,16 +403,28 @@ impl Worker for WorkerService {
     }
 }
 
-/// Stdin as chunks read by its own thread, and what the current reader has not taken yet.
+/// Stdin, and what the current connection has not taken yet.
 struct Input {
-    chunks: mpsc::Receiver<Vec<u8>>,
     pending: Vec<u8>,
+    source: Source,
+}
+
+enum Source {
+    /// Read by the connection's runtime, with readiness from its epoll set.
+    Direct(std::fs::File),
+    /// Chunks read by a thread of its own with blocking reads; an empty chunk is the end.
+    Thread(mpsc::Receiver<Vec<u8>>),
 }
 
 impl Input {
-    /// Starts the thread that reads `stdin`; an empty chunk is the end.
-    fn read(mut stdin: std::fs::File) -> std::io::Result<Self> {
+    /// From now on stdin is read by a thread of its own (a no-op if it already is).
+    fn read_by_thread(&mut self) -> std::io::Result<()> {
         use std::io::Read;
+        let Source::Direct(stdin) = &self.source else {
+            return Ok(());
+        };
+        let mut stdin = stdin.try_clone()?;
+        set_nonblocking(&stdin, false)?;
         let (tx, chunks) = mpsc::channel(8);
         std::thread::Builder::new()
             .name("stdin".into())
@@ -403,11 +441,51 @@ impl Input {
                     }
                 }
             })?;
-        Ok(Self {
-            chunks,
-            pending: Vec::new(),
-        })
+        self.source = Source::Thread(chunks);
+        Ok(())
     }
+
+    /// The next chunk of stdin, waiting for it; None at the end.
+    fn next_blocking(&mut self) -> Option<Vec<u8>> {
+        use std::io::Read;
+        match &mut self.source {
+            Source::Direct(stdin) => {
+                let mut buf = vec![0u8; CHUNK];
+                loop {
+                    match stdin.read(&mut buf) {
+                        Ok(0) => return None,
+                        Ok(n) => {
+                            buf.truncate(n);
+                            return Some(buf);
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(_) => return None,
+                    }
+                }
+            }
+            Source::Thread(chunks) => chunks.blocking_recv().filter(|c| !c.is_empty()),
+        }
+    }
+}
+
+fn set_nonblocking(file: &std::fs::File, on: bool) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    // SAFETY: fcntl on a descriptor this file owns.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let flags = if on {
+        flags | libc::O_NONBLOCK
+    } else {
+        flags & !libc::O_NONBLOCK
+    };
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Serves one connection until it ends or is suspended.
@@ -419,8 +497,24 @@ async fn serve_connection(
     let mut suspended = service.suspend.subscribe();
     suspended.borrow_and_update();
     let (closed_tx, closed) = tokio::sync::oneshot::channel();
+    let direct = match &input.lock().expect("input").source {
+        Source::Direct(stdin) => {
+            let stdin = stdin.try_clone()?;
+            set_nonblocking(&stdin, true)?;
+            // SAFETY: the AsyncFd owns the File, which keeps its descriptor open and the same.
+            let registered = unsafe {
+                tokio::io::unix::AsyncFd::register_with_interest(
+                    stdin,
+                    tokio::io::Interest::READABLE,
+                )
+            };
+            Some(registered?)
+        }
+        Source::Thread(_) => None,
+    };
     let io = Pipe {
         input,
+        direct,
         stdout,
         generation: *suspended.borrow(),
         suspend: suspended.clone(),
@@ -465,9 +559,9 @@ fn read_connect_line(input: &Mutex<Input>) -> bool {
         let keep = input.pending.len().min(CONNECT_LINE.len() - 1);
         let cut = input.pending.len() - keep;
         input.pending.drain(..cut);
-        match input.chunks.blocking_recv() {
-            Some(chunk) if !chunk.is_empty() => input.pending.extend_from_slice(&chunk),
-            _ => return false,
+        match input.next_blocking() {
+            Some(chunk) => input.pending.extend_from_slice(&chunk),
+            None => return false,
         }
     }
 }
@@ -564,6 +658,8 @@ fn memory_used() -> Option<u64> {
 /// shared so that the next connection can use them.
 struct Pipe {
     input: Arc<Mutex<Input>>,
+    /// Stdin (non-blocking) in this connection's epoll set, if it is read directly.
+    direct: Option<tokio::io::unix::AsyncFd<std::fs::File>>,
     stdout: Arc<std::fs::File>,
     /// The Suspend generation this connection was made in: once it changes, the connection
     /// reads nothing more (its reads never complete; it still writes, so the Suspend answer
@@ -592,7 +688,31 @@ impl AsyncRead for Pipe {
         }
         let mut input = self.input.lock().expect("input");
         if input.pending.is_empty() {
-            match std::task::ready!(input.chunks.poll_recv(cx)) {
+            if let Some(stdin) = &self.direct {
+                use std::io::Read;
+                loop {
+                    let mut ready = std::task::ready!(stdin.poll_read_ready(cx))?;
+                    let wanted = buf.remaining();
+                    // Zero bytes read is the end of stdin: the end of this connection.
+                    if let Ok(read) =
+                        ready.try_io(|stdin| stdin.get_ref().read(buf.initialize_unfilled()))
+                    {
+                        let read = read?;
+                        // A pipe read short of what was asked has emptied the pipe: wait for
+                        // the next readiness event rather than read again to hear EAGAIN
+                        // (what tokio's own sockets do).
+                        if read > 0 && read < wanted {
+                            ready.clear_ready();
+                        }
+                        buf.advance(read);
+                        return Poll::Ready(Ok(()));
+                    }
+                }
+            }
+            let Source::Thread(chunks) = &mut input.source else {
+                unreachable!("stdin is read directly or by its thread");
+            };
+            match std::task::ready!(chunks.poll_recv(cx)) {
                 Some(chunk) => input.pending = chunk,
                 // The end of stdin: the end of this connection.
                 None => return Poll::Ready(Ok(())),

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use cadre_proto::v1::worker_client::WorkerClient;
 use cadre_proto::v1::{
-    ListFilesRequest, ProcessExit, ProcessStart, ReadFileRequest, RunInput, WorkerStatsRequest,
-    WriteFileRequest, run_input, run_output,
+    ActivateRequest, ActorActivation, DeliverRequest, ListFilesRequest, PassivateRequest,
+    ProcessExit, ProcessStart, ReadFileRequest, RunInput, WorkerStatsRequest, WriteFileRequest,
+    activation_result, run_input, run_output,
 };
 use cadre_sandbox::{
     GvisorProvider, PoolConfig, PoolError, ProcessProvider, Sandbox, SandboxInfo, SandboxProvider,
@@ -173,6 +174,85 @@ fn a_sandbox_sees_its_workspace_and_nothing_else_of_the_host() {
         assert!(!other.stdout.contains("tenant a"), "{}", other.stdout);
         a.kill().await;
         b.kill().await;
+    });
+}
+
+#[test]
+fn one_activate_call_activates_many_actors_each_on_its_own() {
+    let dir = TempDir::new("sandbox-activate");
+    let provider = gvisor(&dir);
+    rt().block_on(async {
+        let sandbox = provider
+            .start(spec(&dir, "activate", "tenant-a"))
+            .await
+            .unwrap();
+        let mut worker = sandbox.worker();
+        let actor = |id: &str, state: &[u8]| ActorActivation {
+            actor_id: id.into(),
+            state: state.to_vec(),
+        };
+        let results = worker
+            .activate(ActivateRequest {
+                actors: vec![
+                    actor("counter", &5u64.to_le_bytes()),
+                    actor("counter", &[]),
+                    actor("../escape", &[]),
+                    actor("short-state", &[1, 2, 3]),
+                    actor("fresh", &[]),
+                ],
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .results;
+        let outcome: Vec<Result<String, (Code, String)>> = results
+            .into_iter()
+            .map(|r| match r.result.unwrap() {
+                activation_result::Result::Workspace(w) => Ok(w),
+                activation_result::Result::Error(e) => Err((Code::from(e.code), e.message)),
+            })
+            .collect();
+        assert_eq!(outcome.len(), 5, "{outcome:?}");
+        assert_eq!(outcome[0], Ok("/actors/counter".to_string()));
+        assert!(matches!(&outcome[1], Err((Code::AlreadyExists, m)) if m.contains("counter")));
+        assert!(matches!(&outcome[2], Err((Code::InvalidArgument, m)) if m.contains("../escape")));
+        assert!(matches!(&outcome[3], Err((Code::InvalidArgument, m)) if m.contains("3 bytes")));
+        assert_eq!(outcome[4], Ok("/actors/fresh".to_string()));
+
+        // The failed ones are not active; the others have their workspace and state.
+        let ran = sh(
+            &sandbox,
+            "test -d /actors/counter && test -d /actors/fresh && test ! -e /actors/short-state",
+        )
+        .await;
+        assert_eq!(ran.exit.code, 0, "{ran:?}");
+        let delivered = worker
+            .deliver(DeliverRequest {
+                actor_id: "counter".into(),
+                payload: b"hi".to_vec(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(delivered.handled, 6);
+        let refused = worker
+            .deliver(DeliverRequest {
+                actor_id: "short-state".into(),
+                payload: Vec::new(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::FailedPrecondition);
+        let state = worker
+            .passivate(PassivateRequest {
+                actor_id: "counter".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .state;
+        assert_eq!(state, 6u64.to_le_bytes());
+        sandbox.kill().await;
     });
 }
 
