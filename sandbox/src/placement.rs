@@ -582,13 +582,24 @@ impl Held {
             };
             let (actors, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
             let asked = actors.len();
-            let results = match self
+            let answered = self
                 .worker
                 .clone()
                 .activate(ActivateRequest { actors })
                 .await
-            {
-                Ok(answer) => answer.into_inner().results,
+                .map(|answer| answer.into_inner().results)
+                .and_then(|results| {
+                    if results.len() == asked {
+                        Ok(results)
+                    } else {
+                        Err(tonic::Status::internal(format!(
+                            "the worker answered {} of {asked} activations",
+                            results.len()
+                        )))
+                    }
+                });
+            let results = match answered {
+                Ok(results) => results,
                 Err(status) => {
                     for reply in replies {
                         let _ = reply.send(Err(status.clone()));
@@ -596,16 +607,6 @@ impl Held {
                     continue;
                 }
             };
-            if results.len() != asked {
-                let status = tonic::Status::internal(format!(
-                    "the worker answered {} of {asked} activations",
-                    results.len()
-                ));
-                for reply in replies {
-                    let _ = reply.send(Err(status.clone()));
-                }
-                continue;
-            }
             for (reply, result) in replies.into_iter().zip(results) {
                 let _ = reply.send(match result.result {
                     Some(activation_result::Result::Workspace(_)) => Ok(()),
