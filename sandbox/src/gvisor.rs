@@ -48,13 +48,13 @@ pub struct GvisorProvider {
 
 /// The node's CPUs, and how many live sandboxes run on each.
 ///
-/// A sandbox with a CPU limit below the node's count runs on that many CPUs (rounded up), the
-/// least used ones, set as its affinity before `runsc` starts, so gVisor's sentry starts with
-/// as many Go processors (`GOMAXPROCS` follows the affinity) and its threads hand work to each
-/// other on the same CPUs. Under the ptrace platform a sandbox's every wakeup is a chain of
-/// such handoffs (sentry, stub, sentry); measured on 2 cores with 8 busy sandboxes, pinned
-/// sandboxes served about 25% more activations at half the p99, while pinning after start (or
-/// unpinning a pinned one) gave none of it.
+/// A started (not restored) sandbox with a CPU limit below the node's count runs on that many
+/// CPUs (rounded up), the least used ones, set as its affinity before `runsc` starts. So
+/// gVisor's sentry starts with as many Go processors (`GOMAXPROCS` follows the affinity), and
+/// its threads hand work to each other on the same CPUs. Under the ptrace platform each wakeup
+/// of a sandbox is a chain of such handoffs (sentry, stub, sentry). Measured on 2 cores with 8
+/// busy sandboxes, pinned sandboxes served about 25% more activations at half the p99.
+/// Pinning after the start, or unpinning a pinned sandbox, gave none of it.
 struct CpuSet {
     cpus: Vec<usize>,
     sandboxes: Mutex<Vec<usize>>,
@@ -154,7 +154,13 @@ impl GvisorProvider {
         prepare().map_err(|e| fail(format!("bundle {}: {e}", bundle.display())))?;
         let network = if spec.egress { "host" } else { "none" };
         let mut command = tokio::process::Command::new(&self.runsc);
-        let claim = spec.cpus.and_then(|cores| CpuSet::claim(&self.cpus, cores));
+        // A restore runs on every CPU: the sentry decodes its saved kernel while the gofer
+        // reopens the mounts and Go's collector marks alongside (pinned, its p50 was ~20 ms
+        // slower). It hosts one exclusive actor, whose wakeups matter less than a pool's.
+        let claim = match image {
+            None => spec.cpus.and_then(|cores| CpuSet::claim(&self.cpus, cores)),
+            Some(_) => None,
+        };
         if let Some(claim) = &claim {
             tracing::debug!(sandbox = %spec.id, cpus = ?claim.cpus(), "sandbox CPUs");
             let mask = claim.mask();
