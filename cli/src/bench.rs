@@ -414,7 +414,7 @@ async fn placement_rounds(
 ) -> anyhow::Result<serde_json::Value> {
     use cadre_actors::placement::{Isolation, LogicalActor, PlacementConfig};
     use cadre_actors::sandbox::{SandboxProvider, SandboxSpec};
-    use cadre_sandbox::{GvisorProvider, Placement, PoolConfig, WarmPool};
+    use cadre_sandbox::{GvisorProvider, Placement, PoolConfig, Suspended, WarmPool};
 
     let worker_bin = std::env::current_exe().context("find the cadre binary")?;
     let provider = Arc::new(GvisorProvider::new(dir.join("state"), worker_bin)?);
@@ -531,14 +531,20 @@ async fn placement_rounds(
     let mut id = lease.id.clone();
     for _ in 0..args.suspensions {
         let t = Instant::now();
-        pool.suspend(&id).await?;
+        if let Suspended::Stopped { why } = pool.suspend(&id).await? {
+            anyhow::bail!("sandbox {id} was stopped, not checkpointed: {why}");
+        }
         checkpoints.push(t.elapsed());
         image_bytes = dir_bytes(&dir.join("images").join(&id));
         pool.removed(&id).await;
         let t = Instant::now();
-        let restored = pool.restore(&id, "processes").await?;
+        let resumed = pool.resume(&id, "processes").await?;
         restores.push(t.elapsed());
-        id = restored.id;
+        anyhow::ensure!(
+            resumed.restored,
+            "sandbox {id} was not restored from its image"
+        );
+        id = resumed.lease.id;
     }
     checkpoints.sort();
     restores.sort();

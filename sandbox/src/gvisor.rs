@@ -196,9 +196,22 @@ impl GvisorProvider {
             .spawn()
             .map_err(|e| fail(format!("{}: {e}", self.runsc.display())))?;
         log_stderr(&spec.id, child.stderr.take());
-        let worker = worker::connect_child(&mut child)
-            .await
-            .map_err(|e| fail(format!("cannot reach its worker: {e}")))?;
+        let worker = match worker::connect_child(&mut child).await {
+            Ok(worker) => worker,
+            Err(e) => {
+                let _ = child.kill().await;
+                // What runsc left of it (a failed restore leaves its container), so that the
+                // id can be started again.
+                let _ = tokio::process::Command::new(&self.runsc)
+                    .arg("--root")
+                    .arg(self.runsc_root())
+                    .args(["delete", "--force", &spec.id])
+                    .output()
+                    .await;
+                let _ = std::fs::remove_dir_all(&bundle);
+                return Err(fail(format!("cannot reach its worker: {e}")));
+            }
+        };
         let (runsc, root, id) = (self.runsc.clone(), self.runsc_root(), spec.id.clone());
         let teardown = move || {
             // The CPUs are free again once the sandbox is gone.

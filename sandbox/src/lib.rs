@@ -19,5 +19,7 @@ pub mod worker;
 pub use cadre_actors::sandbox::{Sandbox, SandboxError, SandboxProvider, SandboxSpec, StartFuture};
 pub use gvisor::GvisorProvider;
 pub use placement::{Delivered, Pinned, Placement, PlacementError, PlacementEvent};
-pub use pool::{Lease, PoolConfig, PoolError, SandboxDied, SandboxInfo, WarmPool};
+pub use pool::{
+    Lease, PoolConfig, PoolError, Resumed, SandboxDied, SandboxInfo, Suspended, WarmPool,
+};
 pub use process::ProcessProvider;

@@ -10,8 +10,10 @@
 //!
 //! An `exclusive` actor has a sandbox of its own, so when it is idle the whole sandbox is
 //! suspended (`runsc checkpoint`: memory, processes and all, to an image on disk) and restored
-//! on its next message with everything as it was. Where the provider cannot checkpoint, the
-//! actor is passivated like any other and the reason is logged.
+//! on its next message with everything as it was. Where the provider cannot checkpoint (the
+//! reason is logged once), or a checkpoint or restore fails, the sandbox is stopped and started
+//! again under its id instead: its workspace's files stay, the actor is activated with the
+//! state it had when suspended, and only the processes and memory of the sandbox are lost.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,7 +32,7 @@ use futures_util::future::join_all;
 use tokio::sync::{broadcast, oneshot};
 use tonic::transport::Channel;
 
-use crate::{Lease, PoolError, WarmPool};
+use crate::{Lease, PoolError, Suspended, WarmPool};
 
 /// Something that happened to placed actors.
 #[derive(Debug, Clone, PartialEq)]
@@ -117,7 +119,7 @@ struct Inner {
     state: Mutex<State>,
     events: broadcast::Sender<PlacementEvent>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
-    /// Why sandboxes cannot be suspended here, if they cannot; said once in the log.
+    /// Why sandboxes cannot be checkpointed here, if they cannot; said once in the log.
     cannot_suspend: Option<String>,
     suspend_warned: AtomicBool,
 }
@@ -126,7 +128,7 @@ struct State {
     policy: PlacementPolicy<Held>,
     /// Activations waiting for a change; all are woken by any change and ask again.
     waiters: VecDeque<oneshot::Sender<()>>,
-    /// Exclusive actors whose sandbox is suspended: the sandbox's id.
+    /// Exclusive actors whose sandbox is suspended (checkpointed or stopped): the sandbox's id.
     suspended: HashMap<String, String>,
     closed: bool,
 }
@@ -430,8 +432,9 @@ impl Placement {
         }
     }
 
-    /// Leases a sandbox for `actor`: its own suspended one restored, if it has one (true), or
-    /// one from the pool.
+    /// Leases a sandbox for `actor`: its own suspended one back, if it has one (true if
+    /// restored from its image, false if started afresh on its workspace), or one from the
+    /// pool.
     async fn lease(
         &self,
         actor: &LogicalActor,
@@ -452,53 +455,78 @@ impl Placement {
         let Some(id) = suspended else {
             return (fresh().await, false);
         };
-        match self.inner.pool.restore(&id, &actor.tenant).await {
-            Ok(lease) => (Ok(lease), true),
+        match self.inner.pool.resume(&id, &actor.tenant).await {
+            Ok(resumed) => (Ok(resumed.lease), resumed.restored),
             Err(e @ PoolError::Exhausted { .. }) => {
                 self.lock().suspended.insert(actor.id.clone(), id);
                 (Err(e), false)
             }
             Err(e) => {
                 tracing::warn!(actor = %actor.id, sandbox = %id, error = %e,
-                    "cannot restore the actor's suspended sandbox; activating it afresh");
+                    "cannot start the actor's suspended sandbox again; activating it in a new \
+                     sandbox, from its saved state but without its workspace's files");
                 (fresh().await, false)
             }
         }
     }
 
-    /// Suspends an exclusive actor's own sandbox whole. False if that cannot be done here:
-    /// then the actor is passivated like any other (the reason is logged once).
-    async fn suspend(&self, victim: &Victim<Held>) -> bool {
-        if let Some(why) = &self.inner.cannot_suspend {
-            if !self.inner.suspend_warned.swap(true, Ordering::Relaxed) {
-                tracing::warn!(reason = %why,
-                    "exclusive actors are passivated and started afresh instead of suspended");
+    /// Suspends an exclusive actor's own sandbox whole (see the module's docs).
+    ///
+    /// The actor's state is copied to the node first, so that a sandbox that cannot be
+    /// checkpointed, or whose image cannot be restored, is started afresh with the actor as it
+    /// was suspended.
+    async fn suspend(&self, victim: &Victim<Held>) {
+        let copied = victim
+            .handle
+            .worker
+            .clone()
+            .passivate(PassivateRequest {
+                actor_id: victim.actor.clone(),
+                keep_active: true,
+            })
+            .await;
+        let state = match copied {
+            Ok(answer) => Some(answer.into_inner().state),
+            Err(status) => {
+                tracing::warn!(actor = %victim.actor, sandbox = %victim.sandbox, %status,
+                    "cannot copy the actor's state before suspending its sandbox; keeping its last saved state");
+                None
             }
-            return false;
-        }
+        };
         let suspended = self.inner.pool.suspend(&victim.sandbox).await;
         let mut s = self.lock();
         match suspended {
-            Ok(()) => {
+            Ok(how) => {
+                if let Suspended::Stopped { why } = how {
+                    if self.inner.cannot_suspend.is_none() {
+                        tracing::warn!(actor = %victim.actor, sandbox = %victim.sandbox, reason = %why,
+                            "cannot checkpoint the actor's sandbox; stopped it instead: it starts \
+                             afresh on its workspace on its next message");
+                    } else if !self.inner.suspend_warned.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(reason = %why,
+                            "idle exclusive actors' sandboxes are stopped instead of checkpointed, \
+                             and started afresh on their workspace: their processes and memory are lost");
+                    }
+                }
                 s.suspended
                     .insert(victim.actor.clone(), victim.sandbox.clone());
             }
             Err(e) => {
                 tracing::warn!(actor = %victim.actor, sandbox = %victim.sandbox, error = %e,
-                    "cannot suspend the actor's sandbox; its state since its last passivation is lost");
+                    "cannot suspend the actor's sandbox; it is activated in a new sandbox on its \
+                     next message, from its saved state");
             }
         }
         // Its sandbox has left the pool either way.
         s.policy
-            .passivated(&victim.actor, &victim.sandbox, None, Instant::now());
+            .passivated(&victim.actor, &victim.sandbox, state, Instant::now());
         wake(&mut s);
-        true
     }
 
     /// Passivates one actor marked by the policy and releases its sandbox if that emptied it.
     async fn passivate(&self, victim: Victim<Held>) {
-        if victim.exclusive && self.suspend(&victim).await {
-            return;
+        if victim.exclusive {
+            return self.suspend(&victim).await;
         }
         let answer = victim
             .handle
@@ -506,6 +534,7 @@ impl Placement {
             .clone()
             .passivate(PassivateRequest {
                 actor_id: victim.actor.clone(),
+                keep_active: false,
             })
             .await;
         let state = match answer {

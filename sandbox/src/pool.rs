@@ -4,10 +4,12 @@
 //! The pool keeps at least `min` sandboxes that belong to no tenant yet (warm), and never more
 //! than `max` in all. [`WarmPool::acquire`] hands a warm sandbox to a tenant (or starts one if
 //! none is warm and there is room). A sandbox never changes tenant: [`WarmPool::release`]
-//! destroys it, since its workspace holds the tenant's files. A sandbox that dies is removed,
-//! reported to [`WarmPool::subscribe`]rs, and the pool refills. A leased sandbox can be
-//! suspended to a checkpoint image on disk ([`WarmPool::suspend`]), which frees its place, and
-//! restored later under the same id ([`WarmPool::restore`]).
+//! destroys it and removes its workspace, since that holds the tenant's files. A sandbox that
+//! dies is removed, reported to [`WarmPool::subscribe`]rs, and the pool refills. A leased
+//! sandbox can be suspended ([`WarmPool::suspend`]), which frees its place and keeps its
+//! workspace: checkpointed to an image on disk where the provider can, else stopped. It comes
+//! back later under the same id ([`WarmPool::resume`]): restored from its image, or started
+//! afresh on its workspace.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
@@ -56,6 +58,24 @@ pub struct Lease {
     pub id: String,
     pub tenant: String,
     pub worker: WorkerClient<Channel>,
+}
+
+/// How a sandbox was suspended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Suspended {
+    /// Its memory and processes are in its image: a resume restores them.
+    Checkpointed,
+    /// It was stopped (why: the provider cannot checkpoint, or the checkpoint failed); a
+    /// resume starts it afresh on its workspace.
+    Stopped { why: String },
+}
+
+/// A suspended sandbox back in the pool.
+pub struct Resumed {
+    pub lease: Lease,
+    /// Whether it was restored from its image (memory and processes as they were), rather
+    /// than started afresh on its workspace.
+    pub restored: bool,
 }
 
 /// Reported when a sandbox ends without being released.
@@ -125,7 +145,13 @@ impl State {
 
 /// What a sandbox's monitor is told to do.
 enum Control {
+    /// Tear it down and remove its workspace.
     Stop,
+    /// Tear it down and keep its workspace, for a start under its id.
+    Park {
+        /// Sent once the stopped sandbox is removed.
+        gone: oneshot::Sender<()>,
+    },
     Suspend {
         image: PathBuf,
         done: oneshot::Sender<Result<(), SandboxError>>,
@@ -248,54 +274,88 @@ impl WarmPool {
         self.inner.provider.cannot_checkpoint()
     }
 
-    /// Checkpoints a leased sandbox to its image and removes it (its place is free while it
-    /// is suspended). The checkpoint's duration is the time this takes.
-    pub async fn suspend(&self, id: &str) -> Result<(), PoolError> {
+    /// Suspends a leased sandbox, which frees its place and keeps its workspace. Where the
+    /// provider can checkpoint, its memory and processes go to its image on disk (the
+    /// checkpoint's duration is the time this takes); where it cannot, or the checkpoint
+    /// fails, the sandbox is stopped. Either way [`WarmPool::resume`] brings it back.
+    pub async fn suspend(&self, id: &str) -> Result<Suspended, PoolError> {
         let control = self.inner.state.lock().expect("pool lock").take(id);
         let control = control.ok_or_else(|| PoolError::Unknown(id.to_string()))?;
-        let (done, result) = oneshot::channel();
         let (gone, removed) = oneshot::channel();
         self.inner
             .removing
             .lock()
             .expect("removing")
             .insert(id.to_string(), removed);
+        if let Some(why) = self.inner.provider.cannot_checkpoint() {
+            let _ = control.send(Control::Park { gone });
+            self.inner.refill.notify_one();
+            return Ok(Suspended::Stopped { why });
+        }
+        let (done, result) = oneshot::channel();
         let image = self.image(id);
-        let _ = control.send(Control::Suspend { image, done, gone });
+        let _ = control.send(Control::Suspend {
+            image: image.clone(),
+            done,
+            gone,
+        });
         let result = result.await.unwrap_or_else(|_| {
             Err(SandboxError::Unavailable(format!(
                 "sandbox `{id}` ended while it was being suspended"
             )))
         });
         self.inner.refill.notify_one();
-        result.map_err(PoolError::Start)
+        Ok(match result {
+            Ok(()) => Suspended::Checkpointed,
+            Err(e) => {
+                // A partial image would only fail to restore.
+                let _ = std::fs::remove_dir_all(&image);
+                Suspended::Stopped { why: e.to_string() }
+            }
+        })
     }
 
-    /// Restores a suspended sandbox for `tenant` under its id, if there is room (a warm
-    /// sandbox gives up its place if need be); its image is removed once it runs.
-    pub async fn restore(&self, id: &str, tenant: &str) -> Result<Lease, PoolError> {
+    /// Brings a suspended sandbox back for `tenant` under its id, if there is room (a warm
+    /// sandbox gives up its place if need be): restored from its image if it has one, else,
+    /// or if the restore fails, started afresh on its workspace. The image is removed either
+    /// way (it would fail again); only `Exhausted` keeps it for a later try.
+    pub async fn resume(&self, id: &str, tenant: &str) -> Result<Resumed, PoolError> {
         self.make_room().await?;
         self.removed(id).await;
         let image = self.image(id);
-        let started = self
-            .launch(id.to_string(), Some(tenant), Some(&image))
-            .await;
+        let restored = if image.is_dir() {
+            let restored = self
+                .launch(id.to_string(), Some(tenant), Some(&image))
+                .await;
+            let _ = std::fs::remove_dir_all(&image);
+            restored
+                .inspect_err(|e| {
+                    tracing::warn!(sandbox = id, error = %e,
+                        "cannot restore the suspended sandbox; starting it afresh on its workspace");
+                })
+                .ok()
+        } else {
+            None
+        };
+        let resumed = match restored {
+            Some(worker) => Ok((worker, true)),
+            None => self
+                .launch(id.to_string(), Some(tenant), None)
+                .await
+                .map(|worker| (worker, false)),
+        };
         self.inner.state.lock().expect("pool lock").starting -= 1;
         self.inner.refill.notify_one();
-        let worker = started?;
-        // runsc reads the image while the sandbox starts: it can go once the worker answers.
-        if let Err(status) = worker.clone().stats(WorkerStatsRequest {}).await {
-            self.release(id);
-            return Err(PoolError::Start(SandboxError::Start {
+        let (worker, restored) = resumed.inspect_err(|_| {
+            self.inner.egress.lock().expect("egress").remove(id);
+        })?;
+        Ok(Resumed {
+            lease: Lease {
                 id: id.to_string(),
-                why: format!("the restored worker does not answer: {status}"),
-            }));
-        }
-        let _ = std::fs::remove_dir_all(&image);
-        Ok(Lease {
-            id: id.to_string(),
-            tenant: tenant.to_string(),
-            worker,
+                tenant: tenant.to_string(),
+                worker,
+            },
+            restored,
         })
     }
 
@@ -336,7 +396,7 @@ impl WarmPool {
         }
     }
 
-    /// Waits until what is left of a suspended sandbox is removed (a restore under its id
+    /// Waits until what is left of a suspended sandbox is removed (a resume under its id
     /// needs that).
     pub async fn removed(&self, id: &str) {
         let removing = self.inner.removing.lock().expect("removing").remove(id);
@@ -442,6 +502,17 @@ impl WarmPool {
             None => self.inner.provider.start(spec).await?,
         };
         let worker = sandbox.worker();
+        if image.is_some() {
+            // runsc reads the image while the sandbox starts; it has done so once the worker
+            // answers (a bad image ends the sandbox first).
+            if let Err(status) = worker.clone().stats(WorkerStatsRequest {}).await {
+                sandbox.kill().await;
+                return Err(SandboxError::Start {
+                    id,
+                    why: format!("the restored worker does not answer: {status}"),
+                });
+            }
+        }
         let (control, controlled) = oneshot::channel();
         let closed = {
             let mut state = self.inner.state.lock().expect("pool lock");
@@ -468,6 +539,7 @@ impl WarmPool {
         }
         let pool = self.clone();
         let monitored = id.clone();
+        let workspace = config.workspaces.join(&id);
         let monitor = tokio::spawn(async move {
             let control = tokio::select! {
                 status = sandbox.wait() => {
@@ -491,11 +563,22 @@ impl WarmPool {
                 Some(Control::Suspend { image, done, gone }) => {
                     let _ = done.send(pool.inner.provider.checkpoint(&mut sandbox, &image).await);
                     // Removing a stopped gVisor sandbox takes a while (over a second here):
-                    // the suspension is done without waiting for it; a restore waits.
+                    // the suspension is done without waiting for it; a resume waits.
                     sandbox.kill().await;
                     let _ = gone.send(());
                 }
-                Some(Control::Stop) | None => sandbox.kill().await,
+                Some(Control::Park { gone }) => {
+                    sandbox.kill().await;
+                    let _ = gone.send(());
+                }
+                Some(Control::Stop) => {
+                    sandbox.kill().await;
+                    let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(workspace))
+                        .await;
+                }
+                // It died (or the pool is gone): its workspace stays on disk, for whoever
+                // looks into why.
+                None => sandbox.kill().await,
             }
         });
         let mut monitors = self.inner.monitors.lock().expect("monitors");

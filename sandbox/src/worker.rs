@@ -384,6 +384,15 @@ impl Worker for WorkerService {
         request: Request<PassivateRequest>,
     ) -> Result<Response<PassivateResponse>, Status> {
         let r = request.into_inner();
+        if r.keep_active {
+            let actors = self.actors.lock().expect("actors");
+            let actor = actors
+                .get(&r.actor_id)
+                .ok_or_else(|| not_active(&r.actor_id))?;
+            return Ok(Response::new(PassivateResponse {
+                state: actor.handled.to_le_bytes().to_vec(),
+            }));
+        }
         let workspace = self.actor_workspace(&r.actor_id)?;
         let actor = self
             .actors

@@ -3,14 +3,17 @@
 //! again.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cadre_actors::placement::{Isolation, LogicalActor, PlacementConfig};
 use cadre_proto::v1::worker_client::WorkerClient;
-use cadre_proto::v1::{ProcessStart, RunInput, run_input, run_output};
+use cadre_proto::v1::{
+    ProcessStart, ReadFileRequest, RunInput, WriteFileRequest, run_input, run_output,
+};
 use cadre_sandbox::{
-    GvisorProvider, Placement, PlacementError, PlacementEvent, PoolConfig, WarmPool,
+    GvisorProvider, Placement, PlacementError, PlacementEvent, PoolConfig, ProcessProvider,
+    SandboxProvider, WarmPool,
 };
 use cadre_tests::{TempDir, cadre_bin};
 use tonic::transport::Channel;
@@ -19,13 +22,17 @@ fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Runtime::new().unwrap()
 }
 
-/// A pool of `warm` sandboxes; `name` keeps sandbox ids (and so gVisor's cgroups) apart
-/// between tests running at once.
+/// A pool of `warm` gVisor sandboxes; `name` keeps sandbox ids (and so gVisor's cgroups)
+/// apart between tests running at once.
 fn pool(dir: &TempDir, name: &str, warm: usize) -> WarmPool {
     let provider = GvisorProvider::new(dir.path().join("state"), cadre_bin())
         .expect("runsc is installed by scripts/setup.sh");
+    pool_on(Arc::new(provider), dir, name, warm)
+}
+
+fn pool_on(provider: Arc<dyn SandboxProvider>, dir: &TempDir, name: &str, warm: usize) -> WarmPool {
     WarmPool::start(
-        Arc::new(provider),
+        provider,
         PoolConfig {
             min: warm,
             max: warm,
@@ -349,6 +356,206 @@ fn an_idle_exclusive_actor_is_suspended_and_restored_with_its_processes_and_memo
             let back = placement.send(&counter, b"again".to_vec()).await.unwrap();
             assert!(back.restored, "{back:?}");
             assert_eq!(back.handled, n);
+        }
+        placement.shutdown();
+        pool.shutdown().await;
+    });
+}
+
+#[test]
+fn a_suspended_sandbox_whose_image_cannot_be_restored_starts_afresh_on_its_workspace() {
+    let dir = TempDir::new("placement-badimage");
+    rt().block_on(async {
+        let pool = pool(&dir, "pbad", 1);
+        wait_warm(&pool, 1).await;
+        let placement = placement(&pool, 8, 8);
+        let notes = LogicalActor {
+            id: "notes".into(),
+            tenant: "t".into(),
+            isolation: Isolation::Exclusive,
+        };
+        for n in 1..=3 {
+            let got = placement.send(&notes, b"note".to_vec()).await.unwrap();
+            assert_eq!(got.handled, n);
+        }
+        let pinned = placement.pin(&notes).await.unwrap();
+        let sandbox = pinned.sandbox.clone();
+        let wrote = sh(
+            &pinned.worker,
+            "echo kept > /workspace/notes.txt && echo lost > /tmp/scratch",
+        )
+        .await;
+        assert_eq!(wrote, 0);
+        drop(pinned);
+
+        placement.passivate_idle(Duration::ZERO).await;
+        assert_eq!(
+            placement.suspended(),
+            vec![(sandbox.clone(), notes.id.clone())]
+        );
+        let image = dir.path().join("images").join(&sandbox);
+        let checkpoint = image.join("checkpoint.img");
+        assert!(checkpoint.is_file(), "{}", checkpoint.display());
+        // A damaged image: runsc cannot restore it.
+        std::fs::write(&checkpoint, b"not a checkpoint").unwrap();
+
+        let back = placement.send(&notes, b"note".to_vec()).await.unwrap();
+        assert!(back.activated && !back.restored, "{back:?}");
+        assert_eq!(back.sandbox, sandbox, "started again under its id");
+        assert_eq!(back.handled, 4, "with the state it was suspended with");
+        assert!(!image.exists(), "the damaged image is removed");
+        let pinned = placement.pin(&notes).await.unwrap();
+        let (code, out) = sh_out(
+            &pinned.worker,
+            "cat /workspace/notes.txt; test -e /tmp/scratch || echo fresh",
+        )
+        .await;
+        assert_eq!(
+            (code, out.as_str()),
+            (0, "kept\nfresh\n"),
+            "its files stayed, its memory did not"
+        );
+        drop(pinned);
+        placement.shutdown();
+        pool.shutdown().await;
+        assert!(
+            !dir.path().join("workspaces").join(&sandbox).exists(),
+            "a destroyed sandbox's workspace is removed"
+        );
+    });
+}
+
+/// Log lines written while it is the thread's default subscriber.
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl Logs {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
+    type Writer = Logs;
+
+    fn make_writer(&'a self) -> Logs {
+        self.clone()
+    }
+}
+
+#[test]
+fn where_sandboxes_cannot_be_checkpointed_an_idle_exclusive_actor_is_stopped_and_started_afresh_on_its_workspace()
+ {
+    use tracing_subscriber::util::SubscriberInitExt;
+    let dir = TempDir::new("placement-nocheckpoint");
+    let logs = Logs::default();
+    let _logging = tracing_subscriber::fmt()
+        .with_writer(logs.clone())
+        .with_ansi(false)
+        .with_max_level(tracing_subscriber::filter::LevelFilter::WARN)
+        .finish()
+        .set_default();
+    // One thread: placement's tasks log to this thread's subscriber.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let provider = ProcessProvider::new(cadre_bin(), true).unwrap();
+        let pool = pool_on(Arc::new(provider), &dir, "pnock", 1);
+        wait_warm(&pool, 1).await;
+        let reason = pool.cannot_suspend().expect("the process provider cannot");
+        let placement = Placement::start(
+            pool.clone(),
+            PlacementConfig {
+                slots_per_sandbox: 8,
+                idle_timeout: Duration::from_millis(300),
+                queue_limit: 8,
+            },
+        );
+        let notes = LogicalActor {
+            id: "notes".into(),
+            tenant: "t".into(),
+            isolation: Isolation::Exclusive,
+        };
+        let first = placement.send(&notes, b"note".to_vec()).await.unwrap();
+        let sandbox = first.sandbox.clone();
+        let pinned = placement.pin(&notes).await.unwrap();
+        pinned
+            .worker
+            .clone()
+            .write_file(WriteFileRequest {
+                path: "notes.txt".into(),
+                content: b"kept".to_vec(),
+            })
+            .await
+            .unwrap();
+        drop(pinned);
+
+        for n in 2..4 {
+            // The idle sweeper suspends it by itself: its sandbox is stopped.
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while placement.suspended().is_empty() {
+                assert!(std::time::Instant::now() < deadline, "never suspended");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            assert_eq!(
+                placement.suspended(),
+                vec![(sandbox.clone(), notes.id.clone())]
+            );
+            assert!(
+                pool.list().iter().all(|s| s.id != sandbox),
+                "{:?}",
+                pool.list()
+            );
+            assert!(!dir.path().join("images").join(&sandbox).exists());
+
+            let pinned = placement.pin(&notes).await.unwrap();
+            assert!(pinned.activated && !pinned.restored);
+            assert_eq!(pinned.sandbox, sandbox, "started again under its id");
+            let read = pinned
+                .worker
+                .clone()
+                .read_file(ReadFileRequest {
+                    path: "notes.txt".into(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(read.content, b"kept", "its workspace's files stayed");
+            drop(pinned);
+            let got = placement.send(&notes, b"note".to_vec()).await.unwrap();
+            assert_eq!(got.handled, n, "with the state it was suspended with");
+        }
+        let logged = logs.text();
+        let said = "idle exclusive actors' sandboxes are stopped instead of checkpointed";
+        assert_eq!(logged.matches(said).count(), 1, "said once: {logged}");
+        assert!(logged.contains(&reason), "with its reason: {logged}");
+
+        // A shared actor's sandbox is destroyed once idle and empty, its workspace with it.
+        let shared = LogicalActor {
+            id: "shared".into(),
+            tenant: "u".into(),
+            isolation: Isolation::Shared,
+        };
+        let got = placement.send(&shared, b"hi".to_vec()).await.unwrap();
+        let workspace = dir.path().join("workspaces").join(&got.sandbox);
+        assert!(workspace.is_dir());
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while workspace.exists() {
+            assert!(std::time::Instant::now() < deadline, "workspace kept");
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         placement.shutdown();
         pool.shutdown().await;

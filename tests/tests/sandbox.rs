@@ -243,15 +243,37 @@ fn one_activate_call_activates_many_actors_each_on_its_own() {
             .await
             .unwrap_err();
         assert_eq!(refused.code(), Code::FailedPrecondition);
+        // A copy of the state (asked before a suspension) leaves the actor as it was.
+        let copy = worker
+            .passivate(PassivateRequest {
+                actor_id: "counter".into(),
+                keep_active: true,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .state;
+        assert_eq!(copy, 6u64.to_le_bytes());
+        let still = sh(&sandbox, "test -d /actors/counter").await;
+        assert_eq!(still.exit.code, 0, "its workspace stays: {still:?}");
         let state = worker
             .passivate(PassivateRequest {
                 actor_id: "counter".into(),
+                keep_active: false,
             })
             .await
             .unwrap()
             .into_inner()
             .state;
         assert_eq!(state, 6u64.to_le_bytes());
+        let gone = worker
+            .passivate(PassivateRequest {
+                actor_id: "counter".into(),
+                keep_active: true,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(gone.code(), Code::FailedPrecondition, "{gone:?}");
         sandbox.kill().await;
     });
 }
