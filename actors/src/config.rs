@@ -72,6 +72,9 @@ pub struct SandboxConfig {
     pub cpus: Option<f64>,
     /// Logical actors one shared sandbox hosts at once.
     pub slots_per_sandbox: usize,
+    /// How long a placed actor may be idle before it is passivated (an exclusive one's
+    /// sandbox suspended).
+    pub idle_timeout: Duration,
 }
 
 /// `sandbox.provider`.
@@ -93,6 +96,7 @@ impl Default for SandboxConfig {
             memory_bytes: Some(512 << 20),
             cpus: Some(1.0),
             slots_per_sandbox: 64,
+            idle_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -340,6 +344,7 @@ struct RawWarmPool {
     min: Option<Spanned<i64>>,
     max: Option<Spanned<i64>>,
     slots_per_sandbox: Option<Spanned<i64>>,
+    idle_timeout_ms: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -715,6 +720,11 @@ impl Checker {
             if let Some(slots) = pool.slots_per_sandbox.as_ref() {
                 config.slots_per_sandbox =
                     count(slots, "slots_per_sandbox", 1).unwrap_or(config.slots_per_sandbox);
+            }
+            if let Some(idle) = pool.idle_timeout_ms.as_ref()
+                && let Some(ms) = count(idle, "idle_timeout_ms", 1)
+            {
+                config.idle_timeout = Duration::from_millis(ms as u64);
             }
             config.min = min.unwrap_or(config.min);
             config.max = max.unwrap_or(config.max.max(config.min));

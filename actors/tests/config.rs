@@ -281,6 +281,21 @@ fn sandbox_section() {
     )
     .unwrap();
     assert_eq!(slots.sandbox.slots_per_sandbox, 16);
+    assert_eq!(
+        slots.sandbox.idle_timeout,
+        Duration::from_secs(60),
+        "the default"
+    );
+    assert_eq!(
+        reject("version: v1\nsandbox:\n  warm_pool: { idle_timeout_ms: 0 }\n"),
+        "cadre.yaml:3:33: sandbox.warm_pool.idle_timeout_ms must be ≥ 1, got 0"
+    );
+    let idle = Config::parse(
+        "cadre.yaml",
+        "version: v1\nsandbox:\n  warm_pool: { idle_timeout_ms: 1500 }\n",
+    )
+    .unwrap();
+    assert_eq!(idle.sandbox.idle_timeout, Duration::from_millis(1500));
 }
 
 #[test]

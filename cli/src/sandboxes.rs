@@ -13,8 +13,9 @@ use crate::{Failure, Output};
 
 #[derive(Subcommand)]
 pub enum SandboxesCommand {
-    /// The node's sandboxes: id, state (warm, leased or suspended), tenant, pid, the logical
-    /// actors placed in it of its slots, age; the provider and whether it isolates anything.
+    /// The node's sandboxes: id, state (warm, leased, suspended or stopped), tenant, pid, the
+    /// logical actors placed in it of its slots, age; the provider and whether it isolates
+    /// anything.
     Ls {
         #[arg(short = 'o', long, value_enum, default_value_t)]
         output: Output,

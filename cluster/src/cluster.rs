@@ -108,10 +108,15 @@ impl Cluster for ClusterService {
             .map(|a| (a.id, a.tenant))
             .collect();
         for (sandbox, actor) in placement.suspended() {
+            let state = if pool.has_image(&sandbox) {
+                "suspended"
+            } else {
+                "stopped"
+            };
             sandboxes.push(SandboxInfo {
                 id: sandbox,
                 tenant: tenants.get(&actor).cloned().unwrap_or_default(),
-                state: "suspended".into(),
+                state: state.into(),
                 slots: 1,
                 exclusive: true,
                 actors: vec![actor],

@@ -392,6 +392,7 @@ fn start_sandboxes(config: &SandboxConfig, data_dir: &Path) -> Result<Sandboxes,
         pool.clone(),
         PlacementConfig {
             slots_per_sandbox: config.slots_per_sandbox,
+            idle_timeout: config.idle_timeout,
             ..PlacementConfig::default()
         },
     );

@@ -556,10 +556,19 @@ impl Placement {
         }
     }
 
+    /// Reports the actors of a dead sandbox as lost. An exclusive actor is placed again on its
+    /// next message in a sandbox started afresh under the dead one's id, on its workspace, so
+    /// that the files stay; a shared sandbox's workspace is removed.
     fn sandbox_died(&self, sandbox: &str, reason: &str) {
         let lost = {
             let mut state = self.lock();
             let lost = state.policy.remove_sandbox(sandbox);
+            match lost.iter().find(|a| a.isolation != Isolation::Shared) {
+                Some(own) => {
+                    state.suspended.insert(own.id.clone(), sandbox.to_string());
+                }
+                None => self.inner.pool.forget(sandbox),
+            }
             wake(&mut state);
             lost
         };

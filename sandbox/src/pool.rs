@@ -5,7 +5,9 @@
 //! than `max` in all. [`WarmPool::acquire`] hands a warm sandbox to a tenant (or starts one if
 //! none is warm and there is room). A sandbox never changes tenant: [`WarmPool::release`]
 //! destroys it and removes its workspace, since that holds the tenant's files. A sandbox that
-//! dies is removed, reported to [`WarmPool::subscribe`]rs, and the pool refills. A leased
+//! dies is removed, reported to [`WarmPool::subscribe`]rs, and the pool refills; its workspace
+//! stays until it is started again under its id ([`WarmPool::resume`]) or forgotten
+//! ([`WarmPool::forget`]). A leased
 //! sandbox can be suspended ([`WarmPool::suspend`]), which frees its place and keeps its
 //! workspace: checkpointed to an image on disk where the provider can, else stopped. It comes
 //! back later under the same id ([`WarmPool::resume`]): restored from its image, or started
@@ -315,7 +317,7 @@ impl WarmPool {
         })
     }
 
-    /// Brings a suspended sandbox back for `tenant` under its id, if there is room (a warm
+    /// Brings a suspended (or dead) sandbox back for `tenant` under its id, if there is room (a warm
     /// sandbox gives up its place if need be): restored from its image if it has one, else,
     /// or if the restore fails, started afresh on its workspace. The image is removed either
     /// way (it would fail again); only `Exhausted` keeps it for a later try.
@@ -357,6 +359,18 @@ impl WarmPool {
             },
             restored,
         })
+    }
+
+    /// Removes what is left of a sandbox that died and will not be started again under its
+    /// id: its workspace.
+    pub fn forget(&self, id: &str) {
+        let (pool, id) = (self.clone(), id.to_string());
+        tokio::spawn(async move {
+            pool.removed(&id).await;
+            pool.inner.egress.lock().expect("egress").remove(&id);
+            let workspace = pool.inner.config.workspaces.join(&id);
+            let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(workspace)).await;
+        });
     }
 
     /// Counts one more sandbox as starting once there is room for it: a warm sandbox gives up
@@ -403,6 +417,12 @@ impl WarmPool {
         if let Some(removed) = removing {
             let _ = removed.await;
         }
+    }
+
+    /// Whether a suspended sandbox has an image to restore (else it was stopped, or died, and
+    /// starts afresh on its workspace).
+    pub fn has_image(&self, id: &str) -> bool {
+        self.image(id).is_dir()
     }
 
     /// Where a suspended sandbox's image goes.
@@ -549,13 +569,17 @@ impl WarmPool {
                         Err(e) => e.to_string(),
                     };
                     tracing::warn!(sandbox = %monitored, %status, "sandbox died");
+                    // Its workspace stays: whoever hears of the death may start it again
+                    // under its id (once what is left of it is removed) or forget it.
+                    let (gone, removed) = oneshot::channel();
+                    pool.inner.removing.lock().expect("removing").insert(monitored.clone(), removed);
                     let _ = pool.inner.died.send(SandboxDied {
                         id: monitored,
                         tenant: entry.and_then(|e| e.info.tenant),
                         status,
                     });
                     pool.inner.refill.notify_one();
-                    None
+                    Some(Control::Park { gone })
                 }
                 control = controlled => control.ok(),
             };
@@ -576,8 +600,6 @@ impl WarmPool {
                     let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(workspace))
                         .await;
                 }
-                // It died (or the pool is gone): its workspace stays on disk, for whoever
-                // looks into why.
                 None => sandbox.kill().await,
             }
         });

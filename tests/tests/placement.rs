@@ -98,6 +98,20 @@ async fn sh_out(worker: &WorkerClient<Channel>, script: &str) -> (i32, String) {
     panic!("no exit")
 }
 
+/// SIGKILLs gVisor's sandbox process for the sandbox `id`.
+fn kill_sandbox(dir: &TempDir, id: &str) {
+    let out = std::process::Command::new("runsc")
+        .arg("--root")
+        .arg(dir.path().join("state/runsc"))
+        .args(["state", id])
+        .output()
+        .unwrap();
+    let state: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let pid = state["pid"].as_i64().expect("runsc state has a pid");
+    // SAFETY: kill has no memory preconditions.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+}
+
 fn actor(i: usize, tenants: usize) -> LogicalActor {
     LogicalActor {
         id: format!("actor-{i}"),
@@ -191,17 +205,7 @@ fn actors_of_a_killed_sandbox_are_lost_and_placed_again_and_the_pool_refills() {
             sandbox = got.sandbox;
         }
         let mut events = placement.subscribe();
-        let info = pool.list().into_iter().find(|s| s.id == sandbox).unwrap();
-        // Kill gVisor's sandbox process for it.
-        let out = std::process::Command::new("runsc")
-            .arg("--root")
-            .arg(dir.path().join("state/runsc"))
-            .args(["state", &info.id])
-            .output()
-            .unwrap();
-        let state: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        let pid = state["pid"].as_i64().expect("runsc state has a pid");
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        kill_sandbox(&dir, &sandbox);
         let mut lost = Vec::new();
         while lost.len() < 4 {
             let event = tokio::time::timeout(Duration::from_secs(30), events.recv())
@@ -228,6 +232,15 @@ fn actors_of_a_killed_sandbox_are_lost_and_placed_again_and_the_pool_refills() {
         }
         wait_warm(&pool, 2).await;
         assert!(pool.list().iter().all(|s| s.id != sandbox), "refilled");
+        let workspace = dir.path().join("workspaces").join(&sandbox);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while workspace.exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the dead sandbox's workspace stays"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         placement.shutdown();
         pool.shutdown().await;
     });
@@ -557,6 +570,59 @@ fn where_sandboxes_cannot_be_checkpointed_an_idle_exclusive_actor_is_stopped_and
             assert!(std::time::Instant::now() < deadline, "workspace kept");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        placement.shutdown();
+        pool.shutdown().await;
+    });
+}
+
+#[test]
+fn an_exclusive_actor_whose_sandbox_dies_comes_back_on_its_workspace() {
+    let dir = TempDir::new("placement-killown");
+    rt().block_on(async {
+        let pool = pool(&dir, "pkown", 2);
+        wait_warm(&pool, 2).await;
+        let placement = placement(&pool, 8, 8);
+        let own = LogicalActor {
+            id: "own".into(),
+            tenant: "t".into(),
+            isolation: Isolation::Exclusive,
+        };
+        for n in 1..=2 {
+            let got = placement.send(&own, b"one".to_vec()).await.unwrap();
+            assert_eq!(got.handled, n);
+        }
+        // Suspended once (its state is copied: 2 messages), restored, one more message.
+        placement.passivate_idle(Duration::ZERO).await;
+        let got = placement.send(&own, b"two".to_vec()).await.unwrap();
+        assert!(got.restored && got.handled == 3, "{got:?}");
+        let sandbox = got.sandbox;
+        let pinned = placement.pin(&own).await.unwrap();
+        assert_eq!(
+            sh(&pinned.worker, "echo kept > /workspace/notes.txt").await,
+            0
+        );
+        drop(pinned);
+
+        let mut events = placement.subscribe();
+        kill_sandbox(&dir, &sandbox);
+        let event = tokio::time::timeout(Duration::from_secs(30), events.recv())
+            .await
+            .expect("the loss is reported")
+            .unwrap();
+        let PlacementEvent::Lost { actor, .. } = event;
+        assert_eq!(actor.id, own.id);
+
+        let back = placement.send(&own, b"three".to_vec()).await.unwrap();
+        assert!(back.activated && !back.restored, "{back:?}");
+        assert_eq!(back.sandbox, sandbox, "started again under its id");
+        assert_eq!(
+            back.handled, 3,
+            "the state it was suspended with; the third message was lost"
+        );
+        let pinned = placement.pin(&own).await.unwrap();
+        let (code, out) = sh_out(&pinned.worker, "cat /workspace/notes.txt").await;
+        assert_eq!((code, out.as_str()), (0, "kept\n"), "its files stayed");
+        drop(pinned);
         placement.shutdown();
         pool.shutdown().await;
     });

@@ -289,3 +289,78 @@ supervisor:
         "{err}"
     );
 }
+
+/// Writes a file in conversation `c1`'s workspace (and, with `memory_kept`, a marker in its
+/// sandbox's `/tmp`) on a node whose idle timeout is half a second, waits until `cadre
+/// sandboxes ls` shows the workspace's sandbox as `state`, then reads them back: the file is
+/// there, and the marker is or is not.
+fn an_idle_workspace_comes_back(sandbox: &str, state: &str, memory_kept: Option<bool>) {
+    let node = Node::start(&format!("version: v1\nsandbox: {sandbox}\n"));
+    let wrote = r#"{"path":"notes.txt","content":"kept"}"#;
+    let (code, _, err) = call(&node, "c1", "workspace.write_file", wrote, &[]);
+    assert_eq!(code, 0, "{err}");
+    if memory_kept.is_some() {
+        let marker = r#"{"command":"echo in-memory > /tmp/marker"}"#;
+        let (code, _, err) = call(&node, "c1", "workspace.run", marker, &["--approve"]);
+        assert_eq!(code, 0, "{err}");
+    }
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let listed = loop {
+        let listed = node.json_lines(&["sandboxes", "ls", "-o", "json"]);
+        let own = listed
+            .iter()
+            .find(|s| s["actors"] == serde_json::json!(["ws.c1"]) && s["state"] == state);
+        if let Some(own) = own {
+            break own.clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "{listed:#?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(listed["pid"], 0, "no process while {state}: {listed}");
+
+    let (code, r, err) = call(
+        &node,
+        "c1",
+        "workspace.read_file",
+        r#"{"path":"notes.txt"}"#,
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(structured(&r)["content"], "kept", "its files stayed");
+    if let Some(kept) = memory_kept {
+        let read = r#"{"command":"cat /tmp/marker 2>/dev/null || echo gone"}"#;
+        let (code, r, err) = call(&node, "c1", "workspace.run", read, &["--approve"]);
+        assert_eq!(code, 0, "{err}");
+        let expected = if kept { "in-memory\n" } else { "gone\n" };
+        assert_eq!(structured(&r)["stdout"], expected, "{r}");
+    }
+    let back = node.json_lines(&["sandboxes", "ls", "-o", "json"]);
+    let back = back.iter().find(|s| s["id"] == listed["id"]);
+    assert_eq!(
+        back.map(|s| &s["state"]),
+        Some(&serde_json::json!("leased")),
+        "{back:?}"
+    );
+}
+
+#[test]
+fn an_idle_conversation_workspace_is_suspended_and_restored_with_its_files_and_memory() {
+    an_idle_workspace_comes_back(
+        "{ warm_pool: { min: 1, max: 3, idle_timeout_ms: 500 } }",
+        "suspended",
+        Some(true),
+    );
+}
+
+#[test]
+fn without_checkpoints_an_idle_conversation_workspace_is_stopped_and_started_again_with_its_files()
+{
+    // The process provider cannot checkpoint (and its sandboxes have no /tmp of their own).
+    an_idle_workspace_comes_back(
+        "{ provider: process, allow_unsandboxed: true, \
+           warm_pool: { min: 1, max: 3, idle_timeout_ms: 500 } }",
+        "stopped",
+        None,
+    );
+}
