@@ -476,23 +476,7 @@ impl Placement {
     /// checkpointed, or whose image cannot be restored, is started afresh with the actor as it
     /// was suspended.
     async fn suspend(&self, victim: &Victim<Held>) {
-        let copied = victim
-            .handle
-            .worker
-            .clone()
-            .passivate(PassivateRequest {
-                actor_id: victim.actor.clone(),
-                keep_active: true,
-            })
-            .await;
-        let state = match copied {
-            Ok(answer) => Some(answer.into_inner().state),
-            Err(status) => {
-                tracing::warn!(actor = %victim.actor, sandbox = %victim.sandbox, %status,
-                    "cannot copy the actor's state before suspending its sandbox; keeping its last saved state");
-                None
-            }
-        };
+        let state = worker_state(victim, true).await;
         let suspended = self.inner.pool.suspend(&victim.sandbox).await;
         let mut s = self.lock();
         match suspended {
@@ -528,23 +512,7 @@ impl Placement {
         if victim.exclusive {
             return self.suspend(&victim).await;
         }
-        let answer = victim
-            .handle
-            .worker
-            .clone()
-            .passivate(PassivateRequest {
-                actor_id: victim.actor.clone(),
-                keep_active: false,
-            })
-            .await;
-        let state = match answer {
-            Ok(answer) => Some(answer.into_inner().state),
-            Err(status) => {
-                tracing::warn!(actor = %victim.actor, sandbox = %victim.sandbox, %status,
-                    "passivation failed; keeping the actor's last saved state");
-                None
-            }
-        };
+        let state = worker_state(&victim, false).await;
         let mut s = self.lock();
         let release = s
             .policy
@@ -579,6 +547,24 @@ impl Placement {
                 sandbox: sandbox.to_string(),
                 reason: reason.to_string(),
             });
+        }
+    }
+}
+
+/// The state of an actor marked for passivation, from its worker (`copy`: the actor stays
+/// active, else it is passivated there); `None` if the worker does not give it (logged): its
+/// last saved state stays.
+async fn worker_state(victim: &Victim<Held>, copy: bool) -> Option<Vec<u8>> {
+    let request = PassivateRequest {
+        actor_id: victim.actor.clone(),
+        keep_active: copy,
+    };
+    match victim.handle.worker.clone().passivate(request).await {
+        Ok(answer) => Some(answer.into_inner().state),
+        Err(status) => {
+            tracing::warn!(actor = %victim.actor, sandbox = %victim.sandbox, %status, copy,
+                "the worker did not give the actor's state; keeping its last saved state");
+            None
         }
     }
 }
