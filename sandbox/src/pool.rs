@@ -7,11 +7,10 @@
 //! destroys it and removes its workspace, since that holds the tenant's files. A sandbox that
 //! dies is removed, reported to [`WarmPool::subscribe`]rs, and the pool refills; its workspace
 //! stays until it is started again under its id ([`WarmPool::resume`]) or forgotten
-//! ([`WarmPool::forget`]). A leased
-//! sandbox can be suspended ([`WarmPool::suspend`]), which frees its place and keeps its
-//! workspace: checkpointed to an image on disk where the provider can, else stopped. It comes
-//! back later under the same id ([`WarmPool::resume`]): restored from its image, or started
-//! afresh on its workspace.
+//! ([`WarmPool::forget`]). A leased sandbox can be suspended ([`WarmPool::suspend`]), which
+//! frees its place and keeps its workspace: checkpointed to an image on disk where the provider
+//! can, else stopped. It comes back later under the same id ([`WarmPool::resume`]): restored
+//! from its image, or started afresh on its workspace.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
@@ -317,10 +316,10 @@ impl WarmPool {
         })
     }
 
-    /// Brings a suspended (or dead) sandbox back for `tenant` under its id, if there is room (a warm
-    /// sandbox gives up its place if need be): restored from its image if it has one, else,
-    /// or if the restore fails, started afresh on its workspace. The image is removed either
-    /// way (it would fail again); only `Exhausted` keeps it for a later try.
+    /// Brings a suspended (or dead) sandbox back for `tenant` under its id, if there is room
+    /// (a warm sandbox gives up its place if need be): restored from its image if it has one,
+    /// else, or if the restore fails, started afresh on its workspace. The image is removed
+    /// either way (it would fail again); only `Exhausted` keeps it for a later try.
     pub async fn resume(&self, id: &str, tenant: &str) -> Result<Resumed, PoolError> {
         self.make_room().await?;
         self.removed(id).await;
