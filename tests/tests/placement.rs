@@ -66,6 +66,18 @@ async fn wait_warm(pool: &WarmPool, n: usize) {
     }
 }
 
+/// Polls until `done` holds; fails saying `what` did not happen within `limit`.
+async fn until(what: &str, limit: Duration, done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Runs a shell script in a sandbox; its exit code.
 async fn sh(worker: &WorkerClient<Channel>, script: &str) -> i32 {
     sh_out(worker, script).await.0
@@ -233,14 +245,12 @@ fn actors_of_a_killed_sandbox_are_lost_and_placed_again_and_the_pool_refills() {
         wait_warm(&pool, 2).await;
         assert!(pool.list().iter().all(|s| s.id != sandbox), "refilled");
         let workspace = dir.path().join("workspaces").join(&sandbox);
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while workspace.exists() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the dead sandbox's workspace stays"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        until(
+            "the dead sandbox's workspace removed",
+            Duration::from_secs(30),
+            || !workspace.exists(),
+        )
+        .await;
         placement.shutdown();
         pool.shutdown().await;
     });
@@ -518,11 +528,12 @@ fn where_sandboxes_cannot_be_checkpointed_an_idle_exclusive_actor_is_stopped_and
 
         for n in 2..4 {
             // The idle sweeper suspends it by itself: its sandbox is stopped.
-            let deadline = std::time::Instant::now() + Duration::from_secs(10);
-            while placement.suspended().is_empty() {
-                assert!(std::time::Instant::now() < deadline, "never suspended");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            until(
+                "suspended by the idle timer",
+                Duration::from_secs(10),
+                || !placement.suspended().is_empty(),
+            )
+            .await;
             assert_eq!(
                 placement.suspended(),
                 vec![(sandbox.clone(), notes.id.clone())]
@@ -565,11 +576,12 @@ fn where_sandboxes_cannot_be_checkpointed_an_idle_exclusive_actor_is_stopped_and
         let got = placement.send(&shared, b"hi".to_vec()).await.unwrap();
         let workspace = dir.path().join("workspaces").join(&got.sandbox);
         assert!(workspace.is_dir());
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while workspace.exists() {
-            assert!(std::time::Instant::now() < deadline, "workspace kept");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        until(
+            "the released sandbox's workspace removed",
+            Duration::from_secs(10),
+            || !workspace.exists(),
+        )
+        .await;
         placement.shutdown();
         pool.shutdown().await;
     });
