@@ -13,10 +13,14 @@
 
 pub mod agent;
 pub mod builtin;
+pub mod child;
 pub mod config;
 pub mod controller;
+pub mod event_log;
+pub mod exec;
 pub mod mcp;
 pub mod model;
+pub mod os_process;
 pub mod placement;
 pub mod process;
 pub mod sandbox;
@@ -28,11 +32,11 @@ pub mod supervisor;
 pub mod tools;
 pub mod tree;
 
+pub use child::{ChildSpec, ChildStart, StartContext, StartError, StartFuture, Started};
 pub use services::Services;
 pub use spec::{
-    ActorKind, AutoShutdown, Backoff, ChildCounts, ChildExit, ChildInfo, ChildSpec, ChildStart,
-    ChildStatus, ChildType, ExitReason, Hosted, Restart, Shutdown, StartContext, StartError,
-    StartFuture, Started, Strategy, SupervisorError, SupervisorFlags,
+    ActorKind, AutoShutdown, Backoff, ChildCounts, ChildExit, ChildInfo, ChildStatus, ChildType,
+    ExitReason, Hosted, Restart, Shutdown, Strategy, SupervisorError, SupervisorFlags,
 };
 pub use supervisor::{Supervisor, SupervisorRef, supervisor_child};
 pub use tree::{Change, LifecycleEvent, Tree, TreeNode};

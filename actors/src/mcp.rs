@@ -24,12 +24,10 @@ use rmcp::{ClientHandler, ServiceExt};
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, watch};
 
+use crate::child::{ChildSpec, StartContext, StartError, StartFuture, Started};
 use crate::sandbox::{HostedActor, HostedExit, HostedProcess, HostedSpec};
 use crate::services::Services;
-use crate::spec::{
-    ActorKind, ChildExit, ChildSpec, ExitReason, Hosted, StartContext, StartError, StartFuture,
-    Started,
-};
+use crate::spec::{ActorKind, ChildExit, ExitReason, Hosted};
 use crate::tools::{
     CallContext, CallFuture, Registration, ToolDef, ToolError, ToolOutcome, ToolRegistry,
     ToolServer,

@@ -9,7 +9,6 @@ use std::pin::Pin;
 
 use cadre_proto::v1::worker_client::WorkerClient;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::process::Child;
 use tokio::sync::{mpsc, watch};
 use tonic::transport::Channel;
 
@@ -167,40 +166,50 @@ impl HostedExit {
     }
 }
 
+/// What keeps a sandbox alive, as its provider holds it: a host process of this node for the
+/// `gvisor` and `process` providers (`cadre_sandbox::LocalSandbox`); something else (a pod) for
+/// a provider that runs sandboxes elsewhere. Dropping it tears the sandbox down.
+pub trait SandboxHold: Send {
+    /// The pid of the host process that holds the sandbox, where there is one on this node.
+    fn pid(&self) -> Option<u32>;
+    /// Waits until the sandbox ends by itself (its worker exits or it is killed); says how.
+    fn ended(&mut self) -> Pin<Box<dyn Future<Output = SandboxEnded> + Send + '_>>;
+    /// Kills everything in the sandbox and removes what the provider left of it.
+    fn kill(self: Box<Self>) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+}
+
+/// How a sandbox ended by itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxEnded {
+    /// Whether what held it exited cleanly (a worker that ended its input, not a kill).
+    pub success: bool,
+    /// How, in words (`exit status: 1`, `signal: 9 (SIGKILL)`, a pod's reason).
+    pub status: String,
+}
+
 /// A running sandbox and its worker connection. Dropping it tears the sandbox down.
 pub struct Sandbox {
+    /// What it was started with.
     pub spec: SandboxSpec,
     /// `gvisor`, `process`, …
     pub provider: &'static str,
     worker: WorkerClient<Channel>,
-    /// The host process that holds the sandbox (`runsc run`, or the worker itself).
-    child: Child,
-    /// A duplicate of the worker's stdin: while it is open the worker never reads the end of
-    /// its input, even between connections (around a checkpoint).
-    _input: std::os::fd::OwnedFd,
-    /// Removes what the provider left behind (for gVisor: `runsc delete --force`).
-    teardown: Option<Box<dyn FnOnce() + Send>>,
+    hold: Box<dyn SandboxHold>,
 }
 
 impl Sandbox {
-    /// A sandbox held by `child` (the host process that keeps it alive), reached through
-    /// `worker` (with `input`, a duplicate of the worker's stdin; see
-    /// `cadre_sandbox::worker::connect_child`); `teardown` removes what the provider left
-    /// behind once it is gone.
+    /// A sandbox reached through `worker`, kept alive by `hold`.
     pub fn new(
         spec: SandboxSpec,
         provider: &'static str,
-        (worker, input): (WorkerClient<Channel>, std::os::fd::OwnedFd),
-        child: Child,
-        teardown: Option<Box<dyn FnOnce() + Send>>,
+        worker: WorkerClient<Channel>,
+        hold: Box<dyn SandboxHold>,
     ) -> Self {
         Self {
             spec,
             provider,
             worker,
-            child,
-            _input: input,
-            teardown,
+            hold,
         }
     }
 
@@ -209,31 +218,18 @@ impl Sandbox {
         self.worker.clone()
     }
 
-    /// Pid of the host process that holds the sandbox.
+    /// Pid of the host process that holds the sandbox, where there is one on this node.
     pub fn pid(&self) -> Option<u32> {
-        self.child.id()
+        self.hold.pid()
     }
 
-    /// Waits until the sandbox ends by itself (its worker exits or it is killed).
-    pub async fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
-        self.child.wait().await
+    /// Waits until the sandbox ends by itself (its worker exits or it is killed); says how.
+    pub async fn ended(&mut self) -> SandboxEnded {
+        self.hold.ended().await
     }
 
     /// Kills everything in the sandbox and removes it.
-    pub async fn kill(mut self) {
-        let _ = self.child.start_kill();
-        let _ = self.child.wait().await;
-        if let Some(teardown) = self.teardown.take() {
-            let _ = tokio::task::spawn_blocking(teardown).await;
-        }
-    }
-}
-
-impl Drop for Sandbox {
-    fn drop(&mut self) {
-        let _ = self.child.start_kill();
-        if let Some(teardown) = self.teardown.take() {
-            teardown();
-        }
+    pub async fn kill(self) {
+        self.hold.kill().await
     }
 }

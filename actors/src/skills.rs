@@ -13,8 +13,8 @@ use std::sync::{Arc, RwLock};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use crate::services::Services;
-use crate::spec::{ActorKind, ChildSpec, StartContext, StartError, StartFuture, Started};
+use crate::child::{ChildSpec, StartContext, StartError, StartFuture, Started};
+use crate::spec::ActorKind;
 
 /// What a `skill` child loads.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,9 +93,9 @@ impl SkillRegistry {
 }
 
 /// A `skill` child: a permanent worker that loads the folder at each start.
-pub fn skill_child(id: impl Into<String>, spec: SkillSpec, services: Services) -> ChildSpec {
+pub fn skill_child(id: impl Into<String>, spec: SkillSpec, skills: SkillRegistry) -> ChildSpec {
     let start = move |ctx: StartContext| -> StartFuture {
-        let (spec, skills) = (spec.clone(), services.skills.clone());
+        let (spec, skills) = (spec.clone(), skills.clone());
         Box::pin(async move {
             let dir = spec.path.clone();
             let path = ctx.path.clone();

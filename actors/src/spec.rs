@@ -1,15 +1,8 @@
-//! Supervisor flags and child specifications, with Erlang/OTP's `supervisor` semantics.
+//! The vocabulary of Erlang/OTP's `supervisor`: strategies, restart types, shutdowns, flags,
+//! exit reasons and child statuses (plain data; child specifications are in [`crate::child`]).
 
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::Arc;
 use std::time::Duration;
-
-use ractor::ActorCell;
-
-use crate::process::OsProcess;
-use crate::tree::Tree;
 
 /// How a supervisor reacts when one child must be restarted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -110,16 +103,6 @@ pub enum ExitReason {
     Error(String),
 }
 
-/// A running child instance, as its start function reports it.
-pub struct Started {
-    pub cell: ActorCell,
-    /// The OS process behind the actor, if any: the supervisor makes sure it is dead and
-    /// reaped before it counts the child as terminated.
-    pub os_process: Option<OsProcess>,
-    /// Where the actor's work runs when it is hosted in a sandbox (shown by `cadre tree`).
-    pub hosted: Option<Hosted>,
-}
-
 /// A child instance whose process runs in a sandbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hosted {
@@ -127,63 +110,6 @@ pub struct Hosted {
     pub sandbox: String,
     /// The process's pid inside the sandbox.
     pub pid: Option<u32>,
-}
-
-impl Started {
-    /// An instance that is just an actor (no OS process, not hosted).
-    pub fn actor(cell: ActorCell) -> Self {
-        Self {
-            cell,
-            os_process: None,
-            hosted: None,
-        }
-    }
-}
-
-/// What a start function is given.
-#[derive(Clone)]
-pub struct StartContext {
-    /// The supervisor to link the new actor to.
-    pub supervisor: ActorCell,
-    /// The child's path, e.g. `root/tools/time`.
-    pub path: String,
-    pub tree: Tree,
-}
-
-/// Why a child failed to start.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct StartError(pub String);
-
-/// A boxed start future.
-pub type StartFuture = Pin<Box<dyn Future<Output = Result<Started, StartError>> + Send>>;
-
-/// Starts one instance of a child; called again on every restart.
-pub trait ChildStart: Send + Sync + 'static {
-    fn start(&self, ctx: StartContext) -> StartFuture;
-}
-
-impl<F> ChildStart for F
-where
-    F: Fn(StartContext) -> StartFuture + Send + Sync + 'static,
-{
-    fn start(&self, ctx: StartContext) -> StartFuture {
-        self(ctx)
-    }
-}
-
-/// One child of a supervisor.
-#[derive(Clone)]
-pub struct ChildSpec {
-    /// Unique among its siblings (not a global name).
-    pub id: String,
-    pub kind: ActorKind,
-    pub start: Arc<dyn ChildStart>,
-    pub restart: Restart,
-    pub shutdown: Shutdown,
-    pub child_type: ChildType,
-    /// A significant child's own exit can shut its supervisor down (see [`AutoShutdown`]).
-    pub significant: bool,
 }
 
 /// An error from a supervisor call (`start_child`, `terminate_child`, …).
@@ -248,61 +174,6 @@ impl Default for SupervisorFlags {
             backoff: None,
             dynamic: false,
         }
-    }
-}
-
-impl ChildSpec {
-    /// A permanent worker with a 5000 ms shutdown, as OTP defaults a child spec.
-    pub fn worker(id: impl Into<String>, kind: ActorKind, start: impl ChildStart) -> Self {
-        Self {
-            id: id.into(),
-            kind,
-            start: Arc::new(start),
-            restart: Restart::Permanent,
-            shutdown: Shutdown::Timeout(Duration::from_millis(5000)),
-            child_type: ChildType::Worker,
-            significant: false,
-        }
-    }
-
-    pub fn restart(mut self, restart: Restart) -> Self {
-        self.restart = restart;
-        self
-    }
-
-    pub fn shutdown(mut self, shutdown: Shutdown) -> Self {
-        self.shutdown = shutdown;
-        self
-    }
-
-    pub fn significant(mut self, significant: bool) -> Self {
-        self.significant = significant;
-        self
-    }
-
-    /// Checks the rules OTP's `check_childspec` enforces against the supervisor's flags.
-    pub fn validate(&self, flags: &SupervisorFlags) -> Result<(), SupervisorError> {
-        let invalid = |reason: &str| SupervisorError::InvalidSpec {
-            id: self.id.clone(),
-            reason: reason.to_string(),
-        };
-        if self.id.is_empty() {
-            return Err(invalid("id must not be empty"));
-        }
-        if self.id.contains('/') {
-            return Err(invalid("id must not contain `/`"));
-        }
-        if self.significant && self.restart == Restart::Permanent {
-            return Err(invalid(
-                "a significant child must be transient or temporary",
-            ));
-        }
-        if self.significant && flags.auto_shutdown == AutoShutdown::Never {
-            return Err(invalid(
-                "significant children need auto_shutdown any_significant or all_significant",
-            ));
-        }
-        Ok(())
     }
 }
 

@@ -21,10 +21,10 @@ use ractor::{
 };
 use rand::Rng;
 
+use crate::child::{ChildSpec, StartContext, StartError, Started};
 use crate::spec::{
-    ActorKind, AutoShutdown, ChildCounts, ChildExit, ChildInfo, ChildSpec, ChildStatus, ChildType,
-    ExitReason, Restart, Shutdown, StartContext, StartError, Started, Strategy, SupervisorError,
-    SupervisorFlags,
+    ActorKind, AutoShutdown, ChildCounts, ChildExit, ChildInfo, ChildStatus, ChildType, ExitReason,
+    Restart, Shutdown, Strategy, SupervisorError, SupervisorFlags,
 };
 use crate::tree::{Change, Tree};
 
@@ -34,6 +34,15 @@ pub const REACHED_MAX_RESTART_INTENSITY: &str = "reached_max_restart_intensity";
 /// Handle to a running supervisor.
 #[derive(Clone, Debug)]
 pub struct SupervisorRef(ActorRef<SupervisorMsg>);
+
+impl Tree {
+    /// The running supervisor at `path` (a handle to start and stop its children) and its
+    /// flags.
+    pub fn supervisor(&self, path: &str) -> Option<(SupervisorRef, SupervisorFlags)> {
+        let (cell, flags) = self.supervisor_cell(path)?;
+        Some((SupervisorRef(ActorRef::from(cell)), flags))
+    }
+}
 
 /// Arguments that start a supervisor.
 pub struct SupervisorArgs {
@@ -98,7 +107,7 @@ pub fn supervisor_child(
     flags: SupervisorFlags,
     children: Vec<ChildSpec>,
 ) -> ChildSpec {
-    let start = move |ctx: StartContext| -> crate::spec::StartFuture {
+    let start = move |ctx: StartContext| -> crate::child::StartFuture {
         let flags = flags.clone();
         let children = children.clone();
         Box::pin(async move {
@@ -214,7 +223,7 @@ impl Actor for Supervisor {
         args: SupervisorArgs,
     ) -> Result<SupervisorState, ActorProcessingErr> {
         args.tree
-            .supervisor_init(&args.path, &args.flags, SupervisorRef(myself.clone()));
+            .supervisor_init(&args.path, &args.flags, myself.get_cell());
         let mut state = SupervisorState {
             myself,
             path: args.path,

@@ -4,6 +4,7 @@
 //! snapshot is never behind the supervisors by more than the change in progress. The same
 //! changes are broadcast as [`LifecycleEvent`]s for `cadre tree --watch` and the audit log.
 
+use ractor::ActorCell;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -11,7 +12,6 @@ use std::time::SystemTime;
 use tokio::sync::broadcast;
 
 use crate::spec::{ActorKind, ChildStatus, ExitReason, Strategy, SupervisorFlags};
-use crate::supervisor::SupervisorRef;
 
 /// One lifecycle change of one actor.
 #[derive(Debug, Clone, PartialEq)]
@@ -72,7 +72,7 @@ struct Entry {
     /// Child paths in start order.
     children: Vec<String>,
     /// The running instance, for supervisors (to start and stop children by path).
-    supervisor: Option<(SupervisorRef, SupervisorFlags)>,
+    supervisor: Option<(ActorCell, SupervisorFlags)>,
 }
 
 /// Capacity of the lifecycle broadcast; a subscriber that falls further behind gets `Lagged`.
@@ -165,7 +165,7 @@ impl Tree {
 
     /// A supervisor instance announces itself and forgets the children of any previous
     /// instance at the same path (they are started afresh).
-    pub fn supervisor_init(&self, path: &str, flags: &SupervisorFlags, handle: SupervisorRef) {
+    pub fn supervisor_init(&self, path: &str, flags: &SupervisorFlags, handle: ActorCell) {
         let mut map = self.inner.lock().expect("tree lock");
         let entry = map
             .entry(path.to_string())
@@ -178,8 +178,9 @@ impl Tree {
         }
     }
 
-    /// The running supervisor at `path` and its flags.
-    pub fn supervisor(&self, path: &str) -> Option<(SupervisorRef, SupervisorFlags)> {
+    /// The actor of the running supervisor at `path` and its flags (see
+    /// [`Tree::supervisor`](crate::supervisor) for its handle).
+    pub(crate) fn supervisor_cell(&self, path: &str) -> Option<(ActorCell, SupervisorFlags)> {
         let map = self.inner.lock().expect("tree lock");
         map.get(path).and_then(|e| e.supervisor.clone())
     }

@@ -1,13 +1,9 @@
-//! A cadre node: the gRPC API server around the runtime core.
+//! A cadre node: the gRPC API server around the runtime core, and its store backends.
 //!
-//! Store backends, membership and controller leadership arrive here too (see ARCHITECTURE.md).
+//! Membership and controller leadership arrive here too (see `docs/architecture.md`).
 
-pub mod api;
-pub mod auth;
-pub mod cluster;
-pub mod conversations;
+pub mod grpc;
 pub mod node;
 pub mod store;
-pub mod tools;
 
 pub use node::{AGENTS, CONTROLLER, DEFAULT_LISTEN, Node, NodeError, NodeExit, NodeOptions, ROOT};

@@ -9,11 +9,12 @@ use cadre_actors::agent::AgentRegistry;
 use cadre_actors::builtin::{
     BUILTIN_SERVER, SKILLS, SkillTools, WORKSPACE, WorkspaceTools, skill_tools, workspace_tools,
 };
-use cadre_actors::config::{Config, SandboxConfig, SandboxKind};
+use cadre_actors::config::{Config, SandboxConfig};
 use cadre_actors::controller::Controller;
+use cadre_actors::event_log::EventLog;
+use cadre_actors::exec::{Execs, LocalClaims};
 use cadre_actors::model::{ModelClient, OpenAiClient};
 use cadre_actors::placement::PlacementConfig;
-use cadre_actors::sandbox::SandboxProvider;
 use cadre_actors::skills::SkillRegistry;
 use cadre_actors::store::StoreError;
 use cadre_actors::tools::ToolRegistry;
@@ -21,18 +22,18 @@ use cadre_actors::{Services, StartError, SupervisorFlags, SupervisorRef, Tree, s
 use cadre_proto::v1::actors_server::ActorsServer;
 use cadre_proto::v1::cluster_server::ClusterServer;
 use cadre_proto::v1::tools_server::ToolsServer;
-use cadre_sandbox::{GvisorProvider, Placement, PoolConfig, ProcessProvider, WarmPool};
+use cadre_sandbox::{Placement, PoolConfig, WarmPool};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::api::ActorsService;
-use crate::auth::Auth;
-use crate::cluster::{ClusterService, Sandboxes};
-use crate::conversations::ConversationsService;
+use crate::grpc::actors::ActorsService;
+use crate::grpc::auth::Auth;
+use crate::grpc::cluster::{ClusterService, Sandboxes};
+use crate::grpc::conversations::ConversationsService;
+use crate::grpc::tools::ToolsService;
 use crate::store;
-use crate::tools::ToolsService;
 use cadre_proto::v1::conversations_server::ConversationsServer;
 use tonic::service::interceptor::InterceptedService;
 
@@ -147,9 +148,11 @@ impl Node {
             addr: options.listen,
             source,
         })?;
-        let (store, log) = store::open_embedded(&options.data_dir).map_err(NodeError::Store)?;
+        let storage =
+            store::open(&options.config.store, &options.data_dir).map_err(NodeError::Store)?;
         let controller =
-            Controller::with_log(Arc::new(store), Arc::new(log), options.config.store.limits);
+            Controller::with_log(storage.store, storage.log, options.config.store.limits);
+        let event_log: Arc<dyn EventLog> = Arc::new(controller.clone());
         let tree = Tree::new();
         controller.audit(&tree);
         // Sandboxed children (MCP servers) need the pool as they start.
@@ -205,11 +208,10 @@ impl Node {
                     return Err(NodeError::Root(e));
                 }
             };
-        let open = controller.open_execs();
         let cluster = ClusterService::new(addr.to_string(), sandboxes);
         let (stop_api, stopped) = oneshot::channel::<()>();
         let service = ActorsService::new(tree.clone(), ROOT, services.clone());
-        let tools = ToolsService::new(services.tools.clone(), controller.clone());
+        let tools = ToolsService::new(services.tools.clone(), event_log.clone());
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<ActorsServer<ActorsService>>().await;
         health.set_serving::<ClusterServer<ClusterService>>().await;
@@ -217,17 +219,20 @@ impl Node {
         health
             .set_serving::<ConversationsServer<ConversationsService>>()
             .await;
-        let conversations = ConversationsService::new(
-            controller.clone(),
+        let execs = Execs::new(
+            event_log,
             tree.clone(),
             format!("{ROOT}/{AGENTS}"),
+            Arc::new(LocalClaims::default()),
             services.clone(),
         );
-        if !open.is_empty() {
-            tracing::warn!(count = open.len(), "resuming the execs of the last run");
-            let recovering = conversations.clone();
-            tokio::spawn(async move { recovering.recover(open).await });
+        let open = controller.open_execs().len();
+        if open > 0 {
+            tracing::warn!(count = open, "resuming the execs of the last run");
+            let recovering = execs.clone();
+            tokio::spawn(async move { recovering.recover().await });
         }
+        let conversations = ConversationsService::new(execs);
         let reflection = || {
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(cadre_proto::FILE_DESCRIPTOR_SET)
@@ -360,20 +365,13 @@ fn register_builtins(services: &Services) {
 fn start_sandboxes(config: &SandboxConfig, data_dir: &Path) -> Result<Sandboxes, NodeError> {
     let worker_bin = std::env::current_exe()
         .map_err(|e| NodeError::Sandbox(format!("cannot find the cadre binary: {e}")))?;
-    let provider: Arc<dyn SandboxProvider> = match config.provider {
-        SandboxKind::Gvisor => match GvisorProvider::new(data_dir.join("sandboxes"), worker_bin) {
-            Ok(p) => Arc::new(p),
-            Err(e) if !config.configured => {
-                tracing::warn!(error = %e, "no sandboxes on this node");
-                return Ok(Sandboxes::Unavailable(e.to_string()));
-            }
-            Err(e) => return Err(NodeError::Sandbox(e.to_string())),
-        },
-        // The config was validated: `allow_unsandboxed: true` is set.
-        SandboxKind::Process => Arc::new(
-            ProcessProvider::new(worker_bin, true)
-                .map_err(|e| NodeError::Sandbox(e.to_string()))?,
-        ),
+    let provider = match cadre_sandbox::provider(config, data_dir, worker_bin) {
+        Ok(p) => p,
+        Err(e) if !config.configured => {
+            tracing::warn!(error = %e, "no sandboxes on this node");
+            return Ok(Sandboxes::Unavailable(e.to_string()));
+        }
+        Err(e) => return Err(NodeError::Sandbox(e.to_string())),
     };
     let pool = WarmPool::start(
         provider.clone(),

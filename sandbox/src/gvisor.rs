@@ -19,7 +19,9 @@ use tokio::io::AsyncBufReadExt;
 use cadre_actors::sandbox::CheckpointFuture;
 use cadre_proto::v1::SuspendRequest;
 
-use crate::{Sandbox, SandboxError, SandboxProvider, SandboxSpec, StartFuture, worker};
+use crate::{
+    LocalSandbox, Sandbox, SandboxError, SandboxProvider, SandboxSpec, StartFuture, worker,
+};
 
 /// Where the worker's binary and workspace appear inside a sandbox.
 const WORKER_BIN: &str = "/cadre/cadre";
@@ -196,8 +198,8 @@ impl GvisorProvider {
             .spawn()
             .map_err(|e| fail(format!("{}: {e}", self.runsc.display())))?;
         log_stderr(&spec.id, child.stderr.take());
-        let worker = match worker::connect_child(&mut child).await {
-            Ok(worker) => worker,
+        let (worker, input) = match worker::connect_child(&mut child).await {
+            Ok(connected) => connected,
             Err(e) => {
                 let _ = child.kill().await;
                 // What runsc left of it (a failed restore leaves its container), so that the
@@ -225,13 +227,8 @@ impl GvisorProvider {
                 .status();
             let _ = std::fs::remove_dir_all(&bundle);
         };
-        Ok(Sandbox::new(
-            spec,
-            self.name(),
-            worker,
-            child,
-            Some(Box::new(teardown)),
-        ))
+        let hold = LocalSandbox::new(child, input, Some(Box::new(teardown)));
+        Ok(Sandbox::new(spec, self.name(), worker, Box::new(hold)))
     }
 }
 

@@ -561,12 +561,9 @@ impl WarmPool {
         let workspace = config.workspaces.join(&id);
         let monitor = tokio::spawn(async move {
             let control = tokio::select! {
-                status = sandbox.wait() => {
+                ended = sandbox.ended() => {
+                    let status = ended.status;
                     let entry = pool.inner.state.lock().expect("pool lock").sandboxes.remove(&monitored);
-                    let status = match status {
-                        Ok(s) => s.to_string(),
-                        Err(e) => e.to_string(),
-                    };
                     tracing::warn!(sandbox = %monitored, %status, "sandbox died");
                     // Its workspace stays: whoever hears of the death may start it again
                     // under its id (once what is left of it is removed) or forget it.

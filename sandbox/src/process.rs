@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 use std::process::Stdio;
 
-use crate::{Sandbox, SandboxError, SandboxProvider, SandboxSpec, StartFuture, worker};
+use crate::{
+    LocalSandbox, Sandbox, SandboxError, SandboxProvider, SandboxSpec, StartFuture, worker,
+};
 
 /// Runs `cadre worker` on the host, in the workspace.
 pub struct ProcessProvider {
@@ -56,10 +58,11 @@ impl SandboxProvider for ProcessProvider {
                 .kill_on_drop(true)
                 .spawn()
                 .map_err(|e| fail(format!("{}: {e}", self.worker_bin.display())))?;
-            let worker = worker::connect_child(&mut child)
+            let (worker, input) = worker::connect_child(&mut child)
                 .await
                 .map_err(|e| fail(format!("cannot reach its worker: {e}")))?;
-            Ok(Sandbox::new(spec, self.name(), worker, child, None))
+            let hold = LocalSandbox::new(child, input, None);
+            Ok(Sandbox::new(spec, self.name(), worker, Box::new(hold)))
         })
     }
 }

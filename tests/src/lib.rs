@@ -1,5 +1,6 @@
 //! Harness for end-to-end tests: runs the real `cadre` binary as a node on a free loopback port
-//! with a temporary data dir, and drives it through the real CLI.
+//! with a temporary data dir ([`Node`]), or several of them ([`Cluster`]), and drives them
+//! through the real CLI.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -232,6 +233,88 @@ impl Drop for Node {
         if self.child.is_some() {
             self.stop(libc::SIGTERM);
         }
+    }
+}
+
+/// N real `cadre serve` processes on loopback, each on a free port with a data dir of its own,
+/// any of which can be killed (by pid) and started again on its data dir. Every node still
+/// running is stopped when the cluster is dropped, and the data dirs are removed.
+pub struct Cluster {
+    config: String,
+    /// Index i holds node i while it runs.
+    nodes: Vec<Option<Node>>,
+    data: Vec<PathBuf>,
+    /// Holds the data dirs; dropped after the nodes (field order).
+    _dir: TempDir,
+}
+
+impl Cluster {
+    /// Starts `n` nodes with `config` (YAML), one after another.
+    pub fn start(n: usize, config: &str) -> Self {
+        let dir = TempDir::new("cluster");
+        let data: Vec<PathBuf> = (0..n)
+            .map(|i| dir.path().join(format!("node-{i}")))
+            .collect();
+        let nodes = data
+            .iter()
+            .map(|d| Some(Node::start_with_data(config, d)))
+            .collect();
+        Self {
+            config: config.to_string(),
+            nodes,
+            data,
+            _dir: dir,
+        }
+    }
+
+    /// How many nodes the cluster has (running or not).
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Whether the cluster has no nodes.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Node `i`, which must be running.
+    pub fn node(&self, i: usize) -> &Node {
+        self.nodes[i]
+            .as_ref()
+            .unwrap_or_else(|| panic!("node {i} is not running"))
+    }
+
+    /// The running nodes, with their indices.
+    pub fn running(&self) -> impl Iterator<Item = (usize, &Node)> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| n.as_ref().map(|n| (i, n)))
+    }
+
+    /// Node `i`'s data dir.
+    pub fn data_dir(&self, i: usize) -> &Path {
+        &self.data[i]
+    }
+
+    /// Sends `sig` to node `i` (by pid) and waits until it has exited.
+    pub fn stop(&mut self, i: usize, sig: i32) -> ExitStatus {
+        let mut node = self.nodes[i]
+            .take()
+            .unwrap_or_else(|| panic!("node {i} is not running"));
+        node.stop(sig)
+    }
+
+    /// SIGKILLs node `i` and waits until it is gone.
+    pub fn kill(&mut self, i: usize) -> ExitStatus {
+        self.stop(i, libc::SIGKILL)
+    }
+
+    /// Starts node `i` again on its data dir (on a new port).
+    pub fn restart(&mut self, i: usize) -> &Node {
+        assert!(self.nodes[i].is_none(), "node {i} is still running");
+        self.nodes[i] = Some(Node::start_with_data(&self.config, &self.data[i]));
+        self.node(i)
     }
 }
 

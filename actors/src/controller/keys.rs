@@ -15,7 +15,7 @@
 //!
 //! The actor registry and leader leases get their own prefixes when they arrive.
 
-use cadre_proto::v1::{Event, ExecState};
+use cadre_proto::v1::{Event, ExecState, event};
 use prost::Message;
 
 use crate::store::tuple::{Elem, Value, pack, range, unpack};
@@ -159,12 +159,16 @@ fn decode_exec(bytes: &[u8]) -> ExecState {
     ExecState::try_from(n).unwrap_or(ExecState::Unspecified)
 }
 
-/// Whether an exec in this state is finished.
-pub fn is_terminal(state: ExecState) -> bool {
-    matches!(
-        state,
-        ExecState::Completed | ExecState::Failed | ExecState::Cancelled
-    )
+/// The change an event makes to the index of open execs that startup recovery scans: the
+/// exec's key, and its new value (`None`: it is finished and leaves the index).
+pub fn exec_index_change(event: &Event) -> Option<(Vec<u8>, Option<Vec<u8>>)> {
+    let Some(event::Kind::ExecStateChanged(change)) = &event.kind else {
+        return None;
+    };
+    let key = exec(&event.conversation_id, &event.exec_id);
+    let state = ExecState::try_from(change.state).unwrap_or(ExecState::Unspecified);
+    let value = (!state.is_terminal()).then(|| encode_exec(state, false).to_vec());
+    Some((key, value))
 }
 
 /// Startup recovery: every exec not in a terminal state, marked as recovering.
@@ -195,7 +199,7 @@ pub fn mark_open_execs(store: &dyn Store) -> Result<Vec<OpenExec>, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cadre_proto::v1::{OutputEmitted, event};
+    use cadre_proto::v1::OutputEmitted;
 
     #[test]
     fn log_entries_encode_as_a_log_batch() {

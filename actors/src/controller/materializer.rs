@@ -15,7 +15,6 @@ use prost::Message;
 
 use super::commit_log::CommitLog;
 use super::keys::{self, LogBatch};
-use super::writer::exec_index_change;
 use crate::store::{Store, StoreError, Txn};
 
 /// One committed entry waiting to be materialized.
@@ -197,7 +196,7 @@ fn materialize(t: &mut dyn Txn, batch: &[Pending]) -> Result<(), StoreError> {
     for p in batch {
         let e = &p.event;
         t.set(&keys::event(&e.conversation_id, e.seq), &e.encode_to_vec())?;
-        if let Some((key, value)) = exec_index_change(e) {
+        if let Some((key, value)) = keys::exec_index_change(e) {
             exec_index.insert(key, value);
         }
         if let Some((key, first, last_seq)) = &p.idempotency {

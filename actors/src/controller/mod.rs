@@ -29,18 +29,21 @@ mod writer;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use cadre_proto::v1::{Event, ExecState, event};
+use cadre_proto::v1::Event;
 use prost::Message;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::spec::{
-    ActorKind, ChildExit, ChildSpec, ExitReason, StartContext, StartError, StartFuture, Started,
+use crate::child::{ChildSpec, StartContext, StartError, StartFuture, Started};
+use crate::event_log::EventLog;
+pub use crate::event_log::{
+    AppendError, AppendRequest, Appended, DeleteError, NewEvent, OpenExec, SubscribeError,
+    Subscription,
 };
+use crate::spec::{ActorKind, ChildExit, ExitReason};
 use crate::store::tuple::{Elem, range};
 use crate::store::{Store, StoreError};
 pub use commit_log::{CommitLog, MAX_RECORD_BYTES, RecordFn, StoreLog};
-pub use subscribe::Subscription;
 
 /// Conversation id of the node's audit log (supervision lifecycle events).
 pub const AUDIT_CONVERSATION: &str = "cadre.audit";
@@ -61,105 +64,6 @@ impl Default for HistoryLimits {
             warn_percent: 80,
         }
     }
-}
-
-/// One event to append; the controller fills in conversation, seq and time.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NewEvent {
-    pub exec_id: String,
-    pub kind: event::Kind,
-}
-
-/// An atomic append of one or more events to one conversation.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AppendRequest {
-    pub conversation_id: String,
-    pub events: Vec<NewEvent>,
-    /// A retried request with the same key (per conversation) is not written twice.
-    pub idempotency_key: Option<String>,
-    /// Refuse ([`AppendError::ExecFinished`]) unless this exec of the conversation is open
-    /// (its last state change was not terminal). Agents append with it, so once an exec is
-    /// cancelled its agent cannot add to it.
-    pub open_exec: Option<String>,
-}
-
-/// Where an append landed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Appended {
-    pub first_seq: u64,
-    pub last_seq: u64,
-    /// True when the idempotency key was seen before: nothing was written.
-    pub duplicate: bool,
-}
-
-/// Why an append was not written.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AppendError {
-    #[error("invalid append: {0}")]
-    Invalid(String),
-    #[error(
-        "conversation `{conversation_id}` is at its history limit of {limit} events; \
-         fork it or raise store.max_events_per_conversation"
-    )]
-    HistoryLimit { conversation_id: String, limit: u64 },
-    #[error("conversation `{0}` already exists")]
-    AlreadyExists(String),
-    #[error(
-        "exec `{exec_id}` of conversation `{conversation_id}` is not open (it has finished or never started)"
-    )]
-    ExecFinished {
-        conversation_id: String,
-        exec_id: String,
-    },
-    #[error("the event log could not commit: {0}")]
-    Store(StoreError),
-    #[error("the controller is not running (it may be restarting); retry")]
-    Unavailable,
-}
-
-/// Why a conversation was not deleted. Nothing was removed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DeleteError {
-    #[error("invalid delete: {0}")]
-    Invalid(String),
-    #[error("no conversation `{0}`")]
-    NotFound(String),
-    #[error("the event log could not delete: {0}")]
-    Store(StoreError),
-    #[error("the controller is not running (it may be restarting); retry")]
-    Unavailable,
-}
-
-/// Why a subscription could not start or ended.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SubscribeError {
-    #[error("no conversation `{0}`")]
-    NotFound(String),
-    #[error(
-        "after_seq {after_seq} is beyond the end of conversation `{conversation_id}` (last seq {last_seq})"
-    )]
-    OutOfRange {
-        conversation_id: String,
-        after_seq: u64,
-        last_seq: u64,
-    },
-    #[error(
-        "subscriber fell more than {buffer} events behind and was cut off after seq {last_seq}; \
-         subscribe again with after_seq {last_seq}"
-    )]
-    TooSlow { buffer: usize, last_seq: u64 },
-    #[error("conversation `{0}` was deleted")]
-    Deleted(String),
-    #[error("the event log could not be read: {0}")]
-    Store(StoreError),
-}
-
-/// An exec that was not in a terminal state when the node started: recovery resumes it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OpenExec {
-    pub conversation_id: String,
-    pub exec_id: String,
-    pub state: ExecState,
 }
 
 /// Handle to the controller; cheap to clone, valid across controller restarts.
@@ -357,7 +261,9 @@ impl Controller {
         conversation_id: &str,
         after_seq: u64,
     ) -> Result<Subscription, SubscribeError> {
-        Subscription::start(self.clone(), conversation_id.to_string(), after_seq).await
+        let feed =
+            subscribe::Feed::start(self.clone(), conversation_id.to_string(), after_seq).await?;
+        Ok(Subscription::new(after_seq, feed.into_stream()))
     }
 
     /// The last seq of a conversation, or `None` if it has no events.
@@ -424,6 +330,50 @@ impl Controller {
     /// Execs that were not terminal when the controller started (marked for recovery).
     pub fn open_execs(&self) -> Vec<OpenExec> {
         self.shared.open_execs.lock().expect("open execs").clone()
+    }
+}
+
+#[async_trait::async_trait]
+impl EventLog for Controller {
+    async fn append(&self, request: AppendRequest) -> Result<Appended, AppendError> {
+        Controller::append(self, request).await
+    }
+
+    async fn create(&self, request: AppendRequest) -> Result<Appended, AppendError> {
+        Controller::create(self, request).await
+    }
+
+    async fn delete(&self, conversation_id: &str) -> Result<u64, DeleteError> {
+        Controller::delete(self, conversation_id).await
+    }
+
+    async fn read(
+        &self,
+        conversation_id: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError> {
+        Controller::read(self, conversation_id, after_seq, limit).await
+    }
+
+    async fn last_seq(&self, conversation_id: &str) -> Result<Option<u64>, StoreError> {
+        Controller::last_seq(self, conversation_id).await
+    }
+
+    async fn list(&self, after: &str, limit: usize) -> Result<Vec<(String, u64)>, StoreError> {
+        Controller::list(self, after, limit).await
+    }
+
+    async fn subscribe(
+        &self,
+        conversation_id: &str,
+        after_seq: u64,
+    ) -> Result<Subscription, SubscribeError> {
+        Controller::subscribe(self, conversation_id, after_seq).await
+    }
+
+    fn open_execs(&self) -> Vec<OpenExec> {
+        Controller::open_execs(self)
     }
 }
 

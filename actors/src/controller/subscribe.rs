@@ -13,6 +13,7 @@ use cadre_proto::v1::Event;
 use tokio::sync::mpsc;
 
 use super::{Controller, SubscribeError};
+use crate::event_log::EventFeed;
 use crate::store::StoreError;
 
 /// Events a live subscriber may fall behind before it is cut off.
@@ -91,8 +92,9 @@ impl Hub {
     }
 }
 
-/// A stream of one conversation's events after some seq.
-pub struct Subscription {
+/// The local feed behind a [`Subscription`](crate::event_log::Subscription): one
+/// conversation's events after some seq.
+pub(super) struct Feed {
     controller: Controller,
     conversation: String,
     /// The last seq handed out.
@@ -102,7 +104,7 @@ pub struct Subscription {
     ended: bool,
 }
 
-impl Subscription {
+impl Feed {
     pub(super) async fn start(
         controller: Controller,
         conversation: String,
@@ -130,13 +132,15 @@ impl Subscription {
         })
     }
 
-    /// The seq of the last event handed out (resume from here after an error).
-    pub fn last_seq(&self) -> u64 {
-        self.last
+    /// The events from here on, as the stream a subscription hands out.
+    pub(super) fn into_stream(self) -> EventFeed {
+        Box::pin(futures_util::stream::unfold(self, |mut feed| async move {
+            feed.next().await.map(|event| (event, feed))
+        }))
     }
 
     /// The next event, in seq order; `Err` once if the subscriber was cut off, then `None`.
-    pub async fn next(&mut self) -> Option<Result<Arc<Event>, SubscribeError>> {
+    async fn next(&mut self) -> Option<Result<Arc<Event>, SubscribeError>> {
         loop {
             if self.ended {
                 return None;

@@ -432,7 +432,7 @@ impl Writer {
             for (i, new) in request.events.iter().enumerate() {
                 if let event::Kind::ExecStateChanged(change) = &new.kind {
                     let state = ExecState::try_from(change.state).unwrap_or(ExecState::Unspecified);
-                    exec_states.insert((conv, new.exec_id.as_str()), !keys::is_terminal(state));
+                    exec_states.insert((conv, new.exec_id.as_str()), !state.is_terminal());
                 }
                 let event = Event {
                     conversation_id: conv.to_string(),
@@ -540,16 +540,4 @@ impl Writer {
         self.last_seq.insert(conv.to_string(), last);
         Ok(last)
     }
-}
-
-/// The change an event makes to the index of open execs that startup recovery scans: the
-/// exec's key, and its new value (`None`: it is finished and leaves the index).
-pub(super) fn exec_index_change(event: &Event) -> Option<(Vec<u8>, Option<Vec<u8>>)> {
-    let Some(event::Kind::ExecStateChanged(change)) = &event.kind else {
-        return None;
-    };
-    let key = keys::exec(&event.conversation_id, &event.exec_id);
-    let state = ExecState::try_from(change.state).unwrap_or(ExecState::Unspecified);
-    let value = (!keys::is_terminal(state)).then(|| keys::encode_exec(state, false).to_vec());
-    Some((key, value))
 }

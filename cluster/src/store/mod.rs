@@ -7,8 +7,9 @@ mod sqlite;
 use std::path::Path;
 use std::sync::Arc;
 
+use cadre_actors::config::{StoreConfig, StoreKind};
 use cadre_actors::controller::{CommitLog, StoreLog};
-use cadre_actors::store::StoreError;
+use cadre_actors::store::{Store, StoreError};
 
 pub use lock::DataDirLock;
 pub use segment_log::{LOG_DIR, SEGMENT_BYTES, SegmentLog};
@@ -16,6 +17,28 @@ pub use sqlite::{MAIN_FILE, SqliteStore};
 
 /// A commit log kept in SQLite by earlier versions; [`open_embedded`] moves what it holds.
 const LEGACY_LOG_FILE: &str = "log.db";
+
+/// What the controller keeps the event log in.
+pub struct Storage {
+    /// Materialized events, metadata, idempotency records, the exec index.
+    pub store: Arc<dyn Store>,
+    /// Where commits become durable.
+    pub log: Arc<dyn CommitLog>,
+}
+
+/// The storage of the kind the config names (the store factory). Kinds this build does not
+/// have are refused when the config is read.
+pub fn open(config: &StoreConfig, data_dir: &Path) -> Result<Storage, StoreError> {
+    match config.kind {
+        StoreKind::Embedded => {
+            let (store, log) = open_embedded(data_dir)?;
+            Ok(Storage {
+                store: Arc::new(store),
+                log: Arc::new(log),
+            })
+        }
+    }
+}
 
 /// The embedded node's storage in `data_dir`, held against other nodes: the SQLite store
 /// (`cadre.db`) and the event log's commit log (`log/`, see [`SegmentLog`]).

@@ -2,8 +2,11 @@
 //! `ToolCalled` (with the idempotency key passed to the tool) before it is made and
 //! `ToolReturned` after, in the caller's conversation or in `cadre.tools`.
 
-use cadre_actors::controller::{AUDIT_CONVERSATION, AppendRequest, Controller, NewEvent};
-use cadre_actors::tools::{CallContext, ToolError, ToolRegistry};
+use std::sync::Arc;
+
+use cadre_actors::controller::AUDIT_CONVERSATION;
+use cadre_actors::event_log::{AppendRequest, EventLog, NewEvent};
+use cadre_actors::tools::{CallContext, ToolRegistry};
 use cadre_proto::v1::tools_server::Tools;
 use cadre_proto::v1::{
     CallToolRequest, CallToolResponse, ListToolsRequest, ListToolsResponse, ToolCalled, ToolInfo,
@@ -11,7 +14,7 @@ use cadre_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::conversations::append_status;
+use super::status::{append_status, tool_status};
 
 /// Where calls made through the API are journaled when the caller names no conversation.
 pub const TOOLS_CONVERSATION: &str = "cadre.tools";
@@ -20,12 +23,12 @@ pub const TOOLS_CONVERSATION: &str = "cadre.tools";
 #[derive(Clone)]
 pub struct ToolsService {
     tools: ToolRegistry,
-    controller: Controller,
+    log: Arc<dyn EventLog>,
 }
 
 impl ToolsService {
-    pub fn new(tools: ToolRegistry, controller: Controller) -> Self {
-        Self { tools, controller }
+    pub fn new(tools: ToolRegistry, log: Arc<dyn EventLog>) -> Self {
+        Self { tools, log }
     }
 
     async fn journal(
@@ -35,7 +38,7 @@ impl ToolsService {
         kind: event::Kind,
     ) -> Result<u64, Status> {
         let appended = self
-            .controller
+            .log
             .append(AppendRequest {
                 conversation_id: conversation.to_string(),
                 events: vec![NewEvent {
@@ -48,18 +51,6 @@ impl ToolsService {
             .await
             .map_err(append_status)?;
         Ok(appended.first_seq)
-    }
-}
-
-/// The gRPC status for a tool error.
-pub fn tool_status(e: &ToolError) -> Status {
-    let message = e.to_string();
-    match e {
-        ToolError::NotFound(_) => Status::not_found(message),
-        ToolError::InvalidArguments { .. } => Status::invalid_argument(message),
-        ToolError::Timeout { .. } => Status::deadline_exceeded(message),
-        ToolError::Unavailable { .. } => Status::unavailable(message),
-        ToolError::Taken { .. } => Status::internal(message),
     }
 }
 

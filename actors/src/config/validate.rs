@@ -1,212 +1,24 @@
-//! The `cadre.yaml` schema (`version: v1`).
-//!
-//! Every section is optional. Errors name the file, line and column of the offending value:
-//! `cadre.yaml:12:17: unknown strategy `one_for_none` (expected one_for_one, one_for_all or
-//! rest_for_one)`.
+//! Validation: the raw YAML shape into the validated config, with `FILE:LINE:COL` errors.
 
-use std::collections::{BTreeMap, HashMap};
-use std::fmt;
-use std::path::{Path, PathBuf};
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use marked_yaml::{Marker, Span, Spanned};
-use serde::Deserialize;
 
-use crate::agent::{AgentSpec, agent_child};
+use crate::agent::AgentSpec;
 use crate::controller::HistoryLimits;
-use crate::mcp::{McpServer, McpSpec, mcp_child};
+use crate::mcp::{McpServer, McpSpec};
 use crate::model::ModelSpec;
-use crate::process::{ProcessSpec, process_child};
-use crate::services::Services;
-use crate::skills::{SkillSpec, skill_child};
-use crate::spec::{
-    AutoShutdown, Backoff, ChildSpec, ChildType, Restart, Shutdown, Strategy, SupervisorFlags,
-};
-use crate::supervisor::supervisor_child;
+use crate::process::ProcessSpec;
+use crate::skills::SkillSpec;
+use crate::spec::{AutoShutdown, Backoff, ChildType, Restart, Shutdown, Strategy, SupervisorFlags};
 
-/// A validated configuration.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Config {
-    pub node: NodeConfig,
-    pub api: ApiConfig,
-    pub store: StoreConfig,
-    pub sandbox: SandboxConfig,
-    /// The models agents can call (`models:`).
-    pub models: Vec<ModelSpec>,
-    /// The root supervisor (path `root`).
-    pub supervisor: SupervisorConfig,
-}
-
-/// The `node` section.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct NodeConfig {
-    pub listen: Option<String>,
-    pub data_dir: Option<PathBuf>,
-}
-
-/// The `api` section.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct ApiConfig {
-    /// Bearer tokens; when any is set, every API call must carry one.
-    pub tokens: Vec<String>,
-}
-
-/// The `store` section.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct StoreConfig {
-    pub limits: HistoryLimits,
-}
-
-/// The `sandbox` section: where untrusted work runs.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SandboxConfig {
-    pub provider: SandboxKind,
-    /// Whether the section was given (else the defaults apply and a missing `runsc` only
-    /// disables sandboxes instead of stopping the node).
-    pub configured: bool,
-    /// Warm sandboxes kept ready.
-    pub min: usize,
-    /// Most sandboxes in all.
-    pub max: usize,
-    pub memory_bytes: Option<u64>,
-    pub cpus: Option<f64>,
-    /// Logical actors one shared sandbox hosts at once.
-    pub slots_per_sandbox: usize,
-    /// How long a placed actor may be idle before it is passivated (an exclusive one's
-    /// sandbox suspended).
-    pub idle_timeout: Duration,
-}
-
-/// `sandbox.provider`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SandboxKind {
-    /// gVisor (`runsc`).
-    Gvisor,
-    /// Plain host processes: nothing isolated (requires `allow_unsandboxed: true`).
-    Process,
-}
-
-impl Default for SandboxConfig {
-    fn default() -> Self {
-        Self {
-            provider: SandboxKind::Gvisor,
-            configured: false,
-            min: 0,
-            max: 8,
-            memory_bytes: Some(512 << 20),
-            cpus: Some(1.0),
-            slots_per_sandbox: 64,
-            idle_timeout: Duration::from_secs(60),
-        }
-    }
-}
-
-/// A supervisor's flags and children.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SupervisorConfig {
-    pub flags: SupervisorFlags,
-    pub children: Vec<ChildConfig>,
-}
-
-/// One child entry.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ChildConfig {
-    pub id: String,
-    pub restart: Restart,
-    pub shutdown: Shutdown,
-    pub significant: bool,
-    pub actor: ActorConfig,
-}
-
-/// What the child is.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ActorConfig {
-    Process(ProcessSpec),
-    Mcp(McpSpec),
-    Skill(SkillSpec),
-    Agent(AgentSpec),
-    Supervisor(SupervisorConfig),
-}
-
-/// A configuration error at a place in a file.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub struct ConfigError {
-    pub file: String,
-    pub line: usize,
-    pub column: usize,
-    pub message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}:{}: {}",
-            self.file, self.line, self.column, self.message
-        )
-    }
-}
-
-/// Default shutdown for workers (ms), as in OTP.
-const DEFAULT_WORKER_SHUTDOWN_MS: u64 = 5000;
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            node: NodeConfig::default(),
-            api: ApiConfig::default(),
-            store: StoreConfig::default(),
-            sandbox: SandboxConfig::default(),
-            models: Vec::new(),
-            supervisor: SupervisorConfig {
-                flags: SupervisorFlags::default(),
-                children: Vec::new(),
-            },
-        }
-    }
-}
-
-impl Config {
-    /// Reads and validates a config file.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: file.clone(),
-            line: 0,
-            column: 0,
-            message: format!("cannot read: {e}"),
-        })?;
-        Self::parse(&file, &text)
-    }
-
-    /// Validates config text; `file` is used in error messages.
-    pub fn parse(file: &str, text: &str) -> Result<Self, ConfigError> {
-        if text.trim().is_empty() {
-            return Ok(Self::default());
-        }
-        parse_with(file, text, |check, raw: RawConfig| check.config(raw))
-    }
-}
-
-impl ChildConfig {
-    /// Validates one child entry (as under `children:`), for a supervisor with `parent` flags.
-    pub fn parse(file: &str, text: &str, parent: &SupervisorFlags) -> Result<Self, ConfigError> {
-        if text.trim().is_empty() {
-            return Err(ConfigError {
-                file: file.to_string(),
-                line: 1,
-                column: 1,
-                message: "empty child spec: give at least `id` and an actor kind".into(),
-            });
-        }
-        parse_with(file, text, |check, raw: Spanned<RawChild>| {
-            check.child(&raw, parent)
-        })
-    }
-}
+use super::raw::*;
+use super::*;
 
 /// Parses YAML into `R`, then validates it with `check`; the first error wins.
-fn parse_with<R: serde::de::DeserializeOwned, T>(
+pub(super) fn parse_with<R: serde::de::DeserializeOwned, T>(
     file: &str,
     text: &str,
     check: impl FnOnce(&mut Checker, R) -> T,
@@ -249,195 +61,8 @@ fn parse_with<R: serde::de::DeserializeOwned, T>(
     }
 }
 
-impl SupervisorConfig {
-    /// The runtime child specs for this supervisor's children, on the node's `services`.
-    pub fn child_specs(&self, services: &Services) -> Vec<ChildSpec> {
-        self.children
-            .iter()
-            .map(|c| c.child_spec(services))
-            .collect()
-    }
-}
-
-impl ChildConfig {
-    pub fn child_spec(&self, services: &Services) -> ChildSpec {
-        let spec = match &self.actor {
-            ActorConfig::Process(p) => process_child(&self.id, p.clone()),
-            ActorConfig::Mcp(m) => mcp_child(&self.id, m.clone(), services.clone()),
-            ActorConfig::Skill(s) => skill_child(&self.id, s.clone(), services.clone()),
-            ActorConfig::Agent(a) => agent_child(&self.id, a.clone(), services.clone()),
-            ActorConfig::Supervisor(s) => {
-                supervisor_child(&self.id, s.flags.clone(), s.child_specs(services))
-            }
-        };
-        spec.restart(self.restart)
-            .shutdown(self.shutdown)
-            .significant(self.significant)
-    }
-}
-
-// --- raw, spanned YAML shape -------------------------------------------------------------
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawConfig {
-    version: Option<Spanned<String>>,
-    node: Option<RawNode>,
-    api: Option<RawApi>,
-    store: Option<RawStore>,
-    sandbox: Option<RawSandbox>,
-    #[serde(default)]
-    models: Vec<Spanned<RawModel>>,
-    supervisor: Option<Spanned<RawSupervisor>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawModel {
-    id: Spanned<String>,
-    openai: Spanned<RawOpenAi>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawOpenAi {
-    base_url: Spanned<String>,
-    model: Spanned<String>,
-    api_key_env: Option<Spanned<String>>,
-    timeout_ms: Option<Spanned<i64>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawAgent {
-    model: Option<Spanned<String>>,
-    remote: Option<Spanned<String>>,
-    command: Option<Spanned<Vec<String>>>,
-    #[serde(default)]
-    system_prompt: String,
-    #[serde(default)]
-    tools: Vec<Spanned<String>>,
-    #[serde(default)]
-    require_approval: Vec<Spanned<String>>,
-    max_iterations: Option<Spanned<i64>>,
-    token_budget: Option<Spanned<i64>>,
-    compact_at_tokens: Option<Spanned<i64>>,
-    tool_timeout_ms: Option<Spanned<i64>>,
-    exec_timeout_secs: Option<Spanned<i64>>,
-    execs_per_minute: Option<Spanned<i64>>,
-    max_repeats: Option<Spanned<i64>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSandbox {
-    provider: Option<Spanned<String>>,
-    allow_unsandboxed: Option<Spanned<bool>>,
-    warm_pool: Option<RawWarmPool>,
-    memory_mib: Option<Spanned<i64>>,
-    cpus: Option<Spanned<f64>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawWarmPool {
-    min: Option<Spanned<i64>>,
-    max: Option<Spanned<i64>>,
-    slots_per_sandbox: Option<Spanned<i64>>,
-    idle_timeout_ms: Option<Spanned<i64>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawNode {
-    listen: Option<Spanned<String>>,
-    data_dir: Option<Spanned<String>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawApi {
-    #[serde(default)]
-    tokens: Vec<Spanned<String>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawStore {
-    embedded: Option<Spanned<BTreeMap<String, String>>>,
-    foundationdb: Option<Spanned<BTreeMap<String, String>>>,
-    max_events_per_conversation: Option<Spanned<i64>>,
-    warn_percent: Option<Spanned<i64>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSupervisor {
-    strategy: Option<Spanned<String>>,
-    intensity: Option<Spanned<i64>>,
-    period_secs: Option<Spanned<i64>>,
-    auto_shutdown: Option<Spanned<String>>,
-    max_children: Option<Spanned<i64>>,
-    backoff: Option<RawBackoff>,
-    #[serde(default)]
-    children: Vec<Spanned<RawChild>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawBackoff {
-    initial_ms: Spanned<i64>,
-    max_ms: Spanned<i64>,
-    jitter: Option<Spanned<f64>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawChild {
-    id: Spanned<String>,
-    restart: Option<Spanned<String>>,
-    shutdown: Option<Spanned<String>>,
-    #[serde(rename = "type")]
-    child_type: Option<Spanned<String>>,
-    significant: Option<Spanned<bool>>,
-    process: Option<Spanned<RawProcess>>,
-    mcp: Option<Spanned<RawMcp>>,
-    skill: Option<Spanned<RawSkill>>,
-    agent: Option<Spanned<RawAgent>>,
-    supervisor: Option<Spanned<RawSupervisor>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSkill {
-    path: Spanned<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawMcp {
-    command: Option<Spanned<Vec<String>>>,
-    url: Option<Spanned<String>>,
-    #[serde(default)]
-    env: BTreeMap<String, String>,
-    tenant: Option<Spanned<String>>,
-    isolation: Option<Spanned<String>>,
-    egress: Option<Spanned<bool>>,
-    timeout_ms: Option<Spanned<i64>>,
-    start_timeout_ms: Option<Spanned<i64>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawProcess {
-    command: Spanned<Vec<String>>,
-    #[serde(default)]
-    env: BTreeMap<String, String>,
-    cwd: Option<String>,
-}
-
 /// Walks the raw config, collecting errors with their spans (the first one is reported).
-struct Checker {
+pub(super) struct Checker {
     errors: Vec<(Span, String)>,
 }
 
@@ -446,7 +71,7 @@ impl Checker {
         self.errors.push((*span, message));
     }
 
-    fn config(&mut self, raw: RawConfig) -> Config {
+    pub(super) fn config(&mut self, raw: RawConfig) -> Config {
         match &raw.version {
             None => self.fail(
                 &Span::new_start(Marker::new(0, 0, 1, 1)),
@@ -792,7 +417,10 @@ impl Checker {
                 ),
             }
         }
-        StoreConfig { limits }
+        StoreConfig {
+            kind: StoreKind::Embedded,
+            limits,
+        }
     }
 
     fn supervisor(&mut self, raw: &RawSupervisor) -> SupervisorConfig {
@@ -1015,7 +643,11 @@ impl Checker {
         }
     }
 
-    fn child(&mut self, raw: &Spanned<RawChild>, parent: &SupervisorFlags) -> ChildConfig {
+    pub(super) fn child(
+        &mut self,
+        raw: &Spanned<RawChild>,
+        parent: &SupervisorFlags,
+    ) -> ChildConfig {
         let id = raw.id.as_str().to_string();
         if id.is_empty()
             || !id

@@ -5,7 +5,7 @@ use std::time::UNIX_EPOCH;
 
 use cadre_actors::Services;
 use cadre_actors::config::{ActorConfig, ChildConfig};
-use cadre_actors::{LifecycleEvent, SupervisorError, Tree, TreeNode};
+use cadre_actors::{LifecycleEvent, Tree, TreeNode};
 use cadre_proto::v1::actors_server::Actors;
 use cadre_proto::v1::{
     ActorNode, ActorRequest, ListActorsRequest, ListActorsResponse, SpawnRequest, TreeEvent,
@@ -16,6 +16,8 @@ use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
+
+use super::status::supervisor_status;
 
 /// `cadre.v1.Actors`: the live supervision tree.
 pub struct ActorsService {
@@ -61,20 +63,6 @@ impl ActorsService {
             .supervisor(parent)
             .ok_or_else(|| Status::unavailable(format!("supervisor `{parent}` is not running")))?;
         Ok((sup, id.to_string()))
-    }
-}
-
-fn supervisor_status(e: SupervisorError) -> Status {
-    match &e {
-        SupervisorError::NotFound(_) => Status::not_found(e.to_string()),
-        SupervisorError::Running(_) | SupervisorError::AlreadyPresent(_) => {
-            Status::already_exists(e.to_string())
-        }
-        SupervisorError::Restarting(_) => Status::failed_precondition(e.to_string()),
-        SupervisorError::MaxChildren(_) => Status::resource_exhausted(e.to_string()),
-        SupervisorError::InvalidSpec { .. } => Status::invalid_argument(e.to_string()),
-        SupervisorError::StartFailed { .. } => Status::failed_precondition(e.to_string()),
-        SupervisorError::Unavailable(_) => Status::unavailable(e.to_string()),
     }
 }
 

@@ -1,0 +1,173 @@
+//! `cadre.v1.Conversations`: decodes requests, hands them to the node's [`Execs`] and streams
+//! their events back. The exec lifecycle itself lives in [`cadre_actors::exec`].
+
+use std::pin::Pin;
+
+use cadre_actors::exec::{ExecEvents, Execs, Fork};
+use cadre_proto::v1::conversations_server::Conversations;
+use cadre_proto::v1::{
+    ApproveRequest, CancelRequest, Conversation, DeleteConversationRequest,
+    DeleteConversationResponse, Event, ExecRequest, ForkRequest, GetConversationRequest,
+    ListConversationsRequest, ListConversationsResponse, SubscribeRequest,
+};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use super::status::{exec_status, subscribe_status};
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<Event, Status>> + Send>>;
+
+/// The service; cheap to clone.
+#[derive(Clone)]
+pub struct ConversationsService {
+    execs: Execs,
+}
+
+impl ConversationsService {
+    /// The API of `execs`.
+    pub fn new(execs: Execs) -> Self {
+        Self { execs }
+    }
+}
+
+/// The events as a response stream. The response polls them itself, with no task or channel
+/// between: the events of one commit reach the encoder together and leave in one write, and a
+/// client that goes away drops the subscription at once.
+fn stream(events: ExecEvents) -> EventStream {
+    Box::pin(futures_util::stream::unfold(
+        events,
+        |mut events| async move {
+            let next = events.next().await?;
+            Some((
+                next.map(|e| Event::clone(&e)).map_err(subscribe_status),
+                events,
+            ))
+        },
+    ))
+}
+
+#[tonic::async_trait]
+impl Conversations for ConversationsService {
+    type ExecStream = EventStream;
+    type SubscribeStream = EventStream;
+
+    async fn exec(&self, request: Request<ExecRequest>) -> Result<Response<EventStream>, Status> {
+        let r = request.into_inner();
+        let reconnect = r.input.is_empty();
+        if reconnect && r.conversation_id.is_empty() {
+            return Err(Status::invalid_argument(
+                "input: empty; give an input to start an exec, or a conversation_id (and last_seq) \
+                 to reconnect to one",
+            ));
+        }
+        let events = if r.resume {
+            if !r.input.is_empty() {
+                return Err(Status::invalid_argument(
+                    "input: must be empty with resume (it continues the unfinished exec)",
+                ));
+            }
+            self.execs.resume(&r.conversation_id, r.last_seq).await
+        } else if !reconnect {
+            if r.last_seq > 0 {
+                return Err(Status::invalid_argument(
+                    "input: must be empty with resume or last_seq (they reconnect to an exec)",
+                ));
+            }
+            let conversation = (!r.conversation_id.is_empty()).then_some(r.conversation_id);
+            self.execs.start(conversation, r.agent_id, r.input).await
+        } else {
+            // Reconnect: exactly the events after last_seq, then the running exec to its end.
+            self.execs.follow(&r.conversation_id, r.last_seq).await
+        };
+        Ok(Response::new(stream(events.map_err(exec_status)?)))
+    }
+
+    async fn subscribe(
+        &self,
+        request: Request<SubscribeRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        let r = request.into_inner();
+        let events = self
+            .execs
+            .subscribe(&r.conversation_id, r.after_seq)
+            .await
+            .map_err(exec_status)?;
+        Ok(Response::new(stream(events)))
+    }
+
+    async fn get(
+        &self,
+        request: Request<GetConversationRequest>,
+    ) -> Result<Response<Conversation>, Status> {
+        let id = request.into_inner().conversation_id;
+        let summary = self.execs.describe(&id).await.map_err(exec_status)?;
+        Ok(Response::new(summary))
+    }
+
+    async fn list(
+        &self,
+        request: Request<ListConversationsRequest>,
+    ) -> Result<Response<ListConversationsResponse>, Status> {
+        let r = request.into_inner();
+        let conversations = self
+            .execs
+            .list(&r.after, r.limit)
+            .await
+            .map_err(exec_status)?;
+        Ok(Response::new(ListConversationsResponse { conversations }))
+    }
+
+    async fn fork(&self, request: Request<ForkRequest>) -> Result<Response<Conversation>, Status> {
+        let r = request.into_inner();
+        let fork = Fork {
+            src_conversation_id: r.src_conversation_id,
+            at_seq: r.at_seq,
+            dest_conversation_id: r.dest_conversation_id,
+            patch: r.patch,
+        };
+        let branch = self.execs.fork(fork).await.map_err(exec_status)?;
+        Ok(Response::new(branch))
+    }
+
+    async fn cancel(
+        &self,
+        request: Request<CancelRequest>,
+    ) -> Result<Response<Conversation>, Status> {
+        let r = request.into_inner();
+        let summary = self
+            .execs
+            .cancel(&r.conversation_id, &r.exec_id, &r.reason)
+            .await
+            .map_err(exec_status)?;
+        Ok(Response::new(summary))
+    }
+
+    async fn approve(
+        &self,
+        request: Request<ApproveRequest>,
+    ) -> Result<Response<Conversation>, Status> {
+        let r = request.into_inner();
+        let summary = self
+            .execs
+            .approve(&r.conversation_id, &r.call_id, r.approved, &r.reason)
+            .await
+            .map_err(exec_status)?;
+        Ok(Response::new(summary))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<DeleteConversationRequest>,
+    ) -> Result<Response<DeleteConversationResponse>, Status> {
+        let conversation_id = request.into_inner().conversation_id;
+        let events = self
+            .execs
+            .delete(&conversation_id)
+            .await
+            .map_err(exec_status)?;
+        Ok(Response::new(DeleteConversationResponse {
+            conversation_id,
+            events,
+        }))
+    }
+}

@@ -1,0 +1,9 @@
+//! The node's gRPC API: one service per file, each only decoding requests, calling the runtime
+//! and encoding answers; every domain error becomes a status in [`status`].
+
+pub mod actors;
+pub mod auth;
+pub mod cluster;
+pub mod conversations;
+pub mod status;
+pub mod tools;
