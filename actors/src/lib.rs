@@ -11,6 +11,8 @@
 //! - [`model`]: model clients (OpenAI-compatible Chat Completions).
 //! - [`tools`]: the tool registry, with argument checks against each tool's schema.
 
+#![warn(unreachable_pub)]
+
 pub mod agent;
 pub mod builtin;
 pub mod child;

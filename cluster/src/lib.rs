@@ -2,6 +2,8 @@
 //!
 //! Membership and controller leadership arrive here too (see `docs/architecture.md`).
 
+#![warn(unreachable_pub)]
+
 pub mod grpc;
 pub mod node;
 pub mod store;

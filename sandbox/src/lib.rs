@@ -9,6 +9,8 @@
 //! [`Placement`] hosts logical actors on the warm pool, and runs the processes of supervised
 //! actors (as [`cadre_actors::sandbox::SandboxHost`]).
 
+#![warn(unreachable_pub)]
+
 mod gvisor;
 mod host;
 mod local;

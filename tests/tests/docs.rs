@@ -98,8 +98,16 @@ fn the_architecture_names_real_files_and_functions() {
                 && !span.contains(' ')
                 && !span.contains("://")
                 && [
-                    "actors/", "cluster/", "sandbox/", "cli/", "proto/", "tests/", "docs/",
-                    "scripts/", "examples/", "deploy/",
+                    "actors/",
+                    "cluster/",
+                    "sandbox/",
+                    "cli/",
+                    "proto/",
+                    "tests/",
+                    "docs/",
+                    "scripts/",
+                    "examples/",
+                    "deploy/",
                 ]
                 .iter()
                 .any(|top| span.starts_with(top));

@@ -16,13 +16,16 @@ use cadre_proto::v1::{ActorLifecycle, event};
 const BATCH: usize = 512;
 
 /// A running forwarder.
-pub struct Audit {
+pub(super) struct Audit {
     flush: oneshot::Sender<()>,
     task: JoinHandle<()>,
 }
 
 impl Audit {
-    pub fn spawn(mut rx: broadcast::Receiver<LifecycleEvent>, controller: Controller) -> Self {
+    pub(super) fn spawn(
+        mut rx: broadcast::Receiver<LifecycleEvent>,
+        controller: Controller,
+    ) -> Self {
         let (flush, mut flushed) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             loop {
@@ -58,12 +61,12 @@ impl Audit {
     }
 
     /// Stops at once, writing nothing more (the controller was killed).
-    pub fn abort(self) {
+    pub(super) fn abort(self) {
         self.task.abort();
     }
 
     /// Writes every event emitted so far, then stops.
-    pub async fn flush(self) {
+    pub(super) async fn flush(self) {
         let _ = self.flush.send(());
         let _ = self.task.await;
     }

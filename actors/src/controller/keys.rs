@@ -23,16 +23,16 @@ use crate::store::{Store, StoreError, Txn};
 
 use super::OpenExec;
 
-pub const LOG: &str = "log";
-pub const EVENTS: &str = "conv";
-pub const META: &str = "meta";
+pub(super) const LOG: &str = "log";
+pub(super) const EVENTS: &str = "conv";
+pub(super) const META: &str = "meta";
 const IDEM: &str = "idem";
 const EXEC: &str = "exec";
 
 /// One committed event in the log, with the idempotency record of its append (carried by the
 /// append's first event).
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct LogEntry {
+pub(super) struct LogEntry {
     #[prost(message, optional, tag = "1")]
     pub event: Option<Event>,
     #[prost(string, tag = "2")]
@@ -44,13 +44,13 @@ pub struct LogEntry {
 
 /// The record of one group commit: its entries in commit order.
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct LogBatch {
+pub(super) struct LogBatch {
     #[prost(message, repeated, tag = "1")]
     pub entries: Vec<LogEntry>,
 }
 
 /// Appends one element of [`LogBatch::entries`] to an encoded batch, without copying the event.
-pub fn encode_log_entry(
+pub(super) fn encode_log_entry(
     batch: &mut Vec<u8>,
     event: &Event,
     idempotency_key: &str,
@@ -83,7 +83,7 @@ pub fn encode_log_entry(
 }
 
 /// Clears everything stored for a conversation.
-pub fn clear_conversation(t: &mut dyn Txn, conversation_id: &str) -> Result<(), StoreError> {
+pub(super) fn clear_conversation(t: &mut dyn Txn, conversation_id: &str) -> Result<(), StoreError> {
     for prefix in [EVENTS, IDEM, EXEC] {
         let (begin, end) = range(&[Elem::Str(prefix), Elem::Str(conversation_id)]);
         t.clear_range(&begin, &end)?;
@@ -91,11 +91,11 @@ pub fn clear_conversation(t: &mut dyn Txn, conversation_id: &str) -> Result<(), 
     t.clear(&meta(conversation_id))
 }
 
-pub fn log(lsn: u64) -> Vec<u8> {
+pub(super) fn log(lsn: u64) -> Vec<u8> {
     pack(&[Elem::Str(LOG), Elem::Int(lsn)])
 }
 
-pub fn event(conversation_id: &str, seq: u64) -> Vec<u8> {
+pub(super) fn event(conversation_id: &str, seq: u64) -> Vec<u8> {
     pack(&[
         Elem::Str(EVENTS),
         Elem::Str(conversation_id),
@@ -103,15 +103,15 @@ pub fn event(conversation_id: &str, seq: u64) -> Vec<u8> {
     ])
 }
 
-pub fn meta(conversation_id: &str) -> Vec<u8> {
+pub(super) fn meta(conversation_id: &str) -> Vec<u8> {
     pack(&[Elem::Str(META), Elem::Str(conversation_id)])
 }
 
-pub fn idempotency(conversation_id: &str, key: &str) -> Vec<u8> {
+pub(super) fn idempotency(conversation_id: &str, key: &str) -> Vec<u8> {
     pack(&[Elem::Str(IDEM), Elem::Str(conversation_id), Elem::Str(key)])
 }
 
-pub fn exec(conversation_id: &str, exec_id: &str) -> Vec<u8> {
+pub(super) fn exec(conversation_id: &str, exec_id: &str) -> Vec<u8> {
     pack(&[
         Elem::Str(EXEC),
         Elem::Str(conversation_id),
@@ -119,32 +119,32 @@ pub fn exec(conversation_id: &str, exec_id: &str) -> Vec<u8> {
     ])
 }
 
-pub fn encode_u64(n: u64) -> [u8; 8] {
+pub(super) fn encode_u64(n: u64) -> [u8; 8] {
     n.to_be_bytes()
 }
 
-pub fn decode_u64(bytes: &[u8]) -> u64 {
+pub(super) fn decode_u64(bytes: &[u8]) -> u64 {
     let mut buf = [0u8; 8];
     let n = bytes.len().min(8);
     buf[8 - n..].copy_from_slice(&bytes[..n]);
     u64::from_be_bytes(buf)
 }
 
-pub fn encode_span(first: u64, last: u64) -> [u8; 16] {
+pub(super) fn encode_span(first: u64, last: u64) -> [u8; 16] {
     let mut out = [0u8; 16];
     out[..8].copy_from_slice(&first.to_be_bytes());
     out[8..].copy_from_slice(&last.to_be_bytes());
     out
 }
 
-pub fn decode_span(bytes: &[u8]) -> (u64, u64) {
+pub(super) fn decode_span(bytes: &[u8]) -> (u64, u64) {
     (
         decode_u64(&bytes[..8.min(bytes.len())]),
         decode_u64(bytes.get(8..).unwrap_or(&[])),
     )
 }
 
-pub fn encode_exec(state: ExecState, recovering: bool) -> [u8; 5] {
+pub(super) fn encode_exec(state: ExecState, recovering: bool) -> [u8; 5] {
     let mut out = [0u8; 5];
     out[..4].copy_from_slice(&(state as i32).to_be_bytes());
     out[4] = recovering as u8;
@@ -161,7 +161,7 @@ fn decode_exec(bytes: &[u8]) -> ExecState {
 
 /// The change an event makes to the index of open execs that startup recovery scans: the
 /// exec's key, and its new value (`None`: it is finished and leaves the index).
-pub fn exec_index_change(event: &Event) -> Option<(Vec<u8>, Option<Vec<u8>>)> {
+pub(super) fn exec_index_change(event: &Event) -> Option<(Vec<u8>, Option<Vec<u8>>)> {
     let Some(event::Kind::ExecStateChanged(change)) = &event.kind else {
         return None;
     };
@@ -172,7 +172,7 @@ pub fn exec_index_change(event: &Event) -> Option<(Vec<u8>, Option<Vec<u8>>)> {
 }
 
 /// Startup recovery: every exec not in a terminal state, marked as recovering.
-pub fn mark_open_execs(store: &dyn Store) -> Result<Vec<OpenExec>, StoreError> {
+pub(super) fn mark_open_execs(store: &dyn Store) -> Result<Vec<OpenExec>, StoreError> {
     let (begin, end) = range(&[Elem::Str(EXEC)]);
     let mut open = Vec::new();
     store.transact(&mut |t| {

@@ -19,7 +19,7 @@ use crate::store::{Store, StoreError, Txn};
 
 /// One committed entry waiting to be materialized.
 #[derive(Clone)]
-pub struct Pending {
+pub(super) struct Pending {
     /// The log record (group commit) that holds it.
     pub lsn: u64,
     /// Whether it is the last entry of its record.
@@ -31,7 +31,7 @@ pub struct Pending {
 
 /// Committed but not yet materialized, shared by the writer, the materializer and readers.
 #[derive(Default)]
-pub struct Tail {
+pub(super) struct Tail {
     pub entries: VecDeque<Pending>,
     pub by_conversation: HashMap<String, VecDeque<Arc<Event>>>,
     pub idempotency: HashMap<(String, String), (u64, u64)>,
@@ -43,7 +43,7 @@ pub struct Tail {
 
 /// The tail with its condition variable (signalled on every change).
 #[derive(Default)]
-pub struct SharedTail {
+pub(super) struct SharedTail {
     pub tail: Mutex<Tail>,
     pub changed: Condvar,
     /// Materializer threads still running (a restarted controller waits for the old one).
@@ -51,7 +51,7 @@ pub struct SharedTail {
 }
 
 /// The writer waits while the tail holds this many events (the materializer is behind).
-pub const MAX_TAIL: usize = 262_144;
+pub(super) const MAX_TAIL: usize = 262_144;
 /// Most entries and bytes per materializing transaction. Large transactions write each
 /// conversation's pages once for many events: the materializer's I/O competes with the
 /// writer's fsyncs, and with 1,024 entries per transaction it halved the log's throughput.
@@ -63,7 +63,7 @@ const LINGER_BELOW: usize = 16_384;
 
 impl Tail {
     /// Records a commit: its entries become visible to readers.
-    pub fn push(&mut self, committed: Vec<Pending>) {
+    pub(super) fn push(&mut self, committed: Vec<Pending>) {
         for p in committed {
             // Look up before inserting: the key is allocated only for a new conversation.
             let conv = &p.event.conversation_id;
@@ -102,7 +102,7 @@ impl Tail {
 }
 
 /// Runs the materializer until the tail is closed and drained.
-pub fn spawn(
+pub(super) fn spawn(
     store: Arc<dyn Store>,
     log: Arc<dyn CommitLog>,
     shared: Arc<SharedTail>,
@@ -221,7 +221,7 @@ fn materialize(t: &mut dyn Txn, batch: &[Pending]) -> Result<(), StoreError> {
 
 /// Startup: materializes every entry a previous run committed but did not materialize, in
 /// transactions as large as the materializer's. Returns how many there were.
-pub fn replay(store: &dyn Store, log: &dyn CommitLog) -> Result<usize, StoreError> {
+pub(super) fn replay(store: &dyn Store, log: &dyn CommitLog) -> Result<usize, StoreError> {
     let mut total = 0;
     let mut batch: Vec<Pending> = Vec::new();
     let mut bytes = 0;

@@ -17,12 +17,12 @@ use crate::event_log::EventFeed;
 use crate::store::StoreError;
 
 /// Events a live subscriber may fall behind before it is cut off.
-pub const LIVE_BUFFER: usize = 4096;
+pub(super) const LIVE_BUFFER: usize = 4096;
 const PAGE: usize = 1024;
 
 /// Live subscribers by conversation.
 #[derive(Default)]
-pub struct Hub {
+pub(super) struct Hub {
     subscribers: Mutex<HashMap<String, Vec<Live>>>,
 }
 
@@ -36,7 +36,7 @@ type CutOff = Arc<Mutex<Option<SubscribeError>>>;
 
 impl Hub {
     /// Delivers committed events; never blocks the writer.
-    pub fn publish(&self, conversation: &str, events: Vec<Arc<Event>>) {
+    pub(super) fn publish(&self, conversation: &str, events: Vec<Arc<Event>>) {
         let mut subscribers = self.subscribers.lock().expect("hub lock");
         let Some(list) = subscribers.get_mut(conversation) else {
             return;
@@ -64,7 +64,7 @@ impl Hub {
     }
 
     /// Ends every live subscription of a deleted conversation.
-    pub fn close(&self, conversation: &str) {
+    pub(super) fn close(&self, conversation: &str) {
         let removed = self
             .subscribers
             .lock()

@@ -21,7 +21,7 @@ use crate::store::StoreError;
 const MAX_BATCH_EVENTS: usize = 16_384;
 const MAX_BATCH_BYTES: usize = 4 << 20;
 
-pub enum Command {
+pub(super) enum Command {
     Append {
         request: AppendRequest,
         /// Refuse unless the conversation has no events yet.
@@ -44,14 +44,14 @@ const MAX_LINGER: Duration = Duration::from_micros(500);
 
 /// Lets appenders wake a writer that waits for more of them ([`Linger::notify`]).
 #[derive(Default)]
-pub struct Linger {
+pub(super) struct Linger {
     thread: OnceLock<std::thread::Thread>,
     lingering: AtomicBool,
 }
 
 impl Linger {
     /// Called after queueing an append.
-    pub fn notify(&self) {
+    pub(super) fn notify(&self) {
         // Pairs with the writer's store of `lingering` before it looks at the queue: either it
         // sees this append or this sees it lingering.
         std::sync::atomic::fence(Ordering::SeqCst);
@@ -122,7 +122,7 @@ enum Outcome {
 
 /// Runs the writer; when its queue closes, it closes the tail and waits for `materializer` to
 /// drain it.
-pub fn spawn(
+pub(super) fn spawn(
     controller: Controller,
     rx: mpsc::Receiver<Command>,
     next_lsn: u64,
