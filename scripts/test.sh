@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# The whole test suite, from a fresh clone: installs what it needs, checks formatting and lints,
-# then runs every unit, scenario, property and end-to-end test.
+# The whole test suite, from a fresh clone: installs what it needs, checks formatting, lints and
+# the API docs (no rustdoc warnings), then runs every unit, scenario, property and end-to-end test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/setup.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 cargo test --workspace --locked

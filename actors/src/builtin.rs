@@ -119,12 +119,14 @@ pub struct SkillTools {
 }
 
 impl WorkspaceTools {
+    /// Workspace tools whose workspaces are sandboxes of `host`.
     pub fn new(host: Arc<dyn SandboxHost>) -> Self {
         Self { host }
     }
 }
 
 impl SkillTools {
+    /// Skill tools over `skills`, copying files into workspaces on `host` (`None`: no sandboxes).
     pub fn new(skills: SkillRegistry, host: Option<Arc<dyn SandboxHost>>) -> Self {
         Self { skills, host }
     }

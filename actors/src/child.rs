@@ -16,6 +16,7 @@ use crate::tree::Tree;
 
 /// A running child instance, as its start function reports it.
 pub struct Started {
+    /// The instance's actor; the supervisor watches it for exits.
     pub cell: ActorCell,
     /// The OS process behind the actor, if any: the supervisor makes sure it is dead and
     /// reaped before it counts the child as terminated.
@@ -42,6 +43,7 @@ pub struct StartContext {
     pub supervisor: ActorCell,
     /// The child's path, e.g. `root/tools/time`.
     pub path: String,
+    /// The node's live tree (a supervisor child records its own children in it).
     pub tree: Tree,
 }
 
@@ -55,6 +57,7 @@ pub type StartFuture = Pin<Box<dyn Future<Output = Result<Started, StartError>> 
 
 /// Starts one instance of a child; called again on every restart.
 pub trait ChildStart: Send + Sync + 'static {
+    /// Starts one instance, linked to `ctx.supervisor`.
     fn start(&self, ctx: StartContext) -> StartFuture;
 }
 
@@ -72,10 +75,15 @@ where
 pub struct ChildSpec {
     /// Unique among its siblings (not a global name).
     pub id: String,
+    /// What kind of actor it is (shown by `cadre tree`).
     pub kind: ActorKind,
+    /// Starts an instance; called on the first start and on every restart.
     pub start: Arc<dyn ChildStart>,
+    /// When it is restarted after it exits.
     pub restart: Restart,
+    /// How the supervisor terminates it.
     pub shutdown: Shutdown,
+    /// Worker or supervisor.
     pub child_type: ChildType,
     /// A significant child's own exit can shut its supervisor down (see [`AutoShutdown`]).
     pub significant: bool,
@@ -95,16 +103,19 @@ impl ChildSpec {
         }
     }
 
+    /// Sets when the child is restarted.
     pub fn restart(mut self, restart: Restart) -> Self {
         self.restart = restart;
         self
     }
 
+    /// Sets how the child is terminated.
     pub fn shutdown(mut self, shutdown: Shutdown) -> Self {
         self.shutdown = shutdown;
         self
     }
 
+    /// Sets whether the child is significant for its supervisor's `auto_shutdown`.
     pub fn significant(mut self, significant: bool) -> Self {
         self.significant = significant;
         self

@@ -36,6 +36,7 @@ use crate::tools::{
 /// What an `mcp` child runs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct McpSpec {
+    /// Where the server is, and how to reach it.
     pub server: McpServer,
     /// Whose sandbox a stdio server may share.
     pub tenant: String,
@@ -54,11 +55,16 @@ pub struct McpSpec {
 pub enum McpServer {
     /// A program and its arguments, run in a sandbox and spoken to on its stdio.
     Stdio {
+        /// The program and its arguments.
         command: Vec<String>,
+        /// Environment variables set for it.
         env: Vec<(String, String)>,
     },
     /// A streamable HTTP endpoint, e.g. `http://127.0.0.1:3001/mcp`.
-    Http { url: String },
+    Http {
+        /// The endpoint's URL.
+        url: String,
+    },
 }
 
 /// The `_meta` key that carries a call's idempotency key to an MCP server.

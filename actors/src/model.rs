@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 /// One entry of the `models:` section.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelSpec {
+    /// The id agents name the model by (`id`).
     pub id: String,
     /// `http://HOST:PORT/v1`: `/chat/completions` is appended.
     pub base_url: String,
@@ -36,23 +37,41 @@ pub struct ChatRequest {
 pub struct ChatResponse {
     /// The whole response body, as journaled.
     pub raw: Value,
+    /// Tokens in the prompt, from the response's `usage` (0 if absent).
     pub prompt_tokens: u32,
+    /// Tokens in the completion, from the response's `usage` (0 if absent).
     pub completion_tokens: u32,
 }
 
 /// Why a model call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ModelError {
+    /// The endpoint answered with an HTTP error status.
     #[error("model endpoint {url} answered {status}: {body}")]
     Status {
+        /// The endpoint called.
         url: String,
+        /// The HTTP status code.
         status: u16,
+        /// The start of the response body (up to 500 characters).
         body: String,
     },
+    /// The endpoint could not be reached, or the connection failed.
     #[error("cannot reach model endpoint {url}: {reason}")]
-    Transport { url: String, reason: String },
+    Transport {
+        /// The endpoint called.
+        url: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The endpoint answered with a body that is not a valid response.
     #[error("model endpoint {url} sent an invalid response: {reason}")]
-    Invalid { url: String, reason: String },
+    Invalid {
+        /// The endpoint called.
+        url: String,
+        /// What is wrong with the body.
+        reason: String,
+    },
 }
 
 impl ModelError {
@@ -73,6 +92,7 @@ pub type ChatFuture = Pin<Box<dyn Future<Output = Result<ChatResponse, ModelErro
 pub trait ModelClient: Send + Sync {
     /// The model's name, as journaled in `ModelCalled`.
     fn name(&self) -> &str;
+    /// Sends one chat request and waits for the answer.
     fn chat(&self, request: ChatRequest) -> ChatFuture;
 }
 
@@ -84,6 +104,7 @@ pub struct OpenAiClient {
 }
 
 impl OpenAiClient {
+    /// A client for the endpoint `spec` names, with its request timeout.
     pub fn new(spec: ModelSpec) -> Result<Self, ModelError> {
         let url = format!("{}/chat/completions", spec.base_url.trim_end_matches('/'));
         let http = reqwest::Client::builder()

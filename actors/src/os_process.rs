@@ -15,14 +15,18 @@ use crate::spec::ExitReason;
 pub struct ProcessSpec {
     /// Program and arguments.
     pub command: Vec<String>,
+    /// Variables set on top of the inherited environment.
     pub env: Vec<(String, String)>,
+    /// Working directory; `None` keeps the node's.
     pub cwd: Option<PathBuf>,
 }
 
 /// How an OS process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProcessExit {
+    /// Exited with this status (-1 if it is unknown).
     Code(i32),
+    /// Killed by this signal.
     Signal(i32),
 }
 
@@ -90,6 +94,7 @@ impl OsProcess {
         Ok(Self { pid, signals, exit })
     }
 
+    /// The process's pid, which is also its process group id.
     pub fn pid(&self) -> u32 {
         self.pid
     }
@@ -99,6 +104,7 @@ impl OsProcess {
         let _ = self.signals.send(sig);
     }
 
+    /// How the process ended, once it has been reaped; `None` until then.
     pub fn exit_status(&self) -> Option<ProcessExit> {
         *self.exit.borrow()
     }
@@ -125,6 +131,8 @@ impl OsProcess {
 }
 
 impl ProcessExit {
+    /// The exit reason a supervisor sees: exit 0 is `normal`, SIGTERM `shutdown`, SIGKILL
+    /// `killed`, anything else an error.
     pub fn reason(&self) -> ExitReason {
         match *self {
             ProcessExit::Code(0) => ExitReason::Normal,

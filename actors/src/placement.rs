@@ -43,6 +43,7 @@ impl Default for PlacementConfig {
 /// Whether an actor may share a sandbox with others of its tenant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Isolation {
+    /// Shares a sandbox with other actors of its tenant.
     #[default]
     Shared,
     /// A sandbox of its own.
@@ -62,8 +63,11 @@ impl Isolation {
 /// A logical actor as placement sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogicalActor {
+    /// The actor's id.
     pub id: String,
+    /// The tenant it belongs to; actors of different tenants never share a sandbox.
     pub tenant: String,
+    /// Whether it may share a sandbox.
     pub isolation: Isolation,
 }
 
@@ -73,22 +77,36 @@ pub struct LogicalActor {
 pub enum Step<H> {
     /// The actor is active in `sandbox` and now pinned there: deliver, then report
     /// [`PlacementPolicy::done`].
-    Deliver { sandbox: String, handle: H },
+    Deliver {
+        /// The sandbox it is active in.
+        sandbox: String,
+        /// That sandbox's handle.
+        handle: H,
+    },
     /// A slot in `sandbox` is claimed: activate the actor with `state`, then report
     /// [`PlacementPolicy::activated`] or [`PlacementPolicy::activation_failed`].
     Activate {
+        /// The sandbox with the claimed slot.
         sandbox: String,
+        /// That sandbox's handle.
         handle: H,
+        /// The state its last passivation returned (empty at first).
         state: Vec<u8>,
     },
     /// Lease a sandbox for the actor's tenant, then report [`PlacementPolicy::add_sandbox`] or
     /// [`PlacementPolicy::pool_exhausted`].
-    Acquire { exclusive: bool },
+    Acquire {
+        /// The sandbox is for this actor alone.
+        exclusive: bool,
+    },
     /// Passivate these actors (marked passivating), report each with
     /// [`PlacementPolicy::passivated`], and ask again.
     Passivate(Vec<Victim<H>>),
     /// Release this empty sandbox (already removed from the table) and ask again.
-    Release { sandbox: String },
+    Release {
+        /// The sandbox to release.
+        sandbox: String,
+    },
     /// Nothing can be done now: wait for a change and ask again.
     Wait,
 }
@@ -96,8 +114,11 @@ pub enum Step<H> {
 /// An actor to passivate, and where it is.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Victim<H> {
+    /// The actor's id.
     pub actor: String,
+    /// The sandbox it is in.
     pub sandbox: String,
+    /// That sandbox's handle.
     pub handle: H,
     /// The sandbox is the actor's own: it can be suspended whole instead.
     pub exclusive: bool,
@@ -110,15 +131,21 @@ pub enum ActorState {
     Passive,
     /// An exclusive actor waiting for its own sandbox.
     Leasing,
+    /// A slot in `sandbox` is claimed and it is being activated there.
     Activating {
+        /// The sandbox it is being activated in.
         sandbox: String,
     },
     /// `busy` messages are being delivered to it.
     Active {
+        /// The sandbox it is active in.
         sandbox: String,
+        /// Deliveries in progress; 0 means idle, so it may be passivated.
         busy: u32,
     },
+    /// It is being passivated and still holds its slot in `sandbox`.
     Passivating {
+        /// The sandbox it is leaving.
         sandbox: String,
     },
 }
@@ -126,9 +153,13 @@ pub enum ActorState {
 /// One actor in a listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ActorPlacement {
+    /// The actor's id.
     pub id: String,
+    /// Its tenant.
     pub tenant: String,
+    /// Whether it may share a sandbox.
     pub isolation: Isolation,
+    /// Where it is.
     pub state: ActorState,
     /// Bytes of state kept while passive.
     pub state_bytes: usize,
@@ -137,9 +168,13 @@ pub struct ActorPlacement {
 /// One sandbox in a listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SandboxSlots {
+    /// The sandbox's id.
     pub id: String,
+    /// The tenant whose actors it hosts.
     pub tenant: String,
+    /// Leased for one exclusive actor.
     pub exclusive: bool,
+    /// Actors it can host at once (1 if exclusive).
     pub slots: usize,
     /// Slots in use (actors activating, active or passivating).
     pub used: usize,
@@ -150,6 +185,7 @@ pub struct SandboxSlots {
 /// Idle actors and sandboxes found by [`PlacementPolicy::sweep`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sweep<H> {
+    /// Idle actors to passivate (already marked passivating).
     pub passivate: Vec<Victim<H>>,
     /// Sandboxes to release (already removed from the policy).
     pub release: Vec<String>,
@@ -193,6 +229,7 @@ struct SandboxEntry<H> {
 }
 
 impl<H: Clone> PlacementPolicy<H> {
+    /// An empty table.
     pub fn new(config: PlacementConfig) -> Self {
         Self {
             config,
@@ -205,6 +242,7 @@ impl<H: Clone> PlacementPolicy<H> {
         }
     }
 
+    /// The configuration it was made with.
     pub fn config(&self) -> &PlacementConfig {
         &self.config
     }
@@ -704,10 +742,16 @@ impl<H: Clone> PlacementPolicy<H> {
 /// Why an actor cannot be placed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlaceError {
+    /// The actor is already known with another tenant or isolation.
     #[error(
         "actor `{actor}` belongs to tenant `{tenant}` with another isolation; an actor's tenant and isolation never change"
     )]
-    Mismatch { actor: String, tenant: String },
+    Mismatch {
+        /// The actor's id.
+        actor: String,
+        /// The tenant it is known under.
+        tenant: String,
+    },
 }
 
 #[cfg(test)]

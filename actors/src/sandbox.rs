@@ -34,16 +34,31 @@ pub struct SandboxSpec {
 /// Why a sandbox could not be started.
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
+    /// No sandbox can be had (the provider is not set up, or the pool is shut down).
     #[error("{0}")]
     Unavailable(String),
+    /// The spec was refused (say, an id with characters the provider does not allow).
     #[error("invalid sandbox spec: {0}")]
     Invalid(String),
+    /// The sandbox (or a hosted actor's process) could not be started.
     #[error("cannot start sandbox `{id}`: {why}")]
-    Start { id: String, why: String },
+    Start {
+        /// The sandbox's id (or the hosted actor's).
+        id: String,
+        /// What went wrong.
+        why: String,
+    },
+    /// The provider cannot do this (say, checkpoint a sandbox).
     #[error("{0}")]
     Unsupported(String),
+    /// Checkpointing the sandbox failed.
     #[error("cannot checkpoint sandbox `{id}`: {why}")]
-    Checkpoint { id: String, why: String },
+    Checkpoint {
+        /// The sandbox's id.
+        id: String,
+        /// What went wrong.
+        why: String,
+    },
 }
 
 /// A boxed future, so providers can be used as trait objects.
@@ -106,14 +121,19 @@ pub struct HostedActor {
 pub struct HostedSpec {
     /// The logical actor the process belongs to.
     pub actor: HostedActor,
+    /// The program and its arguments.
     pub argv: Vec<String>,
+    /// Environment variables set for the process.
     pub env: Vec<(String, String)>,
 }
 
 /// A placed actor held in its slot, with its sandbox's worker. Dropping it lets the slot go.
 pub struct PinnedWorker {
+    /// The id of the sandbox the actor is placed in.
     pub sandbox: String,
+    /// A client of that sandbox's worker.
     pub worker: WorkerClient<Channel>,
+    /// Keeps the actor pinned in its slot; dropping it lets the slot go.
     pub hold: Box<dyn Send + Sync>,
 }
 
@@ -124,6 +144,7 @@ pub type PinFuture<'a> =
 /// How a hosted process ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HostedExit {
+    /// The process exited with a code or was killed by a signal.
     Exited(ProcessExit),
     /// Its sandbox or the connection to it went away.
     Lost(String),
@@ -131,10 +152,13 @@ pub enum HostedExit {
 
 /// A process running in a sandbox. Dropping it kills the process and lets its slot go.
 pub struct HostedProcess {
+    /// The id of the sandbox it runs in.
     pub sandbox: String,
     /// Its pid inside the sandbox.
     pub pid: u32,
+    /// The process's stdin.
     pub stdin: Pin<Box<dyn AsyncWrite + Send>>,
+    /// The process's stdout.
     pub stdout: Pin<Box<dyn AsyncRead + Send>>,
     /// Becomes `Some` once, when the process ends or is lost.
     pub exit: watch::Receiver<Option<HostedExit>>,
@@ -158,6 +182,7 @@ pub trait SandboxHost: Send + Sync {
 }
 
 impl HostedExit {
+    /// The end as an actor exit reason (a lost sandbox is an error).
     pub fn reason(&self) -> crate::ExitReason {
         match self {
             HostedExit::Exited(exit) => exit.reason(),

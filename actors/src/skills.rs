@@ -26,7 +26,9 @@ pub struct SkillSpec {
 /// A loaded skill.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Skill {
+    /// Its name (front matter `name`), unique on the node.
     pub name: String,
+    /// What it is for (front matter `description`).
     pub description: String,
     /// The body of `SKILL.md` after the front matter.
     pub instructions: String,
@@ -48,8 +50,11 @@ pub struct SkillRegistry {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{file}:{line}: {message}")]
 pub struct SkillError {
+    /// The `SKILL.md` path.
     pub file: String,
+    /// The line at fault, from 1 (0 when the error is not at a line).
     pub line: usize,
+    /// What is wrong.
     pub message: String,
 }
 
@@ -57,6 +62,7 @@ pub struct SkillError {
 const MAX_SKILL_BYTES: u64 = 16 << 20;
 
 impl SkillRegistry {
+    /// All loaded skills, sorted by name.
     pub fn list(&self) -> Vec<Skill> {
         self.inner
             .read()
@@ -66,6 +72,7 @@ impl SkillRegistry {
             .collect()
     }
 
+    /// The loaded skill called `name`, if any.
     pub fn get(&self, name: &str) -> Option<Skill> {
         self.inner.read().expect("skills").get(name).cloned()
     }

@@ -40,13 +40,16 @@ pub enum Shutdown {
 /// Whether a child is a worker or a supervisor (decides the default shutdown).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ChildType {
+    /// Any actor that is not a supervisor; default shutdown is a 5000 ms timeout.
     Worker,
+    /// A supervisor; default shutdown is `infinity`.
     Supervisor,
 }
 
 /// When a supervisor shuts itself down because significant children exited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum AutoShutdown {
+    /// Never (OTP's default); significant children are then not allowed.
     #[default]
     Never,
     /// As soon as any significant child exits by itself.
@@ -58,12 +61,19 @@ pub enum AutoShutdown {
 /// What kind of actor a node in the tree is; shown by `cadre tree`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ActorKind {
+    /// A supervisor.
     Supervisor,
+    /// An agent: one holding an agent's registration, or an exec's agent loop.
     Agent,
+    /// An actor that serves tools.
     Tool,
+    /// A skill loaded from a folder with a `SKILL.md`.
     Skill,
+    /// An MCP server whose tools are in the tool registry.
     Mcp,
+    /// A supervised OS process.
     Process,
+    /// A node service, such as the controller.
     System,
 }
 
@@ -73,21 +83,28 @@ pub enum ActorKind {
 /// `min(max, initial * 2^(n-1))`, scaled by a random factor in `[1 - jitter, 1 + jitter]`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Backoff {
+    /// Delay before the first restart in the window.
     pub initial: Duration,
+    /// Upper bound of the doubled delay (before jitter).
     pub max: Duration,
+    /// Random spread, as a fraction of the delay (clamped to `[0, 1]`).
     pub jitter: f64,
 }
 
 /// A supervisor's flags.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SupervisorFlags {
+    /// Which children are restarted when one must be.
     pub strategy: Strategy,
     /// Most restarts allowed inside `period`; one more and the supervisor gives up.
     pub intensity: u32,
+    /// Length of the sliding window in which restarts are counted against `intensity`.
     pub period: Duration,
+    /// Whether exits of significant children shut the supervisor down.
     pub auto_shutdown: AutoShutdown,
     /// Refuse `start_child` past this many children (like Elixir's DynamicSupervisor).
     pub max_children: Option<usize>,
+    /// Delay restarts exponentially; `None` restarts at once, as OTP does.
     pub backoff: Option<Backoff>,
     /// Children that end and are not restarted are removed, as in OTP's `simple_one_for_one`
     /// and Elixir's DynamicSupervisor, so per-request children do not pile up.
@@ -97,9 +114,13 @@ pub struct SupervisorFlags {
 /// Why an actor exited. `Normal` and `Shutdown` are normal; the rest are abnormal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExitReason {
+    /// Finished its work (`normal`).
     Normal,
+    /// Stopped on request (`shutdown`), e.g. by its supervisor or by SIGTERM.
     Shutdown,
+    /// Killed without a graceful stop (`killed`), e.g. a brutal kill or SIGKILL.
     Killed,
+    /// Any other exit, with its description; always abnormal.
     Error(String),
 }
 
@@ -115,20 +136,38 @@ pub struct Hosted {
 /// An error from a supervisor call (`start_child`, `terminate_child`, …).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SupervisorError {
+    /// No child has this id.
     #[error("no child `{0}`")]
     NotFound(String),
+    /// The child is running (for `start_child`: present and not terminated).
     #[error("child `{0}` is already running")]
     Running(String),
+    /// `start_child` found a terminated child with this id; restart or delete it first.
     #[error("child `{0}` is already present (terminated); restart or delete it")]
     AlreadyPresent(String),
+    /// The child is waiting to be started again (backoff or a retried start).
     #[error("child `{0}` is restarting")]
     Restarting(String),
+    /// `start_child` was refused: the supervisor already has `max_children` children.
     #[error("supervisor is at max_children ({0})")]
     MaxChildren(usize),
+    /// The child spec breaks a rule of [`ChildSpec::validate`](crate::child::ChildSpec::validate).
     #[error("invalid child spec `{id}`: {reason}")]
-    InvalidSpec { id: String, reason: String },
+    InvalidSpec {
+        /// The child's id.
+        id: String,
+        /// The rule it breaks.
+        reason: String,
+    },
+    /// The child's start function failed.
     #[error("child `{id}` failed to start: {reason}")]
-    StartFailed { id: String, reason: String },
+    StartFailed {
+        /// The child's id.
+        id: String,
+        /// The start error.
+        reason: String,
+    },
+    /// The call got no reply: the supervisor has stopped or is stopping.
     #[error("supervisor is not running: {0}")]
     Unavailable(String),
 }
@@ -136,17 +175,24 @@ pub enum SupervisorError {
 /// A child as `which_children` reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChildInfo {
+    /// Its id among its siblings.
     pub id: String,
+    /// What kind of actor it is.
     pub kind: ActorKind,
+    /// Worker or supervisor.
     pub child_type: ChildType,
+    /// Running, restarting or stopped.
     pub status: ChildStatus,
+    /// How many times it has been restarted (instances started, minus one).
     pub restarts: u32,
+    /// The OS pid of its process (local or in a sandbox), if it has one.
     pub pid: Option<u32>,
 }
 
 /// The state of a child slot in its supervisor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ChildStatus {
+    /// An instance is running.
     Running,
     /// Waiting to be started again (backoff, or a failed start that will be retried).
     Restarting,
@@ -157,9 +203,13 @@ pub enum ChildStatus {
 /// `count_children`: how many specs, running children, supervisors and workers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ChildCounts {
+    /// Child specs the supervisor holds, running or not.
     pub specs: usize,
+    /// Children that are running.
     pub active: usize,
+    /// Children of type supervisor, running or not.
     pub supervisors: usize,
+    /// Children of type worker, running or not.
     pub workers: usize,
 }
 
@@ -201,6 +251,7 @@ impl fmt::Display for ExitReason {
 pub struct ChildExit(pub ExitReason);
 
 impl Strategy {
+    /// The OTP name: `one_for_one`, `one_for_all` or `rest_for_one`.
     pub fn as_str(&self) -> &'static str {
         match self {
             Strategy::OneForOne => "one_for_one",
@@ -211,6 +262,7 @@ impl Strategy {
 }
 
 impl ActorKind {
+    /// The lowercase name `cadre tree` shows, e.g. `mcp`.
     pub fn as_str(&self) -> &'static str {
         match self {
             ActorKind::Supervisor => "supervisor",
@@ -225,6 +277,7 @@ impl ActorKind {
 }
 
 impl ChildStatus {
+    /// `running`, `restarting` or `stopped`.
     pub fn as_str(&self) -> &'static str {
         match self {
             ChildStatus::Running => "running",

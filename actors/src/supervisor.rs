@@ -48,9 +48,11 @@ impl Tree {
 pub struct SupervisorArgs {
     /// Path of this supervisor, e.g. `root` or `root/tools`.
     pub path: String,
+    /// Its flags.
     pub flags: SupervisorFlags,
     /// Children in start order.
     pub children: Vec<ChildSpec>,
+    /// The node's live tree, in which it records its children.
     pub tree: Tree,
 }
 
@@ -59,11 +61,17 @@ pub struct Supervisor;
 
 /// Messages a supervisor handles; [`SupervisorRef`] wraps them in typed calls.
 pub enum SupervisorMsg {
+    /// `start_child`: add a child at the end of the start order and start it.
     StartChild(ChildSpec, RpcReplyPort<Result<ChildInfo, SupervisorError>>),
+    /// `terminate_child`: terminate the child with this id.
     TerminateChild(String, RpcReplyPort<Result<(), SupervisorError>>),
+    /// `restart_child`: start a terminated child again.
     RestartChild(String, RpcReplyPort<Result<ChildInfo, SupervisorError>>),
+    /// `delete_child`: remove a terminated child's spec.
     DeleteChild(String, RpcReplyPort<Result<(), SupervisorError>>),
+    /// `which_children`: every child, in start order.
     WhichChildren(RpcReplyPort<Vec<ChildInfo>>),
+    /// `count_children`: counts of specs, running children, supervisors and workers.
     CountChildren(RpcReplyPort<ChildCounts>),
     /// A start that failed during a restart is tried again; this counts as another restart.
     TryAgainRestart(String),
@@ -157,6 +165,7 @@ impl SupervisorRef {
         Self(cell.into())
     }
 
+    /// The supervisor's actor.
     pub fn cell(&self) -> ActorCell {
         self.0.get_cell()
     }
@@ -184,10 +193,13 @@ impl SupervisorRef {
         self.call(|r| SupervisorMsg::DeleteChild(id, r)).await?
     }
 
+    /// Every child, in start order (OTP's `which_children`).
     pub async fn which_children(&self) -> Result<Vec<ChildInfo>, SupervisorError> {
         self.call(SupervisorMsg::WhichChildren).await
     }
 
+    /// How many specs, running children, supervisors and workers it has (OTP's
+    /// `count_children`).
     pub async fn count_children(&self) -> Result<ChildCounts, SupervisorError> {
         self.call(SupervisorMsg::CountChildren).await
     }

@@ -19,6 +19,7 @@ pub struct ToolInfo {
     pub name: String,
     /// The path of the actor that serves it (`root/tools/time`).
     pub server: String,
+    /// What the tool does, for a model.
     pub description: String,
     /// The JSON schema of its arguments.
     pub input_schema: Value,
@@ -31,8 +32,11 @@ pub struct ToolInfo {
 pub struct ToolDef {
     /// The name inside its server (`get_current_time`).
     pub name: String,
+    /// What the tool does, for a model.
     pub description: String,
+    /// The JSON schema of its arguments.
     pub input_schema: Value,
+    /// Calls need an approval.
     pub requires_approval: bool,
 }
 
@@ -57,16 +61,41 @@ pub struct ToolOutcome {
 /// Why a call was not made or did not finish.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ToolError {
+    /// No tool has this name.
     #[error("no tool `{0}` (`cadre tools ls` lists the tools)")]
     NotFound(String),
+    /// The arguments are not a JSON object or do not match the tool's schema.
     #[error("invalid arguments for `{tool}`: {reason}")]
-    InvalidArguments { tool: String, reason: String },
+    InvalidArguments {
+        /// The tool called.
+        tool: String,
+        /// What does not match.
+        reason: String,
+    },
+    /// The tool did not answer in time.
     #[error("tool `{tool}` did not answer within {ms} ms")]
-    Timeout { tool: String, ms: u64 },
+    Timeout {
+        /// The tool called.
+        tool: String,
+        /// The timeout, in milliseconds.
+        ms: u64,
+    },
+    /// The tool's server cannot be reached, or its connection failed.
     #[error("tool `{tool}` is unavailable: {reason}")]
-    Unavailable { tool: String, reason: String },
+    Unavailable {
+        /// The tool called.
+        tool: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The namespace is already registered by another server.
     #[error("namespace `{namespace}` is already served by `{server}`")]
-    Taken { namespace: String, server: String },
+    Taken {
+        /// The namespace asked for.
+        namespace: String,
+        /// The path of the actor that holds it.
+        server: String,
+    },
 }
 
 /// A boxed call future.
@@ -109,6 +138,7 @@ struct Tool {
 }
 
 impl ToolRegistry {
+    /// An empty registry.
     pub fn new() -> Self {
         Self::default()
     }
@@ -251,7 +281,9 @@ impl ToolRegistry {
 
 /// A checked call, ready to be made (and journaled first).
 pub struct PreparedCall {
+    /// The tool's name, `namespace.tool`.
     pub name: String,
+    /// Whether the call needs an approval before it is made.
     pub requires_approval: bool,
     tool: String,
     arguments: Map<String, Value>,

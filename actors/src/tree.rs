@@ -16,9 +16,13 @@ use crate::spec::{ActorKind, ChildStatus, ExitReason, Strategy, SupervisorFlags}
 /// One lifecycle change of one actor.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LifecycleEvent {
+    /// When it happened.
     pub at: SystemTime,
+    /// The actor's path, e.g. `root/tools/time`.
     pub path: String,
+    /// What kind of actor it is.
     pub kind: ActorKind,
+    /// What happened.
     pub change: Change,
 }
 
@@ -26,15 +30,26 @@ pub struct LifecycleEvent {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
     /// A new instance is running (first start or a restart).
-    Started { pid: Option<u32>, restarts: u32 },
+    Started {
+        /// The OS pid of the instance's process, if it has one.
+        pid: Option<u32>,
+        /// How many times the child has been restarted (0 on its first start).
+        restarts: u32,
+    },
     /// The instance exited by itself.
-    Exited { reason: ExitReason },
+    Exited {
+        /// Why it exited.
+        reason: ExitReason,
+    },
     /// Its supervisor is about to start it again.
     Restarting,
     /// Its supervisor terminated it (shutdown order, group restart, `terminate_child`).
     Terminated,
     /// A supervisor exceeded its restart intensity and gave up, failing to its parent.
-    Escalated { reason: String },
+    Escalated {
+        /// The supervisor's exit reason (`reached_max_restart_intensity`).
+        reason: String,
+    },
     /// Removed from its supervisor (`delete_child`, or a temporary child that exited).
     Deleted,
 }
@@ -42,15 +57,23 @@ pub enum Change {
 /// A snapshot of one actor and its descendants.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TreeNode {
+    /// Its path, e.g. `root/tools/time`.
     pub path: String,
+    /// What kind of actor it is.
     pub kind: ActorKind,
+    /// Running, restarting or stopped.
     pub status: ChildStatus,
+    /// How many times it has been restarted.
     pub restarts: u32,
+    /// The OS pid of its process (local or in a sandbox), if it has one.
     pub pid: Option<u32>,
+    /// The restart strategy, for supervisors.
     pub strategy: Option<Strategy>,
     /// The sandbox the actor's work runs in, for hosted actors.
     pub placement: Option<String>,
+    /// When the running instance started; `None` while it is not running.
     pub started_at: Option<SystemTime>,
+    /// Its children, in start order.
     pub children: Vec<TreeNode>,
 }
 
@@ -85,6 +108,7 @@ impl Default for Tree {
 }
 
 impl Tree {
+    /// An empty tree.
     pub fn new() -> Self {
         Self {
             inner: Arc::new(Mutex::new(HashMap::new())),

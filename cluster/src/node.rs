@@ -51,19 +51,27 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:7400";
 
 /// What a node is started with.
 pub struct NodeOptions {
+    /// The node's configuration.
     pub config: Config,
     /// Bearer tokens accepted by the API, besides `api.tokens` in the config.
     pub extra_tokens: Vec<String>,
+    /// Where to serve the API; port 0 picks a free port.
     pub listen: SocketAddr,
+    /// The node's data dir: its store, workspaces and sandbox images.
     pub data_dir: PathBuf,
 }
 
 /// A running node.
 pub struct Node {
+    /// The live supervision tree.
     pub tree: Tree,
+    /// The root supervisor.
     pub root: SupervisorRef,
+    /// The controller, the only writer of the event log.
     pub controller: Controller,
+    /// The node's tool registry.
     pub tools: ToolRegistry,
+    /// The address the API listens on.
     pub addr: SocketAddr,
     root_exit: JoinHandle<()>,
     stop_api: oneshot::Sender<()>,
@@ -76,26 +84,42 @@ pub struct Node {
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
+    /// The API address cannot be bound.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
+        /// The address asked for.
         addr: SocketAddr,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// The data dir cannot be made absolute or created.
     #[error("cannot create data dir {path}: {source}")]
     DataDir {
+        /// The data dir.
         path: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// The store cannot be opened.
     #[error("cannot open the event log: {0}")]
     Store(StoreError),
+    /// The root supervisor did not start.
     #[error("the root supervisor failed to start: {0}")]
     Root(StartError),
+    /// The API's reflection service cannot be built.
     #[error("cannot set up the API: {0}")]
     Api(String),
+    /// A configured sandbox provider cannot be used, or the cadre binary cannot be found.
     #[error("sandboxes: {0}")]
     Sandbox(String),
+    /// A configured model's client cannot be made.
     #[error("model `{id}`: {reason}")]
-    Model { id: String, reason: String },
+    Model {
+        /// The model's id.
+        id: String,
+        /// What went wrong.
+        reason: String,
+    },
 }
 
 /// How long a stopping node waits for open API streams to end.

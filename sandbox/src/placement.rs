@@ -39,8 +39,11 @@ use crate::{Lease, PoolError, Suspended, WarmPool};
 pub enum PlacementEvent {
     /// The actor's sandbox died while it was there; it will be placed again on demand.
     Lost {
+        /// The actor that was lost.
         actor: LogicalActor,
+        /// The id of the sandbox that died.
         sandbox: String,
+        /// How the sandbox ended.
         reason: String,
     },
 }
@@ -48,18 +51,34 @@ pub enum PlacementEvent {
 /// Why a message could not be delivered.
 #[derive(Debug, thiserror::Error)]
 pub enum PlacementError {
+    /// Too many activations are already waiting for a slot.
     #[error("{limit} activations are already waiting for a sandbox slot; try again later")]
-    QueueFull { limit: usize },
+    QueueFull {
+        /// How many may wait.
+        limit: usize,
+    },
+    /// The policy refuses to place the actor.
     #[error(transparent)]
     Refused(#[from] PlaceError),
+    /// No sandbox can be leased for the actor's tenant.
     #[error("cannot start a sandbox for tenant `{tenant}`: {reason}")]
-    Lease { tenant: String, reason: String },
+    Lease {
+        /// The actor's tenant.
+        tenant: String,
+        /// Why the lease failed.
+        reason: String,
+    },
+    /// The sandbox's worker failed a call for the actor.
     #[error("actor `{actor}` in sandbox `{sandbox}`: {status}")]
     Worker {
+        /// The actor's id.
         actor: String,
+        /// The sandbox's id.
         sandbox: String,
+        /// The worker's error.
         status: tonic::Status,
     },
+    /// Placement is shut down.
     #[error("placement is shut down")]
     Closed,
 }
@@ -67,7 +86,9 @@ pub enum PlacementError {
 /// A message's answer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Delivered {
+    /// The sandbox the actor is in.
     pub sandbox: String,
+    /// The actor's answer.
     pub payload: Vec<u8>,
     /// Messages the actor has handled in its life, this one included.
     pub handled: u64,
@@ -80,8 +101,11 @@ pub struct Delivered {
 /// An active actor held in its slot (it is not passivated while held); dropping it lets go.
 pub struct Pinned {
     placement: Placement,
+    /// The actor's id.
     pub actor: String,
+    /// The sandbox the actor is active in.
     pub sandbox: String,
+    /// A client of the sandbox's worker.
     pub worker: WorkerClient<Channel>,
     /// Whether pinning activated the actor.
     pub activated: bool,

@@ -34,7 +34,9 @@ pub struct PoolConfig {
     pub max: usize,
     /// Workspaces go under this directory, one per sandbox.
     pub workspaces: PathBuf,
+    /// Memory limit per sandbox, in bytes; `None` for no limit.
     pub memory_bytes: Option<u64>,
+    /// CPU limit per sandbox, in cores; `None` for no limit.
     pub cpus: Option<f64>,
     /// Prefix of sandbox ids.
     pub name: String,
@@ -45,19 +47,24 @@ pub struct PoolConfig {
 /// One sandbox as the pool sees it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SandboxInfo {
+    /// The sandbox's id.
     pub id: String,
     /// `None` while warm.
     pub tenant: Option<String>,
     /// Pid of the host process holding it.
     pub pid: Option<u32>,
+    /// When it was started.
     pub started: SystemTime,
 }
 
 /// A sandbox handed to a tenant.
 #[derive(Clone)]
 pub struct Lease {
+    /// The sandbox's id.
     pub id: String,
+    /// The tenant it belongs to.
     pub tenant: String,
+    /// A client of its worker.
     pub worker: WorkerClient<Channel>,
 }
 
@@ -68,11 +75,15 @@ pub enum Suspended {
     Checkpointed,
     /// It was stopped (why: the provider cannot checkpoint, or the checkpoint failed); a
     /// resume starts it afresh on its workspace.
-    Stopped { why: String },
+    Stopped {
+        /// Why it was stopped.
+        why: String,
+    },
 }
 
 /// A suspended sandbox back in the pool.
 pub struct Resumed {
+    /// The sandbox, leased to its tenant again.
     pub lease: Lease,
     /// Whether it was restored from its image (memory and processes as they were), rather
     /// than started afresh on its workspace.
@@ -82,18 +93,27 @@ pub struct Resumed {
 /// Reported when a sandbox ends without being released.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SandboxDied {
+    /// The sandbox's id.
     pub id: String,
+    /// Its tenant; `None` if it was warm.
     pub tenant: Option<String>,
+    /// How it ended.
     pub status: String,
 }
 
 /// Why a sandbox could not be leased.
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
+    /// Every place is taken and no sandbox is warm.
     #[error("all {max} sandboxes are in use; none is warm")]
-    Exhausted { max: usize },
+    Exhausted {
+        /// The pool's `max`.
+        max: usize,
+    },
+    /// A sandbox cannot be started.
     #[error(transparent)]
     Start(#[from] SandboxError),
+    /// The pool has no sandbox with this id.
     #[error("no sandbox `{0}` in the pool")]
     Unknown(String),
 }

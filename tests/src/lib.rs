@@ -50,6 +50,7 @@ pub fn workspace_bin(package: &str, bin: &str) -> PathBuf {
 pub struct TempDir(PathBuf);
 
 impl TempDir {
+    /// Creates a fresh directory under the system temp dir, its name tagged with `tag`.
     pub fn new(tag: &str) -> Self {
         static N: AtomicUsize = AtomicUsize::new(0);
         let dir = std::env::temp_dir().join(format!(
@@ -61,6 +62,7 @@ impl TempDir {
         Self(dir)
     }
 
+    /// The directory's path.
     pub fn path(&self) -> &Path {
         &self.0
     }
@@ -75,7 +77,9 @@ impl Drop for TempDir {
 /// A running `cadre serve`.
 pub struct Node {
     child: Option<Child>,
+    /// The API address it listens on.
     pub addr: String,
+    /// Scratch dir holding its config (and its data dir, unless given another).
     pub dir: TempDir,
     /// The node's data dir.
     pub data: PathBuf,
@@ -149,6 +153,7 @@ impl Node {
         }
     }
 
+    /// Pid of the `cadre serve` process, which must not have been stopped or waited for.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
     }
@@ -223,6 +228,7 @@ impl Node {
         }
     }
 
+    /// What the node has written to stderr so far.
     pub fn log(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }
@@ -352,12 +358,14 @@ pub fn find<'a>(tree: &'a Value, path: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {path} in {tree:#}"))
 }
 
+/// Pid of the actor at `path` in a `tree -o json` value.
 pub fn pid_of(tree: &Value, path: &str) -> u32 {
     find(tree, path)["pid"]
         .as_u64()
         .unwrap_or_else(|| panic!("{path} has no pid")) as u32
 }
 
+/// Whether a process with this pid exists.
 pub fn alive(pid: u32) -> bool {
     unsafe { libc::kill(pid as i32, 0) == 0 }
 }

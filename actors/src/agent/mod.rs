@@ -33,6 +33,7 @@ pub struct AgentSpec {
     /// A process agent's command (a harness run in the conversation's sandbox, speaking JSON
     /// lines over stdio) instead of a model.
     pub command: Option<Vec<String>>,
+    /// The system message every model call starts with.
     pub system_prompt: String,
     /// The tools it may call: `ns.tool`, `ns.*` or `*`.
     pub tools: Vec<String>,

@@ -22,6 +22,7 @@ pub(super) struct Registered {
 }
 
 impl AgentRegistry {
+    /// The registered definition of agent `id`, if one is running.
     pub fn get(&self, id: &str) -> Option<AgentSpec> {
         self.inner
             .read()
@@ -30,6 +31,7 @@ impl AgentRegistry {
             .map(|r| r.spec.clone())
     }
 
+    /// The ids of all registered agents, sorted.
     pub fn ids(&self) -> Vec<String> {
         self.inner.read().expect("agents").keys().cloned().collect()
     }

@@ -17,21 +17,28 @@ use crate::tools::ToolRegistry;
 pub struct ExecRun {
     /// Where the exec is journaled.
     pub log: Arc<dyn EventLog>,
+    /// The node's tools (the spec says which the agent may call).
     pub tools: ToolRegistry,
+    /// The node's models, by id.
     pub models: Models,
     /// For the agent's rate limit.
     pub agents: AgentRegistry,
     /// Where process agents run (`None` on a node without sandboxes).
     pub host: Option<Arc<dyn SandboxHost>>,
+    /// The agent the exec runs (its id in the registry).
     pub agent_id: String,
+    /// The agent's definition; patches journaled in the conversation apply on top.
     pub spec: AgentSpec,
+    /// The conversation the exec belongs to (its log).
     pub conversation: String,
+    /// The exec's id.
     pub exec_id: String,
 }
 
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExecEnd {
+    /// Ended COMPLETED.
     Completed,
     /// Ended FAILED with this reason (a limit, a model that cannot be reached).
     Failed(String),
@@ -44,8 +51,10 @@ pub enum ExecEnd {
 /// Why a run could not go on (its supervisor restarts it, and it resumes from the log).
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    /// Appending to the event log failed.
     #[error("the event log: {0}")]
     Append(#[from] AppendError),
+    /// The log could not be read (or a process agent's sandbox was lost).
     #[error("cannot read the log: {0}")]
     Read(String),
 }

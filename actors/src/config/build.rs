@@ -21,6 +21,7 @@ impl SupervisorConfig {
 }
 
 impl ChildConfig {
+    /// The runtime child spec for this child, on the node's `services`.
     pub fn child_spec(&self, services: &Services) -> ChildSpec {
         let spec = match &self.actor {
             ActorConfig::Process(p) => process_child(&self.id, p.clone()),

@@ -5,9 +5,9 @@
 //! rest_for_one)`.
 //!
 //! - this file: the validated config (what the rest of the node reads);
-//! - [`raw`]: the YAML shape as written, every value with its place in the file;
-//! - [`validate`]: raw → validated, collecting `FILE:LINE:COL` errors;
-//! - [`build`]: validated children → the runtime's child specs.
+//! - `raw.rs`: the YAML shape as written, every value with its place in the file;
+//! - `validate.rs`: raw → validated, collecting `FILE:LINE:COL` errors;
+//! - `build.rs`: validated children → the runtime's child specs.
 
 mod build;
 mod raw;
@@ -33,9 +33,13 @@ use validate::parse_with;
 /// A validated configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
+    /// The `node` section.
     pub node: NodeConfig,
+    /// The `api` section.
     pub api: ApiConfig,
+    /// The `store` section.
     pub store: StoreConfig,
+    /// The `sandbox` section.
     pub sandbox: SandboxConfig,
     /// The models agents can call (`models:`).
     pub models: Vec<ModelSpec>,
@@ -46,7 +50,9 @@ pub struct Config {
 /// The `node` section.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct NodeConfig {
+    /// The gRPC listen address (`node.listen`); the CLI defaults to 127.0.0.1:7400.
     pub listen: Option<String>,
+    /// Where the node keeps its data (`node.data_dir`).
     pub data_dir: Option<PathBuf>,
 }
 
@@ -77,6 +83,7 @@ pub enum StoreKind {
 /// The `sandbox` section: where untrusted work runs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SandboxConfig {
+    /// What sandboxes run on (`sandbox.provider`, default gVisor).
     pub provider: SandboxKind,
     /// Whether the section was given (else the defaults apply and a missing `runsc` only
     /// disables sandboxes instead of stopping the node).
@@ -85,7 +92,9 @@ pub struct SandboxConfig {
     pub min: usize,
     /// Most sandboxes in all.
     pub max: usize,
+    /// Memory limit per sandbox, in bytes (`sandbox.memory_mib`, default 512 MiB).
     pub memory_bytes: Option<u64>,
+    /// CPU limit per sandbox (`sandbox.cpus`, default 1).
     pub cpus: Option<f64>,
     /// Logical actors one shared sandbox hosts at once.
     pub slots_per_sandbox: usize,
@@ -121,36 +130,53 @@ impl Default for SandboxConfig {
 /// A supervisor's flags and children.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SupervisorConfig {
+    /// Strategy, restart intensity, auto-shutdown and the like.
     pub flags: SupervisorFlags,
+    /// The children, in start order.
     pub children: Vec<ChildConfig>,
 }
 
 /// One child entry.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChildConfig {
+    /// The child's id, unique among its siblings.
     pub id: String,
+    /// When the child is restarted (`restart`, default permanent).
     pub restart: Restart,
+    /// How the child is stopped (`shutdown`: brutal_kill, infinity or milliseconds; default
+    /// 5000 ms for workers, infinity for supervisors).
     pub shutdown: Shutdown,
+    /// Whether the child's exit may shut its supervisor down (`significant`, see `auto_shutdown`).
     pub significant: bool,
+    /// What the child runs.
     pub actor: ActorConfig,
 }
 
 /// What the child is.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ActorConfig {
+    /// A `process` child: a command run as an OS process.
     Process(ProcessSpec),
+    /// An `mcp` child: an MCP server whose tools the node serves.
     Mcp(McpSpec),
+    /// A `skill` child: a skill folder to load.
     Skill(SkillSpec),
+    /// An `agent` child: a model, process or remote agent.
     Agent(AgentSpec),
+    /// A nested `supervisor`.
     Supervisor(SupervisorConfig),
 }
 
 /// A configuration error at a place in a file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct ConfigError {
+    /// The file's name.
     pub file: String,
+    /// Line, from 1 (0 when the file cannot be read).
     pub line: usize,
+    /// Column, from 1 (0 when the file cannot be read).
     pub column: usize,
+    /// What is wrong.
     pub message: String,
 }
 

@@ -144,6 +144,7 @@ impl Controller {
         Ok(actor)
     }
 
+    /// The store the controller reads and writes.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.shared.store
     }

@@ -3,7 +3,7 @@
 //!
 //! An exec is one turn of a conversation: `InputReceived` and `ExecStateChanged(RUNNING)` are
 //! appended, then the exec's agent runs as a transient child of the node's `root/agents`
-//! supervisor ([`runner`]): an agent that crashes is restarted and goes on from the log; one
+//! supervisor (`runner.rs`): an agent that crashes is restarted and goes on from the log; one
 //! that ends normally is removed. At most one exec holds a conversation at a time
 //! ([`ExecClaims`]). Everything here speaks [`ExecError`]; the gRPC layer maps it to status
 //! codes in one place.

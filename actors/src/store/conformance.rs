@@ -60,6 +60,8 @@ fn scan(store: &dyn Store, begin: &[u8], end: &[u8], limit: usize, reverse: bool
     out
 }
 
+/// `set` then `get` reads the value back, `set` overwrites, `clear` removes, and an empty
+/// value is a value.
 pub fn set_get_clear(store: &dyn Store) {
     write(store, |t| t.set(b"k", b"v1"));
     assert_eq!(
@@ -83,6 +85,8 @@ pub fn set_get_clear(store: &dyn Store) {
     );
 }
 
+/// Range reads follow tuple order (integers numerically), with a limit, in reverse, begin
+/// inclusive and end exclusive.
 pub fn range_reads_are_ordered(store: &dyn Store) {
     // Insert out of order; integers must sort numerically, conversations must not mix.
     write(store, |t| {
@@ -115,6 +119,7 @@ pub fn range_reads_are_ordered(store: &dyn Store) {
     );
 }
 
+/// `clear_range` clears the keys in `[begin, end)` and nothing else.
 pub fn clear_range_clears_exactly_the_range(store: &dyn Store) {
     write(store, |t| {
         for seq in 1..=5 {
@@ -136,6 +141,7 @@ pub fn clear_range_clears_exactly_the_range(store: &dyn Store) {
     );
 }
 
+/// A transaction reads its own sets and clears.
 pub fn reads_see_own_writes(store: &dyn Store) {
     write(store, |t| t.set(b"base", b"1"));
     store
@@ -153,6 +159,7 @@ pub fn reads_see_own_writes(store: &dyn Store) {
         .unwrap();
 }
 
+/// A transaction whose closure fails writes nothing.
 pub fn failed_transactions_write_nothing(store: &dyn Store) {
     let err = store.transact(&mut |t| {
         t.set(b"half", b"written")?;
@@ -172,6 +179,7 @@ pub fn failed_transactions_write_nothing(store: &dyn Store) {
     );
 }
 
+/// A transaction over `MAX_TRANSACTION_BYTES` fails with `TooLarge` and writes nothing.
 pub fn oversized_transactions_are_refused(store: &dyn Store) {
     let chunk = vec![7u8; 1 << 20];
     let result = store.transact(&mut |t| {
@@ -191,12 +199,14 @@ pub fn oversized_transactions_are_refused(store: &dyn Store) {
     );
 }
 
+/// A write in a read fails with `ReadOnly` and writes nothing.
 pub fn reads_cannot_write(store: &dyn Store) {
     let result = store.read(&mut |t| t.set(b"sneaky", b"x"));
     assert_eq!(result, Err(StoreError::ReadOnly));
     assert_eq!(get(store, b"sneaky"), None);
 }
 
+/// Committed keys are all there after the store is dropped and opened again.
 pub fn committed_data_survives_reopen(backend: &mut dyn Backend) {
     let store = backend.fresh();
     write(store.as_ref(), |t| {

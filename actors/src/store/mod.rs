@@ -1,5 +1,5 @@
 //! The ordered key-value store under the event log, shaped like FoundationDB: byte keys in
-//! lexicographic order (built with [`tuple`] encoding), range reads, and atomic transactions
+//! lexicographic order (built with [`tuple`](mod@tuple) encoding), range reads, and atomic transactions
 //! kept under FoundationDB's limits (10 MB, 5 s), so a FoundationDB backend is a drop-in.
 //!
 //! Calls block; async callers run them on a blocking thread.
@@ -16,18 +16,26 @@ pub const MAX_TRANSACTION_BYTES: usize = 10_000_000;
 /// Why a store operation failed. Nothing of a failed transaction is visible.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
+    /// The backend failed (I/O, a corrupt record, a failed task).
     #[error("store I/O error: {0}")]
     Io(String),
+    /// The transaction wrote more than [`MAX_TRANSACTION_BYTES`].
     #[error("transaction too large: {bytes} bytes written (limit {MAX_TRANSACTION_BYTES})")]
-    TooLarge { bytes: usize },
+    TooLarge {
+        /// The bytes it wrote (keys + values).
+        bytes: usize,
+    },
+    /// A write was tried in a read-only transaction.
     #[error("read-only transaction cannot write")]
     ReadOnly,
+    /// The transaction's closure gave up, with this reason.
     #[error("transaction aborted: {0}")]
     Aborted(String),
 }
 
 /// Operations inside one transaction. Reads see the transaction's own writes.
 pub trait Txn {
+    /// The value at `key`, if any.
     fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     /// Keys in `[begin, end)`, ascending (or descending when `reverse`), at most `limit`.
     fn range(
@@ -37,7 +45,9 @@ pub trait Txn {
         limit: usize,
         reverse: bool,
     ) -> Result<Vec<Kv>, StoreError>;
+    /// Sets `key` to `value`.
     fn set(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError>;
+    /// Clears `key`.
     fn clear(&mut self, key: &[u8]) -> Result<(), StoreError>;
     /// Clears every key in `[begin, end)`.
     fn clear_range(&mut self, begin: &[u8], end: &[u8]) -> Result<(), StoreError>;

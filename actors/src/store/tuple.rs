@@ -4,16 +4,22 @@
 /// One element of a key tuple.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Elem<'a> {
+    /// A byte string.
     Bytes(&'a [u8]),
+    /// A UTF-8 string.
     Str(&'a str),
+    /// A non-negative integer.
     Int(u64),
 }
 
 /// A decoded element.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Value {
+    /// A byte string.
     Bytes(Vec<u8>),
+    /// A UTF-8 string.
     Str(String),
+    /// A non-negative integer.
     Int(u64),
 }
 
@@ -21,7 +27,9 @@ pub enum Value {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid tuple key at byte {at}: {what}")]
 pub struct TupleError {
+    /// The byte offset where decoding failed.
     pub at: usize,
+    /// What is wrong there.
     pub what: &'static str,
 }
 

@@ -28,6 +28,8 @@ pub struct ActorsService {
 }
 
 impl ActorsService {
+    /// The service over `tree`, whose root supervisor has path `root`; spawned children start
+    /// on `services`.
     pub fn new(tree: Tree, root: impl Into<String>, services: Services) -> Self {
         Self {
             tree,

@@ -16,12 +16,14 @@ pub struct Auth {
 }
 
 impl Auth {
+    /// Accepts any of `tokens`; none leaves the API open.
     pub fn new(tokens: impl IntoIterator<Item = String>) -> Self {
         Self {
             tokens: Arc::new(tokens.into_iter().map(String::into_bytes).collect()),
         }
     }
 
+    /// Whether any token is configured, so that calls must carry one.
     pub fn is_enabled(&self) -> bool {
         !self.tokens.is_empty()
     }

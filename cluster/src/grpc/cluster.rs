@@ -15,14 +15,22 @@ use tonic::{Request, Response, Status};
 /// The node's sandboxes: a pool, or why there is none.
 #[derive(Clone)]
 pub enum Sandboxes {
+    /// The node has a warm pool.
     Pool {
+        /// The warm pool.
         pool: WarmPool,
+        /// Placement of logical actors on the pool.
         placement: Placement,
+        /// The sandbox provider's name (`gvisor`, `process`).
         provider: &'static str,
+        /// Whether the provider isolates sandboxes from the host.
         isolated: bool,
+        /// Warm sandboxes kept ready.
         min: usize,
+        /// Most sandboxes in all.
         max: usize,
     },
+    /// The node has no sandboxes, for this reason.
     Unavailable(String),
 }
 
@@ -35,6 +43,7 @@ pub struct ClusterService {
 }
 
 impl ClusterService {
+    /// The service of the node at `address`, started now.
     pub fn new(address: String, sandboxes: Sandboxes) -> Self {
         Self {
             address,

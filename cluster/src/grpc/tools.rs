@@ -27,6 +27,7 @@ pub struct ToolsService {
 }
 
 impl ToolsService {
+    /// Calls tools from `tools` and journals each call in `log`.
     pub fn new(tools: ToolRegistry, log: Arc<dyn EventLog>) -> Self {
         Self { tools, log }
     }

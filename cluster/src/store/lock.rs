@@ -12,10 +12,13 @@ use cadre_actors::store::StoreError;
 #[derive(Debug)]
 pub struct DataDirLock {
     _file: File,
+    /// The lock file, `DIR/LOCK`.
     pub path: PathBuf,
 }
 
 impl DataDirLock {
+    /// Locks `dir` (creating it if need be) and writes this process's pid into the lock file;
+    /// fails if another node holds it.
     pub fn acquire(dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| {
             StoreError::Io(format!("cannot create data dir {}: {e}", dir.display()))
