@@ -1,11 +1,17 @@
 //! Connecting to a node, with errors a person can act on.
 
+use std::time::Duration;
+
 use anyhow::anyhow;
 use clap::Args;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+use crate::Failure;
 
 /// Where the node is.
 #[derive(Args, Clone)]
@@ -21,6 +27,24 @@ pub struct ServerArgs {
     /// Bearer token, for nodes started with api.tokens or --token-file.
     #[arg(long, env = "CADRE_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
+    /// Seconds to wait for the node to answer when connecting (streams then run as long as
+    /// they last).
+    #[arg(
+        long,
+        env = "CADRE_TIMEOUT",
+        default_value = "5",
+        value_name = "SECONDS",
+        value_parser = parse_timeout,
+        global = true
+    )]
+    pub timeout: Duration,
+}
+
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    match s.parse::<f64>() {
+        Ok(secs) if secs > 0.0 && secs.is_finite() => Ok(Duration::from_secs_f64(secs)),
+        _ => Err(format!("`{s}` is not a number of seconds > 0")),
+    }
 }
 
 /// Adds `authorization: Bearer <token>` to every call, when a token is given.
@@ -44,28 +68,47 @@ impl Interceptor for Bearer {
 /// A connection to a node's API.
 pub type Api = InterceptedService<Channel, Bearer>;
 
-pub async fn connect(args: &ServerArgs) -> anyhow::Result<Api> {
+/// Connects to the node and checks, within `--timeout`, that it answers as a cadre node (its
+/// health service). A malformed `--server` or `--token` is a usage error.
+pub async fn connect(args: &ServerArgs) -> Result<Api, Failure> {
     let bearer = match &args.token {
         Some(t) => Some(
             format!("Bearer {t}")
                 .parse()
-                .map_err(|_| anyhow!("--token: not a valid header value"))?,
+                .map_err(|_| Failure::Usage("cadre: --token: not a valid header value".into()))?,
         ),
         None => None,
     };
-    let channel = connect_channel(args).await?;
-    Ok(InterceptedService::new(channel, Bearer(bearer)))
-}
-
-async fn connect_channel(args: &ServerArgs) -> anyhow::Result<Channel> {
     let url = if args.server.contains("://") {
         args.server.clone()
     } else {
         format!("http://{}", args.server)
     };
     let endpoint = Endpoint::from_shared(url.clone())
-        .map_err(|e| anyhow!("--server: `{}` is not a valid address: {e}", args.server))?;
-    endpoint.connect().await.map_err(|e| {
+        .ok()
+        .filter(|e| e.uri().host().is_some())
+        .ok_or_else(|| {
+            Failure::Usage(format!(
+                "cadre: --server: `{}` is not an address (expected HOST:PORT or \
+                 http://HOST:PORT)",
+                args.server
+            ))
+        })?
+        .connect_timeout(args.timeout);
+    let channel = tokio::time::timeout(args.timeout, connect_channel(&url, endpoint))
+        .await
+        .map_err(|_| {
+            anyhow!(
+                "no answer from {url} within {:.1} s: is a cadre node listening there? (raise \
+                 --timeout for a slow link)",
+                args.timeout.as_secs_f64()
+            )
+        })??;
+    Ok(InterceptedService::new(channel, Bearer(bearer)))
+}
+
+async fn connect_channel(url: &str, endpoint: Endpoint) -> anyhow::Result<Channel> {
+    let channel = endpoint.connect().await.map_err(|e| {
         let mut cause: Option<&dyn std::error::Error> = Some(&e);
         while let Some(c) = cause {
             if let Some(io) = c.downcast_ref::<std::io::Error>() {
@@ -77,5 +120,21 @@ async fn connect_channel(args: &ServerArgs) -> anyhow::Result<Channel> {
             cause = c.source();
         }
         anyhow!("no cadre node at {url}: {e}; start one with `cadre serve`")
-    })
+    })?;
+    // Every node serves gRPC health without a token: an answer means a cadre node is there.
+    let health = HealthClient::new(channel.clone())
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await;
+    match health {
+        Ok(_) => Ok(channel),
+        Err(status) if status.code() == tonic::Code::Unimplemented => Err(anyhow!(
+            "{url} answers gRPC but is not a cadre node (it has no health service)"
+        )),
+        Err(status) => Err(anyhow!(
+            "{url} does not speak cadre's API (gRPC over HTTP/2): {}",
+            status.message()
+        )),
+    }
 }

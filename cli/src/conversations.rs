@@ -43,7 +43,7 @@ pub struct ForkArgs {
     /// The conversation to branch.
     #[arg(long)]
     conversation: String,
-    /// Keep events 1..N (default: all of them).
+    /// Keep events 1..N, N ≥ 1 (default: all the conversation has now).
     #[arg(long)]
     at_seq: Option<u64>,
     /// The new conversation's id (default: generated).
@@ -147,10 +147,13 @@ fn status(call: &str, s: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{call} failed: {:?}: {}", s.code(), s.message())
 }
 
-/// Usage errors the server found (bad or missing fields) exit 2; everything else exits 1.
+/// Usage errors the server found (bad or missing fields, a write it does not allow) exit 2;
+/// everything else exits 1.
 pub(crate) fn failure(call: &str, s: tonic::Status) -> Failure {
     match s.code() {
-        tonic::Code::InvalidArgument => Failure::Usage(format!("cadre: {call}: {}", s.message())),
+        tonic::Code::InvalidArgument | tonic::Code::PermissionDenied => {
+            Failure::Usage(format!("cadre: {call}: {}", s.message()))
+        }
         _ => Failure::Runtime(status(call, s)),
     }
 }
@@ -203,10 +206,24 @@ pub async fn exec(args: ExecArgs) -> Result<(), Failure> {
 pub async fn fork(args: ForkArgs) -> Result<(), Failure> {
     let patch = args.patch.as_deref().map(read_patch).transpose()?;
     let mut client = client(&args.server).await?;
+    // Without --at-seq the branch keeps everything the conversation has now.
+    let at_seq = match args.at_seq {
+        Some(at) => at,
+        None => {
+            client
+                .get(GetConversationRequest {
+                    conversation_id: args.conversation.clone(),
+                })
+                .await
+                .map_err(|s| failure("Get", s))?
+                .into_inner()
+                .last_seq
+        }
+    };
     let c = client
         .fork(ForkRequest {
             src_conversation_id: args.conversation,
-            at_seq: args.at_seq.unwrap_or(0),
+            at_seq,
             dest_conversation_id: args.to.unwrap_or_default(),
             patch,
         })
@@ -500,6 +517,10 @@ fn describe(e: &Event) -> (&'static str, String) {
             "tool_returned",
             match &t.outcome {
                 Some(tool_returned::Outcome::Error(e)) => format!("{} error: {e}", t.call_id),
+                // The tool answered with an error of its own (MCP `isError`).
+                Some(tool_returned::Outcome::ResultJson(r)) if t.is_error => {
+                    format!("{} tool error: {r}", t.call_id)
+                }
                 _ => format!("{} ok", t.call_id),
             },
         ),
@@ -596,6 +617,7 @@ pub fn event_json(e: &Event) -> Value {
         }
         Some(event::Kind::ToolReturned(t)) => {
             obj.insert("call_id".into(), json!(t.call_id));
+            obj.insert("is_error".into(), json!(t.is_error));
             match &t.outcome {
                 Some(tool_returned::Outcome::ResultJson(r)) => {
                     obj.insert("result_json".into(), json!(r));

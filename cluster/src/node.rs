@@ -35,6 +35,7 @@ use crate::grpc::conversations::ConversationsService;
 use crate::grpc::tools::ToolsService;
 use crate::store;
 use cadre_proto::v1::conversations_server::ConversationsServer;
+use tonic::server::NamedService;
 use tonic::service::interceptor::InterceptedService;
 
 /// Path of a node's root supervisor.
@@ -234,7 +235,12 @@ impl Node {
             };
         let cluster = ClusterService::new(addr.to_string(), sandboxes);
         let (stop_api, stopped) = oneshot::channel::<()>();
-        let service = ActorsService::new(tree.clone(), ROOT, services.clone());
+        let service = ActorsService::new(
+            tree.clone(),
+            ROOT,
+            vec![format!("{ROOT}/{CONTROLLER}"), format!("{ROOT}/{AGENTS}")],
+            services.clone(),
+        );
         let tools = ToolsService::new(services.tools.clone(), event_log.clone());
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<ActorsServer<ActorsService>>().await;
@@ -257,10 +263,19 @@ impl Node {
             tokio::spawn(async move { recovering.recover().await });
         }
         let conversations = ConversationsService::new(execs);
+        // Only the services this node serves are advertised (the descriptor set also holds
+        // `AgentService`, which remote agents serve, and `Worker`, served in sandboxes).
         let reflection = || {
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(cadre_proto::FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .with_service_name(<ActorsServer<ActorsService> as NamedService>::NAME)
+                .with_service_name(<ClusterServer<ClusterService> as NamedService>::NAME)
+                .with_service_name(<ToolsServer<ToolsService> as NamedService>::NAME)
+                .with_service_name(
+                    <ConversationsServer<ConversationsService> as NamedService>::NAME,
+                )
+                .with_service_name("grpc.health.v1.Health")
         };
         let auth = Auth::new(
             options

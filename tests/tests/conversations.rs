@@ -252,7 +252,7 @@ fn forks_share_the_prefix_and_continue_separately() {
         let missing = c
             .fork(ForkRequest {
                 src_conversation_id: "nope".into(),
-                at_seq: 0,
+                at_seq: 1,
                 dest_conversation_id: String::new(),
                 patch: None,
             })

@@ -209,6 +209,19 @@ supervisor:
     assert_eq!(code, 1);
     assert_eq!(r["is_error"], true, "{r}");
     assert!(text(&r).contains("Mars/Olympus"), "{r}");
+    // … and the log records it as the tool's error, not `ok` (issue 21).
+    let returned = log(&node, "cadre.tools")
+        .into_iter()
+        .rfind(|e| e["type"] == "tool_returned")
+        .expect("a ToolReturned");
+    assert_eq!(returned["is_error"], true, "{returned}");
+    let text_log = node.cli(&["conversations", "log", "cadre.tools"]);
+    let last = String::from_utf8_lossy(&text_log.stdout)
+        .lines()
+        .rfind(|l| l.contains("tool_returned"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(last.contains("tool error"), "{last}");
 
     // The idempotency key reaches the server in the request's `_meta`.
     let (code, r, err) = call(&node, "meta.meta", "{}");

@@ -379,8 +379,22 @@ fn health_and_reflection_answer_like_grpcurl_expects() {
             panic!("expected a service list");
         };
         let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
-        for want in ["cadre.v1.Actors", "grpc.health.v1.Health"] {
+        for want in [
+            "cadre.v1.Actors",
+            "cadre.v1.Conversations",
+            "cadre.v1.Tools",
+            "cadre.v1.Cluster",
+            "grpc.health.v1.Health",
+        ] {
             assert!(names.contains(&want), "{want} missing from {names:?}");
+        }
+        // Only what the node serves (issue 21): remote agents serve AgentService, sandboxes
+        // serve Worker.
+        for unserved in ["cadre.v1.AgentService", "cadre.v1.Worker"] {
+            assert!(
+                !names.contains(&unserved),
+                "{unserved} advertised: {names:?}"
+            );
         }
         let Some(MessageResponse::FileDescriptorResponse(files)) =
             answers.message().await.unwrap().unwrap().message_response

@@ -197,15 +197,20 @@ impl ExecRun {
             conversation: self.conversation.clone(),
             idempotency_key: journal.called[call_id].clone(),
         };
-        let result = match tokio::time::timeout(self.spec.tool_timeout, prepared.call(&ctx)).await {
-            Ok(Ok(o)) => Ok(o.result),
+        let outcome = match tokio::time::timeout(self.spec.tool_timeout, prepared.call(&ctx)).await
+        {
+            Ok(Ok(o)) => Ok(o),
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err(format!(
                 "timed out after {} ms",
                 self.spec.tool_timeout.as_millis()
             )),
         };
-        self.returned(journal, call_id, result.clone()).await?;
+        let result = outcome
+            .as_ref()
+            .map(|o| o.result.clone())
+            .map_err(Clone::clone);
+        self.returned(journal, call_id, outcome).await?;
         Ok(result)
     }
 }

@@ -7,7 +7,7 @@ use super::AgentSpec;
 use super::journal::{Journal, canonical};
 use super::run::{ExecEnd, ExecRun, RunError};
 use crate::event_log::AppendError;
-use crate::tools::{CallContext, ToolError};
+use crate::tools::{CallContext, ToolError, ToolOutcome};
 
 impl ExecRun {
     /// Handles the tool call at `index` of the last step: asks for an approval, applies a
@@ -142,25 +142,26 @@ impl ExecRun {
             }
             Err(e) => Err(e),
         };
-        let result = match outcome {
-            Ok(o) => Ok(o.result),
-            Err(e) => Err(e.to_string()),
-        };
+        let result = outcome.map_err(|e| e.to_string());
         finished(self.returned(journal, &call.call_id, result).await)
     }
 
+    /// Journals a call's outcome: the tool's result (and whether the tool reported an error)
+    /// or why the call failed.
     pub(super) async fn returned(
         &self,
         journal: &mut Journal,
         call_id: &str,
-        result: Result<Value, String>,
+        result: Result<ToolOutcome, String>,
     ) -> Result<(), AppendError> {
+        let is_error = result.as_ref().is_ok_and(|o| o.is_error);
         let returned = ToolReturned {
             call_id: call_id.to_string(),
             outcome: Some(match result {
-                Ok(v) => tool_returned::Outcome::ResultJson(v.to_string()),
+                Ok(o) => tool_returned::Outcome::ResultJson(o.result.to_string()),
                 Err(e) => tool_returned::Outcome::Error(e),
             }),
+            is_error,
         };
         let events = vec![self.event(event::Kind::ToolReturned(returned))];
         self.append(journal, events, &format!("{call_id}/returned"))

@@ -9,6 +9,9 @@ pub enum ExecError {
     /// The request is malformed; the message names the field.
     #[error("{0}")]
     Invalid(String),
+    /// The caller may not do this (write to a conversation of the node).
+    #[error("{0}")]
+    PermissionDenied(String),
     /// What the request names does not exist.
     #[error("{0}")]
     NotFound(String),

@@ -10,6 +10,7 @@
 
 mod claims;
 mod error;
+mod ids;
 mod runner;
 mod summary;
 
@@ -23,6 +24,7 @@ use cadre_proto::v1::{
 
 pub use claims::{Claim, ExecClaims, LocalClaims};
 pub use error::ExecError;
+pub use ids::{MAX_ID_LEN, SYSTEM_PREFIX, check_conversation_id, check_writable};
 
 use crate::agent::ExecRun;
 use crate::event_log::{AppendRequest, EventLog, NewEvent, SubscribeError, Subscription};
@@ -146,6 +148,15 @@ impl Execs {
         agent_id: String,
         input: String,
     ) -> Result<ExecEvents, ExecError> {
+        if let Some(id) = &conversation {
+            check_writable("conversation_id", id)?;
+        }
+        if agent_id.is_empty() {
+            return Err(ExecError::Invalid(format!(
+                "agent_id: missing (available: {})",
+                self.agent_names()
+            )));
+        }
         if !self.has_agent(&agent_id) {
             return Err(ExecError::Invalid(format!(
                 "agent_id: unknown agent `{agent_id}` (available: {})",
@@ -193,6 +204,7 @@ impl Execs {
     /// Follows a conversation from after `last_seq`: to the end of its running exec, or to
     /// its last event if none runs.
     pub async fn follow(&self, conversation: &str, last_seq: u64) -> Result<ExecEvents, ExecError> {
+        check_conversation_id("conversation_id", conversation)?;
         let sub = self.log.subscribe(conversation, last_seq).await?;
         if let Some(Claim::Exec(exec_id)) = self.claims.holder(conversation).await {
             return Ok(ExecEvents::new(sub, Until::EndOf(exec_id)));
@@ -208,6 +220,7 @@ impl Execs {
         conversation: &str,
         after_seq: u64,
     ) -> Result<ExecEvents, ExecError> {
+        check_conversation_id("conversation_id", conversation)?;
         let sub = self.log.subscribe(conversation, after_seq).await?;
         Ok(ExecEvents::new(sub, Until::Never))
     }
@@ -216,6 +229,7 @@ impl Execs {
     /// mid-exec): its agent runs again from the log; what it already did is not repeated.
     /// Follows it after `last_seq` (0: from the conversation's end).
     pub async fn resume(&self, conversation: &str, last_seq: u64) -> Result<ExecEvents, ExecError> {
+        check_writable("conversation_id", conversation)?;
         let summary = self.describe(conversation).await?;
         if unfinished_exec(&summary).is_none() {
             return Err(ExecError::Conflict(format!(
@@ -282,6 +296,7 @@ impl Execs {
         exec_id: &str,
         reason: &str,
     ) -> Result<Conversation, ExecError> {
+        check_writable("conversation_id", conversation)?;
         let summary = self.describe(conversation).await?;
         let Some(unfinished) = unfinished_exec(&summary).map(str::to_string) else {
             return Err(ExecError::Conflict(format!(
@@ -337,6 +352,7 @@ impl Execs {
         approved: bool,
         reason: &str,
     ) -> Result<Conversation, ExecError> {
+        check_writable("conversation_id", conversation)?;
         let summary = self.describe(conversation).await?;
         if summary.exec_state != ExecState::WaitingApproval as i32 {
             return Err(ExecError::Conflict(format!(
@@ -402,16 +418,28 @@ impl Execs {
         self.describe(conversation).await
     }
 
-    /// Copies a conversation's events up to `fork.at_seq` into a new conversation, with a
-    /// `Forked` event (and its patch) at the end.
+    /// Copies a conversation's events 1..`fork.at_seq` into a new conversation, with a
+    /// `Forked` event (and its patch) at the end. `at_seq` 0 is refused: a fork names the last
+    /// event it keeps (the conversation's last seq keeps all of them).
     pub async fn fork(&self, fork: Fork) -> Result<Conversation, ExecError> {
         let src = fork.src_conversation_id;
+        check_conversation_id("src_conversation_id", &src)?;
+        if !fork.dest_conversation_id.is_empty() {
+            check_writable("dest_conversation_id", &fork.dest_conversation_id)?;
+        }
+        if fork.at_seq == 0 {
+            return Err(ExecError::Invalid(
+                "at_seq: must be ≥ 1, the last event the branch keeps (give the conversation's \
+                 last seq to keep all of it)"
+                    .into(),
+            ));
+        }
         let end = self
             .log
             .last_seq(&src)
             .await?
             .ok_or_else(|| ExecError::NotFound(format!("no conversation `{src}`")))?;
-        let at = if fork.at_seq == 0 { end } else { fork.at_seq };
+        let at = fork.at_seq;
         if at > end {
             return Err(ExecError::OutOfRange(format!(
                 "at_seq {at} is beyond the end of conversation `{src}` (last seq {end})"
@@ -473,9 +501,7 @@ impl Execs {
 
     /// Deletes a conversation that has no unfinished exec; returns how many events it had.
     pub async fn delete(&self, conversation: &str) -> Result<u64, ExecError> {
-        if conversation.is_empty() {
-            return Err(ExecError::Invalid("conversation_id is required".into()));
-        }
+        check_writable("conversation_id", conversation)?;
         let hint = format!("cancel it first (`cadre cancel --conversation {conversation}`)");
         // Held while deleting, so no exec starts in the conversation meanwhile.
         self.claim(conversation, Claim::Deleting, &hint).await?;
@@ -511,6 +537,7 @@ impl Execs {
 
     /// A conversation's summary, from its log.
     pub async fn describe(&self, id: &str) -> Result<Conversation, ExecError> {
+        check_conversation_id("conversation_id", id)?;
         let mut fold = SummaryFold::new(id);
         let last = self
             .scan(id, |e| {

@@ -23,17 +23,26 @@ use super::status::supervisor_status;
 pub struct ActorsService {
     tree: Tree,
     root: String,
+    /// Paths of the actors the node runs for itself (and their descendants): the API may
+    /// read them but not stop, restart or spawn under them.
+    system: Vec<String>,
     /// What spawned children start on (sandboxes, the tool registry).
     services: Services,
 }
 
 impl ActorsService {
-    /// The service over `tree`, whose root supervisor has path `root`; spawned children start
-    /// on `services`.
-    pub fn new(tree: Tree, root: impl Into<String>, services: Services) -> Self {
+    /// The service over `tree`, whose root supervisor has path `root`, with the node's own
+    /// actors at `system`; spawned children start on `services`.
+    pub fn new(
+        tree: Tree,
+        root: impl Into<String>,
+        system: Vec<String>,
+        services: Services,
+    ) -> Self {
         Self {
             tree,
             root: root.into(),
+            system,
             services,
         }
     }
@@ -46,6 +55,23 @@ impl ActorsService {
         self.tree
             .snapshot(path)
             .ok_or_else(|| Status::not_found(format!("no actor `{path}`")))
+    }
+
+    /// Refuses a change to `path` if the node runs it for itself.
+    fn not_system(&self, path: &str, what: &str) -> Result<(), Status> {
+        let system = self.system.iter().find(|s| {
+            path == s.as_str()
+                || path
+                    .strip_prefix(s.as_str())
+                    .is_some_and(|rest| rest.starts_with('/'))
+        });
+        match system {
+            Some(s) => Err(Status::failed_precondition(format!(
+                "`{path}` is a system actor (the node runs `{s}` for itself); it cannot be \
+                 {what} through the API"
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// The supervisor above `path` and the child's id in it.
@@ -79,6 +105,7 @@ impl Actors for ActorsService {
         } else {
             r.parent
         };
+        self.not_system(&parent, "given children")?;
         let (sup, flags) = self.tree.supervisor(&parent).ok_or_else(|| {
             Status::not_found(format!("no running supervisor `{parent}` (parent)"))
         })?;
@@ -113,6 +140,7 @@ impl Actors for ActorsService {
 
     async fn stop(&self, request: Request<ActorRequest>) -> Result<Response<ActorNode>, Status> {
         let path = request.into_inner().path;
+        self.not_system(&path, "stopped")?;
         let (sup, id) = self.parent_of(&path)?;
         sup.terminate_child(&id).await.map_err(supervisor_status)?;
         // A temporary child is gone once stopped; report what it was.
@@ -130,6 +158,7 @@ impl Actors for ActorsService {
 
     async fn restart(&self, request: Request<ActorRequest>) -> Result<Response<ActorNode>, Status> {
         let path = request.into_inner().path;
+        self.not_system(&path, "restarted")?;
         let (sup, id) = self.parent_of(&path)?;
         if self.node(&path)?.status == cadre_actors::ChildStatus::Running {
             sup.terminate_child(&id).await.map_err(supervisor_status)?;

@@ -10,6 +10,7 @@ use tonic::Status;
 pub fn exec_status(e: ExecError) -> Status {
     match e {
         ExecError::Invalid(m) => Status::invalid_argument(m),
+        ExecError::PermissionDenied(m) => Status::permission_denied(m),
         ExecError::NotFound(m) => Status::not_found(m),
         ExecError::Conflict(m) => Status::failed_precondition(m),
         ExecError::OutOfRange(m) => Status::out_of_range(m),

@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use cadre_actors::controller::AUDIT_CONVERSATION;
 use cadre_actors::event_log::{AppendRequest, EventLog, NewEvent};
+use cadre_actors::exec::check_writable;
 use cadre_actors::tools::{CallContext, ToolRegistry};
 use cadre_proto::v1::tools_server::Tools;
 use cadre_proto::v1::{
@@ -14,7 +14,7 @@ use cadre_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
-use super::status::{append_status, tool_status};
+use super::status::{append_status, exec_status, tool_status};
 
 /// Where calls made through the API are journaled when the caller names no conversation.
 pub const TOOLS_CONVERSATION: &str = "cadre.tools";
@@ -92,16 +92,14 @@ impl Tools for ToolsService {
             serde_json::from_str(&r.arguments_json)
                 .map_err(|e| Status::invalid_argument(format!("arguments_json: not JSON: {e}")))?
         };
+        // The node journals calls that name no conversation in its own; a caller may not
+        // write to the node's conversations.
         let conversation = if r.conversation_id.is_empty() {
             TOOLS_CONVERSATION.to_string()
         } else {
+            check_writable("conversation_id", &r.conversation_id).map_err(exec_status)?;
             r.conversation_id
         };
-        if conversation == AUDIT_CONVERSATION {
-            return Err(Status::invalid_argument(format!(
-                "conversation_id: `{AUDIT_CONVERSATION}` holds lifecycle events only"
-            )));
-        }
         let prepared = self
             .tools
             .prepare(&r.name, &arguments)
@@ -139,6 +137,7 @@ impl Tools for ToolsService {
                 Ok(o) => tool_returned::Outcome::ResultJson(o.result.to_string()),
                 Err(e) => tool_returned::Outcome::Error(e.to_string()),
             }),
+            is_error: outcome.as_ref().is_ok_and(|o| o.is_error),
         };
         let returned_seq = self
             .journal(
