@@ -80,9 +80,49 @@ supervisor:
 }
 
 #[test]
-fn an_empty_file_is_a_node_on_defaults() {
-    let config = Config::parse("cadre.yaml", "").expect("empty config");
+fn an_empty_file_is_refused_like_one_without_a_version() {
+    // An empty file is a mistake (issue 21): a node on defaults needs no --config at all.
+    for text in ["", "\n  \n"] {
+        let e = Config::parse("cadre.yaml", text).unwrap_err();
+        assert_eq!((e.line, e.column), (1, 1), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("cadre.yaml:1:1: the file is empty"),
+            "{e}"
+        );
+    }
+    let minimal = Config::parse("cadre.yaml", "version: v1\n").expect("minimal config");
+    assert!(minimal.supervisor.children.is_empty());
+}
+
+#[test]
+fn a_byte_order_mark_is_not_part_of_the_first_key() {
+    let config = Config::parse("cadre.yaml", "\u{feff}version: v1\n").expect("BOM");
     assert!(config.supervisor.children.is_empty());
+}
+
+#[test]
+fn a_missing_file_is_not_found_and_a_bad_listen_address_is_named() {
+    let e = Config::load(std::path::Path::new("/nonexistent/cadre.yaml")).unwrap_err();
+    assert_eq!(e.to_string(), "/nonexistent/cadre.yaml: not found");
+    let e = Config::parse(
+        "cadre.yaml",
+        "version: v1\nnode:\n  listen: not-an-address\n",
+    )
+    .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "cadre.yaml:3:11: node.listen: `not-an-address` is not an address like 127.0.0.1:7400 (no port)"
+    );
+    for ok in [
+        "localhost:7611",
+        "127.0.0.1:0",
+        "[::1]:7400",
+        "node-1.cadre.svc:7400",
+    ] {
+        let text = format!("version: v1\nnode:\n  listen: \"{ok}\"\n");
+        assert!(Config::parse("cadre.yaml", &text).is_ok(), "{ok}");
+    }
 }
 
 #[test]

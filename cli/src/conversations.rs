@@ -1,5 +1,8 @@
 //! `cadre exec`, `cadre fork` and `cadre conversations …`.
 
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
 use crate::client::Api;
 use cadre_proto::v1::conversations_client::ConversationsClient;
 use cadre_proto::v1::{
@@ -20,9 +23,13 @@ pub struct ExecArgs {
     /// The agent to run: an `agent` of the node's config, or the built-in `echo`.
     #[arg(long)]
     agent: Option<String>,
-    /// The input. Leave it out to reconnect to a conversation's exec (with --last-seq).
-    #[arg(long)]
+    /// The input; `-` reads it from stdin. Leave it out to reconnect to a conversation's exec
+    /// (with --last-seq).
+    #[arg(long, conflicts_with = "input_file")]
     input: Option<String>,
+    /// Read the input from this file (for inputs longer than a command line holds).
+    #[arg(long, value_name = "FILE")]
+    input_file: Option<PathBuf>,
     /// Continue this conversation (default: a new one).
     #[arg(long)]
     conversation: Option<String>,
@@ -158,11 +165,41 @@ pub(crate) fn failure(call: &str, s: tonic::Status) -> Failure {
     }
 }
 
+/// The exec's input: `--input TEXT`, `--input -` (stdin) or `--input-file FILE`.
+fn read_input(input: Option<String>, file: Option<&Path>) -> Result<Option<String>, Failure> {
+    let read = |what: &str, text: std::io::Result<String>| {
+        text.map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => {
+                Failure::Usage(format!("cadre exec: {what}: not found"))
+            }
+            std::io::ErrorKind::InvalidData => {
+                Failure::Usage(format!("cadre exec: {what}: not UTF-8 text"))
+            }
+            _ => Failure::Usage(format!("cadre exec: {what}: {e}")),
+        })
+    };
+    match (input, file) {
+        (_, Some(file)) => {
+            read(&file.display().to_string(), std::fs::read_to_string(file)).map(Some)
+        }
+        (Some(dash), None) if dash == "-" => {
+            let mut text = String::new();
+            read(
+                "stdin",
+                std::io::stdin().read_to_string(&mut text).map(|_| text),
+            )
+            .map(Some)
+        }
+        (input, None) => Ok(input),
+    }
+}
+
 async fn client(server: &ServerArgs) -> Result<ConversationsClient<Api>, Failure> {
     Ok(ConversationsClient::new(connect(server).await?))
 }
 
-pub async fn exec(args: ExecArgs) -> Result<(), Failure> {
+pub async fn exec(mut args: ExecArgs) -> Result<(), Failure> {
+    args.input = read_input(args.input.take(), args.input_file.as_deref())?;
     if args.input.is_none() && args.conversation.is_none() {
         return Err(Failure::Usage(
             "cadre exec: give --input to start an exec, or --conversation (with --last-seq or \

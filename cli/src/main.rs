@@ -10,11 +10,12 @@ mod sandboxes;
 mod serve;
 mod tools;
 mod tree;
+mod version;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -70,6 +71,15 @@ enum Command {
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+    /// The versions of this client and of the node it talks to.
+    Version(version::VersionArgs),
+    /// Print a shell completion script: `source <(cadre completion bash)`, or write it where
+    /// your shell loads completions from.
+    Completion {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
     },
     /// Measure this machine: prints figures (one JSON object with -o json).
     Bench {
@@ -163,6 +173,16 @@ fn main() -> ExitCode {
             Command::Worker { .. } => unreachable!("served above"),
             Command::Debug { command } => debug::run(command).await,
             Command::Bench { command } => bench::run(command).await,
+            Command::Version(args) => version::run(args).await,
+            Command::Completion { shell } => {
+                clap_complete::generate(
+                    shell,
+                    &mut Cli::command(),
+                    "cadre",
+                    &mut std::io::stdout(),
+                );
+                Ok(())
+            }
         }
     });
     match result {

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use cadre_actors::config::Config;
+use cadre_actors::config::{Config, check_listen};
 use cadre_cluster::{DEFAULT_LISTEN, Node, NodeExit, NodeOptions};
 use clap::Args;
 use tracing_subscriber::EnvFilter;
@@ -28,6 +28,19 @@ pub struct ServeArgs {
     token_file: Option<PathBuf>,
 }
 
+/// A listen address: an IP address and port, or a host name (such as `localhost`) and port,
+/// resolved to its first address.
+fn resolve_listen(listen: &str) -> Result<SocketAddr, String> {
+    check_listen(listen)?;
+    if let Ok(addr) = listen.parse() {
+        return Ok(addr);
+    }
+    std::net::ToSocketAddrs::to_socket_addrs(listen)
+        .map_err(|e| format!("cannot resolve `{listen}`: {e}"))?
+        .next()
+        .ok_or_else(|| format!("`{listen}` resolves to no address"))
+}
+
 pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     // ractor opens a span per actor at INFO; that is noise (and cost) at the default level.
     tracing_subscriber::fmt()
@@ -42,15 +55,12 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
         Some(file) => Config::load(file).map_err(|e| Failure::Usage(e.to_string()))?,
         None => Config::default(),
     };
-    let listen = args
-        .listen
-        .or_else(|| config.node.listen.clone())
-        .unwrap_or_else(|| DEFAULT_LISTEN.to_string());
-    let listen: SocketAddr = listen.parse().map_err(|e| {
-        Failure::Usage(format!(
-            "--listen: `{listen}` is not an address like 127.0.0.1:7400 ({e})"
-        ))
-    })?;
+    let (listen, from) = match (args.listen, &config.node.listen) {
+        (Some(listen), _) => (listen, "--listen"),
+        (None, Some(listen)) => (listen.clone(), "node.listen"),
+        (None, None) => (DEFAULT_LISTEN.to_string(), "the default listen address"),
+    };
+    let listen = resolve_listen(&listen).map_err(|why| Failure::Usage(format!("{from}: {why}")))?;
     let data_dir = args
         .data_dir
         .or_else(|| config.node.data_dir.clone())

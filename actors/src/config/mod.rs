@@ -28,6 +28,7 @@ use crate::skills::SkillSpec;
 use crate::spec::{Restart, Shutdown, SupervisorFlags};
 
 use raw::{RawChild, RawConfig};
+pub use validate::check_listen;
 use validate::parse_with;
 
 /// A validated configuration.
@@ -181,7 +182,11 @@ pub struct ConfigError {
 }
 
 impl fmt::Display for ConfigError {
+    /// `FILE:LINE:COL: message`, or `FILE: message` when the file could not be read.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            return write!(f, "{}: {}", self.file, self.message);
+        }
         write!(
             f,
             "{}:{}:{}: {}",
@@ -217,15 +222,27 @@ impl Config {
             file: file.clone(),
             line: 0,
             column: 0,
-            message: format!("cannot read: {e}"),
+            message: match e.kind() {
+                std::io::ErrorKind::NotFound => "not found".into(),
+                _ => format!("cannot read: {e}"),
+            },
         })?;
         Self::parse(&file, &text)
     }
 
     /// Validates config text; `file` is used in error messages.
     pub fn parse(file: &str, text: &str) -> Result<Self, ConfigError> {
+        // Editors on some systems start UTF-8 files with a byte-order mark.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         if text.trim().is_empty() {
-            return Ok(Self::default());
+            return Err(ConfigError {
+                file: file.to_string(),
+                line: 1,
+                column: 1,
+                message: "the file is empty; a config starts with `version: v1` (run \
+                          `cadre serve` without --config for the defaults)"
+                    .into(),
+            });
         }
         parse_with(file, text, |check, raw: RawConfig| check.config(raw))
     }

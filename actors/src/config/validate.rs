@@ -18,6 +18,35 @@ use super::raw::*;
 use super::*;
 
 /// Parses YAML into `R`, then validates it with `check`; the first error wins.
+/// Checks the form of a listen address, `HOST:PORT` (a host name, an IPv4 address or a
+/// bracketed IPv6 address, and a port 0-65535), without resolving the host.
+pub fn check_listen(listen: &str) -> Result<(), String> {
+    if listen.parse::<std::net::SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let Some((host, port)) = listen.rsplit_once(':') else {
+        return Err(format!(
+            "`{listen}` is not an address like 127.0.0.1:7400 (no port)"
+        ));
+    };
+    if port.parse::<u16>().is_err() {
+        return Err(format!(
+            "`{listen}`: the port `{port}` is not a number 0-65535"
+        ));
+    }
+    let name_ok = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .split('.')
+            .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+    if !name_ok {
+        return Err(format!(
+            "`{listen}`: `{host}` is not a host name or IP address"
+        ));
+    }
+    Ok(())
+}
+
 pub(super) fn parse_with<R: serde::de::DeserializeOwned, T>(
     file: &str,
     text: &str,
@@ -82,6 +111,11 @@ impl Checker {
                 format!("unsupported version `{}` (expected v1)", v.as_str()),
             ),
             Some(_) => {}
+        }
+        if let Some(listen) = raw.node.as_ref().and_then(|n| n.listen.as_ref())
+            && let Err(why) = check_listen(listen.as_str())
+        {
+            self.fail(listen.span(), format!("node.listen: {why}"));
         }
         let node = raw
             .node

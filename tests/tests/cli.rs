@@ -1,0 +1,161 @@
+//! What a user of kubectl expects of the CLI (issue 21): `cadre version` of client and server,
+//! shell completion, long inputs from a file or stdin, a listen address by host name.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use cadre_tests::{Node, TempDir, cadre_bin};
+use serde_json::Value;
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn version_names_client_and_server_and_completion_scripts_are_printed() {
+    let node = Node::start("version: v1\n");
+    let out = node.cli(&["version", "-o", "json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let client = v["client"]["version"].as_str().unwrap();
+    assert!(!client.is_empty(), "{v}");
+    assert_eq!(v["server"]["version"], client, "{v}");
+    let out = node.cli(&["version", "--client"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("client: {client}")
+    );
+
+    for (shell, marker) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef cadre"),
+        ("fish", "complete -c cadre"),
+    ] {
+        let out = node.cli(&["completion", shell]);
+        assert!(out.status.success(), "{shell}: {}", stderr(&out));
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(script.contains(marker), "{shell}: {script:.200}");
+        assert!(
+            script.contains("conversations"),
+            "{shell}: names the commands"
+        );
+    }
+    let out = node.cli(&["completion", "tcsh"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}
+
+#[test]
+fn an_input_longer_than_an_argument_comes_from_a_file_or_stdin() {
+    let node = Node::start("version: v1\n");
+    // Longer than one argument may be (128 KiB on Linux).
+    let input: String = (0..200_000)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let dir = TempDir::new("input");
+    let file = dir.path().join("input.txt");
+    std::fs::write(&file, &input).unwrap();
+    let out = node.cli(&[
+        "exec",
+        "--agent",
+        "echo",
+        "--conversation",
+        "long",
+        "--input-file",
+        file.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim_end(), input);
+
+    let mut child = Command::new(cadre_bin())
+        .args([
+            "exec",
+            "--agent",
+            "echo",
+            "--conversation",
+            "piped",
+            "--input",
+            "-",
+        ])
+        .env("CADRE_SERVER", &node.addr)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"from stdin\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim_end(),
+        "from stdin"
+    );
+
+    let out = node.cli(&[
+        "exec",
+        "--agent",
+        "echo",
+        "--input-file",
+        "/nonexistent/input.txt",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("/nonexistent/input.txt: not found"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn serve_listens_on_a_host_name_and_names_a_bad_address_where_it_came_from() {
+    let dir = TempDir::new("listen");
+    let mut child = Command::new(cadre_bin())
+        .args(["serve", "--listen", "localhost:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .env("CADRE_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr_pipe = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr_pipe).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let listening = loop {
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) if line.starts_with("cadre: listening on ") => break Some(line),
+            Ok(_) => continue,
+            Err(_) => break None,
+        }
+    };
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let _ = child.wait();
+    let listening = listening.expect("cadre serve --listen localhost:0 started");
+    assert!(
+        listening.contains("127.0.0.1:") || listening.contains("[::1]:"),
+        "{listening}"
+    );
+
+    let config = dir.path().join("cadre.yaml");
+    std::fs::write(&config, "version: v1\nnode:\n  listen: \"no-port\"\n").unwrap();
+    let out = Command::new(cadre_bin())
+        .args(["config", "check"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(":3:11: node.listen: `no-port`"),
+        "{}",
+        stderr(&out)
+    );
+}
