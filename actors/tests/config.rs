@@ -477,3 +477,18 @@ fn models_and_agent_children() {
          use http:// (e.g. through a local TLS proxy)"
     );
 }
+
+#[test]
+fn a_child_id_is_at_most_200_characters() {
+    let ok = format!(
+        "version: v1\nsupervisor:\n  children:\n    - id: {}\n      process: {{ command: [sleep, \"1\"] }}\n",
+        "a".repeat(200)
+    );
+    assert!(Config::parse("cadre.yaml", &ok).is_ok());
+    let long = ok.replace(&"a".repeat(200), &"a".repeat(5000));
+    let e = Config::parse("cadre.yaml", &long).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "cadre.yaml:4:11: id: 5000 characters, at most 200"
+    );
+}

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use anyhow::anyhow;
+use cadre_actors::config::DEFAULT_MAX_MESSAGE_BYTES;
 use clap::Args;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
@@ -38,6 +39,16 @@ pub struct ServerArgs {
         global = true
     )]
     pub timeout: Duration,
+    /// The largest gRPC message this client sends or takes, in bytes (the node's limit is
+    /// api.max_message_bytes; raise both together).
+    #[arg(
+        long,
+        env = "CADRE_MAX_MESSAGE_BYTES",
+        default_value_t = DEFAULT_MAX_MESSAGE_BYTES,
+        value_name = "BYTES",
+        global = true
+    )]
+    pub max_message_bytes: usize,
 }
 
 fn parse_timeout(s: &str) -> Result<Duration, String> {

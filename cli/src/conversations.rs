@@ -195,7 +195,9 @@ fn read_input(input: Option<String>, file: Option<&Path>) -> Result<Option<Strin
 }
 
 async fn client(server: &ServerArgs) -> Result<ConversationsClient<Api>, Failure> {
-    Ok(ConversationsClient::new(connect(server).await?))
+    Ok(ConversationsClient::new(connect(server).await?)
+        .max_decoding_message_size(server.max_message_bytes)
+        .max_encoding_message_size(server.max_message_bytes))
 }
 
 pub async fn exec(mut args: ExecArgs) -> Result<(), Failure> {
@@ -206,6 +208,18 @@ pub async fn exec(mut args: ExecArgs) -> Result<(), Failure> {
              --resume) to reconnect"
                 .into(),
         ));
+    }
+    // The request carries the input and a few ids; what does not fit is refused here, before
+    // anything is sent.
+    if let Some(input) = &args.input
+        && input.len() + 1024 > args.server.max_message_bytes
+    {
+        return Err(Failure::Usage(format!(
+            "cadre exec: input: {} bytes, over the message limit of {} bytes \
+             (--max-message-bytes, and the node's api.max_message_bytes)",
+            input.len(),
+            args.server.max_message_bytes
+        )));
     }
     if args.input.is_some() && args.agent.is_none() {
         return Err(Failure::Usage(

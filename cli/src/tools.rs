@@ -96,6 +96,8 @@ pub async fn run(command: ToolsCommand) -> Result<(), Failure> {
                 )));
             }
             let r = ToolsClient::new(connect(&server).await?)
+                .max_decoding_message_size(server.max_message_bytes)
+                .max_encoding_message_size(server.max_message_bytes)
                 .call(CallToolRequest {
                     name,
                     arguments_json: args,

@@ -32,6 +32,7 @@ use crate::grpc::actors::ActorsService;
 use crate::grpc::auth::Auth;
 use crate::grpc::cluster::{ClusterService, Sandboxes};
 use crate::grpc::conversations::ConversationsService;
+use crate::grpc::status::message_limit_layer;
 use crate::grpc::tools::ToolsService;
 use crate::store;
 use cadre_proto::v1::conversations_server::ConversationsServer;
@@ -85,8 +86,8 @@ pub struct Node {
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
-    /// The API address cannot be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    /// The API address cannot be bound. (The I/O error is its source: printed after it, once.)
+    #[error("cannot listen on {addr}")]
     Listen {
         /// The address asked for.
         addr: SocketAddr,
@@ -94,7 +95,7 @@ pub enum NodeError {
         source: std::io::Error,
     },
     /// The data dir cannot be made absolute or created.
-    #[error("cannot create data dir {path}: {source}")]
+    #[error("cannot create data dir {path}")]
     DataDir {
         /// The data dir.
         path: PathBuf,
@@ -306,15 +307,37 @@ impl Node {
                 .map_err(|e| NodeError::Api(e.to_string()))?,
             auth.clone(),
         );
+        let limit = options.config.api.max_message_bytes;
         let api = tokio::spawn(
             tonic::transport::Server::builder()
+                .layer(message_limit_layer(limit))
                 .add_service(health_service)
                 .add_service(reflection_v1)
                 .add_service(reflection_v1alpha)
-                .add_service(ActorsServer::with_interceptor(service, auth.clone()))
-                .add_service(ClusterServer::with_interceptor(cluster, auth.clone()))
-                .add_service(ToolsServer::with_interceptor(tools, auth.clone()))
-                .add_service(ConversationsServer::with_interceptor(conversations, auth))
+                .add_service(InterceptedService::new(
+                    ActorsServer::new(service)
+                        .max_decoding_message_size(limit)
+                        .max_encoding_message_size(limit),
+                    auth.clone(),
+                ))
+                .add_service(InterceptedService::new(
+                    ClusterServer::new(cluster)
+                        .max_decoding_message_size(limit)
+                        .max_encoding_message_size(limit),
+                    auth.clone(),
+                ))
+                .add_service(InterceptedService::new(
+                    ToolsServer::new(tools)
+                        .max_decoding_message_size(limit)
+                        .max_encoding_message_size(limit),
+                    auth.clone(),
+                ))
+                .add_service(InterceptedService::new(
+                    ConversationsServer::new(conversations)
+                        .max_decoding_message_size(limit)
+                        .max_encoding_message_size(limit),
+                    auth,
+                ))
                 .serve_with_incoming_shutdown(incoming(listener), async {
                     let _ = stopped.await;
                 }),

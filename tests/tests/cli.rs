@@ -159,3 +159,96 @@ fn serve_listens_on_a_host_name_and_names_a_bad_address_where_it_came_from() {
         stderr(&out)
     );
 }
+
+#[test]
+fn an_error_says_its_cause_once() {
+    let node = Node::start("version: v1\n");
+    let dir = TempDir::new("taken");
+    let out = Command::new(cadre_bin())
+        .args(["serve", "--listen", &node.addr, "--data-dir"])
+        .arg(dir.path().join("data"))
+        .env("CADRE_LOG", "warn")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let message = stderr(&out);
+    assert!(
+        message.contains(&format!("cannot listen on {}", node.addr)),
+        "{message}"
+    );
+    assert_eq!(
+        message.matches("Address already in use").count(),
+        1,
+        "{message}"
+    );
+}
+
+#[test]
+fn a_request_over_the_message_limit_is_resource_exhausted_and_writes_nothing() {
+    let node = Node::start("version: v1\napi:\n  max_message_bytes: 65536\n");
+    let dir = TempDir::new("big");
+    let file = dir.path().join("input.txt");
+    std::fs::write(&file, "x".repeat(100_000)).unwrap();
+    let out = node.cli(&[
+        "exec",
+        "--agent",
+        "echo",
+        "--conversation",
+        "big",
+        "--input-file",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let message = stderr(&out);
+    assert!(
+        message.contains("ResourceExhausted")
+            && message.contains("65536 bytes (api.max_message_bytes)"),
+        "{message}"
+    );
+    let list = node.cli(&["conversations", "ls", "-o", "json"]);
+    assert!(
+        !String::from_utf8_lossy(&list.stdout).contains("\"big\""),
+        "a refused exec writes nothing"
+    );
+    // Under the node's limit it goes through; over the client's it is refused before sending.
+    std::fs::write(&file, "y".repeat(60_000)).unwrap();
+    let out = node.cli(&[
+        "exec",
+        "--agent",
+        "echo",
+        "--conversation",
+        "big",
+        "--input-file",
+        file.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = node.cli(&[
+        "exec",
+        "--agent",
+        "echo",
+        "--max-message-bytes",
+        "10000",
+        "--input-file",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--max-message-bytes"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = Command::new(cadre_bin())
+        .args(["config", "check", "/dev/stdin"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin
+                .take()
+                .unwrap()
+                .write_all(b"version: v1\napi:\n  max_message_bytes: 10\n")?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -58,10 +58,25 @@ pub struct NodeConfig {
 }
 
 /// The `api` section.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ApiConfig {
     /// Bearer tokens; when any is set, every API call must carry one.
     pub tokens: Vec<String>,
+    /// The largest gRPC message the API takes or sends (`api.max_message_bytes`, default
+    /// 4 MiB): a larger request is refused with RESOURCE_EXHAUSTED.
+    pub max_message_bytes: usize,
+}
+
+/// The default of `api.max_message_bytes` (gRPC's usual 4 MiB).
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 << 20;
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            tokens: Vec::new(),
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+        }
+    }
 }
 
 /// The `store` section.

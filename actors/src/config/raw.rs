@@ -86,6 +86,7 @@ pub(super) struct RawNode {
 pub(super) struct RawApi {
     #[serde(default)]
     pub(super) tokens: Vec<Spanned<String>>,
+    pub(super) max_message_bytes: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]

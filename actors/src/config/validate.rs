@@ -47,6 +47,9 @@ pub fn check_listen(listen: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The longest child (actor, agent) id.
+const MAX_CHILD_ID_LEN: usize = 200;
+
 pub(super) fn parse_with<R: serde::de::DeserializeOwned, T>(
     file: &str,
     text: &str,
@@ -152,6 +155,18 @@ impl Checker {
                 );
             }
             api.tokens.push(t.to_string());
+        }
+        if let Some(max) = raw.api.as_ref().and_then(|a| a.max_message_bytes.as_ref()) {
+            match usize::try_from(**max) {
+                Ok(bytes) if (1024..=(1 << 30)).contains(&bytes) => api.max_message_bytes = bytes,
+                _ => self.fail(
+                    max.span(),
+                    format!(
+                        "api.max_message_bytes: {} is out of range (1024 to 1073741824 bytes)",
+                        **max
+                    ),
+                ),
+            }
         }
         Config {
             node,
@@ -691,6 +706,15 @@ impl Checker {
             self.fail(
                 raw.id.span(),
                 format!("child id `{id}` must be non-empty and use only letters, digits, `-`, `_` and `.`"),
+            );
+        }
+        if id.len() > MAX_CHILD_ID_LEN {
+            self.fail(
+                raw.id.span(),
+                format!(
+                    "id: {} characters, at most {MAX_CHILD_ID_LEN}",
+                    id.chars().count()
+                ),
             );
         }
         let kinds: Vec<(&str, &Span)> = [

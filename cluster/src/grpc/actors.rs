@@ -57,13 +57,17 @@ impl ActorsService {
             .ok_or_else(|| Status::not_found(format!("no actor `{path}`")))
     }
 
-    /// Refuses a change to `path` if the node runs it for itself.
-    fn not_system(&self, path: &str, what: &str) -> Result<(), Status> {
+    /// Refuses a change to `path` if the node runs it for itself. With `subtree`, what is
+    /// below a system actor is refused too (spawning under `root/agents`); without, only the
+    /// system actor itself (an exec's agent under `root/agents` may be restarted, as OTP's
+    /// `restart_child` would).
+    fn not_system(&self, path: &str, what: &str, subtree: bool) -> Result<(), Status> {
         let system = self.system.iter().find(|s| {
             path == s.as_str()
-                || path
-                    .strip_prefix(s.as_str())
-                    .is_some_and(|rest| rest.starts_with('/'))
+                || (subtree
+                    && path
+                        .strip_prefix(s.as_str())
+                        .is_some_and(|rest| rest.starts_with('/')))
         });
         match system {
             Some(s) => Err(Status::failed_precondition(format!(
@@ -105,7 +109,7 @@ impl Actors for ActorsService {
         } else {
             r.parent
         };
-        self.not_system(&parent, "given children")?;
+        self.not_system(&parent, "given children", true)?;
         let (sup, flags) = self.tree.supervisor(&parent).ok_or_else(|| {
             Status::not_found(format!("no running supervisor `{parent}` (parent)"))
         })?;
@@ -140,7 +144,7 @@ impl Actors for ActorsService {
 
     async fn stop(&self, request: Request<ActorRequest>) -> Result<Response<ActorNode>, Status> {
         let path = request.into_inner().path;
-        self.not_system(&path, "stopped")?;
+        self.not_system(&path, "stopped", false)?;
         let (sup, id) = self.parent_of(&path)?;
         sup.terminate_child(&id).await.map_err(supervisor_status)?;
         // A temporary child is gone once stopped; report what it was.
@@ -158,7 +162,7 @@ impl Actors for ActorsService {
 
     async fn restart(&self, request: Request<ActorRequest>) -> Result<Response<ActorNode>, Status> {
         let path = request.into_inner().path;
-        self.not_system(&path, "restarted")?;
+        self.not_system(&path, "restarted", false)?;
         let (sup, id) = self.parent_of(&path)?;
         if self.node(&path)?.status == cadre_actors::ChildStatus::Running {
             sup.terminate_child(&id).await.map_err(supervisor_status)?;

@@ -6,6 +6,36 @@ use cadre_actors::exec::ExecError;
 use cadre_actors::tools::ToolError;
 use tonic::Status;
 
+/// Rewrites tonic's answer to a request over the message limit (OUT_OF_RANGE, "decoded message
+/// length too large") as gRPC prescribes it, RESOURCE_EXHAUSTED, naming the node's limit and
+/// the setting that raises it. Such a request never reaches a service: its answer is
+/// trailers-only, so the status is in the response headers.
+pub fn message_limit_layer(
+    limit: usize,
+) -> tower::util::MapResponseLayer<
+    impl Fn(http::Response<tonic::body::Body>) -> http::Response<tonic::body::Body> + Clone,
+> {
+    let message = http::HeaderValue::try_from(format!(
+        "the request is larger than this node's message limit of {limit} bytes \
+         (api.max_message_bytes)"
+    ))
+    .expect("an ASCII header value");
+    tower::util::MapResponseLayer::new(move |mut response: http::Response<tonic::body::Body>| {
+        let headers = response.headers_mut();
+        let too_large = headers.get("grpc-status").is_some_and(|s| s == "11")
+            && headers
+                .get("grpc-message")
+                .and_then(|m| m.to_str().ok())
+                // tonic percent-encodes the message's spaces.
+                .is_some_and(|m| m.replace("%20", " ").contains("message length too large"));
+        if too_large {
+            headers.insert("grpc-status", http::HeaderValue::from_static("8"));
+            headers.insert("grpc-message", message.clone());
+        }
+        response
+    })
+}
+
 /// The status of a refused or failed exec operation.
 pub fn exec_status(e: ExecError) -> Status {
     match e {
