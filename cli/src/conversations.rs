@@ -449,11 +449,20 @@ pub async fn run(command: ConversationsCommand) -> Result<(), Failure> {
                 .await
                 .map_err(|s| failure("Subscribe", s))?
                 .into_inner();
+            let mut reached_end = false;
             while let Some(e) = stream.message().await.map_err(|s| status("Subscribe", s))? {
                 print_event(&e, output, false);
                 if end.is_some_and(|end| e.seq >= end) {
+                    reached_end = true;
                     break;
                 }
+            }
+            // A follow ends by itself only when the node stops.
+            if !reached_end {
+                eprintln!(
+                    "cadre: the node at {} stopped; the log ended",
+                    server.server
+                );
             }
         }
     }

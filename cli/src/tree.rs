@@ -70,6 +70,11 @@ pub async fn run(args: TreeArgs) -> Result<(), Failure> {
             }
             let _ = std::io::stdout().flush();
         }
+        // A watch ends by itself only when the node stops.
+        eprintln!(
+            "cadre: the node at {} stopped; the watch ended",
+            args.server.server
+        );
     }
     Ok(())
 }

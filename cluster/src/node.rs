@@ -77,6 +77,8 @@ pub struct Node {
     pub addr: SocketAddr,
     root_exit: JoinHandle<()>,
     stop_api: oneshot::Sender<()>,
+    /// Set when the node starts to stop: open watches and follows end cleanly.
+    stopping: tokio::sync::watch::Sender<bool>,
     health: tonic_health::server::HealthReporter,
     api: JoinHandle<Result<(), tonic::transport::Error>>,
     /// The warm pool and the placement on it, if the node has sandboxes.
@@ -236,11 +238,13 @@ impl Node {
             };
         let cluster = ClusterService::new(addr.to_string(), sandboxes);
         let (stop_api, stopped) = oneshot::channel::<()>();
+        let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
         let service = ActorsService::new(
             tree.clone(),
             ROOT,
             vec![format!("{ROOT}/{CONTROLLER}"), format!("{ROOT}/{AGENTS}")],
             services.clone(),
+            stopping_rx.clone(),
         );
         let tools = ToolsService::new(services.tools.clone(), event_log.clone());
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -263,7 +267,7 @@ impl Node {
             let recovering = execs.clone();
             tokio::spawn(async move { recovering.recover().await });
         }
-        let conversations = ConversationsService::new(execs);
+        let conversations = ConversationsService::new(execs, stopping_rx);
         // Only the services this node serves are advertised (the descriptor set also holds
         // `AgentService`, which remote agents serve, and `Worker`, served in sandboxes).
         let reflection = || {
@@ -351,6 +355,7 @@ impl Node {
             addr,
             root_exit,
             stop_api,
+            stopping,
             health,
             api,
             sandboxes: pool,
@@ -362,6 +367,8 @@ impl Node {
     pub async fn run_until(mut self, stop: impl std::future::Future<Output = ()>) -> NodeExit {
         let exit = tokio::select! {
             _ = stop => {
+                // Watches and follows end now, cleanly: their clients say the node stopped.
+                self.stopping.send_replace(true);
                 // Probes see the node leave before its actors do.
                 self.health.set_not_serving::<ActorsServer<ActorsService>>().await;
                 self.health.set_not_serving::<ClusterServer<ClusterService>>().await;

@@ -252,3 +252,55 @@ fn a_request_over_the_message_limit_is_resource_exhausted_and_writes_nothing() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn a_watch_and_a_follow_end_cleanly_when_the_node_stops() {
+    let mut node = Node::start("version: v1\n");
+    let out = node.cli(&[
+        "exec",
+        "--agent",
+        "echo",
+        "--conversation",
+        "f",
+        "--input",
+        "hi",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let spawn = |args: &[&str]| {
+        let mut child = Command::new(cadre_bin())
+            .args(args)
+            .env("CADRE_SERVER", &node.addr)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Wait for its first line: it is connected and streaming.
+        let mut first = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        assert!(!first.is_empty(), "{args:?} printed nothing");
+        child
+    };
+    let watch = spawn(&["tree", "--watch"]);
+    let follow = spawn(&["conversations", "log", "f", "--follow"]);
+    node.stop(libc::SIGTERM);
+    for (what, mut child) in [("tree --watch", watch), ("log --follow", follow)] {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("{what} did not end when the node stopped");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        assert!(status.success(), "{what}: {status:?}: {err}");
+        assert!(err.contains("stopped;"), "{what}: {err}");
+        assert_eq!(err.lines().count(), 1, "{what}: one line: {err}");
+    }
+}

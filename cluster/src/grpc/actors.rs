@@ -28,6 +28,8 @@ pub struct ActorsService {
     system: Vec<String>,
     /// What spawned children start on (sandboxes, the tool registry).
     services: Services,
+    /// Becomes true when the node starts to stop: watches end then.
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl ActorsService {
@@ -38,12 +40,14 @@ impl ActorsService {
         root: impl Into<String>,
         system: Vec<String>,
         services: Services,
+        stopping: tokio::sync::watch::Receiver<bool>,
     ) -> Self {
         Self {
             tree,
             root: root.into(),
             system,
             services,
+            stopping,
         }
     }
 }
@@ -196,10 +200,16 @@ impl Actors for ActorsService {
         _request: Request<WatchTreeRequest>,
     ) -> Result<Response<TreeEvents>, Status> {
         let mut rx = self.tree.subscribe();
+        let mut stopping = self.stopping.clone();
         let (tx, out) = mpsc::channel(256);
         tokio::spawn(async move {
             loop {
-                let item = match rx.recv().await {
+                let received = tokio::select! {
+                    received = rx.recv() => received,
+                    // The node is stopping: the watch ends cleanly (OK).
+                    _ = stopping.wait_for(|stopping| *stopping) => return,
+                };
+                let item = match received {
                     Ok(ev) => Ok(tree_event(&ev)),
                     // A watcher that falls a whole buffer behind is told so and ended.
                     Err(RecvError::Lagged(n)) => Err(Status::data_loss(format!(

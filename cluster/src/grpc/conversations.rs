@@ -21,13 +21,36 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<Event, Status>> + Send>>;
 #[derive(Clone)]
 pub struct ConversationsService {
     execs: Execs,
+    /// Becomes true when the node starts to stop: subscriptions end then.
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl ConversationsService {
-    /// The API of `execs`.
-    pub fn new(execs: Execs) -> Self {
-        Self { execs }
+    /// The API of `execs`; subscriptions end cleanly once `stopping` is true.
+    pub fn new(execs: Execs, stopping: tokio::sync::watch::Receiver<bool>) -> Self {
+        Self { execs, stopping }
     }
+}
+
+/// Like [`stream`], ending cleanly (OK) when the node starts to stop. For subscriptions only:
+/// an exec's stream ends with its exec (its client reconnects to the next run).
+fn stream_until_stopping(
+    events: ExecEvents,
+    stopping: tokio::sync::watch::Receiver<bool>,
+) -> EventStream {
+    Box::pin(futures_util::stream::unfold(
+        (events, stopping),
+        |(mut events, mut stopping)| async move {
+            let next = tokio::select! {
+                next = events.next() => next?,
+                _ = stopping.wait_for(|stopping| *stopping) => return None,
+            };
+            Some((
+                next.map(|e| Event::clone(&e)).map_err(subscribe_status),
+                (events, stopping),
+            ))
+        },
+    ))
 }
 
 /// The events as a response stream. The response polls them itself, with no task or channel
@@ -92,7 +115,10 @@ impl Conversations for ConversationsService {
             .subscribe(&r.conversation_id, r.after_seq)
             .await
             .map_err(exec_status)?;
-        Ok(Response::new(stream(events)))
+        Ok(Response::new(stream_until_stopping(
+            events,
+            self.stopping.clone(),
+        )))
     }
 
     async fn get(
