@@ -8,7 +8,7 @@ use cadre_proto::v1::{ActorNode, SandboxesRequest, TreeEvent, TreeRequest, Watch
 use clap::Args;
 use serde_json::{Map, Value, json};
 
-use crate::client::{ServerArgs, connect};
+use crate::client::{Api, ServerArgs, connect};
 use crate::{Failure, Output};
 
 #[derive(Args)]
@@ -26,7 +26,7 @@ pub struct TreeArgs {
 
 pub async fn run(args: TreeArgs) -> Result<(), Failure> {
     let channel = connect(&args.server).await?;
-    let mut client = ActorsClient::new(channel);
+    let mut client = ActorsClient::new(channel.clone());
     // Subscribe before reading the tree so that no change falls between the two.
     let mut changes = if args.watch {
         Some(
@@ -51,7 +51,7 @@ pub async fn run(args: TreeArgs) -> Result<(), Failure> {
         (Output::Json, None) => println!("{}", to_json(&root)),
         (Output::Json, Some(_)) => {}
         (Output::Text, _) => {
-            if let Some(warning) = not_isolated(&args.server, &root).await {
+            if let Some(warning) = not_isolated(channel, &root).await {
                 println!("{warning}");
             }
             print!("{}", render(&root))
@@ -159,14 +159,13 @@ pub fn to_json(node: &ActorNode) -> Value {
 }
 
 /// A plain warning when the tree has placed actors and the node's sandboxes isolate nothing.
-async fn not_isolated(server: &ServerArgs, root: &ActorNode) -> Option<String> {
+async fn not_isolated(channel: Api, root: &ActorNode) -> Option<String> {
     fn placed(n: &ActorNode) -> bool {
         n.placement.is_some() || n.children.iter().any(placed)
     }
     if !placed(root) {
         return None;
     }
-    let channel = connect(server).await.ok()?;
     let list = ClusterClient::new(channel)
         .sandboxes(SandboxesRequest {})
         .await

@@ -163,6 +163,19 @@ impl Node {
         cli_with_server(&self.addr, args)
     }
 
+    /// `cadre exec --agent echo --conversation CONVERSATION --input INPUT` against this node.
+    pub fn exec_echo(&self, conversation: &str, input: &str) -> Output {
+        self.cli(&[
+            "exec",
+            "--agent",
+            "echo",
+            "--conversation",
+            conversation,
+            "--input",
+            input,
+        ])
+    }
+
     /// A read command's `-o json` output (JSON lines), parsed; the command must succeed.
     pub fn json_lines(&self, args: &[&str]) -> Vec<Value> {
         let out = self.cli(args);

@@ -8,15 +8,7 @@ use cadre_tests::{Cluster, Node, alive};
 
 /// Runs an `echo` exec on `node` in `conversation`; returns its output line.
 fn echo(node: &Node, conversation: &str, input: &str) -> String {
-    let out = node.cli(&[
-        "exec",
-        "--agent",
-        "echo",
-        "--conversation",
-        conversation,
-        "--input",
-        input,
-    ]);
+    let out = node.exec_echo(conversation, input);
     assert!(
         out.status.success(),
         "exec on {} failed: {}\nlog:\n{}",

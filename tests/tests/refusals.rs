@@ -23,18 +23,6 @@ fn conversations(node: &Node) -> Vec<String> {
         .collect()
 }
 
-fn echo(node: &Node, conversation: &str, input: &str) -> std::process::Output {
-    node.cli(&[
-        "exec",
-        "--agent",
-        "echo",
-        "--conversation",
-        conversation,
-        "--input",
-        input,
-    ])
-}
-
 #[test]
 fn the_nodes_own_actors_cannot_be_stopped_restarted_or_given_children() {
     let node = Node::start("version: v1\n");
@@ -88,7 +76,7 @@ fn the_nodes_own_actors_cannot_be_stopped_restarted_or_given_children() {
             .is_none_or(|c| c.is_empty()),
         "nothing spawned under root/agents: {after:#}"
     );
-    let out = echo(&node, "still-works", "hello");
+    let out = node.exec_echo("still-works", "hello");
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("hello"));
 }
@@ -96,10 +84,10 @@ fn the_nodes_own_actors_cannot_be_stopped_restarted_or_given_children() {
 #[test]
 fn the_nodes_conversations_are_read_only_for_callers() {
     let node = Node::start("version: v1\n");
-    assert!(echo(&node, "mine", "first").status.success());
+    assert!(node.exec_echo("mine", "first").status.success());
     let audit_before = log(&node, "cadre.audit");
 
-    let exec = echo(&node, "cadre.audit", "root/controller terminated");
+    let exec = node.exec_echo("cadre.audit", "root/controller terminated");
     assert_eq!(exec.status.code(), Some(2), "{}", stderr(&exec));
     assert!(
         stderr(&exec).contains("conversation_id: `cadre.audit`"),
@@ -155,7 +143,7 @@ fn conversation_ids_are_checked_and_a_fork_names_the_last_event_it_keeps() {
         ("a/b", "`/` is not allowed"),
         (long.as_str(), "5000 characters, at most 200"),
     ] {
-        let out = echo(&node, id, "hi");
+        let out = node.exec_echo(id, "hi");
         assert_eq!(out.status.code(), Some(2), "{id:.20}: {}", stderr(&out));
         let message = stderr(&out);
         assert!(
@@ -172,7 +160,7 @@ fn conversation_ids_are_checked_and_a_fork_names_the_last_event_it_keeps() {
     );
     assert!(conversations(&node).is_empty(), "nothing was written");
 
-    assert!(echo(&node, "src", "one").status.success());
+    assert!(node.exec_echo("src", "one").status.success());
     let zero = node.cli(&[
         "fork",
         "--conversation",

@@ -32,38 +32,25 @@ impl ConversationsService {
     }
 }
 
-/// Like [`stream`], ending cleanly (OK) when the node starts to stop. For subscriptions only:
-/// an exec's stream ends with its exec (its client reconnects to the next run).
-fn stream_until_stopping(
-    events: ExecEvents,
-    stopping: tokio::sync::watch::Receiver<bool>,
-) -> EventStream {
+/// The events as a response stream. The response polls them itself, with no task or channel
+/// between: the events of one commit reach the encoder together and leave in one write, and a
+/// client that goes away drops the subscription at once. With `stopping`, the stream ends
+/// cleanly (OK) when the node starts to stop: for subscriptions only, as an exec's stream ends
+/// with its exec (its client reconnects to the next run).
+fn stream(events: ExecEvents, stopping: Option<tokio::sync::watch::Receiver<bool>>) -> EventStream {
     Box::pin(futures_util::stream::unfold(
         (events, stopping),
         |(mut events, mut stopping)| async move {
-            let next = tokio::select! {
-                next = events.next() => next?,
-                _ = stopping.wait_for(|stopping| *stopping) => return None,
+            let next = match &mut stopping {
+                Some(stop) => tokio::select! {
+                    next = events.next() => next?,
+                    _ = stop.wait_for(|stopping| *stopping) => return None,
+                },
+                None => events.next().await?,
             };
             Some((
                 next.map(|e| Event::clone(&e)).map_err(subscribe_status),
                 (events, stopping),
-            ))
-        },
-    ))
-}
-
-/// The events as a response stream. The response polls them itself, with no task or channel
-/// between: the events of one commit reach the encoder together and leave in one write, and a
-/// client that goes away drops the subscription at once.
-fn stream(events: ExecEvents) -> EventStream {
-    Box::pin(futures_util::stream::unfold(
-        events,
-        |mut events| async move {
-            let next = events.next().await?;
-            Some((
-                next.map(|e| Event::clone(&e)).map_err(subscribe_status),
-                events,
             ))
         },
     ))
@@ -102,7 +89,7 @@ impl Conversations for ConversationsService {
             // Reconnect: exactly the events after last_seq, then the running exec to its end.
             self.execs.follow(&r.conversation_id, r.last_seq).await
         };
-        Ok(Response::new(stream(events.map_err(exec_status)?)))
+        Ok(Response::new(stream(events.map_err(exec_status)?, None)))
     }
 
     async fn subscribe(
@@ -115,10 +102,7 @@ impl Conversations for ConversationsService {
             .subscribe(&r.conversation_id, r.after_seq)
             .await
             .map_err(exec_status)?;
-        Ok(Response::new(stream_until_stopping(
-            events,
-            self.stopping.clone(),
-        )))
+        Ok(Response::new(stream(events, Some(self.stopping.clone()))))
     }
 
     async fn get(
