@@ -132,18 +132,18 @@ impl SkillTools {
     }
 }
 
-/// The logical actor that holds a conversation's workspace: a sandbox of its own.
+/// The logical actor that holds a conversation's workspace: a sandbox of its own. Its id is
+/// `ws.` and the conversation id with `_` and `:` escaped as `_5f` and `_3a`, so that no two
+/// conversations share one.
 pub fn workspace_actor(conversation: &str) -> HostedActor {
-    let safe: String = conversation
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    let mut safe = String::with_capacity(conversation.len());
+    for c in conversation.chars() {
+        if c.is_ascii_alphanumeric() || "-.".contains(c) {
+            safe.push(c);
+        } else {
+            safe.push_str(&format!("_{:02x}", u32::from(c)));
+        }
+    }
     HostedActor {
         id: format!("ws.{safe}"),
         tenant: format!("conversation.{safe}"),

@@ -179,6 +179,10 @@ pub trait SandboxHost: Send + Sync {
     fn pin(&self, actor: HostedActor) -> PinFuture<'_>;
     /// Places `spec.actor` and starts its process there.
     fn spawn(&self, spec: HostedSpec) -> HostFuture<'_>;
+    /// Removes `actor` for good: its own sandbox stops and its workspace is deleted (nothing
+    /// happens if it has none). A conversation's workspace goes this way when the conversation
+    /// is deleted, and no other way.
+    fn remove(&self, actor: &HostedActor);
 }
 
 impl HostedExit {

@@ -452,6 +452,7 @@ async fn placement_rounds(
             max: args.sandboxes + 2,
             workspaces: dir.join("workspaces"),
             images: dir.join("images"),
+            owners: dir.join("owners"),
             memory_bytes: Some(512 << 20),
             cpus: Some(1.0),
             name,

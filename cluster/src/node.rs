@@ -449,6 +449,7 @@ fn start_sandboxes(config: &SandboxConfig, data_dir: &Path) -> Result<Sandboxes,
             max: config.max,
             workspaces: data_dir.join("workspaces"),
             images: data_dir.join("sandboxes/images"),
+            owners: data_dir.join("sandboxes/owners"),
             memory_bytes: config.memory_bytes,
             cpus: config.cpus,
             // Unique per run, so no sandbox reuses a workspace of an earlier run.

@@ -51,6 +51,10 @@ impl SandboxHost for Placement {
         })
     }
 
+    fn remove(&self, actor: &HostedActor) {
+        Placement::remove(self, &logical_id(&actor.id));
+    }
+
     fn spawn(&self, spec: HostedSpec) -> HostFuture<'_> {
         Box::pin(async move {
             let fail = |why: String| SandboxError::Start {

@@ -14,6 +14,10 @@
 //! reason is logged once), or a checkpoint or restore fails, the sandbox is stopped and started
 //! again under its id instead: its workspace's files stay, the actor is activated with the
 //! state it had when suspended, and only the processes and memory of the sandbox are lost.
+//!
+//! An exclusive actor's sandbox is kept for it in the pool ([`WarmPool::keep`]), so its
+//! workspace survives the node too: placement starts with the kept sandboxes of earlier runs
+//! as suspended, and [`Placement::remove`] is the only way a workspace goes.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -161,6 +165,7 @@ impl Placement {
     /// Starts placement on `pool`, with its idle sweeper and its watch on dying sandboxes.
     pub fn start(pool: WarmPool, config: PlacementConfig) -> Self {
         let (events, _) = broadcast::channel(4096);
+        let kept = pool.kept().into_iter().map(|(id, owner)| (owner, id));
         let sweep_every =
             (config.idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
         let placement = Self {
@@ -168,7 +173,7 @@ impl Placement {
                 state: Mutex::new(State {
                     policy: PlacementPolicy::new(config),
                     waiters: VecDeque::new(),
-                    suspended: HashMap::new(),
+                    suspended: kept.collect(),
                     closed: false,
                 }),
                 cannot_suspend: pool.cannot_suspend(),
@@ -477,7 +482,7 @@ impl Placement {
             }
         };
         let Some(id) = suspended else {
-            return (fresh().await, false);
+            return (self.fresh_for(actor, exclusive, fresh().await).await, false);
         };
         match self.inner.pool.resume(&id, &actor.tenant).await {
             Ok(resumed) => (Ok(resumed.lease), resumed.restored),
@@ -489,8 +494,57 @@ impl Placement {
                 tracing::warn!(actor = %actor.id, sandbox = %id, error = %e,
                     "cannot start the actor's suspended sandbox again; activating it in a new \
                      sandbox, from its saved state but without its workspace's files");
-                (fresh().await, false)
+                (self.fresh_for(actor, exclusive, fresh().await).await, false)
             }
+        }
+    }
+
+    /// A new sandbox leased for `actor`; an exclusive actor's is kept for it (its workspace
+    /// outlives the node), or given back if that cannot be recorded.
+    async fn fresh_for(
+        &self,
+        actor: &LogicalActor,
+        exclusive: bool,
+        leased: Result<Lease, PoolError>,
+    ) -> Result<Lease, PoolError> {
+        let lease = leased?;
+        if !exclusive {
+            return Ok(lease);
+        }
+        match self.inner.pool.keep(&lease.id, &actor.id).await {
+            Ok(()) => Ok(lease),
+            Err(e) => {
+                self.inner.pool.release(&lease.id);
+                Err(PoolError::Start(crate::SandboxError::Unavailable(format!(
+                    "cannot record sandbox `{}` as kept for actor `{}`: {e}",
+                    lease.id, actor.id
+                ))))
+            }
+        }
+    }
+
+    /// Removes an exclusive actor for good: its sandbox stops (if it runs) and its workspace
+    /// and saved state are deleted. A shared actor only loses its saved state, if passive.
+    pub fn remove(&self, actor: &str) {
+        let mut state = self.lock();
+        let own = state.suspended.remove(actor).or_else(|| {
+            let sandbox = state.policy.sandbox_of(actor)?.to_string();
+            let kept = self
+                .inner
+                .pool
+                .kept()
+                .into_iter()
+                .any(|(id, _)| id == sandbox);
+            kept.then(|| {
+                state.policy.remove_sandbox(&sandbox);
+                sandbox
+            })
+        });
+        state.policy.forget(actor);
+        wake(&mut state);
+        drop(state);
+        if let Some(sandbox) = own {
+            self.inner.pool.forget(&sandbox);
         }
     }
 

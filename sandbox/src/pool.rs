@@ -11,9 +11,14 @@
 //! frees its place and keeps its workspace: checkpointed to an image on disk where the provider
 //! can, else stopped. It comes back later under the same id ([`WarmPool::resume`]): restored
 //! from its image, or started afresh on its workspace.
+//!
+//! A sandbox kept for an owner ([`WarmPool::keep`]: an exclusive actor, such as a conversation's
+//! workspace) is recorded on disk, and its workspace outlives the sandbox and the node: it is
+//! removed only when forgotten. A pool that starts finds the records of earlier runs
+//! ([`WarmPool::kept`]) and removes every other workspace they left.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -42,6 +47,9 @@ pub struct PoolConfig {
     pub name: String,
     /// Checkpoint images go under this directory, one per suspended sandbox.
     pub images: PathBuf,
+    /// Records of the sandboxes kept for an owner go under this directory, one file per
+    /// sandbox (named by its id, holding the owner).
+    pub owners: PathBuf,
 }
 
 /// One sandbox as the pool sees it.
@@ -138,6 +146,8 @@ struct Inner {
     removing: Mutex<HashMap<String, oneshot::Receiver<()>>>,
     /// Sandboxes started with network access (also while suspended, so a restore has it too).
     egress: Mutex<HashSet<String>>,
+    /// Sandboxes kept for an owner: id → owner, as recorded under `config.owners`.
+    kept: Mutex<BTreeMap<String, String>>,
 }
 
 #[derive(Default)]
@@ -183,9 +193,12 @@ enum Control {
 
 impl WarmPool {
     /// Starts the pool; it fills up to `min` warm sandboxes in the background.
-    /// Images left by an earlier run are removed: what they belonged to is gone.
+    /// Images left by an earlier run are removed (its sandboxes' memory is gone), and so is
+    /// every workspace it left that was not kept for an owner.
     pub fn start(provider: Arc<dyn SandboxProvider>, config: PoolConfig) -> Self {
         let _ = std::fs::remove_dir_all(&config.images);
+        let kept = read_kept(&config.owners);
+        remove_unkept_workspaces(&config.workspaces, &kept);
         let (died, _) = broadcast::channel(1024);
         let pool = Self {
             inner: Arc::new(Inner {
@@ -198,6 +211,7 @@ impl WarmPool {
                 monitors: Mutex::default(),
                 removing: Mutex::default(),
                 egress: Mutex::default(),
+                kept: Mutex::new(kept),
             }),
         };
         let refiller = pool.clone();
@@ -380,9 +394,57 @@ impl WarmPool {
         })
     }
 
-    /// Removes what is left of a sandbox that died and will not be started again under its
-    /// id: its workspace.
+    /// Sandboxes kept for an owner, this run's and earlier runs': (id, owner), in id order.
+    pub fn kept(&self) -> Vec<(String, String)> {
+        let kept = self.inner.kept.lock().expect("kept");
+        kept.iter()
+            .map(|(id, owner)| (id.clone(), owner.clone()))
+            .collect()
+    }
+
+    /// Keeps sandbox `id` for `owner`, durably: its workspace now stays when the sandbox stops
+    /// or dies and when the node stops or restarts, until [`WarmPool::forget`]. A sandbox kept
+    /// for the same owner before is forgotten.
+    pub async fn keep(&self, id: &str, owner: &str) -> std::io::Result<()> {
+        let (dir, name, content) = (
+            self.inner.config.owners.clone(),
+            id.to_string(),
+            owner.to_string(),
+        );
+        tokio::task::spawn_blocking(move || write_synced(&dir, &name, content.as_bytes()))
+            .await
+            .map_err(std::io::Error::other)??;
+        let replaced: Vec<String> = {
+            let mut kept = self.inner.kept.lock().expect("kept");
+            let replaced = kept
+                .iter()
+                .filter(|(other, o)| *o == owner && other.as_str() != id)
+                .map(|(other, _)| other.clone())
+                .collect();
+            kept.insert(id.to_string(), owner.to_string());
+            replaced
+        };
+        for old in replaced {
+            self.forget(&old);
+        }
+        Ok(())
+    }
+
+    /// Removes a sandbox for good: stops it if it runs, and removes its workspace and its
+    /// record as kept, if it was (a sandbox that died and will not be started again under its
+    /// id, or a kept sandbox whose owner is gone).
     pub fn forget(&self, id: &str) {
+        let was_kept = self.inner.kept.lock().expect("kept").remove(id).is_some();
+        if was_kept {
+            let _ = std::fs::remove_file(self.inner.config.owners.join(id));
+        }
+        let control = self.inner.state.lock().expect("pool lock").take(id);
+        if let Some(control) = control {
+            // Its monitor removes the workspace once the sandbox is down.
+            let _ = control.send(Control::Stop);
+            self.inner.refill.notify_one();
+            return;
+        }
         let (pool, id) = (self.clone(), id.to_string());
         tokio::spawn(async move {
             pool.removed(&id).await;
@@ -590,7 +652,7 @@ impl WarmPool {
                     let (gone, removed) = oneshot::channel();
                     pool.inner.removing.lock().expect("removing").insert(monitored.clone(), removed);
                     let _ = pool.inner.died.send(SandboxDied {
-                        id: monitored,
+                        id: monitored.clone(),
                         tenant: entry.and_then(|e| e.info.tenant),
                         status,
                     });
@@ -613,8 +675,17 @@ impl WarmPool {
                 }
                 Some(Control::Stop) => {
                     sandbox.kill().await;
-                    let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(workspace))
-                        .await;
+                    let kept = pool
+                        .inner
+                        .kept
+                        .lock()
+                        .expect("kept")
+                        .contains_key(&monitored);
+                    if !kept {
+                        let _ =
+                            tokio::task::spawn_blocking(move || std::fs::remove_dir_all(workspace))
+                                .await;
+                    }
                 }
                 None => sandbox.kill().await,
             }
@@ -624,4 +695,57 @@ impl WarmPool {
         monitors.push(monitor);
         Ok(worker)
     }
+}
+
+/// The records of kept sandboxes under `owners`: id → owner. Unreadable ones are skipped
+/// (logged): their workspaces are then removed as not kept.
+fn read_kept(owners: &Path) -> BTreeMap<String, String> {
+    let mut kept = BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir(owners) else {
+        return kept;
+    };
+    for entry in entries.flatten() {
+        let id = entry.file_name().to_string_lossy().into_owned();
+        if id.starts_with('.') {
+            // A record whose write did not finish: its sandbox was never used.
+            let _ = std::fs::remove_file(entry.path());
+            continue;
+        }
+        match std::fs::read_to_string(entry.path()) {
+            Ok(owner) if !owner.is_empty() => {
+                kept.insert(id, owner);
+            }
+            Ok(_) => tracing::warn!(sandbox = %id, "ignoring an empty record of a kept sandbox"),
+            Err(e) => tracing::warn!(sandbox = %id, error = %e,
+                "cannot read the record of a kept sandbox; its workspace is removed"),
+        }
+    }
+    kept
+}
+
+/// Removes the workspaces under `workspaces` that are not kept: earlier runs' warm and shared
+/// sandboxes, whose ids this run never uses again.
+fn remove_unkept_workspaces(workspaces: &Path, kept: &BTreeMap<String, String>) {
+    let Ok(entries) = std::fs::read_dir(workspaces) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let id = entry.file_name().to_string_lossy().into_owned();
+        if !kept.contains_key(&id) {
+            tracing::info!(sandbox = %id, "removing a workspace left by an earlier run");
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// Writes `dir/name` durably: the file's data and its directory entry are on disk on return.
+fn write_synced(dir: &Path, name: &str, content: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    std::fs::create_dir_all(dir)?;
+    let partial = dir.join(format!(".{name}.partial"));
+    let mut file = std::fs::File::create(&partial)?;
+    file.write_all(content)?;
+    file.sync_all()?;
+    std::fs::rename(&partial, dir.join(name))?;
+    std::fs::File::open(dir)?.sync_all()
 }

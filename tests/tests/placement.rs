@@ -38,6 +38,7 @@ fn pool_on(provider: Arc<dyn SandboxProvider>, dir: &TempDir, name: &str, warm: 
             max: warm,
             workspaces: dir.path().join("workspaces"),
             images: dir.path().join("images"),
+            owners: dir.path().join("owners"),
             memory_bytes: Some(256 << 20),
             cpus: Some(1.0),
             name: format!("{name}-{}", std::process::id()),
@@ -441,10 +442,33 @@ fn a_suspended_sandbox_whose_image_cannot_be_restored_starts_afresh_on_its_works
         drop(pinned);
         placement.shutdown();
         pool.shutdown().await;
-        assert!(
-            !dir.path().join("workspaces").join(&sandbox).exists(),
-            "a destroyed sandbox's workspace is removed"
+        let workspace = dir.path().join("workspaces").join(&sandbox);
+        assert!(workspace.is_dir(), "kept for its actor past the pool");
+
+        // A pool on the same dirs (the node restarted) has it back for the actor; removing
+        // the actor removes it.
+        let pool = self::pool(&dir, "pbad-again", 1);
+        assert_eq!(pool.kept(), vec![(sandbox.clone(), notes.id.clone())]);
+        let placement = self::placement(&pool, 8, 8);
+        assert_eq!(
+            placement.suspended(),
+            vec![(sandbox.clone(), notes.id.clone())]
         );
+        let back = placement.send(&notes, b"note".to_vec()).await.unwrap();
+        assert_eq!(
+            (back.sandbox.as_str(), back.restored),
+            (sandbox.as_str(), false)
+        );
+        placement.remove(&notes.id);
+        until(
+            "the removed actor's workspace goes",
+            Duration::from_secs(20),
+            || !workspace.exists(),
+        )
+        .await;
+        assert!(pool.kept().is_empty());
+        placement.shutdown();
+        pool.shutdown().await;
     });
 }
 

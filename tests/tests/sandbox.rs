@@ -426,6 +426,7 @@ fn the_warm_pool_leases_per_tenant_and_refills_when_a_sandbox_dies() {
                 max: 3,
                 workspaces: dir.path().join("workspaces"),
                 images: dir.path().join("images"),
+                owners: dir.path().join("owners"),
                 memory_bytes: Some(256 << 20),
                 cpus: Some(1.0),
                 name: format!("pool-{}", std::process::id()),

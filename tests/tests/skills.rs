@@ -364,3 +364,115 @@ fn without_checkpoints_an_idle_conversation_workspace_is_stopped_and_started_aga
         None,
     );
 }
+
+/// The workspace directories under a node's data dir, by name.
+fn workspace_dirs(data: &std::path::Path) -> std::collections::BTreeSet<String> {
+    std::fs::read_dir(data.join("workspaces"))
+        .map(|dir| {
+            dir.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The sandboxes kept for a conversation's workspace, by id.
+fn kept_sandboxes(data: &std::path::Path) -> std::collections::BTreeSet<String> {
+    std::fs::read_dir(data.join("sandboxes/owners"))
+        .map(|dir| {
+            dir.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_workspace_survives_node_restarts_and_is_removed_only_with_its_conversation() {
+    let config = "version: v1\nsandbox:\n  warm_pool: { min: 1, max: 4 }\n";
+    let mut first = Node::start(config);
+    let content = "line one\n\tünïcödé ✓\nlast line without newline";
+    let files = [("w1", content), ("p:q", "colon"), ("p_q", "underscore")];
+    for (conversation, text) in files {
+        let args = serde_json::json!({"path": "notes/a.txt", "content": text}).to_string();
+        let (code, _, err) = call(&first, conversation, "workspace.write_file", &args, &[]);
+        assert_eq!(code, 0, "{err}");
+    }
+    let read_back = |node: &Node, conversation: &str| {
+        let (code, r, err) = call(
+            node,
+            conversation,
+            "workspace.read_file",
+            r#"{"path":"notes/a.txt"}"#,
+            &[],
+        );
+        assert_eq!(code, 0, "{conversation}: {err}");
+        structured(&r)["content"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    // Conversations whose ids differ only in `:` and `_` have workspaces of their own.
+    assert_eq!(read_back(&first, "p:q"), "colon");
+    assert_eq!(read_back(&first, "p_q"), "underscore");
+    let kept = kept_sandboxes(&first.data);
+    assert_eq!(kept.len(), 3, "one kept sandbox per conversation: {kept:?}");
+
+    // A clean stop, then a SIGKILL: the files come back byte for byte each time.
+    assert!(first.stop(libc::SIGTERM).success());
+    let mut second = Node::start_with_data(config, &first.data);
+    assert_eq!(read_back(&second, "w1"), content);
+    let before_kill = workspace_dirs(&first.data);
+    second.stop(libc::SIGKILL);
+    let third = Node::start_with_data(config, &first.data);
+    for (conversation, text) in files {
+        assert_eq!(read_back(&third, conversation), text);
+    }
+    // What the killed run left is gone, except the kept workspaces.
+    let now = workspace_dirs(&first.data);
+    for dir in &before_kill {
+        assert_eq!(
+            now.contains(dir),
+            kept.contains(dir),
+            "{dir}: kept {kept:?}, before the kill {before_kill:?}, now {now:?}"
+        );
+    }
+    assert_eq!(kept_sandboxes(&first.data), kept);
+
+    // Deleting the conversation removes its workspace; a later write starts an empty one.
+    let out = third.cli(&["conversations", "delete", "w1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while kept_sandboxes(&first.data).len() != 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the workspace of w1 stays"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let gone: Vec<_> = kept
+        .difference(&kept_sandboxes(&first.data))
+        .cloned()
+        .collect();
+    while workspace_dirs(&first.data).contains(&gone[0]) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} stays on disk",
+            gone[0]
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (code, r, err) = call(
+        &third,
+        "w1",
+        "workspace.read_file",
+        r#"{"path":"notes/a.txt"}"#,
+        &[],
+    );
+    assert_ne!(code, 0, "w1's file is still there: {r}");
+    assert!(r.to_string().contains("No such file"), "{r} {err}");
+}

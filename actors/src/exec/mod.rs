@@ -506,6 +506,11 @@ impl Execs {
         // Held while deleting, so no exec starts in the conversation meanwhile.
         self.claim(conversation, Claim::Deleting, &hint).await?;
         let deleted = self.log.delete(conversation).await;
+        if deleted.is_ok()
+            && let Some(host) = &self.services.host
+        {
+            host.remove(&crate::builtin::workspace_actor(conversation));
+        }
         self.claims.release(conversation, &Claim::Deleting).await;
         Ok(deleted?)
     }

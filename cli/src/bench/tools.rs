@@ -156,6 +156,7 @@ async fn rounds(
             max: 2,
             workspaces: dir.join("workspaces"),
             images: dir.join("images"),
+            owners: dir.join("owners"),
             memory_bytes: Some(1 << 30),
             cpus: Some(1.0),
             name: format!("bench-{}", std::process::id()),
