@@ -25,6 +25,7 @@ pub mod model;
 pub mod os_process;
 pub mod placement;
 pub mod process;
+pub mod process_ledger;
 pub mod sandbox;
 pub mod services;
 pub mod skills;

@@ -1,5 +1,6 @@
 //! OS processes: spawned in their own process group, reaped by one task, signalled only
-//! through it (so a signal never reaches a recycled pid). Used by `process` children and by
+//! through it (so a signal never reaches a recycled pid), and recorded in the node's
+//! [process ledger](crate::process_ledger) while they run. Used by `process` children and by
 //! the sandbox worker.
 
 use std::path::PathBuf;
@@ -60,6 +61,10 @@ impl OsProcess {
             .spawn()
             .map_err(|e| std::io::Error::new(e.kind(), format!("cannot run `{program}`: {e}")))?;
         let pid = child.id().expect("a just-spawned child has a pid");
+        let ledger = crate::process_ledger::installed();
+        if let Some(ledger) = ledger {
+            ledger.record(pid);
+        }
         if let Some(out) = child.stdout.take() {
             tokio::spawn(forward_lines(out, path.to_string(), "stdout"));
         }
@@ -80,6 +85,9 @@ impl OsProcess {
                             },
                             Err(_) => ProcessExit::Code(-1),
                         };
+                        if let Some(ledger) = ledger {
+                            ledger.remove(pid);
+                        }
                         let _ = exit_tx.send(Some(exit));
                         break;
                     }

@@ -97,6 +97,14 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         actors: Option<std::path::PathBuf>,
     },
+    /// Wait for the node to end (end of stdin), then kill what its process ledger holds (the
+    /// node starts it).
+    #[command(hide = true)]
+    Guard {
+        /// The node's process ledger.
+        #[arg(long)]
+        ledger: std::path::PathBuf,
+    },
     #[command(hide = true)]
     Debug {
         #[command(subcommand)]
@@ -137,6 +145,12 @@ impl From<anyhow::Error> for Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Guard { ledger } = &cli.command {
+        for pid in cadre_cluster::guardian::guard(ledger) {
+            eprintln!("cadre guard: killed process {pid}, left running by its node");
+        }
+        return ExitCode::SUCCESS;
+    }
     if let Command::Worker { workspace, actors } = cli.command {
         // Runs its own single-threaded runtimes (see `serve_stdio`).
         let actors = actors.unwrap_or_else(|| workspace.join("actors"));
@@ -170,7 +184,7 @@ fn main() -> ExitCode {
             Command::Config {
                 command: ConfigCommand::Check { file },
             } => config_cmd::check(&file),
-            Command::Worker { .. } => unreachable!("served above"),
+            Command::Worker { .. } | Command::Guard { .. } => unreachable!("served above"),
             Command::Debug { command } => debug::run(command).await,
             Command::Bench { command } => bench::run(command).await,
             Command::Version(args) => version::run(args).await,

@@ -5,6 +5,7 @@
 #![warn(unreachable_pub)]
 
 pub mod grpc;
+pub mod guardian;
 pub mod node;
 pub mod store;
 

@@ -15,6 +15,7 @@ use cadre_actors::event_log::EventLog;
 use cadre_actors::exec::{Execs, LocalClaims};
 use cadre_actors::model::{ModelClient, OpenAiClient};
 use cadre_actors::placement::PlacementConfig;
+use cadre_actors::process_ledger;
 use cadre_actors::skills::SkillRegistry;
 use cadre_actors::store::StoreError;
 use cadre_actors::tools::ToolRegistry;
@@ -34,6 +35,7 @@ use crate::grpc::cluster::{ClusterService, Sandboxes};
 use crate::grpc::conversations::ConversationsService;
 use crate::grpc::status::message_limit_layer;
 use crate::grpc::tools::ToolsService;
+use crate::guardian::Guardian;
 use crate::store;
 use cadre_proto::v1::conversations_server::ConversationsServer;
 use tonic::server::NamedService;
@@ -83,6 +85,8 @@ pub struct Node {
     api: JoinHandle<Result<(), tonic::transport::Error>>,
     /// The warm pool and the placement on it, if the node has sandboxes.
     sandboxes: Option<(WarmPool, Placement)>,
+    /// Kills the node's processes if it dies without stopping them.
+    _guardian: Guardian,
 }
 
 /// Why a node could not start.
@@ -116,6 +120,9 @@ pub enum NodeError {
     /// A configured sandbox provider cannot be used, or the cadre binary cannot be found.
     #[error("sandboxes: {0}")]
     Sandbox(String),
+    /// The ledger of the node's processes, or its guardian, cannot be set up.
+    #[error("cannot guard the node's processes: {0}")]
+    Processes(String),
     /// A configured model's client cannot be made.
     #[error("model `{id}`: {reason}")]
     Model {
@@ -178,6 +185,8 @@ impl Node {
         })?;
         let storage =
             store::open(&options.config.store, &options.data_dir).map_err(NodeError::Store)?;
+        // Only now that the data dir is this node's (the store holds its lock).
+        let guardian = guard_processes(&options.data_dir)?;
         let controller =
             Controller::with_log(storage.store, storage.log, options.config.store.limits);
         let event_log: Arc<dyn EventLog> = Arc::new(controller.clone());
@@ -359,6 +368,7 @@ impl Node {
             health,
             api,
             sandboxes: pool,
+            _guardian: guardian,
         })
     }
 
@@ -407,6 +417,19 @@ impl Node {
         tracing::info!(?exit, "cadre node stopped");
         exit
     }
+}
+
+/// Kills what an earlier run on `data_dir` left running, installs the process ledger there,
+/// and starts the guardian that kills what this run leaves if it dies.
+fn guard_processes(data_dir: &Path) -> Result<Guardian, NodeError> {
+    let fail = |e: std::io::Error| NodeError::Processes(e.to_string());
+    let ledger = process_ledger::install(data_dir.join("processes")).map_err(fail)?;
+    for pid in ledger.kill_all() {
+        tracing::warn!(pid, "killed a process left running by the last run");
+    }
+    let cadre_bin = std::env::current_exe()
+        .map_err(|e| NodeError::Processes(format!("cannot find the cadre binary: {e}")))?;
+    Guardian::start(&cadre_bin, ledger).map_err(fail)
 }
 
 /// The built-in tools: skills always, workspaces where the node has sandboxes.

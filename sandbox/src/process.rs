@@ -61,7 +61,16 @@ impl SandboxProvider for ProcessProvider {
             let (worker, input) = worker::connect_child(&mut child)
                 .await
                 .map_err(|e| fail(format!("cannot reach its worker: {e}")))?;
-            let hold = LocalSandbox::new(child, input, None);
+            // Recorded so that a crash of the node does not leave the worker running.
+            let ledger = cadre_actors::process_ledger::installed();
+            let teardown = match (ledger, child.id()) {
+                (Some(ledger), Some(pid)) => {
+                    ledger.record(pid);
+                    Some(Box::new(move || ledger.remove(pid)) as Box<dyn FnOnce() + Send>)
+                }
+                _ => None,
+            };
+            let hold = LocalSandbox::new(child, input, teardown);
             Ok(Sandbox::new(spec, self.name(), worker, Box::new(hold)))
         })
     }

@@ -383,6 +383,52 @@ pub fn alive(pid: u32) -> bool {
     unsafe { libc::kill(pid as i32, 0) == 0 }
 }
 
+/// Whether a process with this pid runs (exists and is not a zombie waiting to be reaped).
+pub fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    })
+}
+
+/// Every running process below `pid` (children, theirs, ...): pid and command line.
+pub fn descendants(pid: u32) -> Vec<(u32, String)> {
+    let mut parents = std::collections::HashMap::<u32, Vec<u32>>::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let after_name = stat.rsplit(')').next().unwrap_or("");
+        if let Some(ppid) = after_name
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+        {
+            parents.entry(ppid).or_default().push(child);
+        }
+    }
+    let mut found = Vec::new();
+    let mut todo = vec![pid];
+    while let Some(next) = todo.pop() {
+        for &child in parents.get(&next).into_iter().flatten() {
+            if running(child) {
+                let cmdline = std::fs::read(format!("/proc/{child}/cmdline")).unwrap_or_default();
+                let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+                found.push((child, cmdline.trim().to_string()));
+            }
+            todo.push(child);
+        }
+    }
+    found
+}
+
 /// The audit conversation of a stopped node's data dir: (path, change, reason) in log order.
 pub fn audit_log(data_dir: &Path) -> Vec<(String, String, String)> {
     use cadre_actors::controller::AUDIT_CONVERSATION;

@@ -480,3 +480,69 @@ fn tree_watch_streams_lifecycle_changes_as_json_lines() {
         .collect();
     assert_eq!(got, want);
 }
+
+/// examples/cadre.yaml with its skills' paths made absolute (the test node's config is
+/// written elsewhere).
+fn example_config() -> String {
+    let repo = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    std::fs::read_to_string(format!("{repo}/examples/cadre.yaml"))
+        .unwrap()
+        .replace("path: examples/", &format!("path: {repo}/examples/"))
+}
+
+#[test]
+fn a_sigkilled_node_leaves_no_process_running_and_its_restart_runs_each_once() {
+    let config = example_config();
+    let mut first = Node::start(&config);
+    let running = |node: &Node| {
+        node.wait_tree("the example's processes", Duration::from_secs(60), |t| {
+            [
+                "root/pipeline/source",
+                "root/pipeline/transform",
+                "root/pipeline/sink",
+            ]
+            .iter()
+            .all(|p| find(t, p)["status"] == "running")
+                && find(t, "root/tools/everything")["status"] == "running"
+        })
+    };
+    running(&first);
+    let before = cadre_tests::descendants(first.pid());
+    let sleeps = |procs: &[(u32, String)]| {
+        procs
+            .iter()
+            .filter(|(_, cmd)| cmd == "sleep infinity")
+            .count()
+    };
+    assert_eq!(sleeps(&before), 2, "{before:#?}");
+    assert!(
+        before.iter().any(|(_, cmd)| cmd.contains("sleep 30")),
+        "the source's own child runs: {before:#?}"
+    );
+
+    first.stop(libc::SIGKILL);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let left: Vec<_> = before
+            .iter()
+            .filter(|(pid, _)| cadre_tests::running(*pid))
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "left running by the killed node: {left:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let second = Node::start_with_data(&config, &first.data);
+    running(&second);
+    let after = cadre_tests::descendants(second.pid());
+    assert_eq!(
+        sleeps(&after),
+        2,
+        "each configured process once: {after:#?}"
+    );
+}
