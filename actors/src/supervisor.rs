@@ -569,9 +569,11 @@ impl SupervisorState {
             );
             let ids = self.order.clone();
             self.terminate_children(&ids).await;
-            self.tree.emit(
+            // Stopped from now on; a parent restarting it says so again.
+            self.tree.status(
                 &self.path,
                 ActorKind::Supervisor,
+                ChildStatus::Stopped,
                 Change::Escalated {
                     reason: REACHED_MAX_RESTART_INTENSITY.into(),
                 },

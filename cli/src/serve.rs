@@ -81,10 +81,12 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     eprintln!("cadre: listening on {}", node.addr);
     match node.run_until(shutdown_signal()).await {
         NodeExit::Stopped => Ok(()),
-        NodeExit::RootExited => Err(anyhow::anyhow!(
-            "the root supervisor exited (restart intensity exceeded or auto_shutdown); see the log"
-        )
-        .into()),
+        NodeExit::RootExited => {
+            Err(anyhow::anyhow!("the root supervisor shut itself down (auto_shutdown)").into())
+        }
+        NodeExit::SystemExited => {
+            Err(anyhow::anyhow!("the node's own supervisor gave up; see the log").into())
+        }
     }
 }
 

@@ -43,18 +43,21 @@ pub async fn run(args: TreeArgs) -> Result<(), Failure> {
         .tree(TreeRequest {})
         .await
         .map_err(|s| anyhow::anyhow!("Tree failed: {:?}: {}", s.code(), s.message()))?;
-    let root = response
-        .into_inner()
-        .root
-        .ok_or_else(|| anyhow::anyhow!("the node returned no tree"))?;
+    let trees = response.into_inner();
+    let (Some(root), Some(system)) = (trees.root, trees.system) else {
+        return Err(anyhow::anyhow!("the node returned no tree").into());
+    };
     match (args.output, &changes) {
-        (Output::Json, None) => println!("{}", to_json(&root)),
+        (Output::Json, None) => println!(
+            "{}",
+            json!({"root": to_json(&root), "system": to_json(&system)})
+        ),
         (Output::Json, Some(_)) => {}
         (Output::Text, _) => {
             if let Some(warning) = not_isolated(channel, &root).await {
                 println!("{warning}");
             }
-            print!("{}", render(&root))
+            print!("{}{}", render(&root), render(&system))
         }
     }
     if let Some(changes) = &mut changes {

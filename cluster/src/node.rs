@@ -19,7 +19,9 @@ use cadre_actors::process_ledger;
 use cadre_actors::skills::SkillRegistry;
 use cadre_actors::store::StoreError;
 use cadre_actors::tools::ToolRegistry;
-use cadre_actors::{Services, StartError, SupervisorFlags, SupervisorRef, Tree, supervisor_child};
+use cadre_actors::{
+    ChildStatus, Services, StartError, SupervisorFlags, SupervisorRef, Tree, supervisor_child,
+};
 use cadre_proto::v1::actors_server::ActorsServer;
 use cadre_proto::v1::cluster_server::ClusterServer;
 use cadre_proto::v1::tools_server::ToolsServer;
@@ -41,13 +43,17 @@ use cadre_proto::v1::conversations_server::ConversationsServer;
 use tonic::server::NamedService;
 use tonic::service::interceptor::InterceptedService;
 
-/// Path of a node's root supervisor.
+/// Path of the root supervisor of the config's tree (the user's actors).
 pub const ROOT: &str = "root";
 
-/// Id of the controller under the root supervisor (path `root/controller`).
+/// Path of the supervisor of the node's own actors, a tree apart from the user's: nothing a
+/// user actor does can stop it.
+pub const SYSTEM: &str = "system";
+
+/// Id of the controller under the system supervisor (path `system/controller`).
 pub const CONTROLLER: &str = "controller";
 
-/// Id of the dynamic supervisor that runs each exec's agent (path `root/agents`).
+/// Id of the dynamic supervisor that runs each exec's agent (path `system/agents`).
 pub const AGENTS: &str = "agents";
 
 /// The API address used when neither the command line nor the config names one.
@@ -69,8 +75,11 @@ pub struct NodeOptions {
 pub struct Node {
     /// The live supervision tree.
     pub tree: Tree,
-    /// The root supervisor.
+    /// The root supervisor of the config's tree.
     pub root: SupervisorRef,
+    /// The supervisor of the node's own actors.
+    system: SupervisorRef,
+    system_exit: JoinHandle<()>,
     /// The controller, the only writer of the event log.
     pub controller: Controller,
     /// The node's tool registry.
@@ -141,8 +150,10 @@ const API_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 pub enum NodeExit {
     /// Asked to stop; the tree shut down in order.
     Stopped,
-    /// The root supervisor exited by itself (restart intensity exceeded, or auto_shutdown).
+    /// The root supervisor shut itself down (`auto_shutdown`: a significant child ended).
     RootExited,
+    /// The supervisor of the node's own actors gave up.
+    SystemExited,
 }
 
 /// Accepted API connections with Nagle's algorithm off: small gRPC frames must not wait for
@@ -218,11 +229,11 @@ impl Node {
             agents: AgentRegistry::default(),
         };
         register_builtins(&services);
-        // The controller starts first and, in reverse order, stops last.
-        let supervisor = &options.config.supervisor;
-        // Each exec's agent is a transient child here: a crash restarts it and it resumes from
-        // the log; one that ends is removed (dynamic). The intensity allows for execs failing
-        // together (a store hiccup) before the failure escalates to the root.
+        // The node's own actors have a tree of their own, started first and stopped last: the
+        // controller, then the agents of execs. Each exec's agent is a transient child there:
+        // a crash restarts it and it resumes from the log; one that ends is removed (dynamic).
+        // The intensity allows for execs failing together (a store hiccup) before the failure
+        // escalates.
         let agent_flags = SupervisorFlags {
             intensity: 50,
             period: std::time::Duration::from_secs(10),
@@ -230,28 +241,56 @@ impl Node {
             ..SupervisorFlags::default()
         };
         let agents = supervisor_child(AGENTS, agent_flags, Vec::new());
-        let mut children = vec![controller.child_spec(CONTROLLER), agents];
-        children.extend(supervisor.child_specs(&services));
-        let (root, root_exit) =
-            match SupervisorRef::start_root(ROOT, supervisor.flags.clone(), children, tree.clone())
+        let system_children = vec![controller.child_spec(CONTROLLER), agents];
+        let user = &options.config.supervisor;
+        let started = match SupervisorRef::start_root(
+            SYSTEM,
+            SupervisorFlags::default(),
+            system_children,
+            tree.clone(),
+        )
+        .await
+        {
+            Ok((system, system_exit)) => {
+                match SupervisorRef::start_root(
+                    ROOT,
+                    user.flags.clone(),
+                    user.child_specs(&services),
+                    tree.clone(),
+                )
                 .await
-            {
-                Ok(root) => root,
-                Err(e) => {
-                    if let Some((pool, placement)) = &pool {
-                        placement.shutdown();
-                        pool.shutdown().await;
+                {
+                    Ok(root) => Ok(((system, system_exit), root)),
+                    Err(e) => {
+                        system.shutdown().await;
+                        Err(e)
                     }
-                    return Err(NodeError::Root(e));
                 }
-            };
+            }
+            Err(e) => Err(e),
+        };
+        let ((system, system_exit), (root, root_exit)) = match started {
+            Ok(started) => started,
+            Err(e) => {
+                if let Some((pool, placement)) = &pool {
+                    placement.shutdown();
+                    pool.shutdown().await;
+                }
+                return Err(NodeError::Root(e));
+            }
+        };
         let cluster = ClusterService::new(addr.to_string(), sandboxes);
         let (stop_api, stopped) = oneshot::channel::<()>();
         let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
         let service = ActorsService::new(
             tree.clone(),
             ROOT,
-            vec![format!("{ROOT}/{CONTROLLER}"), format!("{ROOT}/{AGENTS}")],
+            SYSTEM,
+            vec![
+                SYSTEM.to_string(),
+                format!("{SYSTEM}/{CONTROLLER}"),
+                format!("{SYSTEM}/{AGENTS}"),
+            ],
             services.clone(),
             stopping_rx.clone(),
         );
@@ -266,7 +305,7 @@ impl Node {
         let execs = Execs::new(
             event_log,
             tree.clone(),
-            format!("{ROOT}/{AGENTS}"),
+            format!("{SYSTEM}/{AGENTS}"),
             Arc::new(LocalClaims::default()),
             services.clone(),
         );
@@ -359,6 +398,8 @@ impl Node {
         Ok(Self {
             tree,
             root,
+            system,
+            system_exit,
             controller,
             tools: services.tools,
             addr,
@@ -372,32 +413,64 @@ impl Node {
         })
     }
 
-    /// Runs until `stop` resolves or the root supervisor exits by itself, then shuts the tree
-    /// down in reverse start order (honouring every child's shutdown spec) and stops the API.
+    /// Runs until `stop` resolves, the root supervisor shuts itself down (`auto_shutdown`) or
+    /// the node's own supervisor gives up, then shuts the trees down in reverse start order
+    /// (honouring every child's shutdown spec) and stops the API. A root supervisor that gives
+    /// up (restart intensity exceeded) stays in the tree, stopped, and the node serves on.
     pub async fn run_until(mut self, stop: impl std::future::Future<Output = ()>) -> NodeExit {
-        let exit = tokio::select! {
-            _ = stop => {
-                // Watches and follows end now, cleanly: their clients say the node stopped.
-                self.stopping.send_replace(true);
-                // Probes see the node leave before its actors do.
-                self.health.set_not_serving::<ActorsServer<ActorsService>>().await;
-                self.health.set_not_serving::<ClusterServer<ClusterService>>().await;
-                self.health.set_not_serving::<ToolsServer<ToolsService>>().await;
-                self.health
-                    .set_not_serving::<ConversationsServer<ConversationsService>>()
-                    .await;
-                self.health
-                    .set_service_status("", tonic_health::ServingStatus::NotServing)
-                    .await;
-                tracing::info!("shutting down the supervision tree");
-                self.root.shutdown().await;
-                NodeExit::Stopped
-            }
-            _ = &mut self.root_exit => {
-                tracing::error!("the root supervisor exited; stopping the node");
-                NodeExit::RootExited
+        tokio::pin!(stop);
+        let mut root_running = true;
+        let exit = loop {
+            tokio::select! {
+                _ = &mut stop => {
+                    // Watches and follows end now, cleanly: their clients say the node stopped.
+                    self.stopping.send_replace(true);
+                    // Probes see the node leave before its actors do.
+                    self.health.set_not_serving::<ActorsServer<ActorsService>>().await;
+                    self.health.set_not_serving::<ClusterServer<ClusterService>>().await;
+                    self.health.set_not_serving::<ToolsServer<ToolsService>>().await;
+                    self.health
+                        .set_not_serving::<ConversationsServer<ConversationsService>>()
+                        .await;
+                    self.health
+                        .set_service_status("", tonic_health::ServingStatus::NotServing)
+                        .await;
+                    tracing::info!("shutting down the supervision trees");
+                    if root_running {
+                        self.root.shutdown().await;
+                    }
+                    break NodeExit::Stopped;
+                }
+                _ = &mut self.root_exit, if root_running => {
+                    root_running = false;
+                    let gave_up = self
+                        .tree
+                        .snapshot(ROOT)
+                        .is_some_and(|root| root.status == ChildStatus::Stopped);
+                    if gave_up {
+                        tracing::error!(
+                            "the root supervisor gave up (reached_max_restart_intensity); \
+                             the node serves on without the config's actors (see `cadre tree`)"
+                        );
+                        continue;
+                    }
+                    tracing::warn!("the root supervisor shut itself down (auto_shutdown); stopping the node");
+                    self.stopping.send_replace(true);
+                    break NodeExit::RootExited;
+                }
+                _ = &mut self.system_exit => {
+                    tracing::error!("the node's own supervisor gave up; stopping the node");
+                    self.stopping.send_replace(true);
+                    if root_running {
+                        self.root.shutdown().await;
+                    }
+                    break NodeExit::SystemExited;
+                }
             }
         };
+        if exit != NodeExit::SystemExited {
+            self.system.shutdown().await;
+        }
         if let Some((pool, placement)) = &self.sandboxes {
             placement.shutdown();
             pool.shutdown().await;

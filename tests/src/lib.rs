@@ -355,8 +355,13 @@ pub fn cli(args: &[&str]) -> Output {
         .expect("run cadre")
 }
 
-/// The node at `path` (`root/a/b`) in a `tree -o json` value.
+/// The node at `path` (`root/a/b`, `system/agents`) in a `tree -o json` value (both trees,
+/// or one).
 pub fn find<'a>(tree: &'a Value, path: &str) -> &'a Value {
+    let top = path.split('/').next().unwrap_or_default();
+    if tree.get("path").is_none() && tree.get(top).is_some() {
+        return find(&tree[top], path);
+    }
     if tree["path"] == path {
         return tree;
     }

@@ -73,8 +73,9 @@ fn spawn_stop_and_restart_at_runtime() {
         .collect();
     for p in [
         "root",
-        "root/controller",
-        "root/agents",
+        "system",
+        "system/controller",
+        "system/agents",
         "root/group",
         "root/group/first",
         "root/group/web",

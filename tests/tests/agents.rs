@@ -1056,7 +1056,7 @@ fn an_exec_agent_that_is_restarted_mid_call_resumes_from_the_log() {
     };
     // Its supervisor stops and starts it while the call runs: it reads the log again and makes
     // the started call again with the same key.
-    let path = format!("root/agents/{exec_id}");
+    let path = format!("system/agents/{exec_id}");
     let restarted = node.cli(&["actors", "restart", &path]);
     assert!(
         restarted.status.success(),

@@ -27,15 +27,19 @@ fn conversations(node: &Node) -> Vec<String> {
 fn the_nodes_own_actors_cannot_be_stopped_restarted_or_given_children() {
     let node = Node::start("version: v1\n");
     let before = node.tree();
-    let controller = find(&before, "root/controller").clone();
+    let controller = find(&before, "system/controller").clone();
     for (args, path) in [
-        (vec!["actors", "stop", "root/controller"], "root/controller"),
         (
-            vec!["actors", "restart", "root/controller"],
-            "root/controller",
+            vec!["actors", "stop", "system/controller"],
+            "system/controller",
         ),
-        (vec!["actors", "stop", "root/agents"], "root/agents"),
-        (vec!["actors", "restart", "root/agents"], "root/agents"),
+        (
+            vec!["actors", "restart", "system/controller"],
+            "system/controller",
+        ),
+        (vec!["actors", "stop", "system"], "system"),
+        (vec!["actors", "stop", "system/agents"], "system/agents"),
+        (vec!["actors", "restart", "system/agents"], "system/agents"),
     ] {
         let out = node.cli(&args);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
@@ -60,21 +64,21 @@ fn the_nodes_own_actors_cannot_be_stopped_restarted_or_given_children() {
         "-f",
         spec.to_str().unwrap(),
         "--parent",
-        "root/agents",
+        "system/agents",
     ]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(stderr(&out).contains("root/agents"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("system/agents"), "{}", stderr(&out));
 
     // Nothing changed: the controller runs as it did, and execs work.
     let after = node.tree();
-    let now = find(&after, "root/controller");
+    let now = find(&after, "system/controller");
     assert_eq!(now["status"], "running");
     assert_eq!(now["restarts"], controller["restarts"]);
     assert!(
-        find(&after, "root/agents")["children"]
+        find(&after, "system/agents")["children"]
             .as_array()
             .is_none_or(|c| c.is_empty()),
-        "nothing spawned under root/agents: {after:#}"
+        "nothing spawned under system/agents: {after:#}"
     );
     let out = node.exec_echo("still-works", "hello");
     assert!(out.status.success(), "{}", stderr(&out));
@@ -87,7 +91,7 @@ fn the_nodes_conversations_are_read_only_for_callers() {
     assert!(node.exec_echo("mine", "first").status.success());
     let audit_before = log(&node, "cadre.audit");
 
-    let exec = node.exec_echo("cadre.audit", "root/controller terminated");
+    let exec = node.exec_echo("cadre.audit", "system/controller terminated");
     assert_eq!(exec.status.code(), Some(2), "{}", stderr(&exec));
     assert!(
         stderr(&exec).contains("conversation_id: `cadre.audit`"),

@@ -80,7 +80,11 @@ fn sigkill_middle_of_rest_for_one_restarts_it_and_the_one_after() {
 #[test]
 fn tree_json_has_the_contract_shape() {
     let node = Node::start(REST_FOR_ONE);
-    let tree = node.tree();
+    let both = node.tree();
+    let keys: Vec<_> = both.as_object().unwrap().keys().cloned().collect();
+    assert_eq!(keys, ["root", "system"]);
+    assert_eq!(both["system"]["path"], "system");
+    let tree = &both["root"];
     let keys: Vec<_> = tree.as_object().unwrap().keys().cloned().collect();
     assert_eq!(
         keys,
@@ -89,7 +93,7 @@ fn tree_json_has_the_contract_shape() {
     assert_eq!(tree["path"], "root");
     assert_eq!(tree["kind"], "supervisor");
     assert_eq!(tree["strategy"], "one_for_one");
-    let group = find(&tree, "root/group");
+    let group = find(tree, "root/group");
     assert_eq!(group["strategy"], "rest_for_one");
     let paths: Vec<_> = group["children"]
         .as_array()
@@ -102,7 +106,7 @@ fn tree_json_has_the_contract_shape() {
         ["root/group/first", "root/group/middle", "root/group/last"],
         "start order"
     );
-    let first = find(&tree, "root/group/first");
+    let first = find(tree, "root/group/first");
     assert_eq!(first["kind"], "process");
     assert!(first.get("strategy").is_none());
     assert!(first["pid"].as_u64().is_some());
@@ -119,8 +123,14 @@ fn tree_json_has_the_contract_shape() {
         "{text}"
     );
     assert!(
-        text.contains(&format!("pid={}", pid_of(&tree, "root/group/middle"))),
+        text.contains(&format!("pid={}", pid_of(tree, "root/group/middle"))),
         "{text}"
+    );
+    assert!(
+        text.contains("\nsystem  [supervisor one_for_one]  running")
+            && text.contains("├─ controller  [system]")
+            && text.contains("└─ agents  [supervisor one_for_one]"),
+        "the node's own tree after the config's: {text}"
     );
 }
 
@@ -192,17 +202,53 @@ fn a_child_ignoring_sigterm_is_killed_at_its_shutdown_timeout() {
 }
 
 #[test]
-fn exceeding_the_root_intensity_stops_the_node_with_exit_1() {
-    let mut node = Node::start(
-        "version: v1\nsupervisor:\n  intensity: 2\n  period_secs: 60\n  children:\n    - id: crashy\n      process: { command: [sh, -c, \"sleep 0.2; exit 7\"] }\n",
+fn a_root_that_gives_up_is_reported_and_the_node_serves_on() {
+    // On a node with no config, a spawned child that keeps failing exhausts the root's
+    // intensity (1 in 5 s).
+    let mut node = Node::start("version: v1\n");
+    let dir = cadre_tests::TempDir::new("crashy");
+    let spec = dir.path().join("crashy.yaml");
+    std::fs::write(
+        &spec,
+        "id: crashy\nprocess: { command: [sh, -c, \"exit 3\"] }\n",
+    )
+    .unwrap();
+    let out = node.cli(&["actors", "spawn", "-f", spec.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
-    let status = node.wait_exit(Duration::from_secs(20));
-    assert_eq!(status.code(), Some(1), "{}", node.log());
+    let tree = node.wait_tree("the root gave up", Duration::from_secs(20), |t| {
+        find(t, "root")["status"] == "stopped"
+    });
+    assert_eq!(find(&tree, "system/controller")["status"], "running");
+    assert_eq!(find(&tree, "system/agents")["status"], "running");
+
+    // The API and the controller stay up: execs work, and the audit log has the story.
+    let out = node.exec_echo("after", "still here");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let audit = node.json_lines(&["conversations", "log", "cadre.audit", "-o", "json"]);
+    let said = |path: &str, change: &str| {
+        audit
+            .iter()
+            .any(|e| e["path"] == path && e["change"] == change)
+    };
+    assert!(said("root/crashy", "exited"), "{audit:#?}");
+    assert!(said("root", "escalated"), "{audit:#?}");
     assert!(
         node.log().contains("reached_max_restart_intensity"),
         "{}",
         node.log()
     );
+    // Spawning under the stopped root is refused; the node still stops cleanly.
+    let out = node.cli(&["actors", "spawn", "-f", spec.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(node.stop(libc::SIGTERM).success(), "{}", node.log());
 }
 
 #[test]
@@ -259,7 +305,7 @@ fn tree_without_a_node_says_how_to_start_one() {
 fn the_api_speaks_grpc_to_a_plain_tonic_client() {
     let node = Node::start(REST_FOR_ONE);
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let root = rt.block_on(async {
+    let trees = rt.block_on(async {
         let mut client =
             cadre_proto::v1::actors_client::ActorsClient::connect(format!("http://{}", node.addr))
                 .await
@@ -269,20 +315,22 @@ fn the_api_speaks_grpc_to_a_plain_tonic_client() {
             .await
             .unwrap()
             .into_inner()
-            .root
-            .unwrap()
     });
+    let root = trees.root.unwrap();
     assert_eq!(root.path, "root");
     let paths: Vec<_> = root.children.iter().map(|c| c.path.as_str()).collect();
+    assert_eq!(paths, ["root/group"], "only the config's actors");
+    assert_eq!(root.children[0].children.len(), 3);
+    assert!(root.children[0].children.iter().all(|c| c.pid.is_some()));
+    let system = trees.system.unwrap();
+    let paths: Vec<_> = system.children.iter().map(|c| c.path.as_str()).collect();
     assert_eq!(
         paths,
-        ["root/controller", "root/agents", "root/group"],
-        "the node's own children start first"
+        ["system/controller", "system/agents"],
+        "the node's own actors, in a tree of their own"
     );
-    assert_eq!(root.children[0].kind, "system");
-    assert_eq!(root.children[1].kind, "supervisor");
-    assert_eq!(root.children[2].children.len(), 3);
-    assert!(root.children[2].children.iter().all(|c| c.pid.is_some()));
+    assert_eq!(system.children[0].kind, "system");
+    assert_eq!(system.children[1].kind, "supervisor");
 }
 
 #[test]

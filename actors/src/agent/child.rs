@@ -9,7 +9,7 @@ use crate::model::Models;
 use crate::spec::ActorKind;
 
 /// The child spec of an `agent` entry: an actor that holds the agent's registration while it
-/// runs (its execs run under the node's `root/agents`).
+/// runs (its execs run under the node's `system/agents`).
 pub fn agent_child(
     id: impl Into<String>,
     spec: AgentSpec,

@@ -2,7 +2,7 @@
 //! execs, and the conversation operations that must respect a running exec (fork, delete).
 //!
 //! An exec is one turn of a conversation: `InputReceived` and `ExecStateChanged(RUNNING)` are
-//! appended, then the exec's agent runs as a transient child of the node's `root/agents`
+//! appended, then the exec's agent runs as a transient child of the node's `system/agents`
 //! supervisor (`runner.rs`): an agent that crashes is restarted and goes on from the log; one
 //! that ends normally is removed. At most one exec holds a conversation at a time
 //! ([`ExecClaims`]). Everything here speaks [`ExecError`]; the gRPC layer maps it to status
@@ -51,7 +51,7 @@ pub struct Execs {
     log: Arc<dyn EventLog>,
     /// Finds the agents supervisor by path, whichever instance runs.
     tree: Tree,
-    /// Path of the dynamic supervisor that runs each exec's agent (`root/agents`).
+    /// Path of the dynamic supervisor that runs each exec's agent (`system/agents`).
     agents: String,
     claims: Arc<dyn ExecClaims>,
     /// Tools, models and agents for the execs' agents.
@@ -607,7 +607,7 @@ impl Execs {
     }
 
     /// Follows the claimed exec's events after `after` and runs its agent under
-    /// `root/agents`. If either fails, the exec ends FAILED and the conversation is free again.
+    /// `system/agents`. If either fails, the exec ends FAILED and the conversation is free again.
     async fn launch(
         &self,
         conversation: String,

@@ -1,4 +1,4 @@
-//! An exec's agent as a supervised child of `root/agents`: the built-in `echo` or an agent's
+//! An exec's agent as a supervised child of `system/agents`: the built-in `echo` or an agent's
 //! durable loop ([`ExecRun`]).
 
 use std::sync::Arc;
@@ -28,7 +28,7 @@ pub(super) struct ExecAgent {
 
 impl ExecAgent {
     /// A transient child: a crashed agent is restarted and resumes from the log; one that ends
-    /// normally is removed (`root/agents` is dynamic).
+    /// normally is removed (`system/agents` is dynamic).
     pub(super) fn child_spec(self) -> ChildSpec {
         let id = self.exec_id.clone();
         let start = move |ctx: StartContext| -> StartFuture {

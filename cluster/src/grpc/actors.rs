@@ -23,6 +23,8 @@ use super::status::supervisor_status;
 pub struct ActorsService {
     tree: Tree,
     root: String,
+    /// The root of the node's own tree.
+    system_root: String,
     /// Paths of the actors the node runs for itself (and their descendants): the API may
     /// read them but not stop, restart or spawn under them.
     system: Vec<String>,
@@ -33,11 +35,12 @@ pub struct ActorsService {
 }
 
 impl ActorsService {
-    /// The service over `tree`, whose root supervisor has path `root`, with the node's own
-    /// actors at `system`; spawned children start on `services`.
+    /// The service over `tree`: the config's tree at `root`, the node's own at `system_root`
+    /// with its protected actors at `system`; spawned children start on `services`.
     pub fn new(
         tree: Tree,
         root: impl Into<String>,
+        system_root: impl Into<String>,
         system: Vec<String>,
         services: Services,
         stopping: tokio::sync::watch::Receiver<bool>,
@@ -45,6 +48,7 @@ impl ActorsService {
         Self {
             tree,
             root: root.into(),
+            system_root: system_root.into(),
             system,
             services,
             stopping,
@@ -62,8 +66,8 @@ impl ActorsService {
     }
 
     /// Refuses a change to `path` if the node runs it for itself. With `subtree`, what is
-    /// below a system actor is refused too (spawning under `root/agents`); without, only the
-    /// system actor itself (an exec's agent under `root/agents` may be restarted, as OTP's
+    /// below a system actor is refused too (spawning under `system/agents`); without, only the
+    /// system actor itself (an exec's agent under `system/agents` may be restarted, as OTP's
     /// `restart_child` would).
     fn not_system(&self, path: &str, what: &str, subtree: bool) -> Result<(), Status> {
         let system = self.system.iter().find(|s| {
@@ -88,7 +92,8 @@ impl ActorsService {
             Some(split) => split,
             None if path == self.root => {
                 return Err(Status::failed_precondition(
-                    "the root supervisor cannot be stopped or restarted; stop the node instead",
+                    "the root supervisor cannot be stopped or restarted through the API; stop or \
+                     restart the node instead",
                 ));
             }
             None => return Err(Status::not_found(format!("no actor `{path}`"))),
@@ -184,9 +189,8 @@ impl Actors for ActorsService {
         &self,
         _request: Request<ListActorsRequest>,
     ) -> Result<Response<ListActorsResponse>, Status> {
-        let root = self.node(&self.root)?;
         let mut actors = Vec::new();
-        let mut pending = vec![root];
+        let mut pending = vec![self.node(&self.system_root)?, self.node(&self.root)?];
         while let Some(mut n) = pending.pop() {
             let children = std::mem::take(&mut n.children);
             actors.push(actor_node(&n));
@@ -227,12 +231,9 @@ impl Actors for ActorsService {
     }
 
     async fn tree(&self, _request: Request<TreeRequest>) -> Result<Response<TreeResponse>, Status> {
-        let root = self
-            .tree
-            .snapshot(&self.root)
-            .ok_or_else(|| Status::unavailable("the root supervisor is not running"))?;
         Ok(Response::new(TreeResponse {
-            root: Some(actor_node(&root)),
+            root: Some(actor_node(&self.node(&self.root)?)),
+            system: Some(actor_node(&self.node(&self.system_root)?)),
         }))
     }
 }
