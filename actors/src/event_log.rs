@@ -48,6 +48,28 @@ pub trait EventLog: Send + Sync + 'static {
     fn open_execs(&self) -> Vec<OpenExec>;
 }
 
+/// Reads a conversation from its start, page by page, handing each event to `visit` until it
+/// returns false; the seq of the last event visited (0 if none).
+pub async fn scan(
+    log: &dyn EventLog,
+    conversation: &str,
+    mut visit: impl FnMut(&Event) -> bool,
+) -> Result<u64, StoreError> {
+    let mut after = 0;
+    loop {
+        let page = log.read(conversation, after, 4096).await?;
+        let Some(last) = page.last() else {
+            return Ok(after);
+        };
+        after = last.seq;
+        for e in &page {
+            if !visit(e) {
+                return Ok(e.seq);
+            }
+        }
+    }
+}
+
 /// One event to append; the log fills in conversation, seq and time.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewEvent {

@@ -29,6 +29,7 @@ pub mod process_ledger;
 pub mod sandbox;
 pub mod services;
 pub mod skills;
+pub mod spawned;
 pub mod spec;
 pub mod store;
 pub mod supervisor;

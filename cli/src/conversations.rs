@@ -616,6 +616,8 @@ fn describe(e: &Event) -> (&'static str, String) {
                 .trim()
                 .to_string(),
         ),
+        Some(event::Kind::ActorSpawned(a)) => ("actor_spawned", format!("{}/{}", a.parent, a.id)),
+        Some(event::Kind::ActorRemoved(r)) => ("actor_removed", r.path.clone()),
         None => ("unknown", String::new()),
     }
 }
@@ -692,6 +694,13 @@ pub fn event_json(e: &Event) -> Value {
             obj.insert("path".into(), json!(l.path));
             obj.insert("change".into(), json!(l.change));
             obj.insert("reason".into(), json!(l.reason));
+        }
+        Some(event::Kind::ActorSpawned(a)) => {
+            obj.insert("path".into(), json!(format!("{}/{}", a.parent, a.id)));
+            obj.insert("spec_yaml".into(), json!(a.spec_yaml));
+        }
+        Some(event::Kind::ActorRemoved(r)) => {
+            obj.insert("path".into(), json!(r.path));
         }
         None => {}
     }

@@ -17,6 +17,7 @@ use cadre_actors::model::{ModelClient, OpenAiClient};
 use cadre_actors::placement::PlacementConfig;
 use cadre_actors::process_ledger;
 use cadre_actors::skills::SkillRegistry;
+use cadre_actors::spawned::SpawnedActors;
 use cadre_actors::store::StoreError;
 use cadre_actors::tools::ToolRegistry;
 use cadre_actors::{
@@ -282,6 +283,21 @@ impl Node {
         let cluster = ClusterService::new(addr.to_string(), sandboxes);
         let (stop_api, stopped) = oneshot::channel::<()>();
         let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
+        // What was spawned at run time comes back before the execs that may use it resume.
+        let spawned = SpawnedActors::new(event_log.clone());
+        match spawned.restore(&tree, &services).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(count = n, "started the spawned actors of the last run"),
+            Err(e) => {
+                root.shutdown().await;
+                system.shutdown().await;
+                if let Some((pool, placement)) = &pool {
+                    placement.shutdown();
+                    pool.shutdown().await;
+                }
+                return Err(NodeError::Store(e));
+            }
+        }
         let service = ActorsService::new(
             tree.clone(),
             ROOT,
@@ -292,6 +308,7 @@ impl Node {
                 format!("{SYSTEM}/{AGENTS}"),
             ],
             services.clone(),
+            spawned,
             stopping_rx.clone(),
         );
         let tools = ToolsService::new(services.tools.clone(), event_log.clone());

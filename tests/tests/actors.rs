@@ -84,11 +84,6 @@ fn spawn_stop_and_restart_at_runtime() {
         assert!(paths.contains(&p.to_string()), "{p} missing from {paths:?}");
     }
 
-    // Stop: the process is gone, the spec stays.
-    let stopped = json(&node.cli(&["actors", "stop", "root/web", "-o", "json"]));
-    assert_eq!(stopped["status"], "stopped");
-    assert!(stopped.get("pid").is_none());
-    assert!(!alive(pid));
     // Restart: a new process.
     let restarted = json(&node.cli(&["actors", "restart", "root/web", "-o", "json"]));
     assert_eq!(
@@ -97,16 +92,140 @@ fn spawn_stop_and_restart_at_runtime() {
     );
     let new_pid = restarted["pid"].as_u64().unwrap() as u32;
     assert!(new_pid != pid && alive(new_pid));
-    // Restart of a running one replaces its process too.
-    let again = json(&node.cli(&["actors", "restart", "root/web", "-o", "json"]));
-    assert_eq!(again["restarts"], 2);
-    assert!(!alive(new_pid));
+    assert!(!alive(pid));
     // The supervisor supervises it like any configured child.
-    let current = pid_of(&node.tree(), "root/web");
-    unsafe { libc::kill(current as i32, libc::SIGKILL) };
+    unsafe { libc::kill(new_pid as i32, libc::SIGKILL) };
     node.wait_tree("web restarted", Duration::from_secs(10), |t| {
-        find(t, "root/web")["restarts"] == 3
+        find(t, "root/web")["restarts"] == 2
     });
+
+    // Stopping a configured child keeps its spec: it can be restarted.
+    let first = pid_of(&node.tree(), "root/group/first");
+    let stopped = json(&node.cli(&["actors", "stop", "root/group/first", "-o", "json"]));
+    assert_eq!(stopped["status"], "stopped");
+    assert!(stopped.get("pid").is_none());
+    assert!(!alive(first));
+    let back = json(&node.cli(&["actors", "restart", "root/group/first", "-o", "json"]));
+    assert_eq!(back["status"], "running");
+
+    // Stopping a spawned child removes it for good.
+    let current = pid_of(&node.tree(), "root/web");
+    let stopped = json(&node.cli(&["actors", "stop", "root/web", "-o", "json"]));
+    assert_eq!(stopped["status"], "deleted");
+    assert!(!alive(current));
+    let out = node.cli(&["actors", "restart", "root/web"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no actor `root/web`"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn spawned_actors_come_back_after_a_restart_in_order_until_stopped() {
+    let mut first = Node::start("version: v1\n");
+    let dir = TempDir::new("spawned");
+    let spec = |name: &str, yaml: &str| {
+        let file = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(&file, yaml).unwrap();
+        file.to_str().unwrap().to_string()
+    };
+    let sleeper = spec(
+        "sleeper",
+        "id: sleeper\nprocess: { command: [sleep, \"1000\"] }\n",
+    );
+    let group = spec("grp", "id: grp\nsupervisor: { strategy: one_for_all }\n");
+    let inner = spec(
+        "inner",
+        "id: inner\nprocess: { command: [sleep, \"1001\"] }\n",
+    );
+    let gone = spec(
+        "gone",
+        "id: gone\nprocess: { command: [sleep, \"1002\"] }\n",
+    );
+    for args in [
+        vec!["actors", "spawn", "-f", &sleeper],
+        vec!["actors", "spawn", "-f", &group],
+        vec!["actors", "spawn", "-f", &inner, "--parent", "root/grp"],
+        vec!["actors", "spawn", "-f", &gone],
+        vec!["actors", "stop", "root/gone"],
+    ] {
+        let out = first.cli(&args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let before = first.tree();
+    let old_pids = [
+        pid_of(&before, "root/sleeper"),
+        pid_of(&before, "root/grp/inner"),
+    ];
+
+    // SIGKILL: the node's processes die with it, and the restart starts each spawned actor
+    // once, in spawn order, under its parent; the stopped one stays gone.
+    first.stop(libc::SIGKILL);
+    let mut second = Node::start_with_data("version: v1\n", &first.data);
+    let tree = second.tree();
+    let children = |t: &Value, path: &str| -> Vec<String> {
+        find(t, path)["children"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| c["path"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(children(&tree, "root"), ["root/sleeper", "root/grp"]);
+    assert_eq!(children(&tree, "root/grp"), ["root/grp/inner"]);
+    assert_eq!(find(&tree, "root/grp")["strategy"], "one_for_all");
+    for pid in old_pids {
+        assert!(
+            !cadre_tests::running(pid),
+            "{pid} of the killed run still runs"
+        );
+    }
+    let sleeps: Vec<_> = cadre_tests::descendants(second.pid())
+        .into_iter()
+        .filter(|(_, cmd)| cmd.starts_with("sleep 100"))
+        .map(|(_, cmd)| cmd)
+        .collect();
+    assert_eq!(sleeps.len(), 2, "each once: {sleeps:?}");
+
+    // Stopped for good: not there after the next restart either.
+    let out = second.cli(&["actors", "stop", "root/grp"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(second.stop(libc::SIGTERM).success());
+    let third = Node::start_with_data("version: v1\n", &first.data);
+    assert_eq!(children(&third.tree(), "root"), ["root/sleeper"]);
+    let record = third.json_lines(&["conversations", "log", "cadre.actors", "-o", "json"]);
+    let said: Vec<(String, String)> = record
+        .iter()
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap_or_default().to_string(),
+                e["path"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("actor_spawned", "root/sleeper"),
+        ("actor_spawned", "root/grp"),
+        ("actor_spawned", "root/grp/inner"),
+        ("actor_spawned", "root/gone"),
+        ("actor_removed", "root/gone"),
+        ("actor_removed", "root/grp"),
+    ];
+    assert_eq!(
+        said,
+        expected.map(|(t, p)| (t.to_string(), p.to_string())),
+        "{record:#?}"
+    );
 }
 
 #[test]

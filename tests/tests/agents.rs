@@ -1121,3 +1121,40 @@ fn a_node_stopped_during_an_exec_exits_promptly_and_the_next_run_finishes_the_ex
     assert_eq!(c["exec_state"], "completed", "{}", node.log());
     assert_eq!(model.counts(), [1, 1]);
 }
+
+#[test]
+fn an_open_exec_whose_agent_is_gone_after_a_restart_ends_failed_naming_it() {
+    // A model endpoint that accepts connections and never answers: the exec stays running.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let config = format!(
+        "version: v1\nmodels:\n  - id: silent\n    openai: {{ base_url: \"http://127.0.0.1:{}/v1\", model: m }}\nsupervisor:\n  children:\n    - id: slow\n      agent: {{ model: silent }}\n",
+        silent.local_addr().unwrap().port()
+    );
+    let data_dir = TempDir::new("agents-gone");
+    let data = data_dir.path().join("data");
+    let mut node = Node::start_with_data(&config, &data);
+    let mut exec = exec_in_background(&node, "slow", "orphan", "hello");
+    wait_state(&node, "orphan", &["running"]);
+    node.stop(libc::SIGKILL);
+    let _ = exec.wait();
+
+    // The next run has no agent `slow`: the exec ends FAILED saying so, and the
+    // conversation takes new execs.
+    let node = Node::start_with_data("version: v1\n", &data);
+    let reason = failure_reason(&node, "orphan");
+    assert!(reason.contains("agent `slow` no longer exists"), "{reason}");
+    let out = node.cli(&[
+        "exec",
+        "--agent",
+        "echo",
+        "--conversation",
+        "orphan",
+        "--input",
+        "again",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

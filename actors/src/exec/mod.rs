@@ -261,7 +261,7 @@ impl Execs {
     }
 
     /// Resumes every exec the last run of the node left unfinished (startup recovery). An
-    /// exec whose agent this node does not have stays unfinished, and is logged.
+    /// exec whose agent this node no longer has ends FAILED, naming the agent.
     pub async fn recover(&self) {
         let open = self.log.open_execs();
         let count = open.len();
@@ -276,6 +276,13 @@ impl Execs {
                 }
             };
             if summary.exec_id != exec.exec_id || unfinished_exec(&summary).is_none() {
+                continue;
+            }
+            if !self.has_agent(&summary.agent_id) {
+                let why = format!("agent `{}` no longer exists on this node", summary.agent_id);
+                tracing::warn!(%conversation, exec = %exec.exec_id, "exec not resumed: {why}");
+                self.fail_unrunnable(&conversation, &summary.exec_id, &why)
+                    .await;
                 continue;
             }
             match self.resume(&conversation, summary.last_seq).await {
@@ -672,6 +679,27 @@ impl Execs {
         Ok(ExecEvents::new(sub, Until::EndOf(runner.exec_id)))
     }
 
+    /// Ends an unfinished exec that cannot run again as FAILED with `why`, and frees its
+    /// conversation.
+    async fn fail_unrunnable(&self, conversation: &str, exec_id: &str, why: &str) {
+        let claimed = self
+            .claim(conversation, Claim::Exec(exec_id.to_string()), FOLLOW)
+            .await;
+        if let Err(e) = claimed {
+            tracing::warn!(%conversation, exec = %exec_id, error = %e, "cannot end the exec");
+            return;
+        }
+        let runner = ExecAgent {
+            log: self.log.clone(),
+            claims: self.claims.clone(),
+            conversation: conversation.to_string(),
+            exec_id: exec_id.to_string(),
+            input: String::new(),
+            agent: None,
+        };
+        runner.fail(why).await;
+    }
+
     /// The input of an exec, from its `InputReceived`.
     async fn input_of(&self, conversation: &str, exec_id: &str) -> Result<String, ExecError> {
         let mut input = None;
@@ -695,21 +723,9 @@ impl Execs {
     async fn scan(
         &self,
         conversation: &str,
-        mut visit: impl FnMut(&Event) -> bool,
+        visit: impl FnMut(&Event) -> bool,
     ) -> Result<u64, ExecError> {
-        let mut after = 0;
-        loop {
-            let page = self.log.read(conversation, after, 4096).await?;
-            let Some(last) = page.last() else {
-                return Ok(after);
-            };
-            after = last.seq;
-            for e in &page {
-                if !visit(e) {
-                    return Ok(e.seq);
-                }
-            }
-        }
+        Ok(crate::event_log::scan(self.log.as_ref(), conversation, visit).await?)
     }
 }
 

@@ -5,6 +5,7 @@ use std::time::UNIX_EPOCH;
 
 use cadre_actors::Services;
 use cadre_actors::config::{ActorConfig, ChildConfig};
+use cadre_actors::spawned::{SpawnedActors, SpawnedSpec};
 use cadre_actors::{LifecycleEvent, Tree, TreeNode};
 use cadre_proto::v1::actors_server::Actors;
 use cadre_proto::v1::{
@@ -17,7 +18,7 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::status::supervisor_status;
+use super::status::{append_status, supervisor_status};
 
 /// `cadre.v1.Actors`: the live supervision tree.
 pub struct ActorsService {
@@ -30,19 +31,23 @@ pub struct ActorsService {
     system: Vec<String>,
     /// What spawned children start on (sandboxes, the tool registry).
     services: Services,
+    /// The record of spawned children.
+    spawned: SpawnedActors,
     /// Becomes true when the node starts to stop: watches end then.
     stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl ActorsService {
     /// The service over `tree`: the config's tree at `root`, the node's own at `system_root`
-    /// with its protected actors at `system`; spawned children start on `services`.
+    /// with its protected actors at `system`; spawned children start on `services` and are
+    /// recorded in `spawned`.
     pub fn new(
         tree: Tree,
         root: impl Into<String>,
         system_root: impl Into<String>,
         system: Vec<String>,
         services: Services,
+        spawned: SpawnedActors,
         stopping: tokio::sync::watch::Receiver<bool>,
     ) -> Self {
         Self {
@@ -51,6 +56,7 @@ impl ActorsService {
             system_root: system_root.into(),
             system,
             services,
+            spawned,
             stopping,
         }
     }
@@ -146,6 +152,17 @@ impl Actors for ActorsService {
             .start_child(child.child_spec(&self.services))
             .await
             .map_err(supervisor_status)?;
+        // Acknowledged only once on record; else it does not stay either.
+        let spec = SpawnedSpec {
+            parent: parent.clone(),
+            id: info.id.clone(),
+            spec_yaml: r.spec_yaml,
+        };
+        if let Err(e) = self.spawned.record(spec).await {
+            let _ = sup.terminate_child(&info.id).await;
+            let _ = sup.delete_child(&info.id).await;
+            return Err(append_status(e));
+        }
         Ok(Response::new(actor_node(
             &self.node(&format!("{parent}/{}", info.id))?,
         )))
@@ -156,6 +173,11 @@ impl Actors for ActorsService {
         self.not_system(&path, "stopped", false)?;
         let (sup, id) = self.parent_of(&path)?;
         sup.terminate_child(&id).await.map_err(supervisor_status)?;
+        // A spawned child is stopped for good: its spec goes, and its record.
+        if self.spawned.contains(&path) {
+            let _ = sup.delete_child(&id).await;
+            self.spawned.remove(&path).await.map_err(append_status)?;
+        }
         // A temporary child is gone once stopped; report what it was.
         let node = self
             .tree
