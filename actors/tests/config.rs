@@ -129,7 +129,7 @@ fn a_missing_file_is_not_found_and_a_bad_listen_address_is_named() {
 fn unknown_key() {
     assert_eq!(
         reject("version: v1\nsupervisor:\n  strategy: one_for_one\n  intensty: 3\n"),
-        "cadre.yaml:4:3: unknown field `intensty`, expected one of `strategy`, `intensity`, `period_secs`, `auto_shutdown`, `max_children`, `backoff`, or `children`"
+        "cadre.yaml:4:3: supervisor: unknown field `intensty`, expected one of `strategy`, `intensity`, `period_secs`, `auto_shutdown`, `max_children`, `backoff`, or `children`"
     );
 }
 
@@ -137,7 +137,7 @@ fn unknown_key() {
 fn bad_strategy() {
     assert_eq!(
         reject("version: v1\nsupervisor:\n  strategy: one_for_none\n"),
-        "cadre.yaml:3:13: unknown strategy `one_for_none` (expected one_for_one, one_for_all or rest_for_one)"
+        "cadre.yaml:3:13: supervisor.strategy: unknown strategy `one_for_none` (expected one_for_one, one_for_all or rest_for_one)"
     );
 }
 
@@ -147,7 +147,7 @@ fn duplicate_child_id() {
         reject(
             "version: v1\nsupervisor:\n  children:\n    - id: a\n      process: { command: [true] }\n    - id: a\n      process: { command: [true] }\n"
         ),
-        "cadre.yaml:6:11: duplicate child id `a` (first defined at line 4)"
+        "cadre.yaml:6:11: supervisor.children[1].id: duplicate child id `a` (first defined at line 4)"
     );
 }
 
@@ -155,7 +155,7 @@ fn duplicate_child_id() {
 fn negative_intensity() {
     assert_eq!(
         reject("version: v1\nsupervisor:\n  intensity: -1\n"),
-        "cadre.yaml:3:14: intensity must be a whole number ≥ 0, got -1"
+        "cadre.yaml:3:14: supervisor.intensity: intensity must be a whole number ≥ 0, got -1"
     );
 }
 
@@ -163,7 +163,7 @@ fn negative_intensity() {
 fn zero_period() {
     assert_eq!(
         reject("version: v1\nsupervisor:\n  period_secs: 0\n"),
-        "cadre.yaml:3:16: period_secs must be ≥ 1, got 0"
+        "cadre.yaml:3:16: supervisor.period_secs: period_secs must be ≥ 1, got 0"
     );
 }
 
@@ -173,7 +173,7 @@ fn bad_restart_type() {
         reject(
             "version: v1\nsupervisor:\n  children:\n    - id: a\n      restart: always\n      process: { command: [true] }\n"
         ),
-        "cadre.yaml:5:16: unknown restart `always` (expected permanent, transient or temporary)"
+        "cadre.yaml:5:16: supervisor.children[0].restart: unknown restart `always` (expected permanent, transient or temporary)"
     );
 }
 
@@ -183,7 +183,7 @@ fn bad_shutdown() {
         reject(
             "version: v1\nsupervisor:\n  children:\n    - id: a\n      shutdown: soon\n      process: { command: [true] }\n"
         ),
-        "cadre.yaml:5:17: shutdown must be brutal_kill, infinity or milliseconds ≥ 0, got `soon`"
+        "cadre.yaml:5:17: supervisor.children[0].shutdown: shutdown must be brutal_kill, infinity or milliseconds ≥ 0, got `soon`"
     );
 }
 
@@ -201,7 +201,7 @@ fn empty_command() {
         reject(
             "version: v1\nsupervisor:\n  children:\n    - id: a\n      process: { command: [] }\n"
         ),
-        "cadre.yaml:5:27: child `a`: process.command must name a program"
+        "cadre.yaml:5:27: supervisor.children[0].process.command: child `a`: process.command must name a program"
     );
 }
 
@@ -211,7 +211,7 @@ fn significant_permanent_child() {
         reject(
             "version: v1\nsupervisor:\n  auto_shutdown: any_significant\n  children:\n    - id: a\n      significant: true\n      process: { command: [true] }\n"
         ),
-        "cadre.yaml:6:20: child `a`: a significant child must be transient or temporary"
+        "cadre.yaml:6:20: supervisor.children[0].significant: child `a`: a significant child must be transient or temporary"
     );
 }
 
@@ -221,7 +221,7 @@ fn significant_child_without_auto_shutdown() {
         reject(
             "version: v1\nsupervisor:\n  children:\n    - id: a\n      restart: transient\n      significant: true\n      process: { command: [true] }\n"
         ),
-        "cadre.yaml:6:20: child `a`: significant children need the supervisor's auto_shutdown to be any_significant or all_significant"
+        "cadre.yaml:6:20: supervisor.children[0].significant: child `a`: significant children need the supervisor's auto_shutdown to be any_significant or all_significant"
     );
 }
 
@@ -233,7 +233,7 @@ fn missing_or_wrong_version() {
     );
     assert_eq!(
         reject("version: v2\n"),
-        "cadre.yaml:1:10: unsupported version `v2` (expected v1)"
+        "cadre.yaml:1:10: version: unsupported version `v2` (expected v1)"
     );
 }
 
@@ -249,15 +249,33 @@ fn nested_error_points_into_the_nested_supervisor() {
         reject(
             "version: v1\nsupervisor:\n  children:\n    - id: tools\n      supervisor:\n        strategy: rest_for_one\n        children:\n          - id: bad/id\n            process: { command: [true] }\n"
         ),
-        "cadre.yaml:8:17: child id `bad/id` must be non-empty and use only letters, digits, `-`, `_` and `.`"
+        "cadre.yaml:8:17: supervisor.children[0].supervisor.children[0].id: child id `bad/id` must be non-empty and use only letters, digits, `-`, `_` and `.`"
     );
 }
 
 #[test]
 fn wrong_value_type() {
     let e = reject("version: v1\nsupervisor:\n  intensity: lots\n");
-    assert!(e.starts_with("cadre.yaml:3:14: "), "{e}");
-    assert!(e.contains("invalid digit"), "{e}");
+    assert_eq!(
+        e,
+        "cadre.yaml:3:14: supervisor.intensity: expected a whole number (digits only)"
+    );
+    let e = reject("version: v1\nsupervisor:\n  intensity: 99999999999999999999999\n");
+    assert_eq!(
+        e,
+        "cadre.yaml:3:14: supervisor.intensity: number too large for this field"
+    );
+    let e = reject("version: v1\nsupervisor:\n  children: foo\n");
+    assert_eq!(
+        e,
+        "cadre.yaml:3:13: supervisor.children: invalid type: string \"foo\", expected a sequence"
+    );
+    let e = reject("version: v1\n---\nversion: v1\n");
+    assert_eq!(
+        e,
+        "cadre.yaml:2:1: a second YAML document (`---`): a config is one document"
+    );
+    assert!(Config::parse("cadre.yaml", "---\n# c\nversion: v1\n").is_ok());
 }
 
 #[test]
@@ -309,7 +327,7 @@ fn sandbox_section() {
     );
     assert_eq!(
         reject("version: v1\nsandbox:\n  provider: firecracker\n"),
-        "cadre.yaml:3:13: unknown sandbox.provider `firecracker` (expected gvisor or process)"
+        "cadre.yaml:3:13: sandbox.provider: unknown sandbox.provider `firecracker` (expected gvisor or process)"
     );
     assert_eq!(
         reject("version: v1\nsandbox:\n  warm_pool: { slots_per_sandbox: 0 }\n"),
@@ -369,19 +387,19 @@ fn mcp_children() {
     };
     assert_eq!(
         reject(&child("{ command: [] }")),
-        "cadre.yaml:5:23: child `m`: mcp.command must name a program"
+        "cadre.yaml:5:23: supervisor.children[0].mcp.command: child `m`: mcp.command must name a program"
     );
     assert_eq!(
         reject(&child("{ command: [x], isolation: private }")),
-        "cadre.yaml:5:39: unknown mcp.isolation `private` (expected shared or exclusive)"
+        "cadre.yaml:5:39: supervisor.children[0].mcp.isolation: unknown mcp.isolation `private` (expected shared or exclusive)"
     );
     assert_eq!(
         reject(&child("{ command: [x], timeout_ms: 0 }")),
-        "cadre.yaml:5:40: mcp.timeout_ms must be ≥ 1, got 0"
+        "cadre.yaml:5:40: supervisor.children[0].mcp.timeout_ms: mcp.timeout_ms must be ≥ 1, got 0"
     );
     assert_eq!(
         reject(&child("{ command: [x], tenant: \"a b\" }")),
-        "cadre.yaml:5:36: child `m`: mcp.tenant must use only letters, digits, `-`, `_` and `.`"
+        "cadre.yaml:5:36: supervisor.children[0].mcp.tenant: child `m`: mcp.tenant must use only letters, digits, `-`, `_` and `.`"
     );
     let config = Config::parse(
         "cadre.yaml",
@@ -446,7 +464,7 @@ fn models_and_agent_children() {
     };
     assert_eq!(
         reject(&child("{ model: gpt }")),
-        "cadre.yaml:5:23: child `a`: unknown model `gpt` (models: none configured)"
+        "cadre.yaml:5:23: supervisor.children[0].agent.model: child `a`: unknown model `gpt` (models: none configured)"
     );
     assert_eq!(
         reject(&child("{ tools: [x] }")),
@@ -455,26 +473,26 @@ fn models_and_agent_children() {
     );
     assert_eq!(
         reject(&child("{ remote: \"http://h:1\", command: [x] }")),
-        "cadre.yaml:5:47: child `a`: an agent takes one of `model`, `remote` and `command`"
+        "cadre.yaml:5:47: supervisor.children[0].agent.command: child `a`: an agent takes one of `model`, `remote` and `command`"
     );
     assert_eq!(
         reject(&child("{ remote: \"h:1\" }")),
-        "cadre.yaml:5:24: child `a`: agent.remote must be an http://HOST:PORT address"
+        "cadre.yaml:5:24: supervisor.children[0].agent.remote: child `a`: agent.remote must be an http://HOST:PORT address"
     );
     assert_eq!(
         reject(&child("{ command: [x], tools: [\"ti*me\"] }")),
-        "cadre.yaml:5:38: child `a`: tool pattern `ti*me` must be `ns.tool`, `ns.*` or `*`"
+        "cadre.yaml:5:38: supervisor.children[0].agent.tools[0]: child `a`: tool pattern `ti*me` must be `ns.tool`, `ns.*` or `*`"
     );
     assert_eq!(
         reject(&child("{ command: [x], max_iterations: 0 }")),
-        "cadre.yaml:5:46: agent.max_iterations must be ≥ 1, got 0"
+        "cadre.yaml:5:46: supervisor.children[0].agent.max_iterations: agent.max_iterations must be ≥ 1, got 0"
     );
     assert_eq!(
         reject(
             "version: v1\nmodels:\n  - id: m\n    openai: { base_url: \"https://api.example.com/v1\", model: x }\n"
         ),
-        "cadre.yaml:4:25: model `m`: openai.base_url: https is not in this build (no TLS client); \
-         use http:// (e.g. through a local TLS proxy)"
+        "cadre.yaml:4:25: models[0].openai.base_url: model `m`: openai.base_url: https is not in \
+         this build (no TLS client); use http:// (e.g. through a local TLS proxy)"
     );
 }
 
@@ -489,6 +507,6 @@ fn a_child_id_is_at_most_200_characters() {
     let e = Config::parse("cadre.yaml", &long).unwrap_err();
     assert_eq!(
         e.to_string(),
-        "cadre.yaml:4:11: id: 5000 characters, at most 200"
+        "cadre.yaml:4:11: supervisor.children[0].id: 5000 characters, at most 200"
     );
 }

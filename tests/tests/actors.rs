@@ -243,7 +243,7 @@ fn bad_spawns_and_stops_fail_clearly_and_change_nothing() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains(&format!(
-            "{}:2:10: unknown restart `sometimes`",
+            "{}:2:10: restart: unknown restart `sometimes`",
             bad.display()
         )),
         "{err}"

@@ -271,7 +271,7 @@ fn config_errors_exit_2_with_file_line_and_column() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
             err.contains(&format!(
-                "{}:3:13: unknown strategy `one_for_none`",
+                "{}:3:13: supervisor.strategy: unknown strategy `one_for_none`",
                 file.display()
             )),
             "{cmd:?}: {err}"

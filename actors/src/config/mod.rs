@@ -1,7 +1,7 @@
 //! The `cadre.yaml` schema (`version: v1`).
 //!
 //! Every section is optional. Errors name the file, line and column of the offending value:
-//! `cadre.yaml:12:17: unknown strategy `one_for_none` (expected one_for_one, one_for_all or
+//! `cadre.yaml:12:17: supervisor.strategy: unknown strategy `one_for_none` (expected one_for_one, one_for_all or
 //! rest_for_one)`.
 //!
 //! - this file: the validated config (what the rest of the node reads);

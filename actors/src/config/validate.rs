@@ -67,6 +67,14 @@ pub(super) fn parse_with<R: serde::de::DeserializeOwned, T>(
             message,
         }
     };
+    if let Some(line) = second_document(text) {
+        return Err(ConfigError {
+            file: file.to_string(),
+            line,
+            column: 1,
+            message: "a second YAML document (`---`): a config is one document".into(),
+        });
+    }
     let node = marked_yaml::parse_yaml_with_options(
         0,
         text,
@@ -74,23 +82,132 @@ pub(super) fn parse_with<R: serde::de::DeserializeOwned, T>(
     )
     .map_err(|e| load_error(file, e))?;
     let raw: R = marked_yaml::from_node(&node).map_err(|e| {
-        // Errors raised through `Spanned<…>` wrappers can lose their place; an unknown
-        // field can always be found again by its key.
-        let mark = match &*e {
-            marked_yaml::Error::UnknownFieldError(field, _, span) if span.start().is_none() => {
-                find_key(&node, field)
+        let path = e.path().unwrap_or_default().to_string();
+        let message = clean_serde_message(&(*e).to_string());
+        match &*e {
+            // Said of the mapping that has it, at its key (which errors raised through
+            // `Spanned<…>` wrappers lose: it is found again by its path).
+            marked_yaml::Error::UnknownFieldError(..) => {
+                let mark = entry_at(&node, &path)
+                    .and_then(|(key, _)| key)
+                    .or_else(|| e.start_mark());
+                let parent = path.rsplit_once('.').map(|(p, _)| p).unwrap_or_default();
+                err(
+                    mark.map(Span::new_start).as_ref(),
+                    with_path(parent, message),
+                )
             }
-            _ => e.start_mark(),
-        };
-        let span = mark.map(Span::new_start);
-        err(span.as_ref(), clean_serde_message(&e.to_string()))
+            // At the value the path names, where it can be found.
+            _ => {
+                let mark = entry_at(&node, &path)
+                    .and_then(|(_, value)| value.span().start().copied())
+                    .or_else(|| e.start_mark());
+                err(
+                    mark.map(Span::new_start).as_ref(),
+                    with_path(&path, message),
+                )
+            }
+        }
     })?;
     let mut checker = Checker { errors: Vec::new() };
     let value = check(&mut checker, raw);
     match checker.errors.into_iter().next() {
-        Some((span, message)) => Err(err(Some(&span), message)),
+        Some((span, message)) => {
+            // Name the field the error is at, as serde's errors do.
+            let path = span
+                .start()
+                .and_then(|at| path_at(&node, at, String::new()));
+            let message = match path {
+                // A missing field is said of its parent, at the place given.
+                Some(path) if !message.starts_with("missing") => with_path(&path, message),
+                _ => message,
+            };
+            Err(err(Some(&span), message))
+        }
         None => Ok(value),
     }
+}
+
+/// `PATH: message`, unless the path is empty or the message already starts with it; a message
+/// that starts with `PATH: ` or with the field's own name does not say it twice.
+fn with_path(path: &str, message: String) -> String {
+    if path.is_empty() {
+        return message;
+    }
+    let field = path.rsplit(['.', ']']).next().unwrap_or_default();
+    if message.starts_with(&format!("{path} ")) {
+        return message;
+    }
+    let message = message
+        .strip_prefix(&format!("{path}: "))
+        .or_else(|| message.strip_prefix(&format!("{field}: ")))
+        .unwrap_or(&message);
+    format!("{path}: {message}")
+}
+
+/// The entry at `path` (`supervisor.children[0].id`): where its key starts, and its value.
+fn entry_at<'a>(
+    node: &'a marked_yaml::Node,
+    path: &str,
+) -> Option<(Option<Marker>, &'a marked_yaml::Node)> {
+    let mut here = node;
+    let mut key = None;
+    for segment in path.split('.') {
+        let (name, indexes) = segment.split_once('[').unwrap_or((segment, ""));
+        let map = here.as_mapping()?;
+        let (k, v) = map.iter().find(|(k, _)| k.as_str() == name)?;
+        key = k.span().start().copied();
+        here = v;
+        for index in indexes.split('[').filter(|i| !i.is_empty()) {
+            let i: usize = index.trim_end_matches(']').parse().ok()?;
+            here = here.as_sequence()?.get(i)?;
+        }
+    }
+    Some((key, here))
+}
+
+/// The field path (`supervisor.children[0].shutdown`) of the key or value that starts at `at`.
+fn path_at(node: &marked_yaml::Node, at: &Marker, here: String) -> Option<String> {
+    let starts_at = |span: &Span| span.start().is_some_and(|m| m == at);
+    if starts_at(node.span()) && !matches!(node, marked_yaml::Node::Mapping(_)) {
+        return Some(here);
+    }
+    match node {
+        marked_yaml::Node::Mapping(map) => map.iter().find_map(|(k, v)| {
+            let path = if here.is_empty() {
+                k.as_str().to_string()
+            } else {
+                format!("{here}.{}", k.as_str())
+            };
+            if starts_at(k.span()) {
+                Some(path)
+            } else {
+                path_at(v, at, path)
+            }
+        }),
+        marked_yaml::Node::Sequence(seq) => seq
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| path_at(v, at, format!("{here}[{i}]"))),
+        marked_yaml::Node::Scalar(_) => None,
+    }
+}
+
+/// Where a second YAML document starts, if the text has one: a config is one document (a
+/// `---` before any content only marks the start of the first).
+fn second_document(text: &str) -> Option<usize> {
+    let mut content = false;
+    for (i, line) in text.lines().enumerate() {
+        let marker = line == "---" || line.starts_with("--- ") || line.starts_with("---\t");
+        if marker && content {
+            return Some(i + 1);
+        }
+        let trimmed = line.trim();
+        if !marker && !trimmed.is_empty() && !trimmed.starts_with('#') {
+            content = true;
+        }
+    }
+    None
 }
 
 /// Walks the raw config, collecting errors with their spans (the first one is reported).
@@ -861,21 +978,6 @@ impl Checker {
     }
 }
 
-/// The first mapping key named `name`, depth first, in document order.
-fn find_key(node: &marked_yaml::Node, name: &str) -> Option<Marker> {
-    match node {
-        marked_yaml::Node::Mapping(map) => map.iter().find_map(|(k, v)| {
-            if k.as_str() == name {
-                k.span().start().copied()
-            } else {
-                find_key(v, name)
-            }
-        }),
-        marked_yaml::Node::Sequence(seq) => seq.iter().find_map(|v| find_key(v, name)),
-        marked_yaml::Node::Scalar(_) => None,
-    }
-}
-
 fn load_error(file: &str, e: marked_yaml::LoadError) -> ConfigError {
     use marked_yaml::LoadError as E;
     let (mark, message) = match &e {
@@ -905,6 +1007,16 @@ fn load_error(file: &str, e: marked_yaml::LoadError) -> ConfigError {
 /// serde's messages use "Unknown field" etc.; keep them but lower-case the first letter to
 /// read like the rest of cadre's errors.
 fn clean_serde_message(msg: &str) -> String {
+    // What Rust's integer parsing says, in words a config's author reads.
+    let msg = msg
+        .replace(
+            "invalid digit found in string",
+            "expected a whole number (digits only)",
+        )
+        .replace(
+            "number too large to fit in target type",
+            "number too large for this field",
+        );
     let mut chars = msg.chars();
     match chars.next() {
         Some(c) => c.to_lowercase().chain(chars).collect(),
