@@ -48,7 +48,7 @@ pub struct SkillRegistry {
 
 /// Why a skill folder cannot be loaded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{file}:{line}: {message}")]
+#[error("{file}{}: {message}", if *line > 0 { format!(":{line}") } else { String::new() })]
 pub struct SkillError {
     /// The `SKILL.md` path.
     pub file: String,
@@ -134,7 +134,15 @@ pub fn load(dir: &Path, server: &str) -> Result<Skill, SkillError> {
         line,
         message,
     };
-    let text = std::fs::read_to_string(&file).map_err(|e| at(0, format!("cannot read: {e}")))?;
+    let text = std::fs::read_to_string(&file).map_err(|e| {
+        at(
+            0,
+            match e.kind() {
+                std::io::ErrorKind::NotFound => "not found".into(),
+                _ => format!("cannot read: {e}"),
+            },
+        )
+    })?;
     let rest = text
         .strip_prefix("---\n")
         .or_else(|| text.strip_prefix("---\r\n"))
@@ -264,11 +272,7 @@ mod tests {
             "{err}"
         );
         std::fs::remove_dir_all(&dir).unwrap();
-        assert!(
-            load(&dir, "x")
-                .unwrap_err()
-                .to_string()
-                .contains("cannot read")
-        );
+        let err = load(&dir, "x").unwrap_err().to_string();
+        assert!(err.ends_with("SKILL.md: not found"), "{err}");
     }
 }

@@ -106,13 +106,27 @@ impl Node {
         Self::start_in(config, TempDir::new("node"), data, &[])
     }
 
+    /// Starts `cadre serve --config FILE` (a file of the test's own, whose relative paths are
+    /// its folder's) from `/`, so that nothing resolves against the test's directory.
+    pub fn start_from_file(config: &Path) -> Self {
+        let dir = TempDir::new("node");
+        let data = dir.path().join("data");
+        Self::spawn(config, dir, &data, &[], Path::new("/"))
+    }
+
     fn start_in(config: &str, dir: TempDir, data: &Path, args: &[&str]) -> Self {
         let config_path = dir.path().join("cadre.yaml");
         std::fs::write(&config_path, config).expect("write config");
+        let cwd = std::env::current_dir().expect("cwd");
+        Self::spawn(&config_path, dir, data, args, &cwd)
+    }
+
+    fn spawn(config_path: &Path, dir: TempDir, data: &Path, args: &[&str], cwd: &Path) -> Self {
         let mut child = Command::new(cadre_bin())
+            .current_dir(cwd)
             .arg("serve")
             .arg("--config")
-            .arg(&config_path)
+            .arg(config_path)
             .arg("--data-dir")
             .arg(data)
             .args(["--listen", "127.0.0.1:0"])

@@ -304,3 +304,82 @@ fn a_watch_and_a_follow_end_cleanly_when_the_node_stops() {
         assert_eq!(err.lines().count(), 1, "{what}: one line: {err}");
     }
 }
+
+#[test]
+fn relative_paths_in_a_config_are_its_folders_and_config_check_reads_them() {
+    let dir = TempDir::new("relative");
+    let examples = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/skills/csv-summary"
+    );
+    std::fs::create_dir_all(dir.path().join("skills")).unwrap();
+    let copied = Command::new("cp")
+        .args(["-r", examples])
+        .arg(dir.path().join("skills/csv-summary"))
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    std::fs::create_dir_all(dir.path().join("bin")).unwrap();
+    let script = dir.path().join("bin/hello.sh");
+    std::fs::write(&script, "#!/bin/sh\nexec sleep 1000\n").unwrap();
+    let status = Command::new("chmod")
+        .arg("755")
+        .arg(&script)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let config = dir.path().join("cadre.yaml");
+    std::fs::write(
+        &config,
+        "version: v1\nsupervisor:\n  children:\n    - id: csv\n      skill: { path: skills/csv-summary }\n    - id: hello\n      process: { command: [bin/hello.sh], cwd: bin }\n",
+    )
+    .unwrap();
+
+    // From another directory: check passes, and the node finds both.
+    let check = Command::new(cadre_bin())
+        .current_dir("/")
+        .args(["config", "check"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{}", stderr(&check));
+    let node = Node::start_from_file(&config);
+    node.wait_tree("both running", Duration::from_secs(20), |t| {
+        cadre_tests::find(t, "root/csv")["status"] == "running"
+            && cadre_tests::find(t, "root/hello")["status"] == "running"
+    });
+
+    // What the node would fail to read at start fails the check, at its field.
+    for (child, expected) in [
+        (
+            "    - id: gone\n      skill: { path: skills/gone }\n",
+            format!(
+                "{}:5:22: supervisor.children[0].skill.path: child `gone`: {}/skills/gone/SKILL.md: not found",
+                config.display(),
+                dir.path().display()
+            ),
+        ),
+        (
+            "    - id: gone\n      process: { command: [bin/gone.sh] }\n",
+            format!(
+                "{}:5:27: supervisor.children[0].process.command: child `gone`: program `{}/bin/gone.sh` not found",
+                config.display(),
+                dir.path().display()
+            ),
+        ),
+    ] {
+        std::fs::write(
+            &config,
+            format!("version: v1\nsupervisor:\n  children:\n{child}"),
+        )
+        .unwrap();
+        let check = Command::new(cadre_bin())
+            .current_dir("/")
+            .args(["config", "check"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert_eq!(check.status.code(), Some(2), "{}", stderr(&check));
+        assert_eq!(stderr(&check).trim(), expected);
+    }
+}

@@ -530,12 +530,12 @@ fn tree_watch_streams_lifecycle_changes_as_json_lines() {
 }
 
 /// examples/cadre.yaml with its skills' paths made absolute (the test node's config is
-/// written elsewhere).
+/// written elsewhere, and relative paths are relative to the config's folder).
 fn example_config() -> String {
-    let repo = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-    std::fs::read_to_string(format!("{repo}/examples/cadre.yaml"))
+    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
+    std::fs::read_to_string(format!("{examples}/cadre.yaml"))
         .unwrap()
-        .replace("path: examples/", &format!("path: {repo}/examples/"))
+        .replace("path: skills/", &format!("path: {examples}/skills/"))
 }
 
 #[test]

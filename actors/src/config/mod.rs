@@ -242,11 +242,22 @@ impl Config {
                 _ => format!("cannot read: {e}"),
             },
         })?;
-        Self::parse(&file, &text)
+        let base = std::path::absolute(path)
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf));
+        Self::parse_in(&file, &text, base.as_deref())
     }
 
-    /// Validates config text; `file` is used in error messages.
+    /// Validates config text; `file` is used in error messages. Relative paths stay as they
+    /// are written (relative to the node's working directory); [`Config::load`] resolves them
+    /// against the file's directory instead.
     pub fn parse(file: &str, text: &str) -> Result<Self, ConfigError> {
+        Self::parse_in(file, text, None)
+    }
+
+    /// Validates config text, with relative paths resolved against `base` (and the files
+    /// they name read) if given.
+    fn parse_in(file: &str, text: &str, base: Option<&Path>) -> Result<Self, ConfigError> {
         // Editors on some systems start UTF-8 files with a byte-order mark.
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         if text.trim().is_empty() {
@@ -259,7 +270,7 @@ impl Config {
                     .into(),
             });
         }
-        parse_with(file, text, |check, raw: RawConfig| check.config(raw))
+        parse_with(file, text, base, |check, raw: RawConfig| check.config(raw))
     }
 }
 
@@ -274,7 +285,7 @@ impl ChildConfig {
                 message: "empty child spec: give at least `id` and an actor kind".into(),
             });
         }
-        parse_with(file, text, |check, raw: Spanned<RawChild>| {
+        parse_with(file, text, None, |check, raw: Spanned<RawChild>| {
             check.child(&raw, parent)
         })
     }

@@ -161,5 +161,5 @@ pub(super) struct RawProcess {
     pub(super) command: Spanned<Vec<String>>,
     #[serde(default)]
     pub(super) env: BTreeMap<String, String>,
-    pub(super) cwd: Option<String>,
+    pub(super) cwd: Option<Spanned<String>>,
 }

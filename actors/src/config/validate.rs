@@ -1,7 +1,7 @@
 //! Validation: the raw YAML shape into the validated config, with `FILE:LINE:COL` errors.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use marked_yaml::{Marker, Span, Spanned};
@@ -53,6 +53,7 @@ const MAX_CHILD_ID_LEN: usize = 200;
 pub(super) fn parse_with<R: serde::de::DeserializeOwned, T>(
     file: &str,
     text: &str,
+    base: Option<&Path>,
     check: impl FnOnce(&mut Checker, R) -> T,
 ) -> Result<T, ConfigError> {
     let err = |span: Option<&Span>, message: String| {
@@ -109,7 +110,10 @@ pub(super) fn parse_with<R: serde::de::DeserializeOwned, T>(
             }
         }
     })?;
-    let mut checker = Checker { errors: Vec::new() };
+    let mut checker = Checker {
+        errors: Vec::new(),
+        base: base.map(Path::to_path_buf),
+    };
     let value = check(&mut checker, raw);
     match checker.errors.into_iter().next() {
         Some((span, message)) => {
@@ -213,11 +217,43 @@ fn second_document(text: &str) -> Option<usize> {
 /// Walks the raw config, collecting errors with their spans (the first one is reported).
 pub(super) struct Checker {
     errors: Vec<(Span, String)>,
+    /// The config file's directory: relative paths are resolved against it, and the files
+    /// they name are read now, as the node would at start. `None` for text without a file (a
+    /// spawned spec): paths are left as written.
+    base: Option<PathBuf>,
 }
 
 impl Checker {
     fn fail(&mut self, span: &Span, message: String) {
         self.errors.push((*span, message));
+    }
+
+    /// `path` against the config file's directory, if it is relative and there is one.
+    fn resolve(&self, path: &str) -> PathBuf {
+        match &self.base {
+            Some(base) if Path::new(path).is_relative() => base.join(path),
+            _ => PathBuf::from(path),
+        }
+    }
+
+    /// A process command with its program resolved: a path with a `/` against the config's
+    /// directory (a bare name is looked up in `PATH` when it runs), checked to exist.
+    fn program(&mut self, id: &str, command: &Spanned<Vec<String>>) -> Vec<String> {
+        let mut resolved = command.to_vec();
+        if let Some(program) = resolved.first_mut()
+            && program.contains('/')
+            && self.base.is_some()
+        {
+            let path = self.resolve(program);
+            if !path.is_file() {
+                self.fail(
+                    command.span(),
+                    format!("child `{id}`: program `{}` not found", path.display()),
+                );
+            }
+            *program = path.display().to_string();
+        }
+        resolved
     }
 
     pub(super) fn config(&mut self, raw: RawConfig) -> Config {
@@ -860,10 +896,23 @@ impl Checker {
                     format!("child `{id}`: process.command must name a program"),
                 );
             }
+            let cwd = p.cwd.as_ref().map(|cwd| {
+                let dir = self.resolve(cwd);
+                if self.base.is_some() && !dir.is_dir() {
+                    self.fail(
+                        cwd.span(),
+                        format!(
+                            "child `{id}`: process.cwd `{}` is not a directory",
+                            dir.display()
+                        ),
+                    );
+                }
+                dir
+            });
             ActorConfig::Process(ProcessSpec {
-                command: p.command.to_vec(),
+                command: self.program(&id, &p.command),
                 env: p.env.clone().into_iter().collect(),
-                cwd: p.cwd.as_ref().map(PathBuf::from),
+                cwd,
             })
         } else if let Some(m) = &raw.mcp {
             ActorConfig::Mcp(self.mcp(&id, m))
@@ -874,9 +923,15 @@ impl Checker {
                     format!("child `{id}`: skill.path must name the skill's folder"),
                 );
             }
-            ActorConfig::Skill(SkillSpec {
-                path: PathBuf::from(s.path.as_str()),
-            })
+            let path = self.resolve(&s.path);
+            // Read now, as the node would at start: a bad skill fails `config check`.
+            if self.base.is_some()
+                && !s.path.is_empty()
+                && let Err(e) = crate::skills::load(&path, "")
+            {
+                self.fail(s.path.span(), format!("child `{id}`: {e}"));
+            }
+            ActorConfig::Skill(SkillSpec { path })
         } else if let Some(a) = &raw.agent {
             ActorConfig::Agent(self.agent(&id, a))
         } else if let Some(s) = &raw.supervisor {
