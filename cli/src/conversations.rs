@@ -151,18 +151,87 @@ pub enum ConversationsCommand {
 }
 
 fn status(call: &str, s: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{call} failed: {:?}: {}", s.code(), s.message())
+    anyhow::anyhow!(
+        "{call} failed: {:?}: {}",
+        s.code(),
+        in_flags(call, s.message())
+    )
 }
 
 /// Usage errors the server found (bad or missing fields, a write it does not allow) exit 2;
-/// everything else exits 1.
+/// everything else exits 1. The server's field names become the command's flags.
 pub(crate) fn failure(call: &str, s: tonic::Status) -> Failure {
     match s.code() {
         tonic::Code::InvalidArgument | tonic::Code::PermissionDenied => {
-            Failure::Usage(format!("cadre: {call}: {}", s.message()))
+            Failure::Usage(format!("cadre: {call}: {}", in_flags(call, s.message())))
         }
         _ => Failure::Runtime(status(call, s)),
     }
+}
+
+/// The request fields a call's messages may name, and the flag (or argument) a user of the
+/// command that makes the call typed for each.
+fn flags_of(call: &str) -> &'static [(&'static str, &'static str)] {
+    match call {
+        "Exec" => &[
+            ("conversation_id", "--conversation"),
+            ("agent_id", "--agent"),
+            ("input", "--input"),
+            ("last_seq", "--last-seq"),
+            ("after_seq", "--last-seq"),
+            ("resume", "--resume"),
+        ],
+        "Fork" => &[
+            ("src_conversation_id", "--conversation"),
+            ("conversation_id", "--conversation"),
+            ("dest_conversation_id", "--to"),
+            ("at_seq", "--at-seq"),
+            ("patch", "--patch"),
+        ],
+        "Approve" => &[("conversation_id", "--conversation"), ("call_id", "--call")],
+        "Cancel" => &[("conversation_id", "--conversation"), ("exec_id", "--exec")],
+        "Subscribe" => &[("conversation_id", "ID"), ("after_seq", "--after-seq")],
+        "Get" | "Delete" => &[("conversation_id", "ID")],
+        "List" => &[("after", "--after"), ("limit", "--limit")],
+        "Tools.Call" => &[
+            ("conversation_id", "--conversation"),
+            ("arguments_json", "--args"),
+            ("approved", "--approve"),
+        ],
+        _ => &[],
+    }
+}
+
+/// `message` with each whole-word field name of `call`'s request replaced by its flag.
+fn in_flags(call: &str, message: &str) -> String {
+    let mut out = message.to_string();
+    // Longest first, so that `src_conversation_id` is not taken for `conversation_id`.
+    let mut flags = flags_of(call).to_vec();
+    flags.sort_by_key(|(field, _)| std::cmp::Reverse(field.len()));
+    for (field, flag) in flags {
+        out = replace_word(&out, field, flag);
+    }
+    out
+}
+
+/// `text` with every occurrence of `word` that is not part of a longer identifier replaced.
+fn replace_word(text: &str, word: &str, with: &str) -> String {
+    let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(word) {
+        let before = rest[..at].chars().last().or_else(|| out.chars().last());
+        let after = rest[at + word.len()..].chars().next();
+        out.push_str(&rest[..at]);
+        if before.is_some_and(is_ident) || after.is_some_and(is_ident) {
+            out.push_str(word);
+        } else {
+            out.push_str(with);
+        }
+        rest = &rest[at + word.len()..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The exec's input: `--input TEXT`, `--input -` (stdin) or `--input-file FILE`.
@@ -266,7 +335,7 @@ pub async fn fork(args: ForkArgs) -> Result<(), Failure> {
                     conversation_id: args.conversation.clone(),
                 })
                 .await
-                .map_err(|s| failure("Get", s))?
+                .map_err(|s| failure("Fork", s))?
                 .into_inner()
                 .last_seq
         }
@@ -754,5 +823,30 @@ fn print_conversation(c: &Conversation, output: Output) {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::in_flags;
+
+    #[test]
+    fn field_names_become_the_commands_flags() {
+        assert_eq!(
+            in_flags(
+                "Exec",
+                "after_seq 9 is beyond the end; reconnect with last_seq"
+            ),
+            "--last-seq 9 is beyond the end; reconnect with --last-seq"
+        );
+        assert_eq!(
+            in_flags(
+                "Fork",
+                "dest_conversation_id: bad; src_conversation_id: `a_conversation_id`"
+            ),
+            "--to: bad; --conversation: `a_conversation_id`"
+        );
+        assert_eq!(in_flags("Exec", "agent_id: missing"), "--agent: missing");
+        assert_eq!(in_flags("Exec", "inputs and input_x"), "inputs and input_x");
     }
 }

@@ -94,7 +94,7 @@ fn the_nodes_conversations_are_read_only_for_callers() {
     let exec = node.exec_echo("cadre.audit", "system/controller terminated");
     assert_eq!(exec.status.code(), Some(2), "{}", stderr(&exec));
     assert!(
-        stderr(&exec).contains("conversation_id: `cadre.audit`"),
+        stderr(&exec).contains("--conversation: `cadre.audit`"),
         "{}",
         stderr(&exec)
     );
@@ -109,7 +109,7 @@ fn the_nodes_conversations_are_read_only_for_callers() {
     ]);
     assert_eq!(fork.status.code(), Some(2), "{}", stderr(&fork));
     assert!(
-        stderr(&fork).contains("dest_conversation_id"),
+        stderr(&fork).contains("--to: `cadre.mine`"),
         "{}",
         stderr(&fork)
     );
@@ -151,14 +151,14 @@ fn conversation_ids_are_checked_and_a_fork_names_the_last_event_it_keeps() {
         assert_eq!(out.status.code(), Some(2), "{id:.20}: {}", stderr(&out));
         let message = stderr(&out);
         assert!(
-            message.contains("conversation_id:") && message.contains(why),
+            message.contains("--conversation:") && message.contains(why),
             "{id:.20}: {message}"
         );
     }
     let out = node.cli(&["exec", "--agent", "", "--input", "hi"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("agent_id: missing"),
+        stderr(&out).contains("--agent: missing"),
         "{}",
         stderr(&out)
     );
@@ -176,11 +176,19 @@ fn conversation_ids_are_checked_and_a_fork_names_the_last_event_it_keeps() {
     ]);
     assert_eq!(zero.status.code(), Some(2), "{}", stderr(&zero));
     assert!(
-        stderr(&zero).contains("at_seq: must be ≥ 1"),
+        stderr(&zero).contains("--at-seq: must be ≥ 1"),
         "{}",
         stderr(&zero)
     );
     assert!(!conversations(&node).contains(&"zero".to_string()));
+    // Messages name the flags the user typed, not the request's fields.
+    let past = node.cli(&["exec", "--conversation", "src", "--last-seq", "999"]);
+    assert_ne!(past.status.code(), Some(0));
+    assert!(
+        stderr(&past).contains("--last-seq 999 is beyond the end"),
+        "{}",
+        stderr(&past)
+    );
 
     // Without --at-seq the branch keeps all the conversation has (the CLI names its last seq).
     let all = node.cli(&["fork", "--conversation", "src", "--to", "all", "-o", "json"]);
