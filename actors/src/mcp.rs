@@ -220,6 +220,7 @@ async fn start_stdio(
             },
             argv: command.to_vec(),
             env: env.to_vec(),
+            log: Some(ctx.tree.log(&ctx.path)),
         })
         .await
         .map_err(|e| e.to_string())?;

@@ -10,6 +10,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::sync::{mpsc, watch};
 
 use crate::spec::ExitReason;
+use crate::tree::ActorLog;
 
 /// What to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,8 +42,9 @@ pub struct OsProcess {
 }
 
 impl OsProcess {
-    /// Spawns the process in a new process group and starts its reaper and log forwarders.
-    pub fn spawn(spec: &ProcessSpec, path: &str) -> std::io::Result<Self> {
+    /// Spawns the process in a new process group and starts its reaper and the forwarders of
+    /// its output lines to `log`.
+    pub fn spawn(spec: &ProcessSpec, log: ActorLog) -> std::io::Result<Self> {
         let (program, args) = spec.command.split_first().ok_or_else(|| {
             std::io::Error::new(std::io::ErrorKind::InvalidInput, "empty command")
         })?;
@@ -66,10 +68,10 @@ impl OsProcess {
             ledger.record(pid);
         }
         if let Some(out) = child.stdout.take() {
-            tokio::spawn(forward_lines(out, path.to_string(), "stdout"));
+            tokio::spawn(forward_lines(out, log.clone(), "stdout"));
         }
         if let Some(err) = child.stderr.take() {
-            tokio::spawn(forward_lines(err, path.to_string(), "stderr"));
+            tokio::spawn(forward_lines(err, log, "stderr"));
         }
         let (signals, mut signal_rx) = mpsc::unbounded_channel::<i32>();
         let (exit_tx, exit) = watch::channel(None);
@@ -153,9 +155,9 @@ impl ProcessExit {
     }
 }
 
-async fn forward_lines(stream: impl AsyncRead + Unpin, path: String, name: &'static str) {
+async fn forward_lines(stream: impl AsyncRead + Unpin, log: ActorLog, name: &'static str) {
     let mut lines = BufReader::new(stream).lines();
     while let Ok(Some(line)) = lines.next_line().await {
-        tracing::info!(target: "cadre::process", actor = %path, stream = name, "{line}");
+        log.line(name, &line);
     }
 }

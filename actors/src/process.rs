@@ -3,7 +3,8 @@
 //! Each process runs in its own process group so that a shell and everything it started get the
 //! same signals. Exit 0 is `normal` and death by SIGTERM is `shutdown` (both normal); a non-zero
 //! exit or any other signal is abnormal (SIGKILL is `killed`). A graceful stop sends SIGTERM and waits; the supervisor kills at the child's
-//! shutdown timeout. stdout and stderr go to the tracing log, tagged with the actor's path.
+//! shutdown timeout. stdout and stderr go to the tracing log, tagged with the actor's path, and to the actor's
+//! bounded buffer in the tree (`cadre actors logs`).
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
@@ -17,8 +18,8 @@ pub fn process_child(id: impl Into<String>, spec: ProcessSpec) -> ChildSpec {
     let start = move |ctx: StartContext| -> StartFuture {
         let spec = spec.clone();
         Box::pin(async move {
-            let process =
-                OsProcess::spawn(&spec, &ctx.path).map_err(|e| StartError(e.to_string()))?;
+            let process = OsProcess::spawn(&spec, ctx.tree.log(&ctx.path))
+                .map_err(|e| StartError(e.to_string()))?;
             tracing::info!(actor = %ctx.path, pid = process.pid(), "process started");
             match Actor::spawn_linked(None, ProcessActor, process.clone(), ctx.supervisor).await {
                 Ok((actor, _)) => Ok(Started {

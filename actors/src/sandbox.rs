@@ -125,6 +125,8 @@ pub struct HostedSpec {
     pub argv: Vec<String>,
     /// Environment variables set for the process.
     pub env: Vec<(String, String)>,
+    /// Where its stderr lines go besides the node's log (its stdout is the caller's).
+    pub log: Option<crate::tree::ActorLog>,
 }
 
 /// A placed actor held in its slot, with its sandbox's worker. Dropping it lets the slot go.

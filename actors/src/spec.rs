@@ -250,6 +250,28 @@ impl fmt::Display for ExitReason {
 #[error("{0}")]
 pub struct ChildExit(pub ExitReason);
 
+impl Restart {
+    /// The config's name: `permanent`, `transient` or `temporary`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Restart::Permanent => "permanent",
+            Restart::Transient => "transient",
+            Restart::Temporary => "temporary",
+        }
+    }
+}
+
+/// As the config writes it: `brutal_kill`, `infinity` or milliseconds.
+impl fmt::Display for Shutdown {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Shutdown::BrutalKill => f.write_str("brutal_kill"),
+            Shutdown::Infinity => f.write_str("infinity"),
+            Shutdown::Timeout(t) => write!(f, "{}", t.as_millis()),
+        }
+    }
+}
+
 impl Strategy {
     /// The OTP name: `one_for_one`, `one_for_all` or `rest_for_one`.
     pub fn as_str(&self) -> &'static str {

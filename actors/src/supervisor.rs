@@ -26,7 +26,7 @@ use crate::spec::{
     ActorKind, AutoShutdown, ChildCounts, ChildExit, ChildInfo, ChildStatus, ChildType, ExitReason,
     Restart, Shutdown, Strategy, SupervisorError, SupervisorFlags,
 };
-use crate::tree::{Change, Tree};
+use crate::tree::{Change, Supervision, Tree};
 
 /// The exit reason of a supervisor that exceeded its restart intensity.
 pub const REACHED_MAX_RESTART_INTENSITY: &str = "reached_max_restart_intensity";
@@ -377,7 +377,12 @@ impl SupervisorState {
     fn insert(&mut self, spec: ChildSpec) {
         let path = format!("{}/{}", self.path, spec.id);
         self.order.push(spec.id.clone());
-        self.tree.added(&self.path, &path, spec.kind);
+        let supervision = Supervision {
+            restart: spec.restart,
+            shutdown: spec.shutdown,
+            significant: spec.significant,
+        };
+        self.tree.added(&self.path, &path, spec.kind, supervision);
         self.children.insert(
             spec.id.clone(),
             Child {

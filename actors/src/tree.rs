@@ -11,7 +11,9 @@ use std::time::SystemTime;
 
 use tokio::sync::broadcast;
 
-use crate::spec::{ActorKind, ChildStatus, ExitReason, Strategy, SupervisorFlags};
+use crate::spec::{
+    ActorKind, ChildStatus, ExitReason, Restart, Shutdown, Strategy, SupervisorFlags,
+};
 
 /// One lifecycle change of one actor.
 #[derive(Debug, Clone, PartialEq)]
@@ -73,15 +75,69 @@ pub struct TreeNode {
     pub placement: Option<String>,
     /// When the running instance started; `None` while it is not running.
     pub started_at: Option<SystemTime>,
+    /// How its supervisor treats it; `None` for a root.
+    pub supervision: Option<Supervision>,
+    /// How and when its last instance ended, if one has.
+    pub last_exit: Option<LastExit>,
     /// Its children, in start order.
     pub children: Vec<TreeNode>,
 }
+
+/// The terms of a child's supervision, from its spec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Supervision {
+    /// When it is restarted.
+    pub restart: Restart,
+    /// How it is stopped.
+    pub shutdown: Shutdown,
+    /// Whether its exit may shut its supervisor down.
+    pub significant: bool,
+}
+
+/// How an actor's last instance ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LastExit {
+    /// `normal`, `shutdown`, `killed` or the error (`reached_max_restart_intensity` for a
+    /// supervisor that gave up).
+    pub reason: String,
+    /// When.
+    pub at: SystemTime,
+}
+
+/// One line an actor's process wrote.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogLine {
+    /// When the node read it.
+    pub at: SystemTime,
+    /// The actor's path.
+    pub path: String,
+    /// `stdout` or `stderr`.
+    pub stream: &'static str,
+    /// The line, without its newline.
+    pub line: String,
+}
+
+/// Where one actor's output lines go: the node's log (tracing) and the actor's bounded buffer
+/// in the tree, which `cadre actors logs` reads and follows. Cheap to clone.
+#[derive(Clone)]
+pub struct ActorLog {
+    tree: Tree,
+    path: String,
+}
+
+/// Lines kept per actor; older ones are dropped.
+pub const LOG_LINES_KEPT: usize = 1000;
+
+/// Longest line kept, in bytes; the rest is cut.
+const LOG_LINE_BYTES: usize = 4096;
 
 /// Shared handle to the live tree of one node. Cheap to clone.
 #[derive(Clone)]
 pub struct Tree {
     inner: Arc<Mutex<HashMap<String, Entry>>>,
     events: broadcast::Sender<LifecycleEvent>,
+    /// Every actor's output lines as they come, for followers.
+    lines: broadcast::Sender<Arc<LogLine>>,
 }
 
 struct Entry {
@@ -96,6 +152,10 @@ struct Entry {
     children: Vec<String>,
     /// The running instance, for supervisors (to start and stop children by path).
     supervisor: Option<(ActorCell, SupervisorFlags)>,
+    supervision: Option<Supervision>,
+    last_exit: Option<LastExit>,
+    /// Its latest output lines, oldest first.
+    log: std::collections::VecDeque<Arc<LogLine>>,
 }
 
 /// Capacity of the lifecycle broadcast; a subscriber that falls further behind gets `Lagged`.
@@ -113,6 +173,7 @@ impl Tree {
         Self {
             inner: Arc::new(Mutex::new(HashMap::new())),
             events: broadcast::channel(EVENT_BUFFER).0,
+            lines: broadcast::channel(EVENT_BUFFER).0,
         }
     }
 
@@ -135,7 +196,7 @@ impl Tree {
     }
 
     /// Adds a child (not started yet) at the end of its parent's start order.
-    pub fn added(&self, parent: &str, path: &str, kind: ActorKind) {
+    pub fn added(&self, parent: &str, path: &str, kind: ActorKind, supervision: Supervision) {
         let mut map = self.inner.lock().expect("tree lock");
         if let Some(p) = map.get_mut(parent) {
             p.children.push(path.to_string());
@@ -143,7 +204,30 @@ impl Tree {
         let mut entry = Entry::new(kind);
         entry.status = ChildStatus::Stopped;
         entry.started_at = None;
+        entry.supervision = Some(supervision);
         map.insert(path.to_string(), entry);
+    }
+
+    /// Where the output of the actor at `path` goes.
+    pub fn log(&self, path: &str) -> ActorLog {
+        ActorLog {
+            tree: self.clone(),
+            path: path.to_string(),
+        }
+    }
+
+    /// The last `tail` output lines of the actor at `path` (all it keeps if `None`), oldest
+    /// first; `None` if there is no such actor.
+    pub fn log_tail(&self, path: &str, tail: Option<usize>) -> Option<Vec<Arc<LogLine>>> {
+        let map = self.inner.lock().expect("tree lock");
+        let log = &map.get(path)?.log;
+        let skip = log.len().saturating_sub(tail.unwrap_or(log.len()));
+        Some(log.iter().skip(skip).cloned().collect())
+    }
+
+    /// Every actor's output lines from now on.
+    pub fn subscribe_logs(&self) -> broadcast::Receiver<Arc<LogLine>> {
+        self.lines.subscribe()
     }
 
     /// Records that a new instance of the child at `path` is running (in `placement`, a
@@ -175,6 +259,18 @@ impl Tree {
         {
             let mut map = self.inner.lock().expect("tree lock");
             if let Some(entry) = map.get_mut(path) {
+                let ended = match &change {
+                    Change::Exited { reason } => Some(reason.to_string()),
+                    Change::Escalated { reason } => Some(reason.clone()),
+                    Change::Terminated => Some(ExitReason::Shutdown.to_string()),
+                    _ => None,
+                };
+                if let Some(reason) = ended {
+                    entry.last_exit = Some(LastExit {
+                        reason,
+                        at: SystemTime::now(),
+                    });
+                }
                 entry.status = status;
                 if status != ChildStatus::Running {
                     entry.pid = None;
@@ -276,7 +372,52 @@ impl Entry {
             started_at: Some(SystemTime::now()),
             children: Vec::new(),
             supervisor: None,
+            supervision: None,
+            last_exit: None,
+            log: std::collections::VecDeque::new(),
         }
+    }
+}
+
+impl std::fmt::Debug for ActorLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ActorLog")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+/// Two logs are the same when they are of the same actor of the same tree.
+impl PartialEq for ActorLog {
+    fn eq(&self, other: &Self) -> bool {
+        self.path == other.path && Arc::ptr_eq(&self.tree.inner, &other.tree.inner)
+    }
+}
+
+impl ActorLog {
+    /// Records one line the actor's process wrote on `stream` (`stdout` or `stderr`).
+    pub fn line(&self, stream: &'static str, line: &str) {
+        tracing::info!(target: "cadre::process", actor = %self.path, stream, "{line}");
+        let mut cut = line.len().min(LOG_LINE_BYTES);
+        while !line.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let line = Arc::new(LogLine {
+            at: SystemTime::now(),
+            path: self.path.clone(),
+            stream,
+            line: line[..cut].to_string(),
+        });
+        {
+            let mut map = self.tree.inner.lock().expect("tree lock");
+            if let Some(entry) = map.get_mut(&self.path) {
+                if entry.log.len() == LOG_LINES_KEPT {
+                    entry.log.pop_front();
+                }
+                entry.log.push_back(line.clone());
+            }
+        }
+        let _ = self.tree.lines.send(line);
     }
 }
 
@@ -300,6 +441,8 @@ fn snapshot_of(map: &HashMap<String, Entry>, path: &str) -> Option<TreeNode> {
         strategy: entry.strategy,
         placement: entry.placement.clone(),
         started_at: entry.started_at,
+        supervision: entry.supervision,
+        last_exit: entry.last_exit.clone(),
         children: entry
             .children
             .iter()

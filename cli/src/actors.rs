@@ -3,11 +3,12 @@
 use std::path::PathBuf;
 
 use cadre_proto::v1::actors_client::ActorsClient;
-use cadre_proto::v1::{ActorNode, ActorRequest, ListActorsRequest, SpawnRequest};
+use cadre_proto::v1::{ActorNode, ActorRequest, ListActorsRequest, LogsRequest, SpawnRequest};
 use clap::Subcommand;
+use serde_json::json;
 
 use crate::client::{ServerArgs, connect};
-use crate::tree::to_json;
+use crate::tree::{rfc3339, to_json};
 use crate::{Failure, Output};
 
 #[derive(Subcommand)]
@@ -33,7 +34,33 @@ pub enum ActorsCommand {
         #[command(flatten)]
         server: ServerArgs,
     },
-    /// Terminate an actor per its shutdown spec (its spec stays; restart brings it back).
+    /// One actor in detail: kind, status, restarts, pid, placement, its supervision (restart,
+    /// shutdown, significant), how and when its last instance ended, and its children.
+    Get {
+        path: String,
+        #[arg(short = 'o', long, value_enum, default_value_t)]
+        output: Output,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// An actor's output: a `process` child's stdout and stderr, an `mcp` server's stderr (the
+    /// node keeps the last 1000 lines of each actor).
+    Logs {
+        path: String,
+        /// Keep streaming new lines until interrupted (ends when the node stops).
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Only the last N lines kept.
+        #[arg(long, value_name = "N")]
+        tail: Option<u32>,
+        /// Output format (JSON lines with -o json).
+        #[arg(short = 'o', long, value_enum, default_value_t)]
+        output: Output,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Terminate an actor per its shutdown spec. A configured child's spec stays (restart
+    /// brings it back); a spawned one is removed for good.
     Stop {
         path: String,
         #[arg(short = 'o', long, value_enum, default_value_t)]
@@ -69,9 +96,57 @@ fn failure(call: &str, s: tonic::Status, file: Option<&PathBuf>) -> Failure {
 
 fn print(node: &ActorNode, output: Output) {
     match output {
-        Output::Json => println!("{}", to_json(node)),
         Output::Text => println!("{}", row(node)),
+        _ => crate::emit(output, &to_json(node)),
     }
+}
+
+/// `cadre actors get`, like `kubectl describe`: one field a line.
+fn describe(n: &ActorNode) -> String {
+    let time = |ms: i64| rfc3339(ms * 1000);
+    let mut fields = vec![
+        ("Path", n.path.clone()),
+        ("Kind", n.kind.clone()),
+        ("Status", n.status.clone()),
+        ("Restarts", n.restarts.to_string()),
+    ];
+    if let Some(pid) = n.pid {
+        fields.push(("Pid", pid.to_string()));
+    }
+    if let Some(p) = &n.placement {
+        fields.push(("Placement", p.clone()));
+    }
+    if let Some(t) = n.started_at_unix_ms {
+        fields.push(("Started", time(t)));
+    }
+    if let Some(s) = &n.strategy {
+        fields.push(("Strategy", s.clone()));
+    }
+    if !n.restart.is_empty() {
+        fields.push(("Restart", n.restart.clone()));
+        fields.push(("Shutdown", n.shutdown.clone()));
+        fields.push(("Significant", n.significant.to_string()));
+    }
+    if let (Some(reason), Some(at)) = (&n.last_exit_reason, n.last_exit_unix_ms) {
+        fields.push(("Last exit", format!("{reason} at {}", time(at))));
+    }
+    let children: Vec<&str> = n
+        .children
+        .iter()
+        .map(|c| c.path.rsplit('/').next().unwrap_or(&c.path))
+        .collect();
+    fields.push((
+        "Children",
+        if children.is_empty() {
+            "none".into()
+        } else {
+            children.join(", ")
+        },
+    ));
+    fields
+        .iter()
+        .map(|(k, v)| format!("{:<13}{v}\n", format!("{k}:")))
+        .collect()
 }
 
 fn row(n: &ActorNode) -> String {
@@ -117,6 +192,58 @@ pub async fn run(command: ActorsCommand) -> Result<(), Failure> {
                 .map_err(|s| failure("Spawn", s, Some(&file)))?
                 .into_inner();
             print(&node, output);
+        }
+        ActorsCommand::Get {
+            path,
+            output,
+            server,
+        } => {
+            let node = ActorsClient::new(connect(&server).await?)
+                .get(ActorRequest { path })
+                .await
+                .map_err(|s| failure("Get", s, None))?
+                .into_inner();
+            match output {
+                Output::Text => print!("{}", describe(&node)),
+                _ => print(&node, output),
+            }
+        }
+        ActorsCommand::Logs {
+            path,
+            follow,
+            tail,
+            output,
+            server,
+        } => {
+            let display = server.server.clone();
+            let mut lines = ActorsClient::new(connect(&server).await?)
+                .logs(LogsRequest { path, tail, follow })
+                .await
+                .map_err(|s| failure("Logs", s, None))?
+                .into_inner();
+            while let Some(line) = lines
+                .message()
+                .await
+                .map_err(|s| failure("Logs", s, None))?
+            {
+                use std::io::Write;
+                match output {
+                    Output::Text => println!("{}", line.line),
+                    _ => crate::emit(
+                        output,
+                        &json!({
+                            "time": rfc3339(line.time_unix_micros),
+                            "path": line.path,
+                            "stream": line.stream,
+                            "line": line.line,
+                        }),
+                    ),
+                }
+                let _ = std::io::stdout().flush();
+            }
+            if follow {
+                eprintln!("cadre: the node at {display} stopped; the logs ended");
+            }
         }
         ActorsCommand::Stop {
             path,

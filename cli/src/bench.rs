@@ -129,7 +129,7 @@ pub async fn run(command: BenchCommand) -> Result<(), Failure> {
     let _ = std::fs::remove_dir_all(&scratch);
     let report = result?;
     match args.output {
-        Output::Json => println!("{report}"),
+        Output::Json | Output::Yaml => crate::emit(args.output, &report),
         Output::Text => {
             println!(
                 "group commit: {:.0} events/s, append p50 {:.3} ms, p99 {:.3} ms ({} events, {} writers)",
@@ -281,7 +281,7 @@ async fn exec(args: ExecBenchArgs) -> Result<(), Failure> {
     let _ = std::fs::remove_dir_all(&scratch);
     let report = result?;
     match args.output {
-        Output::Json => println!("{report}"),
+        Output::Json | Output::Yaml => crate::emit(args.output, &report),
         Output::Text => println!(
             "{:.0} execs/s, round trip p50 {:.3} ms, p99 {:.3} ms ({} execs over {} conversations)",
             report["execs_per_sec"].as_f64().unwrap_or_default(),
@@ -379,7 +379,7 @@ async fn placement(args: PlacementBenchArgs) -> Result<(), Failure> {
     let _ = std::fs::remove_dir_all(&scratch);
     let report = result?;
     match args.output {
-        Output::Json => println!("{report}"),
+        Output::Json | Output::Yaml => crate::emit(args.output, &report),
         Output::Text => {
             let f = |k: &str| report[k].as_f64().unwrap_or_default();
             println!(

@@ -440,9 +440,9 @@ pub async fn run(command: ConversationsCommand) -> Result<(), Failure> {
                 .map_err(|s| failure("List", s))?
                 .into_inner();
             match output {
-                Output::Json => {
+                Output::Json | Output::Yaml => {
                     for c in &list.conversations {
-                        println!("{}", conversation_json(c));
+                        crate::emit(output, &conversation_json(c));
                     }
                 }
                 Output::Text => {
@@ -463,9 +463,9 @@ pub async fn run(command: ConversationsCommand) -> Result<(), Failure> {
                 .map_err(|s| failure("Delete", s))?
                 .into_inner();
             match output {
-                Output::Json => println!(
-                    "{}",
-                    json!({"conversation_id": deleted.conversation_id, "events": deleted.events})
+                Output::Json | Output::Yaml => crate::emit(
+                    output,
+                    &json!({"conversation_id": deleted.conversation_id, "events": deleted.events}),
                 ),
                 Output::Text => println!(
                     "conversation {} deleted ({} events)",
@@ -589,7 +589,7 @@ async fn print_stream(
 fn print_event(e: &Event, output: Output, outputs_only: bool) {
     use std::io::Write;
     match output {
-        Output::Json => println!("{}", event_json(e)),
+        Output::Json | Output::Yaml => crate::emit(output, &event_json(e)),
         Output::Text if outputs_only => {
             if let Some(event::Kind::OutputEmitted(o)) = &e.kind {
                 println!("{}", o.text);
@@ -798,7 +798,7 @@ fn conversation_json(c: &Conversation) -> Value {
 
 fn print_conversation(c: &Conversation, output: Output) {
     match output {
-        Output::Json => println!("{}", conversation_json(c)),
+        Output::Json | Output::Yaml => crate::emit(output, &conversation_json(c)),
         Output::Text => {
             println!("conversation:  {}", c.conversation_id);
             println!("last seq:      {}", c.last_seq);

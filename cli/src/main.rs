@@ -11,6 +11,7 @@ mod serve;
 mod tools;
 mod tree;
 mod version;
+mod yaml;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -129,6 +130,16 @@ pub enum Output {
     Text,
     /// JSON (JSON lines for streams).
     Json,
+    /// YAML (one document per item, each starting with `---`, for streams).
+    Yaml,
+}
+
+/// Prints one item of a read command's output as JSON (one line) or YAML (one document).
+pub fn emit(output: Output, value: &serde_json::Value) {
+    match output {
+        Output::Yaml => print!("---\n{}", yaml::to_yaml(value)),
+        _ => println!("{value}"),
+    }
 }
 
 /// A failure with the exit code it maps to: 1 at run time, 2 for usage and validation.

@@ -38,16 +38,16 @@ pub async fn run(command: SandboxesCommand) -> Result<(), Failure> {
         })?
         .into_inner();
     match output {
-        Output::Json => {
+        Output::Json | Output::Yaml => {
             for s in &list.sandboxes {
-                println!(
-                    "{}",
-                    json!({
+                crate::emit(
+                    output,
+                    &json!({
                         "id": s.id, "state": s.state, "tenant": s.tenant, "pid": s.pid,
                         "started_unix_ms": s.started_unix_ms, "provider": list.provider,
                         "isolated": list.isolated, "slots": s.slots, "actors": s.actors,
                         "exclusive": s.exclusive,
-                    })
+                    }),
                 );
             }
         }

@@ -53,15 +53,15 @@ pub async fn run(command: ToolsCommand) -> Result<(), Failure> {
                 .into_inner()
                 .tools;
             match output {
-                Output::Json => {
+                Output::Json | Output::Yaml => {
                     for t in &tools {
                         let schema: Value =
                             serde_json::from_str(&t.input_schema_json).unwrap_or(Value::Null);
-                        println!(
-                            "{}",
-                            json!({"name": t.name, "server": t.server,
+                        crate::emit(
+                            output,
+                            &json!({"name": t.name, "server": t.server,
                                    "description": t.description, "input_schema": schema,
-                                   "requires_approval": t.requires_approval})
+                                   "requires_approval": t.requires_approval}),
                         );
                     }
                 }
@@ -109,12 +109,12 @@ pub async fn run(command: ToolsCommand) -> Result<(), Failure> {
                 .into_inner();
             let result: Value = serde_json::from_str(&r.result_json).unwrap_or(Value::Null);
             match output {
-                Output::Json => println!(
-                    "{}",
-                    json!({"result": result, "is_error": r.is_error,
+                Output::Json | Output::Yaml => crate::emit(
+                    output,
+                    &json!({"result": result, "is_error": r.is_error,
                            "conversation_id": r.conversation_id, "call_id": r.call_id,
                            "called_seq": r.called_seq, "returned_seq": r.returned_seq,
-                           "idempotency_key": r.idempotency_key})
+                           "idempotency_key": r.idempotency_key}),
                 ),
                 Output::Text => println!("{}", text_of(&result)),
             }

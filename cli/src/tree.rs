@@ -48,11 +48,11 @@ pub async fn run(args: TreeArgs) -> Result<(), Failure> {
         return Err(anyhow::anyhow!("the node returned no tree").into());
     };
     match (args.output, &changes) {
-        (Output::Json, None) => println!(
-            "{}",
-            json!({"root": to_json(&root), "system": to_json(&system)})
+        (Output::Json | Output::Yaml, None) => crate::emit(
+            args.output,
+            &json!({"root": to_json(&root), "system": to_json(&system)}),
         ),
-        (Output::Json, Some(_)) => {}
+        (Output::Json | Output::Yaml, Some(_)) => {}
         (Output::Text, _) => {
             if let Some(warning) = not_isolated(channel, &root).await {
                 println!("{warning}");
@@ -68,7 +68,7 @@ pub async fn run(args: TreeArgs) -> Result<(), Failure> {
             .map_err(|s| anyhow::anyhow!("watch ended: {:?}: {}", s.code(), s.message()))?
         {
             match args.output {
-                Output::Json => println!("{}", event_json(&change)),
+                Output::Json | Output::Yaml => crate::emit(args.output, &event_json(&change)),
                 Output::Text => println!("{}", event_line(&change)),
             }
             let _ = std::io::stdout().flush();
@@ -153,6 +153,17 @@ pub fn to_json(node: &ActorNode) -> Value {
     }
     if let Some(p) = &node.placement {
         obj.insert("placement".into(), json!(p));
+    }
+    if !node.restart.is_empty() {
+        obj.insert("restart".into(), json!(node.restart));
+        obj.insert("shutdown".into(), json!(node.shutdown));
+        obj.insert("significant".into(), json!(node.significant));
+    }
+    if let (Some(reason), Some(at)) = (&node.last_exit_reason, node.last_exit_unix_ms) {
+        obj.insert(
+            "last_exit".into(),
+            json!({"reason": reason, "time": rfc3339(at * 1000)}),
+        );
     }
     obj.insert(
         "children".into(),

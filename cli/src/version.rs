@@ -47,12 +47,12 @@ pub async fn run(args: VersionArgs) -> Result<(), Failure> {
         )
     };
     match args.output {
-        Output::Json => {
+        Output::Json | Output::Yaml => {
             let mut out = json!({ "client": { "version": CLIENT_VERSION } });
             if let Some(version) = &server {
                 out["server"] = json!({ "version": version, "address": args.server.server });
             }
-            println!("{out}");
+            crate::emit(args.output, &out);
         }
         Output::Text => {
             println!("client: {CLIENT_VERSION}");

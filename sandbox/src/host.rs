@@ -13,6 +13,7 @@ use cadre_actors::sandbox::{
     HostFuture, HostedActor, HostedExit, HostedProcess, HostedSpec, PinFuture, PinnedWorker,
     SandboxError, SandboxHost,
 };
+use cadre_actors::tree::ActorLog;
 use cadre_proto::v1::{ProcessStart, RunInput, RunOutput, run_input, run_output};
 use std::time::Duration;
 
@@ -83,9 +84,9 @@ impl SandboxHost for Placement {
             let (stdout_theirs, stdout) = tokio::io::duplex(PIPE_BUFFER);
             let (stdin, stdin_theirs) = tokio::io::duplex(PIPE_BUFFER);
             let (signals, signal_rx) = mpsc::unbounded_channel();
-            let path = spec.actor.id.clone();
+            let (path, log) = (spec.actor.id.clone(), spec.log.clone());
             let output = tokio::spawn(async move {
-                let exit = pump_outputs(&mut outputs, stdout_theirs, &path).await;
+                let exit = pump_outputs(&mut outputs, stdout_theirs, &path, log.as_ref()).await;
                 let _ = exit_tx.send(Some(exit));
             });
             let input = tokio::spawn(pump_inputs(stdin_theirs, signal_rx, inputs));
@@ -166,11 +167,13 @@ fn logical_id(path: &str) -> String {
         .collect()
 }
 
-/// Copies the process's stdout into `stdout` and logs its stderr, until its exit.
+/// Copies the process's stdout into `stdout` and its stderr lines to `log` (else the node's
+/// log), until its exit.
 async fn pump_outputs(
     outputs: &mut tonic::Streaming<RunOutput>,
     mut stdout: DuplexStream,
     path: &str,
+    log: Option<&ActorLog>,
 ) -> HostedExit {
     let mut stderr_line = Vec::new();
     loop {
@@ -185,7 +188,12 @@ async fn pump_outputs(
                     while let Some(end) = stderr_line.iter().position(|&b| b == b'\n') {
                         let line: Vec<u8> = stderr_line.drain(..=end).collect();
                         let line = String::from_utf8_lossy(&line[..line.len() - 1]);
-                        tracing::info!(target: "cadre::process", actor = %path, stream = "stderr", "{line}");
+                        match log {
+                            Some(log) => log.line("stderr", &line),
+                            None => {
+                                tracing::info!(target: "cadre::process", actor = %path, stream = "stderr", "{line}")
+                            }
+                        }
                     }
                 }
                 run_output::Output::Exit(e) => {

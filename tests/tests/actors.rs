@@ -295,3 +295,92 @@ fn bad_spawns_and_stops_fail_clearly_and_change_nothing() {
     assert_eq!(group, 1, "nothing was added");
     assert_eq!(find(&tree, "root/group/first")["status"], "running");
 }
+
+#[test]
+fn an_actor_is_described_and_its_output_read_and_followed() {
+    let node = Node::start(
+        "version: v1\nsupervisor:\n  children:\n    - id: talker\n      shutdown: 700\n      process: { command: [sh, -c, \"i=0; while :; do i=$((i+1)); echo line $i; echo oops $i >&2; sleep 0.1; done\"] }\n",
+    );
+    let pid = pid_of(&node.tree(), "root/talker");
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    node.wait_tree("talker restarted", Duration::from_secs(10), |t| {
+        find(t, "root/talker")["restarts"] == 1
+    });
+
+    // get: the supervision terms, the last exit and when.
+    let got = json(&node.cli(&["actors", "get", "root/talker", "-o", "json"]));
+    assert_eq!(
+        (&got["restart"], &got["shutdown"], &got["significant"]),
+        (
+            &Value::from("permanent"),
+            &Value::from("700"),
+            &Value::from(false)
+        ),
+        "{got}"
+    );
+    assert_eq!(got["last_exit"]["reason"], "killed", "{got}");
+    assert!(got["last_exit"]["time"].as_str().unwrap().ends_with('Z'));
+    let text = node.cli(&["actors", "get", "root/talker"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("Restart:     permanent"), "{text}");
+    assert!(text.contains("Last exit:   killed at "), "{text}");
+    let yaml = node.cli(&["actors", "get", "root/talker", "-o", "yaml"]);
+    let yaml = String::from_utf8_lossy(&yaml.stdout);
+    assert!(
+        yaml.starts_with("---\npath: root/talker\nkind: process\n"),
+        "{yaml}"
+    );
+    assert!(yaml.contains("last_exit:\n  reason: killed\n"), "{yaml}");
+
+    // logs: both streams, the last N, as JSON lines; unknown actors are NotFound.
+    std::thread::sleep(Duration::from_millis(500));
+    let out = node.cli(&["actors", "logs", "root/talker", "--tail", "4", "-o", "json"]);
+    let lines: Vec<Value> = String::from_utf8_lossy(&json_ok(&out))
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    let streams: std::collections::BTreeSet<&str> = lines
+        .iter()
+        .map(|l| l["stream"].as_str().unwrap())
+        .collect();
+    assert_eq!(streams, ["stderr", "stdout"].into(), "{lines:?}");
+    let out = node.cli(&["actors", "logs", "root/talker"]);
+    let all = String::from_utf8_lossy(&json_ok(&out)).into_owned();
+    assert!(all.lines().any(|l| l.starts_with("line ")), "{all}");
+    assert!(all.lines().any(|l| l.starts_with("oops ")), "{all}");
+    let missing = node.cli(&["actors", "logs", "root/nobody"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no actor `root/nobody`"));
+
+    // --follow: lines written after it started keep coming.
+    let mut follow = std::process::Command::new(cadre_tests::cadre_bin())
+        .args(["actors", "logs", "root/talker", "--follow", "--tail", "0"])
+        .args(["--server", &node.addr])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut reader = std::io::BufReader::new(follow.stdout.take().unwrap());
+    let mut seen = Vec::new();
+    for _ in 0..6 {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut reader, &mut line).unwrap();
+        seen.push(line);
+    }
+    follow.kill().unwrap();
+    follow.wait().unwrap();
+    assert!(seen.iter().any(|l| l.starts_with("line ")), "{seen:?}");
+    assert!(
+        seen.iter().all(|l| !all.contains(l.as_str())),
+        "only new lines: {seen:?}"
+    );
+}
+
+fn json_ok(out: &std::process::Output) -> Vec<u8> {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout.clone()
+}

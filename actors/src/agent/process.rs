@@ -38,6 +38,7 @@ impl ExecRun {
                 ("CADRE_CONVERSATION".into(), self.conversation.clone()),
                 ("CADRE_EXEC".into(), self.exec_id.clone()),
             ],
+            log: None,
         };
         let process = match host.spawn(spec).await {
             Ok(p) => p,

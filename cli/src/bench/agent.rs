@@ -53,7 +53,7 @@ pub async fn run(args: AgentBenchArgs) -> Result<(), Failure> {
     let _ = std::fs::remove_dir_all(&scratch);
     let report = result?;
     match args.output {
-        Output::Json => println!("{report}"),
+        Output::Json | Output::Yaml => crate::emit(args.output, &report),
         Output::Text => {
             let f = |k: &str| report[k].as_f64().unwrap_or_default();
             println!(

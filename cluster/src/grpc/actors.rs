@@ -1,16 +1,18 @@
 //! gRPC services of a node.
 
 use std::pin::Pin;
-use std::time::UNIX_EPOCH;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use cadre_actors::Services;
 use cadre_actors::config::{ActorConfig, ChildConfig};
 use cadre_actors::spawned::{SpawnedActors, SpawnedSpec};
+use cadre_actors::tree::LogLine;
 use cadre_actors::{LifecycleEvent, Tree, TreeNode};
 use cadre_proto::v1::actors_server::Actors;
 use cadre_proto::v1::{
-    ActorNode, ActorRequest, ListActorsRequest, ListActorsResponse, SpawnRequest, TreeEvent,
-    TreeRequest, TreeResponse, WatchTreeRequest,
+    ActorNode, ActorRequest, ListActorsRequest, ListActorsResponse, LogsRequest, SpawnRequest,
+    TreeEvent, TreeRequest, TreeResponse, WatchTreeRequest,
 };
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
@@ -63,6 +65,7 @@ impl ActorsService {
 }
 
 type TreeEvents = Pin<Box<dyn Stream<Item = Result<TreeEvent, Status>> + Send>>;
+type LogLines = Pin<Box<dyn Stream<Item = Result<cadre_proto::v1::LogLine, Status>> + Send>>;
 
 impl ActorsService {
     fn node(&self, path: &str) -> Result<TreeNode, Status> {
@@ -116,6 +119,48 @@ impl ActorsService {
 #[tonic::async_trait]
 impl Actors for ActorsService {
     type WatchTreeStream = TreeEvents;
+    type LogsStream = LogLines;
+
+    async fn logs(&self, request: Request<LogsRequest>) -> Result<Response<LogLines>, Status> {
+        let r = request.into_inner();
+        // Subscribed before the tail is read, so that no line falls between the two; a line
+        // in both is sent once.
+        let mut rx = r.follow.then(|| self.tree.subscribe_logs());
+        let tail = self
+            .tree
+            .log_tail(&r.path, r.tail.map(|n| n as usize))
+            .ok_or_else(|| Status::not_found(format!("no actor `{}`", r.path)))?;
+        let mut stopping = self.stopping.clone();
+        let (tx, out) = mpsc::channel(256);
+        tokio::spawn(async move {
+            for line in &tail {
+                if tx.send(Ok(log_line(line))).await.is_err() {
+                    return;
+                }
+            }
+            let Some(rx) = &mut rx else { return };
+            loop {
+                let received = tokio::select! {
+                    received = rx.recv() => received,
+                    _ = stopping.wait_for(|stopping| *stopping) => return,
+                };
+                let item = match received {
+                    Ok(line) if line.path != r.path => continue,
+                    Ok(line) if tail.iter().any(|t| Arc::ptr_eq(t, &line)) => continue,
+                    Ok(line) => Ok(log_line(&line)),
+                    Err(RecvError::Lagged(n)) => Err(Status::data_loss(format!(
+                        "the follower fell behind and missed {n} lines; follow again"
+                    ))),
+                    Err(RecvError::Closed) => return,
+                };
+                let last = item.is_err();
+                if tx.send(item).await.is_err() || last {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(out))))
+    }
 
     async fn spawn(&self, request: Request<SpawnRequest>) -> Result<Response<ActorNode>, Status> {
         let r = request.into_inner();
@@ -286,10 +331,37 @@ fn actor_node(node: &TreeNode) -> ActorNode {
         pid: node.pid,
         strategy: node.strategy.map(|s| s.as_str().to_string()),
         placement: node.placement.clone(),
-        started_at_unix_ms: node
-            .started_at
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map(|d| d.as_millis() as i64),
+        started_at_unix_ms: node.started_at.map(unix_ms),
         children: node.children.iter().map(actor_node).collect(),
+        restart: node
+            .supervision
+            .map(|s| s.restart.as_str().to_string())
+            .unwrap_or_default(),
+        shutdown: node
+            .supervision
+            .map(|s| s.shutdown.to_string())
+            .unwrap_or_default(),
+        significant: node.supervision.is_some_and(|s| s.significant),
+        last_exit_reason: node.last_exit.as_ref().map(|e| e.reason.clone()),
+        last_exit_unix_ms: node.last_exit.as_ref().map(|e| unix_ms(e.at)),
+    }
+}
+
+fn unix_ms(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+fn log_line(l: &LogLine) -> cadre_proto::v1::LogLine {
+    cadre_proto::v1::LogLine {
+        time_unix_micros: l
+            .at
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64)
+            .unwrap_or_default(),
+        path: l.path.clone(),
+        stream: l.stream.into(),
+        line: l.line.clone(),
     }
 }
