@@ -187,7 +187,11 @@ pub async fn run(command: ActorsCommand) -> Result<(), Failure> {
             let spec_yaml = std::fs::read_to_string(&file)
                 .map_err(|e| Failure::Usage(format!("{}: {e}", file.display())))?;
             let node = ActorsClient::new(connect(&server).await?)
-                .spawn(SpawnRequest { parent, spec_yaml })
+                .spawn(SpawnRequest {
+                    parent,
+                    spec_yaml,
+                    spec: None,
+                })
                 .await
                 .map_err(|s| failure("Spawn", s, Some(&file)))?
                 .into_inner();

@@ -115,11 +115,13 @@ enum Command {
 
 #[derive(Subcommand)]
 enum ConfigCommand {
-    /// Validate a config file; errors are printed as FILE:LINE:COL: message (exit 2).
+    /// Validate a config file; errors are printed as FILE:LINE:COL: field.path: message (exit 2).
     Check {
         /// The config file, e.g. examples/cadre.yaml.
         file: PathBuf,
     },
+    /// Print the config reference (Markdown): every field with its type, default and meaning.
+    Schema,
 }
 
 /// Output format of read commands.
@@ -195,6 +197,12 @@ fn main() -> ExitCode {
             Command::Config {
                 command: ConfigCommand::Check { file },
             } => config_cmd::check(&file),
+            Command::Config {
+                command: ConfigCommand::Schema,
+            } => {
+                print!("{}", cadre_actors::config::schema::reference());
+                Ok(())
+            }
             Command::Worker { .. } | Command::Guard { .. } => unreachable!("served above"),
             Command::Debug { command } => debug::run(command).await,
             Command::Bench { command } => bench::run(command).await,

@@ -189,3 +189,18 @@ fn the_architecture_lists_every_grpc_service_and_cli_command() {
         );
     }
 }
+
+#[test]
+fn the_config_reference_is_the_output_of_cadre_config_schema() {
+    let out = std::process::Command::new(cadre_tests::cadre_bin())
+        .args(["config", "schema"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let docs =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/config.md")).unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout) == docs,
+        "docs/config.md differs from `cadre config schema`: run `cadre config schema > docs/config.md`"
+    );
+}

@@ -7,10 +7,14 @@
 //! - this file: the validated config (what the rest of the node reads);
 //! - `raw.rs`: the YAML shape as written, every value with its place in the file;
 //! - `validate.rs`: raw → validated, collecting `FILE:LINE:COL` errors;
-//! - `build.rs`: validated children → the runtime's child specs.
+//! - `build.rs`: validated children → the runtime's child specs;
+//! - `schema.rs` and `schema_table.rs`: the reference of every field (`cadre config schema`),
+//!   held to the parser by a test.
 
 mod build;
 mod raw;
+pub mod schema;
+mod schema_table;
 mod validate;
 
 use std::fmt;

@@ -20,6 +20,7 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use super::actor_spec::child_entry;
 use super::status::{append_status, supervisor_status};
 
 /// `cadre.v1.Actors`: the live supervision tree.
@@ -173,8 +174,28 @@ impl Actors for ActorsService {
         let (sup, flags) = self.tree.supervisor(&parent).ok_or_else(|| {
             Status::not_found(format!("no running supervisor `{parent}` (parent)"))
         })?;
-        let child = ChildConfig::parse("spec_yaml", &r.spec_yaml, &flags)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // A typed spec is read by the same parser as the YAML, as the child entry it stands
+        // for; its errors name its fields (`spec.process.command: …`).
+        let (source, spec_yaml) = match (r.spec_yaml.is_empty(), &r.spec) {
+            (false, None) => ("spec_yaml", r.spec_yaml),
+            (true, Some(spec)) => ("spec", child_entry(spec).to_string()),
+            (true, None) => {
+                return Err(Status::invalid_argument(
+                    "spec: missing; give the child as `spec` (typed) or `spec_yaml`",
+                ));
+            }
+            (false, Some(_)) => {
+                return Err(Status::invalid_argument(
+                    "spec: give the child as `spec` or as `spec_yaml`, not both",
+                ));
+            }
+        };
+        let child = ChildConfig::parse(source, &spec_yaml, &flags).map_err(|e| {
+            Status::invalid_argument(match source {
+                "spec" => typed_error(&e.message),
+                _ => e.to_string(),
+            })
+        })?;
         // The config file checks agents' models against `models:`; a spawned spec is checked
         // against the node's.
         if let ActorConfig::Agent(agent) = &child.actor
@@ -183,8 +204,12 @@ impl Actors for ActorsService {
             && !self.services.models.contains_key(&agent.model)
         {
             let known: Vec<&str> = self.services.models.keys().map(String::as_str).collect();
+            let field = match source {
+                "spec" => "spec.agent.model",
+                _ => "spec_yaml: agent.model",
+            };
             return Err(Status::invalid_argument(format!(
-                "spec_yaml: agent.model: unknown model `{}` (the node's models: {})",
+                "{field}: unknown model `{}` (the node's models: {})",
                 agent.model,
                 if known.is_empty() {
                     "none".to_string()
@@ -201,7 +226,7 @@ impl Actors for ActorsService {
         let spec = SpawnedSpec {
             parent: parent.clone(),
             id: info.id.clone(),
-            spec_yaml: r.spec_yaml,
+            spec_yaml,
         };
         if let Err(e) = self.spawned.record(spec).await {
             let _ = sup.terminate_child(&info.id).await;
@@ -344,6 +369,21 @@ fn actor_node(node: &TreeNode) -> ActorNode {
         significant: node.supervision.is_some_and(|s| s.significant),
         last_exit_reason: node.last_exit.as_ref().map(|e| e.reason.clone()),
         last_exit_unix_ms: node.last_exit.as_ref().map(|e| unix_ms(e.at)),
+    }
+}
+
+/// A parser message about a typed spec (`FIELD.PATH: message`, or a message of the whole
+/// entry) with its fields named from the request: `spec.FIELD.PATH: message`.
+fn typed_error(message: &str) -> String {
+    let named = message.split_once(": ").filter(|(path, _)| {
+        !path.is_empty()
+            && path
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.[]".contains(c))
+    });
+    match named {
+        Some((path, rest)) => format!("spec.{path}: {rest}"),
+        None => format!("spec: {message}"),
     }
 }
 
