@@ -12,7 +12,9 @@ keeps no state: everything it needs is in the history the node sends.
 """
 
 import argparse
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 from concurrent import futures
@@ -23,6 +25,7 @@ from grpc_tools import protoc
 
 PROTO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "proto")
 stubs = tempfile.mkdtemp(prefix="cadre-agent-stubs-")
+atexit.register(shutil.rmtree, stubs, ignore_errors=True)
 if protoc.main([
     "protoc",
     f"-I{PROTO}",

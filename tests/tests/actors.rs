@@ -384,3 +384,154 @@ fn json_ok(out: &std::process::Output) -> Vec<u8> {
     );
     out.stdout.clone()
 }
+
+#[test]
+fn a_python_client_spawns_watches_reads_and_stops_an_actor_with_a_typed_spec() {
+    let node = Node::start("version: v1\n");
+    let out = std::process::Command::new(cadre_tests::mcp_dir().join("grpc/bin/python3"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../examples/spawn-python/spawn.py"
+        ))
+        .args(["--server", &node.addr])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(
+        lines[0].starts_with("spawned root/sleeper: running, pid "),
+        "{stdout}"
+    );
+    assert!(
+        lines[1] == "refused: INVALID_ARGUMENT: spec.process: missing field `command`",
+        "{stdout}"
+    );
+    assert!(
+        lines.contains(&"watch: root/sleeper exited killed"),
+        "{stdout}"
+    );
+    assert!(lines.contains(&"watch: root/sleeper started"), "{stdout}");
+    assert!(
+        lines.contains(&"get: root/sleeper running, restarts 1, last exit killed, restart permanent, shutdown 2000"),
+        "{stdout}"
+    );
+    assert_eq!(
+        lines.last(),
+        Some(&"stopped root/sleeper: deleted"),
+        "{stdout}"
+    );
+    // Nothing of it is left, and the refused spec changed nothing.
+    let tree = node.tree();
+    assert!(
+        find(&tree, "root")["children"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "{tree}"
+    );
+}
+
+#[test]
+fn a_typed_spec_is_checked_like_yaml_and_naming_its_fields() {
+    use cadre_proto::v1::{ActorSpec, ProcessActor, SpawnRequest, SupervisorActor, actor_spec};
+    let node = Node::start("version: v1\n");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let spawn = |request: SpawnRequest| {
+        rt.block_on(async {
+            let mut client = cadre_proto::v1::actors_client::ActorsClient::connect(format!(
+                "http://{}",
+                node.addr
+            ))
+            .await
+            .unwrap();
+            client.spawn(request).await
+        })
+    };
+    let process = |command: &[&str]| {
+        Some(actor_spec::Actor::Process(ProcessActor {
+            command: command.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }))
+    };
+    let refused = |request: SpawnRequest| {
+        let status = spawn(request).expect_err("refused");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        status.message().to_string()
+    };
+    let bad_restart = ActorSpec {
+        id: "a".into(),
+        restart: "sometimes".into(),
+        actor: process(&["sleep", "9"]),
+        ..Default::default()
+    };
+    assert_eq!(
+        refused(SpawnRequest {
+            parent: "root".into(),
+            spec: Some(bad_restart),
+            ..Default::default()
+        }),
+        "spec.restart: unknown restart `sometimes` (expected permanent, transient or temporary)"
+    );
+    let nested = ActorSpec {
+        id: "group".into(),
+        actor: Some(actor_spec::Actor::Supervisor(SupervisorActor {
+            children: vec![ActorSpec {
+                id: "bad/id".into(),
+                actor: process(&["sleep", "9"]),
+                ..Default::default()
+            }],
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    let message = refused(SpawnRequest {
+        parent: "root".into(),
+        spec: Some(nested),
+        ..Default::default()
+    });
+    assert!(
+        message.starts_with("spec.supervisor.children[0].id: "),
+        "{message}"
+    );
+    assert!(
+        refused(SpawnRequest {
+            parent: "root".into(),
+            ..Default::default()
+        })
+        .starts_with("spec: missing")
+    );
+    assert!(
+        refused(SpawnRequest {
+            parent: "root".into(),
+            spec_yaml: "id: x\nprocess: { command: [true] }\n".into(),
+            spec: Some(ActorSpec::default()),
+        })
+        .contains("not both")
+    );
+    // A good one runs, with the config's defaults for what it leaves out.
+    let good = ActorSpec {
+        id: "fine".into(),
+        actor: process(&["sleep", "1000"]),
+        ..Default::default()
+    };
+    let node_info = spawn(SpawnRequest {
+        parent: "root".into(),
+        spec: Some(good),
+        ..Default::default()
+    })
+    .unwrap()
+    .into_inner();
+    assert_eq!(
+        (
+            node_info.status.as_str(),
+            node_info.restart.as_str(),
+            node_info.shutdown.as_str()
+        ),
+        ("running", "permanent", "5000")
+    );
+}
