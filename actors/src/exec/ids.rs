@@ -15,10 +15,10 @@ pub fn check_conversation_id(field: &str, id: &str) -> Result<(), ExecError> {
     if id.is_empty() {
         return Err(ExecError::Invalid(format!("{field}: missing")));
     }
-    if id.len() > MAX_ID_LEN {
+    let length = id.chars().count();
+    if length > MAX_ID_LEN {
         return Err(ExecError::Invalid(format!(
-            "{field}: {} characters, at most {MAX_ID_LEN}",
-            id.chars().count()
+            "{field}: {length} characters, at most {MAX_ID_LEN}"
         )));
     }
     if let Some(bad) = id
