@@ -225,7 +225,10 @@ fn random_requests_get_clear_answers_and_the_node_serves_on() {
         }
     });
     let (made, refused) = (made.into_inner(), refused.into_inner());
-    assert!(made >= 200 && refused > made / 4, "{made} calls, {refused} refused");
+    assert!(
+        made >= 200 && refused > made / 4,
+        "{made} calls, {refused} refused"
+    );
     // Still serving: a tree and an exec.
     node.tree();
     let out = node.exec_echo("after-fuzz", "still here");
