@@ -336,12 +336,15 @@ fn relative_paths_in_a_config_are_its_folders_and_config_check_reads_them() {
     .unwrap();
 
     // From another directory: check passes, and the node finds both.
-    let check = Command::new(cadre_bin())
-        .current_dir("/")
-        .args(["config", "check"])
-        .arg(&config)
-        .output()
-        .unwrap();
+    let check_from_root = || {
+        Command::new(cadre_bin())
+            .current_dir("/")
+            .args(["config", "check"])
+            .arg(&config)
+            .output()
+            .unwrap()
+    };
+    let check = check_from_root();
     assert!(check.status.success(), "{}", stderr(&check));
     let node = Node::start_from_file(&config);
     node.wait_tree("both running", Duration::from_secs(20), |t| {
@@ -373,12 +376,7 @@ fn relative_paths_in_a_config_are_its_folders_and_config_check_reads_them() {
             format!("version: v1\nsupervisor:\n  children:\n{child}"),
         )
         .unwrap();
-        let check = Command::new(cadre_bin())
-            .current_dir("/")
-            .args(["config", "check"])
-            .arg(&config)
-            .output()
-            .unwrap();
+        let check = check_from_root();
         assert_eq!(check.status.code(), Some(2), "{}", stderr(&check));
         assert_eq!(stderr(&check).trim(), expected);
     }

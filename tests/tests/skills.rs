@@ -365,9 +365,9 @@ fn without_checkpoints_an_idle_conversation_workspace_is_stopped_and_started_aga
     );
 }
 
-/// The workspace directories under a node's data dir, by name.
-fn workspace_dirs(data: &std::path::Path) -> std::collections::BTreeSet<String> {
-    std::fs::read_dir(data.join("workspaces"))
+/// The names in a folder of a node's data dir (none if it does not exist).
+fn names_in(data: &std::path::Path, folder: &str) -> std::collections::BTreeSet<String> {
+    std::fs::read_dir(data.join(folder))
         .map(|dir| {
             dir.flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -376,15 +376,14 @@ fn workspace_dirs(data: &std::path::Path) -> std::collections::BTreeSet<String> 
         .unwrap_or_default()
 }
 
+/// The workspace directories under a node's data dir, by name.
+fn workspace_dirs(data: &std::path::Path) -> std::collections::BTreeSet<String> {
+    names_in(data, "workspaces")
+}
+
 /// The sandboxes kept for a conversation's workspace, by id.
 fn kept_sandboxes(data: &std::path::Path) -> std::collections::BTreeSet<String> {
-    std::fs::read_dir(data.join("sandboxes/owners"))
-        .map(|dir| {
-            dir.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
+    names_in(data, "sandboxes/owners")
 }
 
 #[test]
