@@ -33,6 +33,7 @@ pub mod spawned;
 pub mod spec;
 pub mod store;
 pub mod supervisor;
+pub mod tls;
 pub mod tools;
 pub mod tree;
 

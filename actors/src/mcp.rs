@@ -60,10 +60,12 @@ pub enum McpServer {
         /// Environment variables set for it.
         env: Vec<(String, String)>,
     },
-    /// A streamable HTTP endpoint, e.g. `http://127.0.0.1:3001/mcp`.
+    /// A streamable HTTP endpoint, e.g. `http://127.0.0.1:3001/mcp` or `https://…`.
     Http {
         /// The endpoint's URL.
         url: String,
+        /// CAs trusted for an `https://` URL besides the system's.
+        ca_file: Option<std::path::PathBuf>,
     },
 }
 
@@ -125,8 +127,8 @@ async fn start_server(
             };
             (session, Some(process), Some(hosted))
         }
-        McpServer::Http { url } => (
-            connect_http(url, spec.start_timeout, client).await?,
+        McpServer::Http { url, ca_file } => (
+            connect_http(url, ca_file.as_deref(), spec.start_timeout, client).await?,
             None,
             None,
         ),
@@ -241,12 +243,41 @@ async fn start_stdio(
 }
 
 /// Connects to a streamable HTTP server, trying again until `within` has passed: a server
-/// started beside it (say, a sibling `process` child) may not listen yet.
-async fn connect_http(url: &str, within: Duration, client: Client) -> Result<Session, String> {
+/// started beside it (say, a sibling `process` child) may not listen yet. An `https://` one
+/// is trusted by the system's roots and `ca_file`; its redirects are not followed.
+async fn connect_http(
+    url: &str,
+    ca_file: Option<&std::path::Path>,
+    within: Duration,
+    client: Client,
+) -> Result<Session, String> {
     use rmcp::transport::StreamableHttpClientTransport;
+    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+    crate::tls::install_provider();
+    let https = match url.starts_with("https://") {
+        true => {
+            let tls = crate::tls::client_config(ca_file).map_err(|e| e.to_string())?;
+            // No idle pooling, as rmcp's own client (a pooled connection stalls ~40 ms on a
+            // delayed ACK).
+            let http = reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .redirect(reqwest::redirect::Policy::none())
+                .tls_backend_preconfigured(tls)
+                .build()
+                .map_err(|e| format!("{url}: {e}"))?;
+            Some(http)
+        }
+        false => None,
+    };
     let deadline = tokio::time::Instant::now() + within;
     loop {
-        let transport = StreamableHttpClientTransport::from_uri(url.to_string());
+        let transport = match &https {
+            Some(http) => StreamableHttpClientTransport::with_client(
+                http.clone(),
+                StreamableHttpClientTransportConfig::with_uri(url.to_string()),
+            ),
+            None => StreamableHttpClientTransport::from_uri(url.to_string()),
+        };
         // One attempt may hang on a server that is not up yet: bound it and try again.
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let attempt = left.min(CONNECT_ATTEMPT);

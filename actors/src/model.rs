@@ -21,6 +21,8 @@ pub struct ModelSpec {
     pub api_key_env: Option<String>,
     /// How long one request may take.
     pub timeout: Duration,
+    /// CAs trusted for an `https://` endpoint besides the system's (`ca_file`).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// What an agent asks its model.
@@ -64,6 +66,14 @@ pub enum ModelError {
         /// What went wrong.
         reason: String,
     },
+    /// The endpoint's certificate was refused (not worth retrying).
+    #[error("model endpoint {url}: TLS certificate refused: {problem}")]
+    Certificate {
+        /// The endpoint called.
+        url: String,
+        /// Why (`unknown issuer`, `name mismatch`, `expired`…).
+        problem: String,
+    },
     /// The endpoint answered with a body that is not a valid response.
     #[error("model endpoint {url} sent an invalid response: {reason}")]
     Invalid {
@@ -80,7 +90,7 @@ impl ModelError {
         match self {
             Self::Status { status, .. } => *status == 429 || *status >= 500,
             Self::Transport { .. } => true,
-            Self::Invalid { .. } => false,
+            Self::Certificate { .. } | Self::Invalid { .. } => false,
         }
     }
 }
@@ -107,13 +117,18 @@ impl OpenAiClient {
     /// A client for the endpoint `spec` names, with its request timeout.
     pub fn new(spec: ModelSpec) -> Result<Self, ModelError> {
         let url = format!("{}/chat/completions", spec.base_url.trim_end_matches('/'));
-        let http = reqwest::Client::builder()
-            .timeout(spec.timeout)
-            .build()
-            .map_err(|e| ModelError::Transport {
-                url: url.clone(),
-                reason: e.to_string(),
-            })?;
+        let fail = |reason: String| ModelError::Transport {
+            url: url.clone(),
+            reason,
+        };
+        crate::tls::install_provider();
+        let mut http = reqwest::Client::builder().timeout(spec.timeout);
+        if url.starts_with("https://") {
+            let tls = crate::tls::client_config(spec.ca_file.as_deref())
+                .map_err(|e| fail(e.to_string()))?;
+            http = http.tls_backend_preconfigured(tls);
+        }
+        let http = http.build().map_err(|e| fail(e.to_string()))?;
         Ok(Self { spec, url, http })
     }
 }
@@ -139,9 +154,15 @@ impl ModelClient for OpenAiClient {
         }
         let url = self.url.clone();
         Box::pin(async move {
-            let transport = |e: reqwest::Error| ModelError::Transport {
-                url: url.clone(),
-                reason: e.to_string(),
+            let transport = |e: reqwest::Error| match crate::tls::certificate_problem(&e) {
+                Some(problem) => ModelError::Certificate {
+                    url: url.clone(),
+                    problem,
+                },
+                None => ModelError::Transport {
+                    url: url.clone(),
+                    reason: e.to_string(),
+                },
             };
             let response = call.send().await.map_err(transport)?;
             let status = response.status();

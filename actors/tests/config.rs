@@ -412,7 +412,8 @@ fn mcp_children() {
     assert_eq!(
         mcp.server,
         McpServer::Http {
-            url: "http://127.0.0.1:3001/mcp".into()
+            url: "http://127.0.0.1:3001/mcp".into(),
+            ca_file: None,
         }
     );
     assert_eq!(
@@ -420,7 +421,11 @@ fn mcp_children() {
         "cadre.yaml:5:12: child `m`: mcp needs a `command` (stdio) or a `url` (streamable HTTP)"
     );
     assert!(reject(&child("{ command: [x], url: \"http://a\" }")).contains("not both"));
-    assert!(reject(&child("{ url: \"https://a\" }")).contains("https is not in this build"));
+    assert!(reject(&child("{ url: \"ftp://a\" }")).contains("must be an http:// or https:// URL"));
+    assert!(
+        reject(&child("{ url: \"http://a\", ca_file: ca.pem }"))
+            .contains("ca_file is for an https:// endpoint")
+    );
     assert!(
         reject(&child("{ url: \"http://a\", egress: true }"))
             .contains("mcp.egress is for a command in a sandbox, not a url")
@@ -487,12 +492,20 @@ fn models_and_agent_children() {
         reject(&child("{ command: [x], max_iterations: 0 }")),
         "cadre.yaml:5:46: supervisor.children[0].agent.max_iterations: agent.max_iterations must be ≥ 1, got 0"
     );
+    let https = Config::parse(
+        "cadre.yaml",
+        "version: v1\nmodels:\n  - id: m\n    openai: { base_url: \"https://api.example.com/v1\", model: x, ca_file: /etc/ca.pem }\n",
+    )
+    .unwrap();
+    assert_eq!(
+        https.models[0].ca_file.as_deref(),
+        Some(std::path::Path::new("/etc/ca.pem"))
+    );
     assert_eq!(
         reject(
-            "version: v1\nmodels:\n  - id: m\n    openai: { base_url: \"https://api.example.com/v1\", model: x }\n"
+            "version: v1\nmodels:\n  - id: m\n    openai: { base_url: \"ftp://x\", model: x }\n"
         ),
-        "cadre.yaml:4:25: models[0].openai.base_url: model `m`: openai.base_url: https is not in \
-         this build (no TLS client); use http:// (e.g. through a local TLS proxy)"
+        "cadre.yaml:4:25: models[0].openai.base_url: model `m`: openai.base_url must be an http:// or https:// URL"
     );
 }
 

@@ -2,6 +2,7 @@
 
 mod actors;
 mod bench;
+mod certs;
 mod client;
 mod config_cmd;
 mod conversations;
@@ -72,6 +73,11 @@ enum Command {
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+    /// Make the certificates of a TLS node and its clients, or look inside one.
+    Certs {
+        #[command(subcommand)]
+        command: certs::CertsCommand,
     },
     /// The versions of this client and of the node it talks to.
     Version(version::VersionArgs),
@@ -207,6 +213,7 @@ fn main() -> ExitCode {
             Command::Debug { command } => debug::run(command).await,
             Command::Bench { command } => bench::run(command).await,
             Command::Version(args) => version::run(args).await,
+            Command::Certs { command } => certs::run(command),
             Command::Completion { shell } => {
                 clap_complete::generate(
                     shell,

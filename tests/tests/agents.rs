@@ -19,12 +19,22 @@ struct ModelServer {
 
 impl ModelServer {
     fn start(script: Value) -> Self {
+        Self::start_with(script, &[])
+    }
+
+    /// Over TLS with this certificate and key.
+    fn start_tls(script: Value, cert: &Path, key: &Path) -> Self {
+        Self::start_with(script, &[cert, key])
+    }
+
+    fn start_with(script: Value, tls: &[&Path]) -> Self {
         let dir = TempDir::new("model");
         let path = dir.path().join("script.json");
         std::fs::write(&path, script.to_string()).unwrap();
         let mut child = Command::new("python3")
             .arg(fixture("model_server.py"))
             .arg(&path)
+            .args(tls)
             .stdout(Stdio::piped())
             .spawn()
             .expect("python3 runs the model server");
@@ -79,6 +89,15 @@ struct RecordServer {
 
 impl RecordServer {
     fn start(delay_ms: u64) -> Self {
+        Self::start_with(delay_ms, &[])
+    }
+
+    /// Over TLS with this certificate and key.
+    fn start_tls(cert: &Path, key: &Path) -> Self {
+        Self::start_with(0, &[cert, key])
+    }
+
+    fn start_with(delay_ms: u64, tls: &[&Path]) -> Self {
         let dir = TempDir::new("record");
         let effects = dir.path().join("effects.jsonl");
         let port = free_port();
@@ -87,6 +106,7 @@ impl RecordServer {
             .arg(port.to_string())
             .arg(&effects)
             .arg(delay_ms.to_string())
+            .args(tls)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -1157,4 +1177,116 @@ fn an_open_exec_whose_agent_is_gone_after_a_restart_ends_failed_naming_it() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// `cadre certs init DIR --host HOST`: the CA and node certificate files.
+fn certs(dir: &Path, host: &str) {
+    let out = Command::new(cadre_tests::cadre_bin())
+        .args(["certs", "init"])
+        .arg(dir)
+        .args(["--host", host])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_model_agent_and_an_mcp_server_work_over_https_and_bad_certificates_are_named() {
+    let dir = TempDir::new("https");
+    let good = dir.path().join("good");
+    certs(&good, "127.0.0.1");
+    let (cert, key, ca) = (
+        good.join("node.crt"),
+        good.join("node.key"),
+        good.join("ca.crt"),
+    );
+    let model = ModelServer::start_tls(
+        json!([record_call("over tls"), {"content": "done over tls"}]),
+        &cert,
+        &key,
+    );
+    let record = RecordServer::start_tls(&cert, &key);
+    let config = format!(
+        r#"
+version: v1
+models:
+  - id: scripted
+    openai: {{ base_url: "https://127.0.0.1:{model}/v1", model: test-model, ca_file: "{ca}" }}
+supervisor:
+  children:
+    - id: rec
+      mcp: {{ url: "https://127.0.0.1:{record}/mcp", timeout_ms: 20000, ca_file: "{ca}" }}
+    - id: scribe
+      agent: {{ model: scripted, tools: ["rec.*"] }}
+"#,
+        model = model.port,
+        record = record.port,
+        ca = ca.display(),
+    );
+    let node = Node::start(&config);
+    wait_for_tools(&node);
+    let out = node.cli(&[
+        "exec",
+        "--agent",
+        "scribe",
+        "--conversation",
+        "tls",
+        "--input",
+        "go",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        node.log()
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("done over tls"));
+    let called = types(&log(&node, "tls"))
+        .iter()
+        .filter(|t| *t == "model_called")
+        .count();
+    assert_eq!(called, 2, "two steps");
+    let effects = std::fs::read_to_string(&record.effects).unwrap();
+    assert!(effects.contains("over tls"), "{effects}");
+
+    // Without the CA the certificate's issuer is unknown; for another name it does not match.
+    let other = dir.path().join("other");
+    certs(&other, "other.example");
+    let misnamed = ModelServer::start_tls(
+        json!([{"content": "never"}]),
+        &other.join("node.crt"),
+        &other.join("node.key"),
+    );
+    for (port, ca_file, problem) in [
+        (model.port, String::new(), "unknown issuer"),
+        (
+            misnamed.port,
+            format!(", ca_file: \"{}\"", other.join("ca.crt").display()),
+            "name mismatch",
+        ),
+    ] {
+        let config = format!(
+            "version: v1\nmodels:\n  - id: scripted\n    openai: {{ base_url: \"https://127.0.0.1:{port}/v1\", model: test-model{ca_file} }}\nsupervisor:\n  children:\n    - id: scribe\n      agent: {{ model: scripted }}\n"
+        );
+        let node = Node::start(&config);
+        let out = node.cli(&[
+            "exec",
+            "--agent",
+            "scribe",
+            "--conversation",
+            "bad",
+            "--input",
+            "go",
+        ]);
+        assert_eq!(out.status.code(), Some(1));
+        let reason = failure_reason(&node, "bad");
+        assert!(
+            reason.contains(&format!("model endpoint https://127.0.0.1:{port}/v1/chat/completions: TLS certificate refused: {problem}")),
+            "{reason}"
+        );
+    }
 }

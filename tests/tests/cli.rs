@@ -381,3 +381,74 @@ fn relative_paths_in_a_config_are_its_folders_and_config_check_reads_them() {
         assert_eq!(stderr(&check).trim(), expected);
     }
 }
+
+#[test]
+fn certs_init_makes_a_ca_node_and_client_certificate_and_show_reads_them() {
+    let dir = TempDir::new("certs");
+    let certs = dir.path().join("certs");
+    let init = |extra: &[&str]| {
+        Command::new(cadre_bin())
+            .args(["certs", "init"])
+            .arg(&certs)
+            .args([
+                "--host",
+                "node-1.example",
+                "--host",
+                "10.1.2.3",
+                "--days",
+                "30",
+            ])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = init(&[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let show = |file: &str| -> Value {
+        let out = Command::new(cadre_bin())
+            .args(["certs", "show", "-o", "json"])
+            .arg(certs.join(file))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let node = show("node.crt");
+    assert_eq!(
+        node["names"],
+        serde_json::json!(["node-1.example", "10.1.2.3"])
+    );
+    assert_eq!(node["issuer"], "CN=cadre CA, O=cadre");
+    assert_eq!(
+        (node["ca"].as_bool(), node["expired"].as_bool()),
+        (Some(false), Some(false))
+    );
+    assert_eq!(show("ca.crt")["ca"], true);
+    assert_eq!(show("client.crt")["subject"], "CN=cadre client, O=cadre");
+    let mode = |f: &str| {
+        std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(certs.join(f)).unwrap().permissions(),
+        ) & 0o777
+    };
+    assert_eq!((mode("node.key"), mode("node.crt")), (0o600, 0o644));
+
+    // Nothing is replaced unless asked.
+    let before = std::fs::read(certs.join("ca.crt")).unwrap();
+    let again = init(&[]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(stderr(&again).contains("--force"), "{}", stderr(&again));
+    assert_eq!(std::fs::read(certs.join("ca.crt")).unwrap(), before);
+    assert!(init(&["--force"]).status.success());
+    assert_ne!(std::fs::read(certs.join("ca.crt")).unwrap(), before);
+    let missing = Command::new(cadre_bin())
+        .args(["certs", "show"])
+        .arg(dir.path().join("nope.crt"))
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(
+        stderr(&missing).contains("nope.crt: not found"),
+        "{}",
+        stderr(&missing)
+    );
+}

@@ -32,6 +32,7 @@ pub(super) struct RawOpenAi {
     pub(super) model: Spanned<String>,
     pub(super) api_key_env: Option<Spanned<String>>,
     pub(super) timeout_ms: Option<Spanned<i64>>,
+    pub(super) ca_file: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -153,6 +154,7 @@ pub(super) struct RawMcp {
     pub(super) egress: Option<Spanned<bool>>,
     pub(super) timeout_ms: Option<Spanned<i64>>,
     pub(super) start_timeout_ms: Option<Spanned<i64>>,
+    pub(super) ca_file: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

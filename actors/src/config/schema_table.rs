@@ -217,7 +217,7 @@ pub(super) const SECTIONS: &[Section] = &[
                 key: "base_url",
                 kind: "string",
                 default: "required",
-                meaning: "The API's base, e.g. `http://127.0.0.1:8000/v1`; must be `http://` (no TLS client in this build: use a local TLS proxy for https).",
+                meaning: "The API's base, e.g. `https://api.openai.com/v1` or `http://127.0.0.1:8000/v1`. An `https://` endpoint's certificate must chain to the system's roots (`SSL_CERT_FILE` and `SSL_CERT_DIR` honoured) or to `ca_file`; `HTTPS_PROXY`, `HTTP_PROXY` and `NO_PROXY` are honoured.",
             },
             Field {
                 key: "model",
@@ -236,6 +236,12 @@ pub(super) const SECTIONS: &[Section] = &[
                 kind: "milliseconds (integer)",
                 default: "120000 (2 min)",
                 meaning: "How long one model request may take; at least 1.",
+            },
+            Field {
+                key: "ca_file",
+                kind: "string",
+                default: "none",
+                meaning: "A PEM file of CA certificates trusted for this `https://` endpoint besides the system's; relative to the config file's folder, read when the config is checked.",
             },
         ],
     },
@@ -420,7 +426,7 @@ pub(super) const SECTIONS: &[Section] = &[
                 key: "url",
                 kind: "string",
                 default: "none",
-                meaning: "A streamable HTTP endpoint such as `http://127.0.0.1:3001/mcp`; must be `http://` (no TLS client in this build). Tried every 200 ms until `start_timeout_ms` while it starts.",
+                meaning: "A streamable HTTP endpoint such as `http://127.0.0.1:3001/mcp` or `https://…` (trusted as a model endpoint is; redirects are not followed). Tried every 200 ms until `start_timeout_ms` while it starts.",
             },
             Field {
                 key: "env",
@@ -457,6 +463,12 @@ pub(super) const SECTIONS: &[Section] = &[
                 kind: "milliseconds (integer)",
                 default: "60000",
                 meaning: "How long the server may take to start, finish the handshake and list its tools; at least 1.",
+            },
+            Field {
+                key: "ca_file",
+                kind: "string",
+                default: "none",
+                meaning: "A PEM file of CA certificates trusted for an `https://` url besides the system's; relative to the config file's folder, read when the config is checked.",
             },
         ],
     },

@@ -256,6 +256,23 @@ impl Checker {
         resolved
     }
 
+    /// The `ca_file` of an endpoint at `url`: for `https://` only, resolved against the
+    /// config's folder and read now, as the node would at start.
+    fn ca_file(&mut self, url: &str, ca_file: Option<&Spanned<String>>) -> Option<PathBuf> {
+        let given = ca_file?;
+        if !url.starts_with("https://") {
+            self.fail(given.span(), "ca_file is for an https:// endpoint".into());
+            return None;
+        }
+        let path = self.resolve(given);
+        if self.base.is_some()
+            && let Err(e) = crate::tls::read_certs(&path)
+        {
+            self.fail(given.span(), e.to_string());
+        }
+        Some(path)
+    }
+
     pub(super) fn config(&mut self, raw: RawConfig) -> Config {
         match &raw.version {
             None => self.fail(
@@ -339,20 +356,13 @@ impl Checker {
                 self.fail(m.id.span(), format!("duplicate model id `{id}`"));
             }
             let o = &m.openai;
-            if o.base_url.starts_with("https://") {
+            if !o.base_url.starts_with("http://") && !o.base_url.starts_with("https://") {
                 self.fail(
                     o.base_url.span(),
-                    format!(
-                        "model `{id}`: openai.base_url: https is not in this build (no TLS \
-                         client); use http:// (e.g. through a local TLS proxy)"
-                    ),
-                );
-            } else if !o.base_url.starts_with("http://") {
-                self.fail(
-                    o.base_url.span(),
-                    format!("model `{id}`: openai.base_url must be an http:// URL"),
+                    format!("model `{id}`: openai.base_url must be an http:// or https:// URL"),
                 );
             }
+            let ca_file = self.ca_file(&o.base_url, o.ca_file.as_ref());
             if o.model.trim().is_empty() {
                 self.fail(
                     o.model.span(),
@@ -376,6 +386,7 @@ impl Checker {
                 model: o.model.to_string(),
                 api_key_env: o.api_key_env.as_ref().map(|k| k.to_string()),
                 timeout,
+                ca_file,
             });
         }
         models
@@ -728,18 +739,10 @@ impl Checker {
                 };
             }
             (None, Some(url)) => {
-                if url.starts_with("https://") {
+                if !url.starts_with("http://") && !url.starts_with("https://") {
                     self.fail(
                         url.span(),
-                        format!(
-                            "child `{id}`: mcp.url: https is not in this build (no TLS client); \
-                             use http:// (e.g. through a local TLS proxy)"
-                        ),
-                    );
-                } else if !url.starts_with("http://") {
-                    self.fail(
-                        url.span(),
-                        format!("child `{id}`: mcp.url must be an http:// URL"),
+                        format!("child `{id}`: mcp.url must be an http:// or https:// URL"),
                     );
                 }
                 if !raw.env.is_empty() {
@@ -750,6 +753,7 @@ impl Checker {
                 }
                 spec.server = McpServer::Http {
                     url: url.to_string(),
+                    ca_file: self.ca_file(url, raw.ca_file.as_ref()),
                 };
             }
             (Some(_), Some(url)) => self.fail(
