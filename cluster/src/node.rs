@@ -37,6 +37,7 @@ use crate::grpc::auth::Auth;
 use crate::grpc::cluster::{ClusterService, Sandboxes};
 use crate::grpc::conversations::ConversationsService;
 use crate::grpc::status::message_limit_layer;
+use crate::grpc::tls::ReloadingTls;
 use crate::grpc::tools::ToolsService;
 use crate::guardian::Guardian;
 use crate::store;
@@ -195,6 +196,15 @@ impl Node {
             addr: options.listen,
             source,
         })?;
+        let tls = match options.config.api.tls.clone() {
+            Some(files) => Some(Arc::new(
+                ReloadingTls::load(files).map_err(|e| NodeError::Api(e.to_string()))?,
+            )),
+            None => None,
+        };
+        if let Some(tls) = &tls {
+            reload_on_sighup(tls.clone()).map_err(|e| NodeError::Api(e.to_string()))?;
+        }
         let storage =
             store::open(&options.config.store, &options.data_dir).map_err(NodeError::Store)?;
         // Only now that the data dir is this node's (the store holds its lock).
@@ -356,7 +366,13 @@ impl Node {
                 .cloned()
                 .chain(options.extra_tokens.iter().cloned()),
         );
-        if !auth.is_enabled() && !addr.ip().is_loopback() {
+        let mutual_tls = options
+            .config
+            .api
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.client_ca_file.is_some());
+        if !auth.is_enabled() && !mutual_tls && !addr.ip().is_loopback() {
             tracing::warn!(
                 %addr,
                 "listening beyond loopback without authentication: anyone who can reach this \
@@ -377,40 +393,47 @@ impl Node {
             auth.clone(),
         );
         let limit = options.config.api.max_message_bytes;
-        let api = tokio::spawn(
-            tonic::transport::Server::builder()
-                .layer(message_limit_layer(limit))
-                .add_service(health_service)
-                .add_service(reflection_v1)
-                .add_service(reflection_v1alpha)
-                .add_service(InterceptedService::new(
-                    ActorsServer::new(service)
-                        .max_decoding_message_size(limit)
-                        .max_encoding_message_size(limit),
-                    auth.clone(),
+        let router = tonic::transport::Server::builder()
+            .layer(message_limit_layer(limit))
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(InterceptedService::new(
+                ActorsServer::new(service)
+                    .max_decoding_message_size(limit)
+                    .max_encoding_message_size(limit),
+                auth.clone(),
+            ))
+            .add_service(InterceptedService::new(
+                ClusterServer::new(cluster)
+                    .max_decoding_message_size(limit)
+                    .max_encoding_message_size(limit),
+                auth.clone(),
+            ))
+            .add_service(InterceptedService::new(
+                ToolsServer::new(tools)
+                    .max_decoding_message_size(limit)
+                    .max_encoding_message_size(limit),
+                auth.clone(),
+            ))
+            .add_service(InterceptedService::new(
+                ConversationsServer::new(conversations)
+                    .max_decoding_message_size(limit)
+                    .max_encoding_message_size(limit),
+                auth,
+            ));
+        let stopped = async {
+            let _ = stopped.await;
+        };
+        let api = match tls {
+            Some(tls) => {
+                tokio::spawn(router.serve_with_incoming_shutdown(
+                    crate::grpc::tls::incoming(listener, tls),
+                    stopped,
                 ))
-                .add_service(InterceptedService::new(
-                    ClusterServer::new(cluster)
-                        .max_decoding_message_size(limit)
-                        .max_encoding_message_size(limit),
-                    auth.clone(),
-                ))
-                .add_service(InterceptedService::new(
-                    ToolsServer::new(tools)
-                        .max_decoding_message_size(limit)
-                        .max_encoding_message_size(limit),
-                    auth.clone(),
-                ))
-                .add_service(InterceptedService::new(
-                    ConversationsServer::new(conversations)
-                        .max_decoding_message_size(limit)
-                        .max_encoding_message_size(limit),
-                    auth,
-                ))
-                .serve_with_incoming_shutdown(incoming(listener), async {
-                    let _ = stopped.await;
-                }),
-        );
+            }
+            None => tokio::spawn(router.serve_with_incoming_shutdown(incoming(listener), stopped)),
+        };
         tracing::info!(%addr, data_dir = %options.data_dir.display(), "cadre node serving");
         Ok(Self {
             tree,
@@ -507,6 +530,18 @@ impl Node {
         tracing::info!(?exit, "cadre node stopped");
         exit
     }
+}
+
+/// Reads the API's TLS files again on every SIGHUP.
+fn reload_on_sighup(tls: Arc<ReloadingTls>) -> std::io::Result<()> {
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            tracing::info!("SIGHUP: reading the API's TLS files again");
+            tls.reload();
+        }
+    });
+    Ok(())
 }
 
 /// Kills what an earlier run on `data_dir` left running, installs the process ledger there,

@@ -69,6 +69,20 @@ pub struct ApiConfig {
     /// The largest gRPC message the API takes or sends (`api.max_message_bytes`, default
     /// 4 MiB): a larger request is refused with RESOURCE_EXHAUSTED.
     pub max_message_bytes: usize,
+    /// TLS for the API (`api.tls`); `None` serves plaintext.
+    pub tls: Option<ApiTls>,
+}
+
+/// The API's certificate, its key, and (for mutual TLS) the CA its clients' certificates must
+/// chain to. The files are read again when they change, and on SIGHUP.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiTls {
+    /// PEM certificate chain, the node's first.
+    pub cert_file: PathBuf,
+    /// PEM private key of that certificate.
+    pub key_file: PathBuf,
+    /// PEM CA certificates; when given, a client must present a certificate from one of them.
+    pub client_ca_file: Option<PathBuf>,
 }
 
 /// The default of `api.max_message_bytes` (gRPC's usual 4 MiB).
@@ -78,6 +92,7 @@ impl Default for ApiConfig {
     fn default() -> Self {
         Self {
             tokens: Vec::new(),
+            tls: None,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
         }
     }

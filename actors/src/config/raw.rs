@@ -88,6 +88,15 @@ pub(super) struct RawApi {
     #[serde(default)]
     pub(super) tokens: Vec<Spanned<String>>,
     pub(super) max_message_bytes: Option<Spanned<i64>>,
+    pub(super) tls: Option<Spanned<RawApiTls>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawApiTls {
+    pub(super) cert_file: Spanned<String>,
+    pub(super) key_file: Spanned<String>,
+    pub(super) client_ca_file: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

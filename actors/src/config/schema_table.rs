@@ -88,6 +88,37 @@ pub(super) const SECTIONS: &[Section] = &[
                 default: "4194304 (4 MiB)",
                 meaning: "The largest gRPC message the API takes or sends, 1024 to 1073741824 (1 GiB); a larger request is refused with RESOURCE_EXHAUSTED. Raise the CLI's `--max-message-bytes` with it.",
             },
+            Field {
+                key: "tls",
+                kind: "mapping",
+                default: "none (plaintext)",
+                meaning: "Serve the API over TLS (HTTP/2, ALPN `h2`), health and reflection included; with `client_ca_file`, mutual TLS.",
+            },
+        ],
+    },
+    Section {
+        path: "api.tls",
+        title: "api.tls",
+        about: "The API's certificate and key, and the CA of its clients for mutual TLS. The files are read again when they change (checked as connections arrive) and on SIGHUP, so a rotated certificate is served to new connections without a restart; `cadre certs init` makes a set.",
+        fields: &[
+            Field {
+                key: "cert_file",
+                kind: "string",
+                default: "required",
+                meaning: "The node's PEM certificate chain (its own first), relative to the config file's folder; read when the config is checked.",
+            },
+            Field {
+                key: "key_file",
+                kind: "string",
+                default: "required",
+                meaning: "The PEM private key of that certificate (PKCS#8, PKCS#1 or SEC1).",
+            },
+            Field {
+                key: "client_ca_file",
+                kind: "string",
+                default: "none (any client)",
+                meaning: "PEM CA certificates; when given, a client without a certificate from one of them is refused at the handshake (mutual TLS).",
+            },
         ],
     },
     Section {

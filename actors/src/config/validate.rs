@@ -273,6 +273,32 @@ impl Checker {
         Some(path)
     }
 
+    /// `api.tls`: its files resolved against the config's folder and read now, as the node
+    /// would at start.
+    fn api_tls(&mut self, raw: &RawApiTls) -> ApiTls {
+        let cert_file = self.resolve(&raw.cert_file);
+        let key_file = self.resolve(&raw.key_file);
+        let client_ca_file = raw.client_ca_file.as_ref().map(|f| self.resolve(f));
+        if self.base.is_some() {
+            if let Err(e) = crate::tls::read_certs(&cert_file) {
+                self.fail(raw.cert_file.span(), e.to_string());
+            }
+            if let Err(e) = crate::tls::read_key(&key_file) {
+                self.fail(raw.key_file.span(), e.to_string());
+            }
+            if let (Some(given), Some(path)) = (&raw.client_ca_file, &client_ca_file)
+                && let Err(e) = crate::tls::read_certs(path)
+            {
+                self.fail(given.span(), e.to_string());
+            }
+        }
+        ApiTls {
+            cert_file,
+            key_file,
+            client_ca_file,
+        }
+    }
+
     pub(super) fn config(&mut self, raw: RawConfig) -> Config {
         match &raw.version {
             None => self.fail(
@@ -337,6 +363,9 @@ impl Checker {
                     ),
                 ),
             }
+        }
+        if let Some(tls) = raw.api.as_ref().and_then(|a| a.tls.as_ref()) {
+            api.tls = Some(self.api_tls(tls));
         }
         Config {
             node,

@@ -7,4 +7,5 @@ pub mod auth;
 pub mod cluster;
 pub mod conversations;
 pub mod status;
+pub mod tls;
 pub mod tools;

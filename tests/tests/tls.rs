@@ -1,0 +1,186 @@
+//! The API over TLS with real certificates from `cadre certs init`, on loopback: the CLI over
+//! https with a CA file, clear errors for every mismatch, mutual TLS, and a certificate
+//! rotated on disk served without a restart.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use cadre_tests::{Node, TempDir, cadre_bin, cli_with_server};
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn certs(dir: &Path, force: bool) {
+    let mut cmd = Command::new(cadre_bin());
+    cmd.args(["certs", "init"]).arg(dir);
+    if force {
+        cmd.arg("--force");
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+/// A node serving TLS from the certificates in `dir/certs` (mutual with `client_ca`).
+fn tls_node(dir: &TempDir, client_ca: bool) -> Node {
+    certs(&dir.path().join("certs"), false);
+    let config = dir.path().join("cadre.yaml");
+    let mutual = if client_ca {
+        ", client_ca_file: certs/ca.crt"
+    } else {
+        ""
+    };
+    std::fs::write(
+        &config,
+        format!(
+            "version: v1\napi:\n  tls: {{ cert_file: certs/node.crt, key_file: certs/node.key{mutual} }}\n"
+        ),
+    )
+    .unwrap();
+    Node::start_from_file(&config)
+}
+
+#[test]
+fn the_cli_talks_to_a_tls_node_and_says_clearly_what_does_not_match() {
+    let dir = TempDir::new("tls");
+    let node = tls_node(&dir, false);
+    let https = format!("https://{}", node.addr);
+    let ca = dir.path().join("certs/ca.crt");
+    let ca = ca.to_str().unwrap();
+
+    let out = cli_with_server(&https, &["tree", "--ca-file", ca]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("root  [supervisor"));
+    let out = cli_with_server(
+        &https,
+        &[
+            "exec",
+            "--agent",
+            "echo",
+            "--input",
+            "over tls",
+            "--ca-file",
+            ca,
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // grpcio with SSL credentials: health and Actors/Tree (raw messages, no stubs needed).
+    let script = "import grpc, sys\n\
+        creds = grpc.ssl_channel_credentials(open(sys.argv[2], 'rb').read())\n\
+        channel = grpc.secure_channel(sys.argv[1], creds)\n\
+        health = channel.unary_unary('/grpc.health.v1.Health/Check')(b'', timeout=10)\n\
+        tree = channel.unary_unary('/cadre.v1.Actors/Tree')(b'', timeout=10)\n\
+        print(health.hex(), b'root' in tree and b'system' in tree)\n";
+    let out = Command::new(cadre_tests::mcp_dir().join("grpc/bin/python3"))
+        .args(["-c", script, &node.addr, ca])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "0801 True",
+        "SERVING, and both trees"
+    );
+
+    // Plaintext to a TLS node, no CA, a wrong name: one line each that says what to do.
+    let out = cli_with_server(&node.addr, &["tree"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("the node serves TLS there; use https://"),
+        "{}",
+        stderr(&out)
+    );
+    let out = cli_with_server(&https, &["tree"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("certificate was refused: unknown issuer"),
+        "{}",
+        stderr(&out)
+    );
+    let port = node.addr.rsplit(':').next().unwrap();
+    let out = cli_with_server(
+        &format!("https://127.0.0.2:{port}"),
+        &["tree", "--ca-file", ca],
+    );
+    assert_ne!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    // The certificates replaced on disk (a new CA too): new connections get them, no restart.
+    let old = dir.path().join("old-ca.crt");
+    std::fs::copy(ca, &old).unwrap();
+    certs(&dir.path().join("certs"), true);
+    let out = cli_with_server(&https, &["tree", "--ca-file", ca]);
+    assert!(out.status.success(), "rotated: {}", stderr(&out));
+    let out = cli_with_server(&https, &["tree", "--ca-file", old.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "the old CA no longer fits");
+}
+
+#[test]
+fn mutual_tls_refuses_a_client_without_a_certificate_of_its_ca() {
+    let dir = TempDir::new("mtls");
+    let node = tls_node(&dir, true);
+    let https = format!("https://{}", node.addr);
+    let certs = dir.path().join("certs");
+    let path = |f: &str| certs.join(f).to_str().unwrap().to_string();
+    let out = cli_with_server(&https, &["tree", "--ca-file", &path("ca.crt")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("asks for a client certificate from its CA (give --cert and --key)"),
+        "{}",
+        stderr(&out)
+    );
+    let with = [
+        "tree",
+        "--ca-file",
+        &path("ca.crt"),
+        "--cert",
+        &path("client.crt"),
+        "--key",
+        &path("client.key"),
+    ];
+    let out = cli_with_server(&https, &with);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // A certificate of another CA is refused too.
+    let other = dir.path().join("other");
+    self::certs(&other, false);
+    let (foreign_cert, foreign_key) = (other.join("client.crt"), other.join("client.key"));
+    let foreign = [
+        "tree",
+        "--ca-file",
+        &path("ca.crt"),
+        "--cert",
+        foreign_cert.to_str().unwrap(),
+        "--key",
+        foreign_key.to_str().unwrap(),
+    ];
+    let out = cli_with_server(&https, &foreign);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+}
+
+#[test]
+fn tokens_are_not_sent_in_plaintext_beyond_loopback_and_tls_flags_need_https() {
+    let out = cli_with_server("http://10.255.255.1:7400", &["tree", "--token", "secret"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("refusing to send it in plaintext to 10.255.255.1"),
+        "{}",
+        stderr(&out)
+    );
+    let out = cli_with_server("http://127.0.0.1:1", &["tree", "--ca-file", "/nonexistent"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("are for an https:// --server"),
+        "{}",
+        stderr(&out)
+    );
+    let out = cli_with_server(
+        "https://127.0.0.1:1",
+        &["tree", "--ca-file", "/nonexistent/ca.crt"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("--ca-file: /nonexistent/ca.crt: not found"),
+        "{}",
+        stderr(&out)
+    );
+}
