@@ -88,6 +88,9 @@ pub struct ExecBenchArgs {
     /// Where the scratch node keeps its data [default: the node's default data dir].
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// Serve the API over TLS (certificates made for the run) and connect with https.
+    #[arg(long)]
+    tls: bool,
     #[arg(short = 'o', long, value_enum, default_value_t)]
     output: Output,
 }
@@ -301,15 +304,25 @@ async fn exec_rounds(
     use cadre_proto::v1::ExecRequest;
     use cadre_proto::v1::conversations_client::ConversationsClient;
 
+    let mut config = cadre_actors::config::Config::default();
+    let ca = match args.tls {
+        true => {
+            let (tls, ca) = crate::certs::for_loopback(&dir.join("certs"))?;
+            config.api.tls = Some(tls);
+            Some(tonic::transport::Certificate::from_pem(ca))
+        }
+        false => None,
+    };
     let node = cadre_cluster::Node::start(cadre_cluster::NodeOptions {
-        config: cadre_actors::config::Config::default(),
+        config,
         extra_tokens: Vec::new(),
         listen: "127.0.0.1:0".parse().expect("loopback"),
         data_dir: dir.to_path_buf(),
     })
     .await
     .context("start a scratch node")?;
-    let url = format!("http://{}", node.addr);
+    let scheme = if ca.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://{}", node.addr);
     eprintln!(
         "bench exec: {} execs over {} conversations against {url}",
         args.execs, args.conversations
@@ -317,11 +330,12 @@ async fn exec_rounds(
     let connections = args.connections.unwrap_or(args.conversations);
     let mut channels = Vec::with_capacity(connections);
     for _ in 0..connections {
-        channels.push(
-            tonic::transport::Endpoint::from_shared(url.clone())?
-                .connect()
-                .await?,
-        );
+        let mut endpoint = tonic::transport::Endpoint::from_shared(url.clone())?;
+        if let Some(ca) = &ca {
+            endpoint = endpoint
+                .tls_config(tonic::transport::ClientTlsConfig::new().ca_certificate(ca.clone()))?;
+        }
+        channels.push(endpoint.connect().await?);
     }
     let per = args.execs.div_ceil(args.conversations);
     let started = Instant::now();
@@ -360,6 +374,7 @@ async fn exec_rounds(
         "execs": latencies.len(),
         "conversations": args.conversations,
         "connections": connections,
+        "tls": args.tls,
         "execs_per_sec": (latencies.len() as f64 / elapsed.as_secs_f64()).round(),
         "exec_p50_ms": pct(&latencies, 0.50),
         "exec_p99_ms": pct(&latencies, 0.99),

@@ -136,6 +136,22 @@ fn make(hosts: &[String], days: u32) -> Result<Vec<String>, rcgen::Error> {
     ])
 }
 
+/// Certificates for a node on 127.0.0.1 written to `dir` (benchmarks): the API's TLS files
+/// and the CA's PEM.
+pub fn for_loopback(dir: &Path) -> anyhow::Result<(cadre_actors::config::ApiTls, Vec<u8>)> {
+    let made = make(&["127.0.0.1".to_string()], 1)?;
+    std::fs::create_dir_all(dir)?;
+    for (name, pem) in FILES.iter().zip(&made) {
+        std::fs::write(dir.join(name), pem)?;
+    }
+    let tls = cadre_actors::config::ApiTls {
+        cert_file: dir.join("node.crt"),
+        key_file: dir.join("node.key"),
+        client_ca_file: None,
+    };
+    Ok((tls, made[0].clone().into_bytes()))
+}
+
 fn write(path: &Path, text: &str, secret: bool) -> Result<(), Failure> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
