@@ -103,6 +103,19 @@ enum Command {
         /// Where hosted actors' workspaces go [default: WORKSPACE/actors].
         #[arg(long, value_name = "DIR")]
         actors: Option<std::path::PathBuf>,
+        /// Serve on TCP at this address instead of stdio, always with mutual TLS (a worker
+        /// pod); prints `cadre: worker listening on ADDR`.
+        #[arg(long, value_name = "ADDR", requires_all = ["tls_cert", "tls_key", "client_ca"])]
+        listen: Option<std::net::SocketAddr>,
+        /// The worker's certificate (PEM), with --listen.
+        #[arg(long, value_name = "FILE")]
+        tls_cert: Option<std::path::PathBuf>,
+        /// The key of --tls-cert.
+        #[arg(long, value_name = "FILE")]
+        tls_key: Option<std::path::PathBuf>,
+        /// The CA (PEM) the node's client certificate must chain to.
+        #[arg(long, value_name = "FILE")]
+        client_ca: Option<std::path::PathBuf>,
     },
     /// Wait for the node to end (end of stdin), then kill what its process ledger holds (the
     /// node starts it).
@@ -128,6 +141,23 @@ enum ConfigCommand {
     },
     /// Print the config reference (Markdown): every field with its type, default and meaning.
     Schema,
+}
+
+/// `cadre worker --listen`: the worker protocol on TCP, mutual TLS only.
+fn serve_worker_tcp(
+    service: cadre_sandbox::worker::WorkerService,
+    listen: std::net::SocketAddr,
+    tls: cadre_actors::config::ApiTls,
+) -> anyhow::Result<()> {
+    use cadre_cluster::grpc::tls::{ReloadingTls, incoming};
+    let tls = std::sync::Arc::new(ReloadingTls::load(tls)?);
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(listen).await?;
+        eprintln!("cadre: worker listening on {}", listener.local_addr()?);
+        service.serve_incoming(incoming(listener, tls)).await?;
+        Ok(())
+    })
 }
 
 /// Output format of read commands.
@@ -170,10 +200,35 @@ fn main() -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
-    if let Command::Worker { workspace, actors } = cli.command {
-        // Runs its own single-threaded runtimes (see `serve_stdio`).
+    if let Command::Worker {
+        workspace,
+        actors,
+        listen,
+        tls_cert,
+        tls_key,
+        client_ca,
+    } = cli.command
+    {
         let actors = actors.unwrap_or_else(|| workspace.join("actors"));
-        return match cadre_sandbox::worker::WorkerService::new(workspace, actors).serve_stdio() {
+        let service = cadre_sandbox::worker::WorkerService::new(workspace, actors);
+        if let (Some(listen), Some(cert_file), Some(key_file), Some(ca)) =
+            (listen, tls_cert, tls_key, client_ca)
+        {
+            let tls = cadre_actors::config::ApiTls {
+                cert_file,
+                key_file,
+                client_ca_file: Some(ca),
+            };
+            return match serve_worker_tcp(service, listen, tls) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("cadre: worker: {e:#}");
+                    ExitCode::from(1)
+                }
+            };
+        }
+        // Runs its own single-threaded runtimes (see `serve_stdio`).
+        return match service.serve_stdio() {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("cadre: worker: {e}");

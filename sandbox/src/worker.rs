@@ -109,6 +109,22 @@ impl WorkerService {
         Ok(())
     }
 
+    /// Serves the worker protocol on the connections `incoming` yields: a worker reached
+    /// over the network (a pod), whose connections are TLS streams that authenticated the
+    /// node's client certificate. Runs until the stream ends.
+    pub async fn serve_incoming<IO>(
+        self,
+        incoming: impl Stream<Item = Result<IO, std::io::Error>> + Send + 'static,
+    ) -> Result<(), tonic::transport::Error>
+    where
+        IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+    {
+        Server::builder()
+            .add_service(WorkerServer::new(self))
+            .serve_with_incoming(incoming)
+            .await
+    }
+
     /// `path` inside the workspace; absolute paths and `..` are refused.
     fn resolve(&self, path: &str) -> Result<PathBuf, Status> {
         let relative = Path::new(path);
@@ -616,6 +632,25 @@ pub async fn connect_child(
     let input = stdin.as_fd().try_clone_to_owned()?;
     let client = connect(tokio::io::join(stdout, stdin)).await?;
     Ok((client, input))
+}
+
+/// Connects to a worker over TCP with mutual TLS: `url` is `https://HOST:PORT`, the worker's
+/// certificate must chain to `ca_pem`, and the node presents `cert_pem` with its `key_pem`.
+pub async fn connect_tls(
+    url: &str,
+    ca_pem: Vec<u8>,
+    cert_pem: Vec<u8>,
+    key_pem: Vec<u8>,
+) -> Result<WorkerClient<Channel>, tonic::transport::Error> {
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(ca_pem))
+        .identity(tonic::transport::Identity::from_pem(cert_pem, key_pem));
+    let channel = Endpoint::from_shared(url.to_string())?
+        .tls_config(tls)?
+        .tcp_nodelay(true)
+        .connect()
+        .await?;
+    Ok(WorkerClient::new(channel))
 }
 
 /// Copies a pipe into output messages.

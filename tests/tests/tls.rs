@@ -196,3 +196,104 @@ fn tokens_are_not_sent_in_plaintext_beyond_loopback_and_tls_flags_need_https() {
         stderr(&out)
     );
 }
+
+/// A `cadre worker --listen` process, killed when dropped.
+struct TcpWorker {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl Drop for TcpWorker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tcp_worker(workspace: &Path, certs: &Path) -> TcpWorker {
+    use std::io::BufRead;
+    let mut child = Command::new(cadre_bin())
+        .arg("worker")
+        .arg("--workspace")
+        .arg(workspace)
+        .args(["--listen", "127.0.0.1:0", "--tls-cert"])
+        .arg(certs.join("node.crt"))
+        .arg("--tls-key")
+        .arg(certs.join("node.key"))
+        .arg("--client-ca")
+        .arg(certs.join("ca.crt"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stderr.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("cadre: worker listening on ")
+        .unwrap_or_else(|| panic!("the worker said {line:?}"))
+        .to_string();
+    TcpWorker { child, addr }
+}
+
+#[test]
+fn a_node_drives_a_worker_over_tcp_with_mutual_tls_and_a_foreign_client_is_refused() {
+    use cadre_proto::v1::{ReadFileRequest, WriteFileRequest};
+    let dir = TempDir::new("tcp-worker");
+    let certs = dir.path().join("certs");
+    certs_for(&certs, false, &["127.0.0.1"]);
+    let workspace = dir.path().join("workspace");
+    std::fs::create_dir_all(&workspace).unwrap();
+    let worker = tcp_worker(&workspace, &certs);
+    let url = format!("https://{}", worker.addr);
+    let read = |f: &Path| std::fs::read(f).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut client = cadre_sandbox::worker::connect_tls(
+            &url,
+            read(&certs.join("ca.crt")),
+            read(&certs.join("client.crt")),
+            read(&certs.join("client.key")),
+        )
+        .await
+        .unwrap();
+        client
+            .write_file(WriteFileRequest {
+                path: "notes/hello.txt".into(),
+                content: b"over mutual tls".to_vec(),
+            })
+            .await
+            .unwrap();
+        let back = client
+            .read_file(ReadFileRequest {
+                path: "notes/hello.txt".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(back.content, b"over mutual tls");
+    });
+    assert_eq!(read(&workspace.join("notes/hello.txt")), b"over mutual tls");
+
+    // A node whose certificate is of another CA gets nothing from it.
+    let other = dir.path().join("other");
+    certs_for(&other, false, &["127.0.0.1"]);
+    rt.block_on(async {
+        let connected = cadre_sandbox::worker::connect_tls(
+            &url,
+            read(&certs.join("ca.crt")),
+            read(&other.join("client.crt")),
+            read(&other.join("client.key")),
+        )
+        .await;
+        if let Ok(mut client) = connected {
+            let refused = client
+                .read_file(ReadFileRequest {
+                    path: "notes/hello.txt".into(),
+                })
+                .await;
+            assert!(refused.is_err(), "a foreign client read the workspace");
+        }
+    });
+}
