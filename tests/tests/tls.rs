@@ -238,7 +238,7 @@ fn tcp_worker(workspace: &Path, certs: &Path) -> TcpWorker {
 }
 
 #[test]
-fn a_node_drives_a_worker_over_tcp_with_mutual_tls_and_a_foreign_client_is_refused() {
+fn a_node_drives_a_worker_over_tcp_with_mutual_tls_and_refuses_or_is_refused_by_another_ca() {
     use cadre_proto::v1::{ReadFileRequest, WriteFileRequest};
     let dir = TempDir::new("tcp-worker");
     let certs = dir.path().join("certs");
@@ -294,6 +294,26 @@ fn a_node_drives_a_worker_over_tcp_with_mutual_tls_and_a_foreign_client_is_refus
                 })
                 .await;
             assert!(refused.is_err(), "a foreign client read the workspace");
+        }
+    });
+
+    // And the node refuses a worker whose certificate is of another CA.
+    let foreign_worker = tcp_worker(&workspace, &other);
+    rt.block_on(async {
+        let connected = cadre_sandbox::worker::connect_tls(
+            &format!("https://{}", foreign_worker.addr),
+            read(&certs.join("ca.crt")),
+            read(&certs.join("client.crt")),
+            read(&certs.join("client.key")),
+        )
+        .await;
+        if let Ok(mut client) = connected {
+            let refused = client
+                .read_file(ReadFileRequest {
+                    path: "notes/hello.txt".into(),
+                })
+                .await;
+            assert!(refused.is_err(), "the node trusted a foreign worker");
         }
     });
 }
