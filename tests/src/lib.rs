@@ -179,10 +179,15 @@ impl Node {
 
     /// `cadre exec --agent echo --conversation CONVERSATION --input INPUT` against this node.
     pub fn exec_echo(&self, conversation: &str, input: &str) -> Output {
+        self.exec("echo", conversation, input)
+    }
+
+    /// `cadre exec --agent AGENT --conversation CONVERSATION --input INPUT`.
+    pub fn exec(&self, agent: &str, conversation: &str, input: &str) -> Output {
         self.cli(&[
             "exec",
             "--agent",
-            "echo",
+            agent,
             "--conversation",
             conversation,
             "--input",

@@ -496,15 +496,7 @@ fn every_governance_limit_ends_the_exec_failed_with_its_reason() {
         );
         let node = Node::start(&config(&model, &record, &agents));
         wait_for_tools(&node);
-        let out = node.cli(&[
-            "exec",
-            "--agent",
-            name,
-            "--conversation",
-            name,
-            "--input",
-            "go",
-        ]);
+        let out = node.exec(name, name, "go");
         assert_eq!(out.status.code(), Some(1), "{name}: the exec failed");
         assert_eq!(failure_reason(&node, name), reason, "{name}");
     }
@@ -515,15 +507,7 @@ fn every_governance_limit_ends_the_exec_failed_with_its_reason() {
     let agents = "    - id: slowtool\n      agent: { model: scripted, tools: [\"rec.*\"], tool_timeout_ms: 300 }\n";
     let node = Node::start(&config(&model, &slow, agents));
     wait_for_tools(&node);
-    let _ = node.cli(&[
-        "exec",
-        "--agent",
-        "slowtool",
-        "--conversation",
-        "t",
-        "--input",
-        "go",
-    ]);
+    let _ = node.exec("slowtool", "t", "go");
     assert_eq!(
         failure_reason(&node, "t"),
         "tool_timeout_ms: `rec.record` did not answer within 300 ms"
@@ -540,25 +524,9 @@ fn every_governance_limit_ends_the_exec_failed_with_its_reason() {
     let model = ModelServer::start(json!([{"content": "one"}, {"content": "two"}]));
     let agents = "    - id: rated\n      agent: { model: scripted, execs_per_minute: 1 }\n";
     let node = Node::start(&config(&model, &record, agents));
-    let first = node.cli(&[
-        "exec",
-        "--agent",
-        "rated",
-        "--conversation",
-        "r1",
-        "--input",
-        "a",
-    ]);
+    let first = node.exec("rated", "r1", "a");
     assert!(first.status.success());
-    let _ = node.cli(&[
-        "exec",
-        "--agent",
-        "rated",
-        "--conversation",
-        "r2",
-        "--input",
-        "b",
-    ]);
+    let _ = node.exec("rated", "r2", "b");
     assert_eq!(
         failure_reason(&node, "r2"),
         "execs_per_minute: agent `rated` started 1 execs in the last minute, limit 1"
@@ -575,15 +543,7 @@ fn every_governance_limit_ends_the_exec_failed_with_its_reason() {
     let agents = "    - id: compact\n      agent: { model: scripted, tools: [\"rec.*\"], compact_at_tokens: 4000 }\n";
     let node = Node::start(&config(&model, &record, agents));
     wait_for_tools(&node);
-    let out = node.cli(&[
-        "exec",
-        "--agent",
-        "compact",
-        "--conversation",
-        "k",
-        "--input",
-        "go",
-    ]);
+    let out = node.exec("compact", "k", "go");
     assert!(out.status.success(), "{}", node.log());
     let calls: Vec<Value> = log(&node, "k")
         .into_iter()
@@ -639,15 +599,7 @@ fn a_tool_that_needs_approval_pauses_the_exec_until_it_is_approved_or_declined()
         "nothing ran before the approval"
     );
     // A new exec in the conversation is refused while it waits.
-    let second = node.cli(&[
-        "exec",
-        "--agent",
-        "careful",
-        "--conversation",
-        "ap",
-        "--input",
-        "x",
-    ]);
+    let second = node.exec("careful", "ap", "x");
     assert_eq!(second.status.code(), Some(1));
     // An approval for another call is refused and writes nothing.
     let before = log(&node, "ap").len();
@@ -724,15 +676,7 @@ fn a_fork_with_a_patched_prompt_resumes_from_its_step_without_rerunning_earlier_
 "#;
     let node = Node::start(&config(&model, &record, agents));
     wait_for_tools(&node);
-    let out = node.cli(&[
-        "exec",
-        "--agent",
-        "scribe",
-        "--conversation",
-        "src",
-        "--input",
-        "go",
-    ]);
+    let out = node.exec("scribe", "src", "go");
     assert!(out.status.success());
     let events = log(&node, "src");
     // Fork right after the first tool result: step 1 is done, step 2 is not.
@@ -876,15 +820,7 @@ supervisor:
     );
     let node = Node::start(&config);
     for (agent, language) in [("rusty", "rust"), ("pythonic", "python")] {
-        let out = node.cli(&[
-            "exec",
-            "--agent",
-            agent,
-            "--conversation",
-            agent,
-            "--input",
-            "list the skills",
-        ]);
+        let out = node.exec(agent, agent, "list the skills");
         assert!(
             out.status.success(),
             "{agent}: {}\n{}",
@@ -935,15 +871,7 @@ supervisor:
         "version: v1\nsupervisor:\n  children:\n    - id: picky\n      agent: {{ remote: \"http://{picky_addr}\", tools: [\"skills.*\"] }}\n"
     );
     let node = Node::start(&config);
-    let out = node.cli(&[
-        "exec",
-        "--agent",
-        "picky",
-        "--conversation",
-        "p",
-        "--input",
-        "x",
-    ]);
+    let out = node.exec("picky", "p", "x");
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
         failure_reason(&node, "p"),
@@ -987,15 +915,7 @@ supervisor:
         script = serde_json::to_string(HARNESS).unwrap()
     );
     let node = Node::start(&config);
-    let out = node.cli(&[
-        "exec",
-        "--agent",
-        "harness",
-        "--conversation",
-        "h",
-        "--input",
-        "hello",
-    ]);
+    let out = node.exec("harness", "h", "hello");
     assert!(
         out.status.success(),
         "{}\n{}",
@@ -1025,15 +945,7 @@ supervisor:
         3
     );
 
-    let out = node.cli(&[
-        "exec",
-        "--agent",
-        "harness",
-        "--conversation",
-        "h2",
-        "--input",
-        "fail",
-    ]);
+    let out = node.exec("harness", "h2", "fail");
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
         failure_reason(&node, "h2"),
@@ -1163,15 +1075,7 @@ fn an_open_exec_whose_agent_is_gone_after_a_restart_ends_failed_naming_it() {
     let node = Node::start_with_data("version: v1\n", &data);
     let reason = failure_reason(&node, "orphan");
     assert!(reason.contains("agent `slow` no longer exists"), "{reason}");
-    let out = node.cli(&[
-        "exec",
-        "--agent",
-        "echo",
-        "--conversation",
-        "orphan",
-        "--input",
-        "again",
-    ]);
+    let out = node.exec("echo", "orphan", "again");
     assert!(
         out.status.success(),
         "{}",
@@ -1229,15 +1133,7 @@ supervisor:
     );
     let node = Node::start(&config);
     wait_for_tools(&node);
-    let out = node.cli(&[
-        "exec",
-        "--agent",
-        "scribe",
-        "--conversation",
-        "tls",
-        "--input",
-        "go",
-    ]);
+    let out = node.exec("scribe", "tls", "go");
     assert!(
         out.status.success(),
         "{}\n{}",
@@ -1273,15 +1169,7 @@ supervisor:
             "version: v1\nmodels:\n  - id: scripted\n    openai: {{ base_url: \"https://127.0.0.1:{port}/v1\", model: test-model{ca_file} }}\nsupervisor:\n  children:\n    - id: scribe\n      agent: {{ model: scripted }}\n"
         );
         let node = Node::start(&config);
-        let out = node.cli(&[
-            "exec",
-            "--agent",
-            "scribe",
-            "--conversation",
-            "bad",
-            "--input",
-            "go",
-        ]);
+        let out = node.exec("scribe", "bad", "go");
         assert_eq!(out.status.code(), Some(1));
         let reason = failure_reason(&node, "bad");
         assert!(

@@ -256,15 +256,7 @@ fn a_request_over_the_message_limit_is_resource_exhausted_and_writes_nothing() {
 #[test]
 fn a_watch_and_a_follow_end_cleanly_when_the_node_stops() {
     let mut node = Node::start("version: v1\n");
-    let out = node.cli(&[
-        "exec",
-        "--agent",
-        "echo",
-        "--conversation",
-        "f",
-        "--input",
-        "hi",
-    ]);
+    let out = node.exec("echo", "f", "hi");
     assert!(out.status.success(), "{}", stderr(&out));
     let spawn = |args: &[&str]| {
         let mut child = Command::new(cadre_bin())

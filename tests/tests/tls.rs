@@ -249,6 +249,25 @@ fn a_node_drives_a_worker_over_tcp_with_mutual_tls_and_refuses_or_is_refused_by_
     let url = format!("https://{}", worker.addr);
     let read = |f: &Path| std::fs::read(f).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
+    // Connects to the worker at `addr` trusting `ca`, as the client whose files are in
+    // `client`; the file the test wrote, or why not.
+    let read_note = |addr: &str, ca: &Path, client: &Path| {
+        rt.block_on(async {
+            let mut worker = cadre_sandbox::worker::connect_tls(
+                &format!("https://{addr}"),
+                read(ca),
+                read(&client.join("client.crt")),
+                read(&client.join("client.key")),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            let note = ReadFileRequest {
+                path: "notes/hello.txt".into(),
+            };
+            let read = worker.read_file(note).await.map_err(|s| s.to_string())?;
+            Ok::<_, String>(read.into_inner().content)
+        })
+    };
     rt.block_on(async {
         let mut client = cadre_sandbox::worker::connect_tls(
             &url,
@@ -258,62 +277,30 @@ fn a_node_drives_a_worker_over_tcp_with_mutual_tls_and_refuses_or_is_refused_by_
         )
         .await
         .unwrap();
-        client
-            .write_file(WriteFileRequest {
-                path: "notes/hello.txt".into(),
-                content: b"over mutual tls".to_vec(),
-            })
-            .await
-            .unwrap();
-        let back = client
-            .read_file(ReadFileRequest {
-                path: "notes/hello.txt".into(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(back.content, b"over mutual tls");
+        let note = WriteFileRequest {
+            path: "notes/hello.txt".into(),
+            content: b"over mutual tls".to_vec(),
+        };
+        client.write_file(note).await.unwrap();
     });
+    let ca = certs.join("ca.crt");
+    assert_eq!(
+        read_note(&worker.addr, &ca, &certs).as_deref(),
+        Ok(&b"over mutual tls"[..])
+    );
     assert_eq!(read(&workspace.join("notes/hello.txt")), b"over mutual tls");
 
-    // A node whose certificate is of another CA gets nothing from it.
+    // A node whose certificate is of another CA gets nothing from it, and the node refuses a
+    // worker whose certificate is of another CA.
     let other = dir.path().join("other");
     certs_for(&other, false, &["127.0.0.1"]);
-    rt.block_on(async {
-        let connected = cadre_sandbox::worker::connect_tls(
-            &url,
-            read(&certs.join("ca.crt")),
-            read(&other.join("client.crt")),
-            read(&other.join("client.key")),
-        )
-        .await;
-        if let Ok(mut client) = connected {
-            let refused = client
-                .read_file(ReadFileRequest {
-                    path: "notes/hello.txt".into(),
-                })
-                .await;
-            assert!(refused.is_err(), "a foreign client read the workspace");
-        }
-    });
-
-    // And the node refuses a worker whose certificate is of another CA.
+    assert!(
+        read_note(&worker.addr, &ca, &other).is_err(),
+        "a foreign client read the workspace"
+    );
     let foreign_worker = tcp_worker(&workspace, &other);
-    rt.block_on(async {
-        let connected = cadre_sandbox::worker::connect_tls(
-            &format!("https://{}", foreign_worker.addr),
-            read(&certs.join("ca.crt")),
-            read(&certs.join("client.crt")),
-            read(&certs.join("client.key")),
-        )
-        .await;
-        if let Ok(mut client) = connected {
-            let refused = client
-                .read_file(ReadFileRequest {
-                    path: "notes/hello.txt".into(),
-                })
-                .await;
-            assert!(refused.is_err(), "the node trusted a foreign worker");
-        }
-    });
+    assert!(
+        read_note(&foreign_worker.addr, &ca, &certs).is_err(),
+        "the node trusted a foreign worker"
+    );
 }
