@@ -39,7 +39,29 @@ apt_install() {
   fi
 }
 
-command -v runsc >/dev/null 2>&1 || apt_install runsc
+# gVisor's runsc, 2024 or newer: bookworm's own build (2022) refuses a syscall that `ls PATH`,
+# `stat` and `find` make, and has only the slow ptrace platform; bookworm-backports has a 2024
+# build (systrap). The backports suite is added for runsc alone: its priority stays below the
+# release's, so nothing else is taken from it.
+runsc_wanted=0.0~20240729
+runsc_have=$(dpkg-query -W -f='${Version}' runsc 2>/dev/null || true)
+if ! command -v runsc >/dev/null 2>&1 || ! dpkg --compare-versions "${runsc_have:-0}" ge "${runsc_wanted}"; then
+  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+    echo "setup: install runsc ${runsc_wanted} or newer (Debian bookworm-backports has it)" >&2
+    exit 1
+  fi
+  codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
+  if [ "${codename}" = bookworm ] && ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+      >/etc/apt/sources.list.d/bookworm-backports.sources
+  fi
+  apt-get update -qq
+  if [ "${codename}" = bookworm ]; then
+    apt-get install -y -qq -t bookworm-backports runsc
+  else
+    apt-get install -y -qq runsc
+  fi
+fi
 
 mcp_dir=${CADRE_MCP_DIR:-/usr/local/lib/cadre-mcp}
 everything_version=2026.8.31

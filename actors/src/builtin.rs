@@ -186,7 +186,7 @@ impl ToolServer for WorkspaceTools {
                         let text = String::from_utf8_lossy(&r.into_inner().content).into_owned();
                         result(text.clone(), json!({"path": path, "content": text}))
                     }
-                    Err(s) => error(s.message()),
+                    Err(s) => worker_error(host.as_ref(), &pinned.sandbox, &s).await,
                 },
                 "write_file" => {
                     let content = arguments
@@ -207,7 +207,7 @@ impl ToolServer for WorkspaceTools {
                             format!("wrote {bytes} bytes to {path}"),
                             json!({"path": path, "bytes": bytes}),
                         ),
-                        Err(s) => error(s.message()),
+                        Err(s) => worker_error(host.as_ref(), &pinned.sandbox, &s).await,
                     }
                 }
                 "list_files" => match worker
@@ -231,7 +231,7 @@ impl ToolServer for WorkspaceTools {
                             .join("\n");
                         result(text, json!({"path": path, "entries": entries}))
                     }
-                    Err(s) => error(s.message()),
+                    Err(s) => worker_error(host.as_ref(), &pinned.sandbox, &s).await,
                 },
                 "run" => {
                     let command = arguments
@@ -243,7 +243,13 @@ impl ToolServer for WorkspaceTools {
                         .get("timeout_ms")
                         .and_then(Value::as_u64)
                         .unwrap_or(DEFAULT_RUN_TIMEOUT_MS);
-                    run(&pinned, &command, Duration::from_millis(timeout)).await
+                    run(
+                        host.as_ref(),
+                        &pinned,
+                        &command,
+                        Duration::from_millis(timeout),
+                    )
+                    .await
                 }
                 other => return Err(ToolError::NotFound(format!("{WORKSPACE}.{other}"))),
             };
@@ -253,7 +259,12 @@ impl ToolServer for WorkspaceTools {
 }
 
 /// Runs `command` with `/bin/sh -c` in the workspace; the process is killed at `timeout`.
-async fn run(pinned: &PinnedWorker, command: &str, timeout: Duration) -> ToolOutcome {
+async fn run(
+    host: &dyn SandboxHost,
+    pinned: &PinnedWorker,
+    command: &str,
+    timeout: Duration,
+) -> ToolOutcome {
     let start = RunInput {
         input: Some(run_input::Input::Start(ProcessStart {
             argv: vec!["/bin/sh".into(), "-c".into(), command.into()],
@@ -267,7 +278,7 @@ async fn run(pinned: &PinnedWorker, command: &str, timeout: Duration) -> ToolOut
         .await
     {
         Ok(r) => r.into_inner(),
-        Err(s) => return error(s.message()),
+        Err(s) => return worker_error(host, &pinned.sandbox, &s).await,
     };
     let (mut stdout, mut stderr, mut truncated) = (Vec::new(), Vec::new(), false);
     let mut keep = |buf: &mut Vec<u8>, bytes: Vec<u8>| {
@@ -284,8 +295,8 @@ async fn run(pinned: &PinnedWorker, command: &str, timeout: Duration) -> ToolOut
                     Some(run_output::Output::Exit(e)) => return Ok(e),
                     _ => {}
                 },
-                Ok(None) => return Err("the worker ended the call without an exit".to_string()),
-                Err(s) => return Err(s.message().to_string()),
+                Ok(None) => return Err(None),
+                Err(s) => return Err(Some(s)),
             }
         }
     })
@@ -306,7 +317,20 @@ async fn run(pinned: &PinnedWorker, command: &str, timeout: Duration) -> ToolOut
             }),
             is_error: true,
         },
-        Ok(Err(why)) => error(&why),
+        Ok(Err(Some(status))) => worker_error(host, &pinned.sandbox, &status).await,
+        Ok(Err(None)) => match host.end_of(&pinned.sandbox).await {
+            Some(end) => error(&format!("sandbox {} {end}", pinned.sandbox)),
+            None => error("the worker ended the call without an exit"),
+        },
+        Ok(Ok(exit)) if !exit.limit.is_empty() => ToolOutcome {
+            result: json!({
+                "content": [{"type": "text", "text": format!("{}\n{stdout}{stderr}", exit.limit)}],
+                "structuredContent": {"exit_code": exit.code, "signal": exit.signal,
+                                      "limit": exit.limit, "stdout": stdout, "stderr": stderr,
+                                      "truncated": truncated, "timed_out": false},
+            }),
+            is_error: true,
+        },
         Ok(Ok(exit)) => result(
             format!("{stdout}{stderr}"),
             json!({"exit_code": exit.code, "signal": exit.signal, "stdout": stdout,
@@ -394,6 +418,24 @@ impl ToolServer for SkillTools {
             }
         })
     }
+}
+
+/// The outcome of a call to a workspace's worker that failed: if the call broke because its
+/// sandbox ended (killed at a limit), the error says so and names the limit.
+async fn worker_error(
+    host: &dyn SandboxHost,
+    sandbox: &str,
+    status: &tonic::Status,
+) -> ToolOutcome {
+    use tonic::Code;
+    if matches!(
+        status.code(),
+        Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled
+    ) && let Some(end) = host.end_of(sandbox).await
+    {
+        return error(&format!("sandbox {sandbox} {end}"));
+    }
+    error(status.message())
 }
 
 fn result(text: String, structured: Value) -> ToolOutcome {

@@ -1,5 +1,6 @@
 //! cadre's runtime core.
 //!
+//! - [`access`]: the roles of API tokens and what each may do.
 //! - [`supervisor`]: Erlang/OTP-exact supervision trees on ractor.
 //! - [`process`]: supervised OS processes (actor kind `process`).
 //! - [`tree`]: the live view of a node's trees and its lifecycle events.
@@ -13,6 +14,7 @@
 
 #![warn(unreachable_pub)]
 
+pub mod access;
 pub mod agent;
 pub mod builtin;
 pub mod child;

@@ -29,6 +29,11 @@ pub struct SandboxSpec {
     pub memory_bytes: Option<u64>,
     /// CPU limit in cores.
     pub cpus: Option<f64>,
+    /// Most processes and threads in the sandbox.
+    pub pids: Option<u64>,
+    /// The size of the workspace's filesystem, if it is bounded (the pool mounts it; the
+    /// worker names it in errors).
+    pub workspace_quota: Option<u64>,
 }
 
 /// Why a sandbox could not be started.
@@ -185,6 +190,12 @@ pub trait SandboxHost: Send + Sync {
     /// happens if it has none). A conversation's workspace goes this way when the conversation
     /// is deleted, and no other way.
     fn remove(&self, actor: &HostedActor);
+    /// How sandbox `sandbox` ended, if it ended by itself (`killed: memory limit 512 MiB`):
+    /// for a caller whose call to its worker broke. Waits a little for the end to be noticed.
+    fn end_of<'a>(
+        &'a self,
+        sandbox: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Option<String>> + Send + 'a>>;
 }
 
 impl HostedExit {

@@ -523,3 +523,96 @@ fn a_child_id_is_at_most_200_characters() {
         "cadre.yaml:4:11: supervisor.children[0].id: 5000 characters, at most 200"
     );
 }
+
+#[test]
+fn api_tokens_have_names_roles_and_secrets_and_the_old_form_is_an_admin() {
+    let dir = std::env::temp_dir().join(format!("cadre-tokens-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("acme.token"), "from-a-file\n").unwrap();
+    std::fs::write(
+        dir.join("cadre.yaml"),
+        "version: v1\napi:\n  tokens:\n    - plain-secret\n    - {name: ci, token: ci-secret, role: reader}\n    - name: acme\n      token_file: acme.token\n      role: agent-user\n      conversation_prefix: acme-\n",
+    )
+    .unwrap();
+    let config = Config::load(&dir.join("cadre.yaml")).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let tokens: Vec<_> = config
+        .api
+        .tokens
+        .iter()
+        .map(|t| {
+            (
+                t.name.as_str(),
+                t.secret.as_str(),
+                t.role.name(),
+                t.conversation_prefix.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        tokens,
+        [
+            ("api.tokens[0]", "plain-secret", "admin", None),
+            ("ci", "ci-secret", "reader", None),
+            ("acme", "from-a-file", "agent-user", Some("acme-")),
+        ]
+    );
+    assert!(
+        !format!("{:?}", config.api.tokens).contains("secret"),
+        "no secret in Debug"
+    );
+}
+
+#[test]
+fn bad_api_tokens_are_named() {
+    let tokens = |entries: &str| reject(&format!("version: v1\napi:\n  tokens:\n{entries}"));
+    let e = tokens("    - {name: ci, token: s, role: root}\n");
+    assert!(
+        e.starts_with("cadre.yaml:4:34: ")
+            && e.contains(
+                "unknown role `root` (expected admin, operator, approver, reader, agent-user)"
+            ),
+        "{e}"
+    );
+    let e = tokens("    - {name: ci, token: s, role: agent-user}\n");
+    assert!(
+        e.contains("token `ci`: an agent-user needs a conversation_prefix"),
+        "{e}"
+    );
+    let e = tokens("    - {name: ci, token: s, role: agent-user, conversation_prefix: cad}\n");
+    assert!(
+        e.contains("would reach the node's own conversations"),
+        "{e}"
+    );
+    let e = tokens("    - {name: ci, token: s, role: reader, conversation_prefix: a-}\n");
+    assert!(
+        e.contains("conversation_prefix is for role agent-user"),
+        "{e}"
+    );
+    let e = tokens("    - {name: ci, role: reader}\n");
+    assert!(
+        e.contains("token `ci`: give its secret as `token` or `token_file`"),
+        "{e}"
+    );
+    let e = tokens("    - {name: ci, token: s, token_file: f, role: reader}\n");
+    assert!(e.contains("not both"), "{e}");
+    let e = tokens(
+        "    - {name: a, token: s, role: reader}\n    - {name: a, token: t, role: reader}\n",
+    );
+    assert!(
+        e.starts_with("cadre.yaml:5:") && e.contains("token name `a` is used twice"),
+        "{e}"
+    );
+    let e =
+        tokens("    - {name: a, token: s, role: reader}\n    - {name: b, token: s, role: admin}\n");
+    assert!(e.contains("token `b` has the same secret as `a`"), "{e}");
+    let e = tokens("    - {name: a, token: 'has space', role: reader}\n");
+    assert!(
+        e.contains("token `a`: a token must be non-empty with no spaces"),
+        "{e}"
+    );
+    let e = tokens("    - {name: a, secret: s, role: reader}\n");
+    assert!(e.contains("unknown field `secret`"), "{e}");
+    let e = tokens("    - {name: a, token: s, role: reader, conversation_prefix: a-}\n");
+    assert!(e.contains("api.tokens[0]"), "the path names the entry: {e}");
+}

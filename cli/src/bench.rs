@@ -17,6 +17,7 @@ use crate::{Failure, Output};
 
 mod agent;
 mod tools;
+mod workspace;
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
@@ -39,6 +40,10 @@ pub enum BenchCommand {
     /// bare model round trip, and recovery after SIGKILL with execs in flight (a `cadre
     /// serve` process is killed and restarted on its data dir).
     Agent(agent::AgentBenchArgs),
+    /// An agent's work in a workspace (a virtualenv and a package from a local wheel, a git
+    /// repository of a few hundred files, a C compile, a walk over a library tree) inside a
+    /// gVisor sandbox, against the same work on the host. Needs runsc (run as root).
+    Workspace(workspace::WorkspaceBenchArgs),
 }
 
 #[derive(Args)]
@@ -121,6 +126,7 @@ pub async fn run(command: BenchCommand) -> Result<(), Failure> {
         BenchCommand::Placement(args) => return placement(args).await,
         BenchCommand::Tools(args) => return tools::run(args).await,
         BenchCommand::Agent(args) => return agent::run(args).await,
+        BenchCommand::Workspace(args) => return workspace::run(args).await,
     };
     if args.events == 0 || args.writers == 0 {
         return Err(Failure::Usage(
@@ -315,7 +321,6 @@ async fn exec_rounds(
     };
     let node = cadre_cluster::Node::start(cadre_cluster::NodeOptions {
         config,
-        extra_tokens: Vec::new(),
         listen: "127.0.0.1:0".parse().expect("loopback"),
         data_dir: dir.to_path_buf(),
     })
@@ -447,6 +452,8 @@ async fn placement_rounds(
                 egress: false,
                 memory_bytes: Some(512 << 20),
                 cpus: Some(1.0),
+                pids: Some(512),
+                workspace_quota: None,
             })
             .await?;
         sandbox
@@ -470,6 +477,9 @@ async fn placement_rounds(
             owners: dir.join("owners"),
             memory_bytes: Some(512 << 20),
             cpus: Some(1.0),
+            pids: Some(512),
+            workspace_quota: None,
+            min_free_disk: 0,
             name,
         },
     );

@@ -687,6 +687,34 @@ fn describe(e: &Event) -> (&'static str, String) {
         ),
         Some(event::Kind::ActorSpawned(a)) => ("actor_spawned", format!("{}/{}", a.parent, a.id)),
         Some(event::Kind::ActorRemoved(r)) => ("actor_removed", r.path.clone()),
+        Some(event::Kind::ApiCall(c)) => (
+            "api_call",
+            format!(
+                "{} {} by {} ({}): {}{}",
+                c.method,
+                c.target,
+                if c.caller.is_empty() {
+                    "anyone"
+                } else {
+                    &c.caller
+                },
+                if c.role.is_empty() {
+                    "no tokens"
+                } else {
+                    &c.role
+                },
+                tonic::Code::from(c.code as i32).description(),
+                if c.message.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", c.message)
+                },
+            ),
+        ),
+        Some(event::Kind::SandboxExited(x)) => (
+            "sandbox_exited",
+            format!("{} (tenant {}): {}", x.sandbox_id, x.tenant, x.reason),
+        ),
         None => ("unknown", String::new()),
     }
 }
@@ -770,6 +798,20 @@ pub fn event_json(e: &Event) -> Value {
         }
         Some(event::Kind::ActorRemoved(r)) => {
             obj.insert("path".into(), json!(r.path));
+        }
+        Some(event::Kind::ApiCall(c)) => {
+            obj.insert("method".into(), json!(c.method));
+            obj.insert("caller".into(), json!(c.caller));
+            obj.insert("role".into(), json!(c.role));
+            obj.insert("target".into(), json!(c.target));
+            obj.insert("code".into(), json!(c.code));
+            obj.insert("message".into(), json!(c.message));
+        }
+        Some(event::Kind::SandboxExited(x)) => {
+            obj.insert("sandbox_id".into(), json!(x.sandbox_id));
+            obj.insert("tenant".into(), json!(x.tenant));
+            obj.insert("provider".into(), json!(x.provider));
+            obj.insert("reason".into(), json!(x.reason));
         }
         None => {}
     }

@@ -103,6 +103,10 @@ enum Command {
         /// Where hosted actors' workspaces go [default: WORKSPACE/actors].
         #[arg(long, value_name = "DIR")]
         actors: Option<std::path::PathBuf>,
+        /// The size of the workspace's filesystem, in bytes, when the node bounds it: errors
+        /// of a full workspace name it.
+        #[arg(long, value_name = "BYTES")]
+        workspace_quota: Option<u64>,
         /// Serve on TCP at this address instead of stdio, always with mutual TLS (a worker
         /// pod); prints `cadre: worker listening on ADDR`.
         #[arg(long, value_name = "ADDR", requires_all = ["tls_cert", "tls_key", "client_ca"])]
@@ -124,6 +128,9 @@ enum Command {
         /// The node's process ledger.
         #[arg(long)]
         ledger: std::path::PathBuf,
+        /// Unmount everything mounted below this folder too (the node's workspaces).
+        #[arg(long, value_name = "DIR")]
+        unmount: Option<std::path::PathBuf>,
     },
     #[command(hide = true)]
     Debug {
@@ -194,8 +201,8 @@ impl From<anyhow::Error> for Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Guard { ledger } = &cli.command {
-        for pid in cadre_cluster::guardian::guard(ledger) {
+    if let Command::Guard { ledger, unmount } = &cli.command {
+        for pid in cadre_cluster::guardian::guard(ledger, unmount.as_deref()) {
             eprintln!("cadre guard: killed process {pid}, left running by its node");
         }
         return ExitCode::SUCCESS;
@@ -203,6 +210,7 @@ fn main() -> ExitCode {
     if let Command::Worker {
         workspace,
         actors,
+        workspace_quota,
         listen,
         tls_cert,
         tls_key,
@@ -210,7 +218,8 @@ fn main() -> ExitCode {
     } = cli.command
     {
         let actors = actors.unwrap_or_else(|| workspace.join("actors"));
-        let service = cadre_sandbox::worker::WorkerService::new(workspace, actors);
+        let service = cadre_sandbox::worker::WorkerService::new(workspace, actors)
+            .with_workspace_quota(workspace_quota);
         if let (Some(listen), Some(cert_file), Some(key_file), Some(ca)) =
             (listen, tls_cert, tls_key, client_ca)
         {

@@ -13,9 +13,9 @@ use crate::{Failure, Output};
 
 #[derive(Subcommand)]
 pub enum SandboxesCommand {
-    /// The node's sandboxes: id, state (warm, leased, suspended or stopped), tenant, pid, the
-    /// logical actors placed in it of its slots, age; the provider and whether it isolates
-    /// anything.
+    /// The node's sandboxes: id, state (warm, leased, suspended, stopped, or ended with how it
+    /// ended: `killed: memory limit 512 MiB`), tenant, pid, the logical actors placed in it of
+    /// its slots, age; the provider and whether it isolates anything.
     Ls {
         #[arg(short = 'o', long, value_enum, default_value_t)]
         output: Output,
@@ -46,7 +46,7 @@ pub async fn run(command: SandboxesCommand) -> Result<(), Failure> {
                         "id": s.id, "state": s.state, "tenant": s.tenant, "pid": s.pid,
                         "started_unix_ms": s.started_unix_ms, "provider": list.provider,
                         "isolated": list.isolated, "slots": s.slots, "actors": s.actors,
-                        "exclusive": s.exclusive,
+                        "exclusive": s.exclusive, "ended": s.ended,
                     }),
                 );
             }
@@ -86,8 +86,13 @@ pub async fn run(command: SandboxesCommand) -> Result<(), Failure> {
                 } else {
                     uptime(Duration::from_millis(now.saturating_sub(s.started_unix_ms)))
                 };
+                let ended = if s.ended.is_empty() {
+                    String::new()
+                } else {
+                    format!("  ({})", s.ended)
+                };
                 println!(
-                    "{:<24}  {:<9}  {:<20}  {:>8}  {:>9}  {age}",
+                    "{:<24}  {:<9}  {:<20}  {:>8}  {:>9}  {age}{ended}",
                     s.id, s.state, tenant, pid, actors
                 );
             }

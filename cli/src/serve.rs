@@ -4,7 +4,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use cadre_actors::config::{Config, check_listen};
+use cadre_actors::access::Role;
+use cadre_actors::config::{ApiToken, Config, check_listen, check_secret};
 use cadre_cluster::{DEFAULT_LISTEN, Node, NodeExit, NodeOptions};
 use clap::Args;
 use tracing_subscriber::EnvFilter;
@@ -22,7 +23,8 @@ pub struct ServeArgs {
     /// gRPC listen address [default: node.listen, else 127.0.0.1:7400]; port 0 picks a free port.
     #[arg(long, value_name = "ADDR")]
     listen: Option<String>,
-    /// File of bearer tokens the API accepts, one per line (added to api.tokens). With any
+    /// File of admin bearer tokens the API accepts, one per line, each named FILE:LINE in the
+    /// audit log (added to api.tokens, where tokens of other roles are configured). With any
     /// token set, every call needs `authorization: Bearer <token>`.
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
@@ -51,7 +53,7 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
-    let config = match &args.config {
+    let mut config = match &args.config {
         Some(file) => Config::load(file).map_err(|e| Failure::Usage(e.to_string()))?,
         None => Config::default(),
     };
@@ -65,13 +67,19 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
         .data_dir
         .or_else(|| config.node.data_dir.clone())
         .unwrap_or_else(default_data_dir);
-    let extra_tokens = match &args.token_file {
-        Some(file) => read_tokens(file)?,
-        None => Vec::new(),
-    };
+    if let Some(file) = &args.token_file {
+        for token in read_tokens(file)? {
+            if let Some(same) = config.api.tokens.iter().find(|t| t.secret == token.secret) {
+                return Err(Failure::Usage(format!(
+                    "{}: the same secret as api token `{}`",
+                    token.name, same.name
+                )));
+            }
+            config.api.tokens.push(token);
+        }
+    }
     let node = Node::start(NodeOptions {
         config,
-        extra_tokens,
         listen,
         data_dir,
     })
@@ -90,8 +98,9 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     }
 }
 
-/// Tokens from a file: one per line; blank lines and `#` comments are skipped.
-fn read_tokens(file: &std::path::Path) -> Result<Vec<String>, Failure> {
+/// Admin tokens from a file: one per line, each named `FILE:LINE`; blank lines and `#` comments
+/// are skipped.
+fn read_tokens(file: &std::path::Path) -> Result<Vec<ApiToken>, Failure> {
     let text = std::fs::read_to_string(file)
         .map_err(|e| Failure::Usage(format!("--token-file {}: {e}", file.display())))?;
     let mut tokens = Vec::new();
@@ -100,14 +109,16 @@ fn read_tokens(file: &std::path::Path) -> Result<Vec<String>, Failure> {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        if line.chars().any(char::is_whitespace) {
-            return Err(Failure::Usage(format!(
-                "{}:{}: a token must not contain spaces",
-                file.display(),
-                n + 1
-            )));
+        let name = format!("{}:{}", file.display(), n + 1);
+        if let Err(why) = check_secret(line) {
+            return Err(Failure::Usage(format!("{name}: {why}")));
         }
-        tokens.push(line.to_string());
+        tokens.push(ApiToken {
+            name,
+            secret: line.to_string(),
+            role: Role::Admin,
+            conversation_prefix: None,
+        });
     }
     if tokens.is_empty() {
         return Err(Failure::Usage(format!(

@@ -33,7 +33,7 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::grpc::actors::ActorsService;
-use crate::grpc::auth::Auth;
+use crate::grpc::auth::Access;
 use crate::grpc::cluster::{ClusterService, Sandboxes};
 use crate::grpc::conversations::ConversationsService;
 use crate::grpc::status::message_limit_layer;
@@ -43,7 +43,6 @@ use crate::guardian::Guardian;
 use crate::store;
 use cadre_proto::v1::conversations_server::ConversationsServer;
 use tonic::server::NamedService;
-use tonic::service::interceptor::InterceptedService;
 
 /// Path of the root supervisor of the config's tree (the user's actors).
 pub const ROOT: &str = "root";
@@ -65,8 +64,6 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:7400";
 pub struct NodeOptions {
     /// The node's configuration.
     pub config: Config,
-    /// Bearer tokens accepted by the API, besides `api.tokens` in the config.
-    pub extra_tokens: Vec<String>,
     /// Where to serve the API; port 0 picks a free port.
     pub listen: SocketAddr,
     /// The node's data dir: its store, workspaces and sandbox images.
@@ -222,6 +219,9 @@ impl Node {
             } => Some((pool.clone(), placement.clone())),
             Sandboxes::Unavailable(_) => None,
         };
+        if let Sandboxes::Pool { pool, provider, .. } = &sandboxes {
+            audit_sandbox_ends(pool, provider, event_log.clone());
+        }
         let mut models = std::collections::BTreeMap::new();
         for spec in &options.config.models {
             let client = OpenAiClient::new(spec.clone()).map_err(|e| NodeError::Model {
@@ -330,7 +330,7 @@ impl Node {
             .set_serving::<ConversationsServer<ConversationsService>>()
             .await;
         let execs = Execs::new(
-            event_log,
+            event_log.clone(),
             tree.clone(),
             format!("{SYSTEM}/{AGENTS}"),
             Arc::new(LocalClaims::default()),
@@ -357,71 +357,54 @@ impl Node {
                 )
                 .with_service_name("grpc.health.v1.Health")
         };
-        let auth = Auth::new(
-            options
-                .config
-                .api
-                .tokens
-                .iter()
-                .cloned()
-                .chain(options.extra_tokens.iter().cloned()),
-        );
+        let access = Access::new(options.config.api.tokens.clone(), Some(event_log));
         let mutual_tls = options
             .config
             .api
             .tls
             .as_ref()
             .is_some_and(|t| t.client_ca_file.is_some());
-        if !auth.is_enabled() && !mutual_tls && !addr.ip().is_loopback() {
+        if !access.is_enabled() && !mutual_tls && !addr.ip().is_loopback() {
             tracing::warn!(
                 %addr,
                 "listening beyond loopback without authentication: anyone who can reach this \
                  address controls the node; set api.tokens or --token-file"
             );
         }
-        let reflection_v1 = InterceptedService::new(
-            reflection()
-                .build_v1()
-                .map_err(|e| NodeError::Api(e.to_string()))?,
-            auth.clone(),
-        );
+        let reflection_v1 = reflection()
+            .build_v1()
+            .map_err(|e| NodeError::Api(e.to_string()))?;
         // Older grpcurl versions ask for v1alpha.
-        let reflection_v1alpha = InterceptedService::new(
-            reflection()
-                .build_v1alpha()
-                .map_err(|e| NodeError::Api(e.to_string()))?,
-            auth.clone(),
-        );
+        let reflection_v1alpha = reflection()
+            .build_v1alpha()
+            .map_err(|e| NodeError::Api(e.to_string()))?;
         let limit = options.config.api.max_message_bytes;
         let router = tonic::transport::Server::builder()
             .layer(message_limit_layer(limit))
+            .layer(access.layer())
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(InterceptedService::new(
+            .add_service(
                 ActorsServer::new(service)
                     .max_decoding_message_size(limit)
                     .max_encoding_message_size(limit),
-                auth.clone(),
-            ))
-            .add_service(InterceptedService::new(
+            )
+            .add_service(
                 ClusterServer::new(cluster)
                     .max_decoding_message_size(limit)
                     .max_encoding_message_size(limit),
-                auth.clone(),
-            ))
-            .add_service(InterceptedService::new(
+            )
+            .add_service(
                 ToolsServer::new(tools)
                     .max_decoding_message_size(limit)
                     .max_encoding_message_size(limit),
-                auth.clone(),
-            ))
-            .add_service(InterceptedService::new(
+            )
+            .add_service(
                 ConversationsServer::new(conversations)
                     .max_decoding_message_size(limit)
                     .max_encoding_message_size(limit),
-                auth,
-            ));
+            );
         let stopped = async {
             let _ = stopped.await;
         };
@@ -554,8 +537,11 @@ fn guard_processes(data_dir: &Path) -> Result<Guardian, NodeError> {
     }
     let cadre_bin = std::env::current_exe()
         .map_err(|e| NodeError::Processes(format!("cannot find the cadre binary: {e}")))?;
-    Guardian::start(&cadre_bin, ledger).map_err(fail)
+    Guardian::start(&cadre_bin, ledger, &data_dir.join(WORKSPACES)).map_err(fail)
 }
+
+/// Where in the data dir the sandboxes' workspaces are.
+const WORKSPACES: &str = "workspaces";
 
 /// The built-in tools: skills always, workspaces where the node has sandboxes.
 fn register_builtins(services: &Services) {
@@ -595,11 +581,14 @@ fn start_sandboxes(config: &SandboxConfig, data_dir: &Path) -> Result<Sandboxes,
         PoolConfig {
             min: config.min,
             max: config.max,
-            workspaces: data_dir.join("workspaces"),
+            workspaces: data_dir.join(WORKSPACES),
             images: data_dir.join("sandboxes/images"),
             owners: data_dir.join("sandboxes/owners"),
             memory_bytes: config.memory_bytes,
             cpus: config.cpus,
+            pids: config.pids,
+            workspace_quota: workspace_quota(config.workspace_bytes),
+            min_free_disk: config.min_free_disk_bytes,
             // Unique per run, so no sandbox reuses a workspace of an earlier run.
             name: format!("sbx-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
         },
@@ -620,4 +609,55 @@ fn start_sandboxes(config: &SandboxConfig, data_dir: &Path) -> Result<Sandboxes,
         min: config.min,
         max: config.max,
     })
+}
+
+/// Writes each sandbox that ends by itself (and why: `killed: memory limit 512 MiB`) to
+/// `cadre.audit`, until the pool is gone.
+fn audit_sandbox_ends(pool: &WarmPool, provider: &'static str, log: Arc<dyn EventLog>) {
+    let mut died = pool.subscribe();
+    tokio::spawn(async move {
+        loop {
+            let ended = match died.recv().await {
+                Ok(ended) => ended,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "the audit log missed ended sandboxes");
+                    continue;
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            };
+            let request = cadre_actors::controller::AppendRequest {
+                conversation_id: cadre_actors::controller::AUDIT_CONVERSATION.into(),
+                events: vec![cadre_actors::controller::NewEvent {
+                    exec_id: String::new(),
+                    kind: cadre_proto::v1::event::Kind::SandboxExited(
+                        cadre_proto::v1::SandboxExited {
+                            sandbox_id: ended.id,
+                            tenant: ended.tenant.unwrap_or_default(),
+                            provider: provider.into(),
+                            reason: ended.status,
+                        },
+                    ),
+                }],
+                idempotency_key: None,
+                open_exec: None,
+            };
+            if let Err(e) = log.append(request).await {
+                tracing::warn!(error = %e, "cannot write an ended sandbox to the audit log");
+            }
+        }
+    });
+}
+
+/// The workspace quota the pool can enforce: its loop mounts need root.
+fn workspace_quota(configured: Option<u64>) -> Option<u64> {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if configured.is_some() && !root {
+        tracing::warn!(
+            "sandbox.workspace_mib needs root (each workspace is a loop-mounted filesystem): \
+             workspaces are not bounded on this node"
+        );
+        return None;
+    }
+    configured
 }

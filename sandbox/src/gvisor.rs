@@ -147,6 +147,7 @@ impl GvisorProvider {
             why,
         };
         let bundle = self.state_dir.join("bundles").join(&spec.id);
+        make_cgroups(&spec.id, spec.memory_bytes, spec.pids);
         let prepare = || -> std::io::Result<()> {
             std::fs::create_dir_all(bundle.join("rootfs"))?;
             std::fs::create_dir_all(&spec.workspace)?;
@@ -211,10 +212,12 @@ impl GvisorProvider {
                     .output()
                     .await;
                 let _ = std::fs::remove_dir_all(&bundle);
+                remove_cgroups(&spec.id);
                 return Err(fail(format!("cannot reach its worker: {e}")));
             }
         };
         let (runsc, root, id) = (self.runsc.clone(), self.runsc_root(), spec.id.clone());
+        let (memory, pids, cgroup) = (spec.memory_bytes, spec.pids, spec.id.clone());
         let teardown = move || {
             // The CPUs are free again once the sandbox is gone.
             let _claim = claim;
@@ -226,8 +229,10 @@ impl GvisorProvider {
                 .stderr(Stdio::null())
                 .status();
             let _ = std::fs::remove_dir_all(&bundle);
+            remove_cgroups(&id);
         };
-        let hold = LocalSandbox::new(child, input, Some(Box::new(teardown)));
+        let hold = LocalSandbox::new(child, input, Some(Box::new(teardown)))
+            .with_limit_check(move || limit_hit(&cgroup, memory, pids));
         Ok(Sandbox::new(spec, self.name(), worker, Box::new(hold)))
     }
 }
@@ -398,6 +403,9 @@ fn oci_config(spec: &SandboxSpec, worker_bin: &Path) -> Value {
     if let Some(bytes) = spec.memory_bytes {
         resources.insert("memory".into(), json!({"limit": bytes}));
     }
+    if let Some(pids) = spec.pids {
+        resources.insert("pids".into(), json!({"limit": pids}));
+    }
     if let Some(cpus) = spec.cpus {
         let period = 100_000u64;
         resources.insert(
@@ -416,23 +424,107 @@ fn oci_config(spec: &SandboxSpec, worker_bin: &Path) -> Value {
     if !spec.egress {
         namespaces.push(json!({"type": "network"}));
     }
+    let linux = json!({"namespaces": namespaces, "resources": resources});
+    let mut args = vec![
+        WORKER_BIN.to_string(),
+        "worker".into(),
+        "--workspace".into(),
+        WORKSPACE.into(),
+        "--actors".into(),
+        ACTORS.into(),
+    ];
+    if let Some(quota) = spec.workspace_quota {
+        args.push(format!("--workspace-quota={quota}"));
+    }
     json!({
         "ociVersion": "1.0.0",
         "process": {
             "terminal": false,
             "user": {"uid": 0, "gid": 0},
-            "args": [WORKER_BIN, "worker", "--workspace", WORKSPACE, "--actors", ACTORS],
+            "args": args,
             "env": ["PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "HOME=/workspace"],
             "cwd": WORKSPACE,
         },
         "root": {"path": "rootfs", "readonly": true},
         "hostname": spec.id,
         "mounts": mounts,
-        "linux": {
-            "namespaces": namespaces,
-            "resources": resources,
-        },
+        "linux": linux,
     })
+}
+
+/// Where the host's cgroups are mounted.
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// Whether the host has cgroup v1 controllers (a v2 host has `cgroup.controllers` at the root).
+fn cgroups_v1() -> bool {
+    let root = Path::new(CGROUP_ROOT);
+    !root.join("cgroup.controllers").exists() && root.join("memory").is_dir()
+}
+
+/// Makes sandbox `id`'s memory and pids cgroups (`/ID`) with its limits, on a cgroup v1
+/// host, before runsc starts it.
+///
+/// runsc removes the cgroups it makes when a sandbox ends, counters and all, so nothing
+/// would be left to tell why it ended. It uses a controller's cgroup that already exists as it
+/// is (setting no limit there, and leaving it in place), so the node makes these two itself,
+/// with the limits: they outlive the sandbox until its teardown, and [`limit_hit`] reads
+/// their counters. runsc makes the others (CPU) as usual. On a v2 host runsc sets every
+/// limit, and an end by one shows as the signal that ended it.
+fn make_cgroups(id: &str, memory: Option<u64>, pids: Option<u64>) {
+    if !cgroups_v1() {
+        return;
+    }
+    let root = Path::new(CGROUP_ROOT);
+    let limits = [
+        ("memory", "memory.limit_in_bytes", memory),
+        ("pids", "pids.max", pids),
+    ];
+    for (controller, file, limit) in limits {
+        let Some(limit) = limit else { continue };
+        let dir = root.join(controller).join(id);
+        let made = std::fs::create_dir(&dir)
+            .and_then(|()| std::fs::write(dir.join(file), limit.to_string()));
+        if let Err(e) = made {
+            // runsc then makes it, with the limit.
+            tracing::warn!(sandbox = %id, "cannot make its {controller} cgroup: {e}");
+            let _ = std::fs::remove_dir(&dir);
+        }
+    }
+}
+
+/// Removes the cgroups of sandbox `id`: those [`make_cgroups`] made and any runsc left.
+fn remove_cgroups(id: &str) {
+    let Ok(controllers) = std::fs::read_dir(CGROUP_ROOT) else {
+        return;
+    };
+    for controller in controllers.flatten() {
+        let _ = std::fs::remove_dir(controller.path().join(id));
+    }
+}
+
+/// Which of its limits a sandbox that ended by itself hit, from the counters of the cgroups
+/// [`make_cgroups`] made: memory charges refused at the limit (the kernel's OOM killer then
+/// kills the sandbox), or forks refused.
+fn limit_hit(id: &str, memory: Option<u64>, pids: Option<u64>) -> Option<String> {
+    let read = |file: String| std::fs::read_to_string(file).unwrap_or_default();
+    let memory_refused: u64 = read(format!("{CGROUP_ROOT}/memory/{id}/memory.failcnt"))
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    if let (1.., Some(bytes)) = (memory_refused, memory) {
+        return Some(format!(
+            "memory limit {}",
+            crate::workspace::human_bytes(bytes)
+        ));
+    }
+    let forks_refused: u64 = read(format!("{CGROUP_ROOT}/pids/{id}/pids.events"))
+        .lines()
+        .filter_map(|l| l.strip_prefix("max ")?.trim().parse::<u64>().ok())
+        .sum();
+    match (forks_refused, pids) {
+        (1.., Some(n)) => Some(format!("pids limit {n}")),
+        _ => None,
+    }
 }
 
 /// Logs what runsc and the worker print on stderr, one line at a time.

@@ -23,6 +23,9 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::Placement;
 
+/// How long a caller whose call broke waits to hear whether its sandbox ended.
+const END_NOTICED: Duration = Duration::from_secs(2);
+
 /// Bytes buffered in each direction of a hosted process's stdio.
 const PIPE_BUFFER: usize = 256 * 1024;
 
@@ -54,6 +57,13 @@ impl SandboxHost for Placement {
 
     fn remove(&self, actor: &HostedActor) {
         Placement::remove(self, &logical_id(&actor.id));
+    }
+
+    fn end_of<'a>(
+        &'a self,
+        sandbox: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<String>> + Send + 'a>> {
+        Box::pin(self.pool().end_of(sandbox, END_NOTICED))
     }
 
     fn spawn(&self, spec: HostedSpec) -> HostFuture<'_> {

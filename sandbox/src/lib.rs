@@ -19,13 +19,15 @@ mod pool;
 mod process;
 mod provider;
 pub mod worker;
+pub mod workspace;
 
 pub use cadre_actors::sandbox::{Sandbox, SandboxError, SandboxProvider, SandboxSpec, StartFuture};
 pub use gvisor::GvisorProvider;
 pub use local::LocalSandbox;
 pub use placement::{Delivered, Pinned, Placement, PlacementError, PlacementEvent};
 pub use pool::{
-    Lease, PoolConfig, PoolError, Resumed, SandboxDied, SandboxInfo, Suspended, WarmPool,
+    EndedSandbox, Lease, PoolConfig, PoolError, Resumed, SandboxDied, SandboxInfo, Suspended,
+    WarmPool,
 };
 pub use process::ProcessProvider;
 pub use provider::provider;

@@ -17,6 +17,8 @@ pub struct LocalSandbox {
     _input: OwnedFd,
     /// Removes what the provider left behind (for gVisor: `runsc delete --force`).
     teardown: Option<Box<dyn FnOnce() + Send>>,
+    /// Which limit ended the sandbox, if one did (read once its process has exited).
+    limit_hit: Option<Box<dyn Fn() -> Option<String> + Send + Sync>>,
 }
 
 impl LocalSandbox {
@@ -28,7 +30,18 @@ impl LocalSandbox {
             child,
             _input: input,
             teardown,
+            limit_hit: None,
         }
+    }
+
+    /// Says which limit ended the sandbox (`memory limit 512 MiB`) when it ends by itself
+    /// because of one: its end then reads `killed: memory limit 512 MiB`.
+    pub fn with_limit_check(
+        mut self,
+        limit_hit: impl Fn() -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
+        self.limit_hit = Some(Box::new(limit_hit));
+        self
     }
 }
 
@@ -40,10 +53,19 @@ impl SandboxHold for LocalSandbox {
     fn ended(&mut self) -> Pin<Box<dyn Future<Output = SandboxEnded> + Send + '_>> {
         Box::pin(async move {
             match self.child.wait().await {
-                Ok(status) => SandboxEnded {
-                    success: status.success(),
-                    status: status.to_string(),
-                },
+                Ok(status) => {
+                    let limit = match &self.limit_hit {
+                        Some(check) if !status.success() => check(),
+                        _ => None,
+                    };
+                    SandboxEnded {
+                        success: status.success(),
+                        status: match limit {
+                            Some(limit) => format!("killed: {limit}"),
+                            None => status.to_string(),
+                        },
+                    }
+                }
                 Err(e) => SandboxEnded {
                     success: false,
                     status: e.to_string(),

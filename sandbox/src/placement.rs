@@ -162,6 +162,11 @@ struct State {
 }
 
 impl Placement {
+    /// The pool placement places on.
+    pub fn pool(&self) -> &WarmPool {
+        &self.inner.pool
+    }
+
     /// Starts placement on `pool`, with its idle sweeper and its watch on dying sandboxes.
     pub fn start(pool: WarmPool, config: PlacementConfig) -> Self {
         let (events, _) = broadcast::channel(4096);

@@ -28,6 +28,7 @@ use cadre_proto::v1::worker_client::WorkerClient;
 use tokio::sync::{Notify, broadcast, oneshot};
 use tonic::transport::Channel;
 
+use crate::workspace::Workspaces;
 use crate::{SandboxError, SandboxProvider, SandboxSpec};
 
 /// How the pool sizes and limits its sandboxes.
@@ -39,10 +40,17 @@ pub struct PoolConfig {
     pub max: usize,
     /// Workspaces go under this directory, one per sandbox.
     pub workspaces: PathBuf,
+    /// Most bytes a workspace may hold (`sandbox.workspace_mib`): each is a filesystem of
+    /// this size; `None` for plain folders (see [`Workspaces`]).
+    pub workspace_quota: Option<u64>,
+    /// A new workspace is refused while the disk holding them has less free than this.
+    pub min_free_disk: u64,
     /// Memory limit per sandbox, in bytes; `None` for no limit.
     pub memory_bytes: Option<u64>,
     /// CPU limit per sandbox, in cores; `None` for no limit.
     pub cpus: Option<f64>,
+    /// Most processes and threads per sandbox; `None` for no limit.
+    pub pids: Option<u64>,
     /// Prefix of sandbox ids.
     pub name: String,
     /// Checkpoint images go under this directory, one per suspended sandbox.
@@ -109,6 +117,20 @@ pub struct SandboxDied {
     pub status: String,
 }
 
+/// A sandbox that ended by itself, as `cadre sandboxes ls` shows it for a while.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EndedSandbox {
+    /// The sandbox as it was.
+    pub info: SandboxInfo,
+    /// How it ended: `killed: memory limit 512 MiB`, `signal: 9 (SIGKILL)`.
+    pub status: String,
+    /// When it ended.
+    pub at: SystemTime,
+}
+
+/// How many ended sandboxes the pool remembers.
+const ENDED_KEPT: usize = 32;
+
 /// Why a sandbox could not be leased.
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
@@ -135,6 +157,7 @@ pub struct WarmPool {
 struct Inner {
     provider: Arc<dyn SandboxProvider>,
     config: PoolConfig,
+    workspaces: Workspaces,
     state: Mutex<State>,
     /// Wakes the refiller.
     refill: Notify,
@@ -148,6 +171,8 @@ struct Inner {
     egress: Mutex<HashSet<String>>,
     /// Sandboxes kept for an owner: id → owner, as recorded under `config.owners`.
     kept: Mutex<BTreeMap<String, String>>,
+    /// The last sandboxes that ended by themselves, oldest first.
+    ended: Mutex<std::collections::VecDeque<EndedSandbox>>,
 }
 
 #[derive(Default)]
@@ -198,12 +223,23 @@ impl WarmPool {
     pub fn start(provider: Arc<dyn SandboxProvider>, config: PoolConfig) -> Self {
         let _ = std::fs::remove_dir_all(&config.images);
         let kept = read_kept(&config.owners);
-        remove_unkept_workspaces(&config.workspaces, &kept);
+        let workspaces = Workspaces::new(
+            config.workspaces.clone(),
+            config.workspace_quota,
+            config.min_free_disk,
+        );
+        for id in workspaces.ids() {
+            if !kept.contains_key(&id) {
+                tracing::info!(sandbox = %id, "removing a workspace left by an earlier run");
+                workspaces.remove(&id);
+            }
+        }
         let (died, _) = broadcast::channel(1024);
         let pool = Self {
             inner: Arc::new(Inner {
                 provider,
                 config,
+                workspaces,
                 state: Mutex::default(),
                 refill: Notify::new(),
                 died,
@@ -212,6 +248,7 @@ impl WarmPool {
                 removing: Mutex::default(),
                 egress: Mutex::default(),
                 kept: Mutex::new(kept),
+                ended: Mutex::default(),
             }),
         };
         let refiller = pool.clone();
@@ -228,6 +265,46 @@ impl WarmPool {
     /// Sandboxes that end without being released.
     pub fn subscribe(&self) -> broadcast::Receiver<SandboxDied> {
         self.inner.died.subscribe()
+    }
+
+    /// The last sandboxes that ended by themselves (at most 32), oldest first.
+    pub fn ended(&self) -> Vec<EndedSandbox> {
+        self.inner
+            .ended
+            .lock()
+            .expect("ended")
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// How sandbox `id` ended, if it ended by itself: waits up to `wait` for its end to be
+    /// noticed (a caller whose call to the worker broke may hear of it first).
+    pub async fn end_of(&self, id: &str, wait: Duration) -> Option<String> {
+        let mut died = self.subscribe();
+        let known = |pool: &Self| {
+            let ended = pool.inner.ended.lock().expect("ended");
+            ended
+                .iter()
+                .rev()
+                .find(|e| e.info.id == id)
+                .map(|e| e.status.clone())
+        };
+        if let Some(status) = known(self) {
+            return Some(status);
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, died.recv()).await {
+                Ok(Ok(d)) if d.id == id => return Some(d.status),
+                Ok(Ok(_)) | Ok(Err(broadcast::error::RecvError::Lagged(_))) => {
+                    if let Some(status) = known(self) {
+                        return Some(status);
+                    }
+                }
+                Ok(Err(broadcast::error::RecvError::Closed)) | Err(_) => return known(self),
+            }
+        }
     }
 
     /// Hands a warm sandbox to `tenant`, or starts one if none is warm and there is room.
@@ -449,8 +526,7 @@ impl WarmPool {
         tokio::spawn(async move {
             pool.removed(&id).await;
             pool.inner.egress.lock().expect("egress").remove(&id);
-            let workspace = pool.inner.config.workspaces.join(&id);
-            let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(workspace)).await;
+            let _ = tokio::task::spawn_blocking(move || pool.inner.workspaces.remove(&id)).await;
         });
     }
 
@@ -528,6 +604,7 @@ impl WarmPool {
         for monitor in monitors {
             let _ = monitor.await;
         }
+        self.inner.workspaces.close_all();
     }
 
     /// Keeps `min` warm sandboxes, one start at a time; retries failed starts after a pause.
@@ -585,22 +662,32 @@ impl WarmPool {
         image: Option<&std::path::Path>,
     ) -> Result<WorkerClient<Channel>, SandboxError> {
         let config = &self.inner.config;
+        let workspace = {
+            let (pool, id) = (self.clone(), id.clone());
+            tokio::task::spawn_blocking(move || pool.inner.workspaces.open(&id))
+                .await
+                .map_err(|e| SandboxError::Unavailable(e.to_string()))??
+        };
         let spec = SandboxSpec {
             id: id.clone(),
             tenant: tenant.unwrap_or_default().to_string(),
-            workspace: config.workspaces.join(&id),
+            workspace,
             egress: self.inner.egress.lock().expect("egress").contains(&id),
             memory_bytes: config.memory_bytes,
             cpus: config.cpus,
+            pids: config.pids,
+            workspace_quota: config.workspace_quota,
         };
-        let mut sandbox = match image {
-            Some(image) => {
-                self.inner
-                    .provider
-                    .restore(spec, image.to_path_buf())
-                    .await?
+        let started = match image {
+            Some(image) => self.inner.provider.restore(spec, image.to_path_buf()).await,
+            None => self.inner.provider.start(spec).await,
+        };
+        let mut sandbox = match started {
+            Ok(sandbox) => sandbox,
+            Err(e) => {
+                self.inner.workspaces.close(&id);
+                return Err(e);
             }
-            None => self.inner.provider.start(spec).await?,
         };
         let worker = sandbox.worker();
         if image.is_some() {
@@ -608,6 +695,7 @@ impl WarmPool {
             // answers (a bad image ends the sandbox first).
             if let Err(status) = worker.clone().stats(WorkerStatsRequest {}).await {
                 sandbox.kill().await;
+                self.inner.workspaces.close(&id);
                 return Err(SandboxError::Start {
                     id,
                     why: format!("the restored worker does not answer: {status}"),
@@ -640,13 +728,23 @@ impl WarmPool {
         }
         let pool = self.clone();
         let monitored = id.clone();
-        let workspace = config.workspaces.join(&id);
         let monitor = tokio::spawn(async move {
             let control = tokio::select! {
                 ended = sandbox.ended() => {
                     let status = ended.status;
                     let entry = pool.inner.state.lock().expect("pool lock").sandboxes.remove(&monitored);
                     tracing::warn!(sandbox = %monitored, %status, "sandbox died");
+                    if let Some(entry) = &entry {
+                        let mut ended = pool.inner.ended.lock().expect("ended");
+                        if ended.len() == ENDED_KEPT {
+                            ended.pop_front();
+                        }
+                        ended.push_back(EndedSandbox {
+                            info: entry.info.clone(),
+                            status: status.clone(),
+                            at: SystemTime::now(),
+                        });
+                    }
                     // Its workspace stays: whoever hears of the death may start it again
                     // under its id (once what is left of it is removed) or forget it.
                     let (gone, removed) = oneshot::channel();
@@ -661,16 +759,19 @@ impl WarmPool {
                 }
                 control = controlled => control.ok(),
             };
+            let workspaces = &pool.inner.workspaces;
             match control {
                 Some(Control::Suspend { image, done, gone }) => {
                     let _ = done.send(pool.inner.provider.checkpoint(&mut sandbox, &image).await);
                     // Removing a stopped gVisor sandbox takes a while (over a second here):
                     // the suspension is done without waiting for it; a resume waits.
                     sandbox.kill().await;
+                    workspaces.close(&monitored);
                     let _ = gone.send(());
                 }
                 Some(Control::Park { gone }) => {
                     sandbox.kill().await;
+                    workspaces.close(&monitored);
                     let _ = gone.send(());
                 }
                 Some(Control::Stop) => {
@@ -681,13 +782,20 @@ impl WarmPool {
                         .lock()
                         .expect("kept")
                         .contains_key(&monitored);
-                    if !kept {
-                        let _ =
-                            tokio::task::spawn_blocking(move || std::fs::remove_dir_all(workspace))
-                                .await;
+                    if kept {
+                        workspaces.close(&monitored);
+                    } else {
+                        let pool = pool.clone();
+                        let _ = tokio::task::spawn_blocking(move || {
+                            pool.inner.workspaces.remove(&monitored)
+                        })
+                        .await;
                     }
                 }
-                None => sandbox.kill().await,
+                None => {
+                    sandbox.kill().await;
+                    workspaces.close(&monitored);
+                }
             }
         });
         let mut monitors = self.inner.monitors.lock().expect("monitors");
@@ -721,21 +829,6 @@ fn read_kept(owners: &Path) -> BTreeMap<String, String> {
         }
     }
     kept
-}
-
-/// Removes the workspaces under `workspaces` that are not kept: earlier runs' warm and shared
-/// sandboxes, whose ids this run never uses again.
-fn remove_unkept_workspaces(workspaces: &Path, kept: &BTreeMap<String, String>) {
-    let Ok(entries) = std::fs::read_dir(workspaces) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let id = entry.file_name().to_string_lossy().into_owned();
-        if !kept.contains_key(&id) {
-            tracing::info!(sandbox = %id, "removing a workspace left by an earlier run");
-            let _ = std::fs::remove_dir_all(entry.path());
-        }
-    }
 }
 
 /// Writes `dir/name` durably: the file's data and its directory entry are on disk on return.

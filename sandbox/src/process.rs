@@ -50,6 +50,10 @@ impl SandboxProvider for ProcessProvider {
                 .arg("worker")
                 .arg("--workspace")
                 .arg(&spec.workspace)
+                .args(
+                    spec.workspace_quota
+                        .map(|q| format!("--workspace-quota={q}")),
+                )
                 .current_dir(&spec.workspace)
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())

@@ -31,6 +31,8 @@ use tonic::{Request, Response, Status, Streaming};
 /// Serves the worker protocol for files under `workspace`.
 pub struct WorkerService {
     workspace: PathBuf,
+    /// The size of the workspace's filesystem, when it is bounded: errors name it.
+    workspace_quota: Option<u64>,
     /// Where hosted actors' workspaces go.
     actors_dir: PathBuf,
     processes: Arc<AtomicU32>,
@@ -63,11 +65,44 @@ impl WorkerService {
     pub fn new(workspace: PathBuf, actors_dir: PathBuf) -> Self {
         Self {
             workspace,
+            workspace_quota: None,
             actors_dir,
             processes: Arc::default(),
             actors: Mutex::default(),
             started: Instant::now(),
             suspend: tokio::sync::watch::Sender::new(0),
+        }
+    }
+
+    /// Says that the workspace is a filesystem of `quota` bytes (`--workspace-quota`), so that
+    /// a write that fills it fails naming the quota.
+    pub fn with_workspace_quota(mut self, quota: Option<u64>) -> Self {
+        self.workspace_quota = quota;
+        self
+    }
+
+    /// The error of a failed file operation on `path` (`workspace quota 1 GiB exceeded` when
+    /// the workspace is full).
+    fn io_status(&self, path: &str, e: std::io::Error) -> Status {
+        match (e.raw_os_error(), self.workspace_quota) {
+            (Some(libc::ENOSPC), Some(quota)) => Status::resource_exhausted(format!(
+                "{}: cannot write {path}",
+                quota_exceeded(quota)
+            )),
+            _ => io_status(path, e),
+        }
+    }
+
+    /// The limit a failed process ran into: the workspace's quota if the workspace is full.
+    fn limit_hit(workspace: &Path, quota: Option<u64>) -> String {
+        const NEARLY_FULL: u64 = 1 << 20;
+        match quota {
+            Some(quota)
+                if crate::workspace::free_bytes(workspace).is_ok_and(|free| free < NEARLY_FULL) =>
+            {
+                quota_exceeded(quota)
+            }
+            _ => String::new(),
         }
     }
 
@@ -255,6 +290,7 @@ impl Worker for WorkerService {
         });
         let processes = self.processes.clone();
         processes.fetch_add(1, Ordering::SeqCst);
+        let (workspace, quota) = (self.workspace.clone(), self.workspace_quota);
         tokio::spawn(async move {
             let status = tokio::select! {
                 status = child.wait() => status,
@@ -272,6 +308,10 @@ impl Worker for WorkerService {
                     ProcessExit {
                         code: status.code().unwrap_or(-1),
                         signal: status.signal().unwrap_or(0),
+                        limit: match status.success() {
+                            true => String::new(),
+                            false => Self::limit_hit(&workspace, quota),
+                        },
                     }
                 }
                 Err(e) => {
@@ -295,11 +335,11 @@ impl Worker for WorkerService {
         if let Some(parent) = path.parent() {
             tokio::fs::create_dir_all(parent)
                 .await
-                .map_err(|e| io_status(&r.path, e))?;
+                .map_err(|e| self.io_status(&r.path, e))?;
         }
         tokio::fs::write(&path, &r.content)
             .await
-            .map_err(|e| io_status(&r.path, e))?;
+            .map_err(|e| self.io_status(&r.path, e))?;
         Ok(Response::new(WriteFileResponse {}))
     }
 
@@ -310,7 +350,7 @@ impl Worker for WorkerService {
         let r = request.into_inner();
         let content = tokio::fs::read(self.resolve(&r.path)?)
             .await
-            .map_err(|e| io_status(&r.path, e))?;
+            .map_err(|e| self.io_status(&r.path, e))?;
         Ok(Response::new(ReadFileResponse { content }))
     }
 
@@ -321,10 +361,13 @@ impl Worker for WorkerService {
         let r = request.into_inner();
         let mut dir = tokio::fs::read_dir(self.resolve(&r.path)?)
             .await
-            .map_err(|e| io_status(&r.path, e))?;
+            .map_err(|e| self.io_status(&r.path, e))?;
         let mut entries = Vec::new();
         while let Some(entry) = dir.next_entry().await.map_err(|e| io_status(&r.path, e))? {
-            let meta = entry.metadata().await.map_err(|e| io_status(&r.path, e))?;
+            let meta = entry
+                .metadata()
+                .await
+                .map_err(|e| self.io_status(&r.path, e))?;
             entries.push(FileEntry {
                 name: entry.file_name().to_string_lossy().into_owned(),
                 dir: meta.is_dir(),
@@ -788,4 +831,12 @@ impl AsyncWrite for Pipe {
         // Stdout outlives the connection.
         Poll::Ready(Ok(()))
     }
+}
+
+/// `workspace quota 1 GiB exceeded`.
+fn quota_exceeded(quota: u64) -> String {
+    format!(
+        "workspace quota {} exceeded",
+        crate::workspace::human_bytes(quota)
+    )
 }

@@ -41,6 +41,9 @@ fn pool_on(provider: Arc<dyn SandboxProvider>, dir: &TempDir, name: &str, warm: 
             owners: dir.path().join("owners"),
             memory_bytes: Some(256 << 20),
             cpus: Some(1.0),
+            pids: Some(512),
+            workspace_quota: None,
+            min_free_disk: 0,
             name: format!("{name}-{}", std::process::id()),
         },
     )

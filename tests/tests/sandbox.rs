@@ -36,6 +36,8 @@ fn spec(dir: &TempDir, id: &str, tenant: &str) -> SandboxSpec {
         egress: false,
         memory_bytes: Some(256 << 20),
         cpus: Some(1.0),
+        pids: Some(512),
+        workspace_quota: None,
     }
 }
 
@@ -429,6 +431,9 @@ fn the_warm_pool_leases_per_tenant_and_refills_when_a_sandbox_dies() {
                 owners: dir.path().join("owners"),
                 memory_bytes: Some(256 << 20),
                 cpus: Some(1.0),
+                pids: Some(512),
+                workspace_quota: None,
+                min_free_disk: 0,
                 name: format!("pool-{}", std::process::id()),
             },
         );

@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use marked_yaml::Spanned;
 
+use crate::access::{Caller, Role};
 use crate::agent::AgentSpec;
 use crate::controller::HistoryLimits;
 use crate::mcp::McpSpec;
@@ -32,8 +33,8 @@ use crate::skills::SkillSpec;
 use crate::spec::{Restart, Shutdown, SupervisorFlags};
 
 use raw::{RawChild, RawConfig};
-pub use validate::check_listen;
 use validate::parse_with;
+pub use validate::{check_listen, check_secret};
 
 /// A validated configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -64,13 +65,48 @@ pub struct NodeConfig {
 /// The `api` section.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiConfig {
-    /// Bearer tokens; when any is set, every API call must carry one.
-    pub tokens: Vec<String>,
+    /// Bearer tokens and their roles; when any is set, every API call must carry one.
+    pub tokens: Vec<ApiToken>,
     /// The largest gRPC message the API takes or sends (`api.max_message_bytes`, default
     /// 4 MiB): a larger request is refused with RESOURCE_EXHAUSTED.
     pub max_message_bytes: usize,
     /// TLS for the API (`api.tls`); `None` serves plaintext.
     pub tls: Option<ApiTls>,
+}
+
+/// A bearer token the API accepts (`api.tokens[]`): its name, secret and role.
+#[derive(Clone, PartialEq)]
+pub struct ApiToken {
+    /// Names the token in the audit log and in refusals.
+    pub name: String,
+    /// What the caller sends as `authorization: Bearer SECRET`.
+    pub secret: String,
+    /// What the token may do.
+    pub role: Role,
+    /// For an agent-user: the conversations it may use are those whose id starts with this.
+    pub conversation_prefix: Option<String>,
+}
+
+impl ApiToken {
+    /// Who calls with this token.
+    pub fn caller(&self) -> Caller {
+        Caller {
+            name: self.name.clone(),
+            role: self.role,
+            conversation_prefix: self.conversation_prefix.clone(),
+        }
+    }
+}
+
+impl fmt::Debug for ApiToken {
+    // The secret stays out of logs and panics.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiToken")
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .field("conversation_prefix", &self.conversation_prefix)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The API's certificate, its key, and (for mutual TLS) the CA its clients' certificates must
@@ -131,6 +167,13 @@ pub struct SandboxConfig {
     pub memory_bytes: Option<u64>,
     /// CPU limit per sandbox (`sandbox.cpus`, default 1).
     pub cpus: Option<f64>,
+    /// Most processes and threads in a sandbox (`sandbox.pids`, default 512).
+    pub pids: Option<u64>,
+    /// Most bytes a sandbox's workspace holds (`sandbox.workspace_mib`, default 1 GiB).
+    pub workspace_bytes: Option<u64>,
+    /// New workspaces are refused while the data dir's disk has less free than this
+    /// (`sandbox.min_free_disk_mib`, default 1 GiB).
+    pub min_free_disk_bytes: u64,
     /// Logical actors one shared sandbox hosts at once.
     pub slots_per_sandbox: usize,
     /// How long a placed actor may be idle before it is passivated (an exclusive one's
@@ -156,6 +199,9 @@ impl Default for SandboxConfig {
             max: 8,
             memory_bytes: Some(512 << 20),
             cpus: Some(1.0),
+            pids: Some(512),
+            workspace_bytes: Some(1 << 30),
+            min_free_disk_bytes: 1 << 30,
             slots_per_sandbox: 64,
             idle_timeout: Duration::from_secs(60),
         }

@@ -64,6 +64,9 @@ pub(super) struct RawSandbox {
     pub(super) warm_pool: Option<RawWarmPool>,
     pub(super) memory_mib: Option<Spanned<i64>>,
     pub(super) cpus: Option<Spanned<f64>>,
+    pub(super) pids: Option<Spanned<i64>>,
+    pub(super) workspace_mib: Option<Spanned<i64>>,
+    pub(super) min_free_disk_mib: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -86,9 +89,45 @@ pub(super) struct RawNode {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawApi {
     #[serde(default)]
-    pub(super) tokens: Vec<Spanned<String>>,
+    pub(super) tokens: Vec<Spanned<RawToken>>,
     pub(super) max_message_bytes: Option<Spanned<i64>>,
     pub(super) tls: Option<Spanned<RawApiTls>>,
+}
+
+/// An entry of `api.tokens`: a mapping, or (the older form) just the secret, an admin token.
+pub(super) enum RawToken {
+    Secret(String),
+    Entry(Box<RawTokenEntry>),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTokenEntry {
+    pub(super) name: Spanned<String>,
+    pub(super) token: Option<Spanned<String>>,
+    pub(super) token_file: Option<Spanned<String>>,
+    pub(super) role: Spanned<String>,
+    pub(super) conversation_prefix: Option<Spanned<String>>,
+}
+
+impl<'de> Deserialize<'de> for RawToken {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Either;
+        impl<'de> serde::de::Visitor<'de> for Either {
+            type Value = RawToken;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a mapping {name, token or token_file, role} or a token")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawToken, E> {
+                Ok(RawToken::Secret(v.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<RawToken, A::Error> {
+                RawTokenEntry::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(|entry| RawToken::Entry(Box::new(entry)))
+            }
+        }
+        deserializer.deserialize_any(Either)
+    }
 }
 
 #[derive(Deserialize)]

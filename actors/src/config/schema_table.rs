@@ -78,9 +78,9 @@ pub(super) const SECTIONS: &[Section] = &[
         fields: &[
             Field {
                 key: "tokens",
-                kind: "list of strings",
+                kind: "list of tokens",
                 default: "[] (no authentication)",
-                meaning: "Bearer tokens; when any is set (here or with `cadre serve --token-file`), every call except health checks needs `authorization: Bearer <token>`, else UNAUTHENTICATED. Each token is non-empty with no spaces.",
+                meaning: "Bearer tokens, each with a name and a role (see `api.tokens[]` and docs/security.md); when any is set (here or with `cadre serve --token-file`), every call except health checks needs `authorization: Bearer <token>`, else UNAUTHENTICATED, and a call beyond the token's role is PERMISSION_DENIED. A plain string is the older form: an admin token named `api.tokens[N]`.",
             },
             Field {
                 key: "max_message_bytes",
@@ -93,6 +93,43 @@ pub(super) const SECTIONS: &[Section] = &[
                 kind: "mapping",
                 default: "none (plaintext)",
                 meaning: "Serve the API over TLS (HTTP/2, ALPN `h2`), health and reflection included; with `client_ca_file`, mutual TLS.",
+            },
+        ],
+    },
+    Section {
+        path: "api.tokens[]",
+        title: "api.tokens[]",
+        about: "One bearer token: who it is (its name goes into the audit log with every change it makes) and what it may do. Roles: `admin` (everything), `operator` (everything but spawning actors), `approver` (read, and decide approvals), `reader` (read everything), `agent-user` (exec, call tools and read, only in its conversations).",
+        fields: &[
+            Field {
+                key: "name",
+                kind: "string",
+                default: "required",
+                meaning: "Unique among the tokens; letters, digits, `-`, `_` and `.`.",
+            },
+            Field {
+                key: "token",
+                kind: "string",
+                default: "this or `token_file`",
+                meaning: "The secret, non-empty with no spaces, unique among the tokens.",
+            },
+            Field {
+                key: "token_file",
+                kind: "string",
+                default: "this or `token`",
+                meaning: "A file holding the secret (surrounding whitespace trimmed), relative to the config file's folder; read when the config is read, so a Kubernetes Secret can be mounted.",
+            },
+            Field {
+                key: "role",
+                kind: "string",
+                default: "required",
+                meaning: "`admin`, `operator`, `approver`, `reader` or `agent-user`.",
+            },
+            Field {
+                key: "conversation_prefix",
+                kind: "string",
+                default: "required for `agent-user`, else not allowed",
+                meaning: "The conversations an agent-user may use: those whose id starts with this. It may not reach the node's own (`cadre.…`).",
             },
         ],
     },
@@ -186,6 +223,24 @@ pub(super) const SECTIONS: &[Section] = &[
                 kind: "number",
                 default: "1",
                 meaning: "CPU limit per sandbox, greater than 0 (fractions allowed). Below the node's CPU count, a gVisor sandbox also runs on that many of the node's least used CPUs.",
+            },
+            Field {
+                key: "pids",
+                kind: "integer",
+                default: "512",
+                meaning: "Most processes and threads in a sandbox, at least 16; a fork past it fails with EAGAIN inside the sandbox (a fork bomb stays in it).",
+            },
+            Field {
+                key: "workspace_mib",
+                kind: "MiB (integer)",
+                default: "1024",
+                meaning: "Most a sandbox's workspace holds, at least 16: each workspace is a filesystem of this size (a sparse file in the data dir, loop-mounted while its sandbox runs; needs root), so a write past it fails with ENOSPC and the tool's error says `workspace quota … exceeded`.",
+            },
+            Field {
+                key: "min_free_disk_mib",
+                kind: "MiB (integer)",
+                default: "1024",
+                meaning: "A new workspace is refused (the tool or exec that needs it fails with an error saying so) while the data dir's disk has less free than this, so the event log always has room; 0 turns the check off.",
             },
         ],
     },

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use marked_yaml::{Marker, Span, Spanned};
 
+use crate::access::{Role, check_conversation_prefix};
 use crate::agent::AgentSpec;
 use crate::controller::HistoryLimits;
 use crate::mcp::{McpServer, McpSpec};
@@ -16,6 +17,15 @@ use crate::spec::{AutoShutdown, Backoff, ChildType, Restart, Shutdown, Strategy,
 
 use super::raw::*;
 use super::*;
+
+/// Why `secret` cannot be a bearer token, if it cannot: it must be non-empty, without spaces or
+/// control characters (it travels in an HTTP header).
+pub fn check_secret(secret: &str) -> Result<(), String> {
+    if secret.is_empty() || secret.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("a token must be non-empty with no spaces".into());
+    }
+    Ok(())
+}
 
 /// Parses YAML into `R`, then validates it with `check`; the first error wins.
 /// Checks the form of a listen address, `HOST:PORT` (a host name, an IPv4 address or a
@@ -299,6 +309,143 @@ impl Checker {
         }
     }
 
+    /// `api.tokens`: each with a unique name and secret; a plain string is an admin token named
+    /// by its place.
+    fn api_tokens(&mut self, raw: &[Spanned<RawToken>]) -> Vec<ApiToken> {
+        let mut tokens: Vec<ApiToken> = Vec::new();
+        for (i, entry) in raw.iter().enumerate() {
+            let token = match &**entry {
+                RawToken::Secret(secret) => ApiToken {
+                    name: format!("api.tokens[{i}]"),
+                    secret: secret.clone(),
+                    role: Role::Admin,
+                    conversation_prefix: None,
+                },
+                RawToken::Entry(e) => {
+                    let Some(token) = self.api_token(e) else {
+                        continue;
+                    };
+                    token
+                }
+            };
+            if let Err(why) = check_secret(&token.secret) {
+                self.fail(entry.span(), format!("token `{}`: {why}", token.name));
+                continue;
+            }
+            if tokens.iter().any(|t| t.name == token.name) {
+                self.fail(
+                    entry.span(),
+                    format!("token name `{}` is used twice", token.name),
+                );
+            } else if let Some(other) = tokens.iter().find(|t| t.secret == token.secret) {
+                self.fail(
+                    entry.span(),
+                    format!(
+                        "token `{}` has the same secret as `{}` (a secret names one caller)",
+                        token.name, other.name
+                    ),
+                );
+            }
+            tokens.push(token);
+        }
+        tokens
+    }
+
+    fn api_token(&mut self, raw: &RawTokenEntry) -> Option<ApiToken> {
+        let name = raw.name.as_str();
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            self.fail(
+                raw.name.span(),
+                format!("name `{name}`: use letters, digits, `-`, `_` and `.`"),
+            );
+            return None;
+        }
+        let Some(role) = Role::parse(&raw.role) else {
+            let known: Vec<_> = Role::ALL.iter().map(|r| r.name()).collect();
+            self.fail(
+                raw.role.span(),
+                format!(
+                    "token `{name}`: unknown role `{}` (expected {})",
+                    raw.role.as_str(),
+                    known.join(", ")
+                ),
+            );
+            return None;
+        };
+        let secret = match (&raw.token, &raw.token_file) {
+            (Some(token), None) => token.to_string(),
+            (None, Some(file)) => {
+                let path = self.resolve(file);
+                match std::fs::read_to_string(&path) {
+                    Ok(text) => text.trim().to_string(),
+                    Err(e) => {
+                        self.fail(
+                            file.span(),
+                            format!("token `{name}`: token_file {}: {e}", path.display()),
+                        );
+                        return None;
+                    }
+                }
+            }
+            (Some(token), Some(_)) => {
+                self.fail(
+                    token.span(),
+                    format!("token `{name}`: give `token` or `token_file`, not both"),
+                );
+                return None;
+            }
+            (None, None) => {
+                self.fail(
+                    raw.name.span(),
+                    format!("token `{name}`: give its secret as `token` or `token_file`"),
+                );
+                return None;
+            }
+        };
+        let conversation_prefix = match (&raw.conversation_prefix, role) {
+            (Some(prefix), Role::AgentUser) => {
+                if let Err(why) = check_conversation_prefix(prefix) {
+                    self.fail(
+                        prefix.span(),
+                        format!("token `{name}`: conversation_prefix {why}"),
+                    );
+                }
+                Some(prefix.to_string())
+            }
+            (None, Role::AgentUser) => {
+                self.fail(
+                    raw.role.span(),
+                    format!(
+                        "token `{name}`: an agent-user needs a conversation_prefix (the \
+                         conversations it may use)"
+                    ),
+                );
+                None
+            }
+            (Some(prefix), _) => {
+                self.fail(
+                    prefix.span(),
+                    format!(
+                        "token `{name}`: conversation_prefix is for role agent-user (a {role} \
+                         uses every conversation)"
+                    ),
+                );
+                None
+            }
+            (None, _) => None,
+        };
+        Some(ApiToken {
+            name: name.to_string(),
+            secret,
+            role,
+            conversation_prefix,
+        })
+    }
+
     pub(super) fn config(&mut self, raw: RawConfig) -> Config {
         match &raw.version {
             None => self.fail(
@@ -343,14 +490,8 @@ impl Checker {
             .map(|s| self.sandbox(s))
             .unwrap_or_default();
         let mut api = ApiConfig::default();
-        for t in raw.api.iter().flat_map(|a| &a.tokens) {
-            if t.trim().is_empty() || t.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                self.fail(
-                    t.span(),
-                    "api.tokens: a token must be non-empty with no spaces".into(),
-                );
-            }
-            api.tokens.push(t.to_string());
+        if let Some(raw_api) = &raw.api {
+            api.tokens = self.api_tokens(&raw_api.tokens);
         }
         if let Some(max) = raw.api.as_ref().and_then(|a| a.max_message_bytes.as_ref()) {
             match usize::try_from(**max) {
@@ -622,6 +763,33 @@ impl Checker {
                 self.fail(c.span(), format!("sandbox.cpus must be > 0, got {}", **c));
             } else {
                 config.cpus = Some(**c);
+            }
+        }
+        if let Some(p) = &raw.pids {
+            if **p < 16 {
+                self.fail(p.span(), format!("sandbox.pids must be ≥ 16, got {}", **p));
+            } else {
+                config.pids = Some(**p as u64);
+            }
+        }
+        if let Some(w) = &raw.workspace_mib {
+            if **w < 16 {
+                self.fail(
+                    w.span(),
+                    format!("sandbox.workspace_mib must be ≥ 16, got {}", **w),
+                );
+            } else {
+                config.workspace_bytes = Some((**w as u64) << 20);
+            }
+        }
+        if let Some(f) = &raw.min_free_disk_mib {
+            if **f < 0 {
+                self.fail(
+                    f.span(),
+                    format!("sandbox.min_free_disk_mib must be ≥ 0, got {}", **f),
+                );
+            } else {
+                config.min_free_disk_bytes = (**f as u64) << 20;
             }
         }
         config

@@ -101,7 +101,6 @@ supervisor:
     // Round one: journaled steps, in this process.
     let node = cadre_cluster::Node::start(cadre_cluster::NodeOptions {
         config,
-        extra_tokens: Vec::new(),
         listen: "127.0.0.1:0".parse().expect("loopback"),
         data_dir: dir.join("steps"),
     })

@@ -159,6 +159,9 @@ async fn rounds(
             owners: dir.join("owners"),
             memory_bytes: Some(1 << 30),
             cpus: Some(1.0),
+            pids: Some(512),
+            workspace_quota: None,
+            min_free_disk: 0,
             name: format!("bench-{}", std::process::id()),
         },
     );

@@ -21,6 +21,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::actor_spec::child_entry;
+use super::auth::note_target;
 use super::status::{append_status, supervisor_status};
 
 /// `cadre.v1.Actors`: the live supervision tree.
@@ -164,6 +165,11 @@ impl Actors for ActorsService {
     }
 
     async fn spawn(&self, request: Request<SpawnRequest>) -> Result<Response<ActorNode>, Status> {
+        let parent = match request.get_ref().parent.as_str() {
+            "" => self.root.as_str(),
+            parent => parent,
+        };
+        note_target(&request, format!("a child of {parent}"));
         let r = request.into_inner();
         let parent = if r.parent.is_empty() {
             self.root.clone()
@@ -239,6 +245,7 @@ impl Actors for ActorsService {
     }
 
     async fn stop(&self, request: Request<ActorRequest>) -> Result<Response<ActorNode>, Status> {
+        note_target(&request, request.get_ref().path.clone());
         let path = request.into_inner().path;
         self.not_system(&path, "stopped", false)?;
         let (sup, id) = self.parent_of(&path)?;
@@ -262,6 +269,7 @@ impl Actors for ActorsService {
     }
 
     async fn restart(&self, request: Request<ActorRequest>) -> Result<Response<ActorNode>, Status> {
+        note_target(&request, request.get_ref().path.clone());
         let path = request.into_inner().path;
         self.not_system(&path, "restarted", false)?;
         let (sup, id) = self.parent_of(&path)?;

@@ -108,6 +108,7 @@ impl Cluster for ClusterService {
                     slots: placed.as_ref().map_or(0, |p| p.slots as u32),
                     exclusive: placed.as_ref().is_some_and(|p| p.exclusive),
                     actors: placed.map(|p| p.actors).unwrap_or_default(),
+                    ended: String::new(),
                 }
             })
             .collect();
@@ -129,6 +130,16 @@ impl Cluster for ClusterService {
                 slots: 1,
                 exclusive: true,
                 actors: vec![actor],
+                ..Default::default()
+            });
+        }
+        for ended in pool.ended() {
+            sandboxes.push(SandboxInfo {
+                id: ended.info.id,
+                tenant: ended.info.tenant.unwrap_or_default(),
+                state: "ended".into(),
+                started_unix_ms: unix_ms(ended.info.started),
+                ended: ended.status,
                 ..Default::default()
             });
         }

@@ -13,6 +13,7 @@ use cadre_proto::v1::{
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use super::auth::{check_conversation, note_target};
 use super::status::{exec_status, subscribe_status};
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<Event, Status>> + Send>>;
@@ -62,6 +63,19 @@ impl Conversations for ConversationsService {
     type SubscribeStream = EventStream;
 
     async fn exec(&self, request: Request<ExecRequest>) -> Result<Response<EventStream>, Status> {
+        let id = &request.get_ref().conversation_id;
+        note_target(
+            &request,
+            if id.is_empty() {
+                format!(
+                    "a new conversation of agent `{}`",
+                    request.get_ref().agent_id
+                )
+            } else {
+                id.clone()
+            },
+        );
+        check_conversation(&request, id)?;
         let r = request.into_inner();
         let reconnect = r.input.is_empty();
         if reconnect && r.conversation_id.is_empty() {
@@ -96,6 +110,7 @@ impl Conversations for ConversationsService {
         &self,
         request: Request<SubscribeRequest>,
     ) -> Result<Response<EventStream>, Status> {
+        check_conversation(&request, &request.get_ref().conversation_id)?;
         let r = request.into_inner();
         let events = self
             .execs
@@ -109,6 +124,7 @@ impl Conversations for ConversationsService {
         &self,
         request: Request<GetConversationRequest>,
     ) -> Result<Response<Conversation>, Status> {
+        check_conversation(&request, &request.get_ref().conversation_id)?;
         let id = request.into_inner().conversation_id;
         let summary = self.execs.describe(&id).await.map_err(exec_status)?;
         Ok(Response::new(summary))
@@ -118,16 +134,37 @@ impl Conversations for ConversationsService {
         &self,
         request: Request<ListConversationsRequest>,
     ) -> Result<Response<ListConversationsResponse>, Status> {
+        // An agent-user lists only its conversations: those from its prefix on, while they
+        // start with it (ids are listed in order).
+        let prefix = super::auth::caller(&request).and_then(|c| c.conversation_prefix.clone());
         let r = request.into_inner();
-        let conversations = self
+        let after = match &prefix {
+            Some(prefix) => r.after.clone().max(before_every_id_under(prefix)),
+            None => r.after,
+        };
+        let mut conversations = self
             .execs
-            .list(&r.after, r.limit)
+            .list(&after, r.limit)
             .await
             .map_err(exec_status)?;
+        if let Some(prefix) = &prefix {
+            let under = conversations
+                .iter()
+                .take_while(|c| c.conversation_id.starts_with(prefix.as_str()))
+                .count();
+            conversations.truncate(under);
+        }
         Ok(Response::new(ListConversationsResponse { conversations }))
     }
 
     async fn fork(&self, request: Request<ForkRequest>) -> Result<Response<Conversation>, Status> {
+        let (src, dest) = (
+            &request.get_ref().src_conversation_id,
+            &request.get_ref().dest_conversation_id,
+        );
+        note_target(&request, format!("{src} → {dest}"));
+        check_conversation(&request, src)?;
+        check_conversation(&request, dest)?;
         let r = request.into_inner();
         let fork = Fork {
             src_conversation_id: r.src_conversation_id,
@@ -143,6 +180,8 @@ impl Conversations for ConversationsService {
         &self,
         request: Request<CancelRequest>,
     ) -> Result<Response<Conversation>, Status> {
+        note_target(&request, request.get_ref().conversation_id.clone());
+        check_conversation(&request, &request.get_ref().conversation_id)?;
         let r = request.into_inner();
         let summary = self
             .execs
@@ -156,6 +195,7 @@ impl Conversations for ConversationsService {
         &self,
         request: Request<ApproveRequest>,
     ) -> Result<Response<Conversation>, Status> {
+        note_target(&request, request.get_ref().conversation_id.clone());
         let r = request.into_inner();
         let summary = self
             .execs
@@ -169,6 +209,7 @@ impl Conversations for ConversationsService {
         &self,
         request: Request<DeleteConversationRequest>,
     ) -> Result<Response<DeleteConversationResponse>, Status> {
+        note_target(&request, request.get_ref().conversation_id.clone());
         let conversation_id = request.into_inner().conversation_id;
         let events = self
             .execs
@@ -179,5 +220,35 @@ impl Conversations for ConversationsService {
             conversation_id,
             events,
         }))
+    }
+}
+
+/// A cursor just before every conversation id that starts with `prefix`, and after every
+/// smaller id: the prefix with its last character lowered by one, then more `z` (the largest
+/// character an id may hold) than an id can be long.
+fn before_every_id_under(prefix: &str) -> String {
+    let mut cursor: Vec<u8> = prefix.as_bytes().to_vec();
+    match cursor.last_mut() {
+        Some(last) => *last -= 1,
+        None => return String::new(),
+    }
+    cursor.resize(cadre_actors::exec::MAX_ID_LEN + 1, b'z');
+    String::from_utf8_lossy(&cursor).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::before_every_id_under;
+
+    #[test]
+    fn the_cursor_falls_between_the_ids_under_a_prefix_and_the_rest() {
+        let cursor = before_every_id_under("acme-");
+        let longest = |s: &str| format!("{s}{}", "z".repeat(200 - s.len()));
+        for smaller in ["acme", "acme,", "acmd", &longest("acme,"), "a", ""] {
+            assert!(smaller < cursor.as_str(), "{smaller}");
+        }
+        for under in ["acme-", "acme-0", &longest("acme-")] {
+            assert!(under > cursor.as_str(), "{under}");
+        }
     }
 }

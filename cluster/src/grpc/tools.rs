@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use cadre_actors::access::Action;
 use cadre_actors::event_log::{AppendRequest, EventLog, NewEvent};
 use cadre_actors::exec::check_writable;
 use cadre_actors::tools::{CallContext, ToolRegistry};
@@ -14,6 +15,7 @@ use cadre_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
+use super::auth::{check_action, check_conversation, note_target};
 use super::status::{append_status, exec_status, tool_status};
 
 /// Where calls made through the API are journaled when the caller names no conversation.
@@ -80,6 +82,18 @@ impl Tools for ToolsService {
         &self,
         request: Request<CallToolRequest>,
     ) -> Result<Response<CallToolResponse>, Status> {
+        let (name, conversation) = (&request.get_ref().name, &request.get_ref().conversation_id);
+        note_target(
+            &request,
+            match conversation.is_empty() {
+                true => name.clone(),
+                false => format!("{name} in {conversation}"),
+            },
+        );
+        check_conversation(&request, conversation)?;
+        if request.get_ref().approved {
+            check_action(&request, Action::Approve, "approve a tool call")?;
+        }
         let r = request.into_inner();
         if r.name.is_empty() {
             return Err(Status::invalid_argument(
