@@ -167,13 +167,16 @@ fn a_sandbox_sees_its_workspace_and_nothing_else_of_the_host() {
         let other = sh(
             &b,
             &format!(
-                "cat notes/a.txt; cat {}/notes/a.txt; ls /workspace",
+                "cat notes/a.txt; cat {}/notes/a.txt",
                 a.spec.workspace.display()
             ),
         )
         .await;
         assert_ne!(other.exit.code, 0);
         assert!(!other.stdout.contains("tenant a"), "{}", other.stdout);
+        let listed = sh(&b, "ls -A /workspace").await;
+        assert_eq!(listed.exit.code, 0, "{}", listed.stderr);
+        assert!(!listed.stdout.contains("notes"), "{}", listed.stdout);
         a.kill().await;
         b.kill().await;
     });
