@@ -90,7 +90,7 @@ fn failure(call: &str, s: tonic::Status, file: Option<&PathBuf>) -> Failure {
             };
             Failure::Usage(message)
         }
-        code => Failure::Runtime(anyhow::anyhow!("{call} failed: {code:?}: {}", s.message())),
+        _ => crate::conversations::failure(call, s),
     }
 }
 

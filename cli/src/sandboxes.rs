@@ -29,13 +29,7 @@ pub async fn run(command: SandboxesCommand) -> Result<(), Failure> {
     let list = ClusterClient::new(connect(&server).await?)
         .sandboxes(SandboxesRequest {})
         .await
-        .map_err(|s| {
-            Failure::Runtime(anyhow::anyhow!(
-                "Sandboxes failed: {:?}: {}",
-                s.code(),
-                s.message()
-            ))
-        })?
+        .map_err(|s| crate::conversations::failure("Sandboxes", s))?
         .into_inner();
     match output {
         Output::Json | Output::Yaml => {

@@ -9,6 +9,7 @@ use clap::Args;
 use serde_json::{Map, Value, json};
 
 use crate::client::{Api, ServerArgs, connect};
+use crate::conversations::failure;
 use crate::{Failure, Output};
 
 #[derive(Args)]
@@ -33,7 +34,7 @@ pub async fn run(args: TreeArgs) -> Result<(), Failure> {
             client
                 .watch_tree(WatchTreeRequest {})
                 .await
-                .map_err(|s| anyhow::anyhow!("WatchTree failed: {:?}: {}", s.code(), s.message()))?
+                .map_err(|s| failure("WatchTree", s))?
                 .into_inner(),
         )
     } else {
@@ -42,7 +43,7 @@ pub async fn run(args: TreeArgs) -> Result<(), Failure> {
     let response = client
         .tree(TreeRequest {})
         .await
-        .map_err(|s| anyhow::anyhow!("Tree failed: {:?}: {}", s.code(), s.message()))?;
+        .map_err(|s| failure("Tree", s))?;
     let trees = response.into_inner();
     let (Some(root), Some(system)) = (trees.root, trees.system) else {
         return Err(anyhow::anyhow!("the node returned no tree").into());

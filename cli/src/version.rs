@@ -29,13 +29,7 @@ pub async fn run(args: VersionArgs) -> Result<(), Failure> {
         let nodes = ClusterClient::new(connect(&args.server).await?)
             .nodes(NodesRequest {})
             .await
-            .map_err(|s| {
-                Failure::Runtime(anyhow::anyhow!(
-                    "Nodes failed: {:?}: {}",
-                    s.code(),
-                    s.message()
-                ))
-            })?
+            .map_err(|s| crate::conversations::failure("Nodes", s))?
             .into_inner()
             .nodes;
         Some(

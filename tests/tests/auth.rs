@@ -119,6 +119,13 @@ fn as_token(node: &Node, token: &str, args: &[&str]) -> std::process::Output {
     node.cli(&all)
 }
 
+/// `cadre --token TOKEN ARGS…` is refused: exit 2, `why` in its message.
+fn refused(node: &Node, token: &str, args: &[&str], why: &str) {
+    let out = as_token(node, token, args);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+    assert!(stderr(&out).contains(why), "{args:?}: {}", stderr(&out));
+}
+
 fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -202,12 +209,11 @@ fn each_role_does_only_what_it_may_and_changes_are_audited_with_the_token_s_name
             "other-2",
         ],
     ] {
-        let out = as_token(&node, "acme-secret", args);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
-        assert!(
-            stderr(&out).contains("token `acme` (role agent-user) may use only conversations whose id starts with `acme-`"),
-            "{args:?}: {}",
-            stderr(&out)
+        refused(
+            &node,
+            "acme-secret",
+            args,
+            "token `acme` (role agent-user) may use only conversations whose id starts with `acme-`",
         );
     }
     let listed = as_token(&node, "acme-secret", &["conversations", "ls", "-o", "json"]);
@@ -217,13 +223,13 @@ fn each_role_does_only_what_it_may_and_changes_are_audited_with_the_token_s_name
         "{listed}"
     );
     // Nor the node, nor approvals.
-    let out = as_token(&node, "acme-secret", &["tree"]);
-    assert!(
-        stderr(&out).contains("token `acme` (role agent-user) may not call cadre.v1.Actors/Tree"),
-        "{}",
-        stderr(&out)
+    refused(
+        &node,
+        "acme-secret",
+        &["tree"],
+        "token `acme` (role agent-user) may not call cadre.v1.Actors/Tree",
     );
-    let out = as_token(
+    refused(
         &node,
         "acme-secret",
         &[
@@ -236,11 +242,7 @@ fn each_role_does_only_what_it_may_and_changes_are_audited_with_the_token_s_name
             "--args",
             "{}",
         ],
-    );
-    assert!(
-        stderr(&out).contains("token `acme` (role agent-user) may not approve a tool call"),
-        "{}",
-        stderr(&out)
+        "token `acme` (role agent-user) may not approve a tool call",
     );
 
     // A reader reads everything and changes nothing.
@@ -251,29 +253,23 @@ fn each_role_does_only_what_it_may_and_changes_are_audited_with_the_token_s_name
         &["conversations", "show", "other-1"],
     );
     assert!(out.status.success(), "{}", stderr(&out));
-    let out = as_token(
+    refused(
         &node,
         "reader-secret",
         &["conversations", "delete", "acme-1"],
+        "token `dash` (role reader) may not call cadre.v1.Conversations/Delete",
     );
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out)
-            .contains("token `dash` (role reader) may not call cadre.v1.Conversations/Delete"),
-        "{}",
-        stderr(&out)
+    refused(
+        &node,
+        "reader-secret",
+        &["actors", "stop", "root/sleeper"],
+        "token `dash` (role reader) may not call cadre.v1.Actors/Stop",
     );
-    let out = as_token(&node, "reader-secret", &["actors", "stop", "root/sleeper"]);
-    assert!(
-        stderr(&out).contains("token `dash` (role reader) may not call cadre.v1.Actors/Stop"),
-        "{}",
-        stderr(&out)
-    );
-    let out = as_token(&node, "review-secret", &["actors", "stop", "root/sleeper"]);
-    assert!(
-        stderr(&out).contains("(role approver) may not call cadre.v1.Actors/Stop"),
-        "{}",
-        stderr(&out)
+    refused(
+        &node,
+        "review-secret",
+        &["actors", "stop", "root/sleeper"],
+        "(role approver) may not call cadre.v1.Actors/Stop",
     );
     let sleeper = as_token(
         &node,
@@ -295,15 +291,11 @@ fn each_role_does_only_what_it_may_and_changes_are_audited_with_the_token_s_name
     let spec = TempDir::new("spec");
     let file = spec.path().join("child.yaml");
     std::fs::write(&file, "id: extra\nprocess: {command: [sleep, '1000']}\n").unwrap();
-    let out = as_token(
+    refused(
         &node,
         "ops-secret",
         &["actors", "spawn", "-f", file.to_str().unwrap()],
-    );
-    assert!(
-        stderr(&out).contains("token `ops` (role operator) may not call cadre.v1.Actors/Spawn"),
-        "{}",
-        stderr(&out)
+        "token `ops` (role operator) may not call cadre.v1.Actors/Spawn",
     );
     let out = as_token(&node, "ops-secret", &["actors", "stop", "root/sleeper"]);
     assert!(out.status.success(), "{}", stderr(&out));
