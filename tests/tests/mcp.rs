@@ -456,11 +456,17 @@ supervisor:
     assert_eq!(find(&after, "root/b")["placement"], moved.as_str());
     let log_text = node.log();
     assert!(log_text.contains("sandbox lost"), "{log_text}");
-    // The dead sandbox is gone and the pool keeps a warm one again.
+    // The dead sandbox is listed only as ended (and how), and the pool keeps a warm one again.
     let deadline = Instant::now() + START;
     loop {
         let listed = sandboxes(&node);
-        if listed.iter().all(|s| s["id"] != sandbox.as_str())
+        let dead: Vec<_> = listed
+            .iter()
+            .filter(|s| s["id"] == sandbox.as_str())
+            .collect();
+        if dead.len() == 1
+            && dead[0]["state"] == "ended"
+            && dead[0]["ended"].as_str().is_some_and(|how| !how.is_empty())
             && listed.iter().any(|s| s["state"] == "warm")
         {
             break;
