@@ -107,16 +107,34 @@ impl GvisorProvider {
             .arg(self.runsc_root())
             .args(["list", "-quiet"])
             .output();
-        let Ok(listed) = listed else { return };
-        for id in String::from_utf8_lossy(&listed.stdout).split_whitespace() {
-            tracing::warn!(sandbox = id, "removing a sandbox left by the last run");
+        let mut ids: Vec<String> = listed
+            .map(|l| {
+                String::from_utf8_lossy(&l.stdout)
+                    .split_whitespace()
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default();
+        for id in &ids {
+            tracing::warn!(sandbox = %id, "removing a sandbox left by the last run");
             let _ = std::process::Command::new(&self.runsc)
                 .arg("--root")
                 .arg(self.runsc_root())
                 .args(["delete", "--force", id])
                 .output();
         }
+        // Each bundle names a sandbox of the last run, whose cgroups may be left too.
         let bundles = self.state_dir.join("bundles");
+        if let Ok(entries) = std::fs::read_dir(&bundles) {
+            ids.extend(
+                entries
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned()),
+            );
+        }
+        for id in &ids {
+            remove_cgroups(id);
+        }
         let _ = std::fs::remove_dir_all(&bundles);
         let _ = std::fs::create_dir_all(&bundles);
     }
