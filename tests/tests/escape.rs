@@ -120,6 +120,31 @@ fn nothing_outside_the_workspace_is_reachable() {
         let (failed, text, _) = tool(&node, "a", name, json!({"path": path}));
         assert!(failed, "{name} {path} answered: {text}");
     }
+    let (_, text, code) = run(
+        &node,
+        "a",
+        "ln -s /usr/escape out && ln -s ../../../../tmp up-tmp",
+    );
+    assert_eq!(code, 0, "{text}");
+    for path in ["../escape", "/etc/escape", "out", "up-tmp/escape"] {
+        let (failed, text, _) = tool(
+            &node,
+            "a",
+            "workspace.write_file",
+            json!({"path": path, "content": "escaped"}),
+        );
+        assert!(
+            failed || path == "up-tmp/escape",
+            "write_file {path} answered: {text}"
+        );
+    }
+    assert!(!node.data.join("workspaces/escape").exists());
+    assert!(!std::path::Path::new("/usr/escape").exists());
+    assert!(!std::path::Path::new("/etc/escape").exists());
+    assert!(
+        !std::path::Path::new("/tmp/escape").exists(),
+        "a write through a symlink stays in the sandbox"
+    );
     // A symlink out of the workspace resolves inside the sandbox: its root, not the host's.
     let (failed, text, _) = run(&node, "a", "ln -s ../../../../.. up && ls up/");
     assert!(!failed, "{text}");

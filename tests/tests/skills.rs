@@ -427,12 +427,12 @@ fn a_workspace_survives_node_restarts_and_is_removed_only_with_its_conversation(
     for (conversation, text) in files {
         assert_eq!(read_back(&third, conversation), text);
     }
-    // What the killed run left is gone, except the kept workspaces.
+    // What the killed run left is gone, except the kept workspaces (and their disks).
     let now = workspace_dirs(&first.data);
     for dir in &before_kill {
         assert_eq!(
             now.contains(dir),
-            kept.contains(dir),
+            kept.contains(dir.trim_end_matches(".disk")),
             "{dir}: kept {kept:?}, before the kill {before_kill:?}, now {now:?}"
         );
     }
@@ -457,7 +457,11 @@ fn a_workspace_survives_node_restarts_and_is_removed_only_with_its_conversation(
         .difference(&kept_sandboxes(&first.data))
         .cloned()
         .collect();
-    while workspace_dirs(&first.data).contains(&gone[0]) {
+    let disk = format!("{}.disk", gone[0]);
+    while workspace_dirs(&first.data)
+        .iter()
+        .any(|d| *d == gone[0] || *d == disk)
+    {
         assert!(
             std::time::Instant::now() < deadline,
             "{} stays on disk",
