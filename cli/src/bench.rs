@@ -433,7 +433,7 @@ async fn placement_rounds(
     dir: &std::path::Path,
 ) -> anyhow::Result<serde_json::Value> {
     use cadre_actors::placement::{Isolation, LogicalActor, PlacementConfig};
-    use cadre_actors::sandbox::{SandboxProvider, SandboxSpec};
+    use cadre_actors::sandbox::SandboxSpec;
     use cadre_sandbox::{GvisorProvider, Placement, PoolConfig, Suspended, WarmPool};
 
     let worker_bin = std::env::current_exe().context("find the cadre binary")?;
@@ -443,9 +443,9 @@ async fn placement_rounds(
     eprintln!("bench placement: {} cold sandbox starts", args.cold_starts);
     let mut cold = Vec::new();
     for i in 0..args.cold_starts {
-        let t = Instant::now();
-        let sandbox = provider
-            .start(SandboxSpec {
+        let (sandbox, took) = cold_start(
+            provider.as_ref(),
+            SandboxSpec {
                 id: format!("{name}-cold-{i}"),
                 tenant: "cold".into(),
                 workspace: dir.join(format!("cold-{i}")),
@@ -454,13 +454,10 @@ async fn placement_rounds(
                 cpus: Some(1.0),
                 pids: Some(512),
                 workspace_quota: None,
-            })
-            .await?;
-        sandbox
-            .worker()
-            .stats(cadre_proto::v1::WorkerStatsRequest {})
-            .await?;
-        cold.push(t.elapsed());
+            },
+        )
+        .await?;
+        cold.push(took);
         sandbox.kill().await;
     }
     cold.sort();
@@ -600,6 +597,20 @@ async fn placement_rounds(
         "process_start_p50_ms": pct(&starts, 0.50),
         "process_start_p99_ms": pct(&starts, 0.99),
     }))
+}
+
+/// Starts a sandbox: it, and the time until its worker first answered.
+async fn cold_start(
+    provider: &dyn cadre_actors::sandbox::SandboxProvider,
+    spec: cadre_actors::sandbox::SandboxSpec,
+) -> anyhow::Result<(cadre_actors::sandbox::Sandbox, Duration)> {
+    let t = Instant::now();
+    let sandbox = provider.start(spec).await?;
+    sandbox
+        .worker()
+        .stats(cadre_proto::v1::WorkerStatsRequest {})
+        .await?;
+    Ok((sandbox, t.elapsed()))
 }
 
 /// How long a new gVisor sandbox takes to calibrate its clock (its vDSO answers once it has).

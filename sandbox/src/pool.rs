@@ -124,8 +124,6 @@ pub struct EndedSandbox {
     pub info: SandboxInfo,
     /// How it ended: `killed: memory limit 512 MiB`, `signal: 9 (SIGKILL)`.
     pub status: String,
-    /// When it ended.
-    pub at: SystemTime,
 }
 
 /// How many ended sandboxes the pool remembers.
@@ -742,7 +740,6 @@ impl WarmPool {
                         ended.push_back(EndedSandbox {
                             info: entry.info.clone(),
                             status: status.clone(),
-                            at: SystemTime::now(),
                         });
                     }
                     // Its workspace stays: whoever hears of the death may start it again

@@ -40,11 +40,6 @@ impl Workspaces {
         }
     }
 
-    /// The quota of each workspace, if there is one.
-    pub fn quota(&self) -> Option<u64> {
-        self.quota
-    }
-
     /// Where workspace `id` is.
     pub fn path(&self, id: &str) -> PathBuf {
         self.root.join(id)

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use cadre_actors::sandbox::{SandboxProvider, SandboxSpec};
+use cadre_actors::sandbox::SandboxSpec;
 use cadre_proto::v1::worker_client::WorkerClient;
 use cadre_proto::v1::{ProcessStart, RunInput, run_input, run_output};
 use clap::Args;
@@ -116,9 +116,9 @@ async fn rounds(args: &WorkspaceBenchArgs, dir: &Path) -> anyhow::Result<Value> 
         eprintln!("bench workspace: round {}", round + 1);
         let workspace = dir.join(format!("sandbox-{round}"));
         prepare(&workspace, args.files)?;
-        let t = Instant::now();
-        let sandbox = provider
-            .start(SandboxSpec {
+        let (sandbox, took) = super::cold_start(
+            provider.as_ref(),
+            SandboxSpec {
                 id: format!("bench-workspace-{}-{round}", std::process::id()),
                 tenant: "bench".into(),
                 workspace: workspace.clone(),
@@ -127,13 +127,10 @@ async fn rounds(args: &WorkspaceBenchArgs, dir: &Path) -> anyhow::Result<Value> 
                 cpus: None,
                 pids: Some(512),
                 workspace_quota: None,
-            })
-            .await?;
-        sandbox
-            .worker()
-            .stats(cadre_proto::v1::WorkerStatsRequest {})
-            .await?;
-        cold.push(t.elapsed());
+            },
+        )
+        .await?;
+        cold.push(took);
         // As in `bench placement`: a new sandbox calibrates its clock for about a second.
         tokio::time::sleep(super::SANDBOX_WARMUP).await;
         for (i, (_, line)) in PHASES.iter().enumerate() {
