@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "cadre/v1/cluster.proto",
         "cadre/v1/conversations.proto",
         "cadre/v1/events.proto",
+        "cadre/v1/log.proto",
         "cadre/v1/tools.proto",
         "cadre/v1/worker.proto",
     ];

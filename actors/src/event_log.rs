@@ -44,8 +44,9 @@ pub trait EventLog: Send + Sync + 'static {
         conversation_id: &str,
         after_seq: u64,
     ) -> Result<Subscription, SubscribeError>;
-    /// Execs that were not terminal when the log was opened (startup recovery resumes them).
-    fn open_execs(&self) -> Vec<OpenExec>;
+    /// The execs open now (their last state change was not terminal), with the node that
+    /// runs each; startup recovery resumes a node's own.
+    async fn open_execs(&self) -> Result<Vec<OpenExec>, StoreError>;
 }
 
 /// Reads a conversation from its start, page by page, handing each event to `visit` until it
@@ -125,6 +126,17 @@ pub enum AppendError {
     /// A create found events already there.
     #[error("conversation `{0}` already exists")]
     AlreadyExists(String),
+    /// Another exec of the conversation is open: at most one is, in the whole cluster.
+    #[error(
+        "conversation `{conversation_id}` already has an unfinished exec `{exec_id}`; follow, \
+         resume or cancel it first"
+    )]
+    ExecRunning {
+        /// The conversation.
+        conversation_id: String,
+        /// The exec that is open.
+        exec_id: String,
+    },
     /// The fence (`open_exec`) refused the append.
     #[error(
         "exec `{exec_id}` of conversation `{conversation_id}` is not open (it has finished or never started)"
@@ -197,7 +209,8 @@ pub enum SubscribeError {
     Store(StoreError),
 }
 
-/// An exec that was not in a terminal state when the node started: recovery resumes it.
+/// An exec whose last state change was not terminal: it runs (or waits) somewhere, or its
+/// node stopped and recovery resumes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OpenExec {
     /// Its conversation.
@@ -206,6 +219,8 @@ pub struct OpenExec {
     pub exec_id: String,
     /// Its last state.
     pub state: ExecState,
+    /// The cluster node that runs it (empty: a node outside any cluster).
+    pub node: String,
 }
 
 /// The events a subscription hands out.

@@ -23,6 +23,7 @@ pub mod controller;
 pub mod event_log;
 pub mod exec;
 pub mod mcp;
+pub mod membership;
 pub mod model;
 pub mod os_process;
 pub mod placement;

@@ -444,6 +444,9 @@ enum McpMsg {
     Ended(ExitReason),
 }
 
+// Never sent to another node (ractor's `cluster` feature asks each message type).
+impl ractor::Message for McpMsg {}
+
 /// How long a broken session waits for the process's exit, to report the better reason.
 const EXIT_GRACE: Duration = Duration::from_secs(2);
 

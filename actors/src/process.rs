@@ -48,6 +48,9 @@ enum ProcessMsg {
     Exited(ProcessExit),
 }
 
+// Never sent to another node (ractor's `cluster` feature asks each message type).
+impl ractor::Message for ProcessMsg {}
+
 impl Actor for ProcessActor {
     type Msg = ProcessMsg;
     type State = ProcessState;

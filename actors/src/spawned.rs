@@ -33,6 +33,8 @@ pub struct SpawnedActors {
     log: Arc<dyn EventLog>,
     /// The live ones, in spawn order.
     live: Arc<Mutex<Vec<SpawnedSpec>>>,
+    /// Where they are recorded.
+    conversation: String,
 }
 
 impl SpawnedSpec {
@@ -48,13 +50,23 @@ impl SpawnedActors {
         Self {
             log,
             live: Arc::default(),
+            conversation: SPAWNED_CONVERSATION.to_string(),
+        }
+    }
+
+    /// Those of node `node` of a cluster, recorded in `cadre.actors.NODE`: the log is the
+    /// cluster's, and each node starts its own again.
+    pub fn of_node(log: Arc<dyn EventLog>, node: &str) -> Self {
+        Self {
+            conversation: format!("{SPAWNED_CONVERSATION}.{node}"),
+            ..Self::new(log)
         }
     }
 
     /// Reads the record: the live spawned actors, in spawn order.
     pub async fn load(&self) -> Result<Vec<SpawnedSpec>, StoreError> {
         let mut events = Vec::new();
-        scan(self.log.as_ref(), SPAWNED_CONVERSATION, |e| {
+        scan(self.log.as_ref(), &self.conversation, |e| {
             events.push(e.clone());
             true
         })
@@ -125,7 +137,7 @@ impl SpawnedActors {
     async fn append(&self, kind: event::Kind) -> Result<(), AppendError> {
         self.log
             .append(AppendRequest {
-                conversation_id: SPAWNED_CONVERSATION.into(),
+                conversation_id: self.conversation.clone(),
                 events: vec![NewEvent {
                     exec_id: String::new(),
                     kind,

@@ -79,6 +79,9 @@ pub enum SupervisorMsg {
     BackoffElapsed(String),
 }
 
+// Never sent to another node (ractor's `cluster` feature asks each message type).
+impl ractor::Message for SupervisorMsg {}
+
 /// The supervisor's state: its children in start order and its recent restarts.
 pub struct SupervisorState {
     myself: ActorRef<SupervisorMsg>,

@@ -4,6 +4,7 @@ mod actors;
 mod bench;
 mod certs;
 mod client;
+mod cluster;
 mod config_cmd;
 mod conversations;
 mod debug;
@@ -63,6 +64,11 @@ enum Command {
     Tools {
         #[command(subcommand)]
         command: tools::ToolsCommand,
+    },
+    /// The cluster: its nodes and their states.
+    Cluster {
+        #[command(subcommand)]
+        command: cluster::ClusterCommand,
     },
     /// The node's sandboxes (gVisor or plain processes) and its warm pool.
     Sandboxes {
@@ -257,6 +263,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve::run(args).await,
             Command::Tree(args) => tree::run(args).await,
             Command::Actors { command } => actors::run(command).await,
+            Command::Cluster { command } => cluster::run(command).await,
             Command::Sandboxes { command } => sandboxes::run(command).await,
             Command::Tools { command } => tools::run(command).await,
             Command::Exec(args) => conversations::exec(args).await,

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use cadre_actors::access::Role;
-use cadre_actors::config::{ApiToken, Config, check_listen, check_secret};
+use cadre_actors::config::{ApiToken, Config, check_listen, check_node_name, check_secret};
 use cadre_cluster::{DEFAULT_LISTEN, Node, NodeExit, NodeOptions};
 use clap::Args;
 use tracing_subscriber::EnvFilter;
@@ -28,6 +28,51 @@ pub struct ServeArgs {
     /// token set, every call needs `authorization: Bearer <token>`.
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
+    /// This node's name in its cluster [default: cluster.node, else the host name]. Needs a
+    /// `cluster` section in the config.
+    #[arg(long, value_name = "NAME")]
+    node: Option<String>,
+    /// A node to join the cluster through, HOST:PORT of its cluster port (repeat for more; a
+    /// DNS name stands for every address it resolves to). Replaces cluster.seeds.
+    #[arg(long = "seed", value_name = "HOST:PORT")]
+    seeds: Vec<String>,
+    /// Where to take connections from the cluster's other nodes [default: cluster.listen,
+    /// else 0.0.0.0:7500].
+    #[arg(long, value_name = "IP:PORT")]
+    cluster_listen: Option<String>,
+}
+
+/// `--node`, `--seed` and `--cluster-listen` over the config's `cluster` section.
+fn cluster_flags(config: &mut Config, args: &ServeArgs) -> Result<(), Failure> {
+    let given = args.node.is_some() || !args.seeds.is_empty() || args.cluster_listen.is_some();
+    let Some(cluster) = config.cluster.as_mut() else {
+        if given {
+            return Err(Failure::Usage(
+                "--node, --seed and --cluster-listen need a `cluster` section in the config \
+                 (at least its cookie_file)"
+                    .into(),
+            ));
+        }
+        return Ok(());
+    };
+    if let Some(node) = &args.node {
+        check_node_name(node).map_err(|why| Failure::Usage(format!("--node: {why}")))?;
+        cluster.node = node.clone();
+    }
+    if !args.seeds.is_empty() {
+        for seed in &args.seeds {
+            check_listen(seed).map_err(|why| Failure::Usage(format!("--seed: {why}")))?;
+        }
+        cluster.seeds = args.seeds.clone();
+    }
+    if let Some(listen) = &args.cluster_listen {
+        cluster.listen = listen.parse().map_err(|_| {
+            Failure::Usage(format!(
+                "--cluster-listen: `{listen}` is not an IP address and port like 0.0.0.0:7500"
+            ))
+        })?;
+    }
+    Ok(())
 }
 
 /// A listen address: an IP address and port, or a host name (such as `localhost`) and port,
@@ -57,6 +102,7 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
         Some(file) => Config::load(file).map_err(|e| Failure::Usage(e.to_string()))?,
         None => Config::default(),
     };
+    cluster_flags(&mut config, &args)?;
     let (listen, from) = match (args.listen, &config.node.listen) {
         (Some(listen), _) => (listen, "--listen"),
         (None, Some(listen)) => (listen.clone(), "node.listen"),
@@ -95,6 +141,7 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
         NodeExit::SystemExited => {
             Err(anyhow::anyhow!("the node's own supervisor gave up; see the log").into())
         }
+        NodeExit::Refused(why) => Err(anyhow::anyhow!(why).into()),
     }
 }
 

@@ -1,12 +1,15 @@
 //! A cadre node: the gRPC API server around the runtime core, and its store backends.
 //!
-//! Membership and controller leadership arrive here too (see `docs/architecture.md`).
+//! In a cluster: membership over ractor_cluster (`membership`), and the event log of a node
+//! without it (`remote_log`); see `docs/architecture.md`.
 
 #![warn(unreachable_pub)]
 
 pub mod grpc;
 pub mod guardian;
+pub mod membership;
 pub mod node;
+pub mod remote_log;
 pub mod store;
 
 pub use node::{AGENTS, CONTROLLER, DEFAULT_LISTEN, Node, NodeError, NodeExit, NodeOptions, ROOT};

@@ -9,7 +9,7 @@ use cadre_actors::agent::AgentRegistry;
 use cadre_actors::builtin::{
     BUILTIN_SERVER, SKILLS, SkillTools, WORKSPACE, WorkspaceTools, skill_tools, workspace_tools,
 };
-use cadre_actors::config::{Config, SandboxConfig};
+use cadre_actors::config::{ClusterConfig, ClusterTls, Config, SandboxConfig, read_cookie};
 use cadre_actors::controller::Controller;
 use cadre_actors::event_log::EventLog;
 use cadre_actors::exec::{Execs, LocalClaims};
@@ -23,23 +23,29 @@ use cadre_actors::tools::ToolRegistry;
 use cadre_actors::{
     ChildStatus, Services, StartError, SupervisorFlags, SupervisorRef, Tree, supervisor_child,
 };
+use cadre_proto::v1::NodeInfo;
 use cadre_proto::v1::actors_server::ActorsServer;
 use cadre_proto::v1::cluster_server::ClusterServer;
+use cadre_proto::v1::log_server::LogServer;
 use cadre_proto::v1::tools_server::ToolsServer;
 use cadre_sandbox::{Placement, PoolConfig, WarmPool};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 use crate::grpc::actors::ActorsService;
 use crate::grpc::auth::Access;
 use crate::grpc::cluster::{ClusterService, Sandboxes};
 use crate::grpc::conversations::ConversationsService;
+use crate::grpc::log::LogService;
 use crate::grpc::status::message_limit_layer;
 use crate::grpc::tls::ReloadingTls;
 use crate::grpc::tools::ToolsService;
 use crate::guardian::Guardian;
+use crate::membership::{CONTROLLER as CONTROLLER_ROLE, MEMBER as MEMBER_ROLE, Membership};
+use crate::remote_log::RemoteLog;
 use crate::store;
 use cadre_proto::v1::conversations_server::ConversationsServer;
 use tonic::server::NamedService;
@@ -79,8 +85,12 @@ pub struct Node {
     /// The supervisor of the node's own actors.
     system: SupervisorRef,
     system_exit: JoinHandle<()>,
-    /// The controller, the only writer of the event log.
-    pub controller: Controller,
+    /// The event log: the controller here, or the cluster's controller node's.
+    pub event_log: Arc<dyn EventLog>,
+    /// Membership of the node's cluster, if it is in one.
+    membership: Option<Membership>,
+    /// Holds the data dir of a node without a store of its own.
+    _data_dir_lock: Option<Arc<store::DataDirLock>>,
     /// The node's tool registry.
     pub tools: ToolRegistry,
     /// The address the API listens on.
@@ -128,6 +138,9 @@ pub enum NodeError {
     /// A configured sandbox provider cannot be used, or the cadre binary cannot be found.
     #[error("sandboxes: {0}")]
     Sandbox(String),
+    /// The `cluster` section cannot be used (cookie, TLS, the cluster port).
+    #[error("cluster: {0}")]
+    Cluster(String),
     /// The ledger of the node's processes, or its guardian, cannot be set up.
     #[error("cannot guard the node's processes: {0}")]
     Processes(String),
@@ -145,7 +158,7 @@ pub enum NodeError {
 const API_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How a node ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NodeExit {
     /// Asked to stop; the tree shut down in order.
     Stopped,
@@ -153,6 +166,8 @@ pub enum NodeExit {
     RootExited,
     /// The supervisor of the node's own actors gave up.
     SystemExited,
+    /// The cluster refused the node (another member has its name); the message says why.
+    Refused(String),
 }
 
 /// Accepted API connections with Nagle's algorithm off: small gRPC frames must not wait for
@@ -202,15 +217,11 @@ impl Node {
         if let Some(tls) = &tls {
             reload_on_sighup(tls.clone()).map_err(|e| NodeError::Api(e.to_string()))?;
         }
-        let storage =
+        let home =
             store::open(&options.config.store, &options.data_dir).map_err(NodeError::Store)?;
         // Only now that the data dir is this node's (the store holds its lock).
         let guardian = guard_processes(&options.data_dir)?;
-        let controller =
-            Controller::with_log(storage.store, storage.log, options.config.store.limits);
-        let event_log: Arc<dyn EventLog> = Arc::new(controller.clone());
         let tree = Tree::new();
-        controller.audit(&tree);
         // Sandboxed children (MCP servers) need the pool as they start.
         let sandboxes = start_sandboxes(&options.config.sandbox, &options.data_dir)?;
         let pool = match &sandboxes {
@@ -218,6 +229,43 @@ impl Node {
                 pool, placement, ..
             } => Some((pool.clone(), placement.clone())),
             Sandboxes::Unavailable(_) => None,
+        };
+        let holds_log = matches!(home, store::LogHome::Local(_));
+        let membership = match &options.config.cluster {
+            Some(cluster) => Some(
+                start_membership(
+                    cluster,
+                    node_info(addr, tls.is_some(), &sandboxes, holds_log),
+                    pool.as_ref().map(|(pool, _)| pool.clone()),
+                )
+                .await?,
+            ),
+            None => None,
+        };
+        let mut data_dir_lock = None;
+        let (controller, event_log): (Option<Controller>, Arc<dyn EventLog>) = match home {
+            store::LogHome::Local(storage) => {
+                let controller =
+                    Controller::with_log(storage.store, storage.log, options.config.store.limits);
+                controller.audit(&tree);
+                (Some(controller.clone()), Arc::new(controller))
+            }
+            store::LogHome::Cluster(lock) => {
+                data_dir_lock = Some(lock);
+                let (Some(cluster), Some(membership)) = (&options.config.cluster, &membership)
+                else {
+                    return Err(NodeError::Store(StoreError::Unavailable(
+                        "store.cluster needs a `cluster` section".into(),
+                    )));
+                };
+                let cookie = read_cookie(&cluster.cookie_file).map_err(NodeError::Cluster)?;
+                let tls = match &cluster.tls {
+                    Some(files) => Some(log_client_tls(files).map_err(NodeError::Cluster)?),
+                    None => None,
+                };
+                let remote = RemoteLog::new(membership.clone(), cookie, tls);
+                (None, Arc::new(remote))
+            }
         };
         if let Sandboxes::Pool { pool, provider, .. } = &sandboxes {
             audit_sandbox_ends(pool, provider, event_log.clone());
@@ -252,7 +300,11 @@ impl Node {
             ..SupervisorFlags::default()
         };
         let agents = supervisor_child(AGENTS, agent_flags, Vec::new());
-        let system_children = vec![controller.child_spec(CONTROLLER), agents];
+        let mut system_children = Vec::new();
+        if let Some(controller) = &controller {
+            system_children.push(controller.child_spec(CONTROLLER));
+        }
+        system_children.push(agents);
         let user = &options.config.supervisor;
         let started = match SupervisorRef::start_root(
             SYSTEM,
@@ -290,11 +342,23 @@ impl Node {
                 return Err(NodeError::Root(e));
             }
         };
-        let cluster = ClusterService::new(addr.to_string(), sandboxes);
+        let cluster = ClusterService::new(
+            node_info(addr, tls.is_some(), &sandboxes, holds_log),
+            sandboxes,
+            membership.clone(),
+        );
         let (stop_api, stopped) = oneshot::channel::<()>();
         let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
         // What was spawned at run time comes back before the execs that may use it resume.
-        let spawned = SpawnedActors::new(event_log.clone());
+        if let Some(membership) = membership.as_ref().filter(|_| !holds_log) {
+            wait_for_controller(membership)
+                .await
+                .map_err(NodeError::Cluster)?;
+        }
+        let spawned = match &membership {
+            Some(membership) => SpawnedActors::of_node(event_log.clone(), &membership.name()),
+            None => SpawnedActors::new(event_log.clone()),
+        };
         match spawned.restore(&tree, &services).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(count = n, "started the spawned actors of the last run"),
@@ -329,19 +393,29 @@ impl Node {
         health
             .set_serving::<ConversationsServer<ConversationsService>>()
             .await;
-        let execs = Execs::new(
+        let mut execs = Execs::new(
             event_log.clone(),
             tree.clone(),
             format!("{SYSTEM}/{AGENTS}"),
             Arc::new(LocalClaims::default()),
             services.clone(),
         );
-        let open = controller.open_execs().len();
-        if open > 0 {
-            tracing::warn!(count = open, "resuming the execs of the last run");
-            let recovering = execs.clone();
-            tokio::spawn(async move { recovering.recover().await });
+        if let Some(membership) = &membership {
+            execs = execs.on_node(membership.name(), holds_log);
         }
+        let recovering = execs.clone();
+        // A node without the log may start before the controller node is up: it recovers
+        // once it can read the log.
+        tokio::spawn(async move {
+            let mut warned = false;
+            while let Err(e) = recovering.recover().await {
+                if !warned {
+                    tracing::warn!(error = %e, "cannot recover execs yet; retrying");
+                    warned = true;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+        });
         let conversations = ConversationsService::new(execs, stopping_rx);
         // Only the services this node serves are advertised (the descriptor set also holds
         // `AgentService`, which remote agents serve, and `Worker`, served in sandboxes).
@@ -357,7 +431,14 @@ impl Node {
                 )
                 .with_service_name("grpc.health.v1.Health")
         };
-        let access = Access::new(options.config.api.tokens.clone(), Some(event_log));
+        let cluster_cookie = match &options.config.cluster {
+            Some(cluster) if holds_log => {
+                Some(read_cookie(&cluster.cookie_file).map_err(NodeError::Cluster)?)
+            }
+            _ => None,
+        };
+        let access = Access::new(options.config.api.tokens.clone(), Some(event_log.clone()))
+            .with_cluster_cookie(cluster_cookie.clone());
         let mutual_tls = options
             .config
             .api
@@ -404,7 +485,13 @@ impl Node {
                 ConversationsServer::new(conversations)
                     .max_decoding_message_size(limit)
                     .max_encoding_message_size(limit),
-            );
+            )
+            // The log is served to the cluster's other nodes (by the controller node only).
+            .add_optional_service(cluster_cookie.map(|_| {
+                LogServer::new(LogService::new(event_log.clone()))
+                    .max_decoding_message_size(usize::MAX)
+                    .max_encoding_message_size(usize::MAX)
+            }));
         let stopped = async {
             let _ = stopped.await;
         };
@@ -423,7 +510,9 @@ impl Node {
             root,
             system,
             system_exit,
-            controller,
+            event_log,
+            membership,
+            _data_dir_lock: data_dir_lock,
             tools: services.tools,
             addr,
             root_exit,
@@ -443,8 +532,16 @@ impl Node {
     pub async fn run_until(mut self, stop: impl std::future::Future<Output = ()>) -> NodeExit {
         tokio::pin!(stop);
         let mut root_running = true;
+        let mut refused = self.membership.as_ref().map(Membership::refused);
         let exit = loop {
             tokio::select! {
+                Some(why) = cluster_refusal(refused.as_mut()) => {
+                    self.stopping.send_replace(true);
+                    if root_running {
+                        self.root.shutdown().await;
+                    }
+                    break NodeExit::Refused(why);
+                }
                 _ = &mut stop => {
                     // Watches and follows end now, cleanly: their clients say the node stopped.
                     self.stopping.send_replace(true);
@@ -494,6 +591,9 @@ impl Node {
         if exit != NodeExit::SystemExited {
             self.system.shutdown().await;
         }
+        if let Some(membership) = &self.membership {
+            membership.stop();
+        }
         if let Some((pool, placement)) = &self.sandboxes {
             placement.shutdown();
             pool.shutdown().await;
@@ -513,6 +613,108 @@ impl Node {
         tracing::info!(?exit, "cadre node stopped");
         exit
     }
+}
+
+/// Waits until a node without the log knows the cluster's controller node: everything it
+/// does needs the log, starting with the actors it spawned in its last run.
+async fn wait_for_controller(membership: &Membership) -> Result<(), String> {
+    let mut changes = membership.changes();
+    let refused = membership.refused();
+    let mut rounds = 0u32;
+    while membership.controller().is_none() {
+        if let Some(why) = refused.borrow().clone() {
+            membership.stop();
+            return Err(why);
+        }
+        // Said at once, then every 10 s.
+        if rounds % 100 == 0 {
+            tracing::info!(
+                cluster = membership.cluster(),
+                "waiting for the cluster's controller node (the node with store.embedded)"
+            );
+        }
+        rounds += 1;
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_millis(100), changes.changed()).await;
+    }
+    Ok(())
+}
+
+/// Resolves with the reason once the cluster refuses the node (never without a cluster).
+async fn cluster_refusal(
+    refused: Option<&mut tokio::sync::watch::Receiver<Option<String>>>,
+) -> Option<String> {
+    let Some(refused) = refused else {
+        return std::future::pending().await;
+    };
+    match refused.wait_for(Option::is_some).await {
+        Ok(why) => why.clone(),
+        Err(_) => std::future::pending().await,
+    }
+}
+
+/// This node's facts as its cluster and `Cluster.Nodes` show them.
+fn node_info(api: SocketAddr, api_tls: bool, sandboxes: &Sandboxes, holds_log: bool) -> NodeInfo {
+    let (provider, isolated, status) = match sandboxes {
+        Sandboxes::Pool {
+            provider, isolated, ..
+        } => (provider.to_string(), *isolated, "ready".to_string()),
+        Sandboxes::Unavailable(why) => (String::new(), false, why.clone()),
+    };
+    NodeInfo {
+        address: api.to_string(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        started_unix_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+        sandbox_provider: provider,
+        isolated,
+        sandbox_status: status,
+        role: if holds_log {
+            CONTROLLER_ROLE
+        } else {
+            MEMBER_ROLE
+        }
+        .into(),
+        api_tls,
+        ..Default::default()
+    }
+}
+
+/// Joins the node's cluster; the API address it advertises uses `cluster.advertise` when the
+/// API listens on every interface.
+async fn start_membership(
+    cluster: &ClusterConfig,
+    mut me: NodeInfo,
+    pool: Option<WarmPool>,
+) -> Result<Membership, NodeError> {
+    if let Ok(api) = me.address.parse::<SocketAddr>()
+        && api.ip().is_unspecified()
+    {
+        let host = cluster
+            .advertise
+            .clone()
+            .unwrap_or_else(cadre_actors::config::host_name);
+        me.address = format!("{host}:{}", api.port());
+    }
+    let sandboxes = Box::new(move || pool.as_ref().map_or(0, |p| p.list().len() as u32));
+    Membership::start(cluster, me, sandboxes)
+        .await
+        .map_err(|e| NodeError::Cluster(e.to_string()))
+}
+
+/// TLS of this node's calls to the controller node's API: the cluster's CA, and this node's
+/// certificate for an API that asks for one.
+fn log_client_tls(files: &ClusterTls) -> Result<ClientTlsConfig, String> {
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|e| format!("cluster.tls: cannot read {}: {e}", path.display()))
+    };
+    Ok(ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read(&files.ca_file)?))
+        .identity(Identity::from_pem(
+            read(&files.cert_file)?,
+            read(&files.key_file)?,
+        )))
 }
 
 /// Reads the API's TLS files again on every SIGHUP.

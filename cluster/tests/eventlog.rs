@@ -421,9 +421,96 @@ fn state(exec: &str, s: ExecState) -> NewEvent {
         exec_id: exec.into(),
         kind: event::Kind::ExecStateChanged(ExecStateChanged {
             state: s as i32,
-            reason: String::new(),
+            ..Default::default()
         }),
     }
+}
+
+fn running_on(exec: &str, node: &str) -> NewEvent {
+    NewEvent {
+        exec_id: exec.into(),
+        kind: event::Kind::ExecStateChanged(ExecStateChanged {
+            state: ExecState::Running as i32,
+            node: node.into(),
+            ..Default::default()
+        }),
+    }
+}
+
+fn request(conversation: &str, events: Vec<NewEvent>) -> AppendRequest {
+    AppendRequest {
+        conversation_id: conversation.into(),
+        events,
+        idempotency_key: None,
+        open_exec: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exec_keeps_its_node_through_state_changes_and_restarts() {
+    let dir = Dir::new("owners");
+    {
+        let c = Controller::new(
+            Arc::new(SqliteStore::open(&dir.0).unwrap()),
+            HistoryLimits::default(),
+        );
+        let actor = c.start_detached().await.unwrap();
+        c.append(request("c", vec![running_on("e", "node-b")]))
+            .await
+            .unwrap();
+        // The agent's own state changes name no node: the log keeps the owner.
+        c.append(request("c", vec![state("e", ExecState::WaitingApproval)]))
+            .await
+            .unwrap();
+        let events = c.read("c", 1, 10).await.unwrap();
+        let Some(event::Kind::ExecStateChanged(change)) = &events[0].kind else {
+            panic!("{events:?}");
+        };
+        assert_eq!(change.node, "node-b", "filled in by the controller");
+        let owners: Vec<_> = c.open_execs().into_iter().map(|o| o.node).collect();
+        assert_eq!(owners, ["node-b"]);
+        actor.stop_and_wait(None, None).await.unwrap();
+    }
+    let c = sqlite(&dir).await;
+    let open = c.open_execs();
+    assert_eq!(open.len(), 1);
+    assert_eq!(
+        (open[0].node.as_str(), open[0].state),
+        ("node-b", ExecState::WaitingApproval)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_exec_cannot_open_in_a_conversation_until_the_first_ends() {
+    let dir = Dir::new("one-exec");
+    let c = sqlite(&dir).await;
+    c.append(request("c", vec![running_on("first", "a")]))
+        .await
+        .unwrap();
+    let second = c
+        .append(request("c", vec![running_on("second", "b")]))
+        .await;
+    assert_eq!(
+        second,
+        Err(AppendError::ExecRunning {
+            conversation_id: "c".into(),
+            exec_id: "first".into()
+        })
+    );
+    assert_eq!(c.last_seq("c").await.unwrap(), Some(1), "nothing written");
+    c.append(request("other", vec![running_on("second", "b")]))
+        .await
+        .expect("another conversation is free");
+    // The first exec's own appends (fenced on it) go on; once it ends, the next may start.
+    c.append(AppendRequest {
+        open_exec: Some("first".into()),
+        ..request("c", vec![state("first", ExecState::Completed)])
+    })
+    .await
+    .unwrap();
+    c.append(request("c", vec![running_on("second", "b")]))
+        .await
+        .expect("the first has ended");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -451,7 +538,9 @@ async fn unfinished_execs_are_found_and_marked_at_startup() {
         })
         .await
         .unwrap();
-        assert!(c.open_execs().is_empty());
+        let mut now: Vec<_> = c.open_execs().into_iter().map(|o| o.exec_id).collect();
+        now.sort();
+        assert_eq!(now, ["running", "waiting"], "the execs open now");
         actor.stop_and_wait(None, None).await.unwrap();
     }
     let c = sqlite(&dir).await;

@@ -106,6 +106,11 @@ impl Node {
         Self::start_in(config, TempDir::new("node"), data, &[])
     }
 
+    /// Like [`Node::start_with_data`], with more `cadre serve` arguments.
+    pub fn start_with_data_args(config: &str, data: &Path, args: &[&str]) -> Self {
+        Self::start_in(config, TempDir::new("node"), data, args)
+    }
+
     /// Starts `cadre serve --config FILE` (a file of the test's own, whose relative paths are
     /// its folder's) from `/`, so that nothing resolves against the test's directory.
     pub fn start_from_file(config: &Path) -> Self {
@@ -277,31 +282,80 @@ impl Drop for Node {
 /// N real `cadre serve` processes on loopback, each on a free port with a data dir of its own,
 /// any of which can be killed (by pid) and started again on its data dir. Every node still
 /// running is stopped when the cluster is dropped, and the data dirs are removed.
+///
+/// [`Cluster::start`] starts independent nodes; [`Cluster::joined`] starts one cluster.
 pub struct Cluster {
-    config: String,
+    /// Each node's config (YAML) and extra `cadre serve` arguments.
+    configs: Vec<(String, Vec<String>)>,
     /// Index i holds node i while it runs.
     nodes: Vec<Option<Node>>,
     data: Vec<PathBuf>,
     /// Holds the data dirs; dropped after the nodes (field order).
-    _dir: TempDir,
+    dir: TempDir,
 }
 
+/// The failure timeout of the clusters [`Cluster::joined`] starts.
+pub const FAILURE_TIMEOUT: Duration = Duration::from_millis(1000);
+
 impl Cluster {
-    /// Starts `n` nodes with `config` (YAML), one after another.
+    /// Starts `n` independent nodes with `config` (YAML), one after another.
     pub fn start(n: usize, config: &str) -> Self {
+        let configs = (0..n).map(|_| (config.to_string(), Vec::new())).collect();
+        Self::with_configs(TempDir::new("cluster"), configs)
+    }
+
+    /// Starts `n` nodes as one cluster `test` on loopback: node 0 holds the log
+    /// (`store.embedded`), the others use it (`store.cluster`); node i is named `node-i`, takes
+    /// cluster connections on a port of its own (kept across restarts) and has every node as a
+    /// seed. `extra` is more config (YAML, without `version`, `store` and `cluster`).
+    pub fn joined(n: usize, extra: &str) -> Self {
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let seeds: Vec<String> = ports
+            .iter()
+            .flat_map(|p| ["--seed".to_string(), format!("127.0.0.1:{p}")])
+            .collect();
         let dir = TempDir::new("cluster");
-        let data: Vec<PathBuf> = (0..n)
+        let cookie = dir.path().join("cookie");
+        std::fs::write(&cookie, "a-cookie-for-this-test-cluster\n").expect("write the cookie");
+        let configs = (0..n)
+            .map(|i| {
+                let store = if i == 0 { "embedded" } else { "cluster" };
+                let config = format!(
+                    "version: v1\nstore: {{{store}: {{}}}}\ncluster:\n  name: test\n  \
+                     cookie_file: {}\n  failure_timeout_ms: {}\n{extra}",
+                    cookie.display(),
+                    FAILURE_TIMEOUT.as_millis()
+                );
+                let mut args = vec![
+                    "--node".to_string(),
+                    format!("node-{i}"),
+                    "--cluster-listen".to_string(),
+                    format!("127.0.0.1:{}", ports[i]),
+                ];
+                args.extend(seeds.iter().cloned());
+                (config, args)
+            })
+            .collect();
+        Self::with_configs(dir, configs)
+    }
+
+    fn with_configs(dir: TempDir, configs: Vec<(String, Vec<String>)>) -> Self {
+        let data: Vec<PathBuf> = (0..configs.len())
             .map(|i| dir.path().join(format!("node-{i}")))
             .collect();
-        let nodes = data
+        let nodes = configs
             .iter()
-            .map(|d| Some(Node::start_with_data(config, d)))
+            .zip(&data)
+            .map(|((config, args), d)| {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                Some(Node::start_with_data_args(config, d, &args))
+            })
             .collect();
         Self {
-            config: config.to_string(),
+            configs,
             nodes,
             data,
-            _dir: dir,
+            dir,
         }
     }
 
@@ -335,6 +389,17 @@ impl Cluster {
         &self.data[i]
     }
 
+    /// Node `i`'s config (YAML) and extra `cadre serve` arguments.
+    pub fn config(&self, i: usize) -> (&str, Vec<&str>) {
+        let (config, args) = &self.configs[i];
+        (config, args.iter().map(String::as_str).collect())
+    }
+
+    /// A scratch dir that lives as long as the cluster.
+    pub fn scratch(&self) -> &Path {
+        self.dir.path()
+    }
+
     /// Sends `sig` to node `i` (by pid) and waits until it has exited.
     pub fn stop(&mut self, i: usize, sig: i32) -> ExitStatus {
         let mut node = self.nodes[i]
@@ -348,12 +413,22 @@ impl Cluster {
         self.stop(i, libc::SIGKILL)
     }
 
-    /// Starts node `i` again on its data dir (on a new port).
+    /// Starts node `i` again on its data dir (on a new API port).
     pub fn restart(&mut self, i: usize) -> &Node {
         assert!(self.nodes[i].is_none(), "node {i} is still running");
-        self.nodes[i] = Some(Node::start_with_data(&self.config, &self.data[i]));
+        let (config, args) = &self.configs[i];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.nodes[i] = Some(Node::start_with_data_args(config, &self.data[i], &args));
         self.node(i)
     }
+}
+
+/// A TCP port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
 }
 
 /// Runs the CLI with `--server` taken from `$CADRE_SERVER`.

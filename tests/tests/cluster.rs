@@ -1,10 +1,16 @@
-//! The multi-node harness ([`cadre_tests::Cluster`]) on independent nodes: each serves on its
-//! own port and data dir, one can be SIGKILLed while the others go on, and it comes back on
-//! its data dir with its log intact. (Nodes do not form one cluster yet: each lists itself.)
+//! Several real `cadre serve` processes on loopback. Without a `cluster` section they are
+//! independent nodes (each lists itself, shares nothing). With one they form a cluster:
+//! membership over ractor_cluster (up, suspect, down by heartbeats; a wrong cookie, a
+//! member's name or a second controller refused), and one event log on the controller node
+//! that every node appends to, reads and subscribes through.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use cadre_proto::v1::NodesRequest;
 use cadre_proto::v1::cluster_client::ClusterClient;
-use cadre_tests::{Cluster, Node, alive};
+use cadre_tests::{Cluster, FAILURE_TIMEOUT, Node, alive};
+use serde_json::Value;
 
 /// Runs an `echo` exec on `node` in `conversation`; returns its output line.
 fn echo(node: &Node, conversation: &str, input: &str) -> String {
@@ -80,4 +86,332 @@ fn three_independent_nodes_serve_alone_and_one_survives_sigkill_with_its_log() {
     for pid in pids {
         assert!(!alive(pid), "node {pid} was stopped with the cluster");
     }
+}
+
+/// `cadre cluster nodes -o json` of `node`: each member's state by name.
+fn states(node: &Node) -> BTreeMap<String, String> {
+    node.json_lines(&["cluster", "nodes", "-o", "json"])
+        .into_iter()
+        .map(|n| {
+            (
+                n["name"].as_str().unwrap_or_default().to_string(),
+                n["state"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Polls `node`'s view of the cluster until every name in `want` has its state; the time it
+/// took.
+fn wait_states(node: &Node, want: &[(&str, &str)], limit: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        let seen = states(node);
+        if want
+            .iter()
+            .all(|(name, state)| seen.get(*name).map(String::as_str) == Some(*state))
+        {
+            return start.elapsed();
+        }
+        if start.elapsed() > limit {
+            panic!(
+                "{} did not see {want:?} within {limit:?}: {seen:?}\nlog:\n{}",
+                node.addr,
+                node.log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+const ALL_UP: [(&str, &str); 3] = [("node-0", "up"), ("node-1", "up"), ("node-2", "up")];
+
+fn wait_joined(cluster: &Cluster) {
+    for (_, node) in cluster.running() {
+        wait_states(node, &ALL_UP, Duration::from_secs(30));
+    }
+}
+
+/// Polls until `check` holds, or panics after `limit`.
+fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn three_nodes_join_see_each_other_and_a_killed_node_is_down_within_the_timeout() {
+    let mut cluster = Cluster::joined(3, "");
+    wait_joined(&cluster);
+    let listed = cluster
+        .node(1)
+        .json_lines(&["cluster", "nodes", "-o", "json"]);
+    assert_eq!(listed[0]["name"], "node-1", "the node asked comes first");
+    for n in &listed {
+        let name = n["name"].as_str().expect("a name");
+        let i: usize = name.trim_start_matches("node-").parse().expect("node-i");
+        let role = if i == 0 { "controller" } else { "member" };
+        assert_eq!(n["role"], role, "{n}");
+        assert_eq!(n["address"], cluster.node(i).addr.as_str(), "{n}");
+        assert_eq!(n["cluster"], "test");
+        assert!(
+            n["cluster_address"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("127.0.0.1:"))
+        );
+        assert_eq!(n["version"], env!("CARGO_PKG_VERSION"));
+    }
+    let table = cluster.node(0).cli(&["cluster", "nodes"]);
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.starts_with("NAME") && table.contains("controller") && table.lines().count() == 4,
+        "{table}"
+    );
+
+    cluster.kill(2);
+    for i in [0, 1] {
+        let took = wait_states(cluster.node(i), &[("node-2", "down")], FAILURE_TIMEOUT * 10);
+        // The CLI's polling adds to the failure timeout: allow it a second.
+        assert!(
+            took <= FAILURE_TIMEOUT + Duration::from_secs(1),
+            "node {i} took {took:?} to mark node-2 down (failure timeout {FAILURE_TIMEOUT:?})"
+        );
+    }
+    cluster.restart(2);
+    wait_joined(&cluster);
+}
+
+#[test]
+fn a_node_with_another_cookie_is_refused_and_both_sides_say_so() {
+    let cluster = Cluster::joined(2, "");
+    wait_states(
+        cluster.node(0),
+        &[("node-0", "up"), ("node-1", "up")],
+        Duration::from_secs(30),
+    );
+    let cookie = cluster.scratch().join("other-cookie");
+    std::fs::write(&cookie, "not-the-cookie-of-this-cluster").expect("cookie");
+    let (_, args) = cluster.config(0);
+    let seed = args
+        .windows(2)
+        .find(|w| w[0] == "--cluster-listen")
+        .map(|w| w[1].to_string())
+        .expect("node 0's cluster address");
+    let config = format!(
+        "version: v1\ncluster:\n  name: test\n  cookie_file: {}\n  failure_timeout_ms: 1000\n",
+        cookie.display()
+    );
+    let port = cadre_tests::free_port().to_string();
+    let listen = format!("127.0.0.1:{port}");
+    let intruder = Node::start_with_args(
+        &config,
+        &[
+            "--node",
+            "intruder",
+            "--cluster-listen",
+            &listen,
+            "--seed",
+            &seed,
+        ],
+    );
+    wait_for(
+        "both sides to log the failed handshake",
+        Duration::from_secs(20),
+        || {
+            intruder.log().contains("the handshake failed")
+                && cluster.node(0).log().contains("the handshake failed")
+        },
+    );
+    std::thread::sleep(FAILURE_TIMEOUT * 2);
+    assert!(
+        !states(cluster.node(0)).contains_key("intruder"),
+        "the intruder is no member"
+    );
+    assert_eq!(
+        states(&intruder).keys().collect::<Vec<_>>(),
+        ["intruder"],
+        "the intruder sees only itself"
+    );
+}
+
+#[test]
+fn a_node_with_a_members_name_or_a_second_log_is_refused_and_stops() {
+    let cluster = Cluster::joined(2, "");
+    wait_states(
+        cluster.node(0),
+        &[("node-0", "up"), ("node-1", "up")],
+        Duration::from_secs(30),
+    );
+    let (config, args) = cluster.config(1);
+    let seed = args
+        .windows(2)
+        .find(|w| w[0] == "--cluster-listen")
+        .map(|w| w[1].to_string())
+        .expect("node 1's cluster address");
+    // Both know node-1 and node-0: the twin meets the one of its name.
+    for (name, store, why) in [
+        (
+            "node-1",
+            "cluster",
+            "a node named `node-1` is already a member",
+        ),
+        (
+            "node-9",
+            "embedded",
+            "a second node with store.embedded cannot join",
+        ),
+    ] {
+        let config = config.replace("store: {cluster: {}}", &format!("store: {{{store}: {{}}}}"));
+        let dir = cluster.scratch().join(name);
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        let config_file = dir.join("cadre.yaml");
+        std::fs::write(&config_file, config).expect("config");
+        let listen = format!("127.0.0.1:{}", cadre_tests::free_port());
+        let twin = std::process::Command::new(cadre_tests::cadre_bin())
+            .arg("serve")
+            .arg("--config")
+            .arg(&config_file)
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .args(["--listen", "127.0.0.1:0", "--node", name])
+            .args(["--cluster-listen", &listen, "--seed", &seed])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn cadre serve");
+        let pid = twin.id();
+        // Killed by pid if it hangs, so that no process outlives the test.
+        let guard = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(60));
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        });
+        let out = twin.wait_with_output().expect("wait");
+        drop(guard);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "refused: exit 1\n{stderr}");
+        assert!(stderr.contains(why), "{stderr}");
+        assert!(
+            cluster.node(1).log().contains("refused a node"),
+            "{}",
+            cluster.node(1).log()
+        );
+        wait_states(
+            cluster.node(0),
+            &[("node-0", "up"), ("node-1", "up")],
+            Duration::from_secs(10),
+        );
+    }
+}
+
+/// A conversation's events as `cadre conversations log -o json` on `node` gives them.
+fn events(node: &Node, conversation: &str) -> Vec<Value> {
+    node.json_lines(&["conversations", "log", conversation, "-o", "json"])
+}
+
+#[test]
+fn execs_from_every_node_land_in_one_log_gap_free_and_survive_the_controller_nodes_sigkill() {
+    let mut cluster = Cluster::joined(3, "");
+    wait_joined(&cluster);
+    // Concurrently: each node runs execs in conversations of its own and takes turns with the
+    // others in a shared one (one exec at a time there, so each turn waits for the last).
+    std::thread::scope(|s| {
+        for i in 0..3 {
+            let node = cluster.node(i);
+            s.spawn(move || {
+                for k in 0..8 {
+                    assert!(echo(node, &format!("own-{i}"), &format!("n{i}-{k}")).contains("n"));
+                }
+            });
+        }
+    });
+    for round in 0..4 {
+        for i in 0..3 {
+            let input = format!("round {round} from node {i}");
+            assert!(echo(cluster.node(i), "shared", &input).contains(&input));
+        }
+    }
+    let on_zero = events(cluster.node(0), "shared");
+    assert_eq!(on_zero.len(), 12 * 4, "4 events per exec: {on_zero:?}");
+    for (n, e) in on_zero.iter().enumerate() {
+        assert_eq!(e["seq"].as_u64(), Some(n as u64 + 1), "gap-free: {e}");
+    }
+    for i in [1, 2] {
+        assert_eq!(
+            events(cluster.node(i), "shared"),
+            on_zero,
+            "node {i} reads the same log"
+        );
+        for j in 0..3 {
+            assert_eq!(events(cluster.node(i), &format!("own-{j}")).len(), 8 * 4);
+        }
+    }
+    cluster.kill(0);
+    cluster.restart(0);
+    wait_joined(&cluster);
+    wait_for(
+        "node 1 to reach the log again",
+        Duration::from_secs(20),
+        || {
+            let out = cluster
+                .node(1)
+                .cli(&["conversations", "log", "shared", "-o", "json"]);
+            out.status.success() && String::from_utf8_lossy(&out.stdout).lines().count() == 48
+        },
+    );
+    assert_eq!(
+        events(cluster.node(1), "shared"),
+        on_zero,
+        "every acknowledged event is there after the controller node's SIGKILL"
+    );
+}
+
+#[test]
+fn while_the_controller_node_is_down_execs_elsewhere_fail_fast_then_work_again() {
+    let mut cluster = Cluster::joined(3, "");
+    wait_joined(&cluster);
+    echo(cluster.node(1), "before", "hello");
+    cluster.kill(0);
+    let started = Instant::now();
+    let out = cluster.node(1).exec_echo("during", "is anyone there");
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "a runtime failure: {stderr}");
+    assert!(stderr.contains("Unavailable"), "{stderr}");
+    assert!(
+        stderr.contains("controller node"),
+        "names the controller: {stderr}"
+    );
+    assert!(
+        took < FAILURE_TIMEOUT * 3,
+        "failed fast, not after a hang: {took:?}"
+    );
+    // Once node-0 is marked down, the refusal does not even try it.
+    wait_states(
+        cluster.node(1),
+        &[("node-0", "down")],
+        Duration::from_secs(10),
+    );
+    let out = cluster.node(2).exec_echo("during", "still nobody");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no controller node of cluster `test` is up"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    cluster.restart(0);
+    wait_for(
+        "execs on node 1 to work again",
+        Duration::from_secs(30),
+        || cluster.node(1).exec_echo("after", "back").status.success(),
+    );
+    let before = events(cluster.node(2), "before");
+    assert_eq!(before.len(), 4, "nothing acknowledged was lost: {before:?}");
+    let during = cluster
+        .node(2)
+        .cli(&["conversations", "log", "during", "-o", "json"]);
+    assert!(
+        !during.status.success() || during.stdout.is_empty(),
+        "nothing of the refused execs was written"
+    );
 }

@@ -174,9 +174,11 @@ impl ExecRun {
     }
 
     pub(super) fn state(&self, state: ExecState, reason: &str) -> NewEvent {
+        // No node: the log keeps the exec's owner.
         self.event(event::Kind::ExecStateChanged(ExecStateChanged {
             state: state as i32,
             reason: reason.to_string(),
+            node: String::new(),
         }))
     }
 

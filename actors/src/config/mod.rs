@@ -45,6 +45,8 @@ pub struct Config {
     pub api: ApiConfig,
     /// The `store` section.
     pub store: StoreConfig,
+    /// The `cluster` section: `None` for a node on its own.
+    pub cluster: Option<ClusterConfig>,
     /// The `sandbox` section.
     pub sandbox: SandboxConfig,
     /// The models agents can call (`models:`).
@@ -143,12 +145,102 @@ pub struct StoreConfig {
     pub limits: HistoryLimits,
 }
 
-/// Where the event log lives (`store.embedded`, `store.foundationdb`).
+/// Where the event log lives (`store.embedded`, `store.cluster`, `store.foundationdb`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum StoreKind {
-    /// SQLite and segment files in the node's data dir (`store.embedded`, the default).
+    /// SQLite and segment files in the node's data dir (`store.embedded`, the default): in a
+    /// cluster, this node is the controller node and serves the log to the others.
     #[default]
     Embedded,
+    /// The log of the cluster's controller node, reached through the cluster
+    /// (`store.cluster`).
+    Cluster,
+}
+
+/// The `cluster` section: this node as a member of a cluster of nodes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterConfig {
+    /// The cluster's name (`cluster.name`, default `cadre`): nodes of another cluster are
+    /// refused.
+    pub name: String,
+    /// This node's name in the cluster (`cluster.node`, default the host name); unique.
+    pub node: String,
+    /// Where the node takes connections from the other nodes (`cluster.listen`).
+    pub listen: std::net::SocketAddr,
+    /// The host the other nodes reach this node at (`cluster.advertise`; default the listen
+    /// address, or the host name when that is unspecified, as `0.0.0.0`).
+    pub advertise: Option<String>,
+    /// Nodes to join through (`host:port`; a DNS name stands for every address it resolves to).
+    pub seeds: Vec<String>,
+    /// The file holding the cluster's shared secret (`cluster.cookie_file`).
+    pub cookie_file: PathBuf,
+    /// A member not heard from for this long is `down`; half of it, `suspect`.
+    pub failure_timeout: Duration,
+    /// Mutual TLS between the nodes (`cluster.tls`); `None` is plaintext.
+    pub tls: Option<ClusterTls>,
+}
+
+/// The certificate, key and CA of a node's cluster connections: each node presents its
+/// certificate and accepts only peers whose certificate the CA signed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterTls {
+    /// PEM certificate chain, the node's first.
+    pub cert_file: PathBuf,
+    /// PEM private key of that certificate.
+    pub key_file: PathBuf,
+    /// PEM CA certificates the peers' certificates must come from.
+    pub ca_file: PathBuf,
+}
+
+/// The default of `cluster.failure_timeout_ms`.
+pub const DEFAULT_FAILURE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The default of `cluster.listen`.
+pub const DEFAULT_CLUSTER_LISTEN: &str = "0.0.0.0:7500";
+
+/// Whether `name` may name a cluster or a node: 1 to 63 letters, digits, `-`, `_` and `.`,
+/// starting with a letter or digit (a DNS label, or a Kubernetes pod name).
+pub fn check_node_name(name: &str) -> Result<(), String> {
+    let ok = (1..=63).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{name}` is not a name of 1 to 63 letters, digits, `-`, `_` and `.` starting \
+             with a letter or digit"
+        ))
+    }
+}
+
+/// This machine's host name (a node's default name in its cluster).
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| check_node_name(h).is_ok())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+/// The cluster's shared secret from `cluster.cookie_file`: its content without surrounding
+/// whitespace, at least 16 bytes.
+pub fn read_cookie(path: &Path) -> Result<String, String> {
+    let cookie = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let cookie = cookie.trim();
+    if cookie.len() < 16 {
+        return Err(format!(
+            "{} holds {} bytes; a cookie must be at least 16 (e.g. `head -c 32 /dev/urandom | \
+             base64 > {}`)",
+            path.display(),
+            cookie.len(),
+            path.display()
+        ));
+    }
+    Ok(cookie.to_string())
 }
 
 /// The `sandbox` section: where untrusted work runs.
@@ -284,6 +376,7 @@ impl Default for Config {
             node: NodeConfig::default(),
             api: ApiConfig::default(),
             store: StoreConfig::default(),
+            cluster: None,
             sandbox: SandboxConfig::default(),
             models: Vec::new(),
             supervisor: SupervisorConfig {

@@ -12,6 +12,7 @@ pub(super) struct RawConfig {
     pub(super) node: Option<RawNode>,
     pub(super) api: Option<RawApi>,
     pub(super) store: Option<RawStore>,
+    pub(super) cluster: Option<Spanned<RawCluster>>,
     pub(super) sandbox: Option<RawSandbox>,
     #[serde(default)]
     pub(super) models: Vec<Spanned<RawModel>>,
@@ -142,9 +143,32 @@ pub(super) struct RawApiTls {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawStore {
     pub(super) embedded: Option<Spanned<BTreeMap<String, String>>>,
+    pub(super) cluster: Option<Spanned<BTreeMap<String, String>>>,
     pub(super) foundationdb: Option<Spanned<BTreeMap<String, String>>>,
     pub(super) max_events_per_conversation: Option<Spanned<i64>>,
     pub(super) warn_percent: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCluster {
+    pub(super) name: Option<Spanned<String>>,
+    pub(super) node: Option<Spanned<String>>,
+    pub(super) listen: Option<Spanned<String>>,
+    pub(super) advertise: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) seeds: Vec<Spanned<String>>,
+    pub(super) cookie_file: Option<Spanned<String>>,
+    pub(super) failure_timeout_ms: Option<Spanned<i64>>,
+    pub(super) tls: Option<Spanned<RawClusterTls>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawClusterTls {
+    pub(super) cert_file: Spanned<String>,
+    pub(super) key_file: Spanned<String>,
+    pub(super) ca_file: Spanned<String>,
 }
 
 #[derive(Deserialize)]

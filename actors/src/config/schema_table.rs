@@ -33,6 +33,12 @@ pub(super) const SECTIONS: &[Section] = &[
                 meaning: "The event log that holds every conversation, and its history limits.",
             },
             Field {
+                key: "cluster",
+                kind: "mapping",
+                default: "none (a node on its own)",
+                meaning: "This node as a member of a cluster: its name, where the other nodes reach it, the seeds it joins through, the shared cookie.",
+            },
+            Field {
                 key: "sandbox",
                 kind: "mapping",
                 default: "none (gvisor with min 0 if `runsc` is installed, else no sandboxes)",
@@ -161,13 +167,19 @@ pub(super) const SECTIONS: &[Section] = &[
     Section {
         path: "store",
         title: "store",
-        about: "The event log: where it lives and what it accepts. The embedded store is the only one in this build.",
+        about: "The event log: where it lives and what it accepts. A node holds the log itself (`embedded`) or, in a cluster, uses the controller node's (`cluster`).",
         fields: &[
             Field {
                 key: "embedded",
                 kind: "mapping",
-                default: "{} (always used)",
-                meaning: "The embedded store: SQLite and commit-log segment files in the data dir. Used whether given or not; it takes no options, so only `{}` is accepted.",
+                default: "{} (used unless `cluster` is given)",
+                meaning: "The embedded store: SQLite and commit-log segment files in the data dir. In a cluster, the node with it is the controller node and serves the log to the others. It takes no options, so only `{}` is accepted.",
+            },
+            Field {
+                key: "cluster",
+                kind: "mapping",
+                default: "none",
+                meaning: "The log of the cluster's controller node: every append, read and subscription goes to it (needs the `cluster` section; only `{}` is accepted). While the controller node is down, appends fail fast with UNAVAILABLE.",
             },
             Field {
                 key: "foundationdb",
@@ -186,6 +198,86 @@ pub(super) const SECTIONS: &[Section] = &[
                 kind: "percent (integer)",
                 default: "80",
                 meaning: "A warning is logged once when a conversation reaches this share of `max_events_per_conversation`; 0 to 100.",
+            },
+        ],
+    },
+    Section {
+        path: "cluster",
+        title: "cluster",
+        about: "This node as a member of a cluster of `cadre serve` nodes. Each node listens for the others on `listen`, joins through its `seeds`, proves it belongs with the cookie, and sends a heartbeat to every member; a member not heard from for half the failure timeout is `suspect`, for the whole of it `down`. `cadre serve --node` and `--seed` take precedence over `node` and `seeds`.",
+        fields: &[
+            Field {
+                key: "name",
+                kind: "string",
+                default: "cadre",
+                meaning: "The cluster's name; a node of a cluster with another name is refused. Letters, digits, `-`, `_`, `.`.",
+            },
+            Field {
+                key: "node",
+                kind: "string",
+                default: "the host name",
+                meaning: "This node's name, unique in the cluster (a second node with a member's name is refused).",
+            },
+            Field {
+                key: "listen",
+                kind: "IP:port",
+                default: "0.0.0.0:7500",
+                meaning: "Where the node takes connections from the other nodes.",
+            },
+            Field {
+                key: "advertise",
+                kind: "host",
+                default: "the listen IP (the host name if it is 0.0.0.0)",
+                meaning: "The host the other nodes reach this node's cluster port and API at.",
+            },
+            Field {
+                key: "seeds",
+                kind: "list of host:port",
+                default: "[]",
+                meaning: "Nodes to join through; a DNS name stands for every address it resolves to (a Kubernetes headless Service). The node's own address may be among them. Seeds are dialled again until they answer, so the nodes may start in any order.",
+            },
+            Field {
+                key: "cookie_file",
+                kind: "string",
+                default: "required",
+                meaning: "A file holding the cluster's shared secret (at least 16 bytes); a node with another cookie is refused at the handshake.",
+            },
+            Field {
+                key: "failure_timeout_ms",
+                kind: "integer (ms)",
+                default: "2000",
+                meaning: "A member without a heartbeat for this long is `down` (half of it: `suspect`); 200 to 60000.",
+            },
+            Field {
+                key: "tls",
+                kind: "mapping",
+                default: "none (plaintext)",
+                meaning: "Mutual TLS between the nodes: `cert_file`, `key_file` and `ca_file`, all required; a peer must present a certificate from `ca_file`.",
+            },
+        ],
+    },
+    Section {
+        path: "cluster.tls",
+        title: "cluster.tls",
+        about: "The node's certificate for its cluster connections and the CA of its peers (`cadre certs init` makes a set).",
+        fields: &[
+            Field {
+                key: "cert_file",
+                kind: "string",
+                default: "required",
+                meaning: "PEM certificate chain of this node, presented to its peers.",
+            },
+            Field {
+                key: "key_file",
+                kind: "string",
+                default: "required",
+                meaning: "PEM private key of that certificate.",
+            },
+            Field {
+                key: "ca_file",
+                kind: "string",
+                default: "required",
+                meaning: "PEM CA certificates; a peer without a certificate from one of them is refused.",
             },
         ],
     },

@@ -484,6 +484,17 @@ impl Checker {
             .as_ref()
             .map(|s| self.store(s))
             .unwrap_or_default();
+        let cluster = raw.cluster.as_ref().and_then(|c| self.cluster(c));
+        if let Some(in_cluster) = raw.store.as_ref().and_then(|s| s.cluster.as_ref())
+            && raw.cluster.is_none()
+        {
+            self.fail(
+                in_cluster.span(),
+                "store.cluster needs a `cluster` section: the log is the cluster's controller \
+                 node's"
+                    .into(),
+            );
+        }
         let sandbox = raw
             .sandbox
             .as_ref()
@@ -512,6 +523,7 @@ impl Checker {
             node,
             api,
             store,
+            cluster,
             sandbox,
             models,
             supervisor,
@@ -797,10 +809,25 @@ impl Checker {
 
     fn store(&mut self, raw: &RawStore) -> StoreConfig {
         let mut limits = HistoryLimits::default();
+        let mut kind = StoreKind::Embedded;
         if let Some(e) = &raw.embedded
             && !e.is_empty()
         {
             self.fail(e.span(), "store.embedded takes no options (use {})".into());
+        }
+        if let Some(c) = &raw.cluster {
+            kind = StoreKind::Cluster;
+            if !c.is_empty() {
+                self.fail(c.span(), "store.cluster takes no options (use {})".into());
+            }
+            if raw.embedded.is_some() {
+                self.fail(
+                    c.span(),
+                    "store: give `embedded` (this node holds the log) or `cluster` (the \
+                     controller node does), not both"
+                        .into(),
+                );
+            }
         }
         if let Some(f) = &raw.foundationdb {
             self.fail(
@@ -827,10 +854,121 @@ impl Checker {
                 ),
             }
         }
-        StoreConfig {
-            kind: StoreKind::Embedded,
-            limits,
+        StoreConfig { kind, limits }
+    }
+
+    /// The `cluster` section; `None` if it has errors (they are reported).
+    fn cluster(&mut self, raw: &Spanned<RawCluster>) -> Option<ClusterConfig> {
+        let errors = self.errors.len();
+        let name = match &raw.name {
+            Some(n) => {
+                if let Err(why) = check_node_name(n) {
+                    self.fail(n.span(), format!("cluster.name: {why}"));
+                }
+                n.to_string()
+            }
+            None => "cadre".to_string(),
+        };
+        let node = match &raw.node {
+            Some(n) => {
+                if let Err(why) = check_node_name(n) {
+                    self.fail(n.span(), format!("cluster.node: {why}"));
+                }
+                n.to_string()
+            }
+            None => host_name(),
+        };
+        let listen = match &raw.listen {
+            Some(l) => match l.parse::<std::net::SocketAddr>() {
+                Ok(addr) => addr,
+                Err(_) => {
+                    self.fail(
+                        l.span(),
+                        format!(
+                            "cluster.listen: `{}` is not an IP address and port like \
+                             0.0.0.0:7500",
+                            l.as_str()
+                        ),
+                    );
+                    DEFAULT_CLUSTER_LISTEN.parse().expect("a socket address")
+                }
+            },
+            None => DEFAULT_CLUSTER_LISTEN.parse().expect("a socket address"),
+        };
+        if let Some(a) = &raw.advertise
+            && let Err(why) = check_listen(&format!("{}:1", a.as_str()))
+        {
+            self.fail(a.span(), format!("cluster.advertise: {why}"));
         }
+        for seed in &raw.seeds {
+            if let Err(why) = check_listen(seed) {
+                self.fail(seed.span(), format!("cluster.seeds: {why}"));
+            }
+        }
+        let cookie_file = match &raw.cookie_file {
+            Some(f) => {
+                let path = self.resolve(f);
+                if self.base.is_some() {
+                    match read_cookie(&path) {
+                        Ok(_) => {}
+                        Err(why) => self.fail(f.span(), format!("cluster.cookie_file: {why}")),
+                    }
+                }
+                path
+            }
+            None => {
+                self.fail(
+                    raw.span(),
+                    "cluster.cookie_file is required: the nodes of a cluster prove they \
+                     belong to it with the secret it holds"
+                        .into(),
+                );
+                PathBuf::new()
+            }
+        };
+        let failure_timeout = match &raw.failure_timeout_ms {
+            Some(t) if !(200..=60_000).contains(&**t) => {
+                self.fail(
+                    t.span(),
+                    format!(
+                        "cluster.failure_timeout_ms must be 200 to 60000, got {}",
+                        **t
+                    ),
+                );
+                DEFAULT_FAILURE_TIMEOUT
+            }
+            Some(t) => Duration::from_millis(**t as u64),
+            None => DEFAULT_FAILURE_TIMEOUT,
+        };
+        let tls = raw.tls.as_ref().map(|t| {
+            let files = ClusterTls {
+                cert_file: self.resolve(&t.cert_file),
+                key_file: self.resolve(&t.key_file),
+                ca_file: self.resolve(&t.ca_file),
+            };
+            if self.base.is_some() {
+                if let Err(e) = crate::tls::read_certs(&files.cert_file) {
+                    self.fail(t.cert_file.span(), e.to_string());
+                }
+                if let Err(e) = crate::tls::read_key(&files.key_file) {
+                    self.fail(t.key_file.span(), e.to_string());
+                }
+                if let Err(e) = crate::tls::read_certs(&files.ca_file) {
+                    self.fail(t.ca_file.span(), e.to_string());
+                }
+            }
+            files
+        });
+        (self.errors.len() == errors).then(|| ClusterConfig {
+            name,
+            node,
+            listen,
+            advertise: raw.advertise.as_ref().map(|a| a.to_string()),
+            seeds: raw.seeds.iter().map(|s| s.to_string()).collect(),
+            cookie_file,
+            failure_timeout,
+            tls,
+        })
     }
 
     fn supervisor(&mut self, raw: &RawSupervisor) -> SupervisorConfig {

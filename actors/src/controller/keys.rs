@@ -6,7 +6,7 @@
 //! | `("conv", conversation_id, seq)` | a `cadre.v1.Event` |
 //! | `("meta", conversation_id)` | last seq (u64, big-endian) |
 //! | `("idem", conversation_id, key)` | first and last seq of the original append |
-//! | `("exec", conversation_id, exec_id)` | open exec: state (i32) and a recovering flag |
+//! | `("exec", conversation_id, exec_id)` | open exec: state (i32), a recovering flag, the node that runs it |
 //!
 //! A group commit writes one [`LogBatch`] record holding the whole batch to the commit log:
 //! the `log` prefix here, or a commit log of its own (segment files on the embedded node). The
@@ -144,19 +144,25 @@ pub(super) fn decode_span(bytes: &[u8]) -> (u64, u64) {
     )
 }
 
-pub(super) fn encode_exec(state: ExecState, recovering: bool) -> [u8; 5] {
-    let mut out = [0u8; 5];
-    out[..4].copy_from_slice(&(state as i32).to_be_bytes());
-    out[4] = recovering as u8;
+pub(super) fn encode_exec(state: ExecState, recovering: bool, node: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(5 + node.len());
+    out.extend_from_slice(&(state as i32).to_be_bytes());
+    out.push(recovering as u8);
+    out.extend_from_slice(node.as_bytes());
     out
 }
 
-fn decode_exec(bytes: &[u8]) -> ExecState {
+/// An exec index value: its state and its node (empty in values written before clusters).
+fn decode_exec(bytes: &[u8]) -> (ExecState, String) {
     let n = bytes
         .get(..4)
         .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
         .unwrap_or_default();
-    ExecState::try_from(n).unwrap_or(ExecState::Unspecified)
+    let node = String::from_utf8_lossy(bytes.get(5..).unwrap_or_default()).into_owned();
+    (
+        ExecState::try_from(n).unwrap_or(ExecState::Unspecified),
+        node,
+    )
 }
 
 /// The change an event makes to the index of open execs that startup recovery scans: the
@@ -167,7 +173,7 @@ pub(super) fn exec_index_change(event: &Event) -> Option<(Vec<u8>, Option<Vec<u8
     };
     let key = exec(&event.conversation_id, &event.exec_id);
     let state = ExecState::try_from(change.state).unwrap_or(ExecState::Unspecified);
-    let value = (!state.is_terminal()).then(|| encode_exec(state, false).to_vec());
+    let value = (!state.is_terminal()).then(|| encode_exec(state, false, &change.node));
     Some((key, value))
 }
 
@@ -183,12 +189,13 @@ pub(super) fn mark_open_execs(store: &dyn Store) -> Result<Vec<OpenExec>, StoreE
             else {
                 return Err(StoreError::Io("corrupt exec index key".into()));
             };
-            let state = decode_exec(&value);
-            t.set(&key, &encode_exec(state, true))?;
+            let (state, node) = decode_exec(&value);
+            t.set(&key, &encode_exec(state, true, &node))?;
             open.push(OpenExec {
                 conversation_id: conv.clone(),
                 exec_id: exec.clone(),
                 state,
+                node,
             });
         }
         Ok(())

@@ -82,7 +82,9 @@ struct Shared {
     queue: RwLock<Option<(mpsc::Sender<writer::Command>, Arc<writer::Linger>)>>,
     tail: Arc<materializer::SharedTail>,
     hub: subscribe::Hub,
-    open_execs: Mutex<Vec<OpenExec>>,
+    /// The execs open now, by (conversation, exec): set when the controller starts, kept by
+    /// the writer.
+    open_execs: Mutex<std::collections::BTreeMap<(String, String), OpenExec>>,
     /// Lifecycle events of this tree are written to the audit conversation.
     audited: std::sync::OnceLock<crate::tree::Tree>,
 }
@@ -108,7 +110,7 @@ impl Controller {
                 queue: RwLock::new(None),
                 tail: Arc::default(),
                 hub: subscribe::Hub::default(),
-                open_execs: Mutex::new(Vec::new()),
+                open_execs: Mutex::default(),
                 audited: std::sync::OnceLock::new(),
             }),
         }
@@ -328,9 +330,16 @@ impl Controller {
         Ok(out)
     }
 
-    /// Execs that were not terminal when the controller started (marked for recovery).
+    /// The execs open now (their last state change was not terminal), with the node that
+    /// runs each: right after a start, those the last run left unfinished.
     pub fn open_execs(&self) -> Vec<OpenExec> {
-        self.shared.open_execs.lock().expect("open execs").clone()
+        self.shared
+            .open_execs
+            .lock()
+            .expect("open execs")
+            .values()
+            .cloned()
+            .collect()
     }
 }
 
@@ -373,8 +382,8 @@ impl EventLog for Controller {
         Controller::subscribe(self, conversation_id, after_seq).await
     }
 
-    fn open_execs(&self) -> Vec<OpenExec> {
-        Controller::open_execs(self)
+    async fn open_execs(&self) -> Result<Vec<OpenExec>, StoreError> {
+        Ok(Controller::open_execs(self))
     }
 }
 
@@ -383,6 +392,9 @@ pub enum ControllerMsg {
     /// The writer thread ended: fail so that the supervisor restarts the controller.
     WriterExited(String),
 }
+
+// Never sent to another node (ractor's `cluster` feature asks each message type).
+impl ractor::Message for ControllerMsg {}
 
 struct ControllerActor;
 
@@ -437,7 +449,10 @@ impl Actor for ControllerActor {
                 "execs left unfinished by the last run; marked for recovery"
             );
         }
-        *shared.open_execs.lock().expect("open execs") = open;
+        *shared.open_execs.lock().expect("open execs") = open
+            .into_iter()
+            .map(|o| ((o.conversation_id.clone(), o.exec_id.clone()), o))
+            .collect();
         let materializer = materializer::spawn(
             shared.store.clone(),
             shared.log.clone(),

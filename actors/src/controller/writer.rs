@@ -13,7 +13,8 @@ use super::commit_log::MAX_RECORD_BYTES;
 use super::keys;
 use super::materializer::{MAX_TAIL, Pending};
 use super::{
-    AppendError, AppendRequest, Appended, Controller, ControllerMsg, DeleteError, now_micros,
+    AppendError, AppendRequest, Appended, Controller, ControllerMsg, DeleteError, OpenExec,
+    now_micros,
 };
 use crate::store::StoreError;
 
@@ -156,8 +157,9 @@ struct Writer {
     /// Last committed seq per conversation (loaded on first use).
     last_seq: HashMap<String, u64>,
     warned: HashSet<String>,
-    /// Open execs per conversation: the last state change of each was not terminal.
-    open_execs: HashMap<String, HashSet<String>>,
+    /// Open execs per conversation (the last state change of each was not terminal), with
+    /// the node that runs each.
+    open_execs: HashMap<String, HashMap<String, String>>,
     /// Lsn of the next commit log record.
     next_lsn: u64,
     linger: Arc<Linger>,
@@ -165,12 +167,12 @@ struct Writer {
 
 impl Writer {
     fn new(controller: Controller, next_lsn: u64, linger: Arc<Linger>) -> Self {
-        let mut open_execs: HashMap<String, HashSet<String>> = HashMap::new();
+        let mut open_execs: HashMap<String, HashMap<String, String>> = HashMap::new();
         for open in controller.open_execs() {
             open_execs
                 .entry(open.conversation_id)
                 .or_default()
-                .insert(open.exec_id);
+                .insert(open.exec_id, open.node);
         }
         Self {
             open_execs,
@@ -315,7 +317,7 @@ impl Writer {
             .open_execs
             .lock()
             .expect("open execs")
-            .retain(|o| o.conversation_id != conv);
+            .retain(|(c, _), _| c != conv);
         shared.hub.close(conv);
         tracing::info!(conversation = conv, events = last, "conversation deleted");
         Ok(last)
@@ -375,8 +377,8 @@ impl Writer {
         let mut record = Vec::new();
         let mut pending: HashMap<&str, u64> = HashMap::new();
         let mut seen_keys: HashMap<(&str, &str), Appended> = HashMap::new();
-        // Execs opened or finished by this batch (true: open).
-        let mut exec_states: HashMap<(&str, &str), bool> = HashMap::new();
+        // Execs opened or finished by this batch: the state and node of each still open.
+        let mut exec_states: HashMap<(&str, &str), Option<(ExecState, String)>> = HashMap::new();
         for &(request, only_new) in requests {
             let conv = request.conversation_id.as_str();
             if let Some(key) = &request.idempotency_key {
@@ -404,7 +406,7 @@ impl Writer {
             let n = request.events.len() as u64;
             if let Some(exec) = &request.open_exec {
                 let open = match exec_states.get(&(conv, exec.as_str())) {
-                    Some(open) => *open,
+                    Some(open) => open.is_some(),
                     None => self.is_open(conv, exec),
                 };
                 if !open {
@@ -428,18 +430,35 @@ impl Writer {
                 }));
                 continue;
             }
+            if let Some(running) = self.other_open_exec(conv, request, &exec_states) {
+                outcomes.push(Outcome::Refused(AppendError::ExecRunning {
+                    conversation_id: conv.to_string(),
+                    exec_id: running,
+                }));
+                continue;
+            }
             let mut entries = Vec::with_capacity(request.events.len());
             for (i, new) in request.events.iter().enumerate() {
-                if let event::Kind::ExecStateChanged(change) = &new.kind {
+                let mut kind = new.kind.clone();
+                if let event::Kind::ExecStateChanged(change) = &mut kind {
                     let state = ExecState::try_from(change.state).unwrap_or(ExecState::Unspecified);
-                    exec_states.insert((conv, new.exec_id.as_str()), !state.is_terminal());
+                    let exec = (conv, new.exec_id.as_str());
+                    // A state change that does not name the exec's node keeps its owner.
+                    if !state.is_terminal() && change.node.is_empty() {
+                        change.node = match exec_states.get(&exec) {
+                            Some(Some((_, node))) => node.clone(),
+                            _ => self.owner(conv, &new.exec_id).unwrap_or_default(),
+                        };
+                    }
+                    let open = (!state.is_terminal()).then(|| (state, change.node.clone()));
+                    exec_states.insert(exec, open);
                 }
                 let event = Event {
                     conversation_id: conv.to_string(),
                     seq: last + 1 + i as u64,
                     exec_id: new.exec_id.clone(),
                     time_unix_micros: time,
-                    kind: Some(new.kind.clone()),
+                    kind: Some(kind),
                 };
                 let idempotency = match (&request.idempotency_key, i) {
                     (Some(key), 0) => Some((key.clone(), last + 1, last + n)),
@@ -477,14 +496,31 @@ impl Writer {
         if !record.is_empty() {
             shared.log.append(lsn, &record)?;
         }
-        for ((conv, exec), open) in exec_states {
-            let execs = self.open_execs.entry(conv.to_string()).or_default();
-            if open {
-                execs.insert(exec.to_string());
-            } else {
-                execs.remove(exec);
-                if execs.is_empty() {
-                    self.open_execs.remove(conv);
+        if !exec_states.is_empty() {
+            let mut current = shared.open_execs.lock().expect("open execs");
+            for ((conv, exec), open) in exec_states {
+                let key = (conv.to_string(), exec.to_string());
+                let execs = self.open_execs.entry(conv.to_string()).or_default();
+                match open {
+                    Some((state, node)) => {
+                        execs.insert(exec.to_string(), node.clone());
+                        current.insert(
+                            key,
+                            OpenExec {
+                                conversation_id: conv.to_string(),
+                                exec_id: exec.to_string(),
+                                state,
+                                node,
+                            },
+                        );
+                    }
+                    None => {
+                        execs.remove(exec);
+                        if execs.is_empty() {
+                            self.open_execs.remove(conv);
+                        }
+                        current.remove(&key);
+                    }
                 }
             }
         }
@@ -501,7 +537,50 @@ impl Writer {
     fn is_open(&self, conv: &str, exec: &str) -> bool {
         self.open_execs
             .get(conv)
-            .is_some_and(|execs| execs.contains(exec))
+            .is_some_and(|execs| execs.contains_key(exec))
+    }
+
+    /// The node that runs an open exec.
+    fn owner(&self, conv: &str, exec: &str) -> Option<String> {
+        self.open_execs.get(conv)?.get(exec).cloned()
+    }
+
+    /// An exec other than the one `request` opens that is open in `conv` (counting this
+    /// batch): a conversation has at most one, in the whole cluster. Only a request that
+    /// opens an exec without the fence (a new exec starting) is checked.
+    fn other_open_exec(
+        &self,
+        conv: &str,
+        request: &AppendRequest,
+        batch: &HashMap<(&str, &str), Option<(ExecState, String)>>,
+    ) -> Option<String> {
+        if request.open_exec.is_some() {
+            return None;
+        }
+        let opens = request.events.iter().find_map(|e| match &e.kind {
+            event::Kind::ExecStateChanged(c)
+                if !ExecState::try_from(c.state)
+                    .unwrap_or(ExecState::Unspecified)
+                    .is_terminal() =>
+            {
+                Some(e.exec_id.as_str())
+            }
+            _ => None,
+        })?;
+        let mut open: Vec<&str> = self
+            .open_execs
+            .get(conv)
+            .map(|execs| execs.keys().map(String::as_str).collect())
+            .unwrap_or_default();
+        for ((c, exec), state) in batch {
+            if *c == conv {
+                open.retain(|e| e != exec);
+                if state.is_some() {
+                    open.push(exec);
+                }
+            }
+        }
+        open.into_iter().find(|e| *e != opens).map(str::to_string)
     }
 
     /// The span of an earlier append with this key: in the tail, or materialized. An entry

@@ -56,6 +56,12 @@ pub struct Execs {
     claims: Arc<dyn ExecClaims>,
     /// Tools, models and agents for the execs' agents.
     services: Services,
+    /// This node's name in its cluster (empty outside one): written with each exec it runs,
+    /// so that after a crash only it resumes them.
+    node: String,
+    /// Whether recovery also takes the execs of no node (written outside any cluster): the
+    /// node that holds the log does.
+    takes_unowned: bool,
 }
 
 /// The events of an exec (or of a conversation) as a client follows them: in order from a
@@ -137,7 +143,17 @@ impl Execs {
             agents: agents.into(),
             claims,
             services,
+            node: String::new(),
+            takes_unowned: true,
         }
+    }
+
+    /// The execs of node `node` of a cluster; `takes_unowned`: whether its recovery also
+    /// resumes execs that no node ran (those of the log from before the cluster).
+    pub fn on_node(mut self, node: impl Into<String>, takes_unowned: bool) -> Self {
+        self.node = node.into();
+        self.takes_unowned = takes_unowned;
+        self
     }
 
     /// Starts an exec of `agent_id` with `input` in `conversation` (a new one if `None`) and
@@ -177,7 +193,7 @@ impl Execs {
                         text: input.clone(),
                     }),
                 },
-                state_change(&exec_id, ExecState::Running, ""),
+                self.running(&exec_id),
             ],
             idempotency_key: None,
             open_exec: None,
@@ -260,10 +276,19 @@ impl Execs {
         .await
     }
 
-    /// Resumes every exec the last run of the node left unfinished (startup recovery). An
-    /// exec whose agent this node no longer has ends FAILED, naming the agent.
-    pub async fn recover(&self) {
-        let open = self.log.open_execs();
+    /// Resumes every exec the last run of this node left unfinished (startup recovery): those
+    /// the log says this node runs. An exec whose agent this node no longer has ends FAILED,
+    /// naming the agent.
+    pub async fn recover(&self) -> Result<(), crate::store::StoreError> {
+        let open = self.log.open_execs().await?;
+        let open: Vec<_> = open
+            .into_iter()
+            .filter(|o| o.node == self.node || (o.node.is_empty() && self.takes_unowned))
+            .collect();
+        if open.is_empty() {
+            return Ok(());
+        }
+        tracing::warn!(count = open.len(), "resuming the execs of the last run");
         let count = open.len();
         let mut resumed = 0;
         for exec in open {
@@ -293,6 +318,7 @@ impl Execs {
             }
         }
         tracing::info!(count, resumed, "recovered the execs of the last run");
+        Ok(())
     }
 
     /// Cancels the conversation's unfinished exec (`exec_id`, if not empty, must be it) and
@@ -391,7 +417,7 @@ impl Execs {
                         reason: reason.to_string(),
                     }),
                 },
-                state_change(&exec_id, ExecState::Running, ""),
+                self.running(&exec_id),
             ],
             idempotency_key: Some(format!(
                 "{conversation}/{exec_id}/{}/decided",
@@ -574,6 +600,18 @@ impl Execs {
         names.join(", ")
     }
 
+    /// The exec runs, on this node (which resumes it after a crash).
+    fn running(&self, exec_id: &str) -> NewEvent {
+        NewEvent {
+            exec_id: exec_id.to_string(),
+            kind: event::Kind::ExecStateChanged(ExecStateChanged {
+                state: ExecState::Running as i32,
+                reason: String::new(),
+                node: self.node.clone(),
+            }),
+        }
+    }
+
     /// Makes `claim` the conversation's holder, or says which exec holds it (and what to do:
     /// `hint`). A client sees an exec's end as soon as it commits, a moment before the agent
     /// lets the conversation go, so an exec whose terminal event is in the log holds it no
@@ -746,6 +784,7 @@ fn state_change(exec_id: &str, state: ExecState, reason: &str) -> NewEvent {
         kind: event::Kind::ExecStateChanged(ExecStateChanged {
             state: state as i32,
             reason: reason.to_string(),
+            node: String::new(),
         }),
     }
 }

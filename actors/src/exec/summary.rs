@@ -109,7 +109,7 @@ mod tests {
             exec_id,
             event::Kind::ExecStateChanged(ExecStateChanged {
                 state: state as i32,
-                reason: String::new(),
+                ..Default::default()
             }),
         )
     }

@@ -31,6 +31,10 @@ pub enum StoreError {
     /// The transaction's closure gave up, with this reason.
     #[error("transaction aborted: {0}")]
     Aborted(String),
+    /// The store cannot be reached now (in a cluster: the controller node is down); the
+    /// message says which and what to expect.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// Operations inside one transaction. Reads see the transaction's own writes.

@@ -200,6 +200,9 @@ pub enum WorkerMsg {
     Exit(How),
 }
 
+// Never sent to another node (ractor's `cluster` feature asks each message type).
+impl ractor::Message for WorkerMsg {}
+
 impl Actor for Worker {
     type Msg = WorkerMsg;
     type State = (String, Harness, WorkerBehaviour);

@@ -31,6 +31,9 @@ use tonic::body::Body;
 pub struct Access {
     tokens: Arc<Vec<ApiToken>>,
     audit: Option<Arc<dyn EventLog>>,
+    /// The cluster's cookie: the only credential `cadre.v1.Log` takes (the controller node's
+    /// log, for the cluster's other nodes).
+    cluster_cookie: Option<Arc<str>>,
 }
 
 /// The tower layer that puts [`Access`] in front of every service.
@@ -80,6 +83,28 @@ impl Access {
         Self {
             tokens: Arc::new(tokens),
             audit,
+            cluster_cookie: None,
+        }
+    }
+
+    /// Lets the cluster's nodes call `cadre.v1.Log` with `cookie` as their bearer token; no
+    /// API token may call it.
+    pub fn with_cluster_cookie(mut self, cookie: Option<String>) -> Self {
+        self.cluster_cookie = cookie.map(Arc::from);
+        self
+    }
+
+    /// Whether a call to `cadre.v1.Log` carries the cluster's cookie.
+    fn check_node(&self, headers: &http::HeaderMap) -> Result<(), Status> {
+        let given = headers
+            .get("authorization")
+            .and_then(|h| h.as_bytes().strip_prefix(b"Bearer "));
+        match (&self.cluster_cookie, given) {
+            (Some(cookie), Some(given)) if constant_time_eq(cookie.as_bytes(), given) => Ok(()),
+            _ => Err(Status::unauthenticated(
+                "cadre.v1.Log takes calls only from the nodes of this node's cluster (the \
+                 cluster cookie)",
+            )),
         }
     }
 
@@ -188,6 +213,13 @@ where
         let access = self.access.clone();
         Box::pin(async move {
             let path = request.uri().path().to_string();
+            // The cluster's log: its nodes only, and not audited (its appends are the record).
+            if path.starts_with("/cadre.v1.Log/") {
+                return match access.check_node(request.headers()) {
+                    Ok(()) => inner.call(request).await,
+                    Err(status) => Ok(status.into_http()),
+                };
+            }
             let Some((action, changes)) = action_of(&path) else {
                 return inner.call(request).await;
             };

@@ -1,4 +1,5 @@
-//! `cadre.v1.Cluster`: this node and its sandboxes.
+//! `cadre.v1.Cluster`: the cluster's nodes (this one alone outside a cluster), this node's
+//! sandboxes and placement.
 
 use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -11,6 +12,8 @@ use cadre_proto::v1::{
 };
 use cadre_sandbox::{Placement, WarmPool};
 use tonic::{Request, Response, Status};
+
+use crate::membership::Membership;
 
 /// The node's sandboxes: a pool, or why there is none.
 #[derive(Clone)]
@@ -37,18 +40,19 @@ pub enum Sandboxes {
 /// The service; cheap to clone.
 #[derive(Clone)]
 pub struct ClusterService {
-    address: String,
-    started: SystemTime,
+    /// This node's facts (outside a cluster, the only node).
+    me: NodeInfo,
     sandboxes: Sandboxes,
+    membership: Option<Membership>,
 }
 
 impl ClusterService {
-    /// The service of the node at `address`, started now.
-    pub fn new(address: String, sandboxes: Sandboxes) -> Self {
+    /// The service of the node described by `me`, a member of `membership`'s cluster if any.
+    pub fn new(me: NodeInfo, sandboxes: Sandboxes, membership: Option<Membership>) -> Self {
         Self {
-            address,
-            started: SystemTime::now(),
+            me,
             sandboxes,
+            membership,
         }
     }
 }
@@ -56,22 +60,18 @@ impl ClusterService {
 #[tonic::async_trait]
 impl Cluster for ClusterService {
     async fn nodes(&self, _: Request<NodesRequest>) -> Result<Response<NodesResponse>, Status> {
-        let (provider, isolated, status) = match &self.sandboxes {
-            Sandboxes::Pool {
-                provider, isolated, ..
-            } => (provider.to_string(), *isolated, "ready".to_string()),
-            Sandboxes::Unavailable(why) => (String::new(), false, why.clone()),
+        let nodes = match &self.membership {
+            Some(membership) => membership.nodes(),
+            None => {
+                let mut me = self.me.clone();
+                me.state = "up".into();
+                if let Sandboxes::Pool { pool, .. } = &self.sandboxes {
+                    me.sandboxes = pool.list().len() as u32;
+                }
+                vec![me]
+            }
         };
-        Ok(Response::new(NodesResponse {
-            nodes: vec![NodeInfo {
-                address: self.address.clone(),
-                version: env!("CARGO_PKG_VERSION").into(),
-                started_unix_ms: unix_ms(self.started),
-                sandbox_provider: provider,
-                isolated,
-                sandbox_status: status,
-            }],
-        }))
+        Ok(Response::new(NodesResponse { nodes }))
     }
 
     async fn sandboxes(

@@ -6,6 +6,7 @@ pub mod actors;
 pub mod auth;
 pub mod cluster;
 pub mod conversations;
+pub mod log;
 pub mod status;
 pub mod tls;
 pub mod tools;

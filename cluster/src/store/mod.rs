@@ -26,17 +26,26 @@ pub struct Storage {
     pub log: Arc<dyn CommitLog>,
 }
 
+/// Where a node's event log is.
+pub enum LogHome {
+    /// In this node's data dir: it is the controller.
+    Local(Storage),
+    /// At the cluster's controller node; this node's data dir is held by the lock.
+    Cluster(Arc<DataDirLock>),
+}
+
 /// The storage of the kind the config names (the store factory). Kinds this build does not
 /// have are refused when the config is read.
-pub fn open(config: &StoreConfig, data_dir: &Path) -> Result<Storage, StoreError> {
+pub fn open(config: &StoreConfig, data_dir: &Path) -> Result<LogHome, StoreError> {
     match config.kind {
         StoreKind::Embedded => {
             let (store, log) = open_embedded(data_dir)?;
-            Ok(Storage {
+            Ok(LogHome::Local(Storage {
                 store: Arc::new(store),
                 log: Arc::new(log),
-            })
+            }))
         }
+        StoreKind::Cluster => Ok(LogHome::Cluster(Arc::new(DataDirLock::acquire(data_dir)?))),
     }
 }
 

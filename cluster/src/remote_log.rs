@@ -1,0 +1,293 @@
+//! The event log of a node that does not hold it (`store: {cluster: {}}`): every call goes to
+//! the cluster's controller node over gRPC (`cadre.v1.Log`, served by
+//! [`LogService`](crate::grpc::log::LogService)).
+//!
+//! gRPC rather than ractor_cluster messages: an append needs a deadline, a status the caller
+//! can act on (UNAVAILABLE), and a subscription needs a stream with flow control; the API
+//! already has all three, with TLS. Nothing is buffered here: while the controller node is
+//! down (membership says so, or the connection fails) a call fails at once with an error that
+//! names it, and an append that got no answer within the failure timeout is reported as not
+//! acknowledged (it may have committed; an idempotency key makes the retry safe).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cadre_actors::event_log::{
+    AppendError, AppendRequest, Appended, DeleteError, EventLog, OpenExec, SubscribeError,
+    Subscription,
+};
+use cadre_actors::store::StoreError;
+use cadre_proto::v1::log_client::LogClient;
+use cadre_proto::v1::{
+    LogDeleteRequest, LogLastSeqRequest, LogListRequest, LogOpenExecsRequest, LogReadRequest,
+    LogSubscribeRequest, NodeInfo,
+};
+use futures_util::StreamExt;
+use tonic::Status;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+
+use crate::grpc::log::{
+    append_error, delete_error, open_exec, store_error, subscribe_error, wire_append,
+};
+use crate::membership::Membership;
+
+/// The log, reached through the cluster's controller node.
+pub struct RemoteLog {
+    membership: Membership,
+    cookie: String,
+    tls: Option<ClientTlsConfig>,
+    /// Each call's deadline (a subscription's, to start).
+    timeout: Duration,
+    channel: Mutex<Option<(String, Channel)>>,
+}
+
+impl RemoteLog {
+    /// Calls the controller node `membership` names, with the cluster's `cookie`; `tls`
+    /// verifies it when its API serves TLS.
+    pub fn new(membership: Membership, cookie: String, tls: Option<ClientTlsConfig>) -> Self {
+        Self {
+            timeout: membership.failure_timeout(),
+            membership,
+            cookie,
+            tls,
+            channel: Mutex::new(None),
+        }
+    }
+
+    /// A client of the controller node, and the node; or why there is none.
+    fn client(&self) -> Result<(LogClient<Channel>, NodeInfo), String> {
+        let controller = self.membership.controller().ok_or_else(|| {
+            format!(
+                "no controller node of cluster `{}` is up (the node with store.embedded); the \
+                 call was not made, retry once it is back",
+                self.membership.cluster()
+            )
+        })?;
+        let mut cached = self.channel.lock().expect("channel");
+        if let Some((address, channel)) = cached.as_ref()
+            && *address == controller.address
+        {
+            return Ok((client(channel.clone()), controller));
+        }
+        let scheme = if controller.api_tls { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{}", controller.address))
+            .map_err(|e| format!("controller address `{}`: {e}", controller.address))?
+            .tcp_nodelay(true)
+            .connect_timeout(self.timeout);
+        if controller.api_tls {
+            let tls = self.tls.clone().ok_or_else(|| {
+                format!(
+                    "the controller node `{}` serves its API over TLS: set cluster.tls so this \
+                     node can verify it",
+                    controller.name
+                )
+            })?;
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|e| format!("cluster.tls: {e}"))?;
+        }
+        let channel = endpoint.connect_lazy();
+        *cached = Some((controller.address.clone(), channel.clone()));
+        Ok((client(channel), controller))
+    }
+
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(self.timeout);
+        self.authorize(&mut request);
+        request
+    }
+
+    fn authorize<T>(&self, request: &mut tonic::Request<T>) {
+        if let Ok(value) = format!("Bearer {}", self.cookie).parse() {
+            request.metadata_mut().insert("authorization", value);
+        }
+    }
+
+    /// Why a call to `controller` failed in transport, for the caller.
+    fn unreachable(&self, controller: &NodeInfo, status: &Status) -> String {
+        let what = if status.code() == tonic::Code::DeadlineExceeded {
+            format!(
+                "did not answer within {} ms (an append may have committed: retry with its \
+                 idempotency key)",
+                self.timeout.as_millis()
+            )
+        } else {
+            format!("cannot be reached ({})", status.message())
+        };
+        format!(
+            "the controller node `{}` at {} {what}",
+            controller.name, controller.address
+        )
+    }
+}
+
+fn client(channel: Channel) -> LogClient<Channel> {
+    LogClient::new(channel)
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX)
+}
+
+#[async_trait::async_trait]
+impl EventLog for RemoteLog {
+    async fn append(&self, request: AppendRequest) -> Result<Appended, AppendError> {
+        let (mut client, controller) = self
+            .client()
+            .map_err(|why| AppendError::Store(StoreError::Unavailable(why)))?;
+        match client.append(self.request(wire_append(request))).await {
+            Ok(r) => {
+                let r = r.into_inner();
+                Ok(Appended {
+                    first_seq: r.first_seq,
+                    last_seq: r.last_seq,
+                    duplicate: r.duplicate,
+                })
+            }
+            Err(status) => Err(append_error(&status, || {
+                self.unreachable(&controller, &status)
+            })),
+        }
+    }
+
+    async fn create(&self, request: AppendRequest) -> Result<Appended, AppendError> {
+        let (mut client, controller) = self
+            .client()
+            .map_err(|why| AppendError::Store(StoreError::Unavailable(why)))?;
+        match client.create(self.request(wire_append(request))).await {
+            Ok(r) => {
+                let r = r.into_inner();
+                Ok(Appended {
+                    first_seq: r.first_seq,
+                    last_seq: r.last_seq,
+                    duplicate: r.duplicate,
+                })
+            }
+            Err(status) => Err(append_error(&status, || {
+                self.unreachable(&controller, &status)
+            })),
+        }
+    }
+
+    async fn delete(&self, conversation_id: &str) -> Result<u64, DeleteError> {
+        let (mut client, controller) = self
+            .client()
+            .map_err(|why| DeleteError::Store(StoreError::Unavailable(why)))?;
+        let request = LogDeleteRequest {
+            conversation_id: conversation_id.to_string(),
+        };
+        match client.delete(self.request(request)).await {
+            Ok(r) => Ok(r.into_inner().events),
+            Err(status) => Err(delete_error(&status, || {
+                self.unreachable(&controller, &status)
+            })),
+        }
+    }
+
+    async fn read(
+        &self,
+        conversation_id: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<cadre_proto::v1::Event>, StoreError> {
+        let (mut client, controller) = self.client().map_err(StoreError::Unavailable)?;
+        let request = LogReadRequest {
+            conversation_id: conversation_id.to_string(),
+            after_seq,
+            limit: limit.min(u32::MAX as usize) as u32,
+        };
+        match client.read(self.request(request)).await {
+            Ok(r) => Ok(r.into_inner().events),
+            Err(status) => Err(store_error(&status, || {
+                self.unreachable(&controller, &status)
+            })),
+        }
+    }
+
+    async fn last_seq(&self, conversation_id: &str) -> Result<Option<u64>, StoreError> {
+        let (mut client, controller) = self.client().map_err(StoreError::Unavailable)?;
+        let request = LogLastSeqRequest {
+            conversation_id: conversation_id.to_string(),
+        };
+        match client.last_seq(self.request(request)).await {
+            Ok(r) => Ok(r.into_inner().last_seq),
+            Err(status) => Err(store_error(&status, || {
+                self.unreachable(&controller, &status)
+            })),
+        }
+    }
+
+    async fn list(&self, after: &str, limit: usize) -> Result<Vec<(String, u64)>, StoreError> {
+        let (mut client, controller) = self.client().map_err(StoreError::Unavailable)?;
+        let request = LogListRequest {
+            after: after.to_string(),
+            limit: limit.min(u32::MAX as usize) as u32,
+        };
+        match client.list(self.request(request)).await {
+            Ok(r) => Ok(r
+                .into_inner()
+                .conversations
+                .into_iter()
+                .map(|c| (c.conversation_id, c.last_seq))
+                .collect()),
+            Err(status) => Err(store_error(&status, || {
+                self.unreachable(&controller, &status)
+            })),
+        }
+    }
+
+    async fn subscribe(
+        &self,
+        conversation_id: &str,
+        after_seq: u64,
+    ) -> Result<Subscription, SubscribeError> {
+        let (mut client, controller) = self
+            .client()
+            .map_err(|why| SubscribeError::Store(StoreError::Unavailable(why)))?;
+        // A deadline on the call would end the stream: only its start is bounded.
+        let mut request = tonic::Request::new(LogSubscribeRequest {
+            conversation_id: conversation_id.to_string(),
+            after_seq,
+        });
+        self.authorize(&mut request);
+        let started = tokio::time::timeout(self.timeout, client.subscribe(request)).await;
+        let stream = match started {
+            Ok(Ok(r)) => r.into_inner(),
+            Ok(Err(status)) => {
+                return Err(subscribe_error(&status, || {
+                    self.unreachable(&controller, &status)
+                }));
+            }
+            Err(_) => {
+                let status = Status::deadline_exceeded("no answer");
+                return Err(SubscribeError::Store(StoreError::Unavailable(
+                    self.unreachable(&controller, &status),
+                )));
+            }
+        };
+        let controller = Arc::new(controller);
+        let events = stream.map(move |item| match item {
+            Ok(event) => Ok(Arc::new(event)),
+            Err(status) => Err(subscribe_error(&status, || {
+                format!(
+                    "the subscription to the controller node `{}` broke ({}); subscribe again",
+                    controller.name,
+                    status.message()
+                )
+            })),
+        });
+        Ok(Subscription::new(after_seq, Box::pin(events)))
+    }
+
+    async fn open_execs(&self) -> Result<Vec<OpenExec>, StoreError> {
+        let (mut client, controller) = self.client().map_err(StoreError::Unavailable)?;
+        match client
+            .open_execs(self.request(LogOpenExecsRequest {}))
+            .await
+        {
+            Ok(r) => Ok(r.into_inner().execs.into_iter().map(open_exec).collect()),
+            Err(status) => Err(store_error(&status, || {
+                self.unreachable(&controller, &status)
+            })),
+        }
+    }
+}
