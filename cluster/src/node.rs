@@ -627,7 +627,7 @@ async fn wait_for_controller(membership: &Membership) -> Result<(), String> {
             return Err(why);
         }
         // Said at once, then every 10 s.
-        if rounds % 100 == 0 {
+        if rounds.is_multiple_of(100) {
             tracing::info!(
                 cluster = membership.cluster(),
                 "waiting for the cluster's controller node (the node with store.embedded)"
