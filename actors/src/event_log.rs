@@ -93,6 +93,10 @@ pub struct AppendRequest {
     /// (its last state change was not terminal). Agents append with it, so once an exec is
     /// cancelled its agent cannot add to it.
     pub open_exec: Option<String>,
+    /// With `open_exec`: refuse ([`AppendError::ExecMoved`]) unless that exec runs on this
+    /// cluster node. Agents set it, so an exec given to another node (its node went down) can
+    /// no longer be written by the old one when it comes back.
+    pub owner: Option<String>,
 }
 
 /// Where an append landed.
@@ -136,6 +140,19 @@ pub enum AppendError {
         conversation_id: String,
         /// The exec that is open.
         exec_id: String,
+    },
+    /// The exec runs on another node now (`owner` refused the append).
+    #[error(
+        "exec `{exec_id}` of conversation `{conversation_id}` runs on node `{node}` now; this \
+         node lost it"
+    )]
+    ExecMoved {
+        /// The conversation.
+        conversation_id: String,
+        /// The exec.
+        exec_id: String,
+        /// The node that runs it now.
+        node: String,
     },
     /// The fence (`open_exec`) refused the append.
     #[error(

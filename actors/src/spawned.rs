@@ -144,6 +144,7 @@ impl SpawnedActors {
                 }],
                 idempotency_key: None,
                 open_exec: None,
+                owner: None,
             })
             .await
             .map(|_| ())

@@ -616,3 +616,91 @@ fn bad_api_tokens_are_named() {
     let e = tokens("    - {name: a, token: s, role: reader, conversation_prefix: a-}\n");
     assert!(e.contains("api.tokens[0]"), "the path names the entry: {e}");
 }
+
+#[test]
+fn the_cluster_section_and_its_errors() {
+    use cadre_actors::config::{DEFAULT_FAILURE_TIMEOUT, StoreKind, host_name};
+    let config = Config::parse(
+        "cadre.yaml",
+        "version: v1\nstore: {cluster: {}}\ncluster:\n  name: prod\n  node: b\n  \
+         listen: 127.0.0.1:7501\n  advertise: b.cadre\n  seeds: [a.cadre:7500, 127.0.0.1:7502]\n  \
+         cookie_file: /run/cookie\n  failure_timeout_ms: 1500\n  tls: {cert_file: n.pem, \
+         key_file: n.key, ca_file: ca.pem}\n",
+    )
+    .expect("a cluster member's config");
+    assert_eq!(config.store.kind, StoreKind::Cluster);
+    let cluster = config.cluster.expect("the section");
+    assert_eq!(
+        (cluster.name.as_str(), cluster.node.as_str()),
+        ("prod", "b")
+    );
+    assert_eq!(cluster.listen.to_string(), "127.0.0.1:7501");
+    assert_eq!(cluster.advertise.as_deref(), Some("b.cadre"));
+    assert_eq!(cluster.seeds, ["a.cadre:7500", "127.0.0.1:7502"]);
+    assert_eq!(cluster.failure_timeout, Duration::from_millis(1500));
+    assert!(cluster.tls.is_some());
+
+    let defaults = Config::parse("cadre.yaml", "version: v1\ncluster: {cookie_file: c}\n")
+        .expect("defaults")
+        .cluster
+        .expect("the section");
+    assert_eq!(defaults.name, "cadre");
+    assert_eq!(defaults.node, host_name());
+    assert_eq!(defaults.listen.to_string(), "0.0.0.0:7500");
+    assert_eq!(defaults.failure_timeout, DEFAULT_FAILURE_TIMEOUT);
+
+    for (text, want) in [
+        (
+            "version: v1\nstore: {cluster: {}}\n",
+            "cadre.yaml:2:18: store.cluster needs a `cluster` section",
+        ),
+        (
+            "version: v1\ncluster: {name: x}\n",
+            "cluster.cookie_file is required",
+        ),
+        (
+            "version: v1\ncluster: {cookie_file: c, listen: 'localhost:7500'}\n",
+            "cluster.listen: `localhost:7500` is not an IP address and port",
+        ),
+        (
+            "version: v1\ncluster: {cookie_file: c, seeds: [nope]}\n",
+            "cluster.seeds: `nope` is not an address",
+        ),
+        (
+            "version: v1\ncluster: {cookie_file: c, failure_timeout_ms: 50}\n",
+            "cluster.failure_timeout_ms must be 200 to 60000, got 50",
+        ),
+        (
+            "version: v1\ncluster: {cookie_file: c, node: 'a b'}\n",
+            "cluster.node: `a b` is not a name",
+        ),
+        (
+            "version: v1\nstore: {embedded: {}, cluster: {}}\ncluster: {cookie_file: c}\n",
+            "not both",
+        ),
+        (
+            "version: v1\ncluster: {cookie_file: c, peers: []}\n",
+            "unknown field `peers`",
+        ),
+    ] {
+        let e = reject(text);
+        assert!(e.contains(want), "{text:?}: {e}");
+    }
+}
+
+#[test]
+fn a_cluster_cookie_must_be_readable_and_long_enough() {
+    let dir = std::env::temp_dir().join(format!("cadre-cookie-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("cadre.yaml");
+    std::fs::write(&file, "version: v1\ncluster: {cookie_file: cookie}\n").unwrap();
+    std::fs::write(dir.join("cookie"), "short\n").unwrap();
+    let e = Config::load(&file).expect_err("a short cookie").to_string();
+    assert!(e.contains("at least 16"), "{e}");
+    std::fs::remove_file(dir.join("cookie")).unwrap();
+    let e = Config::load(&file).expect_err("no cookie").to_string();
+    assert!(e.contains("cluster.cookie_file: cannot read"), "{e}");
+    std::fs::write(dir.join("cookie"), "a-long-enough-secret\n").unwrap();
+    assert!(Config::load(&file).is_ok());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

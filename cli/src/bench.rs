@@ -16,6 +16,7 @@ use serde_json::json;
 use crate::{Failure, Output};
 
 mod agent;
+mod cluster;
 mod tools;
 mod workspace;
 
@@ -44,6 +45,11 @@ pub enum BenchCommand {
     /// repository of a few hundred files, a C compile, a walk over a library tree) inside a
     /// gVisor sandbox, against the same work on the host. Needs runsc (run as root).
     Workspace(workspace::WorkspaceBenchArgs),
+    /// A cluster on loopback: append latency through another node (the controller's
+    /// `cadre.v1.Log` over gRPC) against appends on the controller node, same run; and echo
+    /// execs sent to one node against execs spread over three (two `cadre serve` processes
+    /// join a node in this process).
+    Cluster(cluster::ClusterBenchArgs),
 }
 
 #[derive(Args)]
@@ -127,6 +133,7 @@ pub async fn run(command: BenchCommand) -> Result<(), Failure> {
         BenchCommand::Tools(args) => return tools::run(args).await,
         BenchCommand::Agent(args) => return agent::run(args).await,
         BenchCommand::Workspace(args) => return workspace::run(args).await,
+        BenchCommand::Cluster(args) => return cluster::run(args).await,
     };
     if args.events == 0 || args.writers == 0 {
         return Err(Failure::Usage(
@@ -208,6 +215,7 @@ async fn eventlog(args: &EventlogArgs, dir: &std::path::Path) -> anyhow::Result<
                         events: vec![sample_event(w, i)],
                         idempotency_key: None,
                         open_exec: None,
+                        owner: None,
                     })
                     .await?;
                 latencies.push(t.elapsed());

@@ -65,6 +65,7 @@ pub async fn run(command: DebugCommand) -> Result<(), Failure> {
                     events,
                     idempotency_key: Some(batch.clone()),
                     open_exec: None,
+                    owner: None,
                 };
                 let Ok(a) = controller.append(request).await else {
                     return;

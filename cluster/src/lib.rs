@@ -11,5 +11,6 @@ pub mod membership;
 pub mod node;
 pub mod remote_log;
 pub mod store;
+pub mod takeover;
 
 pub use node::{AGENTS, CONTROLLER, DEFAULT_LISTEN, Node, NodeError, NodeExit, NodeOptions, ROOT};

@@ -91,6 +91,8 @@ pub struct Node {
     membership: Option<Membership>,
     /// Holds the data dir of a node without a store of its own.
     _data_dir_lock: Option<Arc<store::DataDirLock>>,
+    /// The cluster's exec takeover loops (`crate::takeover`).
+    cluster_tasks: Vec<JoinHandle<()>>,
     /// The node's tool registry.
     pub tools: ToolRegistry,
     /// The address the API listens on.
@@ -263,7 +265,7 @@ impl Node {
                     Some(files) => Some(log_client_tls(files).map_err(NodeError::Cluster)?),
                     None => None,
                 };
-                let remote = RemoteLog::new(membership.clone(), cookie, tls);
+                let remote = RemoteLog::new(membership, cookie, tls);
                 (None, Arc::new(remote))
             }
         };
@@ -403,6 +405,18 @@ impl Node {
         if let Some(membership) = &membership {
             execs = execs.on_node(membership.name(), holds_log);
         }
+        let mut cluster_tasks = Vec::new();
+        if let Some(membership) = &membership {
+            let every = membership.failure_timeout() / 4;
+            cluster_tasks.push(crate::takeover::adopt(execs.clone(), every));
+            if holds_log {
+                cluster_tasks.push(crate::takeover::reassign(
+                    membership.clone(),
+                    event_log.clone(),
+                    every,
+                ));
+            }
+        }
         let recovering = execs.clone();
         // A node without the log may start before the controller node is up: it recovers
         // once it can read the log.
@@ -513,6 +527,7 @@ impl Node {
             event_log,
             membership,
             _data_dir_lock: data_dir_lock,
+            cluster_tasks,
             tools: services.tools,
             addr,
             root_exit,
@@ -523,6 +538,11 @@ impl Node {
             sandboxes: pool,
             _guardian: guardian,
         })
+    }
+
+    /// The node's cluster membership, if it is in a cluster.
+    pub fn membership(&self) -> Option<&Membership> {
+        self.membership.as_ref()
     }
 
     /// Runs until `stop` resolves, the root supervisor shuts itself down (`auto_shutdown`) or
@@ -588,6 +608,10 @@ impl Node {
                 }
             }
         };
+        // Before the agents stop: their execs must not be taken up again here meanwhile.
+        for task in &self.cluster_tasks {
+            task.abort();
+        }
         if exit != NodeExit::SystemExited {
             self.system.shutdown().await;
         }
@@ -842,6 +866,7 @@ fn audit_sandbox_ends(pool: &WarmPool, provider: &'static str, log: Arc<dyn Even
                 }],
                 idempotency_key: None,
                 open_exec: None,
+                owner: None,
             };
             if let Err(e) = log.append(request).await {
                 tracing::warn!(error = %e, "cannot write an ended sandbox to the audit log");

@@ -31,9 +31,13 @@ use crate::grpc::log::{
 };
 use crate::membership::Membership;
 
+/// Which node is the controller now (`None`: none is up); membership answers it.
+pub type ControllerFinder = Arc<dyn Fn() -> Option<NodeInfo> + Send + Sync>;
+
 /// The log, reached through the cluster's controller node.
 pub struct RemoteLog {
-    membership: Membership,
+    controller: ControllerFinder,
+    cluster: String,
     cookie: String,
     tls: Option<ClientTlsConfig>,
     /// Each call's deadline (a subscription's, to start).
@@ -43,24 +47,45 @@ pub struct RemoteLog {
 
 impl RemoteLog {
     /// Calls the controller node `membership` names, with the cluster's `cookie`; `tls`
-    /// verifies it when its API serves TLS.
-    pub fn new(membership: Membership, cookie: String, tls: Option<ClientTlsConfig>) -> Self {
-        Self {
-            timeout: membership.failure_timeout(),
-            membership,
+    /// verifies it when its API serves TLS. A call without an answer within the failure
+    /// timeout fails.
+    pub fn new(membership: &Membership, cookie: String, tls: Option<ClientTlsConfig>) -> Self {
+        let finder = membership.clone();
+        Self::with_finder(
+            Arc::new(move || finder.controller()),
+            membership.cluster().to_string(),
             cookie,
             tls,
+            membership.failure_timeout(),
+        )
+    }
+
+    /// Calls whichever node `controller` names, of cluster `cluster`, each call bounded by
+    /// `timeout`.
+    pub fn with_finder(
+        controller: ControllerFinder,
+        cluster: String,
+        cookie: String,
+        tls: Option<ClientTlsConfig>,
+        timeout: Duration,
+    ) -> Self {
+        Self {
+            controller,
+            cluster,
+            cookie,
+            tls,
+            timeout,
             channel: Mutex::new(None),
         }
     }
 
     /// A client of the controller node, and the node; or why there is none.
     fn client(&self) -> Result<(LogClient<Channel>, NodeInfo), String> {
-        let controller = self.membership.controller().ok_or_else(|| {
+        let controller = (self.controller)().ok_or_else(|| {
             format!(
                 "no controller node of cluster `{}` is up (the node with store.embedded); the \
                  call was not made, retry once it is back",
-                self.membership.cluster()
+                self.cluster
             )
         })?;
         let mut cached = self.channel.lock().expect("channel");

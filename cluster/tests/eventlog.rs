@@ -48,6 +48,7 @@ fn append(conv: &str, texts: &[&str]) -> AppendRequest {
         events: texts.iter().map(|t| output(t)).collect(),
         idempotency_key: None,
         open_exec: None,
+        owner: None,
     }
 }
 
@@ -135,6 +136,7 @@ async fn a_retried_append_with_the_same_key_is_written_once() {
     let keyed = AppendRequest {
         idempotency_key: Some("c/e1/step-1".into()),
         open_exec: None,
+        owner: None,
         ..append("c", &["once", "only"])
     };
     // Concurrent retries land in the same group commit or in later ones: all must agree.
@@ -283,6 +285,7 @@ async fn an_oversized_append_fails_alone() {
         events: (0..4).map(|_| output(&huge)).collect(),
         idempotency_key: None,
         open_exec: None,
+        owner: None,
     };
     let (a, b) = tokio::join!(c.append(big), c.append(append("small", &["z"])));
     assert!(
@@ -443,6 +446,7 @@ fn request(conversation: &str, events: Vec<NewEvent>) -> AppendRequest {
         events,
         idempotency_key: None,
         open_exec: None,
+        owner: None,
     }
 }
 
@@ -504,6 +508,7 @@ async fn a_second_exec_cannot_open_in_a_conversation_until_the_first_ends() {
     // The first exec's own appends (fenced on it) go on; once it ends, the next may start.
     c.append(AppendRequest {
         open_exec: Some("first".into()),
+        owner: None,
         ..request("c", vec![state("first", ExecState::Completed)])
     })
     .await
@@ -535,6 +540,7 @@ async fn unfinished_execs_are_found_and_marked_at_startup() {
             events,
             idempotency_key: None,
             open_exec: None,
+            owner: None,
         })
         .await
         .unwrap();
@@ -679,6 +685,7 @@ async fn a_restart_replays_what_was_committed_but_not_materialized() {
         let keyed = AppendRequest {
             idempotency_key: Some("k".into()),
             open_exec: None,
+            owner: None,
             ..append("r", &["3", "4"])
         };
         c.append(append("r", &["1", "2"])).await.unwrap();
@@ -688,6 +695,7 @@ async fn a_restart_replays_what_was_committed_but_not_materialized() {
             events: vec![state("x", ExecState::Running)],
             idempotency_key: None,
             open_exec: None,
+            owner: None,
         })
         .await
         .unwrap();
@@ -722,6 +730,7 @@ async fn a_restart_replays_what_was_committed_but_not_materialized() {
         .append(AppendRequest {
             idempotency_key: Some("k".into()),
             open_exec: None,
+            owner: None,
             ..append("r", &["3", "4"])
         })
         .await
@@ -740,6 +749,7 @@ async fn appends_to_a_finished_exec_are_refused_and_write_nothing() {
     let dir = Dir::new("fence");
     let in_exec = |exec: &str, texts: &[&str]| AppendRequest {
         open_exec: Some(exec.into()),
+        owner: None,
         ..append("f", texts)
     };
     let states = |events: Vec<NewEvent>| AppendRequest {
@@ -747,6 +757,7 @@ async fn appends_to_a_finished_exec_are_refused_and_write_nothing() {
         events,
         idempotency_key: None,
         open_exec: None,
+        owner: None,
     };
     {
         let c = Controller::new(
@@ -878,6 +889,7 @@ async fn a_deleted_conversation_is_gone_and_its_id_starts_over() {
     let old_exec = c
         .append(AppendRequest {
             open_exec: Some("x".into()),
+            owner: None,
             ..append("a", &["no"])
         })
         .await;

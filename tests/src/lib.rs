@@ -2,6 +2,8 @@
 //! with a temporary data dir ([`Node`]), or several of them ([`Cluster`]), and drives them
 //! through the real CLI.
 
+pub mod servers;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};

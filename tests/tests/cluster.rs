@@ -9,8 +9,10 @@ use std::time::{Duration, Instant};
 
 use cadre_proto::v1::NodesRequest;
 use cadre_proto::v1::cluster_client::ClusterClient;
+use cadre_tests::servers::{ModelServer, RecordServer, kill_points, record_call};
 use cadre_tests::{Cluster, FAILURE_TIMEOUT, Node, alive};
 use serde_json::Value;
+use serde_json::json;
 
 /// Runs an `echo` exec on `node` in `conversation`; returns its output line.
 fn echo(node: &Node, conversation: &str, input: &str) -> String {
@@ -414,4 +416,171 @@ fn while_the_controller_node_is_down_execs_elsewhere_fail_fast_then_work_again()
         !during.status.success() || during.stdout.is_empty(),
         "nothing of the refused execs was written"
     );
+}
+
+/// Config for `Cluster::joined`: the scripted model, the record tool server, a `scribe` agent.
+fn agent_config(model: &ModelServer, record: &RecordServer) -> String {
+    format!(
+        r#"models:
+  - id: scripted
+    openai: {{ base_url: "http://127.0.0.1:{model}/v1", model: test-model }}
+supervisor:
+  children:
+    - id: rec
+      mcp: {{ url: "http://127.0.0.1:{record}/mcp", timeout_ms: 20000 }}
+    - id: scribe
+      agent: {{ model: scripted, tools: ["rec.*"] }}
+"#,
+        model = model.port,
+        record = record.port,
+    )
+}
+
+fn wait_for_tools(node: &Node) {
+    wait_for("rec.record to register", Duration::from_secs(60), || {
+        node.json_lines(&["tools", "ls", "-o", "json"])
+            .iter()
+            .any(|t| t["name"] == "rec.record")
+    });
+}
+
+/// The log so far (nothing while the conversation does not exist).
+fn log_so_far(node: &Node, conversation: &str) -> Vec<Value> {
+    let out = node.cli(&["conversations", "log", conversation, "-o", "json"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+fn exec_state(node: &Node, conversation: &str) -> String {
+    let out = node.cli(&["conversations", "show", conversation, "-o", "json"]);
+    serde_json::from_slice::<Value>(&out.stdout)
+        .map(|c| c["exec_state"].as_str().unwrap_or_default().to_string())
+        .unwrap_or_default()
+}
+
+/// `cadre exec` in the background against `node` (it ends with the node).
+fn exec_in_background(node: &Node, conversation: &str, input: &str) -> std::process::Child {
+    std::process::Command::new(cadre_tests::cadre_bin())
+        .args(["exec", "--agent", "scribe", "--conversation", conversation])
+        .args(["--input", input, "--server", &node.addr])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("cadre exec")
+}
+
+/// Waits until `conversation` (read through `node`) has `nth` events of `kind`.
+fn wait_events(node: &Node, conversation: &str, kind: &str, nth: usize) {
+    wait_for(
+        &format!("{nth} {kind} in {conversation}"),
+        Duration::from_secs(60),
+        || {
+            log_so_far(node, conversation)
+                .iter()
+                .filter(|e| e["type"] == kind)
+                .count()
+                >= nth
+        },
+    );
+}
+
+#[test]
+fn an_exec_whose_node_is_killed_completes_on_another_without_repeating_a_call() {
+    let notes = ["a", "b", "c", "d"];
+    let mut script: Vec<Value> = notes.iter().map(|n| record_call(n)).collect();
+    script.push(json!({"content": "done"}));
+    let model = ModelServer::start(Value::Array(script));
+    // Slow enough that the kill lands while a call runs.
+    let record = RecordServer::start(700);
+    let mut cluster = Cluster::joined(3, &agent_config(&model, &record));
+    wait_joined(&cluster);
+    wait_for_tools(cluster.node(1));
+    let mut exec = exec_in_background(cluster.node(1), "moving", "record four notes");
+    // A point where no model request is in flight (a request cut off by a crash is asked
+    // again by design: its reply was never journaled).
+    let (kind, nth) = kill_points()[0];
+    eprintln!("kill point: after {kind} #{nth}");
+    wait_events(cluster.node(0), "moving", kind, nth);
+    let killed = Instant::now();
+    cluster.kill(1);
+    let _ = exec.wait();
+    wait_for(
+        "the exec to complete elsewhere",
+        Duration::from_secs(60),
+        || exec_state(cluster.node(0), "moving") == "completed",
+    );
+    let events = log_so_far(cluster.node(2), "moving");
+    let moved = events
+        .iter()
+        .find(|e| {
+            e["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("taken over by"))
+        })
+        .unwrap_or_else(|| panic!("no takeover in the log: {events:?}"));
+    eprintln!("completed {:?} after the kill; {moved}", killed.elapsed());
+    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "no gap");
+    assert_eq!(
+        model.counts(),
+        [1, 1, 1, 1, 1],
+        "each scripted reply requested exactly once"
+    );
+    let effects = record.effects();
+    let applied: Vec<&str> = effects
+        .iter()
+        .filter(|e| e["applied"] == true)
+        .map(|e| e["note"].as_str().unwrap())
+        .collect();
+    assert_eq!(applied, notes, "each side effect applied once: {effects:?}");
+}
+
+#[test]
+fn a_paused_owner_loses_its_exec_and_writes_nothing_more_to_it() {
+    let notes = ["a", "b", "c"];
+    let mut script: Vec<Value> = notes.iter().map(|n| record_call(n)).collect();
+    script.push(json!({"content": "done"}));
+    let model = ModelServer::start(Value::Array(script));
+    let record = RecordServer::start(1500);
+    let cluster = Cluster::joined(3, &agent_config(&model, &record));
+    wait_joined(&cluster);
+    wait_for_tools(cluster.node(2));
+    let mut exec = exec_in_background(cluster.node(2), "paused", "record three notes");
+    // Paused while its first tool call runs.
+    wait_events(cluster.node(0), "paused", "tool_called", 1);
+    let pid = cluster.node(2).pid() as i32;
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    wait_for(
+        "the exec to complete elsewhere",
+        Duration::from_secs(60),
+        || exec_state(cluster.node(0), "paused") == "completed",
+    );
+    let done = log_so_far(cluster.node(0), "paused");
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    wait_for(
+        "the old owner to say it lost the exec",
+        Duration::from_secs(30),
+        || {
+            cluster
+                .node(2)
+                .log()
+                .contains("lost the exec to another node")
+        },
+    );
+    std::thread::sleep(FAILURE_TIMEOUT);
+    assert_eq!(
+        log_so_far(cluster.node(0), "paused"),
+        done,
+        "the old owner appended nothing more"
+    );
+    let _ = exec.wait();
+    wait_states(cluster.node(0), &ALL_UP, Duration::from_secs(30));
+    let applied = record
+        .effects()
+        .iter()
+        .filter(|e| e["applied"] == true)
+        .count();
+    assert_eq!(applied, notes.len(), "each side effect applied once");
 }

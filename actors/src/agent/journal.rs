@@ -52,6 +52,8 @@ pub(super) struct Journal {
     pub(super) repeats: HashMap<String, u32>,
     /// The exec's last state.
     pub(super) state: Option<i32>,
+    /// The cluster node the log last gave the exec to (empty outside a cluster).
+    pub(super) node: String,
     /// The exec's input.
     pub(super) input: String,
     /// Results of this exec's returned calls.
@@ -245,6 +247,9 @@ impl Journal {
             Some(event::Kind::ExecStateChanged(s)) => {
                 if mine {
                     self.state = Some(s.state);
+                    if !s.node.is_empty() {
+                        self.node = s.node.clone();
+                    }
                 }
                 // A chat API refuses tool calls left unanswered: an exec that ended with some
                 // answers them for the history.

@@ -106,7 +106,9 @@ impl ExecRun {
             .await
         {
             Ok(()) => Ok(Ok(())),
-            Err(AppendError::ExecFinished { .. }) => Ok(Err(Stop::Finished)),
+            Err(AppendError::ExecFinished { .. } | AppendError::ExecMoved { .. }) => {
+                Ok(Err(Stop::Finished))
+            }
             Err(e) => Err(e.into()),
         }
     }

@@ -120,7 +120,9 @@ impl ExecRun {
         drop(process.hold);
         let exit = match exit {
             Ok(e) => e,
-            Err(AppendError::ExecFinished { .. }) => return Ok(ExecEnd::Finished),
+            Err(AppendError::ExecFinished { .. } | AppendError::ExecMoved { .. }) => {
+                return Ok(ExecEnd::Finished);
+            }
             Err(e) => return Err(e.into()),
         };
         match exit {
@@ -130,7 +132,9 @@ impl ExecRun {
                     .await
                 {
                     Ok(()) => Ok(ExecEnd::Completed),
-                    Err(AppendError::ExecFinished { .. }) => Ok(ExecEnd::Finished),
+                    Err(AppendError::ExecFinished { .. } | AppendError::ExecMoved { .. }) => {
+                        Ok(ExecEnd::Finished)
+                    }
                     Err(e) => Err(e.into()),
                 }
             }

@@ -33,6 +33,9 @@ pub struct ExecRun {
     pub conversation: String,
     /// The exec's id.
     pub exec_id: String,
+    /// The cluster node it runs on (empty outside a cluster): its appends are fenced on it, so
+    /// once the exec is given to another node nothing more of this run is written.
+    pub node: String,
 }
 
 /// How a run ended.
@@ -76,6 +79,10 @@ impl ExecRun {
     /// Runs the exec from where its log ends to its end or an approval pause.
     pub async fn run(&self) -> Result<ExecEnd, RunError> {
         let mut journal = self.read_journal().await?;
+        if !self.node.is_empty() && !journal.node.is_empty() && journal.node != self.node {
+            self.lost(&journal.node);
+            return Ok(ExecEnd::Finished);
+        }
         if journal.state.is_some_and(ExecState::is_terminal_value) {
             return Ok(ExecEnd::Finished);
         }
@@ -105,7 +112,9 @@ impl ExecRun {
                     ];
                     return match self.append(&mut journal, events, "end").await {
                         Ok(()) => Ok(ExecEnd::Completed),
-                        Err(AppendError::ExecFinished { .. }) => Ok(ExecEnd::Finished),
+                        Err(AppendError::ExecFinished { .. } | AppendError::ExecMoved { .. }) => {
+                            Ok(ExecEnd::Finished)
+                        }
                         Err(e) => Err(e.into()),
                     };
                 }
@@ -156,7 +165,9 @@ impl ExecRun {
             .await
         {
             Ok(()) => Ok(ExecEnd::Failed(reason)),
-            Err(AppendError::ExecFinished { .. }) => Ok(ExecEnd::Finished),
+            Err(AppendError::ExecFinished { .. } | AppendError::ExecMoved { .. }) => {
+                Ok(ExecEnd::Finished)
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -182,6 +193,16 @@ impl ExecRun {
         }))
     }
 
+    /// Says that the exec was given to `node` (this node was taken for down): its agent stops.
+    fn lost(&self, node: &str) {
+        tracing::warn!(
+            conversation = %self.conversation,
+            exec = %self.exec_id,
+            now_on = %node,
+            "lost the exec to another node (this node was taken for down); its agent stops here"
+        );
+    }
+
     /// Appends to the open exec (fenced, with a per-exec idempotency key) and applies the
     /// events to the journal.
     pub(super) async fn append(
@@ -197,8 +218,14 @@ impl ExecRun {
                 events: events.clone(),
                 idempotency_key: Some(format!("{}/{}/{key}", self.conversation, self.exec_id)),
                 open_exec: Some(self.exec_id.clone()),
+                owner: (!self.node.is_empty()).then(|| self.node.clone()),
             })
-            .await?;
+            .await
+            .inspect_err(|e| {
+                if let AppendError::ExecMoved { node, .. } = e {
+                    self.lost(node);
+                }
+            })?;
         for (i, e) in events.into_iter().enumerate() {
             journal.apply(
                 &Event {

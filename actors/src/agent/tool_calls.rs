@@ -21,7 +21,9 @@ impl ExecRun {
         let call = journal.calls[index].clone();
         let finished = |r: Result<(), AppendError>| match r {
             Ok(()) => Ok(None),
-            Err(AppendError::ExecFinished { .. }) => Ok(Some(ExecEnd::Finished)),
+            Err(AppendError::ExecFinished { .. } | AppendError::ExecMoved { .. }) => {
+                Ok(Some(ExecEnd::Finished))
+            }
             Err(e) => Err(RunError::from(e)),
         };
         let Some(tool) = call.tool.clone() else {
@@ -77,7 +79,9 @@ impl ExecRun {
                         let key = format!("wait-{}", call.call_id);
                         return match self.append(journal, events, &key).await {
                             Ok(()) => Ok(Some(ExecEnd::WaitingApproval)),
-                            Err(AppendError::ExecFinished { .. }) => Ok(Some(ExecEnd::Finished)),
+                            Err(
+                                AppendError::ExecFinished { .. } | AppendError::ExecMoved { .. },
+                            ) => Ok(Some(ExecEnd::Finished)),
                             Err(e) => Err(e.into()),
                         };
                     }

@@ -95,6 +95,7 @@ async fn write(controller: &Controller, events: Vec<NewEvent>) {
         events,
         idempotency_key: None,
         open_exec: None,
+        owner: None,
     };
     match controller.append(request).await {
         Ok(_) => {}

@@ -416,6 +416,20 @@ impl Writer {
                     }));
                     continue;
                 }
+                if let Some(owner) = &request.owner {
+                    let node = match exec_states.get(&(conv, exec.as_str())) {
+                        Some(Some((_, node))) => Some(node.clone()),
+                        _ => self.owner(conv, exec),
+                    };
+                    if let Some(node) = node.filter(|n| n != owner) {
+                        outcomes.push(Outcome::Refused(AppendError::ExecMoved {
+                            conversation_id: conv.to_string(),
+                            exec_id: exec.clone(),
+                            node,
+                        }));
+                        continue;
+                    }
+                }
             }
             if only_new && last > 0 {
                 outcomes.push(Outcome::Refused(AppendError::AlreadyExists(

@@ -197,6 +197,7 @@ impl Execs {
             ],
             idempotency_key: None,
             open_exec: None,
+            owner: None,
         };
         let appended = match self.log.append(begin).await {
             Ok(a) => a,
@@ -224,6 +225,13 @@ impl Execs {
         let sub = self.log.subscribe(conversation, last_seq).await?;
         if let Some(Claim::Exec(exec_id)) = self.claims.holder(conversation).await {
             return Ok(ExecEvents::new(sub, Until::EndOf(exec_id)));
+        }
+        // In a cluster the exec may run on another node: the log says whether one is open.
+        if !self.node.is_empty() {
+            let summary = self.describe(conversation).await?;
+            if let Some(exec_id) = unfinished_exec(&summary) {
+                return Ok(ExecEvents::new(sub, Until::EndOf(exec_id.to_string())));
+            }
         }
         let end = self.log.last_seq(conversation).await?.unwrap_or(0);
         Ok(ExecEvents::new(sub, Until::Seq(end)))
@@ -321,6 +329,41 @@ impl Execs {
         Ok(())
     }
 
+    /// Resumes the open execs the log gives this cluster node that do not run here: those it
+    /// was given when their node went down. Execs waiting for an approval are left to the
+    /// approver's node. Returns how many it resumed.
+    pub async fn adopt(&self) -> Result<usize, crate::store::StoreError> {
+        if self.node.is_empty() {
+            return Ok(0);
+        }
+        let mut adopted = 0;
+        for exec in self.log.open_execs().await? {
+            if exec.node != self.node || exec.state == ExecState::WaitingApproval {
+                continue;
+            }
+            if self.claims.holder(&exec.conversation_id).await.is_some() {
+                continue;
+            }
+            match self.resume(&exec.conversation_id, 0).await {
+                Ok(_) => {
+                    adopted += 1;
+                    tracing::info!(
+                        conversation = %exec.conversation_id,
+                        exec = %exec.exec_id,
+                        "took over an exec whose node went down"
+                    );
+                }
+                Err(e) => tracing::warn!(
+                    conversation = %exec.conversation_id,
+                    exec = %exec.exec_id,
+                    error = %e,
+                    "cannot take over an exec"
+                ),
+            }
+        }
+        Ok(adopted)
+    }
+
     /// Cancels the conversation's unfinished exec (`exec_id`, if not empty, must be it) and
     /// stops its agent.
     pub async fn cancel(
@@ -354,6 +397,7 @@ impl Execs {
                 events: vec![state_change(&unfinished, ExecState::Cancelled, reason)],
                 idempotency_key: None,
                 open_exec: Some(unfinished.clone()),
+                owner: None,
             })
             .await?;
         // The agent may be running (or may not, e.g. after a crash); its appends are refused
@@ -424,6 +468,7 @@ impl Execs {
                 summary.waiting_call_id
             )),
             open_exec: Some(exec_id.clone()),
+            owner: None,
         };
         let appended = self.log.append(decided).await?;
         if appended.duplicate {
@@ -527,6 +572,7 @@ impl Execs {
                 events,
                 idempotency_key: None,
                 open_exec: None,
+                owner: None,
             })
             .await?;
         self.describe(&dest).await
@@ -672,10 +718,12 @@ impl Execs {
                 spec,
                 conversation: conversation.clone(),
                 exec_id: exec_id.clone(),
+                node: self.node.clone(),
             })
         });
         let runner = ExecAgent {
             log: self.log.clone(),
+            node: self.node.clone(),
             claims: self.claims.clone(),
             conversation,
             exec_id,
@@ -729,6 +777,7 @@ impl Execs {
         }
         let runner = ExecAgent {
             log: self.log.clone(),
+            node: self.node.clone(),
             claims: self.claims.clone(),
             conversation: conversation.to_string(),
             exec_id: exec_id.to_string(),

@@ -18,6 +18,8 @@ use crate::spec::{ActorKind, ChildExit, ExitReason, Restart, Shutdown};
 #[derive(Clone)]
 pub(super) struct ExecAgent {
     pub(super) log: Arc<dyn EventLog>,
+    /// The cluster node it runs on (empty outside a cluster): its appends are fenced on it.
+    pub(super) node: String,
     pub(super) claims: Arc<dyn ExecClaims>,
     pub(super) conversation: String,
     pub(super) exec_id: String,
@@ -66,10 +68,13 @@ impl ExecAgent {
             // the exec, so a retry after it committed is refused as finished.
             idempotency_key: None,
             open_exec: Some(self.exec_id.clone()),
+            owner: (!self.node.is_empty()).then(|| self.node.clone()),
         };
         match self.log.append(reply).await {
             Ok(_) => Ok(ExecEnd::Completed),
-            Err(AppendError::ExecFinished { .. }) => Ok(ExecEnd::Finished),
+            Err(AppendError::ExecFinished { .. } | AppendError::ExecMoved { .. }) => {
+                Ok(ExecEnd::Finished)
+            }
             Err(e) => Err(e.to_string()),
         }
     }
@@ -81,9 +86,10 @@ impl ExecAgent {
             events: vec![state_change(&self.exec_id, ExecState::Failed, why)],
             idempotency_key: None,
             open_exec: Some(self.exec_id.clone()),
+            owner: (!self.node.is_empty()).then(|| self.node.clone()),
         };
         match self.log.append(failed).await {
-            Ok(_) | Err(AppendError::ExecFinished { .. }) => {}
+            Ok(_) | Err(AppendError::ExecFinished { .. } | AppendError::ExecMoved { .. }) => {}
             Err(e) => {
                 tracing::error!(exec = %self.exec_id, error = %e, "cannot record a failed exec")
             }

@@ -220,14 +220,19 @@ supervisor:
     }))
 }
 
-/// A `cadre serve` child process.
-struct Serve {
+/// A `cadre serve` child process, killed when dropped.
+pub(super) struct Serve {
     child: std::process::Child,
-    addr: String,
+    pub(super) addr: String,
 }
 
 impl Serve {
-    fn start(config: &Path, data: &Path) -> anyhow::Result<Self> {
+    pub(super) fn start(config: &Path, data: &Path) -> anyhow::Result<Self> {
+        Self::start_with(config, data, &[])
+    }
+
+    /// With more `cadre serve` arguments.
+    pub(super) fn start_with(config: &Path, data: &Path, args: &[&str]) -> anyhow::Result<Self> {
         let mut child = std::process::Command::new(std::env::current_exe()?)
             .arg("serve")
             .arg("--config")
@@ -235,6 +240,7 @@ impl Serve {
             .arg("--data-dir")
             .arg(data)
             .args(["--listen", "127.0.0.1:0"])
+            .args(args)
             .env("CADRE_LOG", "warn")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
@@ -258,7 +264,7 @@ impl Serve {
         Ok(Self { child, addr })
     }
 
-    fn kill(&mut self) {
+    pub(super) fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -169,6 +169,7 @@ impl Access {
                 }],
                 idempotency_key: None,
                 open_exec: None,
+                owner: None,
             };
             if let Err(e) = log.append(request).await {
                 tracing::warn!(error = %e, "cannot write an API call to the audit log");

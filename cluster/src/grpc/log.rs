@@ -205,6 +205,7 @@ pub(crate) fn append_request(r: LogAppendRequest) -> Result<AppendRequest, Appen
         events,
         idempotency_key: (!r.idempotency_key.is_empty()).then_some(r.idempotency_key),
         open_exec: (!r.open_exec.is_empty()).then_some(r.open_exec),
+        owner: (!r.owner.is_empty()).then_some(r.owner),
     })
 }
 
@@ -223,6 +224,7 @@ pub(crate) fn wire_append(r: AppendRequest) -> LogAppendRequest {
         conversation_id: r.conversation_id,
         idempotency_key: r.idempotency_key.unwrap_or_default(),
         open_exec: r.open_exec.unwrap_or_default(),
+        owner: r.owner.unwrap_or_default(),
     }
 }
 
@@ -274,6 +276,18 @@ fn append_failure(e: AppendError) -> Status {
             LogFailure {
                 exec_id,
                 ..fail(Kind::ExecRunning).on(conversation_id)
+            },
+        ),
+        AppendError::ExecMoved {
+            conversation_id,
+            exec_id,
+            node,
+        } => (
+            Code::FailedPrecondition,
+            LogFailure {
+                exec_id,
+                node,
+                ..fail(Kind::ExecMoved).on(conversation_id)
             },
         ),
         AppendError::Store(e) => store_kind(e),
@@ -385,6 +399,11 @@ pub(crate) fn append_error(status: &Status, unreachable: impl FnOnce() -> String
             conversation_id: f.conversation_id,
             exec_id: f.exec_id,
         },
+        Kind::ExecMoved => AppendError::ExecMoved {
+            conversation_id: f.conversation_id,
+            exec_id: f.exec_id,
+            node: f.node,
+        },
         Kind::Unavailable => AppendError::Unavailable,
         _ => AppendError::Store(StoreError::Io(f.message)),
     }
@@ -455,6 +474,11 @@ mod tests {
             AppendError::ExecRunning {
                 conversation_id: "c".into(),
                 exec_id: "e".into(),
+            },
+            AppendError::ExecMoved {
+                conversation_id: "c".into(),
+                exec_id: "e".into(),
+                node: "n".into(),
             },
             AppendError::Unavailable,
         ];

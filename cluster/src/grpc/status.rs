@@ -78,9 +78,9 @@ pub fn append_status(e: AppendError) -> Status {
         AppendError::Invalid(_) => Status::invalid_argument(e.to_string()),
         AppendError::HistoryLimit { .. } => Status::resource_exhausted(e.to_string()),
         AppendError::AlreadyExists(_) => Status::already_exists(e.to_string()),
-        AppendError::ExecFinished { .. } | AppendError::ExecRunning { .. } => {
-            Status::failed_precondition(e.to_string())
-        }
+        AppendError::ExecFinished { .. }
+        | AppendError::ExecRunning { .. }
+        | AppendError::ExecMoved { .. } => Status::failed_precondition(e.to_string()),
         AppendError::Store(_) | AppendError::Unavailable => Status::unavailable(e.to_string()),
     }
 }

@@ -50,6 +50,7 @@ impl ToolsService {
                 }],
                 idempotency_key: Some(key),
                 open_exec: None,
+                owner: None,
             })
             .await
             .map_err(append_status)?;

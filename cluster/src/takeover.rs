@@ -1,0 +1,131 @@
+//! Execs that outlive their node. The controller node gives each open exec of a `down` node
+//! to a live node by appending a `RUNNING` state change that names it (fenced on the exec
+//! being open); every node adopts the open execs the log gives it and resumes them from the
+//! log, so nothing journaled is done again. The old node, if it comes back, can no longer
+//! write to the exec: its agent appends with itself as owner, the writer refuses
+//! (`ExecMoved`), and the agent stops.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cadre_actors::event_log::{AppendError, AppendRequest, EventLog, NewEvent};
+use cadre_actors::exec::Execs;
+use cadre_actors::membership::MemberState;
+use cadre_proto::v1::{ExecState, ExecStateChanged, event};
+use tokio::task::JoinHandle;
+
+use crate::membership::Membership;
+
+/// On the controller node: every `every`, gives the open execs of `down` nodes to live ones.
+pub fn reassign(membership: Membership, log: Arc<dyn EventLog>, every: Duration) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            if let Err(e) = reassign_once(&membership, log.as_ref()).await {
+                tracing::warn!(error = %e, "cannot give the execs of a down node to a live one");
+            }
+        }
+    })
+}
+
+/// On every node of a cluster: every `every`, resumes the execs the log gives this node.
+pub fn adopt(execs: Execs, every: Duration) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            if let Err(e) = execs.adopt().await {
+                tracing::debug!(error = %e, "cannot look for execs to take over");
+            }
+        }
+    })
+}
+
+async fn reassign_once(membership: &Membership, log: &dyn EventLog) -> Result<(), AppendError> {
+    let nodes = membership.nodes();
+    let down: BTreeSet<&str> = nodes
+        .iter()
+        .filter(|n| n.state == MemberState::Down.as_str())
+        .map(|n| n.name.as_str())
+        .collect();
+    if down.is_empty() {
+        return Ok(());
+    }
+    let live: Vec<&str> = nodes
+        .iter()
+        .filter(|n| n.state == MemberState::Up.as_str())
+        .map(|n| n.name.as_str())
+        .collect();
+    let open = log.open_execs().await.map_err(AppendError::Store)?;
+    for exec in open {
+        if !down.contains(exec.node.as_str()) || exec.state == ExecState::WaitingApproval {
+            continue;
+        }
+        let Some(to) = successor(&exec.conversation_id, &live) else {
+            return Ok(());
+        };
+        let reason = format!("node `{}` is down: taken over by `{to}`", exec.node);
+        let moved = log
+            .append(AppendRequest {
+                conversation_id: exec.conversation_id.clone(),
+                events: vec![NewEvent {
+                    exec_id: exec.exec_id.clone(),
+                    kind: event::Kind::ExecStateChanged(ExecStateChanged {
+                        state: ExecState::Running as i32,
+                        reason: reason.clone(),
+                        node: to.to_string(),
+                    }),
+                }],
+                idempotency_key: None,
+                open_exec: Some(exec.exec_id.clone()),
+                // Only while the down node still has it: a node that came back meanwhile and
+                // moved it keeps it.
+                owner: Some(exec.node.clone()),
+            })
+            .await;
+        match moved {
+            Ok(_) => tracing::warn!(
+                conversation = %exec.conversation_id,
+                exec = %exec.exec_id,
+                "{reason}"
+            ),
+            Err(AppendError::ExecFinished { .. } | AppendError::ExecMoved { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// The live node that takes a conversation's exec: spread by the conversation's id, the same
+/// choice on every call.
+fn successor<'a>(conversation: &str, live: &[&'a str]) -> Option<&'a str> {
+    if live.is_empty() {
+        return None;
+    }
+    let hash = conversation
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
+    Some(live[(hash % live.len() as u64) as usize])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_successor_is_a_live_node_and_the_same_each_time() {
+        let live = ["a", "b", "c"];
+        let picks: BTreeSet<&str> = (0..100)
+            .map(|i| successor(&format!("c-{i}"), &live).expect("one"))
+            .collect();
+        assert_eq!(picks.len(), 3, "execs spread over the live nodes");
+        assert_eq!(successor("x", &live), successor("x", &live));
+        assert_eq!(successor("x", &[]), None);
+    }
+}
