@@ -205,6 +205,15 @@ impl Members {
         out
     }
 
+    /// This node stalled for `gap` (it was paused, or starved of CPU): it heard nothing
+    /// meanwhile, which says nothing of the members. Each member's silence is counted as if
+    /// the gap had not been.
+    pub fn stalled(&mut self, gap: Duration) {
+        for m in self.members.values_mut() {
+            m.heard += gap;
+        }
+    }
+
     /// The last connection to member `name` closed. Its state still follows its heartbeats
     /// (a connection may come back), but another incarnation may now take its name.
     pub fn disconnected(&mut self, name: &str) {
@@ -333,6 +342,23 @@ mod tests {
             "a later node with a's name is refused"
         );
         assert_eq!(refusal_by(&twin, &a), None, "and does not refuse a");
+    }
+
+    #[test]
+    fn a_stall_of_this_node_does_not_count_as_the_members_silence() {
+        let t0 = Instant::now();
+        let mut members = Members::new(Duration::from_secs(2));
+        members.heard(node("b", "1"), t0).expect("taken");
+        members.heard(node("c", "1"), t0).expect("taken");
+        // b was already down before the stall; c was up.
+        members.members.get_mut("b").expect("b").heard = t0 - Duration::from_secs(5);
+        members.stalled(Duration::from_secs(10));
+        let states: Vec<MemberState> = members
+            .list(t0 + Duration::from_secs(10))
+            .into_iter()
+            .map(|(_, s)| s)
+            .collect();
+        assert_eq!(states, [MemberState::Down, MemberState::Up]);
     }
 
     #[test]

@@ -447,8 +447,23 @@ async fn heartbeat_loop(shared: Arc<Shared>) {
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut seen: BTreeMap<String, MemberState> = BTreeMap::new();
+    let mut last_tick = Instant::now();
     loop {
         ticks.tick().await;
+        let gap = last_tick.elapsed();
+        last_tick = Instant::now();
+        if gap > shared.config.failure_timeout / 2 {
+            tracing::warn!(
+                stalled_ms = gap.as_millis() as u64,
+                "cluster: this node stalled (paused or starved); the members' silence meanwhile \
+                 is not held against them"
+            );
+            shared
+                .members
+                .lock()
+                .expect("members")
+                .stalled(gap.saturating_sub(every));
+        }
         let mut me = shared.me.lock().expect("me").clone();
         me.sandboxes = (shared.sandboxes)();
         me.last_heard_unix_ms = SystemTime::now()

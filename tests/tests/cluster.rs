@@ -543,44 +543,56 @@ fn a_paused_owner_loses_its_exec_and_writes_nothing_more_to_it() {
     let mut script: Vec<Value> = notes.iter().map(|n| record_call(n)).collect();
     script.push(json!({"content": "done"}));
     let model = ModelServer::start(Value::Array(script));
-    let record = RecordServer::start(1500);
+    // The first call outlasts the pause, so the paused owner gets its result afterwards.
+    let record = RecordServer::start(4000);
     let cluster = Cluster::joined(3, &agent_config(&model, &record));
     wait_joined(&cluster);
     wait_for_tools(cluster.node(2));
     let mut exec = exec_in_background(cluster.node(2), "paused", "record three notes");
-    // Paused while its first tool call runs.
     wait_events(cluster.node(0), "paused", "tool_called", 1);
     let pid = cluster.node(2).pid() as i32;
     unsafe { libc::kill(pid, libc::SIGSTOP) };
+    wait_for("the exec to be taken over", Duration::from_secs(30), || {
+        log_so_far(cluster.node(0), "paused").iter().any(|e| {
+            e["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("taken over by"))
+        })
+    });
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cluster
+        .node(2)
+        .log()
+        .contains("lost the exec to another node")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the old owner did not say it lost the exec:\n{}",
+            cluster.node(2).log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     wait_for(
         "the exec to complete elsewhere",
         Duration::from_secs(60),
         || exec_state(cluster.node(0), "paused") == "completed",
     );
-    let done = log_so_far(cluster.node(0), "paused");
-    unsafe { libc::kill(pid, libc::SIGCONT) };
-    wait_for(
-        "the old owner to say it lost the exec",
-        Duration::from_secs(30),
-        || {
-            cluster
-                .node(2)
-                .log()
-                .contains("lost the exec to another node")
-        },
-    );
-    std::thread::sleep(FAILURE_TIMEOUT);
-    assert_eq!(
-        log_so_far(cluster.node(0), "paused"),
-        done,
-        "the old owner appended nothing more"
-    );
     let _ = exec.wait();
-    wait_states(cluster.node(0), &ALL_UP, Duration::from_secs(30));
+    let events = log_so_far(cluster.node(0), "paused");
+    let count = |kind: &str| events.iter().filter(|e| e["type"] == kind).count();
+    assert_eq!(
+        (count("tool_called"), count("tool_returned")),
+        (3, 3),
+        "the old owner's result of the first call was not written: {events:?}"
+    );
+    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "no gap");
     let applied = record
         .effects()
         .iter()
         .filter(|e| e["applied"] == true)
         .count();
     assert_eq!(applied, notes.len(), "each side effect applied once");
+    wait_states(cluster.node(0), &ALL_UP, Duration::from_secs(30));
 }

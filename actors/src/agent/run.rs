@@ -11,6 +11,7 @@ use super::registry::AgentRegistry;
 use crate::event_log::{AppendError, AppendRequest, EventLog, NewEvent};
 use crate::model::Models;
 use crate::sandbox::SandboxHost;
+use crate::store::StoreError;
 use crate::tools::ToolRegistry;
 
 /// One exec of a model agent.
@@ -37,6 +38,11 @@ pub struct ExecRun {
     /// once the exec is given to another node nothing more of this run is written.
     pub node: String,
 }
+
+/// First wait before an append that found the log unreachable is tried again; doubled up to
+/// [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -211,21 +217,42 @@ impl ExecRun {
         events: Vec<NewEvent>,
         key: &str,
     ) -> Result<(), AppendError> {
-        let appended = self
-            .log
-            .append(AppendRequest {
-                conversation_id: self.conversation.clone(),
-                events: events.clone(),
-                idempotency_key: Some(format!("{}/{}/{key}", self.conversation, self.exec_id)),
-                open_exec: Some(self.exec_id.clone()),
-                owner: (!self.node.is_empty()).then(|| self.node.clone()),
-            })
-            .await
-            .inspect_err(|e| {
-                if let AppendError::ExecMoved { node, .. } = e {
-                    self.lost(node);
+        let request = AppendRequest {
+            conversation_id: self.conversation.clone(),
+            events: events.clone(),
+            idempotency_key: Some(format!("{}/{}/{key}", self.conversation, self.exec_id)),
+            open_exec: Some(self.exec_id.clone()),
+            owner: (!self.node.is_empty()).then(|| self.node.clone()),
+        };
+        // While the log cannot be reached (a cluster's controller node is down) the agent
+        // waits and tries again: the idempotency key makes a retry of an append that did
+        // commit a no-op. Crashing instead would only restart it into the same wall, until
+        // its supervisor gave up.
+        let mut wait = RETRY_FIRST;
+        let appended = loop {
+            match self.log.append(request.clone()).await {
+                Err(AppendError::Store(StoreError::Unavailable(why))) => {
+                    if wait == RETRY_FIRST {
+                        tracing::warn!(
+                            conversation = %self.conversation,
+                            exec = %self.exec_id,
+                            "the event log cannot be reached; the agent waits for it: {why}"
+                        );
+                    }
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(RETRY_MAX);
                 }
-            })?;
+                Err(AppendError::ExecMoved { node, .. }) => {
+                    self.lost(&node);
+                    return Err(AppendError::ExecMoved {
+                        conversation_id: self.conversation.clone(),
+                        exec_id: self.exec_id.clone(),
+                        node,
+                    });
+                }
+                other => break other?,
+            }
+        };
         for (i, e) in events.into_iter().enumerate() {
             journal.apply(
                 &Event {
