@@ -309,7 +309,8 @@ impl Cluster {
     /// Starts `n` nodes as one cluster `test` on loopback: node 0 holds the log
     /// (`store.embedded`), the others use it (`store.cluster`); node i is named `node-i`, takes
     /// cluster connections on a port of its own (kept across restarts) and has every node as a
-    /// seed. `extra` is more config (YAML, without `version`, `store` and `cluster`).
+    /// seed. `extra` is more config (YAML, without `version` and `store`), written right after
+    /// the `cluster` section: lines indented by two spaces go on with it (`  tls: …`).
     pub fn joined(n: usize, extra: &str) -> Self {
         let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let seeds: Vec<String> = ports
