@@ -167,6 +167,53 @@ pub async fn run(command: BenchCommand) -> Result<(), Failure> {
     Ok(())
 }
 
+/// `execs` echo execs over `conversations` conversations (`PREFIX-C`), each running one at a
+/// time, conversation c on channel c mod N: the sorted round trips and execs per second.
+async fn echo_execs(
+    channels: &[tonic::transport::Channel],
+    execs: usize,
+    conversations: usize,
+    prefix: &str,
+) -> anyhow::Result<(Vec<Duration>, f64)> {
+    use cadre_proto::v1::ExecRequest;
+    use cadre_proto::v1::conversations_client::ConversationsClient;
+
+    let per = execs.div_ceil(conversations);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..conversations {
+        let mut client = ConversationsClient::new(channels[c % channels.len()].clone());
+        let count = per.min(execs.saturating_sub(c * per));
+        let conversation = format!("{prefix}-{c}");
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(count);
+            for i in 0..count {
+                let t = Instant::now();
+                let mut stream = client
+                    .exec(ExecRequest {
+                        conversation_id: conversation.clone(),
+                        agent_id: "echo".into(),
+                        input: format!("message {i}"),
+                        last_seq: 0,
+                        resume: false,
+                    })
+                    .await?
+                    .into_inner();
+                while stream.message().await?.is_some() {}
+                latencies.push(t.elapsed());
+            }
+            anyhow::Ok(latencies)
+        }));
+    }
+    let mut latencies = Vec::with_capacity(execs);
+    for t in tasks {
+        latencies.extend(t.await??);
+    }
+    let rate = latencies.len() as f64 / started.elapsed().as_secs_f64();
+    latencies.sort();
+    Ok((latencies, rate))
+}
+
 fn sample_event(writer: usize, i: usize) -> NewEvent {
     NewEvent {
         exec_id: format!("exec-{writer}"),
@@ -315,9 +362,6 @@ async fn exec_rounds(
     args: &ExecBenchArgs,
     dir: &std::path::Path,
 ) -> anyhow::Result<serde_json::Value> {
-    use cadre_proto::v1::ExecRequest;
-    use cadre_proto::v1::conversations_client::ConversationsClient;
-
     let mut config = cadre_actors::config::Config::default();
     let ca = match args.tls {
         true => {
@@ -350,45 +394,14 @@ async fn exec_rounds(
         }
         channels.push(endpoint.connect().await?);
     }
-    let per = args.execs.div_ceil(args.conversations);
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for c in 0..args.conversations {
-        let mut client = ConversationsClient::new(channels[c % connections].clone());
-        let count = per.min(args.execs.saturating_sub(c * per));
-        tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::with_capacity(count);
-            for i in 0..count {
-                let t = Instant::now();
-                let mut stream = client
-                    .exec(ExecRequest {
-                        conversation_id: format!("bench-{c}"),
-                        agent_id: "echo".into(),
-                        input: format!("message {i}"),
-                        last_seq: 0,
-                        resume: false,
-                    })
-                    .await?
-                    .into_inner();
-                while stream.message().await?.is_some() {}
-                latencies.push(t.elapsed());
-            }
-            anyhow::Ok(latencies)
-        }));
-    }
-    let mut latencies = Vec::with_capacity(args.execs);
-    for t in tasks {
-        latencies.extend(t.await??);
-    }
-    let elapsed = started.elapsed();
+    let (latencies, rate) = echo_execs(&channels, args.execs, args.conversations, "bench").await?;
     node.run_until(async {}).await;
-    latencies.sort();
     Ok(json!({
         "execs": latencies.len(),
         "conversations": args.conversations,
         "connections": connections,
         "tls": args.tls,
-        "execs_per_sec": (latencies.len() as f64 / elapsed.as_secs_f64()).round(),
+        "execs_per_sec": rate.round(),
         "exec_p50_ms": pct(&latencies, 0.50),
         "exec_p99_ms": pct(&latencies, 0.99),
         "exec_max_ms": ms(*latencies.last().unwrap_or(&Duration::ZERO)),

@@ -147,19 +147,19 @@ impl RemoteLog {
     }
 }
 
-fn client(channel: Channel) -> LogClient<Channel> {
-    LogClient::new(channel)
-        .max_decoding_message_size(usize::MAX)
-        .max_encoding_message_size(usize::MAX)
-}
-
-#[async_trait::async_trait]
-impl EventLog for RemoteLog {
-    async fn append(&self, request: AppendRequest) -> Result<Appended, AppendError> {
+impl RemoteLog {
+    /// An append (`create`: of a new conversation's first events) through the controller.
+    async fn send(&self, request: AppendRequest, create: bool) -> Result<Appended, AppendError> {
         let (mut client, controller) = self
             .client()
             .map_err(|why| AppendError::Store(StoreError::Unavailable(why)))?;
-        match client.append(self.request(wire_append(request))).await {
+        let request = self.request(wire_append(request));
+        let answer = if create {
+            client.create(request).await
+        } else {
+            client.append(request).await
+        };
+        match answer {
             Ok(r) => {
                 let r = r.into_inner();
                 Ok(Appended {
@@ -173,24 +173,22 @@ impl EventLog for RemoteLog {
             })),
         }
     }
+}
+
+fn client(channel: Channel) -> LogClient<Channel> {
+    LogClient::new(channel)
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX)
+}
+
+#[async_trait::async_trait]
+impl EventLog for RemoteLog {
+    async fn append(&self, request: AppendRequest) -> Result<Appended, AppendError> {
+        self.send(request, false).await
+    }
 
     async fn create(&self, request: AppendRequest) -> Result<Appended, AppendError> {
-        let (mut client, controller) = self
-            .client()
-            .map_err(|why| AppendError::Store(StoreError::Unavailable(why)))?;
-        match client.create(self.request(wire_append(request))).await {
-            Ok(r) => {
-                let r = r.into_inner();
-                Ok(Appended {
-                    first_seq: r.first_seq,
-                    last_seq: r.last_seq,
-                    duplicate: r.duplicate,
-                })
-            }
-            Err(status) => Err(append_error(&status, || {
-                self.unreachable(&controller, &status)
-            })),
-        }
+        self.send(request, true).await
     }
 
     async fn delete(&self, conversation_id: &str) -> Result<u64, DeleteError> {

@@ -202,6 +202,26 @@ impl Node {
         ])
     }
 
+    /// `cadre exec` in the background (it streams until the exec or the node ends).
+    pub fn exec_in_background(&self, agent: &str, conversation: &str, input: &str) -> Child {
+        Command::new(cadre_bin())
+            .args(["exec", "--agent", agent, "--conversation", conversation])
+            .args(["--input", input, "--server", &self.addr])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cadre exec")
+    }
+
+    /// A conversation's log so far (nothing while it does not exist yet).
+    pub fn log_so_far(&self, conversation: &str) -> Vec<Value> {
+        let out = self.cli(&["conversations", "log", conversation, "-o", "json"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
     /// A read command's `-o json` output (JSON lines), parsed; the command must succeed.
     pub fn json_lines(&self, args: &[&str]) -> Vec<Value> {
         let out = self.cli(args);

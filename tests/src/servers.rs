@@ -149,6 +149,19 @@ impl Drop for RecordServer {
     }
 }
 
+/// Waits until `node` has the record server's tool (`rec.record`).
+pub fn wait_for_record_tool(node: &crate::Node) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let tools = node.json_lines(&["tools", "ls", "-o", "json"]);
+        if tools.iter().any(|t| t["name"] == "rec.record") {
+            return;
+        }
+        assert!(Instant::now() < deadline, "rec.record never registered");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// A tool-call reply of the script.
 pub fn record_call(note: &str) -> Value {
     json!({"tool_calls": [{"name": "rec__record", "arguments": {"note": note}}]})

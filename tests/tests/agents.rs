@@ -7,7 +7,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cadre_tests::servers::{ModelServer, RecordServer, kill_points, record_call};
+use cadre_tests::servers::{
+    ModelServer, RecordServer, kill_points, record_call, wait_for_record_tool,
+};
 use cadre_tests::{Node, TempDir, mcp_dir};
 use serde_json::{Value, json};
 
@@ -31,18 +33,6 @@ supervisor:
         model = model.port,
         record = record.port,
     )
-}
-
-fn wait_for_tools(node: &Node) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let tools = node.json_lines(&["tools", "ls", "-o", "json"]);
-        if tools.iter().any(|t| t["name"] == "rec.record") {
-            return;
-        }
-        assert!(Instant::now() < deadline, "rec.record never registered");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 /// Waits until the conversation's exec is in one of `states`.
@@ -70,31 +60,11 @@ fn log(node: &Node, conversation: &str) -> Vec<Value> {
     node.json_lines(&["conversations", "log", conversation, "-o", "json"])
 }
 
-/// The log, or nothing while the conversation does not exist yet.
-fn log_so_far(node: &Node, conversation: &str) -> Vec<Value> {
-    let out = node.cli(&["conversations", "log", conversation, "-o", "json"]);
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
-
 fn types(events: &[Value]) -> Vec<String> {
     events
         .iter()
         .map(|e| e["type"].as_str().unwrap().to_string())
         .collect()
-}
-
-/// Starts `cadre exec` in the background (it streams until the exec ends).
-fn exec_in_background(node: &Node, agent: &str, conversation: &str, input: &str) -> Child {
-    Command::new(cadre_tests::cadre_bin())
-        .args(["exec", "--agent", agent, "--conversation", conversation])
-        .args(["--input", input, "--server", &node.addr])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
 }
 
 /// The reason of the exec's FAILED state change.
@@ -121,7 +91,7 @@ fn a_multi_step_exec_journals_every_model_and_tool_call_and_completes() {
       agent: { model: scripted, system_prompt: "You record notes.", tools: ["rec.*"] }
 "#;
     let node = Node::start(&config(&model, &record, agents));
-    wait_for_tools(&node);
+    wait_for_record_tool(&node);
 
     let out = node.cli(&["exec", "--agent", "scribe", "--input", "record two notes"]);
     assert!(
@@ -204,8 +174,8 @@ fn sigkill_mid_exec_resumes_on_restart_without_repeating_a_model_call_or_a_side_
     let data_dir = TempDir::new("agents-crash");
     let data = data_dir.path().join("data");
     let mut node = Node::start_with_data(&config, &data);
-    wait_for_tools(&node);
-    let mut exec = exec_in_background(&node, "scribe", "crashy", "record four notes");
+    wait_for_record_tool(&node);
+    let mut exec = node.exec_in_background("scribe", "crashy", "record four notes");
 
     // Kill the node at three random points: right after the n-th ToolCalled (the call is
     // running) or the n-th ModelCalled (its tool call starts); restart it each time. Points are
@@ -216,7 +186,7 @@ fn sigkill_mid_exec_resumes_on_restart_without_repeating_a_model_call_or_a_side_
     for &(kind, nth) in &kills {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let events = log_so_far(&node, "crashy");
+            let events = node.log_so_far("crashy");
             if events.iter().filter(|e| e["type"] == kind).count() >= nth {
                 break;
             }
@@ -230,7 +200,7 @@ fn sigkill_mid_exec_resumes_on_restart_without_repeating_a_model_call_or_a_side_
         node.stop(libc::SIGKILL);
         let _ = exec.wait();
         node = Node::start_with_data(&config, &data);
-        wait_for_tools(&node);
+        wait_for_record_tool(&node);
         exec = Command::new("true").spawn().unwrap();
     }
     let _ = exec.wait();
@@ -308,7 +278,7 @@ fn every_governance_limit_ends_the_exec_failed_with_its_reason() {
             "    - id: {name}\n      agent: {{ model: scripted, tools: [\"rec.*\"], {limit} }}\n"
         );
         let node = Node::start(&config(&model, &record, &agents));
-        wait_for_tools(&node);
+        wait_for_record_tool(&node);
         let out = node.exec(name, name, "go");
         assert_eq!(out.status.code(), Some(1), "{name}: the exec failed");
         assert_eq!(failure_reason(&node, name), reason, "{name}");
@@ -319,7 +289,7 @@ fn every_governance_limit_ends_the_exec_failed_with_its_reason() {
     let model = ModelServer::start(json!([record_call("slow")]));
     let agents = "    - id: slowtool\n      agent: { model: scripted, tools: [\"rec.*\"], tool_timeout_ms: 300 }\n";
     let node = Node::start(&config(&model, &slow, agents));
-    wait_for_tools(&node);
+    wait_for_record_tool(&node);
     let _ = node.exec("slowtool", "t", "go");
     assert_eq!(
         failure_reason(&node, "t"),
@@ -355,7 +325,7 @@ fn every_governance_limit_ends_the_exec_failed_with_its_reason() {
     ]));
     let agents = "    - id: compact\n      agent: { model: scripted, tools: [\"rec.*\"], compact_at_tokens: 4000 }\n";
     let node = Node::start(&config(&model, &record, agents));
-    wait_for_tools(&node);
+    wait_for_record_tool(&node);
     let out = node.exec("compact", "k", "go");
     assert!(out.status.success(), "{}", node.log());
     let calls: Vec<Value> = log(&node, "k")
@@ -401,9 +371,9 @@ fn a_tool_that_needs_approval_pauses_the_exec_until_it_is_approved_or_declined()
       agent: { model: scripted, tools: ["rec.*"], require_approval: ["rec.record"] }
 "#;
     let node = Node::start(&config(&model, &record, agents));
-    wait_for_tools(&node);
+    wait_for_record_tool(&node);
 
-    let mut exec = exec_in_background(&node, "careful", "ap", "record a guarded note");
+    let mut exec = node.exec_in_background("careful", "ap", "record a guarded note");
     let c = wait_state(&node, "ap", &["waiting_approval"]);
     assert_eq!(c["waiting_call_id"], "1.1");
     assert_eq!(c["waiting_tool"], "rec.record");
@@ -444,7 +414,7 @@ fn a_tool_that_needs_approval_pauses_the_exec_until_it_is_approved_or_declined()
     assert_eq!(again.status.code(), Some(1), "nothing waits any more");
 
     // Declined: the agent gets an error for the call and goes on.
-    let mut exec = exec_in_background(&node, "careful", "ap", "record another");
+    let mut exec = node.exec_in_background("careful", "ap", "record another");
     wait_state(&node, "ap", &["waiting_approval"]);
     let no = node.cli(&[
         "approve",
@@ -488,7 +458,7 @@ fn a_fork_with_a_patched_prompt_resumes_from_its_step_without_rerunning_earlier_
       agent: { model: scripted, system_prompt: "original prompt", tools: ["rec.*"] }
 "#;
     let node = Node::start(&config(&model, &record, agents));
-    wait_for_tools(&node);
+    wait_for_record_tool(&node);
     let out = node.exec("scribe", "src", "go");
     assert!(out.status.success());
     let events = log(&node, "src");
@@ -788,11 +758,11 @@ fn an_exec_agent_that_is_restarted_mid_call_resumes_from_the_log() {
       agent: { model: scripted, tools: ["rec.*"] }
 "#;
     let node = Node::start(&config(&model, &record, agents));
-    wait_for_tools(&node);
-    let mut exec = exec_in_background(&node, "scribe", "rs", "go");
+    wait_for_record_tool(&node);
+    let mut exec = node.exec_in_background("scribe", "rs", "go");
     let deadline = Instant::now() + Duration::from_secs(30);
     let exec_id = loop {
-        let events = log_so_far(&node, "rs");
+        let events = node.log_so_far("rs");
         if events.iter().any(|e| e["type"] == "tool_called") {
             break events[0]["exec_id"].as_str().unwrap().to_string();
         }
@@ -842,10 +812,11 @@ fn a_node_stopped_during_an_exec_exits_promptly_and_the_next_run_finishes_the_ex
     let data_dir = TempDir::new("agents-stop");
     let data = data_dir.path().join("data");
     let mut node = Node::start_with_data(&config, &data);
-    wait_for_tools(&node);
-    let mut exec = exec_in_background(&node, "scribe", "st", "go");
+    wait_for_record_tool(&node);
+    let mut exec = node.exec_in_background("scribe", "st", "go");
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !log_so_far(&node, "st")
+    while !node
+        .log_so_far("st")
         .iter()
         .any(|e| e["type"] == "tool_called")
     {
@@ -878,7 +849,7 @@ fn an_open_exec_whose_agent_is_gone_after_a_restart_ends_failed_naming_it() {
     let data_dir = TempDir::new("agents-gone");
     let data = data_dir.path().join("data");
     let mut node = Node::start_with_data(&config, &data);
-    let mut exec = exec_in_background(&node, "slow", "orphan", "hello");
+    let mut exec = node.exec_in_background("slow", "orphan", "hello");
     wait_state(&node, "orphan", &["running"]);
     node.stop(libc::SIGKILL);
     let _ = exec.wait();
@@ -945,7 +916,7 @@ supervisor:
         ca = ca.display(),
     );
     let node = Node::start(&config);
-    wait_for_tools(&node);
+    wait_for_record_tool(&node);
     let out = node.exec("scribe", "tls", "go");
     assert!(
         out.status.success(),

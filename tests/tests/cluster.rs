@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use cadre_proto::v1::NodesRequest;
 use cadre_proto::v1::cluster_client::ClusterClient;
-use cadre_tests::servers::{ModelServer, RecordServer, kill_points, record_call};
+use cadre_tests::servers::{
+    ModelServer, RecordServer, kill_points, record_call, wait_for_record_tool,
+};
 use cadre_tests::{Cluster, FAILURE_TIMEOUT, Node, alive};
 use serde_json::Value;
 use serde_json::json;
@@ -134,6 +136,14 @@ fn wait_joined(cluster: &Cluster) {
     }
 }
 
+/// The cluster address in a node's `cadre serve` arguments (`--cluster-listen`).
+fn cluster_address(args: &[&str]) -> String {
+    args.windows(2)
+        .find(|w| w[0] == "--cluster-listen")
+        .map(|w| w[1].to_string())
+        .expect("--cluster-listen")
+}
+
 /// Polls until `check` holds, or panics after `limit`.
 fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
     let start = Instant::now();
@@ -196,11 +206,7 @@ fn a_node_with_another_cookie_is_refused_and_both_sides_say_so() {
     let cookie = cluster.scratch().join("other-cookie");
     std::fs::write(&cookie, "not-the-cookie-of-this-cluster").expect("cookie");
     let (_, args) = cluster.config(0);
-    let seed = args
-        .windows(2)
-        .find(|w| w[0] == "--cluster-listen")
-        .map(|w| w[1].to_string())
-        .expect("node 0's cluster address");
+    let seed = cluster_address(&args);
     let config = format!(
         "version: v1\ncluster:\n  name: test\n  cookie_file: {}\n  failure_timeout_ms: 1000\n",
         cookie.display()
@@ -247,11 +253,7 @@ fn a_node_with_a_members_name_or_a_second_log_is_refused_and_stops() {
         Duration::from_secs(30),
     );
     let (config, args) = cluster.config(1);
-    let seed = args
-        .windows(2)
-        .find(|w| w[0] == "--cluster-listen")
-        .map(|w| w[1].to_string())
-        .expect("node 1's cluster address");
+    let seed = cluster_address(&args);
     // Both know node-1 and node-0: the twin meets the one of its name.
     for (name, store, why) in [
         (
@@ -436,39 +438,11 @@ supervisor:
     )
 }
 
-fn wait_for_tools(node: &Node) {
-    wait_for("rec.record to register", Duration::from_secs(60), || {
-        node.json_lines(&["tools", "ls", "-o", "json"])
-            .iter()
-            .any(|t| t["name"] == "rec.record")
-    });
-}
-
-/// The log so far (nothing while the conversation does not exist).
-fn log_so_far(node: &Node, conversation: &str) -> Vec<Value> {
-    let out = node.cli(&["conversations", "log", conversation, "-o", "json"]);
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
-
 fn exec_state(node: &Node, conversation: &str) -> String {
     let out = node.cli(&["conversations", "show", conversation, "-o", "json"]);
     serde_json::from_slice::<Value>(&out.stdout)
         .map(|c| c["exec_state"].as_str().unwrap_or_default().to_string())
         .unwrap_or_default()
-}
-
-/// `cadre exec` in the background against `node` (it ends with the node).
-fn exec_in_background(node: &Node, conversation: &str, input: &str) -> std::process::Child {
-    std::process::Command::new(cadre_tests::cadre_bin())
-        .args(["exec", "--agent", "scribe", "--conversation", conversation])
-        .args(["--input", input, "--server", &node.addr])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("cadre exec")
 }
 
 /// Waits until `conversation` (read through `node`) has `nth` events of `kind`.
@@ -477,7 +451,7 @@ fn wait_events(node: &Node, conversation: &str, kind: &str, nth: usize) {
         &format!("{nth} {kind} in {conversation}"),
         Duration::from_secs(60),
         || {
-            log_so_far(node, conversation)
+            node.log_so_far(conversation)
                 .iter()
                 .filter(|e| e["type"] == kind)
                 .count()
@@ -496,8 +470,10 @@ fn an_exec_whose_node_is_killed_completes_on_another_without_repeating_a_call() 
     let record = RecordServer::start(700);
     let mut cluster = Cluster::joined(3, &agent_config(&model, &record));
     wait_joined(&cluster);
-    wait_for_tools(cluster.node(1));
-    let mut exec = exec_in_background(cluster.node(1), "moving", "record four notes");
+    wait_for_record_tool(cluster.node(1));
+    let mut exec = cluster
+        .node(1)
+        .exec_in_background("scribe", "moving", "record four notes");
     // A point where no model request is in flight (a request cut off by a crash is asked
     // again by design: its reply was never journaled).
     let (kind, nth) = kill_points()[0];
@@ -512,7 +488,7 @@ fn an_exec_whose_node_is_killed_completes_on_another_without_repeating_a_call() 
             .is_some_and(|r| r.contains("taken over by"))
     };
     wait_for("the exec to be taken over", Duration::from_secs(30), || {
-        log_so_far(cluster.node(0), "moving").iter().any(taken_over)
+        cluster.node(0).log_so_far("moving").iter().any(taken_over)
     });
     // Seen by polling the CLI: an upper bound of the takeover time (for the record; the
     // figure to compare is `bench cluster`'s).
@@ -525,7 +501,7 @@ fn an_exec_whose_node_is_killed_completes_on_another_without_repeating_a_call() 
         Duration::from_secs(60),
         || exec_state(cluster.node(0), "moving") == "completed",
     );
-    let events = log_so_far(cluster.node(2), "moving");
+    let events = cluster.node(2).log_so_far("moving");
     assert_eq!(
         events.iter().filter(|e| taken_over(e)).count(),
         1,
@@ -557,13 +533,15 @@ fn a_paused_owner_loses_its_exec_and_writes_nothing_more_to_it() {
     let record = RecordServer::start(4000);
     let cluster = Cluster::joined(3, &agent_config(&model, &record));
     wait_joined(&cluster);
-    wait_for_tools(cluster.node(2));
-    let mut exec = exec_in_background(cluster.node(2), "paused", "record three notes");
+    wait_for_record_tool(cluster.node(2));
+    let mut exec = cluster
+        .node(2)
+        .exec_in_background("scribe", "paused", "record three notes");
     wait_events(cluster.node(0), "paused", "tool_called", 1);
     let pid = cluster.node(2).pid() as i32;
     unsafe { libc::kill(pid, libc::SIGSTOP) };
     wait_for("the exec to be taken over", Duration::from_secs(30), || {
-        log_so_far(cluster.node(0), "paused").iter().any(|e| {
+        cluster.node(0).log_so_far("paused").iter().any(|e| {
             e["reason"]
                 .as_str()
                 .is_some_and(|r| r.contains("taken over by"))
@@ -589,7 +567,7 @@ fn a_paused_owner_loses_its_exec_and_writes_nothing_more_to_it() {
         || exec_state(cluster.node(0), "paused") == "completed",
     );
     let _ = exec.wait();
-    let events = log_so_far(cluster.node(0), "paused");
+    let events = cluster.node(0).log_so_far("paused");
     let count = |kind: &str| events.iter().filter(|e| e["type"] == kind).count();
     assert_eq!(
         (count("tool_called"), count("tool_returned")),
@@ -641,11 +619,7 @@ fn nodes_join_over_mutual_tls_and_a_node_of_another_ca_is_refused() {
     echo(cluster.node(1), "over-tls", "hello");
 
     let (config, args) = cluster.config(1);
-    let seed = args
-        .windows(2)
-        .find(|w| w[0] == "--cluster-listen")
-        .map(|w| w[1].to_string())
-        .expect("node 1's cluster address");
+    let seed = cluster_address(&args);
     let config = config.replace(&tls("ours"), &tls("theirs"));
     let listen = format!("127.0.0.1:{}", cadre_tests::free_port());
     let config = config.replace("store: {cluster: {}}", "store: {embedded: {}}");

@@ -14,13 +14,11 @@ use anyhow::Context;
 use cadre_actors::config::{ClusterConfig, Config};
 use cadre_actors::event_log::{AppendRequest, EventLog};
 use cadre_cluster::remote_log::RemoteLog;
-use cadre_proto::v1::ExecRequest;
-use cadre_proto::v1::conversations_client::ConversationsClient;
 use clap::Args;
 use serde_json::{Value, json};
 
 use super::agent::Serve;
-use super::{ms, pct, sample_event, scratch_dir};
+use super::{echo_execs, ms, pct, sample_event, scratch_dir};
 use crate::{Failure, Output};
 
 #[derive(Args)]
@@ -223,8 +221,7 @@ async fn append_round(
     Ok((latencies, rate))
 }
 
-/// `args.execs` echo execs over `args.conversations` conversations, conversation c sent to
-/// node c mod N: the sorted round trips and execs per second.
+/// Echo execs over `args.conversations` conversations, conversation c sent to node c mod N.
 async fn exec_round(
     nodes: &[String],
     args: &ClusterBenchArgs,
@@ -239,40 +236,13 @@ async fn exec_round(
                 .await?,
         );
     }
-    let per = args.execs.div_ceil(args.conversations);
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for c in 0..args.conversations {
-        let mut client = ConversationsClient::new(channels[c % channels.len()].clone());
-        let count = per.min(args.execs.saturating_sub(c * per));
-        let conversation = format!("exec-{round}-{c}");
-        tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::with_capacity(count);
-            for i in 0..count {
-                let t = Instant::now();
-                let mut stream = client
-                    .exec(ExecRequest {
-                        conversation_id: conversation.clone(),
-                        agent_id: "echo".into(),
-                        input: format!("message {i}"),
-                        last_seq: 0,
-                        resume: false,
-                    })
-                    .await?
-                    .into_inner();
-                while stream.message().await?.is_some() {}
-                latencies.push(t.elapsed());
-            }
-            anyhow::Ok(latencies)
-        }));
-    }
-    let mut latencies = Vec::with_capacity(args.execs);
-    for t in tasks {
-        latencies.extend(t.await??);
-    }
-    let rate = latencies.len() as f64 / started.elapsed().as_secs_f64();
-    latencies.sort();
-    Ok((latencies, rate))
+    echo_execs(
+        &channels,
+        args.execs,
+        args.conversations,
+        &format!("exec-{round}"),
+    )
+    .await
 }
 
 fn free_port() -> anyhow::Result<u16> {

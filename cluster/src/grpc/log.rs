@@ -11,7 +11,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use cadre_actors::event_log::{
-    AppendError, AppendRequest, DeleteError, EventLog, NewEvent, OpenExec, SubscribeError,
+    AppendError, AppendRequest, Appended, DeleteError, EventLog, NewEvent, OpenExec, SubscribeError,
 };
 use cadre_actors::store::StoreError;
 use cadre_proto::v1::log_failure::Kind;
@@ -51,12 +51,7 @@ impl Log for LogService {
         request: Request<LogAppendRequest>,
     ) -> Result<Response<LogAppended>, Status> {
         let request = append_request(request.into_inner()).map_err(append_failure)?;
-        let appended = self.log.append(request).await.map_err(append_failure)?;
-        Ok(Response::new(LogAppended {
-            first_seq: appended.first_seq,
-            last_seq: appended.last_seq,
-            duplicate: appended.duplicate,
-        }))
+        answer(self.log.append(request).await)
     }
 
     async fn create(
@@ -64,12 +59,7 @@ impl Log for LogService {
         request: Request<LogAppendRequest>,
     ) -> Result<Response<LogAppended>, Status> {
         let request = append_request(request.into_inner()).map_err(append_failure)?;
-        let appended = self.log.create(request).await.map_err(append_failure)?;
-        Ok(Response::new(LogAppended {
-            first_seq: appended.first_seq,
-            last_seq: appended.last_seq,
-            duplicate: appended.duplicate,
-        }))
+        answer(self.log.create(request).await)
     }
 
     async fn delete(
@@ -172,6 +162,16 @@ impl Log for LogService {
             .collect();
         Ok(Response::new(LogOpenExecs { execs }))
     }
+}
+
+/// The answer to an append or a create.
+fn answer(appended: Result<Appended, AppendError>) -> Result<Response<LogAppended>, Status> {
+    let appended = appended.map_err(append_failure)?;
+    Ok(Response::new(LogAppended {
+        first_seq: appended.first_seq,
+        last_seq: appended.last_seq,
+        duplicate: appended.duplicate,
+    }))
 }
 
 /// A stream fed by a task: ends when the task does or the client goes away.
