@@ -297,7 +297,10 @@ async fn model_roundtrips(addr: &str, n: usize) -> anyhow::Result<Vec<Duration>>
 
 /// A zero-latency Chat Completions server: it asks for `skills.list_skills` until the exec
 /// has `steps` tool results, then answers. With `hang` set it never answers.
-async fn serve_model(steps: Arc<AtomicUsize>, hang: Arc<AtomicBool>) -> anyhow::Result<String> {
+pub(super) async fn serve_model(
+    steps: Arc<AtomicUsize>,
+    hang: Arc<AtomicBool>,
+) -> anyhow::Result<String> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?.to_string();
     tokio::spawn(async move {

@@ -4,20 +4,25 @@
 //! own log (the controller) and then through a `RemoteLog` to it, as a node without the log
 //! does: the same writers, events and disk, so the difference is the gRPC hop. Round two
 //! starts two `cadre serve` processes that join it (`store.cluster`) and times echo execs sent
-//! to the controller node alone, then spread over the three.
+//! to the controller node alone, then spread over the three. Round three starts a model agent
+//! (whose model never answers) on a member, SIGKILLs the member and times until the log gives
+//! the exec to a live node, `--takeovers` times, restarting the member in between.
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use cadre_actors::config::{ClusterConfig, Config};
+use cadre_actors::config::Config;
 use cadre_actors::event_log::{AppendRequest, EventLog};
 use cadre_cluster::remote_log::RemoteLog;
+use cadre_proto::v1::ExecRequest;
+use cadre_proto::v1::conversations_client::ConversationsClient;
 use clap::Args;
 use serde_json::{Value, json};
 
-use super::agent::Serve;
+use super::agent::{Serve, serve_model};
 use super::{echo_execs, ms, pct, sample_event, scratch_dir};
 use crate::{Failure, Output};
 
@@ -35,6 +40,9 @@ pub struct ClusterBenchArgs {
     /// Concurrent conversations, each running one exec at a time.
     #[arg(long, default_value_t = 48)]
     conversations: usize,
+    /// Members SIGKILLed with an exec running, one at a time (0: no takeover round).
+    #[arg(long, default_value_t = 20)]
+    takeovers: usize,
     /// Where to put scratch data dirs [default: the node's default data dir].
     #[arg(long, value_name = "DIR")]
     data_dir: Option<std::path::PathBuf>,
@@ -75,6 +83,14 @@ pub async fn run(args: ClusterBenchArgs) -> Result<(), Failure> {
                 f("execs_three_nodes_per_sec"),
                 f("exec_three_nodes_p50_ms")
             );
+            println!(
+                "takeover (SIGKILL to the exec given to a live node): p50 {:.0} ms, p99 {:.0} ms \
+                 over {} trials (failure timeout {} ms)",
+                f("takeover_p50_ms"),
+                f("takeover_p99_ms"),
+                report["takeovers"],
+                report["failure_timeout_ms"]
+            );
         }
     }
     Ok(())
@@ -86,19 +102,29 @@ async fn rounds(args: &ClusterBenchArgs, dir: &Path) -> anyhow::Result<Value> {
     std::fs::write(&cookie_file, "a-cookie-for-this-bench-run\n")?;
     let ports = [free_port()?, free_port()?, free_port()?];
     let seeds: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-    let config = Config {
-        cluster: Some(ClusterConfig {
-            name: "bench".into(),
-            node: "bench-0".into(),
-            listen: format!("127.0.0.1:{}", ports[0]).parse()?,
-            advertise: None,
-            seeds: seeds.clone(),
-            cookie_file: cookie_file.clone(),
-            failure_timeout: Duration::from_secs(2),
-            tls: None,
-        }),
-        ..Config::default()
+    // A model that never answers: an exec of agent `wait` runs until its node dies.
+    let model = serve_model(
+        Arc::new(AtomicUsize::new(1)),
+        Arc::new(AtomicBool::new(true)),
+    )
+    .await?;
+    let agent = format!(
+        "models:\n  - id: never\n    openai: {{ base_url: \"http://{model}/v1\", model: never }}\n\
+         supervisor:\n  children:\n    - id: wait\n      agent: {{ model: never }}\n"
+    );
+    let cluster = |store: &str| {
+        format!(
+            "version: v1\nstore: {{{store}: {{}}}}\ncluster:\n  name: bench\n  cookie_file: {}\n{agent}",
+            cookie_file.display()
+        )
     };
+    let mut config =
+        Config::parse("cadre.yaml", &cluster("embedded")).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Some(c) = config.cluster.as_mut() {
+        c.node = "bench-0".into();
+        c.listen = format!("127.0.0.1:{}", ports[0]).parse()?;
+        c.seeds = seeds.clone();
+    }
     let node = cadre_cluster::Node::start(cadre_cluster::NodeOptions {
         config,
         listen: "127.0.0.1:0".parse().expect("loopback"),
@@ -120,34 +146,18 @@ async fn rounds(args: &ClusterBenchArgs, dir: &Path) -> anyhow::Result<Value> {
     let remote = append_round(remote, args, "remote").await?;
 
     let member_config = dir.join("member.yaml");
-    std::fs::write(
-        &member_config,
-        format!(
-            "version: v1\nstore: {{cluster: {{}}}}\ncluster:\n  name: bench\n  cookie_file: {}\n",
-            cookie_file.display()
-        ),
-    )?;
-    let mut members = Vec::new();
-    for (i, port) in ports.iter().enumerate().skip(1) {
+    std::fs::write(&member_config, cluster("cluster"))?;
+    let start_member = |i: usize| -> anyhow::Result<Serve> {
         let name = format!("bench-{i}");
-        let listen = format!("127.0.0.1:{port}");
+        let listen = format!("127.0.0.1:{}", ports[i]);
         let mut flags = vec!["--node", &name, "--cluster-listen", &listen];
         for seed in &seeds {
             flags.extend(["--seed", seed]);
         }
-        members.push(Serve::start_with(&member_config, &dir.join(&name), &flags)?);
-    }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while membership
-        .nodes()
-        .iter()
-        .filter(|n| n.state == "up")
-        .count()
-        < 3
-    {
-        anyhow::ensure!(Instant::now() < deadline, "the members did not join");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        Serve::start_with(&member_config, &dir.join(&name), &flags)
+    };
+    let mut members = vec![start_member(1)?, start_member(2)?];
+    all_up(&membership).await?;
     eprintln!(
         "bench cluster: {} echo execs over {} conversations on one node, then on three",
         args.execs, args.conversations
@@ -156,6 +166,54 @@ async fn rounds(args: &ClusterBenchArgs, dir: &Path) -> anyhow::Result<Value> {
     let mut all = vec![node.addr.to_string()];
     all.extend(members.iter().map(|m| m.addr.clone()));
     let three = exec_round(&all, args, "three").await?;
+    if args.takeovers > 0 {
+        eprintln!(
+            "bench cluster: {} takeovers (failure timeout {} ms)",
+            args.takeovers,
+            membership.failure_timeout().as_millis()
+        );
+    }
+    let mut takeovers = Vec::with_capacity(args.takeovers);
+    for t in 0..args.takeovers {
+        let i = t % members.len();
+        let victim = format!("bench-{}", i + 1);
+        let conversation = format!("takeover-{t}");
+        let mut client =
+            ConversationsClient::connect(format!("http://{}", members[i].addr)).await?;
+        let mut stream = client
+            .exec(ExecRequest {
+                conversation_id: conversation.clone(),
+                agent_id: "wait".into(),
+                input: "wait for a model that never answers".into(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        // Its input and RUNNING are committed: the exec runs on the victim.
+        stream.message().await?;
+        stream.message().await?;
+        members[i].kill();
+        let killed = Instant::now();
+        loop {
+            let open = node.event_log.open_execs().await?;
+            let moved = open
+                .iter()
+                .any(|o| o.conversation_id == conversation && o.node != victim);
+            if moved {
+                break;
+            }
+            anyhow::ensure!(
+                killed.elapsed() < Duration::from_secs(60),
+                "the exec of {victim} was not taken over"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        takeovers.push(killed.elapsed());
+        drop(stream);
+        members[i] = start_member(i + 1)?;
+        all_up(&membership).await?;
+    }
+    takeovers.sort();
     for mut m in members {
         m.kill();
     }
@@ -178,7 +236,28 @@ async fn rounds(args: &ClusterBenchArgs, dir: &Path) -> anyhow::Result<Value> {
         "exec_three_nodes_p50_ms": pct(&three.0, 0.50),
         "exec_three_nodes_p99_ms": pct(&three.0, 0.99),
         "exec_three_nodes_max_ms": ms(*three.0.last().unwrap_or(&Duration::ZERO)),
+        "failure_timeout_ms": membership.failure_timeout().as_millis() as u64,
+        "takeovers": takeovers.len(),
+        "takeover_p50_ms": pct(&takeovers, 0.50),
+        "takeover_p99_ms": pct(&takeovers, 0.99),
+        "takeover_max_ms": ms(*takeovers.last().unwrap_or(&Duration::ZERO)),
     }))
+}
+
+/// Waits until the three nodes are up.
+async fn all_up(membership: &cadre_cluster::membership::Membership) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while membership
+        .nodes()
+        .iter()
+        .filter(|n| n.state == "up")
+        .count()
+        < 3
+    {
+        anyhow::ensure!(Instant::now() < deadline, "the members did not join");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
 }
 
 /// `args.appends` single-event appends by `args.writers` writers, each to a conversation of
