@@ -183,6 +183,15 @@ impl Members {
             .collect()
     }
 
+    /// The first member with role `role` that is not `down` at `now` (one clone, for the hot
+    /// path of every remote call).
+    pub fn find_role(&self, role: &str, now: Instant) -> Option<NodeInfo> {
+        self.members
+            .values()
+            .find(|m| m.info.role == role && self.state_of(m, now) != MemberState::Down)
+            .map(|m| m.info.clone())
+    }
+
     /// The members whose state at `now` differs from `last`, the map of states seen before;
     /// `last` is updated.
     pub fn transitions(
@@ -359,6 +368,25 @@ mod tests {
             .map(|(_, s)| s)
             .collect();
         assert_eq!(states, [MemberState::Down, MemberState::Up]);
+    }
+
+    #[test]
+    fn the_controller_is_found_until_it_is_down() {
+        let t0 = Instant::now();
+        let mut members = Members::new(Duration::from_secs(2));
+        members.heard(node("b", "1"), t0).expect("taken");
+        let controller = NodeInfo {
+            role: CONTROLLER.into(),
+            ..node("a", "1")
+        };
+        members.heard(controller, t0).expect("taken");
+        let found = |at: Duration| members.find_role(CONTROLLER, t0 + at).map(|n| n.name);
+        assert_eq!(
+            found(Duration::from_millis(1500)).as_deref(),
+            Some("a"),
+            "suspect counts"
+        );
+        assert_eq!(found(Duration::from_secs(2)), None, "down does not");
     }
 
     #[test]

@@ -211,9 +211,17 @@ impl Membership {
 
     /// The node that holds the log, unless it is `down` (this node, if it is the controller).
     pub fn controller(&self) -> Option<NodeInfo> {
-        self.nodes()
-            .into_iter()
-            .find(|n| n.role == CONTROLLER && n.state != MemberState::Down.as_str())
+        {
+            let me = self.shared.me.lock().expect("me");
+            if me.role == CONTROLLER {
+                return Some(me.clone());
+            }
+        }
+        self.shared
+            .members
+            .lock()
+            .expect("members")
+            .find_role(CONTROLLER, Instant::now())
     }
 
     /// This node's name.

@@ -217,7 +217,7 @@ impl ExecRun {
         events: Vec<NewEvent>,
         key: &str,
     ) -> Result<(), AppendError> {
-        let request = AppendRequest {
+        let request = || AppendRequest {
             conversation_id: self.conversation.clone(),
             events: events.clone(),
             idempotency_key: Some(format!("{}/{}/{key}", self.conversation, self.exec_id)),
@@ -230,7 +230,7 @@ impl ExecRun {
         // its supervisor gave up.
         let mut wait = RETRY_FIRST;
         let appended = loop {
-            match self.log.append(request.clone()).await {
+            match self.log.append(request()).await {
                 Err(AppendError::Store(StoreError::Unavailable(why))) => {
                     if wait == RETRY_FIRST {
                         tracing::warn!(
