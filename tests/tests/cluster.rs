@@ -647,3 +647,56 @@ fn nodes_join_over_mutual_tls_and_a_node_of_another_ca_is_refused() {
         "the outsider sees only itself"
     );
 }
+
+#[test]
+fn the_cluster_log_refuses_a_caller_without_the_cookie_and_writes_nothing() {
+    use cadre_proto::v1::log_client::LogClient;
+    use cadre_proto::v1::{Event, LogAppendRequest, OutputEmitted, event};
+    let cluster = Cluster::joined(2, "");
+    wait_states(
+        cluster.node(1),
+        &[("node-0", "up"), ("node-1", "up")],
+        Duration::from_secs(30),
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let codes: Vec<tonic::Code> = rt.block_on(async {
+        let mut client = LogClient::connect(format!("http://{}", cluster.node(0).addr))
+            .await
+            .expect("connect");
+        let mut codes = Vec::new();
+        for bearer in [None, Some("Bearer not-the-cookie")] {
+            let mut request = tonic::Request::new(LogAppendRequest {
+                conversation_id: "forged".into(),
+                events: vec![Event {
+                    kind: Some(event::Kind::OutputEmitted(OutputEmitted {
+                        text: "forged".into(),
+                    })),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            });
+            if let Some(b) = bearer {
+                request
+                    .metadata_mut()
+                    .insert("authorization", b.parse().expect("ascii"));
+            }
+            let status = client.append(request).await.expect_err("refused");
+            assert!(status.message().contains("cluster cookie"), "{status:?}");
+            codes.push(status.code());
+        }
+        codes
+    });
+    assert_eq!(codes, [tonic::Code::Unauthenticated; 2]);
+    let out = cluster
+        .node(1)
+        .cli(&["conversations", "log", "forged", "-o", "json"]);
+    assert!(!out.status.success(), "nothing was written");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("forged"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
