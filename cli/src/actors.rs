@@ -13,8 +13,12 @@ use crate::{Failure, Output};
 
 #[derive(Subcommand)]
 pub enum ActorsCommand {
-    /// Every actor, one per line: path, kind, status, restarts, pid.
+    /// Every actor, one per line: path, kind, status, restarts, pid. In a cluster, every
+    /// member's, each path qualified by its node (`NODE:PATH`, as the other commands take it).
     Ls {
+        /// Only this member's actors (in a cluster).
+        #[arg(long, value_name = "NODE")]
+        node: Option<String>,
         #[arg(short = 'o', long, value_enum, default_value_t)]
         output: Output,
         #[command(flatten)]
@@ -29,6 +33,10 @@ pub enum ActorsCommand {
         /// The supervisor to add it to.
         #[arg(long, default_value = "root")]
         parent: String,
+        /// The member to start it on (in a cluster; default: the node called). It is recorded
+        /// there and started again when that node restarts.
+        #[arg(long, value_name = "NODE")]
+        node: Option<String>,
         #[arg(short = 'o', long, value_enum, default_value_t)]
         output: Output,
         #[command(flatten)]
@@ -37,6 +45,8 @@ pub enum ActorsCommand {
     /// One actor in detail: kind, status, restarts, pid, placement, its supervision (restart,
     /// shutdown, significant), how and when its last instance ended, and its children.
     Get {
+        /// The actor's path (`root/tools/time`); in a cluster `NODE:PATH` for another member's.
+        #[arg(value_name = "[NODE:]PATH")]
         path: String,
         #[arg(short = 'o', long, value_enum, default_value_t)]
         output: Output,
@@ -46,6 +56,8 @@ pub enum ActorsCommand {
     /// An actor's output: a `process` child's stdout and stderr, an `mcp` server's stderr (the
     /// node keeps the last 1000 lines of each actor).
     Logs {
+        /// The actor's path; in a cluster `NODE:PATH` for another member's.
+        #[arg(value_name = "[NODE:]PATH")]
         path: String,
         /// Keep streaming new lines until interrupted (ends when the node stops).
         #[arg(short = 'f', long)]
@@ -62,6 +74,8 @@ pub enum ActorsCommand {
     /// Terminate an actor per its shutdown spec. A configured child's spec stays (restart
     /// brings it back); a spawned one is removed for good.
     Stop {
+        /// The actor's path; in a cluster `NODE:PATH` for another member's.
+        #[arg(value_name = "[NODE:]PATH")]
         path: String,
         #[arg(short = 'o', long, value_enum, default_value_t)]
         output: Output,
@@ -70,6 +84,8 @@ pub enum ActorsCommand {
     },
     /// Terminate an actor if it runs, then start it again.
     Restart {
+        /// The actor's path; in a cluster `NODE:PATH` for another member's.
+        #[arg(value_name = "[NODE:]PATH")]
         path: String,
         #[arg(short = 'o', long, value_enum, default_value_t)]
         output: Output,
@@ -104,12 +120,15 @@ fn print(node: &ActorNode, output: Output) {
 /// `cadre actors get`, like `kubectl describe`: one field a line.
 fn describe(n: &ActorNode) -> String {
     let time = |ms: i64| rfc3339(ms * 1000);
-    let mut fields = vec![
-        ("Path", n.path.clone()),
+    let mut fields = vec![("Path", n.path.clone())];
+    if !n.node.is_empty() {
+        fields.push(("Node", n.node.clone()));
+    }
+    fields.extend([
         ("Kind", n.kind.clone()),
         ("Status", n.status.clone()),
         ("Restarts", n.restarts.to_string()),
-    ];
+    ]);
     if let Some(pid) = n.pid {
         fields.push(("Pid", pid.to_string()));
     }
@@ -149,10 +168,18 @@ fn describe(n: &ActorNode) -> String {
         .collect()
 }
 
+/// `NODE:PATH` in a cluster, `PATH` outside one: what the commands take.
+fn qualified(n: &ActorNode) -> String {
+    match n.node.as_str() {
+        "" => n.path.clone(),
+        node => format!("{node}:{}", n.path),
+    }
+}
+
 fn row(n: &ActorNode) -> String {
     format!(
         "{:<40}  {:<10}  {:<10}  {:>8}  {}",
-        n.path,
+        qualified(n),
         n.kind,
         n.status,
         n.restarts,
@@ -162,9 +189,15 @@ fn row(n: &ActorNode) -> String {
 
 pub async fn run(command: ActorsCommand) -> Result<(), Failure> {
     match command {
-        ActorsCommand::Ls { output, server } => {
+        ActorsCommand::Ls {
+            node,
+            output,
+            server,
+        } => {
             let list = ActorsClient::new(connect(&server).await?)
-                .list(ListActorsRequest {})
+                .list(ListActorsRequest {
+                    node: node.unwrap_or_default(),
+                })
                 .await
                 .map_err(|s| failure("List", s, None))?
                 .into_inner();
@@ -181,6 +214,7 @@ pub async fn run(command: ActorsCommand) -> Result<(), Failure> {
         ActorsCommand::Spawn {
             file,
             parent,
+            node,
             output,
             server,
         } => {
@@ -191,6 +225,7 @@ pub async fn run(command: ActorsCommand) -> Result<(), Failure> {
                     parent,
                     spec_yaml,
                     spec: None,
+                    node: node.unwrap_or_default(),
                 })
                 .await
                 .map_err(|s| failure("Spawn", s, Some(&file)))?

@@ -4,7 +4,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cadre_proto::v1::actors_client::ActorsClient;
 use cadre_proto::v1::cluster_client::ClusterClient;
-use cadre_proto::v1::{ActorNode, SandboxesRequest, TreeEvent, TreeRequest, WatchTreeRequest};
+use cadre_proto::v1::{
+    ActorNode, NodeTree, SandboxesRequest, TreeEvent, TreeRequest, WatchTreeRequest,
+};
 use clap::Args;
 use serde_json::{Map, Value, json};
 
@@ -21,18 +23,23 @@ pub struct TreeArgs {
     /// (JSON lines with -o json) until interrupted.
     #[arg(short = 'w', long)]
     watch: bool,
+    /// Only this member's trees (in a cluster; by default every member's, the node called
+    /// first, and a member that is down with the last trees known of it).
+    #[arg(long, value_name = "NODE")]
+    node: Option<String>,
     #[command(flatten)]
     server: ServerArgs,
 }
 
 pub async fn run(args: TreeArgs) -> Result<(), Failure> {
     let channel = connect(&args.server).await?;
+    let node = args.node.clone().unwrap_or_default();
     let mut client = ActorsClient::new(channel.clone());
     // Subscribe before reading the tree so that no change falls between the two.
     let mut changes = if args.watch {
         Some(
             client
-                .watch_tree(WatchTreeRequest {})
+                .watch_tree(WatchTreeRequest { node: node.clone() })
                 .await
                 .map_err(|s| failure("WatchTree", s))?
                 .into_inner(),
@@ -41,24 +48,41 @@ pub async fn run(args: TreeArgs) -> Result<(), Failure> {
         None
     };
     let response = client
-        .tree(TreeRequest {})
+        .tree(TreeRequest { node })
         .await
         .map_err(|s| failure("Tree", s))?;
     let trees = response.into_inner();
-    let (Some(root), Some(system)) = (trees.root, trees.system) else {
-        return Err(anyhow::anyhow!("the node returned no tree").into());
-    };
+    // Outside a cluster the one entry is unnamed.
+    let clustered = trees.nodes.iter().any(|t| !t.node.is_empty());
     match (args.output, &changes) {
-        (Output::Json | Output::Yaml, None) => crate::emit(
+        (Output::Json | Output::Yaml, None) if clustered => crate::emit(
             args.output,
-            &json!({"root": to_json(&root), "system": to_json(&system)}),
+            &json!({"nodes": trees.nodes.iter().map(node_trees_json).collect::<Vec<_>>()}),
         ),
+        (Output::Json | Output::Yaml, None) => {
+            let (Some(root), Some(system)) = (&trees.root, &trees.system) else {
+                return Err(anyhow::anyhow!("the node returned no tree").into());
+            };
+            crate::emit(
+                args.output,
+                &json!({"root": to_json(root), "system": to_json(system)}),
+            )
+        }
         (Output::Json | Output::Yaml, Some(_)) => {}
         (Output::Text, _) => {
-            if let Some(warning) = not_isolated(channel, &root).await {
+            if let Some(root) = &trees.root
+                && let Some(warning) = not_isolated(channel, root).await
+            {
                 println!("{warning}");
             }
-            print!("{}{}", render(&root), render(&system))
+            for t in &trees.nodes {
+                if clustered {
+                    println!("{}", node_heading(t));
+                }
+                for tree in [&t.root, &t.system].into_iter().flatten() {
+                    print!("{}", render(tree));
+                }
+            }
         }
     }
     if let Some(changes) = &mut changes {
@@ -83,10 +107,51 @@ pub async fn run(args: TreeArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-/// `{"time","path","kind","change","reason"?,"pid"?,"restarts"?}`
+/// `NODE (STATE)` above a member's trees, and why they are not current.
+fn node_heading(t: &NodeTree) -> String {
+    let mut heading = format!("{} ({})", t.node, t.state);
+    if !t.error.is_empty() {
+        heading.push_str(&format!(": {}", t.error));
+        if t.read_at_unix_ms > 0 {
+            heading.push_str(&format!(", read at {}", rfc3339(t.read_at_unix_ms * 1000)));
+        }
+    }
+    heading
+}
+
+/// `{"node","state","read_at"?,"error"?,"root"?,"system"?}`
+fn node_trees_json(t: &NodeTree) -> Value {
+    let mut obj = Map::new();
+    obj.insert("node".into(), json!(t.node));
+    obj.insert("state".into(), json!(t.state));
+    if t.read_at_unix_ms > 0 {
+        obj.insert("read_at".into(), json!(rfc3339(t.read_at_unix_ms * 1000)));
+    }
+    if !t.error.is_empty() {
+        obj.insert("error".into(), json!(t.error));
+    }
+    if let Some(root) = &t.root {
+        obj.insert("root".into(), to_json(root));
+    }
+    if let Some(system) = &t.system {
+        obj.insert("system".into(), to_json(system));
+    }
+    Value::Object(obj)
+}
+
+/// `{"time","node"?,"path","kind","change","reason"?,"pid"?,"restarts"?}`; a member's change
+/// of state is `{"time","node","kind":"node","change":STATE}`.
 fn event_json(e: &TreeEvent) -> Value {
     let mut obj = Map::new();
     obj.insert("time".into(), json!(rfc3339(e.time_unix_micros)));
+    if !e.node.is_empty() {
+        obj.insert("node".into(), json!(e.node));
+    }
+    if e.kind == "node" {
+        obj.insert("kind".into(), json!(e.kind));
+        obj.insert("change".into(), json!(e.change));
+        return Value::Object(obj);
+    }
     obj.insert("path".into(), json!(e.path));
     obj.insert("kind".into(), json!(e.kind));
     obj.insert("change".into(), json!(e.change));
@@ -103,7 +168,15 @@ fn event_json(e: &TreeEvent) -> Value {
 }
 
 fn event_line(e: &TreeEvent) -> String {
-    let mut line = format!("{}  {}  {}", rfc3339(e.time_unix_micros), e.path, e.change);
+    let time = rfc3339(e.time_unix_micros);
+    if e.kind == "node" {
+        return format!("{time}  node {}  {}", e.node, e.change);
+    }
+    let path = match e.node.as_str() {
+        "" => e.path.clone(),
+        node => format!("{node}:{}", e.path),
+    };
+    let mut line = format!("{time}  {path}  {}", e.change);
     if !e.reason.is_empty() {
         line.push_str(&format!("  reason={}", e.reason));
     }
@@ -139,9 +212,12 @@ pub fn rfc3339(micros: i64) -> String {
     )
 }
 
-/// `{"path","kind","status","restarts","pid"?,"strategy"?,"placement"?,"children"}`
+/// `{"node"?,"path","kind","status","restarts","pid"?,"strategy"?,"placement"?,"children"}`
 pub fn to_json(node: &ActorNode) -> Value {
     let mut obj = Map::new();
+    if !node.node.is_empty() {
+        obj.insert("node".into(), json!(node.node));
+    }
     obj.insert("path".into(), json!(node.path));
     obj.insert("kind".into(), json!(node.kind));
     obj.insert("status".into(), json!(node.status));

@@ -7,8 +7,10 @@
 
 pub mod grpc;
 pub mod guardian;
+pub mod member_trees;
 pub mod membership;
 pub mod node;
+pub mod peers;
 pub mod remote_log;
 pub mod store;
 pub mod takeover;

@@ -44,7 +44,9 @@ use crate::grpc::status::message_limit_layer;
 use crate::grpc::tls::ReloadingTls;
 use crate::grpc::tools::ToolsService;
 use crate::guardian::Guardian;
+use crate::member_trees::MemberTrees;
 use crate::membership::{CONTROLLER as CONTROLLER_ROLE, MEMBER as MEMBER_ROLE, Membership};
+use crate::peers::Peers;
 use crate::remote_log::RemoteLog;
 use crate::store;
 use cadre_proto::v1::conversations_server::ConversationsServer;
@@ -91,7 +93,7 @@ pub struct Node {
     membership: Option<Membership>,
     /// Holds the data dir of a node without a store of its own.
     _data_dir_lock: Option<Arc<store::DataDirLock>>,
-    /// The cluster's exec takeover loops (`crate::takeover`).
+    /// The cluster's loops: exec takeover (`crate::takeover`), the members' trees.
     cluster_tasks: Vec<JoinHandle<()>>,
     /// The node's tool registry.
     pub tools: ToolRegistry,
@@ -244,6 +246,23 @@ impl Node {
             ),
             None => None,
         };
+        // The nodes' credential with each other.
+        let cluster_cookie = match &options.config.cluster {
+            Some(cluster) => Some(read_cookie(&cluster.cookie_file).map_err(NodeError::Cluster)?),
+            None => None,
+        };
+        // Calls to the other nodes' APIs: the controller node's log, their actors.
+        let peers = match (&options.config.cluster, &membership, &cluster_cookie) {
+            (Some(cluster), Some(membership), Some(cookie)) => Some(Peers::new(
+                cookie.clone(),
+                match &cluster.tls {
+                    Some(files) => Some(peer_tls(files).map_err(NodeError::Cluster)?),
+                    None => None,
+                },
+                membership.failure_timeout(),
+            )),
+            _ => None,
+        };
         let mut data_dir_lock = None;
         let (controller, event_log): (Option<Controller>, Arc<dyn EventLog>) = match home {
             store::LogHome::Local(storage) => {
@@ -254,19 +273,12 @@ impl Node {
             }
             store::LogHome::Cluster(lock) => {
                 data_dir_lock = Some(lock);
-                let (Some(cluster), Some(membership)) = (&options.config.cluster, &membership)
-                else {
+                let (Some(peers), Some(membership)) = (&peers, &membership) else {
                     return Err(NodeError::Store(StoreError::Unavailable(
                         "store.cluster needs a `cluster` section".into(),
                     )));
                 };
-                let cookie = read_cookie(&cluster.cookie_file).map_err(NodeError::Cluster)?;
-                let tls = match &cluster.tls {
-                    Some(files) => Some(log_client_tls(files).map_err(NodeError::Cluster)?),
-                    None => None,
-                };
-                let remote = RemoteLog::new(membership, cookie, tls);
-                (None, Arc::new(remote))
+                (None, Arc::new(RemoteLog::new(membership, peers.clone())))
             }
         };
         if let Sandboxes::Pool { pool, provider, .. } = &sandboxes {
@@ -374,7 +386,7 @@ impl Node {
                 return Err(NodeError::Store(e));
             }
         }
-        let service = ActorsService::new(
+        let mut service = ActorsService::new(
             tree.clone(),
             ROOT,
             SYSTEM,
@@ -387,6 +399,12 @@ impl Node {
             spawned,
             stopping_rx.clone(),
         );
+        let mut cluster_tasks = Vec::new();
+        if let (Some(membership), Some(peers)) = (&membership, &peers) {
+            let members = MemberTrees::new(membership.clone(), peers.clone());
+            cluster_tasks.push(members.reflect(stopping_rx.clone()));
+            service = service.in_cluster(members);
+        }
         let tools = ToolsService::new(services.tools.clone(), event_log.clone());
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<ActorsServer<ActorsService>>().await;
@@ -405,7 +423,6 @@ impl Node {
         if let Some(membership) = &membership {
             execs = execs.on_node(membership.name(), holds_log);
         }
-        let mut cluster_tasks = Vec::new();
         if let Some(membership) = &membership {
             let every = membership.failure_timeout() / 4;
             cluster_tasks.push(crate::takeover::adopt(execs.clone(), every));
@@ -444,12 +461,6 @@ impl Node {
                     <ConversationsServer<ConversationsService> as NamedService>::NAME,
                 )
                 .with_service_name("grpc.health.v1.Health")
-        };
-        let cluster_cookie = match &options.config.cluster {
-            Some(cluster) if holds_log => {
-                Some(read_cookie(&cluster.cookie_file).map_err(NodeError::Cluster)?)
-            }
-            _ => None,
         };
         let access = Access::new(options.config.api.tokens.clone(), Some(event_log.clone()))
             .with_cluster_cookie(cluster_cookie.clone());
@@ -501,7 +512,7 @@ impl Node {
                     .max_encoding_message_size(limit),
             )
             // The log is served to the cluster's other nodes (by the controller node only).
-            .add_optional_service(cluster_cookie.map(|_| {
+            .add_optional_service(holds_log.then(|| {
                 LogServer::new(LogService::new(event_log.clone()))
                     .max_decoding_message_size(usize::MAX)
                     .max_encoding_message_size(usize::MAX)
@@ -729,7 +740,7 @@ async fn start_membership(
 
 /// TLS of this node's calls to the controller node's API: the cluster's CA, and this node's
 /// certificate for an API that asks for one.
-fn log_client_tls(files: &ClusterTls) -> Result<ClientTlsConfig, String> {
+fn peer_tls(files: &ClusterTls) -> Result<ClientTlsConfig, String> {
     let read = |path: &Path| {
         std::fs::read(path).map_err(|e| format!("cluster.tls: cannot read {}: {e}", path.display()))
     };

@@ -9,8 +9,7 @@
 //! names it, and an append that got no answer within the failure timeout is reported as not
 //! acknowledged (it may have committed; an idempotency key makes the retry safe).
 
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
 use cadre_actors::event_log::{
     AppendError, AppendRequest, Appended, DeleteError, EventLog, OpenExec, SubscribeError,
@@ -24,58 +23,33 @@ use cadre_proto::v1::{
 };
 use futures_util::StreamExt;
 use tonic::Status;
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::Channel;
 
 use crate::grpc::log::{
     append_error, delete_error, open_exec, store_error, subscribe_error, wire_append,
 };
 use crate::membership::Membership;
+use crate::peers::Peers;
 
 /// Which node is the controller now (`None`: none is up); membership answers it.
-pub type ControllerFinder = Arc<dyn Fn() -> Option<NodeInfo> + Send + Sync>;
+type ControllerFinder = Arc<dyn Fn() -> Option<NodeInfo> + Send + Sync>;
 
 /// The log, reached through the cluster's controller node.
 pub struct RemoteLog {
     controller: ControllerFinder,
     cluster: String,
-    cookie: String,
-    tls: Option<ClientTlsConfig>,
-    /// Each call's deadline (a subscription's, to start).
-    timeout: Duration,
-    channel: Mutex<Option<(String, Channel)>>,
+    peers: Peers,
 }
 
 impl RemoteLog {
-    /// Calls the controller node `membership` names, with the cluster's `cookie`; `tls`
-    /// verifies it when its API serves TLS. A call without an answer within the failure
-    /// timeout fails.
-    pub fn new(membership: &Membership, cookie: String, tls: Option<ClientTlsConfig>) -> Self {
+    /// Calls the controller node `membership` names, through `peers` (which bound each call
+    /// by the failure timeout).
+    pub fn new(membership: &Membership, peers: Peers) -> Self {
         let finder = membership.clone();
-        Self::with_finder(
-            Arc::new(move || finder.controller()),
-            membership.cluster().to_string(),
-            cookie,
-            tls,
-            membership.failure_timeout(),
-        )
-    }
-
-    /// Calls whichever node `controller` names, of cluster `cluster`, each call bounded by
-    /// `timeout`.
-    pub fn with_finder(
-        controller: ControllerFinder,
-        cluster: String,
-        cookie: String,
-        tls: Option<ClientTlsConfig>,
-        timeout: Duration,
-    ) -> Self {
         Self {
-            controller,
-            cluster,
-            cookie,
-            tls,
-            timeout,
-            channel: Mutex::new(None),
+            controller: Arc::new(move || finder.controller()),
+            cluster: membership.cluster().to_string(),
+            peers,
         }
     }
 
@@ -88,45 +62,12 @@ impl RemoteLog {
                 self.cluster
             )
         })?;
-        let mut cached = self.channel.lock().expect("channel");
-        if let Some((address, channel)) = cached.as_ref()
-            && *address == controller.address
-        {
-            return Ok((client(channel.clone()), controller));
-        }
-        let scheme = if controller.api_tls { "https" } else { "http" };
-        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{}", controller.address))
-            .map_err(|e| format!("controller address `{}`: {e}", controller.address))?
-            .tcp_nodelay(true)
-            .connect_timeout(self.timeout);
-        if controller.api_tls {
-            let tls = self.tls.clone().ok_or_else(|| {
-                format!(
-                    "the controller node `{}` serves its API over TLS: set cluster.tls so this \
-                     node can verify it",
-                    controller.name
-                )
-            })?;
-            endpoint = endpoint
-                .tls_config(tls)
-                .map_err(|e| format!("cluster.tls: {e}"))?;
-        }
-        let channel = endpoint.connect_lazy();
-        *cached = Some((controller.address.clone(), channel.clone()));
+        let channel = self.peers.channel(&controller)?;
         Ok((client(channel), controller))
     }
 
     fn request<T>(&self, message: T) -> tonic::Request<T> {
-        let mut request = tonic::Request::new(message);
-        request.set_timeout(self.timeout);
-        self.authorize(&mut request);
-        request
-    }
-
-    fn authorize<T>(&self, request: &mut tonic::Request<T>) {
-        if let Ok(value) = format!("Bearer {}", self.cookie).parse() {
-            request.metadata_mut().insert("authorization", value);
-        }
+        self.peers.request(message)
     }
 
     /// Why a call to `controller` failed in transport, for the caller.
@@ -135,7 +76,7 @@ impl RemoteLog {
             format!(
                 "did not answer within {} ms (an append may have committed: retry with its \
                  idempotency key)",
-                self.timeout.as_millis()
+                self.peers.timeout().as_millis()
             )
         } else {
             format!("cannot be reached ({})", status.message())
@@ -267,12 +208,11 @@ impl EventLog for RemoteLog {
             .client()
             .map_err(|why| SubscribeError::Store(StoreError::Unavailable(why)))?;
         // A deadline on the call would end the stream: only its start is bounded.
-        let mut request = tonic::Request::new(LogSubscribeRequest {
+        let request = self.peers.stream_request(LogSubscribeRequest {
             conversation_id: conversation_id.to_string(),
             after_seq,
         });
-        self.authorize(&mut request);
-        let started = tokio::time::timeout(self.timeout, client.subscribe(request)).await;
+        let started = tokio::time::timeout(self.peers.timeout(), client.subscribe(request)).await;
         let stream = match started {
             Ok(Ok(r)) => r.into_inner(),
             Ok(Err(status)) => {

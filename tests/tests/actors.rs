@@ -510,6 +510,7 @@ fn a_typed_spec_is_checked_like_yaml_and_naming_its_fields() {
             parent: "root".into(),
             spec_yaml: "id: x\nprocess: { command: [true] }\n".into(),
             spec: Some(ActorSpec::default()),
+            ..Default::default()
         })
         .contains("not both")
     );

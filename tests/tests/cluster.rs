@@ -12,7 +12,7 @@ use cadre_proto::v1::cluster_client::ClusterClient;
 use cadre_tests::servers::{
     ModelServer, RecordServer, kill_points, record_call, wait_for_record_tool,
 };
-use cadre_tests::{Cluster, FAILURE_TIMEOUT, Node, alive};
+use cadre_tests::{Cluster, FAILURE_TIMEOUT, Node, alive, find};
 use serde_json::Value;
 use serde_json::json;
 
@@ -698,5 +698,259 @@ fn the_cluster_log_refuses_a_caller_without_the_cookie_and_writes_nothing() {
         String::from_utf8_lossy(&out.stderr).contains("forged"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `cadre ARGS --token admin-secret` against `node`.
+fn admin(node: &Node, args: &[&str]) -> std::process::Output {
+    let mut all = args.to_vec();
+    all.extend(["--token", "admin-secret"]);
+    node.cli(&all)
+}
+
+/// `admin(node, ARGS)` parsed as one JSON value per line; panics if it fails.
+fn admin_json(node: &Node, args: &[&str]) -> Vec<Value> {
+    let out = admin(node, args);
+    assert!(
+        out.status.success(),
+        "cadre {args:?} on {} failed: {}",
+        node.addr,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON lines"))
+        .collect()
+}
+
+/// `tree -o json` of `node` (with `--node only`): each member's entry by name.
+fn trees(node: &Node, only: Option<&str>) -> BTreeMap<String, Value> {
+    let mut args = vec!["tree", "-o", "json"];
+    if let Some(only) = only {
+        args.extend(["--node", only]);
+    }
+    let tree = admin_json(node, &args).remove(0);
+    tree["nodes"]
+        .as_array()
+        .expect("a cluster's tree lists its nodes")
+        .iter()
+        .map(|t| (t["node"].as_str().expect("a name").to_string(), t.clone()))
+        .collect()
+}
+
+#[test]
+fn every_node_shows_every_members_tree_and_acts_on_their_actors() {
+    use std::io::{BufRead, BufReader};
+    let config = "api:\n  tokens:\n    - {name: root, token: admin-secret, role: admin}\n    \
+                  - {name: dash, token: reader-secret, role: reader}\nsupervisor:\n  \
+                  children:\n    - { id: sleeper, process: { command: [sleep, \"1000\"] } }\n";
+    let mut cluster = Cluster::joined(3, config);
+    wait_for(
+        "three members up everywhere",
+        Duration::from_secs(30),
+        || {
+            cluster.running().all(|(_, n)| {
+                admin_json(n, &["cluster", "nodes", "-o", "json"])
+                    .iter()
+                    .filter(|m| m["state"] == "up")
+                    .count()
+                    == 3
+            })
+        },
+    );
+
+    // Every node shows every member's trees, itself first, each labelled by its node.
+    let seen = admin_json(cluster.node(1), &["tree", "-o", "json"]).remove(0);
+    let names: Vec<&str> = seen["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["node"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["node-1", "node-0", "node-2"], "{seen:#}");
+    let mut pids = Vec::new();
+    for t in seen["nodes"].as_array().unwrap() {
+        assert_eq!(t["state"], "up", "{t:#}");
+        assert!(t.get("error").is_none(), "{t:#}");
+        let sleeper = find(&t["root"], "root/sleeper");
+        assert_eq!(sleeper["node"], t["node"], "{sleeper:#}");
+        assert_eq!(find(&t["system"], "system/agents")["node"], t["node"]);
+        pids.push(sleeper["pid"].as_u64().expect("a pid"));
+    }
+    pids.dedup();
+    assert_eq!(pids.len(), 3, "each node runs its own sleeper: {pids:?}");
+    let one = trees(cluster.node(0), Some("node-2"));
+    assert_eq!(one.keys().collect::<Vec<_>>(), ["node-2"]);
+    let text = admin(cluster.node(0), &["tree"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    for name in ["node-0 (up)", "node-1 (up)", "node-2 (up)"] {
+        assert!(text.contains(name), "{text}");
+    }
+
+    // A watch from node-0 streams every member's changes.
+    let mut watch = std::process::Command::new(cadre_tests::cadre_bin())
+        .args(["tree", "--watch", "-o", "json", "--token", "admin-secret"])
+        .env("CADRE_SERVER", &cluster.node(0).addr)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the watch");
+    let stdout = watch.stdout.take().expect("stdout");
+    let (tx, changes) = std::sync::mpsc::channel::<Value>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let value = serde_json::from_str(&line).expect("each line is JSON");
+            if tx.send(value).is_err() {
+                return;
+            }
+        }
+    });
+
+    // The watch is ready once it reports a change (members are watched before it is).
+    let mut seen = Vec::new();
+    wait_for(
+        "the watch to report a restart",
+        Duration::from_secs(20),
+        || {
+            admin(cluster.node(0), &["actors", "restart", "root/sleeper"]);
+            while let Ok(change) = changes.recv_timeout(Duration::from_millis(300)) {
+                seen.push(change);
+            }
+            seen.iter()
+                .any(|c| c["node"] == "node-0" && c["change"] == "started")
+        },
+    );
+
+    // Spawned on node-2 through node-0: recorded and run there.
+    let spec = cluster.scratch().join("echoer.yaml");
+    std::fs::write(
+        &spec,
+        "id: echoer\nprocess: { command: [sh, -c, \"echo hello from $$; exec sleep 1000\"] }\n",
+    )
+    .expect("write the spec");
+    let spawned = admin_json(
+        cluster.node(0),
+        &[
+            "actors",
+            "spawn",
+            "--node",
+            "node-2",
+            "-f",
+            spec.to_str().unwrap(),
+            "-o",
+            "json",
+        ],
+    )
+    .remove(0);
+    assert_eq!(
+        (&spawned["node"], &spawned["path"]),
+        (&json!("node-2"), &json!("root/echoer"))
+    );
+    let on_2 = admin_json(
+        cluster.node(2),
+        &["actors", "get", "root/echoer", "-o", "json"],
+    );
+    let pid = on_2[0]["pid"].as_u64().expect("a pid") as u32;
+    assert!(alive(pid));
+    let listed = admin_json(cluster.node(1), &["actors", "ls", "-o", "json"]);
+    assert!(
+        listed
+            .iter()
+            .any(|a| a["node"] == "node-2" && a["path"] == "root/echoer"),
+        "{listed:?}"
+    );
+    let table = admin(cluster.node(1), &["actors", "ls"]);
+    assert!(String::from_utf8_lossy(&table.stdout).contains("node-2:root/echoer"));
+
+    // Node-qualified paths reach the member from any node.
+    wait_for("the echoer's line", Duration::from_secs(10), || {
+        let logs = admin(cluster.node(1), &["actors", "logs", "node-2:root/echoer"]);
+        String::from_utf8_lossy(&logs.stdout).contains(&format!("hello from {pid}"))
+    });
+    let restarted = admin_json(
+        cluster.node(1),
+        &["actors", "restart", "node-2:root/echoer", "-o", "json"],
+    )
+    .remove(0);
+    assert_eq!(restarted["node"], "node-2");
+    assert_ne!(restarted["pid"].as_u64(), Some(u64::from(pid)));
+    assert!(!alive(pid), "the old process is gone");
+    let stopped = admin_json(
+        cluster.node(0),
+        &["actors", "stop", "node-1:root/sleeper", "-o", "json"],
+    )
+    .remove(0);
+    assert_eq!(
+        (&stopped["node"], &stopped["status"]),
+        (&json!("node-1"), &json!("stopped"))
+    );
+    // The caller's role is checked where it called: a reader may not stop another node's
+    // actor either.
+    let refused = cluster.node(0).cli(&[
+        "actors",
+        "stop",
+        "node-2:root/sleeper",
+        "--token",
+        "reader-secret",
+    ]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("role reader"));
+    let unknown = admin(cluster.node(0), &["actors", "get", "nope:root/sleeper"]);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr).contains("no node `nope` in cluster `test`"),
+        "{}",
+        String::from_utf8_lossy(&unknown.stderr)
+    );
+
+    // A member that goes down shows as down, with the last trees known of it.
+    cluster.kill(2);
+    wait_for("node-2 down in node-0's tree", FAILURE_TIMEOUT * 10, || {
+        trees(cluster.node(0), None)["node-2"]["state"] == "down"
+    });
+    let last = &trees(cluster.node(0), None)["node-2"];
+
+    assert!(
+        last["error"].as_str().unwrap().contains("last known"),
+        "{last:#}"
+    );
+    assert_eq!(find(&last["root"], "root/echoer")["status"], "running");
+
+    // The watch saw the changes on node-2 and node-1, and node-2 going down.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        match changes.recv_timeout(Duration::from_millis(200)) {
+            Ok(change) => seen.push(change),
+            Err(_) if seen.iter().any(|c| c["kind"] == "node") => break,
+            Err(_) => {}
+        }
+    }
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let saw = |node: &str, path: &str, change: &str| {
+        seen.iter()
+            .any(|c| c["node"] == node && c["path"] == path && c["change"] == change)
+    };
+    assert!(saw("node-2", "root/echoer", "started"), "{seen:#?}");
+    assert!(saw("node-2", "root/echoer", "terminated"), "{seen:#?}");
+    assert!(saw("node-1", "root/sleeper", "terminated"), "{seen:#?}");
+    assert!(
+        seen.iter()
+            .any(|c| c["node"] == "node-2" && c["kind"] == "node" && c["change"] != "up"),
+        "{seen:#?}"
+    );
+
+    // Back up, node-2 starts the actor spawned on it again.
+    cluster.restart(2);
+    wait_for(
+        "node-2's echoer again, seen from node-1",
+        Duration::from_secs(30),
+        || {
+            let t = trees(cluster.node(1), Some("node-2"));
+            t["node-2"]["state"] == "up"
+                && t["node-2"]["root"]["children"].as_array().is_some_and(|c| {
+                    c.iter()
+                        .any(|a| a["path"] == "root/echoer" && a["status"] == "running")
+                })
+        },
     );
 }

@@ -159,7 +159,7 @@ async fn make(channel: Channel, call: Call) -> Result<(), tonic::Status> {
             let request = SpawnRequest {
                 parent,
                 spec_yaml,
-                spec: None,
+                ..Default::default()
             };
             actors.spawn(request).await.map(|_| ())
         }

@@ -311,7 +311,7 @@ fn the_api_speaks_grpc_to_a_plain_tonic_client() {
                 .await
                 .unwrap();
         client
-            .tree(cadre_proto::v1::TreeRequest {})
+            .tree(cadre_proto::v1::TreeRequest::default())
             .await
             .unwrap()
             .into_inner()

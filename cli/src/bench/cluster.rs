@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use cadre_actors::config::Config;
 use cadre_actors::event_log::{AppendRequest, EventLog};
+use cadre_cluster::peers::Peers;
 use cadre_cluster::remote_log::RemoteLog;
 use cadre_proto::v1::ExecRequest;
 use cadre_proto::v1::conversations_client::ConversationsClient;
@@ -142,7 +143,8 @@ async fn rounds(args: &ClusterBenchArgs, dir: &Path) -> anyhow::Result<Value> {
     );
     let local = append_round(node.event_log.clone(), args, "local").await?;
     let cookie = std::fs::read_to_string(&cookie_file)?.trim().to_string();
-    let remote: Arc<dyn EventLog> = Arc::new(RemoteLog::new(&membership, cookie, None));
+    let peers = Peers::new(cookie, None, membership.failure_timeout());
+    let remote: Arc<dyn EventLog> = Arc::new(RemoteLog::new(&membership, peers));
     let remote = append_round(remote, args, "remote").await?;
 
     let member_config = dir.join("member.yaml");

@@ -9,22 +9,25 @@ use cadre_actors::config::{ActorConfig, ChildConfig};
 use cadre_actors::spawned::{SpawnedActors, SpawnedSpec};
 use cadre_actors::tree::LogLine;
 use cadre_actors::{LifecycleEvent, Tree, TreeNode};
+use cadre_proto::v1::actors_client::ActorsClient;
 use cadre_proto::v1::actors_server::Actors;
 use cadre_proto::v1::{
-    ActorNode, ActorRequest, ListActorsRequest, ListActorsResponse, LogsRequest, SpawnRequest,
-    TreeEvent, TreeRequest, TreeResponse, WatchTreeRequest,
+    ActorNode, ActorRequest, ListActorsRequest, ListActorsResponse, LogsRequest, NodeTree,
+    SpawnRequest, TreeEvent, TreeRequest, TreeResponse, WatchTreeRequest,
 };
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use super::actor_spec::child_entry;
 use super::auth::note_target;
 use super::status::{append_status, supervisor_status};
+use crate::member_trees::MemberTrees;
 
-/// `cadre.v1.Actors`: the live supervision tree.
+/// `cadre.v1.Actors`: the live supervision tree (in a cluster, every member's).
 pub struct ActorsService {
     tree: Tree,
     root: String,
@@ -39,6 +42,8 @@ pub struct ActorsService {
     spawned: SpawnedActors,
     /// Becomes true when the node starts to stop: watches end then.
     stopping: tokio::sync::watch::Receiver<bool>,
+    /// The other members' trees, in a cluster.
+    members: Option<MemberTrees>,
 }
 
 impl ActorsService {
@@ -62,14 +67,85 @@ impl ActorsService {
             services,
             spawned,
             stopping,
+            members: None,
         }
+    }
+
+    /// In a cluster: shows the other members' trees too, and passes calls about their actors
+    /// on to them.
+    pub fn in_cluster(mut self, members: MemberTrees) -> Self {
+        self.members = Some(members);
+        self
     }
 }
 
 type TreeEvents = Pin<Box<dyn Stream<Item = Result<TreeEvent, Status>> + Send>>;
 type LogLines = Pin<Box<dyn Stream<Item = Result<cadre_proto::v1::LogLine, Status>> + Send>>;
 
+/// A node-qualified path `NODE:PATH` as (node, path); ("", path) for a plain path.
+fn split_path(path: &str) -> (&str, &str) {
+    match path.split_once(':') {
+        Some((node, path)) if !node.contains('/') => (node, path),
+        _ => ("", path),
+    }
+}
+
 impl ActorsService {
+    /// This node's name in its cluster ("" outside one).
+    fn me(&self) -> String {
+        self.members
+            .as_ref()
+            .map(MemberTrees::me)
+            .unwrap_or_default()
+    }
+
+    /// A client of the member `node` (and the cluster's trees), when a call names another
+    /// node than this one.
+    fn route(&self, node: &str) -> Result<Option<(ActorsClient<Channel>, &MemberTrees)>, Status> {
+        match &self.members {
+            _ if node.is_empty() => Ok(None),
+            Some(members) if members.is_me(node) => Ok(None),
+            Some(members) => Ok(Some((members.client(node)?, members))),
+            None => Err(Status::not_found(format!(
+                "no node `{node}`: this node is not in a cluster (name its actors without \
+                 `{node}:`)"
+            ))),
+        }
+    }
+
+    /// `node` as the API shows it: labelled with this node's name.
+    fn actor_node(&self, node: &TreeNode) -> ActorNode {
+        actor_node(node, &self.me())
+    }
+
+    /// This node's two trees, as read now.
+    fn local_trees(&self) -> Result<NodeTree, Status> {
+        Ok(NodeTree {
+            node: self.me(),
+            state: "up".into(),
+            root: Some(self.actor_node(&self.node(&self.root)?)),
+            system: Some(self.actor_node(&self.node(&self.system_root)?)),
+            read_at_unix_ms: unix_ms(SystemTime::now()),
+            error: String::new(),
+        })
+    }
+
+    /// The trees of `node` ("": of every member, this node first).
+    async fn trees(&self, node: &str) -> Result<Vec<NodeTree>, Status> {
+        match &self.members {
+            Some(members) if node.is_empty() => {
+                let mut trees = vec![self.local_trees()?];
+                trees.extend(members.trees(None).await?);
+                Ok(trees)
+            }
+            Some(members) if !members.is_me(node) => members.trees(Some(node)).await,
+            _ => {
+                self.route(node)?;
+                Ok(vec![self.local_trees()?])
+            }
+        }
+    }
+
     fn node(&self, path: &str) -> Result<TreeNode, Status> {
         self.tree
             .snapshot(path)
@@ -124,7 +200,18 @@ impl Actors for ActorsService {
     type LogsStream = LogLines;
 
     async fn logs(&self, request: Request<LogsRequest>) -> Result<Response<LogLines>, Status> {
-        let r = request.into_inner();
+        let mut r = request.into_inner();
+        let (node, path) = split_path(&r.path);
+        if let Some((mut client, members)) = self.route(node)? {
+            let started = tokio::time::timeout(
+                members.start_timeout(),
+                client.logs(members.stream_request(r.clone())),
+            )
+            .await
+            .map_err(|_| Status::unavailable(format!("node `{node}` did not answer in time")))?;
+            return Ok(Response::new(Box::pin(started?.into_inner())));
+        }
+        r.path = path.to_string();
         // Subscribed before the tail is read, so that no line falls between the two; a line
         // in both is sent once.
         let mut rx = r.follow.then(|| self.tree.subscribe_logs());
@@ -170,6 +257,9 @@ impl Actors for ActorsService {
             parent => parent,
         };
         note_target(&request, format!("a child of {parent}"));
+        if let Some((mut client, members)) = self.route(&request.get_ref().node)? {
+            return client.spawn(members.request(request.into_inner())).await;
+        }
         let r = request.into_inner();
         let parent = if r.parent.is_empty() {
             self.root.clone()
@@ -239,14 +329,18 @@ impl Actors for ActorsService {
             let _ = sup.delete_child(&info.id).await;
             return Err(append_status(e));
         }
-        Ok(Response::new(actor_node(
-            &self.node(&format!("{parent}/{}", info.id))?,
-        )))
+        Ok(Response::new(
+            self.actor_node(&self.node(&format!("{parent}/{}", info.id))?),
+        ))
     }
 
     async fn stop(&self, request: Request<ActorRequest>) -> Result<Response<ActorNode>, Status> {
         note_target(&request, request.get_ref().path.clone());
-        let path = request.into_inner().path;
+        let (node, path) = split_path(&request.get_ref().path);
+        if let Some((mut client, members)) = self.route(node)? {
+            return client.stop(members.request(request.into_inner())).await;
+        }
+        let path = path.to_string();
         self.not_system(&path, "stopped", false)?;
         let (sup, id) = self.parent_of(&path)?;
         sup.terminate_child(&id).await.map_err(supervisor_status)?;
@@ -259,9 +353,10 @@ impl Actors for ActorsService {
         let node = self
             .tree
             .snapshot(&path)
-            .map(|n| actor_node(&n))
+            .map(|n| self.actor_node(&n))
             .unwrap_or(ActorNode {
                 path,
+                node: self.me(),
                 status: "deleted".into(),
                 ..Default::default()
             });
@@ -270,42 +365,71 @@ impl Actors for ActorsService {
 
     async fn restart(&self, request: Request<ActorRequest>) -> Result<Response<ActorNode>, Status> {
         note_target(&request, request.get_ref().path.clone());
-        let path = request.into_inner().path;
+        let (node, path) = split_path(&request.get_ref().path);
+        if let Some((mut client, members)) = self.route(node)? {
+            return client.restart(members.request(request.into_inner())).await;
+        }
+        let path = path.to_string();
         self.not_system(&path, "restarted", false)?;
         let (sup, id) = self.parent_of(&path)?;
         if self.node(&path)?.status == cadre_actors::ChildStatus::Running {
             sup.terminate_child(&id).await.map_err(supervisor_status)?;
         }
         sup.restart_child(&id).await.map_err(supervisor_status)?;
-        Ok(Response::new(actor_node(&self.node(&path)?)))
+        Ok(Response::new(self.actor_node(&self.node(&path)?)))
     }
 
     async fn get(&self, request: Request<ActorRequest>) -> Result<Response<ActorNode>, Status> {
-        let path = request.into_inner().path;
-        Ok(Response::new(actor_node(&self.node(&path)?)))
+        let (node, path) = split_path(&request.get_ref().path);
+        if let Some((mut client, members)) = self.route(node)? {
+            return client.get(members.request(request.into_inner())).await;
+        }
+        Ok(Response::new(self.actor_node(&self.node(path)?)))
     }
 
     async fn list(
         &self,
-        _request: Request<ListActorsRequest>,
+        request: Request<ListActorsRequest>,
     ) -> Result<Response<ListActorsResponse>, Status> {
         let mut actors = Vec::new();
-        let mut pending = vec![self.node(&self.system_root)?, self.node(&self.root)?];
-        while let Some(mut n) = pending.pop() {
-            let children = std::mem::take(&mut n.children);
-            actors.push(actor_node(&n));
-            pending.extend(children.into_iter().rev());
+        for trees in self.trees(&request.into_inner().node).await? {
+            let mut pending: Vec<ActorNode> =
+                [trees.system, trees.root].into_iter().flatten().collect();
+            while let Some(mut n) = pending.pop() {
+                let children = std::mem::take(&mut n.children);
+                actors.push(n);
+                pending.extend(children.into_iter().rev());
+            }
         }
         Ok(Response::new(ListActorsResponse { actors }))
     }
 
     async fn watch_tree(
         &self,
-        _request: Request<WatchTreeRequest>,
+        request: Request<WatchTreeRequest>,
     ) -> Result<Response<TreeEvents>, Status> {
-        let mut rx = self.tree.subscribe();
-        let mut stopping = self.stopping.clone();
+        let node = request.into_inner().node;
+        let only = (!node.is_empty()).then_some(node);
+        let local = match (&self.members, &only) {
+            (_, None) => true,
+            (Some(members), Some(node)) => members.is_me(node),
+            (None, Some(node)) => self.route(node)?.is_none(),
+        };
         let (tx, out) = mpsc::channel(256);
+        // Subscribed before this call returns, so that a tree read after it misses nothing.
+        let mut rx = self.tree.subscribe();
+        if let Some(members) = &self.members
+            && !(local && only.is_some())
+        {
+            members
+                .watch(only, tx.clone(), self.stopping.clone())
+                .await?;
+        }
+        if !local {
+            return Ok(Response::new(Box::pin(ReceiverStream::new(out))));
+        }
+        let mut stopping = self.stopping.clone();
+        let me = self.me();
         tokio::spawn(async move {
             loop {
                 let received = tokio::select! {
@@ -314,7 +438,7 @@ impl Actors for ActorsService {
                     _ = stopping.wait_for(|stopping| *stopping) => return,
                 };
                 let item = match received {
-                    Ok(ev) => Ok(tree_event(&ev)),
+                    Ok(ev) => Ok(tree_event(&ev, &me)),
                     // A watcher that falls a whole buffer behind is told so and ended.
                     Err(RecvError::Lagged(n)) => Err(Status::data_loss(format!(
                         "watcher fell behind and missed {n} lifecycle events; watch again"
@@ -330,15 +454,21 @@ impl Actors for ActorsService {
         Ok(Response::new(Box::pin(ReceiverStream::new(out))))
     }
 
-    async fn tree(&self, _request: Request<TreeRequest>) -> Result<Response<TreeResponse>, Status> {
+    async fn tree(&self, request: Request<TreeRequest>) -> Result<Response<TreeResponse>, Status> {
+        let nodes = self.trees(&request.into_inner().node).await?;
+        let (root, system) = nodes
+            .first()
+            .map(|t| (t.root.clone(), t.system.clone()))
+            .unwrap_or_default();
         Ok(Response::new(TreeResponse {
-            root: Some(actor_node(&self.node(&self.root)?)),
-            system: Some(actor_node(&self.node(&self.system_root)?)),
+            root,
+            system,
+            nodes,
         }))
     }
 }
 
-fn tree_event(ev: &LifecycleEvent) -> TreeEvent {
+fn tree_event(ev: &LifecycleEvent, node: &str) -> TreeEvent {
     let (pid, restarts) = ev.change.started();
     TreeEvent {
         time_unix_micros: ev
@@ -352,10 +482,12 @@ fn tree_event(ev: &LifecycleEvent) -> TreeEvent {
         reason: ev.change.reason().unwrap_or_default(),
         pid,
         restarts,
+        node: node.to_string(),
     }
 }
 
-fn actor_node(node: &TreeNode) -> ActorNode {
+/// `node`, on the cluster's node `on` ("" outside a cluster).
+fn actor_node(node: &TreeNode, on: &str) -> ActorNode {
     ActorNode {
         path: node.path.clone(),
         kind: node.kind.as_str().to_string(),
@@ -365,7 +497,7 @@ fn actor_node(node: &TreeNode) -> ActorNode {
         strategy: node.strategy.map(|s| s.as_str().to_string()),
         placement: node.placement.clone(),
         started_at_unix_ms: node.started_at.map(unix_ms),
-        children: node.children.iter().map(actor_node).collect(),
+        children: node.children.iter().map(|c| actor_node(c, on)).collect(),
         restart: node
             .supervision
             .map(|s| s.restart.as_str().to_string())
@@ -377,6 +509,7 @@ fn actor_node(node: &TreeNode) -> ActorNode {
         significant: node.supervision.is_some_and(|s| s.significant),
         last_exit_reason: node.last_exit.as_ref().map(|e| e.reason.clone()),
         last_exit_unix_ms: node.last_exit.as_ref().map(|e| unix_ms(e.at)),
+        node: on.to_string(),
     }
 }
 

@@ -87,14 +87,15 @@ impl Access {
         }
     }
 
-    /// Lets the cluster's nodes call `cadre.v1.Log` with `cookie` as their bearer token; no
-    /// API token may call it.
+    /// Lets the cluster's nodes call `cadre.v1.Log` and each other's `cadre.v1.Actors` with
+    /// `cookie` as their bearer token; no API token may call `cadre.v1.Log`. A node's call on
+    /// behalf of a caller was checked, and is audited, where the caller called.
     pub fn with_cluster_cookie(mut self, cookie: Option<String>) -> Self {
         self.cluster_cookie = cookie.map(Arc::from);
         self
     }
 
-    /// Whether a call to `cadre.v1.Log` carries the cluster's cookie.
+    /// Whether a call carries the cluster's cookie (comes from one of its nodes).
     fn check_node(&self, headers: &http::HeaderMap) -> Result<(), Status> {
         let given = headers
             .get("authorization")
@@ -220,6 +221,10 @@ where
                     Ok(()) => inner.call(request).await,
                     Err(status) => Ok(status.into_http()),
                 };
+            }
+            if path.starts_with("/cadre.v1.Actors/") && access.check_node(request.headers()).is_ok()
+            {
+                return inner.call(request).await;
             }
             let Some((action, changes)) = action_of(&path) else {
                 return inner.call(request).await;
