@@ -1,6 +1,7 @@
 //! cadre's runtime core.
 //!
 //! - [`access`]: the roles of API tokens and what each may do.
+//! - [`activation`]: logical actors' homes in a cluster, kept in the event log.
 //! - [`supervisor`]: Erlang/OTP-exact supervision trees on ractor.
 //! - [`process`]: supervised OS processes (actor kind `process`).
 //! - [`tree`]: the live view of a node's trees and its lifecycle events.
@@ -15,6 +16,7 @@
 #![warn(unreachable_pub)]
 
 pub mod access;
+pub mod activation;
 pub mod agent;
 pub mod builtin;
 pub mod child;

@@ -715,6 +715,21 @@ fn describe(e: &Event) -> (&'static str, String) {
             "sandbox_exited",
             format!("{} (tenant {}): {}", x.sandbox_id, x.tenant, x.reason),
         ),
+        Some(event::Kind::ActivationClaimed(a)) => (
+            "activation_claimed",
+            format!(
+                "{} (tenant {}) lives on {} from epoch {}{}",
+                a.actor_id,
+                a.tenant,
+                a.node,
+                a.epoch,
+                if a.reason.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", a.reason)
+                }
+            ),
+        ),
         None => ("unknown", String::new()),
     }
 }
@@ -812,6 +827,13 @@ pub fn event_json(e: &Event) -> Value {
             obj.insert("tenant".into(), json!(x.tenant));
             obj.insert("provider".into(), json!(x.provider));
             obj.insert("reason".into(), json!(x.reason));
+        }
+        Some(event::Kind::ActivationClaimed(a)) => {
+            obj.insert("actor_id".into(), json!(a.actor_id));
+            obj.insert("tenant".into(), json!(a.tenant));
+            obj.insert("node".into(), json!(a.node));
+            obj.insert("epoch".into(), json!(a.epoch));
+            obj.insert("reason".into(), json!(a.reason));
         }
         None => {}
     }

@@ -5,6 +5,7 @@
 
 #![warn(unreachable_pub)]
 
+pub mod activations;
 pub mod grpc;
 pub mod guardian;
 pub mod member_trees;

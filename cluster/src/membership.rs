@@ -82,8 +82,12 @@ struct Shared {
     /// This node's own cluster addresses (a seed list may name the node itself).
     selves: HashSet<SocketAddr>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
-    sandboxes: Box<dyn Fn() -> u32 + Send + Sync>,
+    sandboxes: SandboxCount,
 }
+
+/// Fills in a node's sandboxes and its room for activations (`sandboxes`, `free_sandboxes`,
+/// `free_slots`), for each heartbeat.
+pub type SandboxCount = Box<dyn Fn(&mut NodeInfo) + Send + Sync>;
 
 #[derive(Clone)]
 struct Tls {
@@ -93,11 +97,11 @@ struct Tls {
 impl Membership {
     /// Starts the node server on `config.listen`, the membership actor, the heartbeats and the
     /// dialler. `me` is this node's facts (its name, addresses, role and incarnation are
-    /// filled in here); `sandboxes` counts its running sandboxes for each heartbeat.
+    /// filled in here); `sandboxes` fills in its sandboxes and room for each heartbeat.
     pub async fn start(
         config: &ClusterConfig,
         mut me: NodeInfo,
-        sandboxes: Box<dyn Fn() -> u32 + Send + Sync>,
+        sandboxes: SandboxCount,
     ) -> Result<Self, MembershipError> {
         let cookie = read_cookie(&config.cookie_file).map_err(MembershipError::Cookie)?;
         let host = advertised_host(config);
@@ -262,7 +266,7 @@ impl Membership {
 
     fn me(&self) -> NodeInfo {
         let mut me = self.shared.me.lock().expect("me").clone();
-        me.sandboxes = (self.shared.sandboxes)();
+        (self.shared.sandboxes)(&mut me);
         me
     }
 }
@@ -473,7 +477,7 @@ async fn heartbeat_loop(shared: Arc<Shared>) {
                 .stalled(gap.saturating_sub(every));
         }
         let mut me = shared.me.lock().expect("me").clone();
-        me.sandboxes = (shared.sandboxes)();
+        (shared.sandboxes)(&mut me);
         me.last_heard_unix_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);

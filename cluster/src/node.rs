@@ -35,6 +35,7 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
+use crate::activations::Activations;
 use crate::grpc::actors::ActorsService;
 use crate::grpc::auth::Access;
 use crate::grpc::cluster::{ClusterService, Sandboxes};
@@ -240,7 +241,7 @@ impl Node {
                 start_membership(
                     cluster,
                     node_info(addr, tls.is_some(), &sandboxes, holds_log),
-                    pool.as_ref().map(|(pool, _)| pool.clone()),
+                    sandboxes.clone(),
                 )
                 .await?,
             ),
@@ -356,10 +357,16 @@ impl Node {
                 return Err(NodeError::Root(e));
             }
         };
+        let mut activations = Activations::new(pool.as_ref().map(|(_, p)| p.clone()));
+        if let (Some(membership), Some(peers)) = (&membership, &peers) {
+            activations =
+                activations.in_cluster(event_log.clone(), membership.clone(), peers.clone());
+        }
         let cluster = ClusterService::new(
             node_info(addr, tls.is_some(), &sandboxes, holds_log),
             sandboxes,
             membership.clone(),
+            activations,
         );
         let (stop_api, stopped) = oneshot::channel::<()>();
         let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
@@ -721,7 +728,7 @@ fn node_info(api: SocketAddr, api_tls: bool, sandboxes: &Sandboxes, holds_log: b
 async fn start_membership(
     cluster: &ClusterConfig,
     mut me: NodeInfo,
-    pool: Option<WarmPool>,
+    sandboxes: Sandboxes,
 ) -> Result<Membership, NodeError> {
     if let Ok(api) = me.address.parse::<SocketAddr>()
         && api.ip().is_unspecified()
@@ -732,8 +739,8 @@ async fn start_membership(
             .unwrap_or_else(cadre_actors::config::host_name);
         me.address = format!("{host}:{}", api.port());
     }
-    let sandboxes = Box::new(move || pool.as_ref().map_or(0, |p| p.list().len() as u32));
-    Membership::start(cluster, me, sandboxes)
+    let room = Box::new(move |me: &mut NodeInfo| sandboxes.fill_in(me));
+    Membership::start(cluster, me, room)
         .await
         .map_err(|e| NodeError::Cluster(e.to_string()))
 }

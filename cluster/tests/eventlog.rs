@@ -909,3 +909,47 @@ async fn a_deleted_conversation_is_gone_and_its_id_starts_over() {
     assert!(c.open_execs().iter().all(|o| o.conversation_id != "a"));
     actor.stop_and_wait(None, None).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_nodes_claiming_an_actor_at_once_exactly_one_makes_it_home() {
+    use cadre_actors::activation::{Home, Homes};
+    use cadre_actors::placement::{Isolation, LogicalActor};
+    let dir = Dir::new("homes");
+    let log: Arc<dyn cadre_actors::event_log::EventLog> = Arc::new(sqlite(&dir).await);
+    let homes = Homes::new(log);
+    let actor = LogicalActor {
+        id: "counter-7".into(),
+        tenant: "t".into(),
+        isolation: Isolation::Shared,
+    };
+    assert_eq!(homes.home(&actor.id).await.unwrap(), None);
+    // Eight nodes claim the homeless actor at once: each is told the same winner.
+    let claims = (0..8).map(|n| {
+        let (homes, actor) = (homes.clone(), actor.clone());
+        tokio::spawn(async move { homes.claim(&actor, &format!("n{n}"), None, "").await })
+    });
+    let mut winners = Vec::new();
+    for claim in claims {
+        winners.push(claim.await.unwrap().unwrap());
+    }
+    winners.dedup();
+    assert_eq!(winners.len(), 1, "{winners:?}");
+    let first = winners.remove(0);
+    assert_eq!(first.epoch, 1);
+    assert_eq!(homes.home(&actor.id).await.unwrap(), Some(first.clone()));
+    // Its home goes down: the next claim, after the home it read, is epoch 2; a late claim
+    // of epoch 1 (a node that read nothing) learns the home it lost to.
+    let moved = homes
+        .claim(&actor, "n9", Some(&first), "node is down")
+        .await
+        .unwrap();
+    assert_eq!(
+        moved,
+        Home {
+            node: "n9".into(),
+            epoch: 2
+        }
+    );
+    assert_eq!(homes.claim(&actor, "n3", None, "").await.unwrap(), first);
+    assert_eq!(homes.home(&actor.id).await.unwrap(), Some(moved));
+}

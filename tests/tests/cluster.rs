@@ -954,3 +954,156 @@ fn every_node_shows_every_members_tree_and_acts_on_their_actors() {
         },
     );
 }
+
+/// `Cluster.Send` of one message to actor `i` (tenant `t0` or `t1`) through `node`.
+async fn send(
+    client: &mut ClusterClient<tonic::transport::Channel>,
+    i: usize,
+) -> Result<cadre_proto::v1::SendResponse, tonic::Status> {
+    let request = cadre_proto::v1::SendRequest {
+        actor_id: format!("actor-{i}"),
+        tenant: format!("t{}", i % 2),
+        payload: format!("hello {i}").into_bytes(),
+        ..Default::default()
+    };
+    client.send(request).await.map(tonic::Response::into_inner)
+}
+
+/// Every actor each node's placement holds active: actor id → nodes.
+async fn active_actors(cluster: &Cluster) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (i, node) in cluster.running() {
+        let mut client = ClusterClient::connect(format!("http://{}", node.addr))
+            .await
+            .expect("connect");
+        let placed = client
+            .placement(cadre_proto::v1::PlacementRequest { all: false })
+            .await
+            .expect("Cluster.Placement")
+            .into_inner();
+        for actor in placed.actors.into_iter().filter(|a| a.state == "active") {
+            out.entry(actor.id).or_default().push(format!("node-{i}"));
+        }
+    }
+    out
+}
+
+#[test]
+fn a_thousand_logical_actors_live_on_one_node_each_and_move_when_theirs_is_killed() {
+    const ACTORS: usize = 1000;
+    let config = "sandbox: { provider: process, allow_unsandboxed: true, warm_pool: { min: 2, \
+                  max: 2, slots_per_sandbox: 500, idle_timeout_ms: 600000 } }\n";
+    let mut cluster = Cluster::joined(3, config);
+    wait_joined(&cluster);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let addrs: Vec<String> = (0..3)
+        .map(|i| format!("http://{}", cluster.node(i).addr))
+        .collect();
+    let connect = |i: usize| {
+        let addr = addrs[i].clone();
+        async move { ClusterClient::connect(addr).await.expect("connect") }
+    };
+    rt.block_on(async {
+        let clients = [connect(0).await, connect(1).await, connect(2).await];
+        // Each actor first used from node i % 3, 32 messages in flight.
+        let homes = send_all(&clients, 0..ACTORS, |i| i % 3).await;
+        let active = active_actors(&cluster).await;
+        assert_eq!(active.len(), ACTORS, "every actor is active somewhere");
+        for (i, home) in homes.iter().enumerate() {
+            let home = home.as_ref().expect("delivered");
+            assert_eq!(home.handled, 1);
+            assert_eq!(home.payload, format!("hello {i}").into_bytes());
+            assert_eq!(
+                active[&format!("actor-{i}")],
+                std::slice::from_ref(&home.node),
+                "actor-{i}"
+            );
+        }
+        // Used again from another node, each answers from its home, with its count.
+        let again = send_all(&clients, 0..ACTORS, |i| (i + 1) % 3).await;
+        for (i, (first, second)) in homes.iter().zip(&again).enumerate() {
+            let (first, second) = (first.as_ref().unwrap(), second.as_ref().unwrap());
+            assert_eq!(
+                (&second.node, second.handled),
+                (&first.node, 2),
+                "actor-{i}"
+            );
+            assert!(!second.activated);
+        }
+        assert_eq!(active_actors(&cluster).await, active, "nothing moved");
+        let on_2: Vec<usize> = homes
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| h.as_ref().unwrap().node == "node-2")
+            .map(|(i, _)| i)
+            .collect();
+        assert!(
+            on_2.len() > ACTORS / 4,
+            "{} actors live on node-2",
+            on_2.len()
+        );
+
+        // Node-2 is killed: while it is not yet down its actors cannot be reached; once it is,
+        // each moves to a live node on its next use, and lives there alone.
+        drop(clients);
+        cluster.kill(2);
+        let clients = [connect(0).await, connect(1).await];
+        let mut moved = Vec::new();
+        let deadline = Instant::now() + FAILURE_TIMEOUT * 10;
+        for &i in &on_2 {
+            let mut client = clients[i % 2].clone();
+            let answer = loop {
+                match send(&mut client, i).await {
+                    Ok(answer) => break answer,
+                    Err(status) if Instant::now() < deadline => {
+                        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    Err(status) => panic!("actor-{i} never moved: {status:?}"),
+                }
+            };
+            assert_ne!(answer.node, "node-2");
+            assert!(
+                answer.activated,
+                "actor-{i} activated again on {}",
+                answer.node
+            );
+            assert_eq!(answer.epoch, 2, "actor-{i}'s second home");
+            moved.push(answer);
+        }
+        let active = active_actors(&cluster).await;
+        for i in 0..ACTORS {
+            let nodes = &active[&format!("actor-{i}")];
+            assert_eq!(nodes.len(), 1, "actor-{i} is active on {nodes:?}");
+            assert_ne!(nodes[0], "node-2");
+        }
+    });
+}
+
+/// Sends one message to each of `actors`, actor `i` through `clients[through(i)]`, 32 at a
+/// time; the answers in order.
+async fn send_all(
+    clients: &[ClusterClient<tonic::transport::Channel>],
+    actors: std::ops::Range<usize>,
+    through: impl Fn(usize) -> usize,
+) -> Vec<Result<cadre_proto::v1::SendResponse, tonic::Status>> {
+    let mut answers: Vec<_> = actors.clone().map(|_| None).collect();
+    let mut inflight = tokio::task::JoinSet::new();
+    for i in actors.clone() {
+        if inflight.len() >= 32 {
+            let (i, answer) = inflight.join_next().await.expect("a send").expect("joined");
+            answers[i - actors.start] = Some(answer);
+        }
+        let mut client = clients[through(i)].clone();
+        inflight.spawn(async move { (i, send(&mut client, i).await) });
+    }
+    while let Some(done) = inflight.join_next().await {
+        let (i, answer) = done.expect("joined");
+        answers[i - actors.start] = Some(answer);
+    }
+    answers.into_iter().map(|a| a.expect("answered")).collect()
+}

@@ -65,6 +65,8 @@ fn action_of(path: &str) -> Option<(Action, bool)> {
         ("cadre.v1.Actors", "Stop" | "Restart") => (Operate, true),
         ("cadre.v1.Actors", "Spawn") => (Spawn, true),
         ("cadre.v1.Cluster", "Nodes" | "Sandboxes" | "Placement") => (ReadNode, false),
+        // A message to an actor is its work, not a change of the node: not audited.
+        ("cadre.v1.Cluster", "Send") => (Exec, false),
         ("cadre.v1.Conversations", "Subscribe" | "Get" | "List") => (ReadConversations, false),
         ("cadre.v1.Conversations", "Exec" | "Fork" | "Cancel") => (Exec, true),
         ("cadre.v1.Conversations", "Approve") => (Approve, true),
@@ -87,7 +89,8 @@ impl Access {
         }
     }
 
-    /// Lets the cluster's nodes call `cadre.v1.Log` and each other's `cadre.v1.Actors` with
+    /// Lets the cluster's nodes call `cadre.v1.Log`, and each other's `cadre.v1.Actors` and
+    /// `cadre.v1.Cluster/Send`, with
     /// `cookie` as their bearer token; no API token may call `cadre.v1.Log`. A node's call on
     /// behalf of a caller was checked, and is audited, where the caller called.
     pub fn with_cluster_cookie(mut self, cookie: Option<String>) -> Self {
@@ -222,8 +225,9 @@ where
                     Err(status) => Ok(status.into_http()),
                 };
             }
-            if path.starts_with("/cadre.v1.Actors/") && access.check_node(request.headers()).is_ok()
-            {
+            let peer_call =
+                path.starts_with("/cadre.v1.Actors/") || path == "/cadre.v1.Cluster/Send";
+            if peer_call && access.check_node(request.headers()).is_ok() {
                 return inner.call(request).await;
             }
             let Some((action, changes)) = action_of(&path) else {

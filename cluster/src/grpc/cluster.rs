@@ -8,11 +8,12 @@ use cadre_actors::placement::{ActorState, Isolation};
 use cadre_proto::v1::cluster_server::Cluster;
 use cadre_proto::v1::{
     NodeInfo, NodesRequest, NodesResponse, PlacedActor, PlacementRequest, PlacementResponse,
-    SandboxInfo, SandboxesRequest, SandboxesResponse,
+    SandboxInfo, SandboxesRequest, SandboxesResponse, SendRequest, SendResponse,
 };
 use cadre_sandbox::{Placement, WarmPool};
 use tonic::{Request, Response, Status};
 
+use crate::activations::Activations;
 use crate::membership::Membership;
 
 /// The node's sandboxes: a pool, or why there is none.
@@ -37,6 +38,30 @@ pub enum Sandboxes {
     Unavailable(String),
 }
 
+impl Sandboxes {
+    /// Fills in `node`'s sandboxes and its room for activations: the sandboxes it may still
+    /// start, and the free slots of its shared sandboxes by tenant.
+    pub fn fill_in(&self, node: &mut NodeInfo) {
+        let Sandboxes::Pool {
+            pool,
+            placement,
+            max,
+            ..
+        } = self
+        else {
+            return;
+        };
+        node.sandboxes = pool.list().len() as u32;
+        let leased = placement.sandboxes();
+        node.free_sandboxes = max.saturating_sub(leased.len()) as u32;
+        node.free_slots.clear();
+        for sandbox in leased.iter().filter(|s| !s.exclusive) {
+            *node.free_slots.entry(sandbox.tenant.clone()).or_default() +=
+                sandbox.slots.saturating_sub(sandbox.used) as u32;
+        }
+    }
+}
+
 /// The service; cheap to clone.
 #[derive(Clone)]
 pub struct ClusterService {
@@ -44,15 +69,23 @@ pub struct ClusterService {
     me: NodeInfo,
     sandboxes: Sandboxes,
     membership: Option<Membership>,
+    activations: Activations,
 }
 
 impl ClusterService {
-    /// The service of the node described by `me`, a member of `membership`'s cluster if any.
-    pub fn new(me: NodeInfo, sandboxes: Sandboxes, membership: Option<Membership>) -> Self {
+    /// The service of the node described by `me`, a member of `membership`'s cluster if any,
+    /// delivering messages to logical actors through `activations`.
+    pub fn new(
+        me: NodeInfo,
+        sandboxes: Sandboxes,
+        membership: Option<Membership>,
+        activations: Activations,
+    ) -> Self {
         Self {
             me,
             sandboxes,
             membership,
+            activations,
         }
     }
 }
@@ -65,9 +98,7 @@ impl Cluster for ClusterService {
             None => {
                 let mut me = self.me.clone();
                 me.state = "up".into();
-                if let Sandboxes::Pool { pool, .. } = &self.sandboxes {
-                    me.sandboxes = pool.list().len() as u32;
-                }
+                self.sandboxes.fill_in(&mut me);
                 vec![me]
             }
         };
@@ -150,6 +181,13 @@ impl Cluster for ClusterService {
             max: *max as u32,
             sandboxes,
         }))
+    }
+
+    async fn send(&self, request: Request<SendRequest>) -> Result<Response<SendResponse>, Status> {
+        self.activations
+            .send(request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn placement(

@@ -4,6 +4,7 @@ use cadre_actors::SupervisorError;
 use cadre_actors::event_log::{AppendError, DeleteError, SubscribeError};
 use cadre_actors::exec::ExecError;
 use cadre_actors::tools::ToolError;
+use cadre_sandbox::PlacementError;
 use tonic::Status;
 
 /// Rewrites tonic's answer to a request over the message limit (OUT_OF_RANGE, "decoded message
@@ -109,5 +110,16 @@ pub fn tool_status(e: &ToolError) -> Status {
         ToolError::Timeout { .. } => Status::deadline_exceeded(message),
         ToolError::Unavailable { .. } => Status::unavailable(message),
         ToolError::Taken { .. } => Status::internal(message),
+    }
+}
+
+/// The status of a message placement could not deliver.
+pub fn placement_status(e: PlacementError) -> Status {
+    match &e {
+        PlacementError::QueueFull { .. } => Status::resource_exhausted(e.to_string()),
+        PlacementError::Refused(_) => Status::failed_precondition(e.to_string()),
+        PlacementError::Lease { .. } | PlacementError::Worker { .. } | PlacementError::Closed => {
+            Status::unavailable(e.to_string())
+        }
     }
 }
