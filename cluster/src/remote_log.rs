@@ -18,15 +18,16 @@ use cadre_actors::event_log::{
 use cadre_actors::store::StoreError;
 use cadre_proto::v1::log_client::LogClient;
 use cadre_proto::v1::{
-    LogDeleteRequest, LogLastSeqRequest, LogListRequest, LogOpenExecsRequest, LogReadRequest,
-    LogSubscribeRequest, NodeInfo,
+    LogAppendBatch, LogDeleteRequest, LogLastSeqRequest, LogListRequest, LogOpenExecsRequest,
+    LogReadRequest, LogSubscribeRequest, NodeInfo,
 };
 use futures_util::StreamExt;
+use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
 use tonic::transport::Channel;
 
 use crate::grpc::log::{
-    append_error, delete_error, open_exec, store_error, subscribe_error, wire_append,
+    append_error, batch_result, delete_error, open_exec, store_error, subscribe_error, wire_append,
 };
 use crate::membership::Membership;
 use crate::peers::Peers;
@@ -36,20 +37,111 @@ type ControllerFinder = Arc<dyn Fn() -> Option<NodeInfo> + Send + Sync>;
 
 /// The log, reached through the cluster's controller node.
 pub struct RemoteLog {
+    calls: ControllerCalls,
+    /// Appends for the batcher (see [`batch_appends`]).
+    appends: mpsc::UnboundedSender<WaitingAppend>,
+}
+
+/// Calls to the controller node; cheap to clone.
+#[derive(Clone)]
+struct ControllerCalls {
     controller: ControllerFinder,
     cluster: String,
     peers: Peers,
 }
 
+/// An append waiting for its batch, and where its answer goes.
+type WaitingAppend = (
+    cadre_proto::v1::LogAppendRequest,
+    oneshot::Sender<Result<Appended, AppendError>>,
+);
+
+/// Append batches in flight at once: more keep the controller's group commit fed; each
+/// takes every append that waited for it.
+const BATCHES_IN_FLIGHT: usize = 4;
+
 impl RemoteLog {
     /// Calls the controller node `membership` names, through `peers` (which bound each call
-    /// by the failure timeout).
+    /// by the failure timeout). Must be made within a Tokio runtime (it starts the batcher).
     pub fn new(membership: &Membership, peers: Peers) -> Self {
         let finder = membership.clone();
-        Self {
+        let calls = ControllerCalls {
             controller: Arc::new(move || finder.controller()),
             cluster: membership.cluster().to_string(),
             peers,
+        };
+        let (appends, waiting) = mpsc::unbounded_channel();
+        tokio::spawn(batch_appends(calls.clone(), waiting));
+        Self { calls, appends }
+    }
+}
+
+/// Sends the appends of `waiting` in batches, up to [`BATCHES_IN_FLIGHT`] at once, until the
+/// log is dropped. Each batch takes every append that waited for it, so under load a node
+/// makes one call for many appends, as the controller makes one commit for them.
+async fn batch_appends(
+    calls: ControllerCalls,
+    mut waiting: mpsc::UnboundedReceiver<WaitingAppend>,
+) {
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT));
+    loop {
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(first) = waiting.recv().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while let Ok(next) = waiting.try_recv() {
+            batch.push(next);
+        }
+        let calls = calls.clone();
+        tokio::spawn(async move {
+            calls.append_batch(batch).await;
+            drop(permit);
+        });
+    }
+}
+
+impl ControllerCalls {
+    /// Sends `batch` in one call and answers each of its appends.
+    async fn append_batch(&self, batch: Vec<WaitingAppend>) {
+        let (appends, answers): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+        let (mut client, controller) = match self.client() {
+            Ok(found) => found,
+            Err(why) => {
+                for answer in answers {
+                    let _ = answer.send(Err(AppendError::Store(StoreError::Unavailable(
+                        why.clone(),
+                    ))));
+                }
+                return;
+            }
+        };
+        let request = self.request(LogAppendBatch { appends });
+        match client.append_batch(request).await {
+            Ok(results) => {
+                let mut results = results.into_inner().results.into_iter();
+                for answer in answers {
+                    let result = match results.next() {
+                        Some(result) => batch_result(result, || {
+                            format!("the controller node `{}` gave no answer", controller.name)
+                        }),
+                        None => Err(AppendError::Store(StoreError::Unavailable(format!(
+                            "the controller node `{}` answered fewer appends than it was sent",
+                            controller.name
+                        )))),
+                    };
+                    let _ = answer.send(result);
+                }
+            }
+            Err(status) => {
+                for answer in answers {
+                    let _ = answer.send(Err(append_error(&status, || {
+                        self.unreachable(&controller, &status)
+                    })));
+                }
+            }
         }
     }
 
@@ -89,18 +181,14 @@ impl RemoteLog {
 }
 
 impl RemoteLog {
-    /// An append (`create`: of a new conversation's first events) through the controller.
-    async fn send(&self, request: AppendRequest, create: bool) -> Result<Appended, AppendError> {
+    /// The first events of a new conversation, through the controller.
+    async fn send_create(&self, request: AppendRequest) -> Result<Appended, AppendError> {
         let (mut client, controller) = self
+            .calls
             .client()
             .map_err(|why| AppendError::Store(StoreError::Unavailable(why)))?;
-        let request = self.request(wire_append(request));
-        let answer = if create {
-            client.create(request).await
-        } else {
-            client.append(request).await
-        };
-        match answer {
+        let request = self.calls.request(wire_append(request));
+        match client.create(request).await {
             Ok(r) => {
                 let r = r.into_inner();
                 Ok(Appended {
@@ -110,7 +198,7 @@ impl RemoteLog {
                 })
             }
             Err(status) => Err(append_error(&status, || {
-                self.unreachable(&controller, &status)
+                self.calls.unreachable(&controller, &status)
             })),
         }
     }
@@ -125,24 +213,29 @@ fn client(channel: Channel) -> LogClient<Channel> {
 #[async_trait::async_trait]
 impl EventLog for RemoteLog {
     async fn append(&self, request: AppendRequest) -> Result<Appended, AppendError> {
-        self.send(request, false).await
+        let (answer, answered) = oneshot::channel();
+        self.appends
+            .send((wire_append(request), answer))
+            .map_err(|_| AppendError::Unavailable)?;
+        answered.await.map_err(|_| AppendError::Unavailable)?
     }
 
     async fn create(&self, request: AppendRequest) -> Result<Appended, AppendError> {
-        self.send(request, true).await
+        self.send_create(request).await
     }
 
     async fn delete(&self, conversation_id: &str) -> Result<u64, DeleteError> {
         let (mut client, controller) = self
+            .calls
             .client()
             .map_err(|why| DeleteError::Store(StoreError::Unavailable(why)))?;
         let request = LogDeleteRequest {
             conversation_id: conversation_id.to_string(),
         };
-        match client.delete(self.request(request)).await {
+        match client.delete(self.calls.request(request)).await {
             Ok(r) => Ok(r.into_inner().events),
             Err(status) => Err(delete_error(&status, || {
-                self.unreachable(&controller, &status)
+                self.calls.unreachable(&controller, &status)
             })),
         }
     }
@@ -153,40 +246,40 @@ impl EventLog for RemoteLog {
         after_seq: u64,
         limit: usize,
     ) -> Result<Vec<cadre_proto::v1::Event>, StoreError> {
-        let (mut client, controller) = self.client().map_err(StoreError::Unavailable)?;
+        let (mut client, controller) = self.calls.client().map_err(StoreError::Unavailable)?;
         let request = LogReadRequest {
             conversation_id: conversation_id.to_string(),
             after_seq,
             limit: limit.min(u32::MAX as usize) as u32,
         };
-        match client.read(self.request(request)).await {
+        match client.read(self.calls.request(request)).await {
             Ok(r) => Ok(r.into_inner().events),
             Err(status) => Err(store_error(&status, || {
-                self.unreachable(&controller, &status)
+                self.calls.unreachable(&controller, &status)
             })),
         }
     }
 
     async fn last_seq(&self, conversation_id: &str) -> Result<Option<u64>, StoreError> {
-        let (mut client, controller) = self.client().map_err(StoreError::Unavailable)?;
+        let (mut client, controller) = self.calls.client().map_err(StoreError::Unavailable)?;
         let request = LogLastSeqRequest {
             conversation_id: conversation_id.to_string(),
         };
-        match client.last_seq(self.request(request)).await {
+        match client.last_seq(self.calls.request(request)).await {
             Ok(r) => Ok(r.into_inner().last_seq),
             Err(status) => Err(store_error(&status, || {
-                self.unreachable(&controller, &status)
+                self.calls.unreachable(&controller, &status)
             })),
         }
     }
 
     async fn list(&self, after: &str, limit: usize) -> Result<Vec<(String, u64)>, StoreError> {
-        let (mut client, controller) = self.client().map_err(StoreError::Unavailable)?;
+        let (mut client, controller) = self.calls.client().map_err(StoreError::Unavailable)?;
         let request = LogListRequest {
             after: after.to_string(),
             limit: limit.min(u32::MAX as usize) as u32,
         };
-        match client.list(self.request(request)).await {
+        match client.list(self.calls.request(request)).await {
             Ok(r) => Ok(r
                 .into_inner()
                 .conversations
@@ -194,7 +287,7 @@ impl EventLog for RemoteLog {
                 .map(|c| (c.conversation_id, c.last_seq))
                 .collect()),
             Err(status) => Err(store_error(&status, || {
-                self.unreachable(&controller, &status)
+                self.calls.unreachable(&controller, &status)
             })),
         }
     }
@@ -205,25 +298,27 @@ impl EventLog for RemoteLog {
         after_seq: u64,
     ) -> Result<Subscription, SubscribeError> {
         let (mut client, controller) = self
+            .calls
             .client()
             .map_err(|why| SubscribeError::Store(StoreError::Unavailable(why)))?;
         // A deadline on the call would end the stream: only its start is bounded.
-        let request = self.peers.stream_request(LogSubscribeRequest {
+        let request = self.calls.peers.stream_request(LogSubscribeRequest {
             conversation_id: conversation_id.to_string(),
             after_seq,
         });
-        let started = tokio::time::timeout(self.peers.timeout(), client.subscribe(request)).await;
+        let started =
+            tokio::time::timeout(self.calls.peers.timeout(), client.subscribe(request)).await;
         let stream = match started {
             Ok(Ok(r)) => r.into_inner(),
             Ok(Err(status)) => {
                 return Err(subscribe_error(&status, || {
-                    self.unreachable(&controller, &status)
+                    self.calls.unreachable(&controller, &status)
                 }));
             }
             Err(_) => {
                 let status = Status::deadline_exceeded("no answer");
                 return Err(SubscribeError::Store(StoreError::Unavailable(
-                    self.unreachable(&controller, &status),
+                    self.calls.unreachable(&controller, &status),
                 )));
             }
         };
@@ -242,14 +337,14 @@ impl EventLog for RemoteLog {
     }
 
     async fn open_execs(&self) -> Result<Vec<OpenExec>, StoreError> {
-        let (mut client, controller) = self.client().map_err(StoreError::Unavailable)?;
+        let (mut client, controller) = self.calls.client().map_err(StoreError::Unavailable)?;
         match client
-            .open_execs(self.request(LogOpenExecsRequest {}))
+            .open_execs(self.calls.request(LogOpenExecsRequest {}))
             .await
         {
             Ok(r) => Ok(r.into_inner().execs.into_iter().map(open_exec).collect()),
             Err(status) => Err(store_error(&status, || {
-                self.unreachable(&controller, &status)
+                self.calls.unreachable(&controller, &status)
             })),
         }
     }

@@ -84,14 +84,16 @@ pub async fn run(args: ClusterBenchArgs) -> Result<(), Failure> {
                 f("execs_three_nodes_per_sec"),
                 f("exec_three_nodes_p50_ms")
             );
-            println!(
-                "takeover (SIGKILL to the exec given to a live node): p50 {:.0} ms, p99 {:.0} ms \
-                 over {} trials (failure timeout {} ms)",
-                f("takeover_p50_ms"),
-                f("takeover_p99_ms"),
-                report["takeovers"],
-                report["failure_timeout_ms"]
-            );
+            if report["takeovers"] != 0 {
+                println!(
+                    "takeover (SIGKILL to the exec given to a live node): p50 {:.0} ms, p99 \
+                     {:.0} ms over {} trials (failure timeout {} ms)",
+                    f("takeover_p50_ms"),
+                    f("takeover_p99_ms"),
+                    report["takeovers"],
+                    report["failure_timeout_ms"]
+                );
+            }
         }
     }
     Ok(())
@@ -240,9 +242,10 @@ async fn rounds(args: &ClusterBenchArgs, dir: &Path) -> anyhow::Result<Value> {
         "exec_three_nodes_max_ms": ms(*three.0.last().unwrap_or(&Duration::ZERO)),
         "failure_timeout_ms": membership.failure_timeout().as_millis() as u64,
         "takeovers": takeovers.len(),
-        "takeover_p50_ms": pct(&takeovers, 0.50),
-        "takeover_p99_ms": pct(&takeovers, 0.99),
-        "takeover_max_ms": ms(*takeovers.last().unwrap_or(&Duration::ZERO)),
+        // Null without a takeover round (`--takeovers 0`).
+        "takeover_p50_ms": (!takeovers.is_empty()).then(|| pct(&takeovers, 0.50)),
+        "takeover_p99_ms": (!takeovers.is_empty()).then(|| pct(&takeovers, 0.99)),
+        "takeover_max_ms": takeovers.last().map(|t| ms(*t)),
     }))
 }
 

@@ -17,10 +17,10 @@ use cadre_actors::store::StoreError;
 use cadre_proto::v1::log_failure::Kind;
 use cadre_proto::v1::log_server::Log;
 use cadre_proto::v1::{
-    Event, ExecState, LogAppendRequest, LogAppended, LogConversation, LogConversations,
-    LogDeleteRequest, LogDeleted, LogEvents, LogFailure, LogLastSeq, LogLastSeqRequest,
-    LogListRequest, LogOpenExec, LogOpenExecs, LogOpenExecsRequest, LogReadRequest,
-    LogSubscribeRequest,
+    Event, ExecState, LogAppendBatch, LogAppendRequest, LogAppendResult, LogAppendResults,
+    LogAppended, LogConversation, LogConversations, LogDeleteRequest, LogDeleted, LogEvents,
+    LogFailure, LogLastSeq, LogLastSeqRequest, LogListRequest, LogOpenExec, LogOpenExecs,
+    LogOpenExecsRequest, LogReadRequest, LogSubscribeRequest,
 };
 use futures_util::Stream;
 use prost::Message;
@@ -52,6 +52,36 @@ impl Log for LogService {
     ) -> Result<Response<LogAppended>, Status> {
         let request = append_request(request.into_inner()).map_err(append_failure)?;
         answer(self.log.append(request).await)
+    }
+
+    async fn append_batch(
+        &self,
+        request: Request<LogAppendBatch>,
+    ) -> Result<Response<LogAppendResults>, Status> {
+        // Each append goes to the controller at once, so they all join its next group commit.
+        let appends = request
+            .into_inner()
+            .appends
+            .into_iter()
+            .map(|r| async move {
+                let appended = match append_request(r) {
+                    Ok(request) => self.log.append(request).await,
+                    Err(e) => Err(e),
+                };
+                match appended {
+                    Ok(a) => LogAppendResult {
+                        appended: Some(LogAppended {
+                            first_seq: a.first_seq,
+                            last_seq: a.last_seq,
+                            duplicate: a.duplicate,
+                        }),
+                        ..Default::default()
+                    },
+                    Err(e) => batch_refusal(e),
+                }
+            });
+        let results = futures_util::future::join_all(appends).await;
+        Ok(Response::new(LogAppendResults { results }))
     }
 
     async fn create(
@@ -379,6 +409,39 @@ pub(crate) fn failure_of(status: &Status) -> Option<LogFailure> {
         .filter(|f| f.kind != Kind::Unspecified as i32)
 }
 
+/// A refused append's answer in a batch: the status `Append` would have returned.
+fn batch_refusal(e: AppendError) -> LogAppendResult {
+    let status = append_failure(e);
+    LogAppendResult {
+        code: status.code() as i32,
+        message: status.message().to_string(),
+        failure: failure_of(&status),
+        ..Default::default()
+    }
+}
+
+/// An append's answer in a batch, as `Append` would have given it.
+pub(crate) fn batch_result(
+    result: LogAppendResult,
+    unreachable: impl FnOnce() -> String,
+) -> Result<Appended, AppendError> {
+    match (result.code, result.appended) {
+        (0, Some(a)) => Ok(Appended {
+            first_seq: a.first_seq,
+            last_seq: a.last_seq,
+            duplicate: a.duplicate,
+        }),
+        (code, _) => {
+            let status = Status::with_details(
+                Code::from(code),
+                result.message,
+                result.failure.unwrap_or_default().encode_to_vec().into(),
+            );
+            Err(append_error(&status, unreachable))
+        }
+    }
+}
+
 /// The append error a refusal stands for; `unreachable` when the transport failed.
 pub(crate) fn append_error(status: &Status, unreachable: impl FnOnce() -> String) -> AppendError {
     let Some(f) = failure_of(status) else {
@@ -486,6 +549,8 @@ mod tests {
             let status = append_failure(refusal.clone());
             assert_eq!(status.message(), refusal.to_string());
             assert_eq!(append_error(&status, || "transport".into()), refusal);
+            let in_batch = batch_result(batch_refusal(refusal.clone()), || "transport".into());
+            assert_eq!(in_batch, Err(refusal));
         }
     }
 
