@@ -681,9 +681,19 @@ fn describe(e: &Event) -> (&'static str, String) {
         ),
         Some(event::Kind::ActorLifecycle(l)) => (
             "actor_lifecycle",
-            format!("{} {} {}", l.path, l.change, l.reason)
-                .trim()
-                .to_string(),
+            format!(
+                "{}{} {} {}",
+                if l.node.is_empty() {
+                    String::new()
+                } else {
+                    format!("{}:", l.node)
+                },
+                l.path,
+                l.change,
+                l.reason
+            )
+            .trim()
+            .to_string(),
         ),
         Some(event::Kind::ActorSpawned(a)) => ("actor_spawned", format!("{}/{}", a.parent, a.id)),
         Some(event::Kind::ActorRemoved(r)) => ("actor_removed", r.path.clone()),
@@ -803,6 +813,9 @@ pub fn event_json(e: &Event) -> Value {
             }
         }
         Some(event::Kind::ActorLifecycle(l)) => {
+            if !l.node.is_empty() {
+                obj.insert("node".into(), json!(l.node));
+            }
             obj.insert("path".into(), json!(l.path));
             obj.insert("change".into(), json!(l.change));
             obj.insert("reason".into(), json!(l.reason));

@@ -94,6 +94,8 @@ pub struct Node {
     membership: Option<Membership>,
     /// Holds the data dir of a node without a store of its own.
     _data_dir_lock: Option<Arc<store::DataDirLock>>,
+    /// A node without the log: the writer of its lifecycle events to the cluster's audit log.
+    audit: Option<cadre_actors::controller::Audit>,
     /// The cluster's loops: exec takeover (`crate::takeover`), the members' trees.
     cluster_tasks: Vec<JoinHandle<()>>,
     /// The node's tool registry.
@@ -227,6 +229,9 @@ impl Node {
         // Only now that the data dir is this node's (the store holds its lock).
         let guardian = guard_processes(&options.data_dir)?;
         let tree = Tree::new();
+        // A node without the log audits its own tree through the cluster's log, from its
+        // first lifecycle event on (written once the controller node is reached).
+        let member_audit = (!matches!(home, store::LogHome::Local(_))).then(|| tree.subscribe());
         // Sandboxed children (MCP servers) need the pool as they start.
         let sandboxes = start_sandboxes(&options.config.sandbox, &options.data_dir)?;
         let pool = match &sandboxes {
@@ -236,6 +241,12 @@ impl Node {
             Sandboxes::Unavailable(_) => None,
         };
         let holds_log = matches!(home, store::LogHome::Local(_));
+        let node_name = options
+            .config
+            .cluster
+            .as_ref()
+            .map(|c| c.node.clone())
+            .unwrap_or_default();
         let membership = match &options.config.cluster {
             Some(cluster) => Some(
                 start_membership(
@@ -269,7 +280,7 @@ impl Node {
             store::LogHome::Local(storage) => {
                 let controller =
                     Controller::with_log(storage.store, storage.log, options.config.store.limits);
-                controller.audit(&tree);
+                controller.audit(&tree, &node_name);
                 (Some(controller.clone()), Arc::new(controller))
             }
             store::LogHome::Cluster(lock) => {
@@ -376,6 +387,9 @@ impl Node {
                 .await
                 .map_err(NodeError::Cluster)?;
         }
+        let audit = member_audit.map(|rx| {
+            cadre_actors::controller::Audit::spawn(rx, event_log.clone(), node_name.clone())
+        });
         let spawned = match &membership {
             Some(membership) => SpawnedActors::of_node(event_log.clone(), &membership.name()),
             None => SpawnedActors::new(event_log.clone()),
@@ -545,6 +559,7 @@ impl Node {
             event_log,
             membership,
             _data_dir_lock: data_dir_lock,
+            audit,
             cluster_tasks,
             tools: services.tools,
             addr,
@@ -632,6 +647,9 @@ impl Node {
         }
         if exit != NodeExit::SystemExited {
             self.system.shutdown().await;
+        }
+        if let Some(audit) = self.audit.take() {
+            audit.flush().await;
         }
         if let Some(membership) = &self.membership {
             membership.stop();

@@ -902,6 +902,25 @@ fn every_node_shows_every_members_tree_and_acts_on_their_actors() {
         String::from_utf8_lossy(&unknown.stderr)
     );
 
+    // Each member's lifecycle events are in the cluster's audit log, marked with its node.
+    wait_for(
+        "node-2's echoer in the audit log",
+        Duration::from_secs(10),
+        || {
+            admin_json(
+                cluster.node(1),
+                &["conversations", "log", "cadre.audit", "-o", "json"],
+            )
+            .iter()
+            .any(|e| {
+                e["type"] == "actor_lifecycle"
+                    && e["node"] == "node-2"
+                    && e["path"] == "root/echoer"
+                    && e["change"] == "started"
+            })
+        },
+    );
+
     // A member that goes down shows as down, with the last trees known of it.
     cluster.kill(2);
     wait_for("node-2 down in node-0's tree", FAILURE_TIMEOUT * 10, || {

@@ -1,14 +1,18 @@
-//! Writes every supervision lifecycle event to the node's audit conversation.
+//! Writes every supervision lifecycle event to the audit conversation.
 //!
-//! The controller runs this forwarder; when the controller stops (last, in reverse start order)
-//! it flushes every lifecycle event already emitted before it closes its queue, so a clean
-//! shutdown is audited completely.
+//! The controller runs this forwarder for its node's tree; when the controller stops (last, in
+//! reverse start order) it flushes every lifecycle event already emitted before it closes its
+//! queue, so a clean shutdown is audited completely. A cluster's other nodes run one each,
+//! through their log, and flush it when they stop.
 
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::{broadcast, oneshot};
 use tokio::task::JoinHandle;
 
-use super::{AUDIT_CONVERSATION, AppendError, AppendRequest, Controller, NewEvent};
+use std::sync::Arc;
+
+use super::{AUDIT_CONVERSATION, AppendError, AppendRequest, NewEvent};
+use crate::event_log::EventLog;
 use crate::tree::LifecycleEvent;
 use cadre_proto::v1::{ActorLifecycle, event};
 
@@ -16,15 +20,18 @@ use cadre_proto::v1::{ActorLifecycle, event};
 const BATCH: usize = 512;
 
 /// A running forwarder.
-pub(super) struct Audit {
+pub struct Audit {
     flush: oneshot::Sender<()>,
     task: JoinHandle<()>,
 }
 
 impl Audit {
-    pub(super) fn spawn(
+    /// Writes what `rx` receives to `log`'s audit conversation, each event marked with
+    /// `node` (the node's name in its cluster, else empty).
+    pub fn spawn(
         mut rx: broadcast::Receiver<LifecycleEvent>,
-        controller: Controller,
+        log: Arc<dyn EventLog>,
+        node: String,
     ) -> Self {
         let (flush, mut flushed) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -33,9 +40,9 @@ impl Audit {
                     biased;
                     _ = &mut flushed => {
                         // Stopping: write what is already waiting, then end.
-                        let rest = drain(&mut rx, usize::MAX);
+                        let rest = drain(&mut rx, usize::MAX, &node);
                         if !rest.is_empty() {
-                            write(&controller, rest).await;
+                            write(log.as_ref(), rest).await;
                         }
                         return;
                     }
@@ -52,31 +59,31 @@ impl Audit {
                     }
                     Err(RecvError::Closed) => return,
                 };
-                let mut events = vec![record(&first)];
-                events.extend(drain(&mut rx, BATCH - 1));
-                write(&controller, events).await;
+                let mut events = vec![record(&first, &node)];
+                events.extend(drain(&mut rx, BATCH - 1, &node));
+                write(log.as_ref(), events).await;
             }
         });
         Self { flush, task }
     }
 
     /// Stops at once, writing nothing more (the controller was killed).
-    pub(super) fn abort(self) {
+    pub fn abort(self) {
         self.task.abort();
     }
 
     /// Writes every event emitted so far, then stops.
-    pub(super) async fn flush(self) {
+    pub async fn flush(self) {
         let _ = self.flush.send(());
         let _ = self.task.await;
     }
 }
 
-fn drain(rx: &mut broadcast::Receiver<LifecycleEvent>, most: usize) -> Vec<NewEvent> {
+fn drain(rx: &mut broadcast::Receiver<LifecycleEvent>, most: usize, node: &str) -> Vec<NewEvent> {
     let mut out = Vec::new();
     while out.len() < most {
         match rx.try_recv() {
-            Ok(ev) => out.push(record(&ev)),
+            Ok(ev) => out.push(record(&ev, node)),
             Err(TryRecvError::Lagged(n)) => {
                 tracing::warn!(
                     missed = n,
@@ -89,7 +96,7 @@ fn drain(rx: &mut broadcast::Receiver<LifecycleEvent>, most: usize) -> Vec<NewEv
     out
 }
 
-async fn write(controller: &Controller, events: Vec<NewEvent>) {
+async fn write(log: &dyn EventLog, events: Vec<NewEvent>) {
     let request = AppendRequest {
         conversation_id: AUDIT_CONVERSATION.into(),
         events,
@@ -97,7 +104,7 @@ async fn write(controller: &Controller, events: Vec<NewEvent>) {
         open_exec: None,
         owner: None,
     };
-    match controller.append(request).await {
+    match log.append(request).await {
         Ok(_) => {}
         Err(AppendError::Unavailable) => {
             tracing::debug!("controller unavailable; lifecycle events not audited")
@@ -106,7 +113,7 @@ async fn write(controller: &Controller, events: Vec<NewEvent>) {
     }
 }
 
-fn record(ev: &LifecycleEvent) -> NewEvent {
+fn record(ev: &LifecycleEvent, node: &str) -> NewEvent {
     let (pid, restarts) = ev.change.started();
     NewEvent {
         exec_id: String::new(),
@@ -117,6 +124,7 @@ fn record(ev: &LifecycleEvent) -> NewEvent {
             reason: ev.change.reason().unwrap_or_default(),
             pid,
             restarts,
+            node: node.to_string(),
         }),
     }
 }

@@ -20,6 +20,7 @@
 //! are rebuilt from the store.
 
 mod audit;
+pub use audit::Audit;
 mod commit_log;
 mod keys;
 mod materializer;
@@ -86,7 +87,7 @@ struct Shared {
     /// the writer.
     open_execs: Mutex<std::collections::BTreeMap<(String, String), OpenExec>>,
     /// Lifecycle events of this tree are written to the audit conversation.
-    audited: std::sync::OnceLock<crate::tree::Tree>,
+    audited: std::sync::OnceLock<(crate::tree::Tree, String)>,
 }
 
 /// Appends waiting for the writer beyond this make callers wait (backpressure).
@@ -117,9 +118,10 @@ impl Controller {
     }
 
     /// Writes `tree`'s lifecycle events to the audit conversation ([`AUDIT_CONVERSATION`])
-    /// while the controller runs. Call before starting it.
-    pub fn audit(&self, tree: &crate::tree::Tree) {
-        let _ = self.shared.audited.set(tree.clone());
+    /// while the controller runs, marked with `node` (the node's name in its cluster, else
+    /// empty). Call before starting it.
+    pub fn audit(&self, tree: &crate::tree::Tree, node: &str) {
+        let _ = self.shared.audited.set((tree.clone(), node.to_string()));
     }
 
     /// The controller as a permanent supervised child (kind `system`).
@@ -469,10 +471,9 @@ impl Actor for ControllerActor {
             materializer,
         )?;
         *shared.queue.write().expect("queue lock") = Some((tx, linger));
-        let audit = shared
-            .audited
-            .get()
-            .map(|tree| audit::Audit::spawn(tree.subscribe(), controller.clone()));
+        let audit = shared.audited.get().map(|(tree, node)| {
+            audit::Audit::spawn(tree.subscribe(), Arc::new(controller.clone()), node.clone())
+        });
         Ok(ControllerState {
             controller,
             writer: Some(writer),
