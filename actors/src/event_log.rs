@@ -94,9 +94,30 @@ pub struct AppendRequest {
     /// cancelled its agent cannot add to it.
     pub open_exec: Option<String>,
     /// With `open_exec`: refuse ([`AppendError::ExecMoved`]) unless that exec runs on this
-    /// cluster node. Agents set it, so an exec given to another node (its node went down) can
-    /// no longer be written by the old one when it comes back.
-    pub owner: Option<String>,
+    /// cluster node, under this lease. Agents set it, so an exec given to another node (its
+    /// node went down) can no longer be written by the old one when it comes back, even if the
+    /// exec came back to it meanwhile (a new lease).
+    pub owner: Option<Owner>,
+}
+
+/// The node an exec must run on to be written, and its lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    /// The cluster node.
+    pub node: String,
+    /// The epoch of its lease on the exec; 0: any (a writer that does not know it, such as
+    /// the one that gives the exec to another node).
+    pub epoch: u64,
+}
+
+impl Owner {
+    /// `node`, under any of its leases.
+    pub fn node(node: impl Into<String>) -> Self {
+        Self {
+            node: node.into(),
+            epoch: 0,
+        }
+    }
 }
 
 /// Where an append landed.
@@ -238,6 +259,8 @@ pub struct OpenExec {
     pub state: ExecState,
     /// The cluster node that runs it (empty: a node outside any cluster).
     pub node: String,
+    /// The epoch of that node's lease on it (0: written before leases had epochs).
+    pub epoch: u64,
 }
 
 /// The events a subscription hands out.

@@ -764,6 +764,10 @@ pub fn event_json(e: &Event) -> Value {
         Some(event::Kind::ExecStateChanged(s)) => {
             obj.insert("state".into(), json!(state_name(s.state)));
             obj.insert("reason".into(), json!(s.reason));
+            if !s.node.is_empty() {
+                obj.insert("node".into(), json!(s.node));
+                obj.insert("epoch".into(), json!(s.epoch));
+            }
         }
         Some(event::Kind::Forked(f)) => {
             obj.insert("src_conversation_id".into(), json!(f.src_conversation_id));

@@ -1,15 +1,16 @@
 //! Execs that outlive their node. The controller node gives each open exec of a `down` node
 //! to a live node by appending a `RUNNING` state change that names it (fenced on the exec
 //! being open); every node adopts the open execs the log gives it and resumes them from the
-//! log, so nothing journaled is done again. The old node, if it comes back, can no longer
-//! write to the exec: its agent appends with itself as owner, the writer refuses
-//! (`ExecMoved`), and the agent stops.
+//! log, so nothing journaled is done again. Each move starts a new lease (its epoch one more),
+//! so the old node, if it comes back, can no longer write to the exec: its agent appends with
+//! its node and lease as owner, the writer refuses (`ExecMoved`), and the agent stops; even if
+//! the exec has come back to that node meanwhile, under a later lease.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cadre_actors::event_log::{AppendError, AppendRequest, EventLog, NewEvent};
+use cadre_actors::event_log::{AppendError, AppendRequest, EventLog, NewEvent, Owner};
 use cadre_actors::exec::Execs;
 use cadre_actors::membership::MemberState;
 use cadre_proto::v1::{ExecState, ExecStateChanged, event};
@@ -78,13 +79,18 @@ async fn reassign_once(membership: &Membership, log: &dyn EventLog) -> Result<()
                         state: ExecState::Running as i32,
                         reason: reason.clone(),
                         node: to.to_string(),
+                        // The controller makes it the next epoch.
+                        epoch: 0,
                     }),
                 }],
                 idempotency_key: None,
                 open_exec: Some(exec.exec_id.clone()),
-                // Only while the down node still has it: a node that came back meanwhile and
-                // moved it keeps it.
-                owner: Some(exec.node.clone()),
+                // Only while the down node still has the lease it was read with: a node that
+                // came back meanwhile and moved it keeps it.
+                owner: Some(Owner {
+                    node: exec.node.clone(),
+                    epoch: exec.epoch,
+                }),
             })
             .await;
         match moved {

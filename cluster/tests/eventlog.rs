@@ -485,6 +485,85 @@ async fn an_exec_keeps_its_node_through_state_changes_and_restarts() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_move_of_an_exec_is_a_new_lease_and_an_earlier_lease_cannot_write() {
+    use cadre_actors::event_log::Owner;
+    let dir = Dir::new("leases");
+    let by = |node: &str, epoch: u64| AppendRequest {
+        open_exec: Some("e".into()),
+        owner: Some(Owner {
+            node: node.into(),
+            epoch,
+        }),
+        ..request("c", vec![output("step")])
+    };
+    let epochs = |c: &Controller| -> Vec<(String, u64)> {
+        c.open_execs()
+            .into_iter()
+            .map(|o| (o.node, o.epoch))
+            .collect()
+    };
+    {
+        let c = Controller::new(
+            Arc::new(SqliteStore::open(&dir.0).unwrap()),
+            HistoryLimits::default(),
+        );
+        let actor = c.start_detached().await.unwrap();
+        c.append(request("c", vec![running_on("e", "a")]))
+            .await
+            .unwrap();
+        // Resumed on the same node (after its crash): the same lease.
+        c.append(request("c", vec![running_on("e", "a")]))
+            .await
+            .unwrap();
+        assert_eq!(epochs(&c), [("a".to_string(), 1)]);
+        c.append(by("a", 1)).await.expect("the lease holder writes");
+        // Taken over by b, then given back to a (b went down too): lease 3 of a.
+        c.append(request("c", vec![running_on("e", "b")]))
+            .await
+            .unwrap();
+        c.append(request("c", vec![running_on("e", "a")]))
+            .await
+            .unwrap();
+        assert_eq!(epochs(&c), [("a".to_string(), 3)]);
+        actor.stop_and_wait(None, None).await.unwrap();
+    }
+    let c = sqlite(&dir).await;
+    assert_eq!(
+        epochs(&c),
+        [("a".to_string(), 3)],
+        "the index keeps the lease"
+    );
+    let before = c.last_seq("c").await.unwrap();
+    // An agent of a's first lease (paused across both moves) is refused; a's current lease,
+    // or any lease of a, is not.
+    assert_eq!(
+        c.append(by("a", 1)).await,
+        Err(AppendError::ExecMoved {
+            conversation_id: "c".into(),
+            exec_id: "e".into(),
+            node: "a".into()
+        })
+    );
+    assert!(matches!(
+        c.append(by("b", 2)).await,
+        Err(AppendError::ExecMoved { .. })
+    ));
+    assert_eq!(c.last_seq("c").await.unwrap(), before, "nothing written");
+    c.append(by("a", 3)).await.unwrap();
+    c.append(by("a", 0)).await.unwrap();
+    let events = c.read("c", 0, 100).await.unwrap();
+    let leases: Vec<(String, u64)> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(event::Kind::ExecStateChanged(s)) => Some((s.node.clone(), s.epoch)),
+            _ => None,
+        })
+        .collect();
+    let want = [("a", 1), ("a", 1), ("b", 2), ("a", 3)].map(|(n, e)| (n.to_string(), e));
+    assert_eq!(leases, want, "each RUNNING records its lease");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_exec_cannot_open_in_a_conversation_until_the_first_ends() {
     let dir = Dir::new("one-exec");
     let c = sqlite(&dir).await;

@@ -547,6 +547,20 @@ fn a_paused_owner_loses_its_exec_and_writes_nothing_more_to_it() {
                 .is_some_and(|r| r.contains("taken over by"))
         })
     });
+    // The move is a new lease: node-2 ran the exec under epoch 1, its successor under 2.
+    let leases: Vec<(Value, Value)> = cluster
+        .node(0)
+        .log_so_far("paused")
+        .iter()
+        .filter(|e| e["type"] == "exec_state_changed" && e.get("node").is_some())
+        .map(|e| (e["node"].clone(), e["epoch"].clone()))
+        .collect();
+    assert_eq!(
+        leases.first(),
+        Some(&(json!("node-2"), json!(1))),
+        "{leases:?}"
+    );
+    assert_eq!(leases.last().map(|l| &l.1), Some(&json!(2)), "{leases:?}");
     unsafe { libc::kill(pid, libc::SIGCONT) };
     let deadline = Instant::now() + Duration::from_secs(30);
     while !cluster

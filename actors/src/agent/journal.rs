@@ -54,6 +54,8 @@ pub(super) struct Journal {
     pub(super) state: Option<i32>,
     /// The cluster node the log last gave the exec to (empty outside a cluster).
     pub(super) node: String,
+    /// The epoch of that node's lease on the exec.
+    pub(super) epoch: u64,
     /// The exec's input.
     pub(super) input: String,
     /// Results of this exec's returned calls.
@@ -249,6 +251,7 @@ impl Journal {
                     self.state = Some(s.state);
                     if !s.node.is_empty() {
                         self.node = s.node.clone();
+                        self.epoch = s.epoch;
                     }
                 }
                 // A chat API refuses tool calls left unanswered: an exec that ended with some

@@ -8,7 +8,7 @@ use cadre_proto::v1::{Event, ExecState, ExecStateChanged, OutputEmitted, event};
 use super::AgentSpec;
 use super::journal::Journal;
 use super::registry::AgentRegistry;
-use crate::event_log::{AppendError, AppendRequest, EventLog, NewEvent};
+use crate::event_log::{AppendError, AppendRequest, EventLog, NewEvent, Owner};
 use crate::model::Models;
 use crate::sandbox::SandboxHost;
 use crate::store::StoreError;
@@ -196,6 +196,7 @@ impl ExecRun {
             state: state as i32,
             reason: reason.to_string(),
             node: String::new(),
+            epoch: 0,
         }))
     }
 
@@ -217,12 +218,18 @@ impl ExecRun {
         events: Vec<NewEvent>,
         key: &str,
     ) -> Result<(), AppendError> {
+        // Under the lease the exec had when this run read the log: a later lease (the exec
+        // moved away and back meanwhile) refuses it.
+        let epoch = journal.epoch;
         let request = || AppendRequest {
             conversation_id: self.conversation.clone(),
             events: events.clone(),
             idempotency_key: Some(format!("{}/{}/{key}", self.conversation, self.exec_id)),
             open_exec: Some(self.exec_id.clone()),
-            owner: (!self.node.is_empty()).then(|| self.node.clone()),
+            owner: (!self.node.is_empty()).then(|| Owner {
+                node: self.node.clone(),
+                epoch,
+            }),
         };
         // While the log cannot be reached (a cluster's controller node is down) the agent
         // waits and tries again: the idempotency key makes a retry of an append that did

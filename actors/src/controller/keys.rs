@@ -144,24 +144,41 @@ pub(super) fn decode_span(bytes: &[u8]) -> (u64, u64) {
     )
 }
 
-pub(super) fn encode_exec(state: ExecState, recovering: bool, node: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(5 + node.len());
+/// The flag byte's bit that says an epoch follows it (values written before leases had
+/// epochs have a flag byte of 0 or 1, and the node right after it).
+const HAS_EPOCH: u8 = 2;
+
+/// An exec index value: its state (4 bytes), a flag byte (recovering, and [`HAS_EPOCH`]), its
+/// lease's epoch (8 bytes), then its node.
+pub(super) fn encode_exec(state: ExecState, recovering: bool, node: &str, epoch: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(13 + node.len());
     out.extend_from_slice(&(state as i32).to_be_bytes());
-    out.push(recovering as u8);
+    out.push(recovering as u8 | HAS_EPOCH);
+    out.extend_from_slice(&epoch.to_be_bytes());
     out.extend_from_slice(node.as_bytes());
     out
 }
 
-/// An exec index value: its state and its node (empty in values written before clusters).
-fn decode_exec(bytes: &[u8]) -> (ExecState, String) {
+/// An exec index value: its state, its node (empty in values written before clusters) and its
+/// lease's epoch (0 in values written before epochs).
+fn decode_exec(bytes: &[u8]) -> (ExecState, String, u64) {
     let n = bytes
         .get(..4)
         .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
         .unwrap_or_default();
-    let node = String::from_utf8_lossy(bytes.get(5..).unwrap_or_default()).into_owned();
+    let flags = bytes.get(4).copied().unwrap_or_default();
+    let (epoch, node) = if flags & HAS_EPOCH != 0 {
+        (
+            decode_u64(bytes.get(5..13).unwrap_or_default()),
+            bytes.get(13..).unwrap_or_default(),
+        )
+    } else {
+        (0, bytes.get(5..).unwrap_or_default())
+    };
     (
         ExecState::try_from(n).unwrap_or(ExecState::Unspecified),
-        node,
+        String::from_utf8_lossy(node).into_owned(),
+        epoch,
     )
 }
 
@@ -173,7 +190,8 @@ pub(super) fn exec_index_change(event: &Event) -> Option<(Vec<u8>, Option<Vec<u8
     };
     let key = exec(&event.conversation_id, &event.exec_id);
     let state = ExecState::try_from(change.state).unwrap_or(ExecState::Unspecified);
-    let value = (!state.is_terminal()).then(|| encode_exec(state, false, &change.node));
+    let value =
+        (!state.is_terminal()).then(|| encode_exec(state, false, &change.node, change.epoch));
     Some((key, value))
 }
 
@@ -189,13 +207,14 @@ pub(super) fn mark_open_execs(store: &dyn Store) -> Result<Vec<OpenExec>, StoreE
             else {
                 return Err(StoreError::Io("corrupt exec index key".into()));
             };
-            let (state, node) = decode_exec(&value);
-            t.set(&key, &encode_exec(state, true, &node))?;
+            let (state, node, epoch) = decode_exec(&value);
+            t.set(&key, &encode_exec(state, true, &node, epoch))?;
             open.push(OpenExec {
                 conversation_id: conv.clone(),
                 exec_id: exec.clone(),
                 state,
                 node,
+                epoch,
             });
         }
         Ok(())
@@ -207,6 +226,25 @@ pub(super) fn mark_open_execs(store: &dyn Store) -> Result<Vec<OpenExec>, StoreE
 mod tests {
     use super::*;
     use cadre_proto::v1::OutputEmitted;
+
+    #[test]
+    fn exec_index_values_keep_node_and_epoch_and_read_older_ones() {
+        let value = encode_exec(ExecState::Running, true, "node-1", 3);
+        assert_eq!(
+            decode_exec(&value),
+            (ExecState::Running, "node-1".into(), 3)
+        );
+        // Written before epochs: state, the recovering byte, the node.
+        let mut old = (ExecState::Running as i32).to_be_bytes().to_vec();
+        old.push(1);
+        old.extend_from_slice(b"node-1");
+        assert_eq!(decode_exec(&old), (ExecState::Running, "node-1".into(), 0));
+        // Written before clusters: no node either.
+        assert_eq!(
+            decode_exec(&old[..5]),
+            (ExecState::Running, String::new(), 0)
+        );
+    }
 
     #[test]
     fn log_entries_encode_as_a_log_batch() {

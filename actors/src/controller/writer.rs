@@ -152,14 +152,17 @@ pub(super) fn spawn(
         })
 }
 
+/// A node's lease on an exec: the node, and the lease's epoch.
+type Lease = (String, u64);
+
 struct Writer {
     controller: Controller,
     /// Last committed seq per conversation (loaded on first use).
     last_seq: HashMap<String, u64>,
     warned: HashSet<String>,
     /// Open execs per conversation (the last state change of each was not terminal), with
-    /// the node that runs each.
-    open_execs: HashMap<String, HashMap<String, String>>,
+    /// the lease of the node that runs each.
+    open_execs: HashMap<String, HashMap<String, Lease>>,
     /// Lsn of the next commit log record.
     next_lsn: u64,
     linger: Arc<Linger>,
@@ -167,12 +170,12 @@ struct Writer {
 
 impl Writer {
     fn new(controller: Controller, next_lsn: u64, linger: Arc<Linger>) -> Self {
-        let mut open_execs: HashMap<String, HashMap<String, String>> = HashMap::new();
+        let mut open_execs: HashMap<String, HashMap<String, Lease>> = HashMap::new();
         for open in controller.open_execs() {
             open_execs
                 .entry(open.conversation_id)
                 .or_default()
-                .insert(open.exec_id, open.node);
+                .insert(open.exec_id, (open.node, open.epoch));
         }
         Self {
             open_execs,
@@ -377,8 +380,8 @@ impl Writer {
         let mut record = Vec::new();
         let mut pending: HashMap<&str, u64> = HashMap::new();
         let mut seen_keys: HashMap<(&str, &str), Appended> = HashMap::new();
-        // Execs opened or finished by this batch: the state and node of each still open.
-        let mut exec_states: HashMap<(&str, &str), Option<(ExecState, String)>> = HashMap::new();
+        // Execs opened or finished by this batch: the state and lease of each still open.
+        let mut exec_states: HashMap<(&str, &str), Option<(ExecState, Lease)>> = HashMap::new();
         for &(request, only_new) in requests {
             let conv = request.conversation_id.as_str();
             if let Some(key) = &request.idempotency_key {
@@ -417,11 +420,16 @@ impl Writer {
                     continue;
                 }
                 if let Some(owner) = &request.owner {
-                    let node = match exec_states.get(&(conv, exec.as_str())) {
-                        Some(Some((_, node))) => Some(node.clone()),
-                        _ => self.owner(conv, exec),
+                    let lease = match exec_states.get(&(conv, exec.as_str())) {
+                        Some(Some((_, lease))) => Some(lease.clone()),
+                        _ => self.lease(conv, exec),
                     };
-                    if let Some(node) = node.filter(|n| n != owner) {
+                    // Another node's lease, or a later lease of the same node: the writer
+                    // lost the exec meanwhile.
+                    let moved = lease.filter(|(node, epoch)| {
+                        *node != owner.node || (owner.epoch != 0 && *epoch != owner.epoch)
+                    });
+                    if let Some((node, _)) = moved {
                         outcomes.push(Outcome::Refused(AppendError::ExecMoved {
                             conversation_id: conv.to_string(),
                             exec_id: exec.clone(),
@@ -457,14 +465,28 @@ impl Writer {
                 if let event::Kind::ExecStateChanged(change) = &mut kind {
                     let state = ExecState::try_from(change.state).unwrap_or(ExecState::Unspecified);
                     let exec = (conv, new.exec_id.as_str());
-                    // A state change that does not name the exec's node keeps its owner.
-                    if !state.is_terminal() && change.node.is_empty() {
-                        change.node = match exec_states.get(&exec) {
-                            Some(Some((_, node))) => node.clone(),
-                            _ => self.owner(conv, &new.exec_id).unwrap_or_default(),
-                        };
+                    let current = match exec_states.get(&exec) {
+                        Some(Some((_, lease))) => Some(lease.clone()),
+                        Some(None) => None,
+                        None => self.lease(conv, &new.exec_id),
+                    };
+                    if !state.is_terminal() {
+                        match current {
+                            // A state change that does not name the exec's node keeps its
+                            // lease.
+                            Some((node, epoch)) if change.node.is_empty() => {
+                                change.node = node;
+                                change.epoch = epoch;
+                            }
+                            _ if change.node.is_empty() => {}
+                            Some((node, epoch)) if node == change.node => change.epoch = epoch,
+                            // The exec moves to another node: a new lease.
+                            Some((_, epoch)) => change.epoch = epoch + 1,
+                            None => change.epoch = 1,
+                        }
                     }
-                    let open = (!state.is_terminal()).then(|| (state, change.node.clone()));
+                    let open = (!state.is_terminal())
+                        .then(|| (state, (change.node.clone(), change.epoch)));
                     exec_states.insert(exec, open);
                 }
                 let event = Event {
@@ -516,8 +538,8 @@ impl Writer {
                 let key = (conv.to_string(), exec.to_string());
                 let execs = self.open_execs.entry(conv.to_string()).or_default();
                 match open {
-                    Some((state, node)) => {
-                        execs.insert(exec.to_string(), node.clone());
+                    Some((state, (node, epoch))) => {
+                        execs.insert(exec.to_string(), (node.clone(), epoch));
                         current.insert(
                             key,
                             OpenExec {
@@ -525,6 +547,7 @@ impl Writer {
                                 exec_id: exec.to_string(),
                                 state,
                                 node,
+                                epoch,
                             },
                         );
                     }
@@ -554,8 +577,8 @@ impl Writer {
             .is_some_and(|execs| execs.contains_key(exec))
     }
 
-    /// The node that runs an open exec.
-    fn owner(&self, conv: &str, exec: &str) -> Option<String> {
+    /// The lease of the node that runs an open exec.
+    fn lease(&self, conv: &str, exec: &str) -> Option<Lease> {
         self.open_execs.get(conv)?.get(exec).cloned()
     }
 
@@ -566,7 +589,7 @@ impl Writer {
         &self,
         conv: &str,
         request: &AppendRequest,
-        batch: &HashMap<(&str, &str), Option<(ExecState, String)>>,
+        batch: &HashMap<(&str, &str), Option<(ExecState, Lease)>>,
     ) -> Option<String> {
         if request.open_exec.is_some() {
             return None;

@@ -654,6 +654,8 @@ impl Execs {
                 state: ExecState::Running as i32,
                 reason: String::new(),
                 node: self.node.clone(),
+                // The controller gives the node's lease its epoch.
+                epoch: 0,
             }),
         }
     }
@@ -834,6 +836,7 @@ fn state_change(exec_id: &str, state: ExecState, reason: &str) -> NewEvent {
             state: state as i32,
             reason: reason.to_string(),
             node: String::new(),
+            epoch: 0,
         }),
     }
 }

@@ -10,7 +10,7 @@ use super::claims::{Claim, ExecClaims};
 use super::state_change;
 use crate::agent::{ExecEnd, ExecRun};
 use crate::child::{ChildSpec, StartContext, StartError, StartFuture, Started};
-use crate::event_log::{AppendError, AppendRequest, EventLog, NewEvent};
+use crate::event_log::{AppendError, AppendRequest, EventLog, NewEvent, Owner};
 use crate::spec::{ActorKind, ChildExit, ExitReason, Restart, Shutdown};
 
 /// An exec's agent: the built-in `echo` (replies with its input, deterministically) or a
@@ -68,7 +68,7 @@ impl ExecAgent {
             // the exec, so a retry after it committed is refused as finished.
             idempotency_key: None,
             open_exec: Some(self.exec_id.clone()),
-            owner: (!self.node.is_empty()).then(|| self.node.clone()),
+            owner: (!self.node.is_empty()).then(|| Owner::node(self.node.clone())),
         };
         match self.log.append(reply).await {
             Ok(_) => Ok(ExecEnd::Completed),
@@ -86,7 +86,7 @@ impl ExecAgent {
             events: vec![state_change(&self.exec_id, ExecState::Failed, why)],
             idempotency_key: None,
             open_exec: Some(self.exec_id.clone()),
-            owner: (!self.node.is_empty()).then(|| self.node.clone()),
+            owner: (!self.node.is_empty()).then(|| Owner::node(self.node.clone())),
         };
         match self.log.append(failed).await {
             Ok(_) | Err(AppendError::ExecFinished { .. } | AppendError::ExecMoved { .. }) => {}

@@ -11,7 +11,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use cadre_actors::event_log::{
-    AppendError, AppendRequest, Appended, DeleteError, EventLog, NewEvent, OpenExec, SubscribeError,
+    AppendError, AppendRequest, Appended, DeleteError, EventLog, NewEvent, OpenExec, Owner,
+    SubscribeError,
 };
 use cadre_actors::store::StoreError;
 use cadre_proto::v1::log_failure::Kind;
@@ -188,6 +189,7 @@ impl Log for LogService {
                 exec_id: o.exec_id,
                 state: o.state as i32,
                 node: o.node,
+                epoch: o.epoch,
             })
             .collect();
         Ok(Response::new(LogOpenExecs { execs }))
@@ -235,7 +237,10 @@ pub(crate) fn append_request(r: LogAppendRequest) -> Result<AppendRequest, Appen
         events,
         idempotency_key: (!r.idempotency_key.is_empty()).then_some(r.idempotency_key),
         open_exec: (!r.open_exec.is_empty()).then_some(r.open_exec),
-        owner: (!r.owner.is_empty()).then_some(r.owner),
+        owner: (!r.owner.is_empty()).then_some(Owner {
+            node: r.owner,
+            epoch: r.owner_epoch,
+        }),
     })
 }
 
@@ -254,7 +259,8 @@ pub(crate) fn wire_append(r: AppendRequest) -> LogAppendRequest {
         conversation_id: r.conversation_id,
         idempotency_key: r.idempotency_key.unwrap_or_default(),
         open_exec: r.open_exec.unwrap_or_default(),
-        owner: r.owner.unwrap_or_default(),
+        owner_epoch: r.owner.as_ref().map_or(0, |o| o.epoch),
+        owner: r.owner.map(|o| o.node).unwrap_or_default(),
     }
 }
 
@@ -265,6 +271,7 @@ pub(crate) fn open_exec(o: LogOpenExec) -> OpenExec {
         conversation_id: o.conversation_id,
         exec_id: o.exec_id,
         node: o.node,
+        epoch: o.epoch,
     }
 }
 
