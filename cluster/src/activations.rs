@@ -1,6 +1,6 @@
 //! Messages to logical actors (`cadre.v1.Cluster/Send`), and in a cluster the rule that keeps
 //! each actor active on one node at a time: its home, recorded in the log
-//! ([`Homes`](cadre_actors::activation::Homes)).
+//! ([`Homes`]).
 //!
 //! A node delivers to an actor whose home it is; it passes a message for an actor at home
 //! elsewhere on to that node; for an actor without a home, or whose home is `down`, it picks
