@@ -27,6 +27,8 @@ pub struct Home {
     pub node: String,
     /// Grows by one with each move.
     pub epoch: u64,
+    /// The actor's tenant, as its first claim gave it: it never changes.
+    pub tenant: String,
 }
 
 /// The log's record of actors' homes.
@@ -108,6 +110,7 @@ impl Homes {
             return Ok(Home {
                 node: node.to_string(),
                 epoch,
+                tenant: actor.tenant.clone(),
             });
         }
         let won = self
@@ -129,6 +132,7 @@ fn home_of(event: &Event) -> Option<Home> {
         Some(event::Kind::ActivationClaimed(c)) => Some(Home {
             node: c.node.clone(),
             epoch: c.epoch,
+            tenant: c.tenant.clone(),
         }),
         _ => None,
     }

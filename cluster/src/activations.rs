@@ -5,9 +5,10 @@
 //! A node delivers to an actor whose home it is; it passes a message for an actor at home
 //! elsewhere on to that node; for an actor without a home, or whose home is `down`, it picks
 //! the node with room for the actor's tenant ([`home_for`]) and that node claims the actor
-//! before activating it. A node reads an actor's home again at least every half failure
-//! timeout, so one that was paused while its actor moved stops delivering to it (and
-//! deactivates it) within that time.
+//! before activating it. A node delivers on a home it read within half a failure timeout;
+//! after that it reads it again, so a node that was paused while its actor moved delivers to
+//! it no more, and deactivates it when the actor's next message reaches it (an actor it wins
+//! back under a new epoch starts afresh too). A node without sandboxes is never a home.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -16,6 +17,7 @@ use std::time::Instant;
 use cadre_actors::activation::{Home, Homes, Room, home_for};
 use cadre_actors::event_log::EventLog;
 use cadre_actors::exec::check_conversation_id;
+use cadre_actors::membership::MemberState;
 use cadre_actors::placement::{Isolation, LogicalActor};
 use cadre_proto::v1::cluster_client::ClusterClient;
 use cadre_proto::v1::{SendRequest, SendResponse};
@@ -78,11 +80,14 @@ impl Activations {
     }
 
     /// Delivers `request`'s message to its actor, where the actor lives.
-    pub async fn send(&self, request: SendRequest) -> Result<SendResponse, Status> {
+    /// `peer`: another node of the cluster passed the message on to this one.
+    pub async fn send(&self, request: SendRequest, peer: bool) -> Result<SendResponse, Status> {
         let actor = logical_actor(&request)?;
         let Some(cluster) = &self.cluster else {
             return self.deliver(&actor, request.payload, 0, "").await;
         };
+        // Only a node passes a message on (an API caller's `forwarded` is ignored).
+        let forwarded = request.forwarded && peer;
         let me = cluster.membership.name();
         if let Some(home) = cluster.recent(&actor.id)
             && home.node == me
@@ -95,6 +100,15 @@ impl Activations {
                 .home(&actor.id)
                 .await
                 .map_err(|e| Status::unavailable(e.to_string()))?;
+            if let Some(home) = &home
+                && home.tenant != actor.tenant
+            {
+                return Err(Status::failed_precondition(format!(
+                    "actor `{}` belongs to tenant `{}`, not `{}` (an actor's tenant never \
+                     changes)",
+                    actor.id, home.tenant, actor.tenant
+                )));
+            }
             let home_state = home.as_ref().map(|h| cluster.state_of(&h.node));
             match (&home, home_state.as_deref()) {
                 (Some(home), _) if home.node == me => {
@@ -103,7 +117,7 @@ impl Activations {
                 }
                 (Some(home), Some("up" | "suspect")) => {
                     self.moved_away(&actor.id);
-                    if request.forwarded {
+                    if forwarded {
                         return Err(Status::aborted(format!(
                             "actor `{}` lives on node `{}` (epoch {}); send it there",
                             actor.id, home.node, home.epoch
@@ -115,24 +129,37 @@ impl Activations {
             }
             // No home, or its home is down (or gone from the cluster): a node with room takes
             // it. A message passed on to this node makes this node the home.
-            let target = if request.forwarded {
-                me.clone()
+            let target = if forwarded {
+                Some(me.clone())
             } else {
-                cluster.home_for(&actor).unwrap_or_else(|| me.clone())
+                cluster.home_for(&actor)
             };
-            if target != me {
-                return cluster.forward(&target, request).await;
-            }
+            let target = match target {
+                Some(target) if target != me => return cluster.forward(&target, request).await,
+                Some(_) if self.placement.is_some() => me.clone(),
+                _ => {
+                    return Err(Status::failed_precondition(format!(
+                        "actor `{}`: no node of the cluster that is up has sandboxes to \
+                         activate it in",
+                        actor.id
+                    )));
+                }
+            };
             let reason = match &home {
                 Some(home) => format!("node `{}` is down", home.node),
                 None => String::new(),
             };
             let won = cluster
                 .homes
-                .claim(&actor, &me, home.as_ref(), &reason)
+                .claim(&actor, &target, home.as_ref(), &reason)
                 .await
                 .map_err(append_status)?;
             if won.node == me {
+                // Still active here from a home this node lost meanwhile: that activation
+                // belongs to an earlier epoch.
+                if home.is_some() {
+                    self.moved_away(&actor.id);
+                }
                 if !reason.is_empty() {
                     tracing::info!(actor = %actor.id, epoch = won.epoch, reason, "an actor moved here");
                 }
@@ -207,19 +234,18 @@ impl InCluster {
     /// A member's state (`down` for a node membership does not know).
     fn state_of(&self, node: &str) -> String {
         self.membership
-            .nodes()
-            .into_iter()
-            .find(|n| n.name == node)
-            .map_or_else(|| "down".to_string(), |n| n.state)
+            .node(node)
+            .map_or_else(|| MemberState::Down.as_str().to_string(), |n| n.state)
     }
 
-    /// The node with room for `actor`, of the members that are up (this node first).
+    /// The node with room for `actor`, of the members that are up and have sandboxes (this
+    /// node first).
     fn home_for(&self, actor: &LogicalActor) -> Option<String> {
         let nodes: Vec<_> = self
             .membership
             .nodes()
             .into_iter()
-            .filter(|n| n.state == "up")
+            .filter(|n| n.state == MemberState::Up.as_str() && !n.sandbox_provider.is_empty())
             .collect();
         let slots: Vec<HashMap<String, u32>> = nodes
             .iter()
@@ -241,14 +267,12 @@ impl InCluster {
     async fn forward(&self, node: &str, mut request: SendRequest) -> Result<SendResponse, Status> {
         let info = self
             .membership
-            .nodes()
-            .into_iter()
-            .find(|n| n.name == node)
+            .node(node)
             .ok_or_else(|| Status::unavailable(format!("node `{node}` left the cluster")))?;
         let channel = self.peers.channel(&info).map_err(Status::unavailable)?;
         request.forwarded = true;
         let answer = ClusterClient::new(channel)
-            .send(self.peers.request(request))
+            .send(self.peers.forward(request))
             .await;
         answer.map(tonic::Response::into_inner).map_err(|status| {
             let again = match status.code() {

@@ -5,11 +5,13 @@
 //!
 //! A call about another member's actor is made on that member, through its API with the
 //! cluster's cookie ([`Peers`]); the member checks nothing more (the node called checked the
-//! caller's token) and answers about itself alone, so calls never travel further.
+//! caller's token, so every node should have the same `api.tokens`) and answers about itself
+//! alone: it refuses a call passed on to it that names another node, so calls never travel
+//! further.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cadre_proto::v1::actors_client::ActorsClient;
 use cadre_proto::v1::{ActorNode, NodeInfo, NodeTree, TreeEvent, TreeRequest, WatchTreeRequest};
@@ -19,6 +21,8 @@ use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 use tonic::{Status, Streaming};
 
+use cadre_actors::membership::MemberState;
+
 use crate::membership::Membership;
 use crate::peers::Peers;
 
@@ -27,8 +31,9 @@ use crate::peers::Peers;
 pub struct MemberTrees {
     membership: Membership,
     peers: Peers,
-    /// Each member's trees as last read from it.
-    known: Arc<Mutex<HashMap<String, NodeTree>>>,
+    /// Each member's trees as last read from it (or changed by its events since), and when:
+    /// a read that started before the stored trees were made does not replace them.
+    known: Arc<Mutex<HashMap<String, (NodeTree, Instant)>>>,
 }
 
 /// What a watch sends: lifecycle changes, or why it ended.
@@ -88,7 +93,7 @@ impl MemberTrees {
     /// A client of member `name`'s actors, if it is not down (UNAVAILABLE if it is).
     pub fn client(&self, name: &str) -> Result<ActorsClient<Channel>, Status> {
         let node = self.member(name)?;
-        if node.state == "down" {
+        if node.state == MemberState::Down.as_str() {
             return Err(Status::unavailable(format!(
                 "node `{name}` is down (no heartbeat for {} ms)",
                 self.membership.failure_timeout().as_millis()
@@ -98,9 +103,14 @@ impl MemberTrees {
         Ok(ActorsClient::new(channel))
     }
 
-    /// `message` as a call to a member.
-    pub fn request<T>(&self, message: T) -> tonic::Request<T> {
+    /// `message` as a read of a member (bounded by the failure timeout).
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
         self.peers.request(message)
+    }
+
+    /// `message` as a call on a caller's behalf (as long as the work takes).
+    pub fn forward<T>(&self, message: T) -> tonic::Request<T> {
+        self.peers.forward(message)
     }
 
     /// `message` as the start of a stream from a member (bound its start by
@@ -132,13 +142,14 @@ impl MemberTrees {
 
     /// Reads `node`'s trees from it, and keeps them as its last known.
     async fn read(&self, node: &NodeInfo) -> Result<NodeTree, String> {
-        if node.state == "down" {
+        if node.state == MemberState::Down.as_str() {
             return Err(format!(
                 "the node is down (no heartbeat for {} ms)",
                 self.membership.failure_timeout().as_millis()
             ));
         }
         let channel = self.peers.channel(node)?;
+        let started = Instant::now();
         let response = ActorsClient::new(channel)
             .tree(self.request(TreeRequest {
                 node: node.name.clone(),
@@ -154,10 +165,13 @@ impl MemberTrees {
             read_at_unix_ms: now_ms(),
             error: String::new(),
         };
-        self.known
-            .lock()
-            .expect("known trees")
-            .insert(node.name.clone(), tree.clone());
+        let mut known = self.known.lock().expect("known trees");
+        if known
+            .get(&node.name)
+            .is_none_or(|(_, made)| *made < started)
+        {
+            known.insert(node.name.clone(), (tree.clone(), started));
+        }
         Ok(tree)
     }
 
@@ -165,7 +179,7 @@ impl MemberTrees {
     fn last_known(&self, node: &NodeInfo, why: String) -> NodeTree {
         let known = self.known.lock().expect("known trees");
         match known.get(&node.name) {
-            Some(tree) => NodeTree {
+            Some((tree, _)) => NodeTree {
                 state: node.state.clone(),
                 error: format!("{why}; its last known trees"),
                 ..tree.clone()
@@ -186,27 +200,26 @@ impl MemberTrees {
         let trees = self.clone();
         tokio::spawn(async move {
             let mut changes = trees.membership.changes();
-            let mut watching: HashMap<String, JoinHandle<()>> = HashMap::new();
+            // Dropped with this task (ended or aborted), which aborts every member's watch.
+            let mut tasks = tokio::task::JoinSet::new();
+            let mut watching: HashMap<String, tokio::task::AbortHandle> = HashMap::new();
             loop {
                 for node in trees.others(None) {
                     let running = watching.get(&node.name).is_some_and(|t| !t.is_finished());
-                    if node.state != "down" && !running {
+                    if node.state != MemberState::Down.as_str() && !running {
                         let reflector = trees.clone();
                         let name = node.name.clone();
-                        watching.insert(
-                            name,
-                            tokio::spawn(async move { reflector.reflect_one(node).await }),
-                        );
+                        let task = tasks.spawn(async move { reflector.reflect_one(node).await });
+                        watching.insert(name, task);
                     }
                 }
                 tokio::select! {
                     _ = changes.changed() => {}
                     _ = tokio::time::sleep(trees.membership.failure_timeout() / 2) => {}
                     _ = stopping.wait_for(|stopping| *stopping) => break,
+                    // Reaps the finished ones.
+                    Some(_) = tasks.join_next() => {}
                 }
-            }
-            for (_, task) in watching {
-                task.abort();
             }
         })
     }
@@ -236,13 +249,15 @@ impl MemberTrees {
 
     /// Applies a member's lifecycle change to its last known trees.
     fn apply(&self, change: &TreeEvent) {
-        if let Some(trees) = self
+        if let Some((trees, made)) = self
             .known
             .lock()
             .expect("known trees")
             .get_mut(&change.node)
         {
             apply(trees, change);
+            trees.read_at_unix_ms = change.time_unix_micros / 1000;
+            *made = Instant::now();
         }
     }
 
@@ -318,7 +333,7 @@ impl MemberTrees {
                         states.insert(node.name.clone(), node.state.clone());
                     }
                     let running = forwarding.get(&node.name).is_some_and(|t| !t.is_finished());
-                    if node.state != "down"
+                    if node.state != MemberState::Down.as_str()
                         && !running
                         && let Some(stream) = trees.open_watch(&node).await
                     {

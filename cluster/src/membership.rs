@@ -213,6 +213,11 @@ impl Membership {
         out
     }
 
+    /// The member named `name` (this node too), if it is known.
+    pub fn node(&self, name: &str) -> Option<NodeInfo> {
+        self.nodes().into_iter().find(|n| n.name == name)
+    }
+
     /// The node that holds the log, unless it is `down` (this node, if it is the controller).
     pub fn controller(&self) -> Option<NodeInfo> {
         {

@@ -533,7 +533,7 @@ impl Node {
                     .max_encoding_message_size(limit),
             )
             // The log is served to the cluster's other nodes (by the controller node only).
-            .add_optional_service(holds_log.then(|| {
+            .add_optional_service((holds_log && cluster_cookie.is_some()).then(|| {
                 LogServer::new(LogService::new(event_log.clone()))
                     .max_decoding_message_size(usize::MAX)
                     .max_encoding_message_size(usize::MAX)

@@ -71,6 +71,13 @@ impl Peers {
         Ok(channel)
     }
 
+    /// `message` as a call on a caller's behalf: with the cookie and no deadline of its own (it
+    /// may take as long as the work takes: a spawn, a stop, an activation; it ends when the
+    /// caller's call does). The connection is still bounded by the timeout.
+    pub fn forward<T>(&self, message: T) -> tonic::Request<T> {
+        self.stream_request(message)
+    }
+
     /// `message` as a call to another node: with the cookie and the deadline.
     pub fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = self.stream_request(message);

@@ -60,6 +60,10 @@ type WaitingAppend = (
 /// takes every append that waited for it.
 const BATCHES_IN_FLIGHT: usize = 4;
 
+/// Most appends in one batch: its call has one deadline, and the controller's group commit
+/// takes about this many at once.
+const MAX_BATCH: usize = 256;
+
 impl RemoteLog {
     /// Calls the controller node `membership` names, through `peers` (which bound each call
     /// by the failure timeout). Must be made within a Tokio runtime (it starts the batcher).
@@ -92,7 +96,9 @@ async fn batch_appends(
             return;
         };
         let mut batch = vec![first];
-        while let Ok(next) = waiting.try_recv() {
+        while batch.len() < MAX_BATCH
+            && let Ok(next) = waiting.try_recv()
+        {
             batch.push(next);
         }
         let calls = calls.clone();

@@ -4,7 +4,8 @@
 //! log, so nothing journaled is done again. Each move starts a new lease (its epoch one more),
 //! so the old node, if it comes back, can no longer write to the exec: its agent appends with
 //! its node and lease as owner, the writer refuses (`ExecMoved`), and the agent stops; even if
-//! the exec has come back to that node meanwhile, under a later lease.
+//! the exec has come back to that node meanwhile, under a later lease. (The built-in echo's
+//! one reply and the FAILED record of an agent that could not start fence on the node alone.)
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

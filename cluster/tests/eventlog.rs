@@ -1026,7 +1026,8 @@ async fn of_nodes_claiming_an_actor_at_once_exactly_one_makes_it_home() {
         moved,
         Home {
             node: "n9".into(),
-            epoch: 2
+            epoch: 2,
+            tenant: "t".into(),
         }
     );
     assert_eq!(homes.claim(&actor, "n3", None, "").await.unwrap(), first);

@@ -1068,6 +1068,18 @@ fn a_thousand_logical_actors_live_on_one_node_each_and_move_when_theirs_is_kille
             assert!(!second.activated);
         }
         assert_eq!(active_actors(&cluster).await, active, "nothing moved");
+        // An actor's tenant never changes, whichever node is asked.
+        let mut other_tenant = clients[2].clone();
+        let refused = other_tenant
+            .send(cadre_proto::v1::SendRequest {
+                actor_id: "actor-0".into(),
+                tenant: "t9".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
+        assert!(refused.message().contains("belongs to tenant `t0`"), "{refused:?}");
         let on_2: Vec<usize> = homes
             .iter()
             .enumerate()

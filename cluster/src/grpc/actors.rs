@@ -23,7 +23,7 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use super::actor_spec::child_entry;
-use super::auth::note_target;
+use super::auth::{is_peer_call, note_target};
 use super::status::{append_status, supervisor_status};
 use crate::member_trees::MemberTrees;
 
@@ -100,11 +100,20 @@ impl ActorsService {
     }
 
     /// A client of the member `node` (and the cluster's trees), when a call names another
-    /// node than this one.
-    fn route(&self, node: &str) -> Result<Option<(ActorsClient<Channel>, &MemberTrees)>, Status> {
+    /// node than this one. A call another node passed on (`peer`) is not passed on again.
+    fn route(
+        &self,
+        node: &str,
+        peer: bool,
+    ) -> Result<Option<(ActorsClient<Channel>, &MemberTrees)>, Status> {
         match &self.members {
             _ if node.is_empty() => Ok(None),
             Some(members) if members.is_me(node) => Ok(None),
+            Some(members) if peer => Err(Status::failed_precondition(format!(
+                "this is node `{}`, not `{node}`: a call passed on by another node is not \
+                 passed on again",
+                members.me()
+            ))),
             Some(members) => Ok(Some((members.client(node)?, members))),
             None => Err(Status::not_found(format!(
                 "no node `{node}`: this node is not in a cluster (name its actors without \
@@ -130,8 +139,13 @@ impl ActorsService {
         })
     }
 
-    /// The trees of `node` ("": of every member, this node first).
-    async fn trees(&self, node: &str) -> Result<Vec<NodeTree>, Status> {
+    /// The trees of `node` ("": of every member, this node first). A call passed on by
+    /// another node (`peer`) gets this node's alone.
+    async fn trees(&self, node: &str, peer: bool) -> Result<Vec<NodeTree>, Status> {
+        if peer {
+            self.route(node, peer)?;
+            return Ok(vec![self.local_trees()?]);
+        }
         match &self.members {
             Some(members) if node.is_empty() => {
                 let mut trees = vec![self.local_trees()?];
@@ -140,7 +154,7 @@ impl ActorsService {
             }
             Some(members) if !members.is_me(node) => members.trees(Some(node)).await,
             _ => {
-                self.route(node)?;
+                self.route(node, false)?;
                 Ok(vec![self.local_trees()?])
             }
         }
@@ -200,16 +214,23 @@ impl Actors for ActorsService {
     type LogsStream = LogLines;
 
     async fn logs(&self, request: Request<LogsRequest>) -> Result<Response<LogLines>, Status> {
+        let peer = is_peer_call(&request);
         let mut r = request.into_inner();
         let (node, path) = split_path(&r.path);
-        if let Some((mut client, members)) = self.route(node)? {
+        if let Some((mut client, members)) = self.route(node, peer)? {
             let started = tokio::time::timeout(
                 members.start_timeout(),
                 client.logs(members.stream_request(r.clone())),
             )
             .await
             .map_err(|_| Status::unavailable(format!("node `{node}` did not answer in time")))?;
-            return Ok(Response::new(Box::pin(started?.into_inner())));
+            // Ends, like a follow of this node's own, when this node stops.
+            let mut stopping = self.stopping.clone();
+            let stopped = async move {
+                let _ = stopping.wait_for(|stopping| *stopping).await;
+            };
+            let lines = futures_util::StreamExt::take_until(started?.into_inner(), stopped);
+            return Ok(Response::new(Box::pin(lines)));
         }
         r.path = path.to_string();
         // Subscribed before the tail is read, so that no line falls between the two; a line
@@ -256,9 +277,14 @@ impl Actors for ActorsService {
             "" => self.root.as_str(),
             parent => parent,
         };
-        note_target(&request, format!("a child of {parent}"));
-        if let Some((mut client, members)) = self.route(&request.get_ref().node)? {
-            return client.spawn(members.request(request.into_inner())).await;
+        let on = match request.get_ref().node.as_str() {
+            "" => String::new(),
+            node => format!("{node}:"),
+        };
+        note_target(&request, format!("a child of {on}{parent}"));
+        let peer = is_peer_call(&request);
+        if let Some((mut client, members)) = self.route(&request.get_ref().node, peer)? {
+            return client.spawn(members.forward(request.into_inner())).await;
         }
         let r = request.into_inner();
         let parent = if r.parent.is_empty() {
@@ -337,8 +363,8 @@ impl Actors for ActorsService {
     async fn stop(&self, request: Request<ActorRequest>) -> Result<Response<ActorNode>, Status> {
         note_target(&request, request.get_ref().path.clone());
         let (node, path) = split_path(&request.get_ref().path);
-        if let Some((mut client, members)) = self.route(node)? {
-            return client.stop(members.request(request.into_inner())).await;
+        if let Some((mut client, members)) = self.route(node, is_peer_call(&request))? {
+            return client.stop(members.forward(request.into_inner())).await;
         }
         let path = path.to_string();
         self.not_system(&path, "stopped", false)?;
@@ -366,8 +392,8 @@ impl Actors for ActorsService {
     async fn restart(&self, request: Request<ActorRequest>) -> Result<Response<ActorNode>, Status> {
         note_target(&request, request.get_ref().path.clone());
         let (node, path) = split_path(&request.get_ref().path);
-        if let Some((mut client, members)) = self.route(node)? {
-            return client.restart(members.request(request.into_inner())).await;
+        if let Some((mut client, members)) = self.route(node, is_peer_call(&request))? {
+            return client.restart(members.forward(request.into_inner())).await;
         }
         let path = path.to_string();
         self.not_system(&path, "restarted", false)?;
@@ -381,8 +407,8 @@ impl Actors for ActorsService {
 
     async fn get(&self, request: Request<ActorRequest>) -> Result<Response<ActorNode>, Status> {
         let (node, path) = split_path(&request.get_ref().path);
-        if let Some((mut client, members)) = self.route(node)? {
-            return client.get(members.request(request.into_inner())).await;
+        if let Some((mut client, members)) = self.route(node, is_peer_call(&request))? {
+            return client.get(members.forward(request.into_inner())).await;
         }
         Ok(Response::new(self.actor_node(&self.node(path)?)))
     }
@@ -391,8 +417,15 @@ impl Actors for ActorsService {
         &self,
         request: Request<ListActorsRequest>,
     ) -> Result<Response<ListActorsResponse>, Status> {
+        let peer = is_peer_call(&request);
         let mut actors = Vec::new();
-        for trees in self.trees(&request.into_inner().node).await? {
+        // What answered: a member's last known trees are for `tree`, which says how old.
+        let answered = self
+            .trees(&request.into_inner().node, peer)
+            .await?
+            .into_iter()
+            .filter(|t| t.error.is_empty());
+        for trees in answered {
             let mut pending: Vec<ActorNode> =
                 [trees.system, trees.root].into_iter().flatten().collect();
             while let Some(mut n) = pending.pop() {
@@ -408,12 +441,21 @@ impl Actors for ActorsService {
         &self,
         request: Request<WatchTreeRequest>,
     ) -> Result<Response<TreeEvents>, Status> {
+        let peer = is_peer_call(&request);
         let node = request.into_inner().node;
-        let only = (!node.is_empty()).then_some(node);
+        if peer {
+            // Another node watches this one: its own changes alone.
+            self.route(&node, peer)?;
+        }
+        let only = match node.is_empty() {
+            true if peer => Some(self.me()),
+            true => None,
+            false => Some(node),
+        };
         let local = match (&self.members, &only) {
             (_, None) => true,
             (Some(members), Some(node)) => members.is_me(node),
-            (None, Some(node)) => self.route(node)?.is_none(),
+            (None, Some(node)) => self.route(node, false)?.is_none(),
         };
         let (tx, out) = mpsc::channel(256);
         // Subscribed before this call returns, so that a tree read after it misses nothing.
@@ -455,7 +497,8 @@ impl Actors for ActorsService {
     }
 
     async fn tree(&self, request: Request<TreeRequest>) -> Result<Response<TreeResponse>, Status> {
-        let nodes = self.trees(&request.into_inner().node).await?;
+        let peer = is_peer_call(&request);
+        let nodes = self.trees(&request.into_inner().node, peer).await?;
         let (root, system) = nodes
             .first()
             .map(|t| (t.root.clone(), t.system.clone()))

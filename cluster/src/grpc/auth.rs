@@ -65,8 +65,8 @@ fn action_of(path: &str) -> Option<(Action, bool)> {
         ("cadre.v1.Actors", "Stop" | "Restart") => (Operate, true),
         ("cadre.v1.Actors", "Spawn") => (Spawn, true),
         ("cadre.v1.Cluster", "Nodes" | "Sandboxes" | "Placement") => (ReadNode, false),
-        // A message to an actor is its work, not a change of the node: not audited.
-        ("cadre.v1.Cluster", "Send") => (Exec, false),
+        // A message to an actor does work, as a tool call does: audited like one.
+        ("cadre.v1.Cluster", "Send") => (Exec, true),
         ("cadre.v1.Conversations", "Subscribe" | "Get" | "List") => (ReadConversations, false),
         ("cadre.v1.Conversations", "Exec" | "Fork" | "Cancel") => (Exec, true),
         ("cadre.v1.Conversations", "Approve") => (Approve, true),
@@ -228,6 +228,7 @@ where
             let peer_call =
                 path.starts_with("/cadre.v1.Actors/") || path == "/cadre.v1.Cluster/Send";
             if peer_call && access.check_node(request.headers()).is_ok() {
+                request.extensions_mut().insert(PeerCall);
                 return inner.call(request).await;
             }
             let Some((action, changes)) = action_of(&path) else {
@@ -300,6 +301,17 @@ where
 
 impl<S: tonic::server::NamedService> tonic::server::NamedService for AccessService<S> {
     const NAME: &'static str = S::NAME;
+}
+
+/// Marks a call another node of the cluster made on a caller's behalf (with the cluster's
+/// cookie): the node called checked the caller; this node answers about itself alone and does
+/// not pass the call on again.
+#[derive(Clone, Copy, Debug)]
+pub struct PeerCall;
+
+/// Whether another node of the cluster made the call.
+pub fn is_peer_call<T>(request: &tonic::Request<T>) -> bool {
+    request.extensions().get::<PeerCall>().is_some()
 }
 
 /// The caller of a request, if the API has tokens.

@@ -14,6 +14,7 @@ use cadre_sandbox::{Placement, WarmPool};
 use tonic::{Request, Response, Status};
 
 use crate::activations::Activations;
+use crate::grpc::auth::is_peer_call;
 use crate::membership::Membership;
 
 /// The node's sandboxes: a pool, or why there is none.
@@ -184,8 +185,9 @@ impl Cluster for ClusterService {
     }
 
     async fn send(&self, request: Request<SendRequest>) -> Result<Response<SendResponse>, Status> {
+        let peer = is_peer_call(&request);
         self.activations
-            .send(request.into_inner())
+            .send(request.into_inner(), peer)
             .await
             .map(Response::new)
     }
