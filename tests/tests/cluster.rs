@@ -1078,8 +1078,15 @@ fn a_thousand_logical_actors_live_on_one_node_each_and_move_when_theirs_is_kille
             })
             .await
             .unwrap_err();
-        assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
-        assert!(refused.message().contains("belongs to tenant `t0`"), "{refused:?}");
+        assert_eq!(
+            refused.code(),
+            tonic::Code::FailedPrecondition,
+            "{refused:?}"
+        );
+        assert!(
+            refused.message().contains("belongs to tenant `t0`"),
+            "{refused:?}"
+        );
         let on_2: Vec<usize> = homes
             .iter()
             .enumerate()
