@@ -446,12 +446,24 @@ impl Cluster {
     }
 }
 
-/// A TCP port that was free a moment ago on 127.0.0.1.
+/// A TCP port that was free a moment ago on 127.0.0.1, for a listener a test starts later
+/// (a node's cluster port). It is below the kernel's ephemeral range (32768 and up), so no
+/// outgoing connection of the tests takes it meanwhile, and this process hands it out once.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const PORTS: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Each test process starts at its own place in the range.
+    let start = std::process::id().wrapping_mul(997);
+    for _ in 0..PORTS {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (FIRST + start.wrapping_add(n) % PORTS) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {FIRST}..{}", FIRST + PORTS)
 }
 
 /// Runs the CLI with `--server` taken from `$CADRE_SERVER`.
