@@ -77,6 +77,8 @@ def main():
     # 3. Watch the tree, kill the process, see its supervisor restart it.
     events = queue.Queue()
     watch = actors.WatchTree(pb.WatchTreeRequest(), metadata=metadata)
+    # The node answers (headers) once it has subscribed: no change after this is missed.
+    watch.initial_metadata()
     threading.Thread(target=lambda: [events.put(e) for e in watch], daemon=True).start()
     os.kill(node.pid, signal.SIGKILL)
     while True:
