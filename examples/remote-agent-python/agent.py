@@ -15,6 +15,7 @@ import argparse
 import atexit
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from concurrent import futures
@@ -26,6 +27,8 @@ from grpc_tools import protoc
 PROTO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "proto")
 stubs = tempfile.mkdtemp(prefix="cadre-agent-stubs-")
 atexit.register(shutil.rmtree, stubs, ignore_errors=True)
+# Stopped with SIGTERM (as a supervisor stops it), it exits normally: the stubs go too.
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 if protoc.main([
     "protoc",
     f"-I{PROTO}",

@@ -641,7 +641,8 @@ supervisor:
     }
     // An agent that fails the exec: its reason is recorded.
     let _ = rust.kill();
-    let _ = python.kill();
+    // SIGTERM: the agent exits normally and removes the stubs it generated.
+    unsafe { libc::kill(python.id() as i32, libc::SIGTERM) };
     let (mut picky, picky_addr) = {
         let mut c = Command::new(cadre_tests::workspace_bin(
             "remote-agent-rust",
