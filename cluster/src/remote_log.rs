@@ -27,7 +27,8 @@ use tonic::Status;
 use tonic::transport::Channel;
 
 use crate::grpc::log::{
-    append_error, batch_result, delete_error, open_exec, store_error, subscribe_error, wire_append,
+    append_error, appended, batch_result, delete_error, open_exec, store_error, subscribe_error,
+    wire_append,
 };
 use crate::membership::Membership;
 use crate::peers::Peers;
@@ -195,14 +196,7 @@ impl RemoteLog {
             .map_err(|why| AppendError::Store(StoreError::Unavailable(why)))?;
         let request = self.calls.request(wire_append(request));
         match client.create(request).await {
-            Ok(r) => {
-                let r = r.into_inner();
-                Ok(Appended {
-                    first_seq: r.first_seq,
-                    last_seq: r.last_seq,
-                    duplicate: r.duplicate,
-                })
-            }
+            Ok(r) => Ok(appended(r.into_inner())),
             Err(status) => Err(append_error(&status, || {
                 self.calls.unreachable(&controller, &status)
             })),

@@ -71,11 +71,7 @@ impl Log for LogService {
                 };
                 match appended {
                     Ok(a) => LogAppendResult {
-                        appended: Some(LogAppended {
-                            first_seq: a.first_seq,
-                            last_seq: a.last_seq,
-                            duplicate: a.duplicate,
-                        }),
+                        appended: Some(wire_appended(a)),
                         ..Default::default()
                     },
                     Err(e) => batch_refusal(e),
@@ -198,12 +194,27 @@ impl Log for LogService {
 
 /// The answer to an append or a create.
 fn answer(appended: Result<Appended, AppendError>) -> Result<Response<LogAppended>, Status> {
-    let appended = appended.map_err(append_failure)?;
-    Ok(Response::new(LogAppended {
-        first_seq: appended.first_seq,
-        last_seq: appended.last_seq,
-        duplicate: appended.duplicate,
-    }))
+    Ok(Response::new(wire_appended(
+        appended.map_err(append_failure)?,
+    )))
+}
+
+/// Where an append landed, on the wire.
+fn wire_appended(a: Appended) -> LogAppended {
+    LogAppended {
+        first_seq: a.first_seq,
+        last_seq: a.last_seq,
+        duplicate: a.duplicate,
+    }
+}
+
+/// Where an append landed, from the wire.
+pub(crate) fn appended(a: LogAppended) -> Appended {
+    Appended {
+        first_seq: a.first_seq,
+        last_seq: a.last_seq,
+        duplicate: a.duplicate,
+    }
 }
 
 /// A stream fed by a task: ends when the task does or the client goes away.
@@ -433,11 +444,7 @@ pub(crate) fn batch_result(
     unreachable: impl FnOnce() -> String,
 ) -> Result<Appended, AppendError> {
     match (result.code, result.appended) {
-        (0, Some(a)) => Ok(Appended {
-            first_seq: a.first_seq,
-            last_seq: a.last_seq,
-            duplicate: a.duplicate,
-        }),
+        (0, Some(a)) => Ok(appended(a)),
         (code, _) => {
             let status = Status::with_details(
                 Code::from(code),
