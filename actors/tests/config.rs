@@ -704,3 +704,39 @@ fn a_cluster_cookie_must_be_readable_and_long_enough() {
     assert!(Config::load(&file).is_ok());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn store_foundationdb_is_refused_by_builds_without_it_and_checked_by_builds_with_it() {
+    let text = "version: v1\nstore:\n  foundationdb: {cluster_file: fdb.cluster, prefix: p, \
+                lease_ttl_ms: 3000}\ncluster: {cookie_file: c}\n";
+    if cfg!(feature = "foundationdb") {
+        use cadre_actors::config::StoreKind;
+        let config = Config::parse("cadre.yaml", text).expect("a FoundationDB node's config");
+        let StoreKind::Foundationdb(fdb) = config.store.kind else {
+            panic!("store.foundationdb gives the FoundationDB store");
+        };
+        assert_eq!(fdb.cluster_file, std::path::PathBuf::from("fdb.cluster"));
+        assert_eq!(fdb.prefix, "p");
+        assert_eq!(fdb.lease_ttl, Duration::from_millis(3000));
+        let e = reject(
+            "version: v1\nstore: {foundationdb: {lease_ttl_ms: 10}}\ncluster: {cookie_file: c}\n",
+        );
+        assert!(
+            e.contains("store.foundationdb.lease_ttl_ms must be 1000 to 60000, got 10"),
+            "{e}"
+        );
+        let e = reject("version: v1\nstore: {foundationdb: {}}\n");
+        assert!(
+            e.contains("cadre.yaml:2:23: store.foundationdb needs a `cluster` section"),
+            "{e}"
+        );
+    } else {
+        let e = reject(text);
+        assert!(
+            e.starts_with("cadre.yaml:3:17:")
+                && e.contains("store.foundationdb is not available in this build of cadre")
+                && e.contains("--features foundationdb"),
+            "{e}"
+        );
+    }
+}

@@ -15,8 +15,9 @@ use crate::{Failure, Output};
 pub enum ClusterCommand {
     /// The cluster's nodes as the node asked sees them (itself first): name, state (`up`,
     /// `suspect`: no heartbeat for half the failure timeout, `down`: none for all of it),
-    /// role (`controller` holds the event log), API and cluster addresses, version, uptime,
-    /// sandboxes running. Outside a cluster, the node alone.
+    /// role (`controller` holds the event log; on store.foundationdb, the controller lease,
+    /// shown with its epoch), API and cluster addresses, version, uptime, sandboxes running.
+    /// Outside a cluster, the node alone.
     Nodes {
         #[arg(short = 'o', long, value_enum, default_value_t)]
         output: Output,
@@ -45,14 +46,14 @@ pub async fn run(command: ClusterCommand) -> Result<(), Failure> {
                         "sandboxes": n.sandboxes, "sandbox_provider": n.sandbox_provider,
                         "isolated": n.isolated, "sandbox_status": n.sandbox_status,
                         "last_heard_unix_ms": n.last_heard_unix_ms, "api_tls": n.api_tls,
-                        "incarnation": n.incarnation,
+                        "incarnation": n.incarnation, "controller_epoch": n.controller_epoch,
                     }),
                 );
             }
         }
         Output::Text => {
             println!(
-                "{:<16}  {:<8}  {:<10}  {:<22}  {:<22}  {:<8}  {:>8}  SANDBOXES",
+                "{:<16}  {:<8}  {:<14}  {:<22}  {:<22}  {:<8}  {:>8}  SANDBOXES",
                 "NAME", "STATE", "ROLE", "API", "CLUSTER", "VERSION", "UPTIME"
             );
             let now = SystemTime::now()
@@ -71,11 +72,16 @@ pub async fn run(command: ClusterCommand) -> Result<(), Failure> {
                 } else {
                     uptime(Duration::from_millis(now.saturating_sub(n.started_unix_ms)))
                 };
+                let role = if n.controller_epoch > 0 {
+                    format!("{} ({})", n.role, n.controller_epoch)
+                } else {
+                    dash(&n.role)
+                };
                 println!(
-                    "{:<16}  {:<8}  {:<10}  {:<22}  {:<22}  {:<8}  {:>8}  {}",
+                    "{:<16}  {:<8}  {:<14}  {:<22}  {:<22}  {:<8}  {:>8}  {}",
                     dash(&n.name),
                     n.state,
-                    dash(&n.role),
+                    role,
                     n.address,
                     dash(&n.cluster_address),
                     n.version,

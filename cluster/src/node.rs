@@ -45,6 +45,7 @@ use crate::grpc::status::message_limit_layer;
 use crate::grpc::tls::ReloadingTls;
 use crate::grpc::tools::ToolsService;
 use crate::guardian::Guardian;
+use crate::leased_log::LeasedLog;
 use crate::member_trees::MemberTrees;
 use crate::membership::{CONTROLLER as CONTROLLER_ROLE, MEMBER as MEMBER_ROLE, Membership};
 use crate::peers::Peers;
@@ -224,8 +225,13 @@ impl Node {
         if let Some(tls) = &tls {
             reload_on_sighup(tls.clone()).map_err(|e| NodeError::Api(e.to_string()))?;
         }
-        let home =
-            store::open(&options.config.store, &options.data_dir).map_err(NodeError::Store)?;
+        let cluster_name = options
+            .config
+            .cluster
+            .as_ref()
+            .map_or("cadre", |c| c.name.as_str());
+        let home = store::open(&options.config.store, &options.data_dir, cluster_name)
+            .map_err(NodeError::Store)?;
         // Only now that the data dir is this node's (the store holds its lock).
         let guardian = guard_processes(&options.data_dir)?;
         let tree = Tree::new();
@@ -276,6 +282,7 @@ impl Node {
             _ => None,
         };
         let mut data_dir_lock = None;
+        let mut leased = None;
         let (controller, event_log): (Option<Controller>, Arc<dyn EventLog>) = match home {
             store::LogHome::Local(storage) => {
                 let controller =
@@ -291,6 +298,27 @@ impl Node {
                     )));
                 };
                 (None, Arc::new(RemoteLog::new(membership, peers.clone())))
+            }
+            store::LogHome::Shared {
+                store,
+                lease_ttl,
+                lock,
+            } => {
+                data_dir_lock = Some(lock);
+                let (Some(peers), Some(membership)) = (&peers, &membership) else {
+                    return Err(NodeError::Store(StoreError::Unavailable(
+                        "store.foundationdb needs a `cluster` section".into(),
+                    )));
+                };
+                let log = LeasedLog::new(
+                    store,
+                    lease_ttl,
+                    options.config.store.limits,
+                    membership,
+                    peers.clone(),
+                );
+                leased = Some(log.clone());
+                (None, Arc::new(log))
             }
         };
         if let Sandboxes::Pool { pool, provider, .. } = &sandboxes {
@@ -373,7 +401,7 @@ impl Node {
             activations =
                 activations.in_cluster(event_log.clone(), membership.clone(), peers.clone());
         }
-        let cluster = ClusterService::new(
+        let mut cluster = ClusterService::new(
             node_info(addr, tls.is_some(), &sandboxes, holds_log),
             sandboxes,
             membership.clone(),
@@ -381,8 +409,13 @@ impl Node {
         );
         let (stop_api, stopped) = oneshot::channel::<()>();
         let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
+        let mut cluster_tasks = Vec::new();
         // What was spawned at run time comes back before the execs that may use it resume.
-        if let Some(membership) = membership.as_ref().filter(|_| !holds_log) {
+        if let Some(leased) = &leased {
+            cluster = cluster.with_lease(leased.clone());
+            cluster_tasks.push(leased.keep(system.clone(), stopping_rx.clone()));
+            leased.wait_for_controller().await;
+        } else if let Some(membership) = membership.as_ref().filter(|_| !holds_log) {
             wait_for_controller(membership)
                 .await
                 .map_err(NodeError::Cluster)?;
@@ -420,7 +453,6 @@ impl Node {
             spawned,
             stopping_rx.clone(),
         );
-        let mut cluster_tasks = Vec::new();
         if let (Some(membership), Some(peers)) = (&membership, &peers) {
             let members = MemberTrees::new(membership.clone(), peers.clone());
             cluster_tasks.push(members.reflect(stopping_rx.clone()));
@@ -447,11 +479,20 @@ impl Node {
         if let Some(membership) = &membership {
             let every = membership.failure_timeout() / 4;
             cluster_tasks.push(crate::takeover::adopt(execs.clone(), every));
-            if holds_log {
+            if let Some(leased) = &leased {
+                let acting = leased.clone();
+                cluster_tasks.push(crate::takeover::reassign(
+                    membership.clone(),
+                    leased.served(),
+                    every,
+                    Arc::new(move || acting.is_controller()),
+                ));
+            } else if holds_log {
                 cluster_tasks.push(crate::takeover::reassign(
                     membership.clone(),
                     event_log.clone(),
                     every,
+                    Arc::new(|| true),
                 ));
             }
         }
@@ -532,11 +573,19 @@ impl Node {
                     .max_decoding_message_size(limit)
                     .max_encoding_message_size(limit),
             )
-            // The log is served to the cluster's other nodes (by the controller node only).
-            .add_optional_service((holds_log && cluster_cookie.is_some()).then(|| {
-                LogServer::new(LogService::new(event_log.clone()))
-                    .max_decoding_message_size(usize::MAX)
-                    .max_encoding_message_size(usize::MAX)
+            // The log is served to the cluster's other nodes: by the controller node, or on a
+            // shared store by every node (the lease holder answers, the others refuse).
+            .add_optional_service(cluster_cookie.is_some().then_some(()).and_then(|()| {
+                let served = match &leased {
+                    Some(leased) => leased.served(),
+                    None if holds_log => event_log.clone(),
+                    None => return None,
+                };
+                Some(
+                    LogServer::new(LogService::new(served))
+                        .max_decoding_message_size(usize::MAX)
+                        .max_encoding_message_size(usize::MAX),
+                )
             }));
         let stopped = async {
             let _ = stopped.await;

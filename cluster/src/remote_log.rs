@@ -33,8 +33,9 @@ use crate::grpc::log::{
 use crate::membership::Membership;
 use crate::peers::Peers;
 
-/// Which node is the controller now (`None`: none is up); membership answers it.
-type ControllerFinder = Arc<dyn Fn() -> Option<NodeInfo> + Send + Sync>;
+/// Which node is the controller now (`None`: none is up): membership answers it, or the lease
+/// on a shared store ([`crate::leased_log`]).
+pub type ControllerFinder = Arc<dyn Fn() -> Option<NodeInfo> + Send + Sync>;
 
 /// The log, reached through the cluster's controller node.
 pub struct RemoteLog {
@@ -70,9 +71,18 @@ impl RemoteLog {
     /// by the failure timeout). Must be made within a Tokio runtime (it starts the batcher).
     pub fn new(membership: &Membership, peers: Peers) -> Self {
         let finder = membership.clone();
+        Self::to(
+            Arc::new(move || finder.controller()),
+            membership.cluster(),
+            peers,
+        )
+    }
+
+    /// Calls the controller node `controller` names, of the cluster named `cluster`.
+    pub fn to(controller: ControllerFinder, cluster: &str, peers: Peers) -> Self {
         let calls = ControllerCalls {
-            controller: Arc::new(move || finder.controller()),
-            cluster: membership.cluster().to_string(),
+            controller,
+            cluster: cluster.to_string(),
             peers,
         };
         let (appends, waiting) = mpsc::unbounded_channel();
@@ -156,8 +166,9 @@ impl ControllerCalls {
     fn client(&self) -> Result<(LogClient<Channel>, NodeInfo), String> {
         let controller = (self.controller)().ok_or_else(|| {
             format!(
-                "no controller node of cluster `{}` is up (the node with store.embedded); the \
-                 call was not made, retry once it is back",
+                "no controller node of cluster `{}` is up (the node with store.embedded, or \
+                 the holder of the lease on store.foundationdb); the call was not made, retry \
+                 once it is back",
                 self.cluster
             )
         })?;

@@ -19,13 +19,22 @@ use tokio::task::JoinHandle;
 
 use crate::membership::Membership;
 
-/// On the controller node: every `every`, gives the open execs of `down` nodes to live ones.
-pub fn reassign(membership: Membership, log: Arc<dyn EventLog>, every: Duration) -> JoinHandle<()> {
+/// While `acting` (this node is the controller): every `every`, gives the open execs of `down`
+/// nodes to live ones.
+pub fn reassign(
+    membership: Membership,
+    log: Arc<dyn EventLog>,
+    every: Duration,
+    acting: Arc<dyn Fn() -> bool + Send + Sync>,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(every);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
+            if !acting() {
+                continue;
+            }
             if let Err(e) = reassign_once(&membership, log.as_ref()).await {
                 tracing::warn!(error = %e, "cannot give the execs of a down node to a live one");
             }

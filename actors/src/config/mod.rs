@@ -146,7 +146,7 @@ pub struct StoreConfig {
 }
 
 /// Where the event log lives (`store.embedded`, `store.cluster`, `store.foundationdb`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum StoreKind {
     /// SQLite and segment files in the node's data dir (`store.embedded`, the default): in a
     /// cluster, this node is the controller node and serves the log to the others.
@@ -155,7 +155,29 @@ pub enum StoreKind {
     /// The log of the cluster's controller node, reached through the cluster
     /// (`store.cluster`).
     Cluster,
+    /// A FoundationDB cluster that every node reaches (`store.foundationdb`, in builds with the
+    /// `foundationdb` feature): any node can be the controller, under a lease.
+    Foundationdb(FoundationdbStore),
 }
+
+/// `store.foundationdb`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FoundationdbStore {
+    /// FoundationDB's cluster file (`cluster_file`, default `/etc/foundationdb/fdb.cluster`).
+    pub cluster_file: std::path::PathBuf,
+    /// The first element of the directory the keys live under (`prefix`, default `cadre`); the
+    /// second is the cluster's name.
+    pub prefix: String,
+    /// How long the controller's lease lasts unless renewed (`lease_ttl_ms`, default 5000): a
+    /// failover takes about this long.
+    pub lease_ttl: std::time::Duration,
+}
+
+/// Where FoundationDB's packages put the cluster file.
+pub const DEFAULT_FDB_CLUSTER_FILE: &str = "/etc/foundationdb/fdb.cluster";
+
+/// The controller lease's TTL unless `store.foundationdb.lease_ttl_ms` says otherwise.
+pub const DEFAULT_LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The `cluster` section: this node as a member of a cluster of nodes.
 #[derive(Debug, Clone, PartialEq)]

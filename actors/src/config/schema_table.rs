@@ -185,7 +185,7 @@ pub(super) const SECTIONS: &[Section] = &[
                 key: "foundationdb",
                 kind: "mapping",
                 default: "none",
-                meaning: "Not available in this build: any value is an error (use `embedded`).",
+                meaning: "FoundationDB for the event log of a cluster (needs the `cluster` section, and a cadre built with `--features foundationdb`; other builds refuse it). Every node reaches it and any node can be the controller, under a lease: `cluster_file` (default `/etc/foundationdb/fdb.cluster`, relative to the config's directory), `prefix` (default `cadre`: keys live in the directory `[prefix, cluster.name]`), `lease_ttl_ms` (1000 to 60000, default 5000: a failover takes about this long). See docs/foundationdb.md.",
             },
             Field {
                 key: "max_events_per_conversation",

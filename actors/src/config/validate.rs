@@ -485,6 +485,16 @@ impl Checker {
             .map(|s| self.store(s))
             .unwrap_or_default();
         let cluster = raw.cluster.as_ref().and_then(|c| self.cluster(c));
+        if let Some(fdb) = raw.store.as_ref().and_then(|s| s.foundationdb.as_ref())
+            && raw.cluster.is_none()
+        {
+            self.fail(
+                fdb.span(),
+                "store.foundationdb needs a `cluster` section: every node of the cluster can be \
+                 its controller, and the cluster's name names its keys' directory"
+                    .into(),
+            );
+        }
         if let Some(in_cluster) = raw.store.as_ref().and_then(|s| s.cluster.as_ref())
             && raw.cluster.is_none()
         {
@@ -830,10 +840,23 @@ impl Checker {
             }
         }
         if let Some(f) = &raw.foundationdb {
-            self.fail(
-                f.span(),
-                "store.foundationdb is not available in this build; use store.embedded".into(),
-            );
+            if raw.embedded.is_some() || raw.cluster.is_some() {
+                self.fail(
+                    f.span(),
+                    "store: give one of `embedded`, `cluster` or `foundationdb`".into(),
+                );
+            }
+            if cfg!(feature = "foundationdb") {
+                if let Some(fdb) = self.foundationdb(f) {
+                    kind = StoreKind::Foundationdb(fdb);
+                }
+            } else {
+                self.fail(
+                    f.span(),
+                    "store.foundationdb is not available in this build of cadre (build it with                      `--features foundationdb`); use store.embedded"
+                        .into(),
+                );
+            }
         }
         if let Some(m) = &raw.max_events_per_conversation {
             if **m < 1 {
@@ -855,6 +878,48 @@ impl Checker {
             }
         }
         StoreConfig { kind, limits }
+    }
+
+    /// `store.foundationdb`; `None` if it has errors (they are reported).
+    fn foundationdb(
+        &mut self,
+        raw: &Spanned<std::collections::BTreeMap<String, String>>,
+    ) -> Option<FoundationdbStore> {
+        let errors = self.errors.len();
+        let mut fdb = FoundationdbStore {
+            cluster_file: PathBuf::from(DEFAULT_FDB_CLUSTER_FILE),
+            prefix: "cadre".into(),
+            lease_ttl: DEFAULT_LEASE_TTL,
+        };
+        for (key, value) in raw.iter() {
+            match key.as_str() {
+                "cluster_file" => fdb.cluster_file = self.resolve(value),
+                "prefix" if value.is_empty() => self.fail(
+                    raw.span(),
+                    "store.foundationdb.prefix: must not be empty".into(),
+                ),
+                "prefix" => fdb.prefix = value.to_string(),
+                "lease_ttl_ms" => match value.parse::<u64>() {
+                    Ok(ms) if (1000..=60_000).contains(&ms) => {
+                        fdb.lease_ttl = std::time::Duration::from_millis(ms)
+                    }
+                    _ => self.fail(
+                        raw.span(),
+                        format!(
+                            "store.foundationdb.lease_ttl_ms must be 1000 to 60000, got {value}"
+                        ),
+                    ),
+                },
+                other => self.fail(
+                    raw.span(),
+                    format!(
+                        "store.foundationdb: unknown field `{other}` (known: cluster_file, \
+                         prefix, lease_ttl_ms)"
+                    ),
+                ),
+            }
+        }
+        (self.errors.len() == errors).then_some(fdb)
     }
 
     /// The `cluster` section; `None` if it has errors (they are reported).

@@ -8,7 +8,7 @@
 
 use super::keys;
 use crate::store::tuple::{Elem, Value, range, unpack};
-use crate::store::{MAX_TRANSACTION_BYTES, Store, StoreError};
+use crate::store::{MAX_TRANSACTION_BYTES, MAX_VALUE_BYTES, Store, StoreError};
 
 /// The most bytes one record may hold (one group commit; the writer splits larger batches).
 pub const MAX_RECORD_BYTES: usize = MAX_TRANSACTION_BYTES / 2;
@@ -33,7 +33,10 @@ pub trait CommitLog: Send + Sync + 'static {
     fn release(&self, lsn: u64) -> Result<(), StoreError>;
 }
 
-/// A commit log kept in a [`Store`] under `("log", lsn)` keys.
+/// A commit log kept in a [`Store`]: each record under `("log", lsn, chunk)` keys, split into
+/// values of at most [`MAX_VALUE_BYTES`] (records of earlier versions, whole under `("log",
+/// lsn)`, are read too). Appending a record again at the same lsn replaces it, so a commit
+/// retried after an unknown result leaves one record.
 pub struct StoreLog<S: ?Sized>(pub std::sync::Arc<S>);
 
 impl<S: Store + ?Sized> CommitLog for StoreLog<S> {
@@ -50,7 +53,13 @@ impl<S: Store + ?Sized> CommitLog for StoreLog<S> {
     }
 
     fn append(&self, lsn: u64, record: &[u8]) -> Result<(), StoreError> {
-        self.0.transact(&mut |t| t.set(&keys::log(lsn), record))
+        self.0.transact(&mut |t| {
+            t.clear_range(&keys::log(lsn), &keys::log(lsn + 1))?;
+            for (i, chunk) in record.chunks(MAX_VALUE_BYTES).enumerate() {
+                t.set(&keys::log_chunk(lsn, i), chunk)?;
+            }
+            Ok(())
+        })
     }
 
     fn replay(&self, f: &mut RecordFn<'_>) -> Result<(), StoreError> {
@@ -59,13 +68,21 @@ impl<S: Store + ?Sized> CommitLog for StoreLog<S> {
             // One record at a time: a record is a whole group commit, up to a few MB.
             let mut record = None;
             self.0.read(&mut |t| {
-                record = t.range(&begin, &end, 1, false)?.pop();
+                record = match t.range(&begin, &end, 1, false)?.pop() {
+                    Some((key, _)) if is_chunk(&key)? => {
+                        let lsn = lsn_of(&key)?;
+                        let chunks =
+                            t.range(&keys::log(lsn), &keys::log(lsn + 1), usize::MAX, false)?;
+                        Some((lsn, chunks.into_iter().flat_map(|(_, v)| v).collect()))
+                    }
+                    Some((key, value)) => Some((lsn_of(&key)?, value)),
+                    None => None,
+                };
                 Ok(())
             })?;
-            let Some((key, value)) = record else {
+            let Some((lsn, value)) = record else {
                 return Ok(());
             };
-            let lsn = lsn_of(&key)?;
             f(lsn, &value)?;
             begin = keys::log(lsn + 1);
         }
@@ -75,6 +92,14 @@ impl<S: Store + ?Sized> CommitLog for StoreLog<S> {
         self.0
             .transact(&mut |t| t.clear_range(&keys::log(0), &keys::log(lsn)))
     }
+}
+
+/// Whether `key` is a chunk of a record (`("log", lsn, chunk)`) rather than a whole one.
+fn is_chunk(key: &[u8]) -> Result<bool, StoreError> {
+    Ok(unpack(key)
+        .map_err(|e| StoreError::Io(format!("corrupt event log key: {e}")))?
+        .len()
+        == 3)
 }
 
 fn lsn_of(key: &[u8]) -> Result<u64, StoreError> {

@@ -3,7 +3,9 @@
 //! | key | value |
 //! |---|---|
 //! | `("log", lsn)` | a [`LogBatch`]: one group commit, not yet materialized (with [`super::StoreLog`]) |
-//! | `("conv", conversation_id, seq)` | a `cadre.v1.Event` |
+//! | `("log", lsn, chunk)` | the same, split into values of at most [`MAX_VALUE_BYTES`] |
+//! | `("conv", conversation_id, seq)` | a `cadre.v1.Event`, or the head of one split into chunks |
+//! | `("conv", conversation_id, seq, chunk)` | a chunk of a split event (see [`set_event`]) |
 //! | `("meta", conversation_id)` | last seq (u64, big-endian) |
 //! | `("idem", conversation_id, key)` | first and last seq of the original append |
 //! | `("exec", conversation_id, exec_id)` | open exec: state (i32), a recovering flag, the node that runs it |
@@ -19,7 +21,7 @@ use cadre_proto::v1::{Event, ExecState, event};
 use prost::Message;
 
 use crate::store::tuple::{Elem, Value, pack, range, unpack};
-use crate::store::{Store, StoreError, Txn};
+use crate::store::{MAX_VALUE_BYTES, Store, StoreError, Txn};
 
 use super::OpenExec;
 
@@ -101,6 +103,101 @@ pub(super) fn event(conversation_id: &str, seq: u64) -> Vec<u8> {
         Elem::Str(conversation_id),
         Elem::Int(seq),
     ])
+}
+
+/// Key of one chunk of a commit log record.
+pub(super) fn log_chunk(lsn: u64, chunk: usize) -> Vec<u8> {
+    pack(&[Elem::Str(LOG), Elem::Int(lsn), Elem::Int(chunk as u64)])
+}
+
+/// First byte of the head of an event split into chunks. Protobuf has no field 0, so no
+/// encoded event starts with it (and events written whole before chunks read as before).
+const CHUNKED: u8 = 0;
+
+/// Writes `event` at its key: whole when it fits in one value, else a head ([`CHUNKED`], the
+/// chunk count as u32) and the chunks at `(…, seq, i)`, which sort right after it.
+pub(super) fn set_event(t: &mut dyn Txn, event: &Event) -> Result<(), StoreError> {
+    let key = self::event(&event.conversation_id, event.seq);
+    let bytes = event.encode_to_vec();
+    if bytes.len() <= MAX_VALUE_BYTES {
+        return t.set(&key, &bytes);
+    }
+    let chunks: Vec<&[u8]> = bytes.chunks(MAX_VALUE_BYTES).collect();
+    let mut head = vec![CHUNKED];
+    head.extend_from_slice(&(chunks.len() as u32).to_be_bytes());
+    t.set(&key, &head)?;
+    for (i, chunk) in chunks.into_iter().enumerate() {
+        let mut chunk_key = key.clone();
+        crate::store::tuple::pack_into(&mut chunk_key, &Elem::Int(i as u64));
+        t.set(&chunk_key, chunk)?;
+    }
+    Ok(())
+}
+
+/// Up to `limit` events with keys in `[begin, end)`, in order, with split events put together.
+pub(super) fn read_events(
+    t: &mut dyn Txn,
+    begin: &[u8],
+    end: &[u8],
+    limit: usize,
+) -> Result<Vec<Event>, StoreError> {
+    let mut out = Vec::new();
+    let mut from = begin.to_vec();
+    // The head of the split event read last: its chunks are skipped.
+    let mut head: Option<Vec<u8>> = None;
+    while out.len() < limit {
+        let want = limit - out.len();
+        let kvs = t.range(&from, end, want, false)?;
+        let exhausted = kvs.len() < want;
+        for (key, value) in &kvs {
+            // A chunk of the split event just read.
+            if head.as_ref().is_some_and(|h| key.starts_with(h)) {
+                continue;
+            }
+            head = None;
+            if out.len() == limit {
+                break;
+            }
+            if value.first() == Some(&CHUNKED) {
+                out.push(decode_event(&read_chunks(t, key, value)?)?);
+                head = Some(key.clone());
+            } else {
+                out.push(decode_event(value)?);
+            }
+        }
+        match kvs.last() {
+            Some((last, _)) if !exhausted => {
+                from = last.clone();
+                from.push(0x00);
+            }
+            _ => break,
+        }
+    }
+    Ok(out)
+}
+
+/// The bytes of the event split into chunks whose head is `key`, `head`.
+fn read_chunks(t: &mut dyn Txn, key: &[u8], head: &[u8]) -> Result<Vec<u8>, StoreError> {
+    let count = head
+        .get(1..5)
+        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        .ok_or_else(|| StoreError::Io("corrupt head of a chunked event".into()))?;
+    let mut begin = key.to_vec();
+    begin.push(0x00);
+    let mut end = key.to_vec();
+    end.push(0xff);
+    let chunks = t.range(&begin, &end, count, false)?;
+    if chunks.len() != count {
+        return Err(StoreError::Io(format!(
+            "a chunked event has {} of its {count} chunks",
+            chunks.len()
+        )));
+    }
+    Ok(chunks.into_iter().flat_map(|(_, v)| v).collect())
+}
+
+pub(super) fn decode_event(bytes: &[u8]) -> Result<Event, StoreError> {
+    Event::decode(bytes).map_err(|e| StoreError::Io(format!("corrupt event in the log: {e}")))
 }
 
 pub(super) fn meta(conversation_id: &str) -> Vec<u8> {

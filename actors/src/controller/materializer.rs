@@ -195,7 +195,7 @@ fn materialize(t: &mut dyn Txn, batch: &[Pending]) -> Result<(), StoreError> {
     let mut exec_index: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::new();
     for p in batch {
         let e = &p.event;
-        t.set(&keys::event(&e.conversation_id, e.seq), &e.encode_to_vec())?;
+        keys::set_event(t, e)?;
         if let Some((key, value)) = keys::exec_index_change(e) {
             exec_index.insert(key, value);
         }

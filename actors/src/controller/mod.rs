@@ -31,7 +31,6 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use cadre_proto::v1::Event;
-use prost::Message;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::{mpsc, oneshot};
 
@@ -316,11 +315,7 @@ impl Controller {
             out = blocking(move || {
                 let mut out = Vec::new();
                 store.read(&mut |t| {
-                    out = t
-                        .range(&begin, &end, limit, false)?
-                        .into_iter()
-                        .map(|(_, v)| decode_event(&v))
-                        .collect::<Result<_, _>>()?;
+                    out = keys::read_events(t, &begin, &end, limit)?;
                     Ok(())
                 })?;
                 Ok(out)
@@ -552,10 +547,6 @@ fn tail_last(shared: &Shared, conversation_id: &str) -> Option<u64> {
         .get(conversation_id)
         .and_then(|q| q.back())
         .map(|e| e.seq)
-}
-
-fn decode_event(bytes: &[u8]) -> Result<Event, StoreError> {
-    Event::decode(bytes).map_err(|e| StoreError::Io(format!("corrupt event in the log: {e}")))
 }
 
 fn now_micros() -> i64 {

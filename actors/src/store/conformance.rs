@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::tuple::{Elem, pack, range};
-use super::{MAX_TRANSACTION_BYTES, Store, StoreError, Txn};
+use super::{MAX_KEY_BYTES, MAX_TRANSACTION_BYTES, MAX_VALUE_BYTES, Store, StoreError, Txn};
 
 /// A backend under test.
 pub trait Backend {
@@ -22,6 +22,7 @@ pub fn run_all(backend: &mut dyn Backend) {
     reads_see_own_writes(backend.fresh().as_ref());
     failed_transactions_write_nothing(backend.fresh().as_ref());
     oversized_transactions_are_refused(backend.fresh().as_ref());
+    oversized_keys_and_values_are_refused(backend.fresh().as_ref());
     reads_cannot_write(backend.fresh().as_ref());
     committed_data_survives_reopen(backend);
 }
@@ -181,7 +182,7 @@ pub fn failed_transactions_write_nothing(store: &dyn Store) {
 
 /// A transaction over `MAX_TRANSACTION_BYTES` fails with `TooLarge` and writes nothing.
 pub fn oversized_transactions_are_refused(store: &dyn Store) {
-    let chunk = vec![7u8; 1 << 20];
+    let chunk = vec![7u8; MAX_VALUE_BYTES];
     let result = store.transact(&mut |t| {
         for i in 0..(MAX_TRANSACTION_BYTES / chunk.len() + 2) as u64 {
             t.set(&key("big", i), &chunk)?;
@@ -222,5 +223,40 @@ pub fn committed_data_survives_reopen(backend: &mut dyn Backend) {
         scan(store.as_ref(), &b, &e, 1000, false).len(),
         100,
         "all committed keys after reopen"
+    );
+}
+
+/// Keys over [`MAX_KEY_BYTES`] and values over [`MAX_VALUE_BYTES`] are refused with errors
+/// that give their size, and their transaction writes nothing; values of exactly the limit
+/// are stored.
+pub fn oversized_keys_and_values_are_refused(store: &dyn Store) {
+    let at_limit = vec![1u8; MAX_VALUE_BYTES];
+    write(store, |t| t.set(&key("limit", 1), &at_limit));
+    assert_eq!(
+        get(store, &key("limit", 1)).map(|v| v.len()),
+        Some(MAX_VALUE_BYTES)
+    );
+    let result = store.transact(&mut |t| {
+        t.set(&key("limit", 2), b"x")?;
+        t.set(&key("limit", 3), &vec![1u8; MAX_VALUE_BYTES + 1])
+    });
+    assert_eq!(
+        result,
+        Err(StoreError::ValueTooLarge {
+            bytes: MAX_VALUE_BYTES + 1
+        })
+    );
+    assert_eq!(
+        get(store, &key("limit", 2)),
+        None,
+        "nothing of it is written"
+    );
+    let long_key = vec![b'k'; MAX_KEY_BYTES + 1];
+    let result = store.transact(&mut |t| t.set(&long_key, b"v"));
+    assert_eq!(
+        result,
+        Err(StoreError::KeyTooLarge {
+            bytes: MAX_KEY_BYTES + 1
+        })
     );
 }

@@ -5,6 +5,8 @@
 //! Calls block; async callers run them on a blocking thread.
 
 pub mod conformance;
+pub mod faults;
+pub mod lease;
 pub mod tuple;
 
 /// A key and its value.
@@ -12,6 +14,15 @@ pub type Kv = (Vec<u8>, Vec<u8>);
 
 /// The most bytes (keys + values written) one transaction may carry, as in FoundationDB.
 pub const MAX_TRANSACTION_BYTES: usize = 10_000_000;
+
+/// The longest key, as in FoundationDB.
+pub const MAX_KEY_BYTES: usize = 10_000;
+
+/// The longest value, as in FoundationDB; larger things are split into chunks by their writers.
+pub const MAX_VALUE_BYTES: usize = 100_000;
+
+/// The longest a transaction may last, as in FoundationDB (`transaction_too_old` after it).
+pub const MAX_TRANSACTION_TIME: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Why a store operation failed. Nothing of a failed transaction is visible.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -24,6 +35,37 @@ pub enum StoreError {
     TooLarge {
         /// The bytes it wrote (keys + values).
         bytes: usize,
+    },
+    /// A key longer than [`MAX_KEY_BYTES`].
+    #[error("key too large: {bytes} bytes (limit {MAX_KEY_BYTES})")]
+    KeyTooLarge {
+        /// The key's length.
+        bytes: usize,
+    },
+    /// A value longer than [`MAX_VALUE_BYTES`].
+    #[error("value too large: {bytes} bytes (limit {MAX_VALUE_BYTES})")]
+    ValueTooLarge {
+        /// The value's length.
+        bytes: usize,
+    },
+    /// The transaction lasted longer than [`MAX_TRANSACTION_TIME`] and every retry did too.
+    #[error("transaction too old: it lasted longer than {MAX_TRANSACTION_TIME:?}")]
+    TooOld,
+    /// The commit's outcome is unknown (the connection to the store was lost as it committed)
+    /// and retrying did not settle it: it may or may not have been written. Writes that carry
+    /// an idempotency key can be retried safely.
+    #[error("commit result unknown: {0}")]
+    CommitUnknown(String),
+    /// This node's lease as the cluster's controller was taken by another node: its writes
+    /// are refused, and callers go to the node named here.
+    #[error(
+        "this node is no longer the cluster's controller: node {controller} holds the lease (epoch {epoch})"
+    )]
+    Fenced {
+        /// The node that holds the lease now.
+        controller: String,
+        /// Its lease's epoch.
+        epoch: u64,
     },
     /// A write was tried in a read-only transaction.
     #[error("read-only transaction cannot write")]
@@ -55,6 +97,18 @@ pub trait Txn {
     fn clear(&mut self, key: &[u8]) -> Result<(), StoreError>;
     /// Clears every key in `[begin, end)`.
     fn clear_range(&mut self, begin: &[u8], end: &[u8]) -> Result<(), StoreError>;
+}
+
+/// Refuses a key or value over FoundationDB's limits, so that every backend refuses the same
+/// writes (and what works on the embedded store works on FoundationDB).
+pub fn check_write(key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+    if key.len() > MAX_KEY_BYTES {
+        return Err(StoreError::KeyTooLarge { bytes: key.len() });
+    }
+    if value.len() > MAX_VALUE_BYTES {
+        return Err(StoreError::ValueTooLarge { bytes: value.len() });
+    }
+    Ok(())
 }
 
 /// A transactional ordered key-value store.

@@ -15,7 +15,8 @@ use tonic::{Request, Response, Status};
 
 use crate::activations::Activations;
 use crate::grpc::auth::is_peer_call;
-use crate::membership::Membership;
+use crate::leased_log::LeasedLog;
+use crate::membership::{CONTROLLER, MEMBER, Membership};
 
 /// The node's sandboxes: a pool, or why there is none.
 #[derive(Clone)]
@@ -71,6 +72,8 @@ pub struct ClusterService {
     sandboxes: Sandboxes,
     membership: Option<Membership>,
     activations: Activations,
+    /// On a shared store: the controller lease, which says which node is the controller.
+    lease: Option<LeasedLog>,
 }
 
 impl ClusterService {
@@ -87,14 +90,21 @@ impl ClusterService {
             sandboxes,
             membership,
             activations,
+            lease: None,
         }
+    }
+
+    /// The controller is the holder of `log`'s lease.
+    pub fn with_lease(mut self, log: LeasedLog) -> Self {
+        self.lease = Some(log);
+        self
     }
 }
 
 #[tonic::async_trait]
 impl Cluster for ClusterService {
     async fn nodes(&self, _: Request<NodesRequest>) -> Result<Response<NodesResponse>, Status> {
-        let nodes = match &self.membership {
+        let mut nodes = match &self.membership {
             Some(membership) => membership.nodes(),
             None => {
                 let mut me = self.me.clone();
@@ -103,6 +113,20 @@ impl Cluster for ClusterService {
                 vec![me]
             }
         };
+        if let Some(log) = &self.lease {
+            let lease = log
+                .lease()
+                .filter(|l| l.expires_unix_ms > unix_ms(SystemTime::now()));
+            for node in &mut nodes {
+                match &lease {
+                    Some(l) if l.node == node.name => {
+                        node.role = CONTROLLER.into();
+                        node.controller_epoch = l.epoch;
+                    }
+                    _ => node.role = MEMBER.into(),
+                }
+            }
+        }
         Ok(Response::new(NodesResponse { nodes }))
     }
 

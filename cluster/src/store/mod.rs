@@ -1,5 +1,7 @@
 //! Store backends.
 
+#[cfg(feature = "foundationdb")]
+mod foundationdb;
 mod lock;
 mod segment_log;
 mod sqlite;
@@ -7,10 +9,12 @@ mod sqlite;
 use std::path::Path;
 use std::sync::Arc;
 
-use cadre_actors::config::{StoreConfig, StoreKind};
+use cadre_actors::config::{FoundationdbStore, StoreConfig, StoreKind};
 use cadre_actors::controller::{CommitLog, StoreLog};
 use cadre_actors::store::{Store, StoreError};
 
+#[cfg(feature = "foundationdb")]
+pub use foundationdb::FdbStore;
 pub use lock::DataDirLock;
 pub use segment_log::{LOG_DIR, SEGMENT_BYTES, SegmentLog};
 pub use sqlite::{MAIN_FILE, SqliteStore};
@@ -32,12 +36,22 @@ pub enum LogHome {
     Local(Storage),
     /// At the cluster's controller node; this node's data dir is held by the lock.
     Cluster(Arc<DataDirLock>),
+    /// In a store every node reaches (FoundationDB): the node that holds the controller lease
+    /// writes it (see [`crate::leased_log`]).
+    Shared {
+        /// The store.
+        store: Arc<dyn Store>,
+        /// The controller lease's TTL.
+        lease_ttl: std::time::Duration,
+        /// Holds this node's data dir (workspaces, sandbox images).
+        lock: Arc<DataDirLock>,
+    },
 }
 
-/// The storage of the kind the config names (the store factory). Kinds this build does not
-/// have are refused when the config is read.
-pub fn open(config: &StoreConfig, data_dir: &Path) -> Result<LogHome, StoreError> {
-    match config.kind {
+/// The storage of the kind the config names (the store factory), for a node of the cluster
+/// named `cluster`. Kinds this build does not have are refused when the config is read.
+pub fn open(config: &StoreConfig, data_dir: &Path, cluster: &str) -> Result<LogHome, StoreError> {
+    match &config.kind {
         StoreKind::Embedded => {
             let (store, log) = open_embedded(data_dir)?;
             Ok(LogHome::Local(Storage {
@@ -46,7 +60,41 @@ pub fn open(config: &StoreConfig, data_dir: &Path) -> Result<LogHome, StoreError
             }))
         }
         StoreKind::Cluster => Ok(LogHome::Cluster(Arc::new(DataDirLock::acquire(data_dir)?))),
+        StoreKind::Foundationdb(fdb) => {
+            let lock = Arc::new(DataDirLock::acquire(data_dir)?);
+            Ok(LogHome::Shared {
+                store: open_foundationdb(fdb, cluster)?,
+                lease_ttl: fdb.lease_ttl,
+                lock,
+            })
+        }
     }
+}
+
+/// The FoundationDB store of `store.foundationdb`, for the cluster named `cluster`.
+#[cfg(feature = "foundationdb")]
+pub fn open_foundationdb(
+    config: &FoundationdbStore,
+    cluster: &str,
+) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(Arc::new(FdbStore::open(
+        &config.cluster_file,
+        &config.prefix,
+        cluster,
+    )?))
+}
+
+/// Without the `foundationdb` feature there is no FoundationDB store (and the config refuses
+/// `store.foundationdb` before this is reached).
+#[cfg(not(feature = "foundationdb"))]
+pub fn open_foundationdb(
+    _config: &FoundationdbStore,
+    _cluster: &str,
+) -> Result<Arc<dyn Store>, StoreError> {
+    Err(StoreError::Unavailable(
+        "this build of cadre has no FoundationDB store (build it with `--features foundationdb`)"
+            .into(),
+    ))
 }
 
 /// The embedded node's storage in `data_dir`, held against other nodes: the SQLite store

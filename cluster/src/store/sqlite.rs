@@ -215,6 +215,7 @@ impl Txn for SqliteTxn<'_> {
     }
 
     fn set(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        cadre_actors::store::check_write(key, value)?;
         self.writing(key.len() + value.len())?;
         self.conn
             .prepare_cached("INSERT OR REPLACE INTO kv (key, value) VALUES (?1, ?2)")
