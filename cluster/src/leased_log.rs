@@ -31,7 +31,7 @@ use cadre_actors::event_log::{
 };
 use cadre_actors::store::lease::{self, Claim, FencedStore, Lease, RENEW_EVERY, Renewal};
 use cadre_actors::store::{Store, StoreError};
-use cadre_proto::v1::{Event, NodeInfo};
+use cadre_proto::v1::Event;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -48,6 +48,8 @@ const CONTROLLER: &str = crate::node::CONTROLLER;
 pub struct LeasedLog {
     shared: Arc<Shared>,
     remote: Arc<RemoteLog>,
+    /// The holder of the lease, if it is another node this node knows.
+    remote_finder: crate::remote_log::ControllerFinder,
 }
 
 struct Shared {
@@ -83,11 +85,17 @@ impl LeasedLog {
         let finder = {
             let shared = shared.clone();
             let membership = membership.clone();
-            Arc::new(move || shared.holder().and_then(|l| membership.node(&l.node)))
-                as Arc<dyn Fn() -> Option<NodeInfo> + Send + Sync>
+            // Never this node: while it is the controller its calls do not go out.
+            Arc::new(move || {
+                shared
+                    .holder()
+                    .filter(|l| l.node != shared.node)
+                    .and_then(|l| membership.node(&l.node))
+            }) as crate::remote_log::ControllerFinder
         };
         Self {
-            remote: Arc::new(RemoteLog::to(finder, membership.cluster(), peers)),
+            remote: Arc::new(RemoteLog::to(finder.clone(), membership.cluster(), peers)),
+            remote_finder: finder,
             shared,
         }
     }
@@ -102,16 +110,20 @@ impl LeasedLog {
         self.shared.controller().is_some()
     }
 
-    /// Waits until some node holds an unexpired lease (perhaps this one).
+    /// Waits until calls to the log can be made: this node is the controller, or the lease
+    /// holder is a member it knows.
     pub async fn wait_for_controller(&self) {
-        let mut seen = self.shared.lease.subscribe();
-        while self.shared.holder().is_none() {
-            if tokio::time::timeout(self.shared.ttl, seen.changed())
-                .await
-                .is_ok_and(|r| r.is_err())
-            {
-                return;
+        let mut warned = false;
+        let started = std::time::Instant::now();
+        while !self.is_controller() && (self.remote_finder)().is_none() {
+            if !warned && started.elapsed() > self.shared.ttl * 2 {
+                tracing::warn!(
+                    "waiting for the cluster's controller (the holder of the controller lease) \
+                     to be reachable"
+                );
+                warned = true;
             }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -193,9 +205,12 @@ impl Shared {
         let (store, node, ttl) = (self.store.clone(), self.node.clone(), self.ttl);
         match blocking(move || lease::claim(store.as_ref(), &node, ttl, unix_ms())).await {
             Ok(Claim::Took(lease)) => {
-                self.publish(&lease);
+                // Published once the controller runs: until then no call should come here.
                 match self.become_controller(&lease, system).await {
-                    Ok(()) => (Some(lease), self.renew_every()),
+                    Ok(()) => {
+                        self.publish(&lease);
+                        (Some(lease), self.renew_every())
+                    }
                     Err(why) => {
                         tracing::error!(epoch = lease.epoch, error = %why, "took the controller lease but cannot start the controller; giving the lease up");
                         let store = self.store.clone();
@@ -265,10 +280,13 @@ impl Shared {
     }
 
     async fn step_down(&self, system: &SupervisorRef, why: &str) {
-        let was = self.local.write().expect("local controller").take();
-        if was.is_none() {
+        let Some(was) = self.local.write().expect("local controller").take() else {
             return;
-        }
+        };
+        was.end_subscriptions(StoreError::Unavailable(format!(
+            "node `{}` is no longer the cluster's controller ({why}); subscribe again",
+            self.node
+        )));
         tracing::warn!(
             reason = why,
             "this node is no longer the cluster's controller"

@@ -295,8 +295,27 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
-        if self.child.is_some() {
-            self.stop(libc::SIGTERM);
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        // A node a test paused (SIGSTOP) is woken to stop. Nothing here panics: a drop during a
+        // failed test's unwinding would abort the run and leave every process of it behind.
+        let pid = child.id() as i32;
+        unsafe {
+            libc::kill(pid, libc::SIGCONT);
+            libc::kill(pid, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        if !std::thread::panicking() {
+            panic!("cadre serve did not exit on SIGTERM:\n{}", self.log());
         }
     }
 }
@@ -319,6 +338,9 @@ pub struct Cluster {
 /// The failure timeout of the clusters [`Cluster::joined`] starts.
 pub const FAILURE_TIMEOUT: Duration = Duration::from_millis(1000);
 
+/// The controller lease's TTL in the clusters [`Cluster::leased`] starts.
+pub const LEASE_TTL: Duration = Duration::from_millis(2000);
+
 impl Cluster {
     /// Starts `n` independent nodes with `config` (YAML), one after another.
     pub fn start(n: usize, config: &str) -> Self {
@@ -332,6 +354,49 @@ impl Cluster {
     /// seed. `extra` is more config (YAML, without `version` and `store`), written right after
     /// the `cluster` section: lines indented by two spaces go on with it (`  tls: …`).
     pub fn joined(n: usize, extra: &str) -> Self {
+        Self::joined_with(
+            n,
+            |i, _| {
+                if i == 0 {
+                    "embedded: {}"
+                } else {
+                    "cluster: {}"
+                }
+                .into()
+            },
+            extra,
+        )
+    }
+
+    /// Starts `n` nodes as one cluster `test` whose every node reaches one store and any can be
+    /// the controller, under a lease of [`LEASE_TTL`]: FoundationDB when
+    /// `$CADRE_TEST_FDB_CLUSTER_FILE` names a cluster file (a directory of its own per
+    /// cluster), else a SQLite file they share. Otherwise as [`Cluster::joined`].
+    pub fn leased(n: usize, extra: &str) -> Self {
+        let ttl = LEASE_TTL.as_millis();
+        Self::joined_with(
+            n,
+            |_, dir| match std::env::var("CADRE_TEST_FDB_CLUSTER_FILE") {
+                Ok(file) => format!(
+                    "foundationdb: {{cluster_file: {file}, prefix: {}, lease_ttl_ms: {ttl}}}",
+                    dir.file_name().expect("a named dir").to_string_lossy()
+                ),
+                Err(_) => format!(
+                    "shared_sqlite: {{path: {}, lease_ttl_ms: {ttl}}}",
+                    dir.join("shared.db").display()
+                ),
+            },
+            extra,
+        )
+    }
+
+    /// Whether [`Cluster::leased`] clusters are on FoundationDB.
+    pub fn on_foundationdb() -> bool {
+        std::env::var_os("CADRE_TEST_FDB_CLUSTER_FILE").is_some()
+    }
+
+    /// As [`Cluster::joined`], with node i's `store` section `store(i, the cluster's dir)`.
+    fn joined_with(n: usize, store: impl Fn(usize, &Path) -> String, extra: &str) -> Self {
         let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let seeds: Vec<String> = ports
             .iter()
@@ -342,9 +407,9 @@ impl Cluster {
         std::fs::write(&cookie, "a-cookie-for-this-test-cluster\n").expect("write the cookie");
         let configs = (0..n)
             .map(|i| {
-                let store = if i == 0 { "embedded" } else { "cluster" };
+                let store = store(i, dir.path());
                 let config = format!(
-                    "version: v1\nstore: {{{store}: {{}}}}\ncluster:\n  name: test\n  \
+                    "version: v1\nstore: {{{store}}}\ncluster:\n  name: test\n  \
                      cookie_file: {}\n  failure_timeout_ms: {}\n{extra}",
                     cookie.display(),
                     FAILURE_TIMEOUT.as_millis()

@@ -1159,3 +1159,181 @@ async fn send_all(
     }
     answers.into_iter().map(|a| a.expect("answered")).collect()
 }
+
+/// The controller and its lease's epoch as `node` sees them (`cluster nodes -o json`).
+fn controller_seen_by(node: &Node) -> Option<(String, u64)> {
+    node.json_lines(&["cluster", "nodes", "-o", "json"])
+        .into_iter()
+        .find(|n| n["role"] == "controller")
+        .map(|n| {
+            (
+                n["name"].as_str().unwrap_or_default().to_string(),
+                n["controller_epoch"].as_u64().unwrap_or_default(),
+            )
+        })
+}
+
+/// Waits until a running node of `cluster` other than `not` names a controller other than
+/// `not` (any, if `None`); its index and epoch.
+fn wait_controller(cluster: &Cluster, not: Option<usize>, limit: Duration) -> (usize, u64) {
+    let start = Instant::now();
+    let not_name = not.map(|i| format!("node-{i}"));
+    loop {
+        for (i, node) in cluster.running() {
+            if Some(i) == not {
+                continue;
+            }
+            if let Some((name, epoch)) = controller_seen_by(node)
+                && Some(&name) != not_name.as_ref()
+            {
+                let i = name.trim_start_matches("node-").parse().expect("node-i");
+                return (i, epoch);
+            }
+        }
+        assert!(
+            start.elapsed() < limit,
+            "no node became the controller within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn shared_store_the_controllers_sigkill_moves_the_lease_and_its_exec_finishes_with_each_reply_once()
+{
+    let notes = ["a", "b", "c", "d"];
+    let mut script: Vec<Value> = notes.iter().map(|n| record_call(n)).collect();
+    script.push(json!({"content": "done"}));
+    let model = ModelServer::start(Value::Array(script));
+    let record = RecordServer::start(500);
+    let mut cluster = Cluster::leased(3, &agent_config(&model, &record));
+    wait_joined(&cluster);
+    let (first, epoch) = wait_controller(&cluster, None, Duration::from_secs(30));
+    let other = (first + 1) % 3;
+    wait_for_record_tool(cluster.node(first));
+    // The exec runs on the controller node: both the lease and the exec move.
+    let mut exec =
+        cluster
+            .node(first)
+            .exec_in_background("scribe", "failover", "record four notes");
+    let (kind, nth) = kill_points()[0];
+    eprintln!("kill point: after {kind} #{nth}");
+    wait_events(cluster.node(other), "failover", kind, nth);
+    cluster.kill(first);
+    let killed = Instant::now();
+    let _ = exec.wait();
+    let (next, next_epoch) = wait_controller(&cluster, Some(first), Duration::from_secs(30));
+    let took = killed.elapsed();
+    eprintln!("node-{next} is the controller (epoch {next_epoch}) {took:?} after the SIGKILL");
+    assert!(
+        next_epoch > epoch,
+        "a new lease: {next_epoch} after {epoch}"
+    );
+    assert!(
+        took <= cadre_tests::LEASE_TTL + Duration::from_secs(1),
+        "another node is the controller within the lease's TTL + 1 s: {took:?}"
+    );
+    wait_for(
+        "the exec to complete elsewhere",
+        Duration::from_secs(60),
+        || exec_state(cluster.node(next), "failover") == "completed",
+    );
+    let events = cluster.node(other).log_so_far("failover");
+    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "no gap");
+    assert_eq!(
+        model.counts(),
+        [1, 1, 1, 1, 1],
+        "each scripted reply requested exactly once"
+    );
+    let effects = record.effects();
+    let applied: Vec<&str> = effects
+        .iter()
+        .filter(|e| e["applied"] == true)
+        .map(|e| e["note"].as_str().unwrap())
+        .collect();
+    assert_eq!(applied, notes, "each side effect applied once: {effects:?}");
+    // The killed node comes back as a follower of the new controller.
+    cluster.restart(first);
+    wait_joined(&cluster);
+    assert_eq!(
+        controller_seen_by(cluster.node(first)).map(|c| c.0),
+        Some(format!("node-{next}"))
+    );
+}
+
+#[test]
+fn shared_store_a_controller_paused_past_its_lease_is_fenced_and_comes_back_a_follower() {
+    let notes = ["a", "b", "c"];
+    let mut script: Vec<Value> = notes.iter().map(|n| record_call(n)).collect();
+    script.push(json!({"content": "done"}));
+    let model = ModelServer::start(Value::Array(script));
+    // The first call outlasts the pause, so the paused controller gets its result afterwards
+    // and tries to write it.
+    let record = RecordServer::start(6000);
+    let cluster = Cluster::leased(3, &agent_config(&model, &record));
+    wait_joined(&cluster);
+    let (paused, epoch) = wait_controller(&cluster, None, Duration::from_secs(30));
+    let other = (paused + 1) % 3;
+    wait_for_record_tool(cluster.node(paused));
+    let mut exec =
+        cluster
+            .node(paused)
+            .exec_in_background("scribe", "paused", "record three notes");
+    wait_events(cluster.node(other), "paused", "tool_called", 1);
+    // Paused while idle (its agent waits for the slow tool): on a shared SQLite file a process
+    // paused inside a write transaction would hold the file's write lock, and no other node
+    // could take the lease until it resumed (FoundationDB has no such lock).
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = cluster.node(paused).pid() as i32;
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let stopped = Instant::now();
+    let (next, next_epoch) = wait_controller(&cluster, Some(paused), Duration::from_secs(30));
+    eprintln!(
+        "node-{next} is the controller (epoch {next_epoch}) {:?} after the SIGSTOP",
+        stopped.elapsed()
+    );
+    assert!(next_epoch > epoch);
+    wait_for("the exec to be taken over", Duration::from_secs(30), || {
+        cluster.node(next).log_so_far("paused").iter().any(|e| {
+            e["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("taken over by"))
+        })
+    });
+    let before = cluster.node(next).log_so_far("paused").len();
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    // It steps down: it says so, and names the new controller like every node.
+    wait_for(
+        "the old controller to step down",
+        Duration::from_secs(30),
+        || {
+            cluster
+                .node(paused)
+                .log()
+                .contains("this node is no longer the cluster's controller")
+        },
+    );
+    wait_for(
+        "the old controller to follow",
+        Duration::from_secs(30),
+        || controller_seen_by(cluster.node(paused)).map(|c| c.0) == Some(format!("node-{next}")),
+    );
+    wait_for(
+        "the exec to complete elsewhere",
+        Duration::from_secs(60),
+        || exec_state(cluster.node(next), "paused") == "completed",
+    );
+    let _ = exec.wait();
+    let events = cluster.node(next).log_so_far("paused");
+    assert!(events.len() > before);
+    let count = |kind: &str| events.iter().filter(|e| e["type"] == kind).count();
+    assert_eq!(
+        (count("tool_called"), count("tool_returned")),
+        (3, 3),
+        "none of the old controller's later writes landed: {events:?}"
+    );
+    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "no gap");
+    assert_eq!(model.counts(), [1, 1, 1, 1], "each reply requested once");
+}

@@ -158,6 +158,19 @@ pub enum StoreKind {
     /// A FoundationDB cluster that every node reaches (`store.foundationdb`, in builds with the
     /// `foundationdb` feature): any node can be the controller, under a lease.
     Foundationdb(FoundationdbStore),
+    /// One SQLite file that the nodes of one machine share (`store.shared_sqlite`): any node
+    /// can be the controller, under the same lease as on FoundationDB. For running a cluster's
+    /// failover on one machine (which is still its single point of failure).
+    SharedSqlite(SharedSqliteStore),
+}
+
+/// `store.shared_sqlite`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedSqliteStore {
+    /// The file (`path`, required; relative to the config's directory).
+    pub path: std::path::PathBuf,
+    /// As [`FoundationdbStore::lease_ttl`] (`lease_ttl_ms`).
+    pub lease_ttl: std::time::Duration,
 }
 
 /// `store.foundationdb`.

@@ -145,6 +145,7 @@ pub(super) struct RawStore {
     pub(super) embedded: Option<Spanned<BTreeMap<String, String>>>,
     pub(super) cluster: Option<Spanned<BTreeMap<String, String>>>,
     pub(super) foundationdb: Option<Spanned<BTreeMap<String, String>>>,
+    pub(super) shared_sqlite: Option<Spanned<BTreeMap<String, String>>>,
     pub(super) max_events_per_conversation: Option<Spanned<i64>>,
     pub(super) warn_percent: Option<Spanned<i64>>,
 }

@@ -188,6 +188,12 @@ pub(super) const SECTIONS: &[Section] = &[
                 meaning: "FoundationDB for the event log of a cluster (needs the `cluster` section, and a cadre built with `--features foundationdb`; other builds refuse it). Every node reaches it and any node can be the controller, under a lease: `cluster_file` (default `/etc/foundationdb/fdb.cluster`, relative to the config's directory), `prefix` (default `cadre`: keys live in the directory `[prefix, cluster.name]`), `lease_ttl_ms` (1000 to 60000, default 5000: a failover takes about this long). See docs/foundationdb.md.",
             },
             Field {
+                key: "shared_sqlite",
+                kind: "mapping",
+                default: "none",
+                meaning: "One SQLite file that the nodes of one machine share (needs the `cluster` section): any node can be the controller, under the same lease as on FoundationDB. For running a cluster and its failover on one machine, which stays its single point of failure. `path` (required, relative to the config's directory), `lease_ttl_ms` (1000 to 60000, default 5000).",
+            },
+            Field {
                 key: "max_events_per_conversation",
                 kind: "integer",
                 default: "1000000",

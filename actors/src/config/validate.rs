@@ -495,6 +495,16 @@ impl Checker {
                     .into(),
             );
         }
+        if let Some(shared) = raw.store.as_ref().and_then(|s| s.shared_sqlite.as_ref())
+            && raw.cluster.is_none()
+        {
+            self.fail(
+                shared.span(),
+                "store.shared_sqlite needs a `cluster` section: every node of the cluster can \
+                 be its controller"
+                    .into(),
+            );
+        }
         if let Some(in_cluster) = raw.store.as_ref().and_then(|s| s.cluster.as_ref())
             && raw.cluster.is_none()
         {
@@ -839,11 +849,32 @@ impl Checker {
                 );
             }
         }
+        let kinds = [
+            raw.embedded.is_some(),
+            raw.cluster.is_some(),
+            raw.foundationdb.is_some(),
+            raw.shared_sqlite.is_some(),
+        ];
+        if let Some(s) = &raw.shared_sqlite {
+            if kinds.iter().filter(|k| **k).count() > 1 {
+                self.fail(
+                    s.span(),
+                    "store: give one of `embedded`, `cluster`, `foundationdb` or \
+                     `shared_sqlite`"
+                        .into(),
+                );
+            }
+            if let Some(shared) = self.shared_sqlite(s) {
+                kind = StoreKind::SharedSqlite(shared);
+            }
+        }
         if let Some(f) = &raw.foundationdb {
             if raw.embedded.is_some() || raw.cluster.is_some() {
                 self.fail(
                     f.span(),
-                    "store: give one of `embedded`, `cluster` or `foundationdb`".into(),
+                    "store: give one of `embedded`, `cluster`, `foundationdb` or \
+                     `shared_sqlite`"
+                        .into(),
                 );
             }
             if cfg!(feature = "foundationdb") {
@@ -880,6 +911,61 @@ impl Checker {
         StoreConfig { kind, limits }
     }
 
+    /// A lease TTL (`lease_ttl_ms` of `section`), if valid (else reported).
+    fn lease_ttl(
+        &mut self,
+        section: &str,
+        span: &Span,
+        value: &str,
+    ) -> Option<std::time::Duration> {
+        match value.parse::<u64>() {
+            Ok(ms) if (1000..=60_000).contains(&ms) => Some(std::time::Duration::from_millis(ms)),
+            _ => {
+                self.fail(
+                    span,
+                    format!("store.{section}.lease_ttl_ms must be 1000 to 60000, got {value}"),
+                );
+                None
+            }
+        }
+    }
+
+    /// `store.shared_sqlite`; `None` if it has errors (they are reported).
+    fn shared_sqlite(
+        &mut self,
+        raw: &Spanned<std::collections::BTreeMap<String, String>>,
+    ) -> Option<SharedSqliteStore> {
+        let errors = self.errors.len();
+        let mut path = None;
+        let mut lease_ttl = DEFAULT_LEASE_TTL;
+        for (key, value) in raw.iter() {
+            match key.as_str() {
+                "path" => path = Some(self.resolve(value)),
+                "lease_ttl_ms" => {
+                    if let Some(ttl) = self.lease_ttl("shared_sqlite", raw.span(), value) {
+                        lease_ttl = ttl;
+                    }
+                }
+                other => self.fail(
+                    raw.span(),
+                    format!(
+                        "store.shared_sqlite: unknown field `{other}` (known: path, lease_ttl_ms)"
+                    ),
+                ),
+            }
+        }
+        if path.is_none() {
+            self.fail(
+                raw.span(),
+                "store.shared_sqlite.path is required: the SQLite file the nodes share".into(),
+            );
+        }
+        (self.errors.len() == errors).then(|| SharedSqliteStore {
+            path: path.unwrap_or_default(),
+            lease_ttl,
+        })
+    }
+
     /// `store.foundationdb`; `None` if it has errors (they are reported).
     fn foundationdb(
         &mut self,
@@ -899,17 +985,11 @@ impl Checker {
                     "store.foundationdb.prefix: must not be empty".into(),
                 ),
                 "prefix" => fdb.prefix = value.to_string(),
-                "lease_ttl_ms" => match value.parse::<u64>() {
-                    Ok(ms) if (1000..=60_000).contains(&ms) => {
-                        fdb.lease_ttl = std::time::Duration::from_millis(ms)
+                "lease_ttl_ms" => {
+                    if let Some(ttl) = self.lease_ttl("foundationdb", raw.span(), value) {
+                        fdb.lease_ttl = ttl;
                     }
-                    _ => self.fail(
-                        raw.span(),
-                        format!(
-                            "store.foundationdb.lease_ttl_ms must be 1000 to 60000, got {value}"
-                        ),
-                    ),
-                },
+                }
                 other => self.fail(
                     raw.span(),
                     format!(

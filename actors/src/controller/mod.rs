@@ -147,6 +147,12 @@ impl Controller {
         Ok(actor)
     }
 
+    /// Ends every subscription it serves, now and later, with `why` (a controller that lost
+    /// its lease: its subscribers go on with the next controller).
+    pub fn end_subscriptions(&self, why: StoreError) {
+        self.shared.hub.end_all(SubscribeError::Store(why));
+    }
+
     /// The store the controller reads and writes.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.shared.store

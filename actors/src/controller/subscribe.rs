@@ -24,6 +24,8 @@ const PAGE: usize = 1024;
 #[derive(Default)]
 pub(super) struct Hub {
     subscribers: Mutex<HashMap<String, Vec<Live>>>,
+    /// Set once the controller no longer serves subscriptions: why (see [`Hub::end_all`]).
+    ended: Mutex<Option<SubscribeError>>,
 }
 
 struct Live {
@@ -76,9 +78,23 @@ impl Hub {
         }
     }
 
+    /// Ends every live subscription, and those that register later, with `why`: the
+    /// controller stepped down, and its subscribers must subscribe to the next one.
+    pub(super) fn end_all(&self, why: SubscribeError) {
+        *self.ended.lock().expect("hub lock") = Some(why.clone());
+        let removed = std::mem::take(&mut *self.subscribers.lock().expect("hub lock"));
+        for live in removed.into_values().flatten() {
+            *live.cut_off.lock().expect("cut-off lock") = Some(why.clone());
+        }
+    }
+
     fn register(&self, conversation: &str) -> (mpsc::Receiver<Arc<Event>>, CutOff) {
         let (tx, rx) = mpsc::channel(LIVE_BUFFER);
         let cut_off = Arc::new(Mutex::new(None));
+        if let Some(why) = self.ended.lock().expect("hub lock").clone() {
+            *cut_off.lock().expect("cut-off lock") = Some(why);
+            return (rx, cut_off);
+        }
         self.subscribers
             .lock()
             .expect("hub lock")

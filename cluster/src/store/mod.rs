@@ -36,8 +36,8 @@ pub enum LogHome {
     Local(Storage),
     /// At the cluster's controller node; this node's data dir is held by the lock.
     Cluster(Arc<DataDirLock>),
-    /// In a store every node reaches (FoundationDB): the node that holds the controller lease
-    /// writes it (see [`crate::leased_log`]).
+    /// In a store every node reaches (FoundationDB, or a SQLite file the nodes of one machine
+    /// share): the node that holds the controller lease writes it (see [`crate::leased_log`]).
     Shared {
         /// The store.
         store: Arc<dyn Store>,
@@ -60,6 +60,14 @@ pub fn open(config: &StoreConfig, data_dir: &Path, cluster: &str) -> Result<LogH
             }))
         }
         StoreKind::Cluster => Ok(LogHome::Cluster(Arc::new(DataDirLock::acquire(data_dir)?))),
+        StoreKind::SharedSqlite(shared) => {
+            let lock = Arc::new(DataDirLock::acquire(data_dir)?);
+            Ok(LogHome::Shared {
+                store: Arc::new(SqliteStore::open_shared(&shared.path, lock.clone())?),
+                lease_ttl: shared.lease_ttl,
+                lock,
+            })
+        }
         StoreKind::Foundationdb(fdb) => {
             let lock = Arc::new(DataDirLock::acquire(data_dir)?);
             Ok(LogHome::Shared {

@@ -21,7 +21,8 @@ pub struct SqliteStore {
     writer: Mutex<Connection>,
     reader: Mutex<Connection>,
     checkpointer: Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>,
-    /// Set by the checkpointer when the WAL has grown past [`RESTART_FRAMES`].
+    /// Set by the checkpointer when the WAL has grown past [`RESTART_FRAMES`] (never for a
+    /// shared file: a restart waits for the other processes' readers).
     restart_wal: Arc<AtomicBool>,
     _lock: Arc<DataDirLock>,
 }
@@ -43,13 +44,27 @@ impl SqliteStore {
         Self::open_file(data_dir, MAIN_FILE, lock)
     }
 
+    /// Opens (creating if needed) the SQLite file `path` that the nodes of one machine share
+    /// (`store.shared_sqlite`); `lock` holds this node's own data dir. SQLite's file locks
+    /// make each write transaction serializable across the processes.
+    pub fn open_shared(path: &Path, lock: Arc<DataDirLock>) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Io(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        Self::open_path(path, lock, true)
+    }
+
     pub(super) fn open_file(
         data_dir: &Path,
         file: &str,
         lock: Arc<DataDirLock>,
     ) -> Result<Self, StoreError> {
-        let path = data_dir.join(file);
-        let writer = Connection::open(&path).map_err(io)?;
+        Self::open_path(&data_dir.join(file), lock, false)
+    }
+
+    fn open_path(path: &Path, lock: Arc<DataDirLock>, shared: bool) -> Result<Self, StoreError> {
+        let writer = Connection::open(path).map_err(io)?;
         writer
             .execute_batch(
                 "PRAGMA journal_mode=WAL;
@@ -59,7 +74,7 @@ impl SqliteStore {
             )
             .map_err(io)?;
         let reader = Connection::open_with_flags(
-            &path,
+            path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(io)?;
@@ -68,7 +83,8 @@ impl SqliteStore {
                 .map_err(io)?;
         }
         writer.busy_timeout(Duration::from_secs(5)).map_err(io)?;
-        let checkpointer = Connection::open(&path).map_err(io)?;
+        reader.busy_timeout(Duration::from_secs(5)).map_err(io)?;
+        let checkpointer = Connection::open(path).map_err(io)?;
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = stop.clone();
         let restart_wal = Arc::new(AtomicBool::new(false));
@@ -85,7 +101,7 @@ impl SqliteStore {
                             r.get::<_, i64>(1)
                         });
                     match frames {
-                        Ok(frames) if frames > RESTART_FRAMES => {
+                        Ok(frames) if frames > RESTART_FRAMES && !shared => {
                             restart.store(true, Ordering::Relaxed)
                         }
                         Ok(_) => {}
