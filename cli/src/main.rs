@@ -10,6 +10,7 @@ mod conversations;
 mod debug;
 mod sandboxes;
 mod serve;
+mod store;
 mod tools;
 mod tree;
 mod version;
@@ -69,6 +70,11 @@ enum Command {
     Cluster {
         #[command(subcommand)]
         command: cluster::ClusterCommand,
+    },
+    /// Work with event log stores offline: copy a node's log into FoundationDB.
+    Store {
+        #[command(subcommand)]
+        command: store::StoreCommand,
     },
     /// The node's sandboxes (gVisor or plain processes) and its warm pool.
     Sandboxes {
@@ -285,6 +291,7 @@ fn main() -> ExitCode {
             Command::Bench { command } => bench::run(command).await,
             Command::Version(args) => version::run(args).await,
             Command::Certs { command } => certs::run(command),
+            Command::Store { command } => store::run(command).await,
             Command::Completion { shell } => {
                 clap_complete::generate(
                     shell,

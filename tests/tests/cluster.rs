@@ -1337,3 +1337,129 @@ fn shared_store_a_controller_paused_past_its_lease_is_fenced_and_comes_back_a_fo
     assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "no gap");
     assert_eq!(model.counts(), [1, 1, 1, 1], "each reply requested once");
 }
+
+/// Each conversation's events as `node` reads them: type and seq of each.
+fn conversation_digest(node: &Node) -> BTreeMap<String, Vec<(String, u64)>> {
+    node.json_lines(&["conversations", "ls", "-o", "json"])
+        .iter()
+        .map(|c| c["conversation_id"].as_str().unwrap().to_string())
+        .map(|id| {
+            let events = node
+                .log_so_far(&id)
+                .iter()
+                .map(|e| {
+                    (
+                        e["type"].as_str().unwrap_or_default().to_string(),
+                        e["seq"].as_u64().unwrap_or_default(),
+                    )
+                })
+                .collect();
+            (id, events)
+        })
+        .collect()
+}
+
+#[test]
+fn store_copy_moves_a_nodes_log_to_a_shared_store_that_a_cluster_then_serves() {
+    let dir = cadre_tests::TempDir::new("store-copy");
+    let data = dir.path().join("data");
+    let mut single = Node::start_with_data("version: v1\n", &data);
+    for (conversation, input) in [("one", "a"), ("one", "b"), ("two", "c")] {
+        echo(&single, conversation, input);
+    }
+    let before = conversation_digest(&single);
+    assert!(
+        before.contains_key("one") && before.contains_key("two"),
+        "{before:?}"
+    );
+    single.stop(libc::SIGTERM);
+
+    let shared = dir.path().join("shared.db");
+    let to = format!("sqlite:{}", shared.display());
+    let from = data.display().to_string();
+    let copy = |force: bool| {
+        let mut args = vec!["store", "copy", "--from", &from, "--to", &to, "-o", "json"];
+        if force {
+            args.push("--force");
+        }
+        cadre_tests::cli(&args)
+    };
+    let out = copy(false);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(summary["verified"], true);
+    assert_eq!(summary["conversations"].as_u64(), Some(before.len() as u64));
+    let out = copy(false);
+    assert_eq!(out.status.code(), Some(2), "a second copy is refused");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("the destination is not empty") && err.contains("--force"),
+        "{err}"
+    );
+    let out = copy(true);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cadre_tests::cli(&["store", "copy", "--from", &from, "--to", "etcd:x"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("give foundationdb:CLUSTER_FILE or sqlite:PATH")
+    );
+
+    // A one-node cluster on the copy serves the same log, and goes on from its last seqs.
+    let cookie = dir.path().join("cookie");
+    std::fs::write(&cookie, "a-cookie-for-the-copy\n").unwrap();
+    let port = cadre_tests::free_port().to_string();
+    let listen = format!("127.0.0.1:{port}");
+    let config = format!(
+        "version: v1\nstore: {{shared_sqlite: {{path: {}}}}}\ncluster: {{name: cadre, cookie_file: {}}}\n",
+        shared.display(),
+        cookie.display()
+    );
+    let clustered = Node::start_with_data_args(
+        &config,
+        &dir.path().join("node-0"),
+        &[
+            "--node",
+            "node-0",
+            "--cluster-listen",
+            &listen,
+            "--seed",
+            &listen,
+        ],
+    );
+    wait_for(
+        "the node to be the controller",
+        Duration::from_secs(30),
+        || controller_seen_by(&clustered).is_some(),
+    );
+    let after = conversation_digest(&clustered);
+    for (conversation, events) in &before {
+        let copied = &after[conversation];
+        if conversation == "cadre.audit" {
+            // It went on: the node's stop, then the new node's start.
+            assert_eq!(
+                &copied[..events.len()],
+                events,
+                "the audit log was copied whole"
+            );
+        } else {
+            assert_eq!(copied, events, "{conversation} was copied whole");
+        }
+    }
+    echo(&clustered, "one", "d");
+    let one = clustered.log_so_far("one");
+    assert_eq!(
+        one.last().and_then(|e| e["seq"].as_u64()),
+        // "two" had one exec, as many events as this one.
+        Some((before["one"].len() + before["two"].len()) as u64),
+        "the next exec's events follow the copied ones"
+    );
+}

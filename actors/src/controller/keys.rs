@@ -28,8 +28,8 @@ use super::OpenExec;
 pub(super) const LOG: &str = "log";
 pub(super) const EVENTS: &str = "conv";
 pub(super) const META: &str = "meta";
-const IDEM: &str = "idem";
-const EXEC: &str = "exec";
+pub(super) const IDEM: &str = "idem";
+pub(super) const EXEC: &str = "exec";
 
 /// One committed event in the log, with the idempotency record of its append (carried by the
 /// append's first event).

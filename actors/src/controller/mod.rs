@@ -22,6 +22,7 @@
 mod audit;
 pub use audit::Audit;
 mod commit_log;
+pub mod copy;
 mod keys;
 mod materializer;
 mod subscribe;

@@ -63,7 +63,7 @@ pub fn open(config: &StoreConfig, data_dir: &Path, cluster: &str) -> Result<LogH
         StoreKind::SharedSqlite(shared) => {
             let lock = Arc::new(DataDirLock::acquire(data_dir)?);
             Ok(LogHome::Shared {
-                store: Arc::new(SqliteStore::open_shared(&shared.path, lock.clone())?),
+                store: Arc::new(SqliteStore::open_shared(&shared.path, Some(lock.clone()))?),
                 lease_ttl: shared.lease_ttl,
                 lock,
             })

@@ -24,7 +24,7 @@ pub struct SqliteStore {
     /// Set by the checkpointer when the WAL has grown past [`RESTART_FRAMES`] (never for a
     /// shared file: a restart waits for the other processes' readers).
     restart_wal: Arc<AtomicBool>,
-    _lock: Arc<DataDirLock>,
+    _lock: Option<Arc<DataDirLock>>,
 }
 
 /// The node's main store file.
@@ -45,9 +45,9 @@ impl SqliteStore {
     }
 
     /// Opens (creating if needed) the SQLite file `path` that the nodes of one machine share
-    /// (`store.shared_sqlite`); `lock` holds this node's own data dir. SQLite's file locks
-    /// make each write transaction serializable across the processes.
-    pub fn open_shared(path: &Path, lock: Arc<DataDirLock>) -> Result<Self, StoreError> {
+    /// (`store.shared_sqlite`); `lock`, if any, holds this node's own data dir. SQLite's file
+    /// locks make each write transaction serializable across the processes.
+    pub fn open_shared(path: &Path, lock: Option<Arc<DataDirLock>>) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
                 .map_err(|e| StoreError::Io(format!("cannot create {}: {e}", dir.display())))?;
@@ -60,10 +60,14 @@ impl SqliteStore {
         file: &str,
         lock: Arc<DataDirLock>,
     ) -> Result<Self, StoreError> {
-        Self::open_path(&data_dir.join(file), lock, false)
+        Self::open_path(&data_dir.join(file), Some(lock), false)
     }
 
-    fn open_path(path: &Path, lock: Arc<DataDirLock>, shared: bool) -> Result<Self, StoreError> {
+    fn open_path(
+        path: &Path,
+        lock: Option<Arc<DataDirLock>>,
+        shared: bool,
+    ) -> Result<Self, StoreError> {
         let writer = Connection::open(path).map_err(io)?;
         writer
             .execute_batch(
