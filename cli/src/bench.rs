@@ -121,6 +121,12 @@ pub struct EventlogArgs {
     /// afterwards [default: the node's default data dir].
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// The store to measure: `embedded` (SQLite and commit-log segment files in a scratch
+    /// data dir), `foundationdb:CLUSTER_FILE` (builds with the `foundationdb` feature; a
+    /// scratch directory of its own, cleared afterwards) or `sqlite:PATH` (a shared SQLite
+    /// file, removed afterwards). The commit log is in the store itself but for `embedded`.
+    #[arg(long, value_name = "STORE", default_value = "embedded")]
+    store: String,
     #[arg(short = 'o', long, value_enum, default_value_t)]
     output: Output,
 }
@@ -223,12 +229,80 @@ fn sample_event(writer: usize, i: usize) -> NewEvent {
     }
 }
 
-async fn eventlog(args: &EventlogArgs, dir: &std::path::Path) -> anyhow::Result<serde_json::Value> {
-    let (store, log) = cadre_cluster::store::open_embedded(dir).context("open a scratch store")?;
-    let store = Arc::new(store);
+/// The store `bench eventlog --store` names, with its commit log, in or under `dir`.
+fn bench_store(
+    spec: &str,
+    dir: &std::path::Path,
+) -> Result<(Arc<dyn Store>, Arc<dyn cadre_actors::controller::CommitLog>), Failure> {
+    let usage = |why: String| Failure::Usage(format!("cadre: --store {spec}: {why}"));
+    let runtime = |e: cadre_actors::store::StoreError| {
+        Failure::Runtime(anyhow::anyhow!("--store {spec}: {e}"))
+    };
+    let in_store = |store: Arc<dyn Store>| {
+        let log = Arc::new(cadre_actors::controller::StoreLog(store.clone()));
+        (store, log as Arc<dyn cadre_actors::controller::CommitLog>)
+    };
+    match spec.split_once(':') {
+        None if spec == "embedded" => {
+            let (store, log) = cadre_cluster::store::open_embedded(dir).map_err(runtime)?;
+            Ok((Arc::new(store), Arc::new(log)))
+        }
+        Some(("foundationdb", file)) if !file.is_empty() => {
+            let config = cadre_actors::config::FoundationdbStore {
+                cluster_file: PathBuf::from(file),
+                prefix: "cadre-bench".into(),
+                lease_ttl: cadre_actors::config::DEFAULT_LEASE_TTL,
+            };
+            let scratch = dir
+                .file_name()
+                .map_or("scratch".into(), |n| n.to_string_lossy().into_owned());
+            let store = cadre_cluster::store::open_foundationdb(&config, &scratch)
+                .map_err(|e| usage(e.to_string()))?;
+            Ok(in_store(store))
+        }
+        Some(("sqlite", path)) if !path.is_empty() => {
+            let store =
+                SqliteStore::open_shared(std::path::Path::new(path), None).map_err(runtime)?;
+            Ok(in_store(Arc::new(store)))
+        }
+        _ => Err(usage(
+            "give embedded, foundationdb:CLUSTER_FILE or sqlite:PATH".into(),
+        )),
+    }
+}
+
+/// Removes what the bench wrote to a store that outlives it.
+fn clear_bench_store(spec: &str, store: &dyn Store) {
+    if let Some(("sqlite", path)) = spec.split_once(':') {
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{path}{suffix}"));
+        }
+    } else if spec != "embedded"
+        && let Err(e) = store.transact(&mut |t| t.clear_range(&[0x00], &[0xff]))
+    {
+        eprintln!("cadre: cannot clear the bench's keys from {spec}: {e}");
+    }
+}
+
+async fn eventlog(
+    args: &EventlogArgs,
+    dir: &std::path::Path,
+) -> Result<serde_json::Value, Failure> {
+    let (store, log) = bench_store(&args.store, dir)?;
+    let result = eventlog_on(args, dir, store.clone(), log).await;
+    clear_bench_store(&args.store, store.as_ref());
+    Ok(result?)
+}
+
+async fn eventlog_on(
+    args: &EventlogArgs,
+    dir: &std::path::Path,
+    store: Arc<dyn Store>,
+    log: Arc<dyn cadre_actors::controller::CommitLog>,
+) -> anyhow::Result<serde_json::Value> {
     let controller = Controller::with_log(
         store.clone(),
-        Arc::new(log),
+        log,
         HistoryLimits {
             max_events_per_conversation: u64::MAX,
             warn_percent: 100,
@@ -240,10 +314,11 @@ async fn eventlog(args: &EventlogArgs, dir: &std::path::Path) -> anyhow::Result<
         .context("start the controller")?;
 
     eprintln!(
-        "bench eventlog: {} events, {} writers, in {}",
+        "bench eventlog: {} events, {} writers, in {} ({})",
         args.events,
         args.writers,
-        dir.display()
+        dir.display(),
+        args.store
     );
     let per_writer = args.events.div_ceil(args.writers);
     let started = Instant::now();
@@ -295,11 +370,12 @@ async fn eventlog(args: &EventlogArgs, dir: &std::path::Path) -> anyhow::Result<
         "baseline_events_per_sec": baseline.round(),
         "speedup": (events_per_sec / baseline * 10.0).round() / 10.0,
         "data_dir": dir.display().to_string(),
+        "store": args.store,
     }))
 }
 
 /// How a naive log writes: every event its own durable transaction, writers taking turns.
-async fn baseline(store: Arc<SqliteStore>, writers: usize, events: usize) -> anyhow::Result<f64> {
+async fn baseline(store: Arc<dyn Store>, writers: usize, events: usize) -> anyhow::Result<f64> {
     let per_writer = events.div_ceil(writers).max(1);
     let started = Instant::now();
     let mut tasks = Vec::new();
