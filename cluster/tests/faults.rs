@@ -64,6 +64,21 @@ fn text(e: &Event) -> &str {
     }
 }
 
+/// The store under the faults: FoundationDB in a directory of its own when
+/// `$CADRE_TEST_FDB_CLUSTER_FILE` names a cluster (builds with the `foundationdb` feature),
+/// else the embedded SQLite store in `dir`.
+fn backing_store(dir: &Dir) -> Arc<dyn Store> {
+    #[cfg(feature = "foundationdb")]
+    if let Some(file) = std::env::var_os("CADRE_TEST_FDB_CLUSTER_FILE") {
+        let name = dir.0.file_name().unwrap().to_string_lossy().into_owned();
+        return Arc::new(
+            cadre_cluster::store::FdbStore::open(std::path::Path::new(&file), "cadre-test", &name)
+                .expect("open FoundationDB"),
+        );
+    }
+    Arc::new(SqliteStore::open(&dir.0).unwrap())
+}
+
 /// Starts a controller over `store`, again and again while faults make its startup fail.
 async fn start(
     store: Arc<dyn Store>,
@@ -105,8 +120,8 @@ type Acked = BTreeMap<String, (String, usize, u64, u64)>;
 /// at its seqs.
 async fn appends_survive_faults_and_restarts(seed: u64, rates: FaultRates, every: Duration) {
     let dir = Dir::new("prop");
-    let sqlite: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.0).unwrap());
-    let faulty = Arc::new(FaultyStore::new(sqlite.clone(), rates, seed));
+    let backing = backing_store(&dir);
+    let faulty = Arc::new(FaultyStore::new(backing.clone(), rates, seed));
     let (first, actor) = start(faulty.clone()).await;
     let current = Arc::new(RwLock::new(first));
     let (restarted, _) = tokio::sync::watch::channel(0u64);
@@ -180,7 +195,7 @@ async fn appends_survive_faults_and_restarts(seed: u64, rates: FaultRates, every
     }
 
     // Read it all back through a controller without faults (it replays what is left).
-    let (reader, reader_actor) = start(sqlite).await;
+    let (reader, reader_actor) = start(backing).await;
     let acked = acked.lock().unwrap().clone();
     assert_eq!(
         acked.len(),
@@ -244,8 +259,8 @@ async fn without_faults_the_same_run_holds_too() {
 #[test]
 fn the_lease_goes_to_one_node_at_a_time_with_rising_epochs_through_faults() {
     let dir = Dir::new("lease");
-    let sqlite: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.0).unwrap());
-    let store = FaultyStore::new(sqlite, FaultRates::HARSH, 42);
+    let backing = backing_store(&dir);
+    let store = FaultyStore::new(backing, FaultRates::HARSH, 42);
     let ttl = Duration::from_millis(1000);
     let nodes = ["a", "b", "c"];
     // What each node believes it holds, on a simulated clock.
@@ -297,14 +312,14 @@ fn the_lease_goes_to_one_node_at_a_time_with_rising_epochs_through_faults() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deposed_controller_writes_nothing_and_the_next_one_has_every_acknowledged_event() {
     let dir = Dir::new("fenced");
-    let sqlite: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.0).unwrap());
+    let backing = backing_store(&dir);
     let ttl = Duration::from_secs(5);
-    let Claim::Took(a) = lease::claim(sqlite.as_ref(), "a", ttl, 1_000).unwrap() else {
+    let Claim::Took(a) = lease::claim(backing.as_ref(), "a", ttl, 1_000).unwrap() else {
         panic!("a takes the free lease");
     };
     assert_eq!(a.epoch, 1);
     let first = Controller::new(
-        Arc::new(FencedStore::new(sqlite.clone(), &a)),
+        Arc::new(FencedStore::new(backing.clone(), &a)),
         HistoryLimits::default(),
     );
     let first_actor = first.start_detached().await.unwrap();
@@ -316,10 +331,10 @@ async fn a_deposed_controller_writes_nothing_and_the_next_one_has_every_acknowle
     }
     // `a` is paused past its lease: `b` takes it.
     assert!(matches!(
-        lease::claim(sqlite.as_ref(), "b", ttl, 2_000).unwrap(),
+        lease::claim(backing.as_ref(), "b", ttl, 2_000).unwrap(),
         Claim::Held(ref l) if l.node == "a"
     ));
-    let Claim::Took(b) = lease::claim(sqlite.as_ref(), "b", ttl, 7_000).unwrap() else {
+    let Claim::Took(b) = lease::claim(backing.as_ref(), "b", ttl, 7_000).unwrap() else {
         panic!("b takes the expired lease");
     };
     assert_eq!((b.node.as_str(), b.epoch), ("b", 2));
@@ -336,11 +351,11 @@ async fn a_deposed_controller_writes_nothing_and_the_next_one_has_every_acknowle
         "{refused}"
     );
     assert!(matches!(
-        lease::renew(sqlite.as_ref(), &a, ttl, 7_500).unwrap(),
+        lease::renew(backing.as_ref(), &a, ttl, 7_500).unwrap(),
         Renewal::Lost(ref l) if l.node == "b"
     ));
     let second = Controller::new(
-        Arc::new(FencedStore::new(sqlite.clone(), &b)),
+        Arc::new(FencedStore::new(backing.clone(), &b)),
         HistoryLimits::default(),
     );
     let second_actor = second.start_detached().await.unwrap();

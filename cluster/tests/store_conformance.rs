@@ -58,3 +58,37 @@ fn a_second_open_of_a_held_data_dir_is_refused_with_the_holder() {
     SqliteStore::open(&dir).expect("free again once the first is gone");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// The same suite against FoundationDB (`scripts/test-foundationdb.sh` runs it, with
+/// `$CADRE_TEST_FDB_CLUSTER_FILE` naming its cluster): each fresh store is a directory of its
+/// own.
+#[cfg(feature = "foundationdb")]
+#[test]
+fn foundationdb_store_conforms() {
+    use cadre_cluster::store::FdbStore;
+    struct Fdb {
+        file: PathBuf,
+        n: usize,
+    }
+    impl Fdb {
+        fn name(&self) -> String {
+            format!("conformance-{}-{}", std::process::id(), self.n)
+        }
+    }
+    impl Backend for Fdb {
+        fn fresh(&mut self) -> Arc<dyn Store> {
+            self.n += 1;
+            Arc::new(FdbStore::open(&self.file, "cadre-test", &self.name()).expect("open"))
+        }
+        fn reopen(&mut self) -> Arc<dyn Store> {
+            Arc::new(FdbStore::open(&self.file, "cadre-test", &self.name()).expect("reopen"))
+        }
+    }
+    let Some(file) = std::env::var_os("CADRE_TEST_FDB_CLUSTER_FILE") else {
+        panic!("set CADRE_TEST_FDB_CLUSTER_FILE (scripts/test-foundationdb.sh does)");
+    };
+    run_all(&mut Fdb {
+        file: file.into(),
+        n: 0,
+    });
+}

@@ -1374,11 +1374,36 @@ fn store_copy_moves_a_nodes_log_to_a_shared_store_that_a_cluster_then_serves() {
     );
     single.stop(libc::SIGTERM);
 
+    // Into FoundationDB where the FoundationDB tests run, else into a shared SQLite file.
     let shared = dir.path().join("shared.db");
-    let to = format!("sqlite:{}", shared.display());
+    let name = format!("copy-{}", std::process::id());
+    let fdb = std::env::var("CADRE_TEST_FDB_CLUSTER_FILE").ok();
+    let (to, store) = match &fdb {
+        Some(file) => (
+            format!("foundationdb:{file}"),
+            format!("foundationdb: {{cluster_file: {file}, prefix: {name}}}"),
+        ),
+        None => (
+            format!("sqlite:{}", shared.display()),
+            format!("shared_sqlite: {{path: {}}}", shared.display()),
+        ),
+    };
     let from = data.display().to_string();
     let copy = |force: bool| {
-        let mut args = vec!["store", "copy", "--from", &from, "--to", &to, "-o", "json"];
+        let mut args = vec![
+            "store",
+            "copy",
+            "--from",
+            &from,
+            "--to",
+            &to,
+            "--cluster",
+            &name,
+            "--prefix",
+            &name,
+            "-o",
+            "json",
+        ];
         if force {
             args.push("--force");
         }
@@ -1419,8 +1444,7 @@ fn store_copy_moves_a_nodes_log_to_a_shared_store_that_a_cluster_then_serves() {
     let port = cadre_tests::free_port().to_string();
     let listen = format!("127.0.0.1:{port}");
     let config = format!(
-        "version: v1\nstore: {{shared_sqlite: {{path: {}}}}}\ncluster: {{name: cadre, cookie_file: {}}}\n",
-        shared.display(),
+        "version: v1\nstore: {{{store}}}\ncluster: {{name: {name}, cookie_file: {}}}\n",
         cookie.display()
     );
     let clustered = Node::start_with_data_args(
@@ -1462,4 +1486,111 @@ fn store_copy_moves_a_nodes_log_to_a_shared_store_that_a_cluster_then_serves() {
         Some((before["one"].len() + before["two"].len()) as u64),
         "the next exec's events follow the copied ones"
     );
+}
+
+#[test]
+fn shared_store_controller_kills_in_a_row_with_concurrent_execs_lose_and_duplicate_nothing() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    // 20 on FoundationDB (scripts/test-foundationdb.sh); fewer on the shared file, in CI.
+    let kills = if Cluster::on_foundationdb() { 20 } else { 5 };
+    let mut cluster = Cluster::leased(3, "");
+    wait_joined(&cluster);
+    let reference: Vec<String> = {
+        echo(cluster.node(0), "reference", "r");
+        cluster
+            .node(0)
+            .log_so_far("reference")
+            .iter()
+            .map(|e| e["type"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    let live: Arc<Mutex<Vec<(usize, String)>>> = Arc::new(Mutex::new(
+        cluster
+            .running()
+            .map(|(i, n)| (i, n.addr.clone()))
+            .collect(),
+    ));
+    let done = Arc::new(AtomicBool::new(false));
+    let appenders: Vec<_> = (0..2)
+        .map(|a| {
+            let (live, done) = (live.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut acknowledged = Vec::new();
+                let mut n = 0usize;
+                while !done.load(Ordering::Relaxed) {
+                    let target = {
+                        let live = live.lock().unwrap();
+                        live[n % live.len()].1.clone()
+                    };
+                    let conversation = format!("k-{a}-{n}");
+                    n += 1;
+                    let out = cadre_tests::cli_with_server(
+                        &target,
+                        &[
+                            "exec",
+                            "--agent",
+                            "echo",
+                            "--conversation",
+                            &conversation,
+                            "--input",
+                            "x",
+                        ],
+                    );
+                    if out.status.success() {
+                        acknowledged.push(conversation);
+                    }
+                }
+                (acknowledged, n)
+            })
+        })
+        .collect();
+    for round in 0..kills {
+        let (controller, epoch) = wait_controller(&cluster, None, Duration::from_secs(30));
+        live.lock().unwrap().retain(|(i, _)| *i != controller);
+        cluster.kill(controller);
+        let (next, next_epoch) =
+            wait_controller(&cluster, Some(controller), Duration::from_secs(30));
+        assert!(next_epoch > epoch, "round {round}: a new lease");
+        eprintln!(
+            "round {round}: node-{controller} killed, node-{next} controls (epoch {next_epoch})"
+        );
+        let addr = cluster.restart(controller).addr.clone();
+        live.lock().unwrap().push((controller, addr));
+        wait_joined(&cluster);
+    }
+    done.store(true, Ordering::Relaxed);
+    let mut acknowledged = Vec::new();
+    let mut tried = 0;
+    for appender in appenders {
+        let (acked, n) = appender.join().unwrap();
+        acknowledged.extend(acked);
+        tried += n;
+    }
+    eprintln!(
+        "{} of {tried} execs acknowledged through {kills} controller kills",
+        acknowledged.len()
+    );
+    assert!(
+        acknowledged.len() > kills,
+        "execs went on between the kills"
+    );
+    let reader = cluster.node(0);
+    for conversation in &acknowledged {
+        let events = reader.log_so_far(conversation);
+        let types: Vec<&str> = events
+            .iter()
+            .map(|e| e["type"].as_str().unwrap_or_default())
+            .collect();
+        assert_eq!(
+            types, reference,
+            "{conversation}: every event once, in order"
+        );
+        let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+        assert_eq!(
+            seqs,
+            (1..=seqs.len() as u64).collect::<Vec<_>>(),
+            "{conversation}: no gap"
+        );
+    }
 }
