@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use cadre_actors::controller::{AppendRequest, Controller, HistoryLimits, NewEvent};
 use cadre_actors::store::Store;
-use cadre_cluster::store::SqliteStore;
+use cadre_cluster::store::{SqliteStore, Storage};
 use cadre_proto::v1::{Event, OutputEmitted, event};
 use clap::{Args, Subcommand};
 use prost::Message;
@@ -230,22 +230,22 @@ fn sample_event(writer: usize, i: usize) -> NewEvent {
 }
 
 /// The store `bench eventlog --store` names, with its commit log, in or under `dir`.
-fn bench_store(
-    spec: &str,
-    dir: &std::path::Path,
-) -> Result<(Arc<dyn Store>, Arc<dyn cadre_actors::controller::CommitLog>), Failure> {
+fn bench_store(spec: &str, dir: &std::path::Path) -> Result<Storage, Failure> {
     let usage = |why: String| Failure::Usage(format!("cadre: --store {spec}: {why}"));
     let runtime = |e: cadre_actors::store::StoreError| {
         Failure::Runtime(anyhow::anyhow!("--store {spec}: {e}"))
     };
-    let in_store = |store: Arc<dyn Store>| {
-        let log = Arc::new(cadre_actors::controller::StoreLog(store.clone()));
-        (store, log as Arc<dyn cadre_actors::controller::CommitLog>)
+    let in_store = |store: Arc<dyn Store>| Storage {
+        log: Arc::new(cadre_actors::controller::StoreLog(store.clone())),
+        store,
     };
     match spec.split_once(':') {
         None if spec == "embedded" => {
             let (store, log) = cadre_cluster::store::open_embedded(dir).map_err(runtime)?;
-            Ok((Arc::new(store), Arc::new(log)))
+            Ok(Storage {
+                store: Arc::new(store),
+                log: Arc::new(log),
+            })
         }
         Some(("foundationdb", file)) if !file.is_empty() => {
             let config = cadre_actors::config::FoundationdbStore {
@@ -288,7 +288,7 @@ async fn eventlog(
     args: &EventlogArgs,
     dir: &std::path::Path,
 ) -> Result<serde_json::Value, Failure> {
-    let (store, log) = bench_store(&args.store, dir)?;
+    let Storage { store, log } = bench_store(&args.store, dir)?;
     let result = eventlog_on(args, dir, store.clone(), log).await;
     clear_bench_store(&args.store, store.as_ref());
     Ok(result?)
