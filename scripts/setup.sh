@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing cadre needs, idempotently. Safe to run again.
-# Today that is the Rust toolchain's rustfmt and clippy, the POSIX tools the tests run as
+# Today that is the Rust toolchain's rustfmt and clippy, libclang (for the FoundationDB
+# feature's bindings), the POSIX tools the tests run as
 # supervised processes (sh, sleep, bash), gVisor's runsc for the sandbox tests, and the real MCP
 # servers the tool tests drive and gRPC for the Python example agent (from npm and PyPI, under $CADRE_MCP_DIR, default
 # /usr/local/lib/cadre-mcp: below /usr, so that gVisor sandboxes see them).
@@ -61,6 +62,12 @@ if ! command -v runsc >/dev/null 2>&1 || ! dpkg --compare-versions "${runsc_have
   else
     apt-get install -y -qq runsc
   fi
+fi
+
+# libclang, for the FoundationDB client's bindings (bindgen) that `--features foundationdb`
+# builds.
+if ! ldconfig -p 2>/dev/null | grep -q "libclang[-.0-9]*\.so"; then
+  apt_install libclang-dev
 fi
 
 mcp_dir=${CADRE_MCP_DIR:-/usr/local/lib/cadre-mcp}

@@ -11,5 +11,10 @@ if [ -n "${CI:-}" ]; then
 fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The FoundationDB store is behind a feature (it links libfdb_c): checked and linted here,
+# tested against a real server by scripts/test-foundationdb.sh where one is installed.
+cargo clippy --workspace --all-targets --locked --features cadre/foundationdb -- -D warnings
+cargo check --workspace --locked --features cadre/foundationdb
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 cargo test --workspace --locked
+scripts/test-foundationdb.sh
