@@ -14,7 +14,8 @@
 //!   stopped, and appends go to the new controller. Meanwhile, each write of the deposed
 //!   controller is refused by the fence with the new holder's name, which callers get as
 //!   UNAVAILABLE.
-//! - A node that stops gives the lease up, so another takes it at once.
+//! - A node that stops gives the lease up once its actors have stopped
+//!   ([`LeasedLog::give_up`]), so another takes it at once.
 //!
 //! Calls to the log on a node that is not the controller go to the lease holder over gRPC
 //! ([`RemoteLog`]); the holder answers them from its controller, and a node that is not the
@@ -61,6 +62,8 @@ struct Shared {
     local: RwLock<Option<Controller>>,
     /// The lease as last read or written here.
     lease: watch::Sender<Option<Lease>>,
+    /// The lease this node holds, as the loop last left it.
+    held: std::sync::Mutex<Option<Lease>>,
 }
 
 impl LeasedLog {
@@ -81,6 +84,7 @@ impl LeasedLog {
             limits,
             local: RwLock::new(None),
             lease,
+            held: std::sync::Mutex::new(None),
         });
         let finder = {
             let shared = shared.clone();
@@ -133,18 +137,16 @@ impl LeasedLog {
         Arc::new(Served(self.shared.clone()))
     }
 
-    /// Runs the lease loop (see the module's docs) until `stopping`; the controller runs under
-    /// `system`. Gives the lease up when it stops.
-    pub fn keep(
-        &self,
-        system: SupervisorRef,
-        mut stopping: watch::Receiver<bool>,
-    ) -> JoinHandle<()> {
+    /// Runs the lease loop (see the module's docs); the controller runs under `system`. Once
+    /// `stopping`, it takes the lease no more but renews it while the node's actors stop (their
+    /// last appends need the controller); the node then calls [`LeasedLog::give_up`].
+    pub fn keep(&self, system: SupervisorRef, stopping: watch::Receiver<bool>) -> JoinHandle<()> {
         let shared = self.shared.clone();
         tokio::spawn(async move {
             let mut held: Option<Lease> = None;
             loop {
                 let wait = match held.take() {
+                    None if *stopping.borrow() => shared.renew_every(),
                     None => {
                         let (lease, wait) = shared.try_to_take(&system).await;
                         held = lease;
@@ -155,22 +157,31 @@ impl LeasedLog {
                         shared.renew_every()
                     }
                 };
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = stopping.wait_for(|s| *s) => break,
-                }
-            }
-            if let Some(lease) = held {
-                shared.step_down(&system, "the node is stopping").await;
-                let store = shared.store.clone();
-                match blocking(move || lease::release(store.as_ref(), &lease)).await {
-                    Ok(()) => tracing::info!("controller lease given up"),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot give the controller lease up; it expires by itself")
-                    }
-                }
+                *shared.held.lock().expect("held lease") = held.clone();
+                tokio::time::sleep(wait).await;
             }
         })
+    }
+
+    /// Gives the lease up if this node holds it (a node stopping, once its actors and its
+    /// controller have stopped and the lease loop was aborted), so that another node takes it
+    /// at once rather than after the TTL.
+    pub async fn give_up(&self) {
+        let Some(lease) = self.shared.held.lock().expect("held lease").take() else {
+            return;
+        };
+        if let Some(controller) = self.shared.local.write().expect("local controller").take() {
+            controller.end_subscriptions(StoreError::Unavailable(
+                "the controller node is stopping; subscribe again".into(),
+            ));
+        }
+        let store = self.shared.store.clone();
+        match blocking(move || lease::release(store.as_ref(), &lease)).await {
+            Ok(()) => tracing::info!("controller lease given up"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot give the controller lease up; it expires by itself")
+            }
+        }
     }
 }
 
@@ -207,9 +218,11 @@ impl Shared {
             Ok(Claim::Took(lease)) => {
                 // Published once the controller runs: until then no call should come here.
                 match self.become_controller(&lease, system).await {
+                    // Renewed at once: the controller's start (its replay) may have taken a
+                    // while, and the lease may have gone meanwhile.
                     Ok(()) => {
                         self.publish(&lease);
-                        (Some(lease), self.renew_every())
+                        (Some(lease), Duration::ZERO)
                     }
                     Err(why) => {
                         tracing::error!(epoch = lease.epoch, error = %why, "took the controller lease but cannot start the controller; giving the lease up");
@@ -238,7 +251,21 @@ impl Shared {
     /// Renews `lease`; the lease still held, or `None` once this node stepped down.
     async fn renew(&self, lease: Lease, system: &SupervisorRef) -> Option<Lease> {
         let (store, ttl, held) = (self.store.clone(), self.ttl, lease.clone());
-        match blocking(move || lease::renew(store.as_ref(), &held, ttl, unix_ms())).await {
+        // A renewal that has not come back a sixth of the TTL before the lease expires is
+        // given up on: the node steps down in time, whatever the store does meanwhile.
+        let margin = self.ttl.as_millis() as u64 / 6;
+        let left = lease.expires_unix_ms.saturating_sub(unix_ms() + margin);
+        let renewal = tokio::time::timeout(
+            Duration::from_millis(left),
+            blocking(move || lease::renew(store.as_ref(), &held, ttl, unix_ms())),
+        )
+        .await;
+        let Ok(renewal) = renewal else {
+            let why = "the lease could not be renewed before it expires: the store did not answer";
+            self.step_down(system, why).await;
+            return None;
+        };
+        match renewal {
             Ok(Renewal::Renewed(renewed)) => {
                 self.publish(&renewed);
                 Some(renewed)

@@ -97,7 +97,9 @@ pub struct Node {
     _data_dir_lock: Option<Arc<store::DataDirLock>>,
     /// A node without the log: the writer of its lifecycle events to the cluster's audit log.
     audit: Option<cadre_actors::controller::Audit>,
-    /// The cluster's loops: exec takeover (`crate::takeover`), the members' trees.
+    /// On a shared store: the controller lease.
+    leased: Option<LeasedLog>,
+    /// The cluster's loops: exec takeover (`crate::takeover`), the members' trees, the lease.
     cluster_tasks: Vec<JoinHandle<()>>,
     /// The node's tool registry.
     pub tools: ToolRegistry,
@@ -607,6 +609,7 @@ impl Node {
             system_exit,
             event_log,
             membership,
+            leased,
             _data_dir_lock: data_dir_lock,
             audit,
             cluster_tasks,
@@ -699,6 +702,9 @@ impl Node {
         }
         if let Some(audit) = self.audit.take() {
             audit.flush().await;
+        }
+        if let Some(leased) = &self.leased {
+            leased.give_up().await;
         }
         if let Some(membership) = &self.membership {
             membership.stop();

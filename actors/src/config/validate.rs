@@ -884,7 +884,8 @@ impl Checker {
             } else {
                 self.fail(
                     f.span(),
-                    "store.foundationdb is not available in this build of cadre (build it with                      `--features foundationdb`); use store.embedded"
+                    "store.foundationdb is not available in this build of cadre (build it with \
+                     `--features foundationdb`); use store.embedded"
                         .into(),
                 );
             }

@@ -5,10 +5,11 @@
 //! controller on it first) and no controller writing it. The copy goes key by key in key
 //! order, in transactions well under the limits; events stored whole by earlier versions that
 //! are larger than a value may be on the destination are split into chunks. Then both sides
-//! are counted and compared: the conversations, each one's last seq, the events, the
-//! idempotency records, the open execs.
+//! are counted and compared: the conversations, each one's last seq and a digest of its
+//! events' bytes, the events, the idempotency records, the open execs.
 
 use std::collections::BTreeMap;
+use std::hash::Hasher;
 
 use super::keys;
 use crate::store::tuple::{Elem, Value, unpack};
@@ -19,6 +20,8 @@ use crate::store::{MAX_VALUE_BYTES, Store, StoreError};
 pub struct Census {
     /// Conversations and the last seq of each.
     pub conversations: BTreeMap<String, u64>,
+    /// A digest of each conversation's events, in seq order (stored whole or in chunks alike).
+    pub digests: BTreeMap<String, u64>,
     /// Events.
     pub events: u64,
     /// Idempotency records.
@@ -80,7 +83,14 @@ pub fn copy(
         )));
     }
     if force {
-        to.transact(&mut |t| t.clear_range(&all.0, &all.1))?;
+        // All but the lease, whose epoch must only ever rise.
+        let lease = crate::store::lease::key();
+        let mut after_lease = lease.clone();
+        after_lease.push(0x00);
+        to.transact(&mut |t| {
+            t.clear_range(&all.0, &lease)?;
+            t.clear_range(&after_lease, &all.1)
+        })?;
     }
     let mut after: Option<Vec<u8>> = None;
     let mut copied = 0u64;
@@ -139,6 +149,7 @@ pub fn copy(
 pub fn census(store: &dyn Store) -> Result<Census, StoreError> {
     let mut census = Census::default();
     let mut after: Option<Vec<u8>> = None;
+    let mut digest: Option<Digest> = None;
     loop {
         let mut page = Vec::new();
         store.read(&mut |t| {
@@ -154,11 +165,25 @@ pub fn census(store: &dyn Store) -> Result<Census, StoreError> {
             Ok(())
         })?;
         let Some((last, _)) = page.last() else {
+            finish(&mut census, &mut digest);
             return Ok(census);
         };
         after = Some(last.clone());
         for (key, value) in &page {
             let Ok(parts) = unpack(key) else { continue };
+            // An event's bytes (whole, or its chunks in order) go into its conversation's
+            // digest; a chunked event's head does not.
+            if let (Some(Value::Str(p)), Some(Value::Str(conv))) = (parts.first(), parts.get(1))
+                && p == keys::EVENTS
+            {
+                if digest.as_ref().is_none_or(|(c, _)| c != conv) {
+                    finish(&mut census, &mut digest);
+                    digest = Some((conv.clone(), std::hash::DefaultHasher::new()));
+                }
+                if parts.len() == 4 || !keys::is_chunked_head(value) {
+                    digest.as_mut().expect("set above").1.write(value);
+                }
+            }
             match (parts.first(), parts.len()) {
                 (Some(Value::Str(p)), 3) if p == keys::EVENTS => census.events += 1,
                 (Some(Value::Str(p)), 2) if p == keys::META => {
@@ -173,6 +198,16 @@ pub fn census(store: &dyn Store) -> Result<Census, StoreError> {
                 _ => {}
             }
         }
+    }
+}
+
+/// A conversation's digest in the making.
+type Digest = (String, std::hash::DefaultHasher);
+
+/// Records the digest in the making, if any.
+fn finish(census: &mut Census, digest: &mut Option<Digest>) {
+    if let Some((conv, hasher)) = digest.take() {
+        census.digests.insert(conv, hasher.finish());
     }
 }
 
@@ -206,6 +241,11 @@ fn any_key(store: &dyn Store) -> Result<bool, StoreError> {
 
 fn describe_difference(source: &Census, copy: &Census) -> String {
     let mut out = Vec::new();
+    for (conv, digest) in &source.digests {
+        if copy.digests.get(conv) != Some(digest) {
+            out.push(format!("{conv}: its events differ"));
+        }
+    }
     if source.events != copy.events {
         out.push(format!("events {} vs {}", source.events, copy.events));
     }

@@ -134,6 +134,11 @@ pub(super) fn set_event(t: &mut dyn Txn, event: &Event) -> Result<(), StoreError
     Ok(())
 }
 
+/// Whether `value`, stored at an event's key, is the head of an event split into chunks.
+pub(super) fn is_chunked_head(value: &[u8]) -> bool {
+    value.first() == Some(&CHUNKED)
+}
+
 /// Up to `limit` events with keys in `[begin, end)`, in order, with split events put together.
 pub(super) fn read_events(
     t: &mut dyn Txn,
@@ -143,27 +148,20 @@ pub(super) fn read_events(
 ) -> Result<Vec<Event>, StoreError> {
     let mut out = Vec::new();
     let mut from = begin.to_vec();
-    // The head of the split event read last: its chunks are skipped.
-    let mut head: Option<Vec<u8>> = None;
-    while out.len() < limit {
+    'pages: while out.len() < limit {
         let want = limit - out.len();
         let kvs = t.range(&from, end, want, false)?;
         let exhausted = kvs.len() < want;
         for (key, value) in &kvs {
-            // A chunk of the split event just read.
-            if head.as_ref().is_some_and(|h| key.starts_with(h)) {
-                continue;
-            }
-            head = None;
-            if out.len() == limit {
-                break;
-            }
             if value.first() == Some(&CHUNKED) {
                 out.push(decode_event(&read_chunks(t, key, value)?)?);
-                head = Some(key.clone());
-            } else {
-                out.push(decode_event(value)?);
+                // Go on after its chunks, without reading the rest of this page (more chunks,
+                // perhaps) again.
+                from = key.clone();
+                from.push(0xff);
+                continue 'pages;
             }
+            out.push(decode_event(value)?);
         }
         match kvs.last() {
             Some((last, _)) if !exhausted => {

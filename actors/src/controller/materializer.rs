@@ -236,6 +236,12 @@ pub(super) fn replay(store: &dyn Store, log: &dyn CommitLog) -> Result<usize, St
     };
     log.replay(&mut |lsn, record| {
         let entries = decode(lsn, record)?;
+        // Flushed first if this record would take the transaction past the budget (a record
+        // is at most half the store's transaction limit).
+        if bytes + record.len() > MAX_MATERIALIZE_BYTES {
+            flush(&mut batch)?;
+            bytes = 0;
+        }
         total += entries.len();
         bytes += record.len();
         batch.extend(entries);

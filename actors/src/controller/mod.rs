@@ -186,6 +186,8 @@ impl Controller {
             let mut out: std::collections::BTreeMap<String, u64> =
                 std::collections::BTreeMap::new();
             shared.store.read(&mut |t| {
+                // A read may run again (FoundationDB retries it): start afresh.
+                out.clear();
                 for (k, v) in t.range(&begin, &end, limit, false)? {
                     if let Some(crate::store::tuple::Value::Str(conv)) =
                         crate::store::tuple::unpack(&k)

@@ -81,8 +81,11 @@ impl Hub {
     /// Ends every live subscription, and those that register later, with `why`: the
     /// controller stepped down, and its subscribers must subscribe to the next one.
     pub(super) fn end_all(&self, why: SubscribeError) {
+        // Under the subscribers' lock, which `register` holds while it looks at `ended`.
+        let mut subscribers = self.subscribers.lock().expect("hub lock");
         *self.ended.lock().expect("hub lock") = Some(why.clone());
-        let removed = std::mem::take(&mut *self.subscribers.lock().expect("hub lock"));
+        let removed = std::mem::take(&mut *subscribers);
+        drop(subscribers);
         for live in removed.into_values().flatten() {
             *live.cut_off.lock().expect("cut-off lock") = Some(why.clone());
         }
@@ -91,13 +94,12 @@ impl Hub {
     fn register(&self, conversation: &str) -> (mpsc::Receiver<Arc<Event>>, CutOff) {
         let (tx, rx) = mpsc::channel(LIVE_BUFFER);
         let cut_off = Arc::new(Mutex::new(None));
+        let mut subscribers = self.subscribers.lock().expect("hub lock");
         if let Some(why) = self.ended.lock().expect("hub lock").clone() {
             *cut_off.lock().expect("cut-off lock") = Some(why);
             return (rx, cut_off);
         }
-        self.subscribers
-            .lock()
-            .expect("hub lock")
+        subscribers
             .entry(conversation.to_string())
             .or_default()
             .push(Live {

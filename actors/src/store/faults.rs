@@ -13,7 +13,7 @@
 //!   over them (so every transaction must be idempotent);
 //! - **giving up** after such a fault: [`StoreError::CommitUnknown`] (after a commit, or not)
 //!   or [`StoreError::Unavailable`] (conflicts), as when the retry limit runs out;
-//! - **too old**: `f` took longer than [`MAX_TRANSACTION_TIME`];
+//! - **too old**: `f` took longer than [`MAX_TRANSACTION_TIME`] (or [`FaultyStore::with_max_time`]);
 //! - **too large**: keys, values and transactions over FoundationDB's limits are refused, as
 //!   FoundationDB refuses them (`key_too_large`, `value_too_large`, `transaction_too_large`).
 //!
@@ -75,6 +75,8 @@ pub struct FaultCounts {
 /// A store whose transactions meet FoundationDB's faults at [`FaultRates`].
 pub struct FaultyStore<S: ?Sized> {
     rates: FaultRates,
+    /// How long a transaction may take ([`MAX_TRANSACTION_TIME`] unless a test shortens it).
+    max_time: std::time::Duration,
     rng: Mutex<StdRng>,
     /// What was injected so far.
     pub counts: FaultCounts,
@@ -96,10 +98,18 @@ impl<S: Store + ?Sized> FaultyStore<S> {
     pub fn new(inner: std::sync::Arc<S>, rates: FaultRates, seed: u64) -> Self {
         Self {
             rates,
+            max_time: MAX_TRANSACTION_TIME,
             rng: Mutex::new(StdRng::seed_from_u64(seed)),
             counts: FaultCounts::default(),
             inner,
         }
+    }
+
+    /// Transactions longer than `max_time` fail with [`StoreError::TooOld`] (FoundationDB's
+    /// 5 s, unless a test wants it sooner).
+    pub fn with_max_time(mut self, max_time: std::time::Duration) -> Self {
+        self.max_time = max_time;
+        self
     }
 
     /// The next attempt's fault, if any, and whether the retries give up after it.
@@ -138,6 +148,16 @@ impl<S: Store + ?Sized> Store for FaultyStore<S> {
         &self,
         f: &mut dyn FnMut(&mut dyn Txn) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
+        // Once an attempt may have committed, a later failure is no proof that nothing was
+        // written: it is reported as an unknown result, as FdbStore does.
+        let mut maybe_committed = false;
+        let unknown = |e: StoreError, maybe_committed: bool| match e {
+            e @ StoreError::CommitUnknown(_) => e,
+            e if maybe_committed => StoreError::CommitUnknown(format!(
+                "an earlier attempt's commit may have landed, then: {e}"
+            )),
+            e => e,
+        };
         for _ in 0..MAX_ATTEMPTS {
             let (fault, give_up) = self.draw();
             let started = Instant::now();
@@ -146,14 +166,22 @@ impl<S: Store + ?Sized> Store for FaultyStore<S> {
                     inner: t,
                     written: 0,
                 })?;
-                if started.elapsed() > MAX_TRANSACTION_TIME {
+                if started.elapsed() > self.max_time {
                     return Err(StoreError::TooOld);
                 }
                 Ok(())
             };
             match fault {
-                None => return self.inner.transact(&mut attempt),
-                Some(Fault::UnknownCommitted) => self.inner.transact(&mut attempt)?,
+                None => {
+                    return self
+                        .inner
+                        .transact(&mut attempt)
+                        .map_err(|e| unknown(e, maybe_committed));
+                }
+                Some(Fault::UnknownCommitted) => self
+                    .inner
+                    .transact(&mut attempt)
+                    .map_err(|e| unknown(e, maybe_committed))?,
                 Some(Fault::Conflict | Fault::UnknownNotCommitted) => {
                     match self.inner.transact(&mut |t| {
                         attempt(t)?;
@@ -161,18 +189,23 @@ impl<S: Store + ?Sized> Store for FaultyStore<S> {
                     }) {
                         Err(StoreError::Aborted(why)) if why == INJECTED => {}
                         // The closure's own error ends the transaction, as on FoundationDB.
-                        Err(e) => return Err(e),
+                        Err(e) => return Err(unknown(e, maybe_committed)),
                         Ok(()) => unreachable!("an injected abort always aborts"),
                     }
                 }
             }
             let fault = fault.expect("a fault was injected");
             self.count(fault);
+            maybe_committed |= fault != Fault::Conflict;
             if give_up {
                 self.counts.given_up.fetch_add(1, Ordering::Relaxed);
                 return Err(match fault {
-                    Fault::Conflict => StoreError::Unavailable(
-                        "not_committed: the transaction conflicted and its retries ran out".into(),
+                    Fault::Conflict => unknown(
+                        StoreError::Unavailable(
+                            "not_committed: the transaction conflicted and its retries ran out"
+                                .into(),
+                        ),
+                        maybe_committed,
                     ),
                     Fault::UnknownCommitted | Fault::UnknownNotCommitted => {
                         StoreError::CommitUnknown("injected commit_unknown_result".into())
@@ -180,9 +213,12 @@ impl<S: Store + ?Sized> Store for FaultyStore<S> {
                 });
             }
         }
-        Err(StoreError::Unavailable(format!(
-            "the transaction met a fault in each of its {MAX_ATTEMPTS} attempts"
-        )))
+        Err(unknown(
+            StoreError::Unavailable(format!(
+                "the transaction met a fault in each of its {MAX_ATTEMPTS} attempts"
+            )),
+            maybe_committed,
+        ))
     }
 
     fn read(
@@ -195,7 +231,7 @@ impl<S: Store + ?Sized> Store for FaultyStore<S> {
                 inner: t,
                 written: 0,
             })?;
-            if started.elapsed() > MAX_TRANSACTION_TIME {
+            if started.elapsed() > self.max_time {
                 return Err(StoreError::TooOld);
             }
             Ok(())
@@ -380,6 +416,29 @@ mod tests {
             runs as u64,
             1 + store.counts.conflicts.load(Ordering::Relaxed)
         );
+    }
+
+    #[test]
+    fn a_transaction_past_its_time_is_too_old_and_writes_nothing() {
+        let store = FaultyStore::new(Arc::new(Memory::default()), FaultRates::NONE, 0)
+            .with_max_time(std::time::Duration::from_millis(20));
+        let err = store
+            .transact(&mut |t| {
+                t.set(b"n", &[1])?;
+                std::thread::sleep(std::time::Duration::from_millis(40));
+                Ok(())
+            })
+            .unwrap_err();
+        assert_eq!(err, StoreError::TooOld);
+        assert_eq!(counter(&store), 0);
+        let err = store
+            .read(&mut |t| {
+                t.get(b"n")?;
+                std::thread::sleep(std::time::Duration::from_millis(40));
+                Ok(())
+            })
+            .unwrap_err();
+        assert_eq!(err, StoreError::TooOld);
     }
 
     #[test]

@@ -15,9 +15,9 @@
 //!   [`StoreError::Fenced`]. So no write of a deposed controller lands, whatever the clocks say.
 //!
 //! Clocks only decide *when* a candidate may take an expired lease (liveness); the epoch check
-//! decides *whether* a write lands (safety). Each write of the lease carries a random token,
-//! so that a claim whose commit had an unknown result and runs again recognises its own write
-//! instead of taking the lease a second time.
+//! decides *whether* a write lands (safety). Each claim writes a random token (a renewal keeps
+//! it), so that a claim whose commit had an unknown result and runs again recognises its own
+//! write instead of taking the lease a second time.
 
 use std::time::Duration;
 
@@ -37,7 +37,7 @@ pub struct Lease {
     pub epoch: u64,
     /// When it expires unless renewed (Unix time, milliseconds).
     pub expires_unix_ms: u64,
-    /// A random token of the write that took or renewed it.
+    /// A random token of the claim that took it.
     token: u64,
 }
 

@@ -121,7 +121,8 @@ pub trait Store: Send + Sync + 'static {
         f: &mut dyn FnMut(&mut dyn Txn) -> Result<(), StoreError>,
     ) -> Result<(), StoreError>;
 
-    /// Runs `f` against a consistent snapshot; writes fail with [`StoreError::ReadOnly`].
+    /// Runs `f` against a consistent snapshot; writes fail with [`StoreError::ReadOnly`]. As
+    /// with [`Store::transact`], `f` may run more than once: it must start afresh each time.
     fn read(
         &self,
         f: &mut dyn FnMut(&mut dyn Txn) -> Result<(), StoreError>,

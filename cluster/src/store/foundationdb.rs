@@ -103,9 +103,15 @@ impl FdbStore {
     ) -> Result<(), StoreError> {
         // The loop's closure is `Fn`; `f` is called by one attempt at a time.
         let f = Mutex::new(f);
-        let result = pollster::block_on(self.db.run(|trx, _maybe_committed| {
-            let f = &f;
+        // Set once an attempt's commit may have landed: a later failure is then no proof that
+        // nothing was written.
+        let maybe_committed = std::sync::atomic::AtomicBool::new(false);
+        let result = pollster::block_on(self.db.run(|trx, maybe| {
+            let (f, maybe_committed) = (&f, &maybe_committed);
             async move {
+                if bool::from(maybe) {
+                    maybe_committed.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
                 limit(&trx)?;
                 let mut txn = FdbTxn {
                     trx: &trx,
@@ -122,7 +128,15 @@ impl FdbStore {
                 result.map_err(|e| FdbBindingError::CustomError(Box::new(e)))
             }
         }));
-        result.map_err(|e| binding_error("transaction", e))
+        result.map_err(|e| match binding_error("transaction", e) {
+            e @ StoreError::CommitUnknown(_) => e,
+            e if maybe_committed.load(std::sync::atomic::Ordering::Relaxed) => {
+                StoreError::CommitUnknown(format!(
+                    "an earlier attempt's commit may have landed, then: {e}"
+                ))
+            }
+            e => e,
+        })
     }
 }
 
@@ -203,6 +217,9 @@ impl Txn for FdbTxn<'_> {
         limit: usize,
         reverse: bool,
     ) -> Result<Vec<Kv>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
         let begin = self.key(begin);
         let end = self.key(end);
         let mut out: Vec<Kv> = Vec::new();
@@ -285,7 +302,8 @@ fn fdb_error(doing: &str, e: FdbError) -> StoreError {
         COMMIT_UNKNOWN_RESULT => StoreError::CommitUnknown(said),
         TRANSACTION_TOO_LARGE => StoreError::TooLarge { bytes: 0 },
         KEY_TOO_LARGE | VALUE_TOO_LARGE => StoreError::Io(said),
-        TRANSACTION_TIMED_OUT => StoreError::Unavailable(format!(
+        // A commit cut off by the timeout may still land.
+        TRANSACTION_TIMED_OUT => StoreError::CommitUnknown(format!(
             "{said}: FoundationDB did not answer within {TIMEOUT_MS} ms"
         )),
         _ if e.is_retryable() => {
