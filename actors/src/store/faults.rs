@@ -26,7 +26,7 @@ use std::time::Instant;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::{Kv, MAX_TRANSACTION_BYTES, MAX_TRANSACTION_TIME, Store, StoreError, Txn, check_write};
+use super::{Kv, MAX_TRANSACTION_TIME, Store, StoreError, Txn, WriteBudget};
 
 /// How often each fault happens, per transaction (each a probability in `[0, 1]`).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -164,7 +164,7 @@ impl<S: Store + ?Sized> Store for FaultyStore<S> {
             let mut attempt = |t: &mut dyn Txn| -> Result<(), StoreError> {
                 f(&mut Limited {
                     inner: t,
-                    written: 0,
+                    budget: WriteBudget::default(),
                 })?;
                 if started.elapsed() > self.max_time {
                     return Err(StoreError::TooOld);
@@ -229,7 +229,7 @@ impl<S: Store + ?Sized> Store for FaultyStore<S> {
         self.inner.read(&mut |t| {
             f(&mut Limited {
                 inner: t,
-                written: 0,
+                budget: WriteBudget::default(),
             })?;
             if started.elapsed() > self.max_time {
                 return Err(StoreError::TooOld);
@@ -242,19 +242,7 @@ impl<S: Store + ?Sized> Store for FaultyStore<S> {
 /// A transaction held to FoundationDB's limits on keys, values and transaction size.
 struct Limited<'a> {
     inner: &'a mut dyn Txn,
-    written: usize,
-}
-
-impl Limited<'_> {
-    fn writing(&mut self, bytes: usize) -> Result<(), StoreError> {
-        self.written += bytes;
-        if self.written > MAX_TRANSACTION_BYTES {
-            return Err(StoreError::TooLarge {
-                bytes: self.written,
-            });
-        }
-        Ok(())
-    }
+    budget: WriteBudget,
 }
 
 impl Txn for Limited<'_> {
@@ -273,19 +261,17 @@ impl Txn for Limited<'_> {
     }
 
     fn set(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        check_write(key, value)?;
-        self.writing(key.len() + value.len())?;
+        self.budget.set(key, value)?;
         self.inner.set(key, value)
     }
 
     fn clear(&mut self, key: &[u8]) -> Result<(), StoreError> {
-        check_write(key, &[])?;
-        self.writing(key.len())?;
+        self.budget.clear(key)?;
         self.inner.clear(key)
     }
 
     fn clear_range(&mut self, begin: &[u8], end: &[u8]) -> Result<(), StoreError> {
-        self.writing(begin.len() + end.len())?;
+        self.budget.clear_range(begin, end)?;
         self.inner.clear_range(begin, end)
     }
 }

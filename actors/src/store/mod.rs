@@ -99,16 +99,66 @@ pub trait Txn {
     fn clear_range(&mut self, begin: &[u8], end: &[u8]) -> Result<(), StoreError>;
 }
 
-/// Refuses a key or value over FoundationDB's limits, so that every backend refuses the same
-/// writes (and what works on the embedded store works on FoundationDB).
-pub fn check_write(key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-    if key.len() > MAX_KEY_BYTES {
-        return Err(StoreError::KeyTooLarge { bytes: key.len() });
+/// What one transaction has written, held to FoundationDB's limits (keys, values, the
+/// transaction's size): every backend's [`Txn`] asks it before each write, so that every
+/// backend refuses the same writes (and what works on the embedded store works on
+/// FoundationDB).
+#[derive(Debug, Default)]
+pub struct WriteBudget {
+    written: usize,
+    read_only: bool,
+}
+
+impl WriteBudget {
+    /// The budget of a read-only transaction: every write is refused.
+    pub fn read_only() -> Self {
+        Self {
+            written: 0,
+            read_only: true,
+        }
     }
-    if value.len() > MAX_VALUE_BYTES {
-        return Err(StoreError::ValueTooLarge { bytes: value.len() });
+
+    /// Before setting `key` to `value`.
+    pub fn set(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        if value.len() > MAX_VALUE_BYTES {
+            self.writable()?;
+            return Err(StoreError::ValueTooLarge { bytes: value.len() });
+        }
+        self.clear(key)?;
+        self.charge(value.len())
     }
-    Ok(())
+
+    /// Before clearing `key`.
+    pub fn clear(&mut self, key: &[u8]) -> Result<(), StoreError> {
+        self.writable()?;
+        if key.len() > MAX_KEY_BYTES {
+            return Err(StoreError::KeyTooLarge { bytes: key.len() });
+        }
+        self.charge(key.len())
+    }
+
+    /// Before clearing `[begin, end)`.
+    pub fn clear_range(&mut self, begin: &[u8], end: &[u8]) -> Result<(), StoreError> {
+        self.writable()?;
+        self.charge(begin.len() + end.len())
+    }
+
+    fn writable(&self) -> Result<(), StoreError> {
+        match self.read_only {
+            true => Err(StoreError::ReadOnly),
+            false => Ok(()),
+        }
+    }
+
+    fn charge(&mut self, bytes: usize) -> Result<(), StoreError> {
+        self.written += bytes;
+        if self.written > MAX_TRANSACTION_BYTES {
+            return Err(StoreError::TooLarge {
+                bytes: self.written,
+            });
+        }
+        Ok(())
+    }
 }
 
 /// A transactional ordered key-value store.

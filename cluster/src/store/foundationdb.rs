@@ -17,7 +17,7 @@
 
 use std::sync::{Mutex, OnceLock};
 
-use cadre_actors::store::{Kv, MAX_TRANSACTION_BYTES, Store, StoreError, Txn, check_write};
+use cadre_actors::store::{Kv, Store, StoreError, Txn, WriteBudget};
 use foundationdb::directory::{Directory, DirectoryLayer, DirectoryOutput};
 use foundationdb::options::{StreamingMode, TransactionOption};
 use foundationdb::{
@@ -116,8 +116,10 @@ impl FdbStore {
                 let mut txn = FdbTxn {
                     trx: &trx,
                     prefix: &self.prefix,
-                    written: 0,
-                    read_only,
+                    budget: match read_only {
+                        true => WriteBudget::read_only(),
+                        false => WriteBudget::default(),
+                    },
                     failed: None,
                 };
                 let result = (f.lock().expect("one attempt at a time"))(&mut txn);
@@ -167,8 +169,7 @@ fn limit(trx: &RetryableTransaction) -> Result<(), FdbBindingError> {
 struct FdbTxn<'a> {
     trx: &'a RetryableTransaction,
     prefix: &'a [u8],
-    written: usize,
-    read_only: bool,
+    budget: WriteBudget,
     /// The FoundationDB error an operation met: the attempt ends with it.
     failed: Option<FdbError>,
 }
@@ -179,19 +180,6 @@ impl FdbTxn<'_> {
         out.extend_from_slice(self.prefix);
         out.extend_from_slice(key);
         out
-    }
-
-    fn writing(&mut self, bytes: usize) -> Result<(), StoreError> {
-        if self.read_only {
-            return Err(StoreError::ReadOnly);
-        }
-        self.written += bytes;
-        if self.written > MAX_TRANSACTION_BYTES {
-            return Err(StoreError::TooLarge {
-                bytes: self.written,
-            });
-        }
-        Ok(())
     }
 
     /// Keeps a FoundationDB error for the retry loop, and stops the closure.
@@ -249,23 +237,21 @@ impl Txn for FdbTxn<'_> {
     }
 
     fn set(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        check_write(key, value)?;
-        self.writing(key.len() + value.len())?;
+        self.budget.set(key, value)?;
         let key = self.key(key);
         self.trx.set(&key, value);
         Ok(())
     }
 
     fn clear(&mut self, key: &[u8]) -> Result<(), StoreError> {
-        check_write(key, &[])?;
-        self.writing(key.len())?;
+        self.budget.clear(key)?;
         let key = self.key(key);
         self.trx.clear(&key);
         Ok(())
     }
 
     fn clear_range(&mut self, begin: &[u8], end: &[u8]) -> Result<(), StoreError> {
-        self.writing(begin.len() + end.len())?;
+        self.budget.clear_range(begin, end)?;
         let (begin, end) = (self.key(begin), self.key(end));
         self.trx.clear_range(&begin, &end);
         Ok(())

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cadre_actors::store::{Kv, MAX_TRANSACTION_BYTES, Store, StoreError, Txn};
+use cadre_actors::store::{Kv, Store, StoreError, Txn, WriteBudget};
 use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
 
 use super::DataDirLock;
@@ -145,8 +145,7 @@ impl Store for SqliteStore {
             .map_err(io)?;
         let mut txn = SqliteTxn {
             conn: &tx,
-            written: 0,
-            read_only: false,
+            budget: WriteBudget::default(),
         };
         f(&mut txn)?;
         tx.commit().map_err(io)?;
@@ -170,8 +169,7 @@ impl Store for SqliteStore {
         run("BEGIN").map_err(io)?;
         let mut txn = SqliteTxn {
             conn: &conn,
-            written: 0,
-            read_only: true,
+            budget: WriteBudget::read_only(),
         };
         let result = f(&mut txn);
         // Ends the snapshot, so the WAL can be checkpointed past it.
@@ -182,23 +180,7 @@ impl Store for SqliteStore {
 
 struct SqliteTxn<'a> {
     conn: &'a Connection,
-    written: usize,
-    read_only: bool,
-}
-
-impl SqliteTxn<'_> {
-    fn writing(&mut self, bytes: usize) -> Result<(), StoreError> {
-        if self.read_only {
-            return Err(StoreError::ReadOnly);
-        }
-        self.written += bytes;
-        if self.written > MAX_TRANSACTION_BYTES {
-            return Err(StoreError::TooLarge {
-                bytes: self.written,
-            });
-        }
-        Ok(())
-    }
+    budget: WriteBudget,
 }
 
 impl Txn for SqliteTxn<'_> {
@@ -235,8 +217,7 @@ impl Txn for SqliteTxn<'_> {
     }
 
     fn set(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        cadre_actors::store::check_write(key, value)?;
-        self.writing(key.len() + value.len())?;
+        self.budget.set(key, value)?;
         self.conn
             .prepare_cached("INSERT OR REPLACE INTO kv (key, value) VALUES (?1, ?2)")
             .map_err(io)?
@@ -246,7 +227,7 @@ impl Txn for SqliteTxn<'_> {
     }
 
     fn clear(&mut self, key: &[u8]) -> Result<(), StoreError> {
-        self.writing(key.len())?;
+        self.budget.clear(key)?;
         self.conn
             .prepare_cached("DELETE FROM kv WHERE key = ?1")
             .map_err(io)?
@@ -256,7 +237,7 @@ impl Txn for SqliteTxn<'_> {
     }
 
     fn clear_range(&mut self, begin: &[u8], end: &[u8]) -> Result<(), StoreError> {
-        self.writing(begin.len() + end.len())?;
+        self.budget.clear_range(begin, end)?;
         self.conn
             .prepare_cached("DELETE FROM kv WHERE key >= ?1 AND key < ?2")
             .map_err(io)?
