@@ -81,7 +81,8 @@ cargo build --locked "${features[@]}" -p cadre
 export CADRE_BIN="$CARGO_TARGET_DIR/debug/cadre"
 
 cargo test --locked "${features[@]}" -p cadre-cluster --test store_conformance --test faults
-cargo test --locked "${features[@]}" -p cadre-tests --test cluster -- shared_store_ store_copy_
+cargo test --locked "${features[@]}" -p cadre-tests --test cluster -- --include-ignored \
+  shared_store_ store_copy_
 cargo run --locked --release "${features[@]}" -p cadre -- \
   bench eventlog --store "foundationdb:${cluster_file}" --events 100000 -o json
 echo "test-foundationdb: passed"
