@@ -130,6 +130,23 @@ impl<S: Store + ?Sized> FaultyStore<S> {
         (fault, give_up)
     }
 
+    /// Runs `f` on `t` held to FoundationDB's limits: its writes, and its time since `started`.
+    fn limited(
+        &self,
+        f: &mut dyn FnMut(&mut dyn Txn) -> Result<(), StoreError>,
+        t: &mut dyn Txn,
+        started: Instant,
+    ) -> Result<(), StoreError> {
+        f(&mut Limited {
+            inner: t,
+            budget: WriteBudget::default(),
+        })?;
+        if started.elapsed() > self.max_time {
+            return Err(StoreError::TooOld);
+        }
+        Ok(())
+    }
+
     fn count(&self, fault: Fault) {
         let counter = match fault {
             Fault::Conflict => &self.counts.conflicts,
@@ -161,16 +178,7 @@ impl<S: Store + ?Sized> Store for FaultyStore<S> {
         for _ in 0..MAX_ATTEMPTS {
             let (fault, give_up) = self.draw();
             let started = Instant::now();
-            let mut attempt = |t: &mut dyn Txn| -> Result<(), StoreError> {
-                f(&mut Limited {
-                    inner: t,
-                    budget: WriteBudget::default(),
-                })?;
-                if started.elapsed() > self.max_time {
-                    return Err(StoreError::TooOld);
-                }
-                Ok(())
-            };
+            let mut attempt = |t: &mut dyn Txn| self.limited(f, t, started);
             match fault {
                 None => {
                     return self
@@ -226,16 +234,7 @@ impl<S: Store + ?Sized> Store for FaultyStore<S> {
         f: &mut dyn FnMut(&mut dyn Txn) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
         let started = Instant::now();
-        self.inner.read(&mut |t| {
-            f(&mut Limited {
-                inner: t,
-                budget: WriteBudget::default(),
-            })?;
-            if started.elapsed() > self.max_time {
-                return Err(StoreError::TooOld);
-            }
-            Ok(())
-        })
+        self.inner.read(&mut |t| self.limited(f, t, started))
     }
 }
 
