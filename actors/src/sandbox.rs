@@ -81,6 +81,19 @@ pub trait SandboxProvider: Send + Sync {
     /// Starts a sandbox running `cadre worker` and connects to it.
     fn start(&self, spec: SandboxSpec) -> StartFuture<'_>;
 
+    /// Told once, when a pool starts, which sandboxes of an earlier run it kept for an owner
+    /// (they are started again under their ids). A provider whose sandboxes outlive the node
+    /// (worker pods) adopts those and removes the rest of what the earlier run left.
+    fn adopt(&self, kept: &std::collections::HashSet<String>) {
+        let _ = kept;
+    }
+
+    /// Told when warm sandbox `id` (started for no tenant) is handed to `tenant`, for a
+    /// provider that records tenants outside the node (a worker pod's label).
+    fn leased(&self, id: &str, tenant: &str) {
+        let _ = (id, tenant);
+    }
+
     /// Why this provider cannot checkpoint sandboxes here, or `None` if it can.
     fn cannot_checkpoint(&self) -> Option<String> {
         Some(format!(

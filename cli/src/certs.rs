@@ -14,8 +14,10 @@ use crate::{Failure, Output};
 
 #[derive(Subcommand)]
 pub enum CertsCommand {
-    /// Make a CA, a node certificate and a client certificate in DIR: ca.crt, ca.key,
-    /// node.crt, node.key, client.crt, client.key (keys readable by their owner only).
+    /// Make a CA, a node certificate, a client certificate and a worker certificate in DIR:
+    /// ca.crt, ca.key, node.crt, node.key, client.crt, client.key, worker.crt, worker.key
+    /// (keys readable by their owner only). The worker certificate is for the name
+    /// `cadre-worker`: Kubernetes worker pods present it (see docs/kubernetes.md).
     Init {
         /// Where to write them (made if missing).
         dir: PathBuf,
@@ -40,13 +42,15 @@ pub enum CertsCommand {
 }
 
 /// The files `certs init` writes, in order.
-const FILES: [&str; 6] = [
+const FILES: [&str; 8] = [
     "ca.crt",
     "ca.key",
     "node.crt",
     "node.key",
     "client.crt",
     "client.key",
+    "worker.crt",
+    "worker.key",
 ];
 
 pub fn run(command: CertsCommand) -> Result<(), Failure> {
@@ -84,11 +88,13 @@ fn init(dir: &Path, hosts: Vec<String>, days: u32, force: bool) -> Result<(), Fa
         write(&dir.join(name), &pem, name.ends_with(".key"))?;
     }
     println!(
-        "wrote {} (CA), {} (node: {}), {} (client), valid {days} days",
+        "wrote {} (CA), {} (node: {}), {} (client), {} (worker: {}), valid {days} days",
         dir.join("ca.crt").display(),
         dir.join("node.crt").display(),
         hosts.join(", "),
         dir.join("client.crt").display(),
+        dir.join("worker.crt").display(),
+        cadre_sandbox::worker::WORKER_TLS_NAME,
     );
     Ok(())
 }
@@ -126,6 +132,14 @@ fn make(hosts: &[String], days: u32) -> Result<Vec<String>, rcgen::Error> {
     let mut client = named("cadre client", Vec::new())?;
     client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     let client_cert = client.signed_by(&client_key, &issuer)?;
+
+    let worker_key = KeyPair::generate()?;
+    let mut worker = named(
+        "cadre worker",
+        vec![cadre_sandbox::worker::WORKER_TLS_NAME.to_string()],
+    )?;
+    worker.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let worker_cert = worker.signed_by(&worker_key, &issuer)?;
     Ok(vec![
         ca_cert.pem(),
         ca_key.serialize_pem(),
@@ -133,6 +147,8 @@ fn make(hosts: &[String], days: u32) -> Result<Vec<String>, rcgen::Error> {
         node_key.serialize_pem(),
         client_cert.pem(),
         client_key.serialize_pem(),
+        worker_cert.pem(),
+        worker_key.serialize_pem(),
     ])
 }
 

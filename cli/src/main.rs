@@ -8,6 +8,7 @@ mod cluster;
 mod config_cmd;
 mod conversations;
 mod debug;
+mod health;
 mod sandboxes;
 mod serve;
 mod store;
@@ -93,6 +94,9 @@ enum Command {
     },
     /// The versions of this client and of the node it talks to.
     Version(version::VersionArgs),
+    /// Whether a node is started, live or ready for work (what Kubernetes' probes run); exits
+    /// 1 when it is not.
+    Health(health::HealthArgs),
     /// Print a shell completion script: `source <(cadre completion bash)`, or write it where
     /// your shell loads completions from.
     Completion {
@@ -290,6 +294,7 @@ fn main() -> ExitCode {
             Command::Debug { command } => debug::run(command).await,
             Command::Bench { command } => bench::run(command).await,
             Command::Version(args) => version::run(args).await,
+            Command::Health(args) => health::run(args).await,
             Command::Certs { command } => certs::run(command),
             Command::Store { command } => store::run(command).await,
             Command::Completion { shell } => {

@@ -40,16 +40,23 @@ pub struct ServeArgs {
     /// else 0.0.0.0:7500].
     #[arg(long, value_name = "IP:PORT")]
     cluster_listen: Option<String>,
+    /// The host the other nodes reach this node at [default: cluster.advertise]; on
+    /// Kubernetes, the pod's DNS name under the headless Service.
+    #[arg(long, value_name = "HOST")]
+    advertise: Option<String>,
 }
 
 /// `--node`, `--seed` and `--cluster-listen` over the config's `cluster` section.
 fn cluster_flags(config: &mut Config, args: &ServeArgs) -> Result<(), Failure> {
-    let given = args.node.is_some() || !args.seeds.is_empty() || args.cluster_listen.is_some();
+    let given = args.node.is_some()
+        || !args.seeds.is_empty()
+        || args.cluster_listen.is_some()
+        || args.advertise.is_some();
     let Some(cluster) = config.cluster.as_mut() else {
         if given {
             return Err(Failure::Usage(
-                "--node, --seed and --cluster-listen need a `cluster` section in the config \
-                 (at least its cookie_file)"
+                "--node, --seed, --cluster-listen and --advertise need a `cluster` section in \
+                 the config (at least its cookie_file)"
                     .into(),
             ));
         }
@@ -71,6 +78,14 @@ fn cluster_flags(config: &mut Config, args: &ServeArgs) -> Result<(), Failure> {
                 "--cluster-listen: `{listen}` is not an IP address and port like 0.0.0.0:7500"
             ))
         })?;
+    }
+    if let Some(host) = &args.advertise {
+        if host.is_empty() || host.contains(char::is_whitespace) || host.contains('/') {
+            return Err(Failure::Usage(format!(
+                "--advertise: `{host}` is not a host name or address"
+            )));
+        }
+        cluster.advertise = Some(host.clone());
     }
     Ok(())
 }

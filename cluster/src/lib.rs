@@ -14,6 +14,7 @@ pub mod member_trees;
 pub mod membership;
 pub mod node;
 pub mod peers;
+pub mod probes;
 pub mod remote_log;
 pub mod store;
 pub mod takeover;

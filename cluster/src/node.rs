@@ -241,7 +241,24 @@ impl Node {
         // first lifecycle event on (written once the controller node is reached).
         let member_audit = (!matches!(home, store::LogHome::Local(_))).then(|| tree.subscribe());
         // Sandboxed children (MCP servers) need the pool as they start.
-        let sandboxes = start_sandboxes(&options.config.sandbox, &options.data_dir)?;
+        let owner = cadre_sandbox::PodOwner {
+            cluster: options
+                .config
+                .cluster
+                .as_ref()
+                .map_or_else(|| "none".to_string(), |c| c.name.clone()),
+            node: options
+                .config
+                .cluster
+                .as_ref()
+                .map_or_else(cadre_actors::config::host_name, |c| c.node.clone()),
+            pod: std::env::var("POD_NAME").ok().filter(|p| !p.is_empty()),
+        };
+        let sandboxes = start_sandboxes(&options.config.sandbox, &options.data_dir, owner).await?;
+        let pool_room = match &sandboxes {
+            Sandboxes::Pool { pool, max, .. } => Some((pool.clone(), *max)),
+            Sandboxes::Unavailable(_) => None,
+        };
         let pool = match &sandboxes {
             Sandboxes::Pool {
                 pool, placement, ..
@@ -468,6 +485,15 @@ impl Node {
         health
             .set_serving::<ConversationsServer<ConversationsService>>()
             .await;
+        cluster_tasks.push(
+            crate::probes::serve(
+                health.clone(),
+                event_log.clone(),
+                pool_room,
+                stopping_rx.clone(),
+            )
+            .await,
+        );
         let mut execs = Execs::new(
             event_log.clone(),
             tree.clone(),
@@ -659,6 +685,12 @@ impl Node {
                         .await;
                     self.health
                         .set_service_status("", tonic_health::ServingStatus::NotServing)
+                        .await;
+                    self.health
+                        .set_service_status(
+                            crate::probes::READY,
+                            tonic_health::ServingStatus::NotServing,
+                        )
                         .await;
                     tracing::info!("shutting down the supervision trees");
                     if root_running {
@@ -882,10 +914,14 @@ fn register_builtins(services: &Services) {
 
 /// The node's warm pool on the configured provider. Without a `sandbox` section a missing
 /// `runsc` only leaves the node without sandboxes; with one it stops the node.
-fn start_sandboxes(config: &SandboxConfig, data_dir: &Path) -> Result<Sandboxes, NodeError> {
+async fn start_sandboxes(
+    config: &SandboxConfig,
+    data_dir: &Path,
+    owner: cadre_sandbox::PodOwner,
+) -> Result<Sandboxes, NodeError> {
     let worker_bin = std::env::current_exe()
         .map_err(|e| NodeError::Sandbox(format!("cannot find the cadre binary: {e}")))?;
-    let provider = match cadre_sandbox::provider(config, data_dir, worker_bin) {
+    let provider = match cadre_sandbox::provider(config, data_dir, worker_bin, owner).await {
         Ok(p) => p,
         Err(e) if !config.configured => {
             tracing::warn!(error = %e, "no sandboxes on this node");

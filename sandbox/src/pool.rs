@@ -232,6 +232,7 @@ impl WarmPool {
                 workspaces.remove(&id);
             }
         }
+        provider.adopt(&kept.keys().cloned().collect());
         let (died, _) = broadcast::channel(1024);
         let pool = Self {
             inner: Arc::new(Inner {
@@ -336,6 +337,7 @@ impl WarmPool {
         };
         self.inner.refill.notify_one();
         if let Some(lease) = warm {
+            self.inner.provider.leased(&lease.id, tenant);
             return Ok(lease);
         }
         let id = self.next_id();

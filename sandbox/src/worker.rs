@@ -677,8 +677,13 @@ pub async fn connect_child(
     Ok((client, input))
 }
 
+/// The name a worker's certificate is for, whatever address it is reached at: workers are
+/// reached by address (a pod's IP), which no certificate made ahead of the pod can name.
+pub const WORKER_TLS_NAME: &str = "cadre-worker";
+
 /// Connects to a worker over TCP with mutual TLS: `url` is `https://HOST:PORT`, the worker's
-/// certificate must chain to `ca_pem`, and the node presents `cert_pem` with its `key_pem`.
+/// certificate must chain to `ca_pem` and be for [`WORKER_TLS_NAME`], and the node presents
+/// `cert_pem` with its `key_pem`.
 pub async fn connect_tls(
     url: &str,
     ca_pem: Vec<u8>,
@@ -686,6 +691,7 @@ pub async fn connect_tls(
     key_pem: Vec<u8>,
 ) -> Result<WorkerClient<Channel>, tonic::transport::Error> {
     let tls = tonic::transport::ClientTlsConfig::new()
+        .domain_name(WORKER_TLS_NAME)
         .ca_certificate(tonic::transport::Certificate::from_pem(ca_pem))
         .identity(tonic::transport::Identity::from_pem(cert_pem, key_pem));
     let channel = Endpoint::from_shared(url.to_string())?

@@ -2,6 +2,7 @@
 //! with a temporary data dir ([`Node`]), or several of them ([`Cluster`]), and drives them
 //! through the real CLI.
 
+pub mod kube;
 pub mod servers;
 
 use std::io::{BufRead, BufReader};
@@ -118,17 +119,29 @@ impl Node {
     pub fn start_from_file(config: &Path) -> Self {
         let dir = TempDir::new("node");
         let data = dir.path().join("data");
-        Self::spawn(config, dir, &data, &[], Path::new("/"))
+        Self::spawn(config, dir, &data, &[], Path::new("/"), &[])
+    }
+
+    /// Like [`Node::start_from_file`], on data dir `data` and with more environment variables.
+    pub fn start_from_file_with_env(config: &Path, data: &Path, env: &[(&str, &str)]) -> Self {
+        Self::spawn(config, TempDir::new("node"), data, &[], Path::new("/"), env)
     }
 
     fn start_in(config: &str, dir: TempDir, data: &Path, args: &[&str]) -> Self {
         let config_path = dir.path().join("cadre.yaml");
         std::fs::write(&config_path, config).expect("write config");
         let cwd = std::env::current_dir().expect("cwd");
-        Self::spawn(&config_path, dir, data, args, &cwd)
+        Self::spawn(&config_path, dir, data, args, &cwd, &[])
     }
 
-    fn spawn(config_path: &Path, dir: TempDir, data: &Path, args: &[&str], cwd: &Path) -> Self {
+    fn spawn(
+        config_path: &Path,
+        dir: TempDir,
+        data: &Path,
+        args: &[&str],
+        cwd: &Path,
+        env: &[(&str, &str)],
+    ) -> Self {
         let mut child = Command::new(cadre_bin())
             .current_dir(cwd)
             .arg("serve")
@@ -139,6 +152,7 @@ impl Node {
             .args(["--listen", "127.0.0.1:0"])
             .args(args)
             .env("CADRE_LOG", "info,ractor=warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

@@ -306,7 +306,38 @@ pub struct SandboxConfig {
     /// How long a placed actor may be idle before it is passivated (an exclusive one's
     /// sandbox suspended).
     pub idle_timeout: Duration,
+    /// Worker pods (`sandbox.kubernetes`): given exactly when the provider is `kubernetes`.
+    pub kubernetes: Option<KubernetesSandbox>,
 }
+
+/// `sandbox.kubernetes`: where and how the `kubernetes` provider runs its worker pods.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KubernetesSandbox {
+    /// The image of the worker pods (it holds `cadre` on its `PATH`).
+    pub image: String,
+    /// The namespace of the worker pods; `None` for the node's own (`$POD_NAMESPACE`, the
+    /// service account's namespace, else the kubeconfig's).
+    pub namespace: Option<String>,
+    /// The pods' `runtimeClassName`; `None` for the cluster's default runtime.
+    pub runtime_class: Option<String>,
+    /// The Secret mounted in every worker pod: `tls.crt` and `tls.key` (the worker's
+    /// certificate, for the name `cadre-worker`) and `ca.crt` (the CA of the node's client
+    /// certificate).
+    pub worker_secret: String,
+    /// The node's client certificate for its workers, and the CA of the workers' certificates.
+    pub tls: ClusterTls,
+    /// A kubeconfig file; `None` for the in-cluster service account (or `$KUBECONFIG`).
+    pub kubeconfig: Option<PathBuf>,
+    /// How long a worker pod may take from creation to ready.
+    pub start_timeout: Duration,
+}
+
+/// The default of `sandbox.kubernetes.runtime_class`.
+pub const DEFAULT_RUNTIME_CLASS: &str = "gvisor";
+/// The default of `sandbox.kubernetes.worker_secret`.
+pub const DEFAULT_WORKER_SECRET: &str = "cadre-worker-tls";
+/// The default of `sandbox.kubernetes.start_timeout_ms`.
+pub const DEFAULT_POD_START_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// `sandbox.provider`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -315,6 +346,8 @@ pub enum SandboxKind {
     Gvisor,
     /// Plain host processes: nothing isolated (requires `allow_unsandboxed: true`).
     Process,
+    /// Worker pods on Kubernetes (`sandbox.kubernetes`).
+    Kubernetes,
 }
 
 impl Default for SandboxConfig {
@@ -331,6 +364,7 @@ impl Default for SandboxConfig {
             min_free_disk_bytes: 1 << 30,
             slots_per_sandbox: 64,
             idle_timeout: Duration::from_secs(60),
+            kubernetes: None,
         }
     }
 }

@@ -68,6 +68,19 @@ pub(super) struct RawSandbox {
     pub(super) pids: Option<Spanned<i64>>,
     pub(super) workspace_mib: Option<Spanned<i64>>,
     pub(super) min_free_disk_mib: Option<Spanned<i64>>,
+    pub(super) kubernetes: Option<Spanned<RawKubernetes>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawKubernetes {
+    pub(super) image: Spanned<String>,
+    pub(super) namespace: Option<Spanned<String>>,
+    pub(super) runtime_class: Option<Spanned<String>>,
+    pub(super) worker_secret: Option<Spanned<String>>,
+    pub(super) tls: RawClusterTls,
+    pub(super) kubeconfig: Option<Spanned<String>>,
+    pub(super) start_timeout_ms: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]

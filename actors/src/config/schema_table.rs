@@ -294,9 +294,9 @@ pub(super) const SECTIONS: &[Section] = &[
         fields: &[
             Field {
                 key: "provider",
-                kind: "gvisor | process",
+                kind: "gvisor | process | kubernetes",
                 default: "gvisor",
-                meaning: "What sandboxes run on: `gvisor`, one `runsc` container each; `process`, the worker as a plain host process that isolates nothing (needs `allow_unsandboxed: true`). `kubernetes` is not in this build.",
+                meaning: "What sandboxes run on: `gvisor`, one `runsc` container each; `process`, the worker as a plain host process that isolates nothing (needs `allow_unsandboxed: true`); `kubernetes`, one worker pod each (needs `sandbox.kubernetes`).",
             },
             Field {
                 key: "allow_unsandboxed",
@@ -339,6 +339,61 @@ pub(super) const SECTIONS: &[Section] = &[
                 kind: "MiB (integer)",
                 default: "1024",
                 meaning: "A new workspace is refused (the tool or exec that needs it fails with an error saying so) while the data dir's disk has less free than this, so the event log always has room; 0 turns the check off.",
+            },
+            Field {
+                key: "kubernetes",
+                kind: "mapping",
+                default: "none",
+                meaning: "The worker pods of the `kubernetes` provider; required with it, refused without it.",
+            },
+        ],
+    },
+    Section {
+        path: "sandbox.kubernetes",
+        title: "sandbox.kubernetes",
+        about: "Worker pods: each sandbox is a pod running `cadre worker` on TCP with mutual TLS, with the sandbox's limits as its resources, non-root, read-only, no capabilities, no service account token, owned by the node's pod (`$POD_NAME`). See `docs/kubernetes.md`.",
+        fields: &[
+            Field {
+                key: "image",
+                kind: "string",
+                default: "required",
+                meaning: "The worker pods' image; `cadre` must be on its `PATH` (the image `deploy/Dockerfile` builds serves as node and worker).",
+            },
+            Field {
+                key: "namespace",
+                kind: "string",
+                default: "the node's own",
+                meaning: "The worker pods' namespace: `$POD_NAMESPACE`, else the service account's namespace, else the kubeconfig's.",
+            },
+            Field {
+                key: "runtime_class",
+                kind: "string",
+                default: "gvisor",
+                meaning: "The pods' `runtimeClassName` (`deploy/` makes `gvisor`, handler `runsc`); `\"\"` for the cluster's default runtime.",
+            },
+            Field {
+                key: "worker_secret",
+                kind: "string",
+                default: "cadre-worker-tls",
+                meaning: "The Secret mounted in every worker pod: `tls.crt` and `tls.key` (the worker certificate, for the name `cadre-worker`: `cadre certs init` writes `worker.crt`) and `ca.crt` (the CA of the node's client certificate).",
+            },
+            Field {
+                key: "tls",
+                kind: "mapping",
+                default: "required",
+                meaning: "`cert_file`, `key_file`: the node's client certificate for its workers; `ca_file`: the CA of the workers' certificates. Relative to the config file's folder.",
+            },
+            Field {
+                key: "kubeconfig",
+                kind: "string",
+                default: "in-cluster",
+                meaning: "A kubeconfig file to reach the API server with; without it, the pod's service account (or `$KUBECONFIG`).",
+            },
+            Field {
+                key: "start_timeout_ms",
+                kind: "milliseconds (integer)",
+                default: "120000",
+                meaning: "How long a worker pod may take from creation to ready (image pull included) before the start fails; at least 1000.",
             },
         ],
     },

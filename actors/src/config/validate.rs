@@ -732,14 +732,23 @@ impl Checker {
                         );
                     }
                 }
-                "kubernetes" => self.fail(
-                    p.span(),
-                    "sandbox.provider `kubernetes` is not available in this build (use gvisor)"
-                        .into(),
-                ),
+                "kubernetes" => {
+                    config.provider = SandboxKind::Kubernetes;
+                    if raw.kubernetes.is_none() {
+                        self.fail(
+                            p.span(),
+                            "sandbox.provider `kubernetes` needs a `sandbox.kubernetes` section \
+                             (at least `image` and `tls`)"
+                                .into(),
+                        );
+                    }
+                }
                 other => self.fail(
                     p.span(),
-                    format!("unknown sandbox.provider `{other}` (expected gvisor or process)"),
+                    format!(
+                        "unknown sandbox.provider `{other}` (expected gvisor, process or \
+                         kubernetes)"
+                    ),
                 ),
             }
         }
@@ -824,7 +833,102 @@ impl Checker {
                 config.min_free_disk_bytes = (**f as u64) << 20;
             }
         }
+        if let Some(k) = &raw.kubernetes {
+            if config.provider != SandboxKind::Kubernetes {
+                self.fail(
+                    k.span(),
+                    "sandbox.kubernetes is for `provider: kubernetes`".into(),
+                );
+            }
+            config.kubernetes = Some(self.kubernetes(k));
+        }
         config
+    }
+
+    fn kubernetes(&mut self, raw: &RawKubernetes) -> KubernetesSandbox {
+        if raw.image.trim().is_empty() {
+            self.fail(
+                raw.image.span(),
+                "sandbox.kubernetes.image must name the worker image".into(),
+            );
+        }
+        let dns_name = |s: &str| {
+            (1..=63).contains(&s.len())
+                && s.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+                && s.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+                && s.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        };
+        for (field, value) in [
+            ("namespace", &raw.namespace),
+            ("worker_secret", &raw.worker_secret),
+            ("runtime_class", &raw.runtime_class),
+        ] {
+            if let Some(v) = value
+                && !(v.is_empty() && field == "runtime_class")
+                && !dns_name(v)
+            {
+                self.fail(
+                    v.span(),
+                    format!(
+                        "sandbox.kubernetes.{field} `{}` is not a Kubernetes name (1 to 63 \
+                         lowercase letters, digits and `-`)",
+                        **v
+                    ),
+                );
+            }
+        }
+        let start_timeout = match &raw.start_timeout_ms {
+            Some(t) if **t < 1000 => {
+                self.fail(
+                    t.span(),
+                    format!(
+                        "sandbox.kubernetes.start_timeout_ms must be ≥ 1000, got {}",
+                        **t
+                    ),
+                );
+                DEFAULT_POD_START_TIMEOUT
+            }
+            Some(t) => Duration::from_millis(**t as u64),
+            None => DEFAULT_POD_START_TIMEOUT,
+        };
+        KubernetesSandbox {
+            image: raw.image.to_string(),
+            namespace: raw.namespace.as_ref().map(|n| n.to_string()),
+            runtime_class: match &raw.runtime_class {
+                Some(r) if r.is_empty() => None,
+                Some(r) => Some(r.to_string()),
+                None => Some(DEFAULT_RUNTIME_CLASS.to_string()),
+            },
+            worker_secret: raw
+                .worker_secret
+                .as_ref()
+                .map_or_else(|| DEFAULT_WORKER_SECRET.to_string(), |s| s.to_string()),
+            tls: self.tls_files(&raw.tls),
+            kubeconfig: raw.kubeconfig.as_ref().map(|k| self.resolve(k)),
+            start_timeout,
+        }
+    }
+
+    /// A certificate, its key and a CA, each checked to read as PEM when the config is a file.
+    fn tls_files(&mut self, t: &RawClusterTls) -> ClusterTls {
+        let files = ClusterTls {
+            cert_file: self.resolve(&t.cert_file),
+            key_file: self.resolve(&t.key_file),
+            ca_file: self.resolve(&t.ca_file),
+        };
+        if self.base.is_some() {
+            if let Err(e) = crate::tls::read_certs(&files.cert_file) {
+                self.fail(t.cert_file.span(), e.to_string());
+            }
+            if let Err(e) = crate::tls::read_key(&files.key_file) {
+                self.fail(t.key_file.span(), e.to_string());
+            }
+            if let Err(e) = crate::tls::read_certs(&files.ca_file) {
+                self.fail(t.ca_file.span(), e.to_string());
+            }
+        }
+        files
     }
 
     fn store(&mut self, raw: &RawStore) -> StoreConfig {
@@ -1086,25 +1190,7 @@ impl Checker {
             Some(t) => Duration::from_millis(**t as u64),
             None => DEFAULT_FAILURE_TIMEOUT,
         };
-        let tls = raw.tls.as_ref().map(|t| {
-            let files = ClusterTls {
-                cert_file: self.resolve(&t.cert_file),
-                key_file: self.resolve(&t.key_file),
-                ca_file: self.resolve(&t.ca_file),
-            };
-            if self.base.is_some() {
-                if let Err(e) = crate::tls::read_certs(&files.cert_file) {
-                    self.fail(t.cert_file.span(), e.to_string());
-                }
-                if let Err(e) = crate::tls::read_key(&files.key_file) {
-                    self.fail(t.key_file.span(), e.to_string());
-                }
-                if let Err(e) = crate::tls::read_certs(&files.ca_file) {
-                    self.fail(t.ca_file.span(), e.to_string());
-                }
-            }
-            files
-        });
+        let tls = raw.tls.as_ref().map(|t| self.tls_files(t));
         (self.errors.len() == errors).then(|| ClusterConfig {
             name,
             node,
