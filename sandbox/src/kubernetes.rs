@@ -99,6 +99,11 @@ pub struct KubernetesProvider {
     states: Arc<Mutex<HashMap<String, watch::Sender<PodState>>>>,
     /// Pods an earlier run left, by sandbox id: adopted by a start under that id.
     leftovers: Mutex<HashMap<String, String>>,
+    /// The pod of each sandbox, by sandbox id.
+    names: Arc<Mutex<HashMap<String, String>>>,
+    /// Makes each pod's name new (a sandbox started again gets a new pod, and the events of
+    /// its old one cannot be taken for the new one's).
+    generation: std::sync::atomic::AtomicU64,
     watcher: tokio::task::JoinHandle<()>,
 }
 
@@ -206,6 +211,13 @@ impl KubernetesProvider {
             tls,
             states,
             leftovers: Mutex::new(leftovers),
+            names: Arc::default(),
+            // Seeded from the clock, so a restarted node names its pods anew too.
+            generation: std::sync::atomic::AtomicU64::new(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_micros() as u64 & 0xff_ffff),
+            ),
             watcher,
         })
     }
@@ -215,9 +227,9 @@ impl KubernetesProvider {
         &self.namespace
     }
 
-    /// The name of the pod of sandbox `id`.
-    pub fn pod_name(&self, id: &str) -> String {
-        pod_name(&self.owner.node, id)
+    /// The name of the pod of sandbox `id`, while it has one.
+    pub fn pod_of(&self, id: &str) -> Option<String> {
+        self.names.lock().expect("pod names").get(id).cloned()
     }
 
     /// The state of pod `name` as the watcher sees it, watched from now on.
@@ -234,15 +246,33 @@ impl KubernetesProvider {
             id: spec.id.clone(),
             why,
         };
-        let name = self.pod_name(&spec.id);
         let leftover = self.leftovers.lock().expect("leftovers").remove(&spec.id);
-        let adopted = match leftover {
-            Some(pod) => self.adopt(&pod).await,
+        let adopted = match &leftover {
+            Some(pod) => self.adopt(pod).await,
             None => false,
         };
+        let name = match leftover {
+            Some(pod) if adopted => pod,
+            _ => {
+                let generation = self
+                    .generation
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                pod_name(&self.owner.node, &spec.id, generation)
+            }
+        };
+        self.names
+            .lock()
+            .expect("pod names")
+            .insert(spec.id.clone(), name.clone());
         let mut state = self.state_of(&name);
         if !adopted {
-            let pod = worker_pod(&self.config, &self.owner, self.owner_ref.clone(), &spec);
+            let pod = worker_pod(
+                &self.config,
+                &self.owner,
+                self.owner_ref.clone(),
+                &spec,
+                &name,
+            );
             self.pods
                 .create(&PostParams::default(), &pod)
                 .await
@@ -291,6 +321,8 @@ impl KubernetesProvider {
         }
         let hold = PodHold {
             pods: self.pods.clone(),
+            sandbox: spec.id.clone(),
+            names: self.names.clone(),
             name,
             state,
             worker: client.clone(),
@@ -395,7 +427,8 @@ impl SandboxProvider for KubernetesProvider {
     }
 
     fn leased(&self, id: &str, tenant: &str) {
-        let (pods, name) = (self.pods.clone(), self.pod_name(id));
+        let Some(name) = self.pod_of(id) else { return };
+        let pods = self.pods.clone();
         let patch = serde_json::json!({
             "metadata": {
                 "labels": { LABEL_TENANT: label_value(tenant) },
@@ -446,6 +479,8 @@ impl PodOwner {
 /// What keeps a worker pod: deleting it ends the sandbox.
 struct PodHold {
     pods: Api<Pod>,
+    sandbox: String,
+    names: Arc<Mutex<HashMap<String, String>>>,
     name: String,
     state: watch::Receiver<PodState>,
     worker: WorkerClient<Channel>,
@@ -500,6 +535,10 @@ impl SandboxHold for PodHold {
             })
             .await;
             self.states.lock().expect("pod states").remove(&self.name);
+            let mut names = self.names.lock().expect("pod names");
+            if names.get(&self.sandbox) == Some(&self.name) {
+                names.remove(&self.sandbox);
+            }
         })
     }
 }
@@ -510,6 +549,7 @@ pub fn worker_pod(
     owner: &PodOwner,
     owner_ref: Option<OwnerReference>,
     spec: &SandboxSpec,
+    name: &str,
 ) -> Pod {
     let labels = BTreeMap::from([
         ("app.kubernetes.io/name".to_string(), "cadre".to_string()),
@@ -565,7 +605,7 @@ pub fn worker_pod(
     };
     Pod {
         metadata: ObjectMeta {
-            name: Some(pod_name(&owner.node, &spec.id)),
+            name: Some(name.to_string()),
             labels: Some(labels),
             annotations: Some(BTreeMap::from([(
                 ANNOTATION_TENANT.to_string(),
@@ -712,8 +752,9 @@ pub fn pod_state(pod: &Pod) -> PodState {
     }
 }
 
-/// The pod name of sandbox `id` of node `node`: a DNS subdomain of both, lowercased.
-pub fn pod_name(node: &str, id: &str) -> String {
+/// The name of pod `generation` of sandbox `id` of node `node`: a DNS subdomain of them,
+/// lowercased.
+pub fn pod_name(node: &str, id: &str, generation: u64) -> String {
     let clean = |s: &str| -> String {
         s.chars()
             .map(|c| match c.to_ascii_lowercase() {
@@ -722,9 +763,13 @@ pub fn pod_name(node: &str, id: &str) -> String {
             })
             .collect()
     };
-    let name = format!("cadre-{}-{}", clean(node), clean(id));
-    let name: String = name.chars().take(253).collect();
-    name.trim_end_matches('-').to_string()
+    let prefix = format!("cadre-{}-{}", clean(node), clean(id));
+    let prefix: String = prefix.chars().take(240).collect();
+    format!(
+        "{}-{:x}",
+        prefix.trim_end_matches('-'),
+        generation & 0xffff_ffff
+    )
 }
 
 /// `value` as a label value: itself if it is one, else its characters outside a label's
@@ -765,6 +810,10 @@ async fn watch_pods(
     let mut events = std::pin::pin!(watcher(pods, watcher::Config::default().labels(&selector)));
     let set = |name: String, state: PodState| {
         let mut states = states.lock().expect("pod states");
+        // A pod that ends unwatched (one already let go) needs no entry.
+        if matches!(state, PodState::Ended(_)) && !states.contains_key(&name) {
+            return;
+        }
         let sender = states
             .entry(name)
             .or_insert_with(|| watch::channel(PodState::Pending(None)).0);
@@ -1020,9 +1069,15 @@ mod tests {
             node: "cadre-0".into(),
             pod: Some("cadre-0".into()),
         };
-        let pod = worker_pod(&config(), &owner, None, &spec("acme"));
+        let pod = worker_pod(
+            &config(),
+            &owner,
+            None,
+            &spec("acme"),
+            "cadre-cadre-0-sbx-1-7",
+        );
         let value = serde_json::to_value(&pod).unwrap();
-        assert_eq!(value["metadata"]["name"], "cadre-cadre-0-sbx-1a2b3c4d-7");
+        assert_eq!(value["metadata"]["name"], "cadre-cadre-0-sbx-1-7");
         let labels = &value["metadata"]["labels"];
         assert_eq!(labels[LABEL_TENANT], "acme");
         assert_eq!(labels[LABEL_NODE], "cadre-0");
@@ -1053,7 +1108,7 @@ mod tests {
 
     #[test]
     fn names_and_labels_are_what_kubernetes_accepts() {
-        assert_eq!(pod_name("Node_A", "sbx-1"), "cadre-node-a-sbx-1");
+        assert_eq!(pod_name("Node_A", "sbx-1", 0x2a), "cadre-node-a-sbx-1-2a");
         assert_eq!(label_value("acme"), "acme");
         assert_eq!(label_value(""), "none");
         let odd =

@@ -248,9 +248,13 @@ impl ApiServer {
             self.certs.join("worker.key").display(),
             self.certs.join("ca.crt").display()
         );
-        let args: Vec<&str> = secret.split(' ').collect();
-        self.kubectl(&args)
-            .unwrap_or_else(|e| panic!("create the worker secret: {e}"));
+        let mut args: Vec<&str> = secret.split(' ').collect();
+        args.extend(["--dry-run=client", "-o", "yaml"]);
+        let secret = self
+            .kubectl(&args)
+            .unwrap_or_else(|e| panic!("make the worker secret: {e}"));
+        self.kubectl_stdin(&["apply", "-f", "-"], Some(&secret))
+            .unwrap_or_else(|e| panic!("apply the worker secret: {e}"));
     }
 
     /// Creates a pod standing for the node's own (the owner of its worker pods); the stand-in
