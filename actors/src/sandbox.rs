@@ -82,9 +82,10 @@ pub trait SandboxProvider: Send + Sync {
     fn start(&self, spec: SandboxSpec) -> StartFuture<'_>;
 
     /// Told once, when a pool starts, which sandboxes of an earlier run it kept for an owner
-    /// (they are started again under their ids). A provider whose sandboxes outlive the node
-    /// (worker pods) adopts those and removes the rest of what the earlier run left.
-    fn adopt(&self, kept: &std::collections::HashSet<String>) {
+    /// (sandbox id → the actor it is kept for; they are started again under their ids). A
+    /// provider whose sandboxes outlive the node (worker pods) adopts those and removes the
+    /// rest of what the earlier run left.
+    fn adopt(&self, kept: &std::collections::BTreeMap<String, String>) {
         let _ = kept;
     }
 

@@ -26,7 +26,7 @@ use std::time::Duration;
 use cadre_actors::config::KubernetesSandbox;
 use cadre_actors::sandbox::{SandboxEnded, SandboxHold};
 use cadre_proto::v1::worker_client::WorkerClient;
-use cadre_proto::v1::{ListFilesRequest, ReadFileRequest, WriteFileRequest};
+use cadre_proto::v1::{ListFilesRequest, PassivateRequest, ReadFileRequest, WriteFileRequest};
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, Pod, PodSecurityContext, PodSpec,
@@ -99,6 +99,8 @@ pub struct KubernetesProvider {
     states: Arc<Mutex<HashMap<String, watch::Sender<PodState>>>>,
     /// Pods an earlier run left, by sandbox id: adopted by a start under that id.
     leftovers: Mutex<HashMap<String, String>>,
+    /// The actor each kept sandbox of an earlier run is kept for, by sandbox id.
+    kept_for: Mutex<BTreeMap<String, String>>,
     /// The pod of each sandbox, by sandbox id.
     names: Arc<Mutex<HashMap<String, String>>>,
     /// Makes each pod's name new (a sandbox started again gets a new pod, and the events of
@@ -212,6 +214,7 @@ impl KubernetesProvider {
             states,
             leftovers: Mutex::new(leftovers),
             names: Arc::default(),
+            kept_for: Mutex::default(),
             // Seeded from the clock, so a restarted node names its pods anew too.
             generation: std::sync::atomic::AtomicU64::new(
                 std::time::SystemTime::now()
@@ -312,7 +315,20 @@ impl KubernetesProvider {
                 return Err(fail(format!("worker in pod {name} at {ip}: {e}")));
             }
         };
-        if !adopted && let Err(e) = copy_in(&client, &spec.workspace).await {
+        if adopted {
+            // The worker still hosts the actor as the earlier run activated it; placement
+            // activates it again, from the state the node holds.
+            let owner = self.kept_for.lock().expect("kept").remove(&spec.id);
+            if let Some(actor_id) = owner {
+                let _ = client
+                    .clone()
+                    .passivate(PassivateRequest {
+                        actor_id,
+                        keep_active: false,
+                    })
+                    .await;
+            }
+        } else if let Err(e) = copy_in(&client, &spec.workspace).await {
             self.delete(&name).await;
             return Err(fail(format!(
                 "cannot copy workspace {} into pod {name}: {e}",
@@ -446,10 +462,11 @@ impl SandboxProvider for KubernetesProvider {
         });
     }
 
-    fn adopt(&self, kept: &HashSet<String>) {
+    fn adopt(&self, kept: &BTreeMap<String, String>) {
+        *self.kept_for.lock().expect("kept") = kept.clone();
         let mut leftovers = self.leftovers.lock().expect("leftovers");
         let unkept: Vec<String> = leftovers
-            .extract_if(|sandbox, _| !kept.contains(sandbox))
+            .extract_if(|sandbox, _| !kept.contains_key(sandbox))
             .map(|(_, pod)| pod)
             .collect();
         drop(leftovers);

@@ -232,7 +232,7 @@ impl WarmPool {
                 workspaces.remove(&id);
             }
         }
-        provider.adopt(&kept.keys().cloned().collect());
+        provider.adopt(&kept);
         let (died, _) = broadcast::channel(1024);
         let pool = Self {
             inner: Arc::new(Inner {
