@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing cadre needs, idempotently. Safe to run again.
 # Today that is the Rust toolchain's rustfmt and clippy, libclang (for the FoundationDB
-# feature's bindings), the POSIX tools the tests run as
+# feature's bindings), kubernetes-validate for deploy/ (a real API server for the Kubernetes
+# tests is scripts/setup-kube.sh's), the POSIX tools the tests run as
 # supervised processes (sh, sleep, bash), gVisor's runsc for the sandbox tests, and the real MCP
 # servers the tool tests drive and gRPC for the Python example agent (from npm and PyPI, under $CADRE_MCP_DIR, default
 # /usr/local/lib/cadre-mcp: below /usr, so that gVisor sandboxes see them).
@@ -89,6 +90,19 @@ if ! "${mcp_dir}/time/bin/python3" -c "import mcp_server_time" >/dev/null 2>&1 |
   /usr/bin/python3 -m venv "${mcp_dir}/time" || { apt_install python3-venv; /usr/bin/python3 -m venv "${mcp_dir}/time"; }
   echo "setup: installing mcp-server-time==${time_version}"
   "${mcp_dir}/time/bin/pip" install -q --disable-pip-version-check "mcp-server-time==${time_version}"
+fi
+# kubernetes-validate (and PyYAML), for the checks of deploy/ (scripts/test-deploy.sh).
+validate_version=1.37.0
+if [ "$("${mcp_dir}/deploy/bin/pip" show kubernetes-validate 2>/dev/null | sed -n 's/^Version: //p')" != "${validate_version}" ]; then
+  [ -x /usr/bin/python3 ] || apt_install python3
+  rm -rf "${mcp_dir}/deploy"
+  /usr/bin/python3 -m venv "${mcp_dir}/deploy" || { apt_install python3-venv; /usr/bin/python3 -m venv "${mcp_dir}/deploy"; }
+  echo "setup: installing kubernetes-validate==${validate_version}"
+  "${mcp_dir}/deploy/bin/pip" install -q --disable-pip-version-check "kubernetes-validate==${validate_version}"
+fi
+if ! command -v kubectl >/dev/null 2>&1; then
+  echo "setup: kubectl 1.27 or newer (with kustomize) is needed for the checks of deploy/" >&2
+  exit 1
 fi
 # gRPC for Python, for the example remote agent in examples/remote-agent-python.
 grpc_version=1.85.1

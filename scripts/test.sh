@@ -5,6 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/setup.sh
+# A real Kubernetes API server (etcd and kube-apiserver 1.20, built once into a cache outside
+# the tree) for the tests of the kubernetes sandbox provider.
+CADRE_KUBE_BIN=$(scripts/setup-kube.sh | tail -1)
+export CADRE_KUBE_BIN
 # A one-off build gains nothing from incremental state but its disk space.
 if [ -n "${CI:-}" ]; then
   export CARGO_INCREMENTAL=0
@@ -17,4 +21,6 @@ cargo clippy --workspace --all-targets --locked --features cadre/foundationdb --
 cargo check --workspace --locked --features cadre/foundationdb
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 cargo test --workspace --locked
+cargo build -p cadre --locked
+scripts/test-deploy.sh
 scripts/test-foundationdb.sh

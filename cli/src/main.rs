@@ -164,6 +164,15 @@ enum ConfigCommand {
     },
     /// Print the config reference (Markdown): every field with its type, default and meaning.
     Schema,
+    /// Print the worker pod a node with this config makes for each sandbox
+    /// (`sandbox.provider: kubernetes`), as YAML (or JSON with -o json), for review and policy
+    /// checks.
+    WorkerPod {
+        /// The config file.
+        file: PathBuf,
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Yaml)]
+        output: Output,
+    },
 }
 
 /// `cadre worker --listen`: the worker protocol on TCP, mutual TLS only.
@@ -290,6 +299,9 @@ fn main() -> ExitCode {
                 print!("{}", cadre_actors::config::schema::reference());
                 Ok(())
             }
+            Command::Config {
+                command: ConfigCommand::WorkerPod { file, output },
+            } => config_cmd::worker_pod(&file, output),
             Command::Worker { .. } | Command::Guard { .. } => unreachable!("served above"),
             Command::Debug { command } => debug::run(command).await,
             Command::Bench { command } => bench::run(command).await,
