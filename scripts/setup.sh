@@ -9,7 +9,7 @@
 set -euo pipefail
 
 if ! command -v cargo >/dev/null 2>&1; then
-  echo "setup: cargo is not installed; install Rust (stable, 1.88 or newer) first" >&2
+  echo "setup: cargo is not installed; install Rust (stable, 1.89 or newer) first" >&2
   exit 1
 fi
 if command -v rustup >/dev/null 2>&1; then

@@ -92,6 +92,7 @@ pub struct KubernetesProvider {
     config: KubernetesSandbox,
     namespace: String,
     owner: PodOwner,
+    workspace_limit: Option<u64>,
     /// The node's pod as owner of its worker pods.
     owner_ref: Option<OwnerReference>,
     tls: Arc<ClientTls>,
@@ -130,7 +131,15 @@ pub enum PodState {
 impl KubernetesProvider {
     /// Connects to the API server (the kubeconfig, else in-cluster), finds the node's own pod
     /// for the owner reference, starts the watcher and lists what an earlier run left.
-    pub async fn new(config: KubernetesSandbox, owner: PodOwner) -> Result<Self, SandboxError> {
+    ///
+    /// `workspace_limit` bounds each pod's workspace (its `emptyDir` and ephemeral storage)
+    /// where a sandbox's spec has no quota of its own (the node's copy is unbounded when the
+    /// node cannot loop-mount, as without root).
+    pub async fn new(
+        config: KubernetesSandbox,
+        owner: PodOwner,
+        workspace_limit: Option<u64>,
+    ) -> Result<Self, SandboxError> {
         // kube's rustls takes the process's provider: ring, like every other link.
         cadre_actors::tls::install_provider();
         let unavailable = |what: String| SandboxError::Unavailable(format!("kubernetes: {what}"));
@@ -209,6 +218,7 @@ impl KubernetesProvider {
             config,
             namespace,
             owner,
+            workspace_limit,
             owner_ref,
             tls,
             states,
@@ -244,7 +254,8 @@ impl KubernetesProvider {
             .subscribe()
     }
 
-    async fn launch(&self, spec: SandboxSpec) -> Result<Sandbox, SandboxError> {
+    async fn launch(&self, mut spec: SandboxSpec) -> Result<Sandbox, SandboxError> {
+        spec.workspace_quota = spec.workspace_quota.or(self.workspace_limit);
         let fail = |why: String| SandboxError::Start {
             id: spec.id.clone(),
             why,

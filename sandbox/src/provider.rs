@@ -30,7 +30,9 @@ pub async fn provider(
                     "sandbox.provider `kubernetes` needs a `sandbox.kubernetes` section".into(),
                 ));
             };
-            Arc::new(KubernetesProvider::new(kubernetes.clone(), owner).await?)
+            Arc::new(
+                KubernetesProvider::new(kubernetes.clone(), owner, config.workspace_bytes).await?,
+            )
         }
     })
 }

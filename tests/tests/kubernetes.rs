@@ -94,7 +94,7 @@ fn worker_pods_fill_the_pool_host_actors_and_are_replaced_when_evicted() {
     let (server, kubelet) = cluster();
     let dir = TempDir::new("k8s-pool");
     rt().block_on(async {
-        let provider = KubernetesProvider::new(kubernetes(&server), owner())
+        let provider = KubernetesProvider::new(kubernetes(&server), owner(), None)
             .await
             .expect("the base Role is enough to start the provider");
         let pool = pool(Arc::new(provider), &dir, 2, 4);
@@ -212,7 +212,7 @@ fn a_suspended_worker_pod_is_deleted_and_restored_with_its_workspace() {
     let (server, _kubelet) = cluster();
     let dir = TempDir::new("k8s-suspend");
     rt().block_on(async {
-        let provider = KubernetesProvider::new(kubernetes(&server), owner())
+        let provider = KubernetesProvider::new(kubernetes(&server), owner(), None)
             .await
             .unwrap();
         assert!(provider.cannot_checkpoint().is_some());
@@ -277,7 +277,7 @@ fn a_role_without_a_verb_the_node_needs_fails_naming_the_verb() {
     server.create_node_pod("cadre-0");
     let dir = TempDir::new("k8s-rbac");
     rt().block_on(async {
-        let provider = KubernetesProvider::new(kubernetes(&server), owner())
+        let provider = KubernetesProvider::new(kubernetes(&server), owner(), None)
             .await
             .unwrap();
         let pool = pool(Arc::new(provider), &dir, 0, 1);
@@ -293,7 +293,7 @@ fn a_role_without_a_verb_the_node_needs_fails_naming_the_verb() {
          \"get\", \"watch\", \"patch\"]\n",
     ));
     let refused = rt()
-        .block_on(KubernetesProvider::new(kubernetes(&server), owner()))
+        .block_on(KubernetesProvider::new(kubernetes(&server), owner(), None))
         .err()
         .expect("list is refused");
     assert!(
