@@ -692,6 +692,14 @@ impl Node {
                             tonic_health::ServingStatus::NotServing,
                         )
                         .await;
+                    // In a cluster its execs go on elsewhere: their agents stop first, before
+                    // the tools they call (a call cut off by the stop would be journaled as
+                    // the tool's failure), and the execs are handed over once all stopped.
+                    if self.membership.is_some()
+                        && let Err(e) = self.system.terminate_child(AGENTS).await
+                    {
+                        tracing::warn!(error = %e, "cannot stop the agents first");
+                    }
                     tracing::info!("shutting down the supervision trees");
                     if root_running {
                         self.root.shutdown().await;
@@ -739,6 +747,18 @@ impl Node {
             leased.give_up().await;
         }
         if let Some(membership) = &self.membership {
+            // Its agents have stopped: its open execs go to the other nodes now, not once it
+            // is seen down.
+            if exit == NodeExit::Stopped {
+                match crate::takeover::hand_over(membership, self.event_log.as_ref(), HAND_OVER)
+                    .await
+                {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(execs = n, "handed the open execs to other nodes"),
+                    Err(e) => tracing::warn!(error = %e,
+                        "cannot hand the open execs over; they move once this node is seen down"),
+                }
+            }
             membership.stop();
         }
         if let Some((pool, placement)) = &self.sandboxes {
@@ -888,6 +908,10 @@ fn guard_processes(data_dir: &Path) -> Result<Guardian, NodeError> {
         .map_err(|e| NodeError::Processes(format!("cannot find the cadre binary: {e}")))?;
     Guardian::start(&cadre_bin, ledger, &data_dir.join(WORKSPACES)).map_err(fail)
 }
+
+/// How long a stopping node tries to hand its open execs over (a lease it gave up may take
+/// this long to be taken).
+const HAND_OVER: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Where in the data dir the sandboxes' workspaces are.
 const WORKSPACES: &str = "workspaces";

@@ -1,6 +1,7 @@
 //! Execs that outlive their node. The controller node gives each open exec of a `down` node
 //! to a live node by appending a `RUNNING` state change that names it (fenced on the exec
-//! being open); every node adopts the open execs the log gives it and resumes them from the
+//! being open); a node that stops hands its own open execs over the same way at once
+//! ([`hand_over`]) rather than leaving them until it is seen down; every node adopts the open execs the log gives it and resumes them from the
 //! log, so nothing journaled is done again. Each move starts a new lease (its epoch one more),
 //! so the old node, if it comes back, can no longer write to the exec: its agent appends with
 //! its node and lease as owner, the writer refuses (`ExecMoved`), and the agent stops; even if
@@ -56,6 +57,39 @@ pub fn adopt(execs: Execs, every: Duration) -> JoinHandle<()> {
     })
 }
 
+/// On a node that stops, after its agents stopped: gives its open execs to the live members
+/// at once, trying for up to `within` while the log cannot be reached (a lease that moves on).
+/// How many it moved.
+pub async fn hand_over(
+    membership: &Membership,
+    log: &dyn EventLog,
+    within: Duration,
+) -> Result<usize, AppendError> {
+    let me = membership.name();
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let nodes = membership.nodes();
+        let live: Vec<&str> = nodes
+            .iter()
+            .filter(|n| n.state == MemberState::Up.as_str() && n.name != me)
+            .map(|n| n.name.as_str())
+            .collect();
+        let from = BTreeSet::from([me.as_str()]);
+        let moved = move_execs(log, &from, &live, |node, to| {
+            format!("node `{node}` is stopping: handed over to `{to}`")
+        })
+        .await;
+        match moved {
+            Err(AppendError::Store(_) | AppendError::Unavailable)
+                if tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 async fn reassign_once(membership: &Membership, log: &dyn EventLog) -> Result<(), AppendError> {
     let nodes = membership.nodes();
     let down: BTreeSet<&str> = nodes
@@ -71,15 +105,31 @@ async fn reassign_once(membership: &Membership, log: &dyn EventLog) -> Result<()
         .filter(|n| n.state == MemberState::Up.as_str())
         .map(|n| n.name.as_str())
         .collect();
+    move_execs(log, &down, &live, |node, to| {
+        format!("node `{node}` is down: taken over by `{to}`")
+    })
+    .await
+    .map(|_| ())
+}
+
+/// Gives each open exec of a node in `from` (but those waiting for an approval) to a node of
+/// `live`, `why(node, successor)` saying why; how many moved.
+async fn move_execs(
+    log: &dyn EventLog,
+    from: &BTreeSet<&str>,
+    live: &[&str],
+    why: impl Fn(&str, &str) -> String,
+) -> Result<usize, AppendError> {
     let open = log.open_execs().await.map_err(AppendError::Store)?;
+    let mut moved_count = 0;
     for exec in open {
-        if !down.contains(exec.node.as_str()) || exec.state == ExecState::WaitingApproval {
+        if !from.contains(exec.node.as_str()) || exec.state == ExecState::WaitingApproval {
             continue;
         }
-        let Some(to) = successor(&exec.conversation_id, &live) else {
-            return Ok(());
+        let Some(to) = successor(&exec.conversation_id, live) else {
+            return Ok(moved_count);
         };
-        let reason = format!("node `{}` is down: taken over by `{to}`", exec.node);
+        let reason = why(&exec.node, to);
         let moved = log
             .append(AppendRequest {
                 conversation_id: exec.conversation_id.clone(),
@@ -104,16 +154,19 @@ async fn reassign_once(membership: &Membership, log: &dyn EventLog) -> Result<()
             })
             .await;
         match moved {
-            Ok(_) => tracing::warn!(
-                conversation = %exec.conversation_id,
-                exec = %exec.exec_id,
-                "{reason}"
-            ),
+            Ok(_) => {
+                moved_count += 1;
+                tracing::warn!(
+                    conversation = %exec.conversation_id,
+                    exec = %exec.exec_id,
+                    "{reason}"
+                );
+            }
             Err(AppendError::ExecFinished { .. } | AppendError::ExecMoved { .. }) => {}
             Err(e) => return Err(e),
         }
     }
-    Ok(())
+    Ok(moved_count)
 }
 
 /// The live node that takes a conversation's exec: spread by the conversation's id, the same

@@ -423,6 +423,10 @@ impl KubernetesProvider {
 
     fn forget(&self, name: &str) {
         self.states.lock().expect("pod states").remove(name);
+        self.names
+            .lock()
+            .expect("pod names")
+            .retain(|_, pod| pod != name);
     }
 }
 

@@ -524,6 +524,59 @@ fn an_exec_whose_node_is_killed_completes_on_another_without_repeating_a_call() 
 }
 
 #[test]
+fn a_node_stopped_with_sigterm_hands_its_open_exec_over_at_once() {
+    let notes = ["a", "b", "c"];
+    let mut script: Vec<Value> = notes.iter().map(|n| record_call(n)).collect();
+    script.push(json!({"content": "done"}));
+    let model = ModelServer::start(Value::Array(script));
+    let record = RecordServer::start(700);
+    let mut cluster = Cluster::joined(3, &agent_config(&model, &record));
+    wait_joined(&cluster);
+    wait_for_record_tool(cluster.node(1));
+    let mut exec = cluster
+        .node(1)
+        .exec_in_background("scribe", "handed", "record three notes");
+    wait_events(cluster.node(0), "handed", "tool_returned", 1);
+    let status = cluster.stop(1, libc::SIGTERM);
+    assert!(status.success(), "{status:?}");
+    // The stopping node moved it itself: by the time it exited, the log names its successor.
+    let events = cluster.node(0).log_so_far("handed");
+    let reasons: Vec<&str> = events.iter().filter_map(|e| e["reason"].as_str()).collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("node `node-1` is stopping: handed over to")),
+        "{reasons:?}"
+    );
+    let _ = exec.wait();
+    wait_for(
+        "the exec to complete elsewhere",
+        Duration::from_secs(60),
+        || exec_state(cluster.node(0), "handed") == "completed",
+    );
+    let events = cluster.node(0).log_so_far("handed");
+    assert!(
+        !events.iter().any(|e| e["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("taken over by"))),
+        "moved once, by its node: {events:?}"
+    );
+    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "no gap");
+    let applied = record
+        .effects()
+        .iter()
+        .filter(|e| e["applied"] == true)
+        .count();
+    assert_eq!(
+        applied,
+        notes.len(),
+        "each side effect applied once: {:?}\n{events:?}",
+        record.effects()
+    );
+}
+
+#[test]
 fn a_paused_owner_loses_its_exec_and_writes_nothing_more_to_it() {
     let notes = ["a", "b", "c"];
     let mut script: Vec<Value> = notes.iter().map(|n| record_call(n)).collect();

@@ -78,6 +78,12 @@ impl Conversations for ConversationsService {
         check_conversation(&request, id)?;
         let r = request.into_inner();
         let reconnect = r.input.is_empty();
+        // A stopping node takes no new exec: the client sends it to another node.
+        if !reconnect && *self.stopping.borrow() {
+            return Err(Status::unavailable(
+                "this node is stopping and takes no new exec; send it to another node",
+            ));
+        }
         if reconnect && r.conversation_id.is_empty() {
             return Err(Status::invalid_argument(
                 "input: empty; give an input to start an exec, or a conversation_id (and last_seq) \
