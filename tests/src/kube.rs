@@ -8,7 +8,7 @@
 //! may do.
 //!
 //! [`StandinKubelet`] plays the kubelet (and the scheduler) for worker pods: it binds each new
-//! pod, gives it its own loopback address (127.0.0.N: the node connects to the pod IP as in a
+//! pod, gives it its own loopback address (127.A.B.C: the node connects to the pod IP as in a
 //! real cluster), makes its volumes (emptyDirs, and Secrets read from the API), runs its
 //! command under `runsc do` (gVisor) with the volumes' mount paths and the wildcard listen
 //! address in its arguments replaced by the pod's, reports it Running and Ready once its port
@@ -395,7 +395,6 @@ impl StandinKubelet {
                     running,
                     stats,
                     seen: HashMap::new(),
-                    next_ip: 10,
                 };
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     kubelet.sync();
@@ -446,7 +445,24 @@ struct Loop {
     stats: Arc<Mutex<StandinStats>>,
     /// Pods handled, by name: (uid, when first seen, its child while it runs).
     seen: HashMap<String, (String, Instant, Option<Child>)>,
-    next_ip: u8,
+}
+
+/// A loopback address no other pod of this process has (stand-ins of tests running at once
+/// share the worker port), nor, likely, of another process: 127.A.B.C from a counter that
+/// starts at a place of the process's own.
+fn pod_ip() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT
+        .fetch_add(1, Ordering::Relaxed)
+        .wrapping_add(std::process::id().wrapping_mul(4099))
+        % (200 * 250 * 250);
+    format!(
+        "127.{}.{}.{}",
+        20 + n / 250 / 250,
+        n / 250 % 250 + 1,
+        n % 250 + 2
+    )
 }
 
 impl Loop {
@@ -526,12 +542,7 @@ impl Loop {
                 ),
         )?;
         let pod = serde_json::to_value(pod).map_err(|e| e.to_string())?;
-        let ip = format!("127.0.0.{}", self.next_ip);
-        self.next_ip = if self.next_ip == 250 {
-            10
-        } else {
-            self.next_ip + 1
-        };
+        let ip = pod_ip();
         let dir = self.root.join(name);
         let _ = std::fs::remove_dir_all(&dir);
         // Volumes: emptyDirs are directories; Secrets are read from the API into files.
