@@ -15,6 +15,68 @@ fn reject(text: &str) -> String {
 }
 
 #[test]
+fn kubernetes_sandbox_section() {
+    let config = Config::parse(
+        "cadre.yaml",
+        "version: v1\nsandbox:\n  provider: kubernetes\n  kubernetes:\n    image: cadre:1\n    \
+         tls: { cert_file: c.crt, key_file: c.key, ca_file: ca.crt }\n",
+    )
+    .unwrap();
+    assert_eq!(
+        config.sandbox.provider,
+        cadre_actors::config::SandboxKind::Kubernetes
+    );
+    let kubernetes = config.sandbox.kubernetes.unwrap();
+    assert_eq!(kubernetes.image, "cadre:1");
+    assert_eq!(kubernetes.runtime_class.as_deref(), Some("gvisor"));
+    assert_eq!(kubernetes.worker_secret, "cadre-worker-tls");
+    assert_eq!(kubernetes.namespace, None);
+    assert_eq!(kubernetes.start_timeout, Duration::from_secs(120));
+    let default_runtime = Config::parse(
+        "cadre.yaml",
+        "version: v1\nsandbox:\n  provider: kubernetes\n  kubernetes:\n    image: i\n    \
+         runtime_class: \"\"\n    tls: { cert_file: c, key_file: k, ca_file: a }\n",
+    )
+    .unwrap();
+    assert_eq!(
+        default_runtime.sandbox.kubernetes.unwrap().runtime_class,
+        None
+    );
+    assert_eq!(
+        reject("version: v1\nsandbox:\n  provider: kubernetes\n"),
+        "cadre.yaml:3:13: sandbox.provider `kubernetes` needs a \
+         `sandbox.kubernetes` section (at least `image` and `tls`)"
+    );
+    assert_eq!(
+        reject(
+            "version: v1\nsandbox:\n  kubernetes:\n    image: i\n    \
+             tls: { cert_file: c, key_file: k, ca_file: a }\n"
+        ),
+        "cadre.yaml:4:10: sandbox.kubernetes is for `provider: kubernetes`"
+    );
+    assert_eq!(
+        reject(
+            "version: v1\nsandbox:\n  provider: kubernetes\n  kubernetes:\n    image: i\n    \
+             namespace: Cadre_NS\n    tls: { cert_file: c, key_file: k, ca_file: a }\n"
+        ),
+        "cadre.yaml:6:16: sandbox.kubernetes.namespace `Cadre_NS` \
+         is not a Kubernetes name (1 to 63 lowercase letters, digits and `-`)"
+    );
+    assert_eq!(
+        reject(
+            "version: v1\nsandbox:\n  provider: kubernetes\n  kubernetes:\n    image: i\n    \
+             start_timeout_ms: 10\n    tls: { cert_file: c, key_file: k, ca_file: a }\n"
+        ),
+        "cadre.yaml:6:23: sandbox.kubernetes.start_timeout_ms must be ≥ 1000, got 10"
+    );
+    assert!(
+        reject("version: v1\nsandbox:\n  provider: kubernetes\n  kubernetes:\n    image: i\n")
+            .contains("tls"),
+        "tls is required"
+    );
+}
+
+#[test]
 fn a_full_tree_parses_with_otp_defaults() {
     let config = Config::parse(
         "cadre.yaml",
@@ -327,7 +389,7 @@ fn sandbox_section() {
     );
     assert_eq!(
         reject("version: v1\nsandbox:\n  provider: firecracker\n"),
-        "cadre.yaml:3:13: sandbox.provider: unknown sandbox.provider `firecracker` (expected gvisor or process)"
+        "cadre.yaml:3:13: sandbox.provider: unknown sandbox.provider `firecracker` (expected gvisor, process or kubernetes)"
     );
     assert_eq!(
         reject("version: v1\nsandbox:\n  warm_pool: { slots_per_sandbox: 0 }\n"),

@@ -7,12 +7,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cadre_actors::config::{ClusterTls, KubernetesSandbox};
+use cadre_actors::config::KubernetesSandbox;
 use cadre_actors::placement::{Isolation, LogicalActor, PlacementConfig};
 use cadre_sandbox::{
     GvisorProvider, KubernetesProvider, Placement, PodOwner, PoolConfig, SandboxProvider, WarmPool,
 };
-use cadre_tests::kube::{ApiServer, NAMESPACE, StandinKubelet};
+use cadre_tests::kube::{ApiServer, StandinKubelet};
 use cadre_tests::{TempDir, cadre_bin};
 use serde_json::json;
 
@@ -36,16 +36,7 @@ fn main() {
                     rt.block_on(KubernetesProvider::new(
                         KubernetesSandbox {
                             image: "cadre:bench".into(),
-                            namespace: Some(NAMESPACE.into()),
-                            runtime_class: Some("gvisor".into()),
-                            worker_secret: "cadre-worker-tls".into(),
-                            tls: ClusterTls {
-                                cert_file: server.certs.join("client.crt"),
-                                key_file: server.certs.join("client.key"),
-                                ca_file: server.certs.join("ca.crt"),
-                            },
-                            kubeconfig: Some(server.node.clone()),
-                            start_timeout: Duration::from_secs(120),
+                            ..server.provider_config()
                         },
                         PodOwner {
                             cluster: "bench".into(),

@@ -28,6 +28,8 @@ use crate::{TempDir, cadre_bin, free_port};
 
 /// The namespace of `deploy/base`.
 pub const NAMESPACE: &str = "cadre";
+/// The label selector of worker pods.
+pub const WORKERS: &str = "app.kubernetes.io/component=worker";
 /// The node's service account, as its token's user.
 pub const NODE_USER: &str = "system:serviceaccount:cadre:cadre";
 
@@ -269,20 +271,32 @@ impl ApiServer {
             .unwrap_or_else(|e| panic!("create the node's pod: {e}"));
     }
 
+    /// `kubectl get pods -l SELECTOR -o OUTPUT` in the test namespace.
+    pub fn get_pods(&self, selector: &str, output: &str) -> String {
+        self.kubectl(&["get", "pods", "-n", NAMESPACE, "-l", selector, "-o", output])
+            .unwrap_or_else(|e| panic!("kubectl get pods -l {selector}: {e}"))
+    }
+
+    /// The `kubernetes` provider's config for this server, as the node's service account.
+    pub fn provider_config(&self) -> cadre_actors::config::KubernetesSandbox {
+        cadre_actors::config::KubernetesSandbox {
+            image: "cadre:test".into(),
+            namespace: Some(NAMESPACE.into()),
+            runtime_class: Some("gvisor".into()),
+            worker_secret: "cadre-worker-tls".into(),
+            tls: cadre_actors::config::ClusterTls {
+                cert_file: self.certs.join("client.crt"),
+                key_file: self.certs.join("client.key"),
+                ca_file: self.certs.join("ca.crt"),
+            },
+            kubeconfig: Some(self.node.clone()),
+            start_timeout: Duration::from_secs(120),
+        }
+    }
+
     /// The worker pods' names (sorted) and phases, from the API.
     pub fn worker_pods(&self) -> Vec<(String, String)> {
-        let out = self
-            .kubectl(&[
-                "get",
-                "pods",
-                "-n",
-                NAMESPACE,
-                "-l",
-                "app.kubernetes.io/component=worker",
-                "-o",
-                "json",
-            ])
-            .unwrap();
+        let out = self.get_pods(WORKERS, "json");
         let list: serde_json::Value = serde_json::from_str(&out).unwrap();
         let mut pods: Vec<(String, String)> = list["items"]
             .as_array()

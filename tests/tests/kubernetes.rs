@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cadre_actors::config::{ClusterTls, KubernetesSandbox};
 use cadre_actors::placement::{Isolation, LogicalActor, PlacementConfig};
 use cadre_proto::v1::{ReadFileRequest, WriteFileRequest};
 use cadre_sandbox::kubernetes::{LABEL_SANDBOX, LABEL_TENANT};
@@ -13,28 +12,11 @@ use cadre_sandbox::{
     KubernetesProvider, Placement, PlacementEvent, PodOwner, PoolConfig, SandboxProvider,
     Suspended, WarmPool,
 };
-use cadre_tests::kube::{ApiServer, NAMESPACE, StandinKubelet};
+use cadre_tests::kube::{ApiServer, NAMESPACE, StandinKubelet, WORKERS};
 use cadre_tests::{Node, TempDir, cli_with_server};
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Runtime::new().unwrap()
-}
-
-/// The provider's config for `server`, as the node's service account.
-fn kubernetes(server: &ApiServer) -> KubernetesSandbox {
-    KubernetesSandbox {
-        image: "cadre:test".into(),
-        namespace: Some(NAMESPACE.into()),
-        runtime_class: Some("gvisor".into()),
-        worker_secret: "cadre-worker-tls".into(),
-        tls: ClusterTls {
-            cert_file: server.certs.join("client.crt"),
-            key_file: server.certs.join("client.key"),
-            ca_file: server.certs.join("ca.crt"),
-        },
-        kubeconfig: Some(server.node.clone()),
-        start_timeout: Duration::from_secs(60),
-    }
 }
 
 fn owner() -> PodOwner {
@@ -94,7 +76,7 @@ fn worker_pods_fill_the_pool_host_actors_and_are_replaced_when_evicted() {
     let (server, kubelet) = cluster();
     let dir = TempDir::new("k8s-pool");
     rt().block_on(async {
-        let provider = KubernetesProvider::new(kubernetes(&server), owner(), None)
+        let provider = KubernetesProvider::new(server.provider_config(), owner(), None)
             .await
             .expect("the base Role is enough to start the provider");
         let pool = pool(Arc::new(provider), &dir, 2, 4);
@@ -113,18 +95,10 @@ fn worker_pods_fill_the_pool_host_actors_and_are_replaced_when_evicted() {
         let pods = server.worker_pods();
         assert_eq!(pods.len(), 2, "{pods:?}");
         assert!(pods.iter().all(|(_, phase)| phase == "Running"), "{pods:?}");
-        let owners = server
-            .kubectl(&[
-                "get",
-                "pods",
-                "-n",
-                NAMESPACE,
-                "-l",
-                "app.kubernetes.io/component=worker",
-                "-o",
-                "jsonpath={.items[*].metadata.ownerReferences[0].name}",
-            ])
-            .unwrap();
+        let owners = server.get_pods(
+            WORKERS,
+            "jsonpath={.items[*].metadata.ownerReferences[0].name}",
+        );
         assert_eq!(owners.trim(), "cadre-0 cadre-0");
 
         // Actors are placed in them and run there.
@@ -149,18 +123,10 @@ fn worker_pods_fill_the_pool_host_actors_and_are_replaced_when_evicted() {
         let sandbox = placement.sandbox_of("actor-0").expect("actor-0 is placed");
         // A warm pod handed to a tenant is labelled with it (by a patch in the background).
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let pod = server
-            .kubectl(&[
-                "get",
-                "pods",
-                "-n",
-                NAMESPACE,
-                "-l",
-                &format!("{LABEL_SANDBOX}={sandbox}"),
-                "-o",
-                "jsonpath={.items[0].metadata.name} {.items[0].metadata.labels}",
-            ])
-            .unwrap();
+        let pod = server.get_pods(
+            &format!("{LABEL_SANDBOX}={sandbox}"),
+            "jsonpath={.items[0].metadata.name} {.items[0].metadata.labels}",
+        );
         assert!(
             pod.contains(&format!("\"{LABEL_TENANT}\":\"acme\"")),
             "{pod}"
@@ -212,7 +178,7 @@ fn a_suspended_worker_pod_is_deleted_and_restored_with_its_workspace() {
     let (server, _kubelet) = cluster();
     let dir = TempDir::new("k8s-suspend");
     rt().block_on(async {
-        let provider = KubernetesProvider::new(kubernetes(&server), owner(), None)
+        let provider = KubernetesProvider::new(server.provider_config(), owner(), None)
             .await
             .unwrap();
         assert!(provider.cannot_checkpoint().is_some());
@@ -277,7 +243,7 @@ fn a_role_without_a_verb_the_node_needs_fails_naming_the_verb() {
     server.create_node_pod("cadre-0");
     let dir = TempDir::new("k8s-rbac");
     rt().block_on(async {
-        let provider = KubernetesProvider::new(kubernetes(&server), owner(), None)
+        let provider = KubernetesProvider::new(server.provider_config(), owner(), None)
             .await
             .unwrap();
         let pool = pool(Arc::new(provider), &dir, 0, 1);
@@ -293,7 +259,11 @@ fn a_role_without_a_verb_the_node_needs_fails_naming_the_verb() {
          \"get\", \"watch\", \"patch\"]\n",
     ));
     let refused = rt()
-        .block_on(KubernetesProvider::new(kubernetes(&server), owner(), None))
+        .block_on(KubernetesProvider::new(
+            server.provider_config(),
+            owner(),
+            None,
+        ))
         .err()
         .expect("list is refused");
     assert!(
@@ -369,18 +339,10 @@ fn cadre_serve_runs_the_example_mcp_server_in_a_worker_pod_and_adopts_kept_pods_
         String::from_utf8_lossy(&exec.stderr)
     );
     let uids = |server: &ApiServer| -> Vec<String> {
-        let out = server
-            .kubectl(&[
-                "get",
-                "pods",
-                "-n",
-                NAMESPACE,
-                "-l",
-                "app.kubernetes.io/component=worker",
-                "-o",
-                "jsonpath={range .items[*]}{.metadata.uid}{\"\\n\"}{end}",
-            ])
-            .unwrap();
+        let out = server.get_pods(
+            WORKERS,
+            "jsonpath={range .items[*]}{.metadata.uid}{\"\\n\"}{end}",
+        );
         out.lines().map(str::to_string).collect()
     };
     let owners = std::fs::read_dir(data.join("sandboxes/owners"))
@@ -389,18 +351,10 @@ fn cadre_serve_runs_the_example_mcp_server_in_a_worker_pod_and_adopts_kept_pods_
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect::<Vec<_>>();
     assert_eq!(owners.len(), 1, "one kept sandbox: {owners:?}");
-    let kept_pod = server
-        .kubectl(&[
-            "get",
-            "pods",
-            "-n",
-            NAMESPACE,
-            "-l",
-            &format!("{LABEL_SANDBOX}={}", owners[0]),
-            "-o",
-            "jsonpath={.items[0].metadata.uid}",
-        ])
-        .unwrap();
+    let kept_pod = server.get_pods(
+        &format!("{LABEL_SANDBOX}={}", owners[0]),
+        "jsonpath={.items[0].metadata.uid}",
+    );
     assert!(!kept_pod.is_empty());
     let before = uids(&server);
     let mut node = node;
