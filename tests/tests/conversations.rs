@@ -642,9 +642,9 @@ fn delete_removes_a_conversation_for_good() {
             };
             let (started, deleted) =
                 tokio::join!(c.exec(exec(&conversation, "second")), other.delete(delete));
-            // Some(true): the exec ran to its end; Some(false): it was refused; None: its
-            // stream ended with NOT_FOUND, the delete having come before its first append (it
-            // ran not at all) or after its last (it ran whole).
+            // Some(true): the exec ran to its end, after the delete or before it; Some(false):
+            // it was refused; None: its stream ended with NOT_FOUND, the delete having come
+            // before its first append (it ran not at all) or after its last (it ran whole).
             let ran = match started {
                 Ok(stream) => {
                     let mut stream = stream.into_inner();
@@ -670,6 +670,11 @@ fn delete_removes_a_conversation_for_good() {
                 Ok(d) => {
                     let events = d.get_ref().events;
                     match ran {
+                        // The delete came first: the exec started the conversation over.
+                        Some(true) if events == 4 => {
+                            let log = read_through(&mut c, &conversation, 4).await;
+                            assert_eq!(log[0].seq, 1, "the conversation started over");
+                        }
                         Some(true) => assert_eq!(events, 8),
                         Some(false) => assert_eq!(events, 4),
                         None => assert!(events == 4 || events == 8, "{events}"),
