@@ -287,10 +287,12 @@ impl KubernetesProvider {
                 &spec,
                 &name,
             );
-            self.pods
-                .create(&PostParams::default(), &pod)
-                .await
-                .map_err(|e| fail(api_error(&e, "create", &format!("pod {name}")).to_string()))?;
+            if let Err(e) = self.pods.create(&PostParams::default(), &pod).await {
+                self.forget(&name);
+                return Err(fail(
+                    api_error(&e, "create", &format!("pod {name}")).to_string(),
+                ));
+            }
         }
         let deadline = tokio::time::Instant::now() + self.config.start_timeout;
         let ip = loop {
@@ -305,16 +307,20 @@ impl KubernetesProvider {
                     )));
                 }
                 PodState::Pending(why) => {
-                    if tokio::time::timeout_at(deadline, state.changed())
-                        .await
-                        .is_err()
-                    {
-                        self.delete(&name).await;
-                        return Err(fail(format!(
-                            "pod {name} was not ready within {} ms{}",
-                            self.config.start_timeout.as_millis(),
-                            why.map(|w| format!(" ({w})")).unwrap_or_default()
-                        )));
+                    match tokio::time::timeout_at(deadline, state.changed()).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => {
+                            self.delete(&name).await;
+                            return Err(fail(format!("pod {name}: its watch ended")));
+                        }
+                        Err(_) => {
+                            self.delete(&name).await;
+                            return Err(fail(format!(
+                                "pod {name} was not ready within {} ms{}",
+                                self.config.start_timeout.as_millis(),
+                                why.map(|w| format!(" ({w})")).unwrap_or_default()
+                            )));
+                        }
                     }
                 }
             }
