@@ -33,17 +33,7 @@ pub fn worker_pod(file: &Path, output: Output) -> Result<(), Failure> {
             file.display()
         )));
     };
-    let owner = cadre_sandbox::PodOwner {
-        cluster: config
-            .cluster
-            .as_ref()
-            .map_or_else(|| "none".to_string(), |c| c.name.clone()),
-        node: config
-            .cluster
-            .as_ref()
-            .map_or_else(cadre_actors::config::host_name, |c| c.node.clone()),
-        pod: None,
-    };
+    let owner = cadre_sandbox::PodOwner::of(&config, None);
     let spec = SandboxSpec {
         id: "example".into(),
         tenant: "example".into(),

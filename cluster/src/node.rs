@@ -241,19 +241,10 @@ impl Node {
         // first lifecycle event on (written once the controller node is reached).
         let member_audit = (!matches!(home, store::LogHome::Local(_))).then(|| tree.subscribe());
         // Sandboxed children (MCP servers) need the pool as they start.
-        let owner = cadre_sandbox::PodOwner {
-            cluster: options
-                .config
-                .cluster
-                .as_ref()
-                .map_or_else(|| "none".to_string(), |c| c.name.clone()),
-            node: options
-                .config
-                .cluster
-                .as_ref()
-                .map_or_else(cadre_actors::config::host_name, |c| c.node.clone()),
-            pod: std::env::var("POD_NAME").ok().filter(|p| !p.is_empty()),
-        };
+        let owner = cadre_sandbox::PodOwner::of(
+            &options.config,
+            std::env::var("POD_NAME").ok().filter(|p| !p.is_empty()),
+        );
         let sandboxes = start_sandboxes(&options.config.sandbox, &options.data_dir, owner).await?;
         let pool_room = match &sandboxes {
             Sandboxes::Pool { pool, max, .. } => Some((pool.clone(), *max)),

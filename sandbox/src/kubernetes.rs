@@ -504,6 +504,22 @@ impl SandboxProvider for KubernetesProvider {
 }
 
 impl PodOwner {
+    /// The node of `config`: its cluster's name (`none` alone) and its name in it (else the
+    /// host name), owned by pod `pod`.
+    pub fn of(config: &cadre_actors::config::Config, pod: Option<String>) -> Self {
+        Self {
+            cluster: config
+                .cluster
+                .as_ref()
+                .map_or_else(|| "none".to_string(), |c| c.name.clone()),
+            node: config
+                .cluster
+                .as_ref()
+                .map_or_else(cadre_actors::config::host_name, |c| c.node.clone()),
+            pod,
+        }
+    }
+
     /// The label selector of this node's worker pods.
     pub fn selector(&self) -> String {
         format!(

@@ -444,3 +444,32 @@ fn certs_init_makes_a_ca_node_and_client_certificate_and_show_reads_them() {
         stderr(&missing)
     );
 }
+
+#[test]
+fn health_answers_each_probe_and_fails_without_a_node() {
+    let mut node = Node::start("version: v1\n");
+    for probe in ["startup", "live", "ready"] {
+        // Readiness is checked once a second: it may need a moment after the node listens.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = node.cli(&["health", probe, "-o", "json"]);
+            if out.status.success() {
+                let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+                assert_eq!(answer, serde_json::json!({"probe": probe, "ok": true}));
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{probe}: {}",
+                stderr(&out)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    let addr = node.addr.clone();
+    node.stop(libc::SIGTERM);
+    let out = cadre_tests::cli_with_server(&addr, &["health", "live"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let out = cadre_tests::cli_with_server(&addr, &["health", "sideways"]);
+    assert_eq!(out.status.code(), Some(2), "a probe that does not exist");
+}
