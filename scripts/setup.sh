@@ -71,6 +71,15 @@ if ! ldconfig -p 2>/dev/null | grep -q "libclang[-.0-9]*\.so"; then
   apt_install libclang-dev
 fi
 
+# The observability tests: a real Prometheus scrapes a node, and headless Chromium (driven
+# through chromedriver's WebDriver) opens the web console.
+for tool in prometheus chromium chromedriver; do
+  if ! command -v "${tool}" >/dev/null 2>&1; then
+    apt_install prometheus chromium chromium-driver
+    break
+  fi
+done
+
 mcp_dir=${CADRE_MCP_DIR:-/usr/local/lib/cadre-mcp}
 everything_version=2026.8.31
 time_version=2026.10.19

@@ -26,6 +26,7 @@ pub mod event_log;
 pub mod exec;
 pub mod mcp;
 pub mod membership;
+pub mod metrics;
 pub mod model;
 pub mod os_process;
 pub mod placement;

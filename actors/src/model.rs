@@ -23,6 +23,26 @@ pub struct ModelSpec {
     pub timeout: Duration,
     /// CAs trusted for an `https://` endpoint besides the system's (`ca_file`).
     pub ca_file: Option<std::path::PathBuf>,
+    /// What its tokens cost (`price`), for the `cadre_model_cost_total` metric.
+    pub price: Option<ModelPrice>,
+}
+
+/// A model's price per million tokens (`models[].price`), in one currency of the operator's
+/// choice.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ModelPrice {
+    /// Per million input (prompt) tokens.
+    pub input_per_million: f64,
+    /// Per million output (completion) tokens.
+    pub output_per_million: f64,
+}
+
+impl ModelPrice {
+    /// What `input` prompt and `output` completion tokens cost.
+    pub fn cost(&self, input: u32, output: u32) -> f64 {
+        (f64::from(input) * self.input_per_million + f64::from(output) * self.output_per_million)
+            / 1_000_000.0
+    }
 }
 
 /// What an agent asks its model.
@@ -102,6 +122,10 @@ pub type ChatFuture = Pin<Box<dyn Future<Output = Result<ChatResponse, ModelErro
 pub trait ModelClient: Send + Sync {
     /// The model's name, as journaled in `ModelCalled`.
     fn name(&self) -> &str;
+    /// What its tokens cost, if a price is configured.
+    fn price(&self) -> Option<ModelPrice> {
+        None
+    }
     /// Sends one chat request and waits for the answer.
     fn chat(&self, request: ChatRequest) -> ChatFuture;
 }
@@ -136,6 +160,10 @@ impl OpenAiClient {
 impl ModelClient for OpenAiClient {
     fn name(&self) -> &str {
         &self.spec.model
+    }
+
+    fn price(&self) -> Option<ModelPrice> {
+        self.spec.price
     }
 
     fn chat(&self, request: ChatRequest) -> ChatFuture {

@@ -293,7 +293,15 @@ pub struct PreparedCall {
 impl PreparedCall {
     /// Makes the call.
     pub fn call(self, ctx: &CallContext) -> CallFuture {
-        self.caller.call(&self.tool, self.arguments, ctx)
+        let call = self.caller.call(&self.tool, self.arguments, ctx);
+        let name = self.name;
+        Box::pin(async move {
+            let started = std::time::Instant::now();
+            let outcome = call.await;
+            let failed = outcome.as_ref().map_or(true, |o| o.is_error);
+            crate::metrics::metrics().tool_called(&name, started.elapsed(), failed);
+            outcome
+        })
     }
 }
 

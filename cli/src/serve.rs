@@ -44,6 +44,10 @@ pub struct ServeArgs {
     /// Kubernetes, the pod's DNS name under the headless Service.
     #[arg(long, value_name = "HOST")]
     advertise: Option<String>,
+    /// Serve `/metrics` for Prometheus on this HTTP address [default:
+    /// telemetry.metrics_listen]; port 0 picks a free port.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<String>,
 }
 
 /// `--node`, `--seed` and `--cluster-listen` over the config's `cluster` section.
@@ -118,6 +122,10 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
         None => Config::default(),
     };
     cluster_flags(&mut config, &args)?;
+    if let Some(listen) = &args.metrics_listen {
+        check_listen(listen).map_err(|why| Failure::Usage(format!("--metrics-listen: {why}")))?;
+        config.telemetry.metrics_listen = Some(listen.clone());
+    }
     let (listen, from) = match (args.listen, &config.node.listen) {
         (Some(listen), _) => (listen, "--listen"),
         (None, Some(listen)) => (listen.clone(), "node.listen"),
@@ -148,6 +156,9 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     .context("cannot start the node")?;
     // Scripts read the bound address from this line (useful with --listen 127.0.0.1:0).
     eprintln!("cadre: listening on {}", node.addr);
+    if let Some(metrics) = &node.metrics {
+        eprintln!("cadre: metrics on http://{}/metrics", metrics.addr);
+    }
     match node.run_until(shutdown_signal()).await {
         NodeExit::Stopped => Ok(()),
         NodeExit::RootExited => {

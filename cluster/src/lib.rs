@@ -18,5 +18,6 @@ pub mod probes;
 pub mod remote_log;
 pub mod store;
 pub mod takeover;
+pub mod telemetry;
 
 pub use node::{AGENTS, CONTROLLER, DEFAULT_LISTEN, Node, NodeError, NodeExit, NodeOptions, ROOT};

@@ -188,6 +188,27 @@ impl Membership {
             .lock()
             .expect("tasks")
             .extend([heartbeats, dialler]);
+        let weak = Arc::downgrade(&shared);
+        cadre_actors::metrics::metrics().sample_with(
+            "cluster_members",
+            Box::new(move |m| {
+                let Some(shared) = weak.upgrade() else {
+                    return false;
+                };
+                let members = shared.members.lock().expect("members").list(Instant::now());
+                for state in [MemberState::Up, MemberState::Suspect, MemberState::Down] {
+                    // This node is up, and not among its own members.
+                    let this = usize::from(state == MemberState::Up);
+                    let n = this + members.iter().filter(|(_, s)| *s == state).count();
+                    m.cluster_members
+                        .get_or_create(&cadre_actors::metrics::MemberLabels {
+                            state: state.as_str(),
+                        })
+                        .set(n as i64);
+                }
+                true
+            }),
+        );
         tracing::info!(
             cluster = %config.name,
             node = %config.node,

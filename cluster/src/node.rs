@@ -51,6 +51,7 @@ use crate::membership::{CONTROLLER as CONTROLLER_ROLE, MEMBER as MEMBER_ROLE, Me
 use crate::peers::Peers;
 use crate::remote_log::RemoteLog;
 use crate::store;
+use crate::telemetry::HttpListener;
 use cadre_proto::v1::conversations_server::ConversationsServer;
 use tonic::server::NamedService;
 
@@ -105,6 +106,8 @@ pub struct Node {
     pub tools: ToolRegistry,
     /// The address the API listens on.
     pub addr: SocketAddr,
+    /// `/metrics` for Prometheus (`telemetry.metrics_listen`), if served.
+    pub metrics: Option<HttpListener>,
     root_exit: JoinHandle<()>,
     stop_api: oneshot::Sender<()>,
     /// Set when the node starts to stop: open watches and follows end cleanly.
@@ -148,6 +151,17 @@ pub enum NodeError {
     /// A configured sandbox provider cannot be used, or the cadre binary cannot be found.
     #[error("sandboxes: {0}")]
     Sandbox(String),
+    /// An HTTP listener of the node (metrics, the console) cannot be bound.
+    #[error("{what}: cannot listen on {listen}")]
+    Http {
+        /// The config field that names it.
+        what: &'static str,
+        /// The address as configured.
+        listen: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// The `cluster` section cannot be used (cookie, TLS, the cluster port).
     #[error("cluster: {0}")]
     Cluster(String),
@@ -618,6 +632,18 @@ impl Node {
             }
             None => tokio::spawn(router.serve_with_incoming_shutdown(incoming(listener), stopped)),
         };
+        let metrics = match &options.config.telemetry.metrics_listen {
+            Some(listen) => Some(
+                HttpListener::serve(listen, crate::telemetry::metrics_app())
+                    .await
+                    .map_err(|source| NodeError::Http {
+                        what: "telemetry.metrics_listen",
+                        listen: listen.clone(),
+                        source,
+                    })?,
+            ),
+            None => None,
+        };
         tracing::info!(%addr, data_dir = %options.data_dir.display(), "cadre node serving");
         Ok(Self {
             tree,
@@ -632,6 +658,7 @@ impl Node {
             cluster_tasks,
             tools: services.tools,
             addr,
+            metrics,
             root_exit,
             stop_api,
             stopping,

@@ -592,6 +592,7 @@ impl Placement {
 
     /// Passivates one actor marked by the policy and releases its sandbox if that emptied it.
     async fn passivate(&self, victim: Victim<Held>) {
+        cadre_actors::metrics::metrics().passivations.inc();
         if victim.exclusive {
             return self.suspend(&victim).await;
         }
@@ -671,9 +672,13 @@ impl Held {
         if lead {
             tokio::spawn(self.clone().send_activations());
         }
-        answer
+        let activated = answer
             .await
-            .unwrap_or_else(|_| Err(tonic::Status::cancelled("placement is shut down")))
+            .unwrap_or_else(|_| Err(tonic::Status::cancelled("placement is shut down")));
+        if activated.is_ok() {
+            cadre_actors::metrics::metrics().activations.inc();
+        }
+        activated
     }
 
     /// Sends the waiting activations, one call at a time, until none are left.

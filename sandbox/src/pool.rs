@@ -250,6 +250,36 @@ impl WarmPool {
                 ended: Mutex::default(),
             }),
         };
+        let weak = Arc::downgrade(&pool.inner);
+        cadre_actors::metrics::metrics().sample_with(
+            "sandboxes",
+            Box::new(move |m| {
+                let Some(inner) = weak.upgrade() else {
+                    return false;
+                };
+                let provider = inner.provider.name().to_string();
+                let state = inner.state.lock().expect("pool lock");
+                let leased = state
+                    .sandboxes
+                    .values()
+                    .filter(|e| e.info.tenant.is_some())
+                    .count();
+                m.sandboxes.clear();
+                for (name, n) in [
+                    ("warm", state.sandboxes.len() - leased),
+                    ("leased", leased),
+                    ("starting", state.starting),
+                ] {
+                    m.sandboxes
+                        .get_or_create(&cadre_actors::metrics::SandboxLabels {
+                            provider: provider.clone(),
+                            state: name.to_string(),
+                        })
+                        .set(n as i64);
+                }
+                true
+            }),
+        );
         let refiller = pool.clone();
         tokio::spawn(async move { refiller.refill_loop().await });
         pool

@@ -3,6 +3,7 @@
 //! through the real CLI.
 
 pub mod kube;
+pub mod prometheus;
 pub mod servers;
 
 use std::io::{BufRead, BufReader};

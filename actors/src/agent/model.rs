@@ -80,6 +80,19 @@ impl ExecRun {
             Ok(r) => r,
             Err(reason) => return Ok(Err(Stop::Failed(reason))),
         };
+        let (model_id, price) = match &spec.remote {
+            Some(_) => ("remote", None),
+            None => (
+                spec.model.as_str(),
+                self.models.get(&spec.model).and_then(|m| m.price()),
+            ),
+        };
+        crate::metrics::metrics().model_used(
+            &self.agent_id,
+            model_id,
+            (response.prompt_tokens, response.completion_tokens),
+            price.map(|p| p.cost(response.prompt_tokens, response.completion_tokens)),
+        );
         let called = ModelCalled {
             model: name,
             request_summary: if compaction {
@@ -126,6 +139,7 @@ impl ExecRun {
             if attempt > 0 {
                 tokio::time::sleep(MODEL_RETRY * attempt).await;
             }
+            let started = std::time::Instant::now();
             let call = model.chat(request.clone());
             let result = match self.time_left(journal) {
                 Some(left) => match tokio::time::timeout(left, call).await {
@@ -140,6 +154,12 @@ impl ExecRun {
                 },
                 None => call.await,
             };
+            crate::metrics::metrics()
+                .model_request_duration
+                .get_or_create(&crate::metrics::ModelLabels {
+                    model: self.spec.model.clone(),
+                })
+                .observe(started.elapsed().as_secs_f64());
             match result {
                 Ok(r) => return Ok(r),
                 Err(e) if e.is_transient() => {

@@ -49,6 +49,10 @@ pub struct Config {
     pub cluster: Option<ClusterConfig>,
     /// The `sandbox` section.
     pub sandbox: SandboxConfig,
+    /// The `telemetry` section.
+    pub telemetry: TelemetryConfig,
+    /// The `console` section: `None` serves no web console.
+    pub console: Option<ConsoleConfig>,
     /// The models agents can call (`models:`).
     pub models: Vec<ModelSpec>,
     /// The root supervisor (path `root`).
@@ -62,6 +66,23 @@ pub struct NodeConfig {
     pub listen: Option<String>,
     /// Where the node keeps its data (`node.data_dir`).
     pub data_dir: Option<PathBuf>,
+}
+
+/// The `telemetry` section: where metrics are served and traces sent.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TelemetryConfig {
+    /// `HOST:PORT` of the HTTP listener serving `/metrics` (`telemetry.metrics_listen`).
+    pub metrics_listen: Option<String>,
+    /// The OTLP/gRPC endpoint traces are sent to (`telemetry.otlp_endpoint`); the environment's
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` when unset.
+    pub otlp_endpoint: Option<String>,
+}
+
+/// The `console` section: the web console's listener.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConsoleConfig {
+    /// `HOST:PORT` of the HTTP listener serving `/ui` and its API (`console.listen`).
+    pub listen: String,
 }
 
 /// The `api` section.
@@ -447,6 +468,8 @@ impl Default for Config {
             store: StoreConfig::default(),
             cluster: None,
             sandbox: SandboxConfig::default(),
+            telemetry: TelemetryConfig::default(),
+            console: None,
             models: Vec::new(),
             supervisor: SupervisorConfig {
                 flags: SupervisorFlags::default(),

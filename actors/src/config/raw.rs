@@ -14,6 +14,8 @@ pub(super) struct RawConfig {
     pub(super) store: Option<RawStore>,
     pub(super) cluster: Option<Spanned<RawCluster>>,
     pub(super) sandbox: Option<RawSandbox>,
+    pub(super) telemetry: Option<RawTelemetry>,
+    pub(super) console: Option<Spanned<RawConsole>>,
     #[serde(default)]
     pub(super) models: Vec<Spanned<RawModel>>,
     pub(super) supervisor: Option<Spanned<RawSupervisor>>,
@@ -24,6 +26,27 @@ pub(super) struct RawConfig {
 pub(super) struct RawModel {
     pub(super) id: Spanned<String>,
     pub(super) openai: Spanned<RawOpenAi>,
+    pub(super) price: Option<Spanned<RawPrice>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTelemetry {
+    pub(super) metrics_listen: Option<Spanned<String>>,
+    pub(super) otlp_endpoint: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConsole {
+    pub(super) listen: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPrice {
+    pub(super) input_per_million: Spanned<f64>,
+    pub(super) output_per_million: Spanned<f64>,
 }
 
 #[derive(Deserialize)]

@@ -45,6 +45,18 @@ pub(super) const SECTIONS: &[Section] = &[
                 meaning: "Where untrusted work runs. Without it a missing `runsc` only leaves the node without sandboxes; with it, a missing `runsc` stops the node.",
             },
             Field {
+                key: "telemetry",
+                kind: "mapping",
+                default: "{} (no metrics listener; traces only with $OTEL_EXPORTER_OTLP_ENDPOINT)",
+                meaning: "Prometheus metrics and OpenTelemetry traces (docs/observability.md).",
+            },
+            Field {
+                key: "console",
+                kind: "mapping",
+                default: "none (no web console)",
+                meaning: "The web console: the live supervision tree, conversations and sandboxes in a browser.",
+            },
+            Field {
                 key: "models",
                 kind: "list of models",
                 default: "[]",
@@ -429,6 +441,36 @@ pub(super) const SECTIONS: &[Section] = &[
         ],
     },
     Section {
+        path: "telemetry",
+        title: "telemetry",
+        about: "How the node is watched: Prometheus scrapes `/metrics`, and traces of every exec (OpenTelemetry's GenAI conventions) go to an OTLP collector.",
+        fields: &[
+            Field {
+                key: "metrics_listen",
+                kind: "string",
+                default: "none (no metrics listener)",
+                meaning: "`HOST:PORT` of a plain HTTP listener serving `GET /metrics` in the OpenMetrics text format, without authentication (keep it on a private address; `cadre serve --metrics-listen` takes precedence). Its own port rather than the API's: scrapers need no API token or client certificate, and the API stays gRPC only.",
+            },
+            Field {
+                key: "otlp_endpoint",
+                kind: "string",
+                default: "$OTEL_EXPORTER_OTLP_ENDPOINT, else none (no traces)",
+                meaning: "An OTLP/gRPC collector, `http://HOST:4317`; when set (here or in the environment) every exec is traced.",
+            },
+        ],
+    },
+    Section {
+        path: "console",
+        title: "console",
+        about: "The web console, served by the node at `http://LISTEN/ui`: the live supervision tree, conversations with their exec timelines and approvals, sandboxes and placement.",
+        fields: &[Field {
+            key: "listen",
+            kind: "string",
+            default: "required",
+            meaning: "`HOST:PORT` of the console's HTTP listener (`cadre serve --console-listen` takes precedence). When the API has tokens, the console asks for one and its API takes it as `authorization: Bearer`, with the token's role, like the gRPC API.",
+        }],
+    },
+    Section {
         path: "models[]",
         title: "models[]",
         about: "One model agents can call, named by its `id` in an agent's `model`. Only OpenAI-compatible Chat Completions endpoints (vLLM, Ollama, gateways) are supported.",
@@ -444,6 +486,12 @@ pub(super) const SECTIONS: &[Section] = &[
                 kind: "mapping",
                 default: "required",
                 meaning: "The OpenAI-compatible endpoint and the model name to send.",
+            },
+            Field {
+                key: "price",
+                kind: "mapping",
+                default: "none (no cost metric)",
+                meaning: "What the model's tokens cost, `{ input_per_million, output_per_million }` (numbers ≥ 0, in one currency of your choice), counted in `cadre_model_cost_total` by agent and model so spend can be alerted on.",
             },
         ],
     },
@@ -481,6 +529,25 @@ pub(super) const SECTIONS: &[Section] = &[
                 kind: "string",
                 default: "none",
                 meaning: "A PEM file of CA certificates trusted for this `https://` endpoint besides the system's; relative to the config file's folder, read when the config is checked.",
+            },
+        ],
+    },
+    Section {
+        path: "models[].price",
+        title: "models[].price",
+        about: "What the model's tokens cost, per million, in one currency of your choice: each model step adds `(input × input_per_million + output × output_per_million) / 1e6` to `cadre_model_cost_total{agent, model}`.",
+        fields: &[
+            Field {
+                key: "input_per_million",
+                kind: "number",
+                default: "required",
+                meaning: "The price of a million input (prompt) tokens, ≥ 0.",
+            },
+            Field {
+                key: "output_per_million",
+                kind: "number",
+                default: "required",
+                meaning: "The price of a million output (completion) tokens, ≥ 0.",
             },
         ],
     },

@@ -10,7 +10,7 @@ use crate::access::{Role, check_conversation_prefix};
 use crate::agent::AgentSpec;
 use crate::controller::HistoryLimits;
 use crate::mcp::{McpServer, McpSpec};
-use crate::model::ModelSpec;
+use crate::model::{ModelPrice, ModelSpec};
 use crate::process::ProcessSpec;
 use crate::skills::SkillSpec;
 use crate::spec::{AutoShutdown, Backoff, ChildType, Restart, Shutdown, Strategy, SupervisorFlags};
@@ -539,14 +539,54 @@ impl Checker {
         if let Some(tls) = raw.api.as_ref().and_then(|a| a.tls.as_ref()) {
             api.tls = Some(self.api_tls(tls));
         }
+        let telemetry = raw
+            .telemetry
+            .as_ref()
+            .map(|t| self.telemetry(t))
+            .unwrap_or_default();
+        let console = raw.console.as_ref().map(|c| {
+            if let Err(why) = check_listen(c.listen.as_str()) {
+                self.fail(c.listen.span(), format!("console.listen: {why}"));
+            }
+            ConsoleConfig {
+                listen: c.listen.to_string(),
+            }
+        });
         Config {
             node,
             api,
             store,
             cluster,
             sandbox,
+            telemetry,
+            console,
             models,
             supervisor,
+        }
+    }
+
+    fn telemetry(&mut self, raw: &RawTelemetry) -> TelemetryConfig {
+        if let Some(listen) = &raw.metrics_listen
+            && let Err(why) = check_listen(listen.as_str())
+        {
+            self.fail(listen.span(), format!("telemetry.metrics_listen: {why}"));
+        }
+        if let Some(endpoint) = &raw.otlp_endpoint
+            && !endpoint.starts_with("http://")
+            && !endpoint.starts_with("https://")
+        {
+            self.fail(
+                endpoint.span(),
+                format!(
+                    "telemetry.otlp_endpoint: `{}` is not an http:// or https:// URL (OTLP over \
+                     gRPC, e.g. http://127.0.0.1:4317)",
+                    endpoint.as_str()
+                ),
+            );
+        }
+        TelemetryConfig {
+            metrics_listen: raw.metrics_listen.as_ref().map(|l| l.to_string()),
+            otlp_endpoint: raw.otlp_endpoint.as_ref().map(|e| e.to_string()),
         }
     }
 
@@ -582,7 +622,28 @@ impl Checker {
                 Some(t) => Duration::from_millis(**t as u64),
                 None => Duration::from_secs(120),
             };
+            let price = m.price.as_ref().map(|p| {
+                for (name, v) in [
+                    ("input_per_million", &p.input_per_million),
+                    ("output_per_million", &p.output_per_million),
+                ] {
+                    if !v.is_finite() || **v < 0.0 {
+                        self.fail(
+                            v.span(),
+                            format!(
+                                "model `{id}`: price.{name} must be a number ≥ 0, got {}",
+                                **v
+                            ),
+                        );
+                    }
+                }
+                ModelPrice {
+                    input_per_million: *p.input_per_million,
+                    output_per_million: *p.output_per_million,
+                }
+            });
             models.push(ModelSpec {
+                price,
                 id: id.to_string(),
                 base_url: o.base_url.to_string(),
                 model: o.model.to_string(),

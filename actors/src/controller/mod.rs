@@ -103,18 +103,35 @@ impl Controller {
     /// Like [`Controller::new`], committing to `log` instead of the store's `log` keyspace (e.g.
     /// an append-only file, which commits with one `fdatasync` and no B-tree work).
     pub fn with_log(store: Arc<dyn Store>, log: Arc<dyn CommitLog>, limits: HistoryLimits) -> Self {
-        Self {
-            shared: Arc::new(Shared {
-                store,
-                log,
-                limits,
-                queue: RwLock::new(None),
-                tail: Arc::default(),
-                hub: subscribe::Hub::default(),
-                open_execs: Mutex::default(),
-                audited: std::sync::OnceLock::new(),
+        let shared = Arc::new(Shared {
+            store,
+            log,
+            limits,
+            queue: RwLock::new(None),
+            tail: Arc::default(),
+            hub: subscribe::Hub::default(),
+            open_execs: Mutex::default(),
+            audited: std::sync::OnceLock::new(),
+        });
+        let weak = Arc::downgrade(&shared);
+        crate::metrics::metrics().sample_with(
+            "event_log",
+            Box::new(move |m| {
+                let Some(shared) = weak.upgrade() else {
+                    return false;
+                };
+                let queued = shared
+                    .queue
+                    .read()
+                    .expect("queue lock")
+                    .as_ref()
+                    .map_or(0, |(q, _)| q.max_capacity() - q.capacity());
+                m.log_queue_depth.set(queued as i64);
+                m.log_subscriptions.set(shared.hub.live() as i64);
+                true
             }),
-        }
+        );
+        Self { shared }
     }
 
     /// Writes `tree`'s lifecycle events to the audit conversation ([`AUDIT_CONVERSATION`])
@@ -245,13 +262,19 @@ impl Controller {
         if request.events.is_empty() {
             return Err(AppendError::Invalid("no events to append".into()));
         }
-        self.command(|reply| writer::Command::Append {
-            request,
-            only_new,
-            reply,
-        })
-        .await
-        .ok_or(AppendError::Unavailable)?
+        let started = std::time::Instant::now();
+        let appended = self
+            .command(|reply| writer::Command::Append {
+                request,
+                only_new,
+                reply,
+            })
+            .await
+            .ok_or(AppendError::Unavailable)?;
+        crate::metrics::metrics()
+            .log_append_duration
+            .observe(started.elapsed().as_secs_f64());
+        appended
     }
 
     /// Queues a command for the writer and waits for its answer; `None` if the writer is not

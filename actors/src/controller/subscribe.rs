@@ -65,6 +65,16 @@ impl Hub {
         }
     }
 
+    /// Live subscriptions now (those whose subscriber went away are not counted).
+    pub(super) fn live(&self) -> usize {
+        let subscribers = self.subscribers.lock().expect("hub lock");
+        subscribers
+            .values()
+            .flatten()
+            .filter(|l| !l.tx.is_closed())
+            .count()
+    }
+
     /// Ends every live subscription of a deleted conversation.
     pub(super) fn close(&self, conversation: &str) {
         let removed = self

@@ -216,6 +216,11 @@ impl Writer {
                 let started = Instant::now();
                 self.commit(&mut batch.requests);
                 last_commit = started.elapsed();
+                let metrics = crate::metrics::metrics();
+                metrics
+                    .log_commit_duration
+                    .observe(last_commit.as_secs_f64());
+                metrics.log_batch_size.observe(answered as f64);
             }
             if let Some((conversation, reply)) = batch.delete.take() {
                 let _ = reply.send(self.delete(&conversation));

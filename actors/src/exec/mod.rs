@@ -208,6 +208,7 @@ impl Execs {
                 return Err(e.into());
             }
         };
+        crate::metrics::metrics().exec_started(&agent_id);
         self.launch(
             conversation,
             exec_id,
@@ -400,6 +401,13 @@ impl Execs {
                 owner: None,
             })
             .await?;
+        crate::metrics::metrics()
+            .execs_ended
+            .get_or_create(&crate::metrics::ExecEndLabels {
+                agent: summary.agent_id.clone(),
+                state: "cancelled".into(),
+            })
+            .inc();
         // The agent may be running (or may not, e.g. after a crash); its appends are refused
         // from now on either way.
         if let Some((agents, _)) = self.tree.supervisor(&self.agents) {
@@ -729,6 +737,8 @@ impl Execs {
             claims: self.claims.clone(),
             conversation,
             exec_id,
+            agent_id,
+            started: std::time::Instant::now(),
             input,
             agent,
         };
@@ -783,6 +793,8 @@ impl Execs {
             claims: self.claims.clone(),
             conversation: conversation.to_string(),
             exec_id: exec_id.to_string(),
+            agent_id: String::new(),
+            started: std::time::Instant::now(),
             input: String::new(),
             agent: None,
         };

@@ -23,6 +23,10 @@ pub(super) struct ExecAgent {
     pub(super) claims: Arc<dyn ExecClaims>,
     pub(super) conversation: String,
     pub(super) exec_id: String,
+    /// The agent's id (empty when it is not known: an exec ended because it cannot run).
+    pub(super) agent_id: String,
+    /// When this node launched it, for the exec duration metric.
+    pub(super) started: std::time::Instant,
     pub(super) input: String,
     /// `None` for `echo`.
     pub(super) agent: Option<Arc<ExecRun>>,
@@ -94,7 +98,15 @@ impl ExecAgent {
                 tracing::error!(exec = %self.exec_id, error = %e, "cannot record a failed exec")
             }
         }
+        self.ended("failed");
         self.finished().await;
+    }
+
+    /// Counts the exec's end in the metrics.
+    fn ended(&self, state: &str) {
+        if !self.agent_id.is_empty() {
+            crate::metrics::metrics().exec_ended(&self.agent_id, state, self.started.elapsed());
+        }
     }
 
     async fn finished(&self) {
@@ -130,7 +142,14 @@ impl Actor for ExecActor {
         match agent.run().await {
             // Paused: the exec stays claimed until an approval runs it on.
             Ok(ExecEnd::WaitingApproval) => {}
-            Ok(_) => agent.finished().await,
+            Ok(end) => {
+                match end {
+                    ExecEnd::Completed => agent.ended("completed"),
+                    ExecEnd::Failed(_) => agent.ended("failed"),
+                    _ => {}
+                }
+                agent.finished().await
+            }
             Err(e) => {
                 tracing::warn!(exec = %agent.exec_id, error = %e, "agent failed; its supervisor restarts it");
                 return Err(Box::new(ChildExit(ExitReason::Error(e))));
