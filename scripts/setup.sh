@@ -123,3 +123,9 @@ if [ "$("${mcp_dir}/grpc/bin/pip" show grpcio-tools 2>/dev/null | sed -n 's/^Ver
   "${mcp_dir}/grpc/bin/pip" install -q --disable-pip-version-check \
     "grpcio==${grpc_version}" "grpcio-tools==${grpc_version}"
 fi
+# The OTLP trace receiver of the tracing tests (tests/fixtures/otlp_receiver.py).
+otlp_proto_version=1.45.2
+if [ "$("${mcp_dir}/grpc/bin/pip" show opentelemetry-proto 2>/dev/null | sed -n 's/^Version: //p')" != "${otlp_proto_version}" ]; then
+  echo "setup: installing opentelemetry-proto==${otlp_proto_version}"
+  "${mcp_dir}/grpc/bin/pip" install -q --disable-pip-version-check "opentelemetry-proto==${otlp_proto_version}"
+fi

@@ -41,6 +41,7 @@ pub mod store;
 pub mod supervisor;
 pub mod tls;
 pub mod tools;
+pub mod traces;
 pub mod tree;
 
 pub use child::{ChildSpec, ChildStart, StartContext, StartError, StartFuture, Started};

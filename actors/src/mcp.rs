@@ -390,6 +390,10 @@ impl ToolServer for Caller {
             IDEMPOTENCY_META_KEY.into(),
             ctx.idempotency_key.clone().into(),
         );
+        if let Some(traceparent) = &ctx.traceparent {
+            meta.0
+                .insert("traceparent".into(), traceparent.clone().into());
+        }
         let mut params = CallToolRequestParams::new(tool.to_string()).with_arguments(arguments);
         params.meta = Some(RequestMetaObject(meta));
         Box::pin(async move {

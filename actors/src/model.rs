@@ -52,6 +52,8 @@ pub struct ChatRequest {
     pub messages: Vec<Value>,
     /// Tools in the wire format (`{"type": "function", "function": {…}}`).
     pub tools: Vec<Value>,
+    /// The W3C trace context of the call's span, sent as the `traceparent` header.
+    pub traceparent: Option<String>,
 }
 
 /// What the model answered.
@@ -172,6 +174,9 @@ impl ModelClient for OpenAiClient {
             body["tools"] = Value::Array(request.tools);
         }
         let mut call = self.http.post(&self.url).json(&body);
+        if let Some(traceparent) = request.traceparent {
+            call = call.header("traceparent", traceparent);
+        }
         if let Some(key) = self
             .spec
             .api_key_env

@@ -47,6 +47,8 @@ pub struct CallContext {
     pub conversation: String,
     /// `conversation/exec/step`: the same for a retried call.
     pub idempotency_key: String,
+    /// The W3C trace context of the call's span, passed on (MCP: `_meta.traceparent`).
+    pub traceparent: Option<String>,
 }
 
 /// What a call returned.
@@ -380,6 +382,7 @@ mod tests {
             .call(&CallContext {
                 conversation: "c".into(),
                 idempotency_key: "c/e/1".into(),
+                traceparent: None,
             })
             .await
             .unwrap();

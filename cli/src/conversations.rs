@@ -757,6 +757,9 @@ pub fn event_json(e: &Event) -> Value {
         Some(event::Kind::InputReceived(i)) => {
             obj.insert("agent_id".into(), json!(i.agent_id));
             obj.insert("text".into(), json!(i.text));
+            if !i.trace_parent.is_empty() {
+                obj.insert("trace_parent".into(), json!(i.trace_parent));
+            }
         }
         Some(event::Kind::OutputEmitted(o)) => {
             obj.insert("text".into(), json!(o.text));

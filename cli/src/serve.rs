@@ -8,6 +8,7 @@ use cadre_actors::access::Role;
 use cadre_actors::config::{ApiToken, Config, check_listen, check_node_name, check_secret};
 use cadre_cluster::{DEFAULT_LISTEN, Node, NodeExit, NodeOptions};
 use clap::Args;
+use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::EnvFilter;
 
 use crate::Failure;
@@ -107,20 +108,68 @@ fn resolve_listen(listen: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("`{listen}` resolves to no address"))
 }
 
-pub async fn run(args: ServeArgs) -> Result<(), Failure> {
+/// Logs to stderr (`$CADRE_LOG`, default info), and the exec traces (`cadre_actors::traces`)
+/// over OTLP/gRPC when `telemetry.otlp_endpoint` or `$OTEL_EXPORTER_OTLP_ENDPOINT` is set.
+/// The provider returned flushes the last spans when shut down.
+fn init_logs_and_traces(config: &Config) -> Result<Option<SdkTracerProvider>, Failure> {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
     // ractor opens a span per actor at INFO; that is noise (and cost) at the default level.
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("CADRE_LOG")
-                .unwrap_or_else(|_| EnvFilter::new("info,ractor=warn,rmcp=warn")),
-        )
+    let logs = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
+        .with_filter(
+            EnvFilter::try_from_env("CADRE_LOG")
+                .unwrap_or_else(|_| EnvFilter::new("info,ractor=warn,rmcp=warn")),
+        );
+    let endpoint = config
+        .telemetry
+        .otlp_endpoint
+        .clone()
+        .or_else(|| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok())
+        .filter(|e| !e.is_empty());
+    let Some(endpoint) = endpoint else {
+        tracing_subscriber::registry().with(logs).init();
+        return Ok(None);
+    };
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_otlp::WithExportConfig;
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(endpoint.clone())
+        .build()
+        .map_err(|e| Failure::Usage(format!("telemetry.otlp_endpoint `{endpoint}`: {e}")))?;
+    let provider = SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(
+            opentelemetry_sdk::Resource::builder()
+                .with_service_name("cadre")
+                .build(),
+        )
+        .build();
+    let traces = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("cadre"))
+        .with_filter(
+            tracing_subscriber::filter::Targets::new()
+                .with_target(cadre_actors::traces::TARGET, tracing::Level::INFO),
+        );
+    tracing_subscriber::registry()
+        .with(logs)
+        .with(traces)
         .init();
+    cadre_actors::traces::enable();
+    tracing::info!(%endpoint, "sending traces over OTLP");
+    Ok(Some(provider))
+}
+
+pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     let mut config = match &args.config {
         Some(file) => Config::load(file).map_err(|e| Failure::Usage(e.to_string()))?,
         None => Config::default(),
     };
+    let traces = init_logs_and_traces(&config)?;
     cluster_flags(&mut config, &args)?;
     if let Some(listen) = &args.metrics_listen {
         check_listen(listen).map_err(|why| Failure::Usage(format!("--metrics-listen: {why}")))?;
@@ -159,7 +208,13 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     if let Some(metrics) = &node.metrics {
         eprintln!("cadre: metrics on http://{}/metrics", metrics.addr);
     }
-    match node.run_until(shutdown_signal()).await {
+    let exit = node.run_until(shutdown_signal()).await;
+    if let Some(provider) = traces
+        && let Err(e) = provider.shutdown()
+    {
+        tracing::warn!(error = %e, "cannot send the last spans");
+    }
+    match exit {
         NodeExit::Stopped => Ok(()),
         NodeExit::RootExited => {
             Err(anyhow::anyhow!("the root supervisor shut itself down (auto_shutdown)").into())

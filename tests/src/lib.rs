@@ -3,6 +3,7 @@
 //! through the real CLI.
 
 pub mod kube;
+pub mod otlp;
 pub mod prometheus;
 pub mod servers;
 

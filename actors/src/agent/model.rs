@@ -71,7 +71,11 @@ impl ExecRun {
                         })
                         .collect()
                 };
-                let request = ChatRequest { messages, tools };
+                let request = ChatRequest {
+                    messages,
+                    tools,
+                    traceparent: None,
+                };
                 let response = self.chat(model.as_ref(), request, journal).await;
                 (model.name().to_string(), response)
             }
@@ -140,11 +144,15 @@ impl ExecRun {
                 tokio::time::sleep(MODEL_RETRY * attempt).await;
             }
             let started = std::time::Instant::now();
-            let call = model.chat(request.clone());
+            let span = crate::traces::chat_span(&self.spec.model, "openai");
+            let mut attempt = request.clone();
+            attempt.traceparent = crate::traces::traceparent(&span);
+            let call = tracing::Instrument::instrument(model.chat(attempt), span.clone());
             let result = match self.time_left(journal) {
                 Some(left) => match tokio::time::timeout(left, call).await {
                     Ok(r) => r,
                     Err(_) => {
+                        crate::traces::set(&span, "error.type", "timeout");
                         return Err(format!(
                             "exec_timeout_secs: the model call did not answer within the exec's \
                              limit of {} s",
@@ -154,6 +162,7 @@ impl ExecRun {
                 },
                 None => call.await,
             };
+            record_chat(&span, &result);
             crate::metrics::metrics()
                 .model_request_duration
                 .get_or_create(&crate::metrics::ModelLabels {
@@ -190,5 +199,42 @@ impl ExecRun {
             .into_iter()
             .filter(|t| matches_any(&spec.tools, &t.name))
             .collect()
+    }
+}
+
+/// The outcome of a model call on its span: tokens and finish reasons, or the error.
+fn record_chat(span: &tracing::Span, result: &Result<crate::model::ChatResponse, ModelError>) {
+    if !crate::traces::enabled() {
+        return;
+    }
+    match result {
+        Ok(r) => {
+            crate::traces::set(
+                span,
+                "gen_ai.usage.input_tokens",
+                i64::from(r.prompt_tokens),
+            );
+            crate::traces::set(
+                span,
+                "gen_ai.usage.output_tokens",
+                i64::from(r.completion_tokens),
+            );
+            if let Some(model) = r.raw["model"].as_str() {
+                crate::traces::set(span, "gen_ai.response.model", model.to_string());
+            }
+            let reasons: Vec<opentelemetry::StringValue> = r.raw["choices"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c["finish_reason"].as_str())
+                .map(|reason| reason.to_string().into())
+                .collect();
+            crate::traces::set(
+                span,
+                "gen_ai.response.finish_reasons",
+                opentelemetry::Value::Array(reasons.into()),
+            );
+        }
+        Err(e) => crate::traces::set(span, "error.type", e.to_string()),
     }
 }

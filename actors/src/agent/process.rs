@@ -201,6 +201,7 @@ impl ExecRun {
         let ctx = CallContext {
             conversation: self.conversation.clone(),
             idempotency_key: journal.called[call_id].clone(),
+            traceparent: None,
         };
         let outcome = match tokio::time::timeout(self.spec.tool_timeout, prepared.call(&ctx)).await
         {

@@ -41,12 +41,20 @@ impl ExecRun {
             if attempt > 0 {
                 tokio::time::sleep(MODEL_RETRY * attempt).await;
             }
+            let span = crate::traces::chat_span("remote", "cadre.remote_agent");
+            crate::traces::set(&span, "server.address", address.to_string());
+            let mut traced = tonic::Request::new(request.clone());
+            if let Some(traceparent) = crate::traces::traceparent(&span)
+                && let Ok(value) = traceparent.parse()
+            {
+                traced.metadata_mut().insert("traceparent", value);
+            }
             let reply = async {
                 let mut client = AgentServiceClient::connect(address.to_string())
                     .await
                     .map_err(|e| (true, format!("cannot connect: {e}")))?;
                 let mut stream = client
-                    .step(request.clone())
+                    .step(traced)
                     .await
                     .map_err(|s| (s.code() == tonic::Code::Unavailable, s.to_string()))?
                     .into_inner();
@@ -67,6 +75,7 @@ impl ExecRun {
                 }
                 Ok((outputs, calls))
             };
+            let reply = tracing::Instrument::instrument(reply, span);
             let result = match self.time_left(journal) {
                 Some(left) => tokio::time::timeout(left, reply)
                     .await

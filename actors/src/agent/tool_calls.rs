@@ -111,17 +111,31 @@ impl ExecRun {
         let args = serde_json::from_str::<Value>(&call.arguments).unwrap_or(json!({}));
         let outcome = match self.tools.prepare(&tool, &args) {
             Ok(prepared) => {
+                let span = crate::traces::tool_span(&tool, &call.call_id);
                 let ctx = CallContext {
                     conversation: self.conversation.clone(),
                     idempotency_key: key,
+                    traceparent: crate::traces::traceparent(&span),
                 };
                 let limit = match self.time_left(journal) {
                     Some(left) => spec.tool_timeout.min(left),
                     None => spec.tool_timeout,
                 };
-                match tokio::time::timeout(limit, prepared.call(&ctx)).await {
-                    Ok(r) => r,
+                let call_span = span.clone();
+                let traced = tracing::Instrument::instrument(prepared.call(&ctx), span);
+                match tokio::time::timeout(limit, traced).await {
+                    Ok(r) => {
+                        match &r {
+                            Ok(o) if o.is_error => {
+                                crate::traces::set(&call_span, "error.type", "tool_error")
+                            }
+                            Ok(_) => {}
+                            Err(e) => crate::traces::set(&call_span, "error.type", e.to_string()),
+                        }
+                        r
+                    }
                     Err(_) => {
+                        crate::traces::set(&call_span, "error.type", "timeout");
                         let error = format!("timed out after {} ms", limit.as_millis());
                         if let Some(end) =
                             finished(self.returned(journal, &call.call_id, Err(error)).await)?

@@ -183,6 +183,7 @@ impl Execs {
         let exec_id = new_id("e");
         self.claim(&conversation, Claim::Exec(exec_id.clone()), FOLLOW)
             .await?;
+        let span = crate::traces::exec_span(&agent_id, &conversation, &exec_id, "");
         let begin = AppendRequest {
             conversation_id: conversation.clone(),
             events: vec![
@@ -191,6 +192,7 @@ impl Execs {
                     kind: event::Kind::InputReceived(InputReceived {
                         agent_id: agent_id.clone(),
                         text: input.clone(),
+                        trace_parent: crate::traces::traceparent(&span).unwrap_or_default(),
                     }),
                 },
                 self.running(&exec_id),
@@ -214,6 +216,7 @@ impl Execs {
             exec_id,
             agent_id,
             input,
+            span,
             appended.first_seq - 1,
         )
         .await
@@ -275,11 +278,18 @@ impl Execs {
         } else {
             summary.last_seq
         };
+        let span = crate::traces::exec_span(
+            &summary.agent_id,
+            conversation,
+            &summary.exec_id,
+            &input.trace_parent,
+        );
         self.launch(
             conversation.to_string(),
             summary.exec_id,
             summary.agent_id,
-            input,
+            input.text,
+            span,
             after,
         )
         .await
@@ -491,12 +501,19 @@ impl Execs {
         self.claim(conversation, claim, FOLLOW).await?;
         let input = self.input_of(conversation, &exec_id).await?;
         // The approver follows the exec with Subscribe or Exec (last_seq) if they want to.
+        let span = crate::traces::exec_span(
+            &summary.agent_id,
+            conversation,
+            &exec_id,
+            &input.trace_parent,
+        );
         drop(
             self.launch(
                 conversation.to_string(),
                 exec_id,
                 summary.agent_id,
-                input,
+                input.text,
+                span,
                 appended.last_seq,
             )
             .await?,
@@ -715,8 +732,10 @@ impl Execs {
         exec_id: String,
         agent_id: String,
         input: String,
+        span: tracing::Span,
         after: u64,
     ) -> Result<ExecEvents, ExecError> {
+        crate::traces::set(&span, "cadre.seq.first", (after + 1) as i64);
         let agent = self.services.agents.get(&agent_id).map(|spec| {
             Arc::new(ExecRun {
                 log: self.log.clone(),
@@ -739,6 +758,7 @@ impl Execs {
             exec_id,
             agent_id,
             started: std::time::Instant::now(),
+            span,
             input,
             agent,
         };
@@ -795,18 +815,23 @@ impl Execs {
             exec_id: exec_id.to_string(),
             agent_id: String::new(),
             started: std::time::Instant::now(),
+            span: tracing::Span::none(),
             input: String::new(),
             agent: None,
         };
         runner.fail(why).await;
     }
 
-    /// The input of an exec, from its `InputReceived`.
-    async fn input_of(&self, conversation: &str, exec_id: &str) -> Result<String, ExecError> {
+    /// An exec's `InputReceived`: its input and trace context.
+    async fn input_of(
+        &self,
+        conversation: &str,
+        exec_id: &str,
+    ) -> Result<InputReceived, ExecError> {
         let mut input = None;
         self.scan(conversation, |e| match &e.kind {
             Some(event::Kind::InputReceived(i)) if e.exec_id == exec_id => {
-                input = Some(i.text.clone());
+                input = Some(i.clone());
                 false
             }
             _ => true,

@@ -27,6 +27,8 @@ pub(super) struct ExecAgent {
     pub(super) agent_id: String,
     /// When this node launched it, for the exec duration metric.
     pub(super) started: std::time::Instant,
+    /// The exec's `invoke_agent` span (a disabled one when the node does not trace).
+    pub(super) span: tracing::Span,
     pub(super) input: String,
     /// `None` for `echo`.
     pub(super) agent: Option<Arc<ExecRun>>,
@@ -37,8 +39,20 @@ impl ExecAgent {
     /// normally is removed (`system/agents` is dynamic).
     pub(super) fn child_spec(self) -> ChildSpec {
         let id = self.exec_id.clone();
+        let starts = std::sync::atomic::AtomicU32::new(0);
         let start = move |ctx: StartContext| -> StartFuture {
             let agent = self.clone();
+            let restarts = starts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if restarts > 0 {
+                crate::traces::event(
+                    &agent.span,
+                    "restart",
+                    &[
+                        ("cadre.actor.path", ctx.path.clone()),
+                        ("cadre.restarts", restarts.to_string()),
+                    ],
+                );
+            }
             Box::pin(async move {
                 let (actor, _) = Actor::spawn_linked(None, ExecActor, agent, ctx.supervisor)
                     .await
@@ -139,7 +153,19 @@ impl Actor for ExecActor {
         _msg: (),
         agent: &mut ExecAgent,
     ) -> Result<(), ActorProcessingErr> {
-        match agent.run().await {
+        let run = tracing::Instrument::instrument(agent.run(), agent.span.clone()).await;
+        if !matches!(run, Ok(ExecEnd::WaitingApproval) | Err(_)) && crate::traces::enabled() {
+            let end = match &run {
+                Ok(ExecEnd::Completed) => "completed",
+                Ok(ExecEnd::Failed(_)) => "failed",
+                _ => "ended elsewhere",
+            };
+            crate::traces::set(&agent.span, "cadre.exec.end", end);
+            if let Ok(Some(last)) = agent.log.last_seq(&agent.conversation).await {
+                crate::traces::set(&agent.span, "cadre.seq.last", last as i64);
+            }
+        }
+        match run {
             // Paused: the exec stays claimed until an approval runs it on.
             Ok(ExecEnd::WaitingApproval) => {}
             Ok(end) => {

@@ -126,6 +126,7 @@ mod tests {
             event::Kind::InputReceived(InputReceived {
                 agent_id: "a".into(),
                 text: "hi".into(),
+                trace_parent: String::new(),
             }),
         ));
         fold.apply(&state("e1", ExecState::Running));

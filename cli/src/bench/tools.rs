@@ -196,6 +196,7 @@ async fn rounds(
                     let ctx = CallContext {
                         conversation: "bench".into(),
                         idempotency_key: "bench/call/1".into(),
+                        traceparent: None,
                     };
                     let outcome = prepared?.call(&ctx).await?;
                     anyhow::ensure!(!outcome.is_error, "the tool reported an error");

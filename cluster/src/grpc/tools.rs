@@ -144,6 +144,7 @@ impl Tools for ToolsService {
             .call(&CallContext {
                 conversation: conversation.clone(),
                 idempotency_key: key.clone(),
+                traceparent: None,
             })
             .await;
         let returned = ToolReturned {
