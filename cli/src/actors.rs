@@ -8,8 +8,8 @@ use clap::Subcommand;
 use serde_json::json;
 
 use crate::client::{ServerArgs, connect};
-use crate::tree::{rfc3339, to_json};
 use crate::{Failure, Output};
+use cadre_proto::json::{actor_node, rfc3339};
 
 #[derive(Subcommand)]
 pub enum ActorsCommand {
@@ -113,7 +113,7 @@ fn failure(call: &str, s: tonic::Status, file: Option<&PathBuf>) -> Failure {
 fn print(node: &ActorNode, output: Output) {
     match output {
         Output::Text => println!("{}", row(node)),
-        _ => crate::emit(output, &to_json(node)),
+        _ => crate::emit(output, &actor_node(node)),
     }
 }
 

@@ -8,15 +8,15 @@ use cadre_proto::v1::conversations_client::ConversationsClient;
 use cadre_proto::v1::{
     AgentPatch, ApproveRequest, CancelRequest, Conversation, DeleteConversationRequest, Event,
     ExecRequest, ExecState, ForkRequest, GetConversationRequest, ListConversationsRequest,
-    SubscribeRequest, event, tool_returned,
+    SubscribeRequest, event,
 };
 use clap::{Args, Subcommand};
-use serde_json::{Map, Value, json};
+use serde_json::json;
 use tonic::Streaming;
 
 use crate::client::{ServerArgs, connect};
-use crate::tree::rfc3339;
 use crate::{Failure, Output};
+use cadre_proto::json::{describe, exec_state_name, rfc3339};
 
 #[derive(Args)]
 pub struct ExecArgs {
@@ -442,7 +442,7 @@ pub async fn run(command: ConversationsCommand) -> Result<(), Failure> {
             match output {
                 Output::Json | Output::Yaml => {
                     for c in &list.conversations {
-                        crate::emit(output, &conversation_json(c));
+                        crate::emit(output, &cadre_proto::json::conversation(c));
                     }
                 }
                 Output::Text => {
@@ -565,7 +565,14 @@ async fn print_stream(
                         ExecState::try_from(s.state),
                         Ok(ExecState::Failed | ExecState::Cancelled)
                     )
-                    .then(|| format!("exec {} {}: {}", e.exec_id, state_name(s.state), s.reason));
+                    .then(|| {
+                        format!(
+                            "exec {} {}: {}",
+                            e.exec_id,
+                            exec_state_name(s.state),
+                            s.reason
+                        )
+                    });
                 }
                 print_event(&e, output, outputs_only);
             }
@@ -589,7 +596,7 @@ async fn print_stream(
 fn print_event(e: &Event, output: Output, outputs_only: bool) {
     use std::io::Write;
     match output {
-        Output::Json | Output::Yaml => crate::emit(output, &event_json(e)),
+        Output::Json | Output::Yaml => crate::emit(output, &cadre_proto::json::event(e)),
         Output::Text if outputs_only => {
             if let Some(event::Kind::OutputEmitted(o)) = &e.kind {
                 println!("{}", o.text);
@@ -614,275 +621,9 @@ fn short(id: &str) -> &str {
     &id[..id.len().min(14)]
 }
 
-fn state_name(state: i32) -> &'static str {
-    match ExecState::try_from(state).unwrap_or(ExecState::Unspecified) {
-        ExecState::Unspecified => "unspecified",
-        ExecState::Pending => "pending",
-        ExecState::Running => "running",
-        ExecState::WaitingApproval => "waiting_approval",
-        ExecState::Completed => "completed",
-        ExecState::Failed => "failed",
-        ExecState::Cancelled => "cancelled",
-    }
-}
-
-/// (type, one-line detail) of an event.
-fn describe(e: &Event) -> (&'static str, String) {
-    match &e.kind {
-        Some(event::Kind::InputReceived(i)) => {
-            ("input_received", format!("{}: {}", i.agent_id, i.text))
-        }
-        Some(event::Kind::ModelCalled(m)) => (
-            "model_called",
-            format!(
-                "{} ({}+{} tokens)",
-                m.model, m.prompt_tokens, m.completion_tokens
-            ),
-        ),
-        Some(event::Kind::ToolCalled(t)) => {
-            ("tool_called", format!("{} {}", t.tool, t.arguments_json))
-        }
-        Some(event::Kind::ToolReturned(t)) => (
-            "tool_returned",
-            match &t.outcome {
-                Some(tool_returned::Outcome::Error(e)) => format!("{} error: {e}", t.call_id),
-                // The tool answered with an error of its own (MCP `isError`).
-                Some(tool_returned::Outcome::ResultJson(r)) if t.is_error => {
-                    format!("{} tool error: {r}", t.call_id)
-                }
-                _ => format!("{} ok", t.call_id),
-            },
-        ),
-        Some(event::Kind::OutputEmitted(o)) => ("output_emitted", o.text.clone()),
-        Some(event::Kind::ExecStateChanged(s)) => (
-            "exec_state_changed",
-            format!("{} {}", state_name(s.state), s.reason)
-                .trim()
-                .to_string(),
-        ),
-        Some(event::Kind::Forked(f)) => (
-            "forked",
-            format!(
-                "from {} at seq {}{}",
-                f.src_conversation_id,
-                f.at_seq,
-                if f.patch.is_some() { " (patched)" } else { "" }
-            ),
-        ),
-        Some(event::Kind::ApprovalDecided(d)) => (
-            "approval_decided",
-            format!(
-                "{} {} {}: {}",
-                d.call_id,
-                d.tool,
-                if d.approved { "approved" } else { "declined" },
-                d.reason
-            ),
-        ),
-        Some(event::Kind::ActorLifecycle(l)) => (
-            "actor_lifecycle",
-            format!(
-                "{}{} {} {}",
-                if l.node.is_empty() {
-                    String::new()
-                } else {
-                    format!("{}:", l.node)
-                },
-                l.path,
-                l.change,
-                l.reason
-            )
-            .trim()
-            .to_string(),
-        ),
-        Some(event::Kind::ActorSpawned(a)) => ("actor_spawned", format!("{}/{}", a.parent, a.id)),
-        Some(event::Kind::ActorRemoved(r)) => ("actor_removed", r.path.clone()),
-        Some(event::Kind::ApiCall(c)) => (
-            "api_call",
-            format!(
-                "{} {} by {} ({}): {}{}",
-                c.method,
-                c.target,
-                if c.caller.is_empty() {
-                    "anyone"
-                } else {
-                    &c.caller
-                },
-                if c.role.is_empty() {
-                    "no tokens"
-                } else {
-                    &c.role
-                },
-                tonic::Code::from(c.code as i32).description(),
-                if c.message.is_empty() {
-                    String::new()
-                } else {
-                    format!(": {}", c.message)
-                },
-            ),
-        ),
-        Some(event::Kind::SandboxExited(x)) => (
-            "sandbox_exited",
-            format!("{} (tenant {}): {}", x.sandbox_id, x.tenant, x.reason),
-        ),
-        Some(event::Kind::ActivationClaimed(a)) => (
-            "activation_claimed",
-            format!(
-                "{} (tenant {}) lives on {} from epoch {}{}",
-                a.actor_id,
-                a.tenant,
-                a.node,
-                a.epoch,
-                if a.reason.is_empty() {
-                    String::new()
-                } else {
-                    format!(": {}", a.reason)
-                }
-            ),
-        ),
-        None => ("unknown", String::new()),
-    }
-}
-
-/// `{"conversation_id","seq","exec_id","time","type",…payload}`
-pub fn event_json(e: &Event) -> Value {
-    let mut obj = Map::new();
-    obj.insert("conversation_id".into(), json!(e.conversation_id));
-    obj.insert("seq".into(), json!(e.seq));
-    obj.insert("exec_id".into(), json!(e.exec_id));
-    obj.insert("time".into(), json!(rfc3339(e.time_unix_micros)));
-    let (kind, _) = describe(e);
-    obj.insert("type".into(), json!(kind));
-    match &e.kind {
-        Some(event::Kind::InputReceived(i)) => {
-            obj.insert("agent_id".into(), json!(i.agent_id));
-            obj.insert("text".into(), json!(i.text));
-            if !i.trace_parent.is_empty() {
-                obj.insert("trace_parent".into(), json!(i.trace_parent));
-            }
-        }
-        Some(event::Kind::OutputEmitted(o)) => {
-            obj.insert("text".into(), json!(o.text));
-        }
-        Some(event::Kind::ExecStateChanged(s)) => {
-            obj.insert("state".into(), json!(state_name(s.state)));
-            obj.insert("reason".into(), json!(s.reason));
-            if !s.node.is_empty() {
-                obj.insert("node".into(), json!(s.node));
-                obj.insert("epoch".into(), json!(s.epoch));
-            }
-        }
-        Some(event::Kind::Forked(f)) => {
-            obj.insert("src_conversation_id".into(), json!(f.src_conversation_id));
-            obj.insert("at_seq".into(), json!(f.at_seq));
-            if let Some(p) = &f.patch {
-                obj.insert(
-                    "patch".into(),
-                    json!({
-                        "system_prompt": p.system_prompt,
-                        "model": p.model,
-                        "max_iterations": p.max_iterations,
-                        "token_budget": p.token_budget,
-                    }),
-                );
-            }
-        }
-        Some(event::Kind::ApprovalDecided(d)) => {
-            obj.insert("call_id".into(), json!(d.call_id));
-            obj.insert("tool".into(), json!(d.tool));
-            obj.insert("approved".into(), json!(d.approved));
-            obj.insert("reason".into(), json!(d.reason));
-        }
-        Some(event::Kind::ModelCalled(m)) => {
-            obj.insert("model".into(), json!(m.model));
-            obj.insert("response_json".into(), json!(m.response_json));
-            obj.insert("prompt_tokens".into(), json!(m.prompt_tokens));
-            obj.insert("completion_tokens".into(), json!(m.completion_tokens));
-            obj.insert("compaction".into(), json!(m.compaction));
-        }
-        Some(event::Kind::ToolCalled(t)) => {
-            obj.insert("call_id".into(), json!(t.call_id));
-            obj.insert("tool".into(), json!(t.tool));
-            obj.insert("arguments_json".into(), json!(t.arguments_json));
-            obj.insert("idempotency_key".into(), json!(t.idempotency_key));
-        }
-        Some(event::Kind::ToolReturned(t)) => {
-            obj.insert("call_id".into(), json!(t.call_id));
-            obj.insert("is_error".into(), json!(t.is_error));
-            match &t.outcome {
-                Some(tool_returned::Outcome::ResultJson(r)) => {
-                    obj.insert("result_json".into(), json!(r));
-                }
-                Some(tool_returned::Outcome::Error(e)) => {
-                    obj.insert("error".into(), json!(e));
-                }
-                None => {}
-            }
-        }
-        Some(event::Kind::ActorLifecycle(l)) => {
-            if !l.node.is_empty() {
-                obj.insert("node".into(), json!(l.node));
-            }
-            obj.insert("path".into(), json!(l.path));
-            obj.insert("change".into(), json!(l.change));
-            obj.insert("reason".into(), json!(l.reason));
-        }
-        Some(event::Kind::ActorSpawned(a)) => {
-            obj.insert("path".into(), json!(format!("{}/{}", a.parent, a.id)));
-            obj.insert("spec_yaml".into(), json!(a.spec_yaml));
-        }
-        Some(event::Kind::ActorRemoved(r)) => {
-            obj.insert("path".into(), json!(r.path));
-        }
-        Some(event::Kind::ApiCall(c)) => {
-            obj.insert("method".into(), json!(c.method));
-            obj.insert("caller".into(), json!(c.caller));
-            obj.insert("role".into(), json!(c.role));
-            obj.insert("target".into(), json!(c.target));
-            obj.insert("code".into(), json!(c.code));
-            obj.insert("message".into(), json!(c.message));
-        }
-        Some(event::Kind::SandboxExited(x)) => {
-            obj.insert("sandbox_id".into(), json!(x.sandbox_id));
-            obj.insert("tenant".into(), json!(x.tenant));
-            obj.insert("provider".into(), json!(x.provider));
-            obj.insert("reason".into(), json!(x.reason));
-        }
-        Some(event::Kind::ActivationClaimed(a)) => {
-            obj.insert("actor_id".into(), json!(a.actor_id));
-            obj.insert("tenant".into(), json!(a.tenant));
-            obj.insert("node".into(), json!(a.node));
-            obj.insert("epoch".into(), json!(a.epoch));
-            obj.insert("reason".into(), json!(a.reason));
-        }
-        None => {}
-    }
-    Value::Object(obj)
-}
-
-fn conversation_json(c: &Conversation) -> Value {
-    let mut obj = Map::new();
-    obj.insert("conversation_id".into(), json!(c.conversation_id));
-    obj.insert("last_seq".into(), json!(c.last_seq));
-    if !c.exec_id.is_empty() {
-        obj.insert("exec_id".into(), json!(c.exec_id));
-        obj.insert("exec_state".into(), json!(state_name(c.exec_state)));
-        obj.insert("agent_id".into(), json!(c.agent_id));
-    }
-    if !c.waiting_call_id.is_empty() {
-        obj.insert("waiting_call_id".into(), json!(c.waiting_call_id));
-        obj.insert("waiting_tool".into(), json!(c.waiting_tool));
-    }
-    if !c.forked_from.is_empty() {
-        obj.insert("forked_from".into(), json!(c.forked_from));
-        obj.insert("forked_at_seq".into(), json!(c.forked_at_seq));
-    }
-    Value::Object(obj)
-}
-
 fn print_conversation(c: &Conversation, output: Output) {
     match output {
-        Output::Json | Output::Yaml => crate::emit(output, &conversation_json(c)),
+        Output::Json | Output::Yaml => crate::emit(output, &cadre_proto::json::conversation(c)),
         Output::Text => {
             println!("conversation:  {}", c.conversation_id);
             println!("last seq:      {}", c.last_seq);
@@ -890,7 +631,7 @@ fn print_conversation(c: &Conversation, output: Output) {
                 println!(
                     "latest exec:   {} ({}, agent {})",
                     c.exec_id,
-                    state_name(c.exec_state),
+                    exec_state_name(c.exec_state),
                     c.agent_id
                 );
             }

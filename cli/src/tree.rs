@@ -8,7 +8,7 @@ use cadre_proto::v1::{
     ActorNode, NodeTree, SandboxesRequest, TreeEvent, TreeRequest, WatchTreeRequest,
 };
 use clap::Args;
-use serde_json::{Map, Value, json};
+use serde_json::json;
 
 use crate::client::{Api, ServerArgs, connect};
 use crate::conversations::failure;
@@ -57,7 +57,7 @@ pub async fn run(args: TreeArgs) -> Result<(), Failure> {
     match (args.output, &changes) {
         (Output::Json | Output::Yaml, None) if clustered => crate::emit(
             args.output,
-            &json!({"nodes": trees.nodes.iter().map(node_trees_json).collect::<Vec<_>>()}),
+            &json!({"nodes": trees.nodes.iter().map(cadre_proto::json::node_trees).collect::<Vec<_>>()}),
         ),
         (Output::Json | Output::Yaml, None) => {
             let (Some(root), Some(system)) = (&trees.root, &trees.system) else {
@@ -65,7 +65,7 @@ pub async fn run(args: TreeArgs) -> Result<(), Failure> {
             };
             crate::emit(
                 args.output,
-                &json!({"root": to_json(root), "system": to_json(system)}),
+                &json!({"root": cadre_proto::json::actor_node(root), "system": cadre_proto::json::actor_node(system)}),
             )
         }
         (Output::Json | Output::Yaml, Some(_)) => {}
@@ -93,7 +93,9 @@ pub async fn run(args: TreeArgs) -> Result<(), Failure> {
             .map_err(|s| anyhow::anyhow!("watch ended: {:?}: {}", s.code(), s.message()))?
         {
             match args.output {
-                Output::Json | Output::Yaml => crate::emit(args.output, &event_json(&change)),
+                Output::Json | Output::Yaml => {
+                    crate::emit(args.output, &cadre_proto::json::tree_event(&change))
+                }
                 Output::Text => println!("{}", event_line(&change)),
             }
             let _ = std::io::stdout().flush();
@@ -113,62 +115,17 @@ fn node_heading(t: &NodeTree) -> String {
     if !t.error.is_empty() {
         heading.push_str(&format!(": {}", t.error));
         if t.read_at_unix_ms > 0 {
-            heading.push_str(&format!(", read at {}", rfc3339(t.read_at_unix_ms * 1000)));
+            heading.push_str(&format!(
+                ", read at {}",
+                cadre_proto::json::rfc3339(t.read_at_unix_ms * 1000)
+            ));
         }
     }
     heading
 }
 
-/// `{"node","state","read_at"?,"error"?,"root"?,"system"?}`
-fn node_trees_json(t: &NodeTree) -> Value {
-    let mut obj = Map::new();
-    obj.insert("node".into(), json!(t.node));
-    obj.insert("state".into(), json!(t.state));
-    if t.read_at_unix_ms > 0 {
-        obj.insert("read_at".into(), json!(rfc3339(t.read_at_unix_ms * 1000)));
-    }
-    if !t.error.is_empty() {
-        obj.insert("error".into(), json!(t.error));
-    }
-    if let Some(root) = &t.root {
-        obj.insert("root".into(), to_json(root));
-    }
-    if let Some(system) = &t.system {
-        obj.insert("system".into(), to_json(system));
-    }
-    Value::Object(obj)
-}
-
-/// `{"time","node"?,"path","kind","change","reason"?,"pid"?,"restarts"?}`; a member's change
-/// of state is `{"time","node","kind":"node","change":STATE}`.
-fn event_json(e: &TreeEvent) -> Value {
-    let mut obj = Map::new();
-    obj.insert("time".into(), json!(rfc3339(e.time_unix_micros)));
-    if !e.node.is_empty() {
-        obj.insert("node".into(), json!(e.node));
-    }
-    if e.kind == "node" {
-        obj.insert("kind".into(), json!(e.kind));
-        obj.insert("change".into(), json!(e.change));
-        return Value::Object(obj);
-    }
-    obj.insert("path".into(), json!(e.path));
-    obj.insert("kind".into(), json!(e.kind));
-    obj.insert("change".into(), json!(e.change));
-    if !e.reason.is_empty() {
-        obj.insert("reason".into(), json!(e.reason));
-    }
-    if let Some(pid) = e.pid {
-        obj.insert("pid".into(), json!(pid));
-    }
-    if e.change == "started" {
-        obj.insert("restarts".into(), json!(e.restarts));
-    }
-    Value::Object(obj)
-}
-
 fn event_line(e: &TreeEvent) -> String {
-    let time = rfc3339(e.time_unix_micros);
+    let time = cadre_proto::json::rfc3339(e.time_unix_micros);
     if e.kind == "node" {
         return format!("{time}  node {}  {}", e.node, e.change);
     }
@@ -187,66 +144,6 @@ fn event_line(e: &TreeEvent) -> String {
         line.push_str(&format!("  restarts={}", e.restarts));
     }
     line
-}
-
-/// `2026-11-22T05:20:01.123Z` from microseconds since the epoch (UTC).
-pub fn rfc3339(micros: i64) -> String {
-    let secs = micros.div_euclid(1_000_000);
-    let millis = micros.rem_euclid(1_000_000) / 1000;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// `{"node"?,"path","kind","status","restarts","pid"?,"strategy"?,"placement"?,"children"}`
-pub fn to_json(node: &ActorNode) -> Value {
-    let mut obj = Map::new();
-    if !node.node.is_empty() {
-        obj.insert("node".into(), json!(node.node));
-    }
-    obj.insert("path".into(), json!(node.path));
-    obj.insert("kind".into(), json!(node.kind));
-    obj.insert("status".into(), json!(node.status));
-    obj.insert("restarts".into(), json!(node.restarts));
-    if let Some(pid) = node.pid {
-        obj.insert("pid".into(), json!(pid));
-    }
-    if let Some(s) = &node.strategy {
-        obj.insert("strategy".into(), json!(s));
-    }
-    if let Some(p) = &node.placement {
-        obj.insert("placement".into(), json!(p));
-    }
-    if !node.restart.is_empty() {
-        obj.insert("restart".into(), json!(node.restart));
-        obj.insert("shutdown".into(), json!(node.shutdown));
-        obj.insert("significant".into(), json!(node.significant));
-    }
-    if let (Some(reason), Some(at)) = (&node.last_exit_reason, node.last_exit_unix_ms) {
-        obj.insert(
-            "last_exit".into(),
-            json!({"reason": reason, "time": rfc3339(at * 1000)}),
-        );
-    }
-    obj.insert(
-        "children".into(),
-        Value::Array(node.children.iter().map(to_json).collect()),
-    );
-    Value::Object(obj)
 }
 
 /// A plain warning when the tree has placed actors and the node's sandboxes isolate nothing.
@@ -329,17 +226,5 @@ pub fn uptime(d: Duration) -> String {
         60..3600 => format!("{}m{}s", s / 60, s % 60),
         3600..86400 => format!("{}h{}m", s / 3600, (s % 3600) / 60),
         _ => format!("{}d{}h", s / 86400, (s % 86400) / 3600),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::rfc3339;
-
-    #[test]
-    fn timestamps_are_utc_rfc3339() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339(951_782_400_000_000), "2000-02-29T00:00:00.000Z");
-        assert_eq!(rfc3339(1_795_324_801_123_456), "2026-11-22T05:20:01.123Z");
     }
 }

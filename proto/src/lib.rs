@@ -6,6 +6,8 @@
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/cadre_descriptor.bin"));
 
+pub mod json;
+
 /// Package `cadre.v1`.
 pub mod v1 {
     tonic::include_proto!("cadre.v1");
