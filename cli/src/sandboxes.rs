@@ -5,7 +5,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use cadre_proto::v1::SandboxesRequest;
 use cadre_proto::v1::cluster_client::ClusterClient;
 use clap::Subcommand;
-use serde_json::json;
 
 use crate::client::{ServerArgs, connect};
 use crate::tree::uptime;
@@ -34,15 +33,7 @@ pub async fn run(command: SandboxesCommand) -> Result<(), Failure> {
     match output {
         Output::Json | Output::Yaml => {
             for s in &list.sandboxes {
-                crate::emit(
-                    output,
-                    &json!({
-                        "id": s.id, "state": s.state, "tenant": s.tenant, "pid": s.pid,
-                        "started_unix_ms": s.started_unix_ms, "provider": list.provider,
-                        "isolated": list.isolated, "slots": s.slots, "actors": s.actors,
-                        "exclusive": s.exclusive, "ended": s.ended,
-                    }),
-                );
+                crate::emit(output, &cadre_proto::json::sandbox(&list, s));
             }
         }
         Output::Text => {

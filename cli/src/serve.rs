@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use cadre_actors::access::Role;
-use cadre_actors::config::{ApiToken, Config, check_listen, check_node_name, check_secret};
+use cadre_actors::config::{
+    ApiToken, Config, ConsoleConfig, check_listen, check_node_name, check_secret,
+};
 use cadre_cluster::{DEFAULT_LISTEN, Node, NodeExit, NodeOptions};
 use clap::Args;
 use opentelemetry_sdk::trace::SdkTracerProvider;
@@ -49,6 +51,10 @@ pub struct ServeArgs {
     /// telemetry.metrics_listen]; port 0 picks a free port.
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<String>,
+    /// Serve the web console (`/ui`) on this HTTP address [default: console.listen]; port 0
+    /// picks a free port.
+    #[arg(long, value_name = "ADDR")]
+    console_listen: Option<String>,
 }
 
 /// `--node`, `--seed` and `--cluster-listen` over the config's `cluster` section.
@@ -175,6 +181,12 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
         check_listen(listen).map_err(|why| Failure::Usage(format!("--metrics-listen: {why}")))?;
         config.telemetry.metrics_listen = Some(listen.clone());
     }
+    if let Some(listen) = &args.console_listen {
+        check_listen(listen).map_err(|why| Failure::Usage(format!("--console-listen: {why}")))?;
+        config.console = Some(ConsoleConfig {
+            listen: listen.clone(),
+        });
+    }
     let (listen, from) = match (args.listen, &config.node.listen) {
         (Some(listen), _) => (listen, "--listen"),
         (None, Some(listen)) => (listen.clone(), "node.listen"),
@@ -207,6 +219,9 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     eprintln!("cadre: listening on {}", node.addr);
     if let Some(metrics) = &node.metrics {
         eprintln!("cadre: metrics on http://{}/metrics", metrics.addr);
+    }
+    if let Some(console) = &node.console {
+        eprintln!("cadre: console on http://{}/ui", console.addr);
     }
     let exit = node.run_until(shutdown_signal()).await;
     if let Some(provider) = traces

@@ -7,6 +7,7 @@
 #![warn(unreachable_pub)]
 
 pub mod activations;
+pub mod console;
 pub mod grpc;
 pub mod guardian;
 pub mod leased_log;

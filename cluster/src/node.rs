@@ -54,6 +54,7 @@ use crate::store;
 use crate::telemetry::HttpListener;
 use cadre_proto::v1::conversations_server::ConversationsServer;
 use tonic::server::NamedService;
+use tonic::service::Routes;
 
 /// Path of the root supervisor of the config's tree (the user's actors).
 pub const ROOT: &str = "root";
@@ -108,6 +109,8 @@ pub struct Node {
     pub addr: SocketAddr,
     /// `/metrics` for Prometheus (`telemetry.metrics_listen`), if served.
     pub metrics: Option<HttpListener>,
+    /// The web console (`console.listen`), if served.
+    pub console: Option<HttpListener>,
     root_exit: JoinHandle<()>,
     stop_api: oneshot::Sender<()>,
     /// Set when the node starts to stop: open watches and follows end cleanly.
@@ -580,10 +583,7 @@ impl Node {
             .build_v1alpha()
             .map_err(|e| NodeError::Api(e.to_string()))?;
         let limit = options.config.api.max_message_bytes;
-        let router = tonic::transport::Server::builder()
-            .layer(message_limit_layer(limit))
-            .layer(access.layer())
-            .add_service(health_service)
+        let mut routes = Routes::new(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(
@@ -605,32 +605,39 @@ impl Node {
                 ConversationsServer::new(conversations)
                     .max_decoding_message_size(limit)
                     .max_encoding_message_size(limit),
-            )
-            // The log is served to the cluster's other nodes: by the controller node, or on a
-            // shared store by every node (the lease holder answers, the others refuse).
-            .add_optional_service(cluster_cookie.is_some().then_some(()).and_then(|()| {
-                let served = match &leased {
-                    Some(leased) => leased.served(),
-                    None if holds_log => event_log.clone(),
-                    None => return None,
-                };
-                Some(
-                    LogServer::new(LogService::new(served))
-                        .max_decoding_message_size(usize::MAX)
-                        .max_encoding_message_size(usize::MAX),
-                )
-            }));
+            );
+        // The log is served to the cluster's other nodes: by the controller node, or on a
+        // shared store by every node (the lease holder answers, the others refuse).
+        let served_log = match &leased {
+            Some(leased) => Some(leased.served()),
+            None if holds_log => Some(event_log.clone()),
+            None => None,
+        };
+        if let (Some(_), Some(served)) = (&cluster_cookie, served_log) {
+            routes = routes.add_service(
+                LogServer::new(LogService::new(served))
+                    .max_decoding_message_size(usize::MAX)
+                    .max_encoding_message_size(usize::MAX),
+            );
+        }
+        let routes = routes.prepare();
+        let server = tonic::transport::Server::builder()
+            .layer(message_limit_layer(limit))
+            .layer(access.layer());
         let stopped = async {
             let _ = stopped.await;
         };
         let api = match tls {
-            Some(tls) => {
-                tokio::spawn(router.serve_with_incoming_shutdown(
-                    crate::grpc::tls::incoming(listener, tls),
-                    stopped,
-                ))
-            }
-            None => tokio::spawn(router.serve_with_incoming_shutdown(incoming(listener), stopped)),
+            Some(tls) => tokio::spawn(server.serve_with_incoming_shutdown(
+                routes.clone(),
+                crate::grpc::tls::incoming(listener, tls),
+                stopped,
+            )),
+            None => tokio::spawn(server.serve_with_incoming_shutdown(
+                routes.clone(),
+                incoming(listener),
+                stopped,
+            )),
         };
         let metrics = match &options.config.telemetry.metrics_listen {
             Some(listen) => Some(
@@ -642,6 +649,34 @@ impl Node {
                         source,
                     })?,
             ),
+            None => None,
+        };
+        let console = match &options.config.console {
+            Some(console) => {
+                // The console calls the API in process, through the same layers as a client
+                // over the network: its callers' tokens, roles and audit records are theirs.
+                let in_process = tower::ServiceBuilder::new()
+                    .layer(message_limit_layer(limit))
+                    .layer(access.layer())
+                    .service(routes);
+                let app = crate::console::app(crate::console::InProcessApi::new(in_process));
+                let listener =
+                    HttpListener::serve(&console.listen, app)
+                        .await
+                        .map_err(|source| NodeError::Http {
+                            what: "console.listen",
+                            listen: console.listen.clone(),
+                            source,
+                        })?;
+                if !access.is_enabled() && !listener.addr.ip().is_loopback() {
+                    tracing::warn!(
+                        addr = %listener.addr,
+                        "the console listens beyond loopback without authentication: anyone \
+                         who can reach it controls the node; set api.tokens"
+                    );
+                }
+                Some(listener)
+            }
             None => None,
         };
         tracing::info!(%addr, data_dir = %options.data_dir.display(), "cadre node serving");
@@ -659,6 +694,7 @@ impl Node {
             tools: services.tools,
             addr,
             metrics,
+            console,
             root_exit,
             stop_api,
             stopping,

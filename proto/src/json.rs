@@ -4,7 +4,8 @@
 use serde_json::{Map, Value, json};
 
 use crate::v1::{
-    ActorNode, Conversation, Event, ExecState, NodeTree, TreeEvent, event, tool_returned,
+    ActorNode, Conversation, Event, ExecState, NodeTree, PlacedActor, SandboxInfo,
+    SandboxesResponse, TreeEvent, event, tool_returned,
 };
 
 /// `2026-11-22T05:20:01.123Z` from microseconds since the epoch (UTC).
@@ -380,6 +381,25 @@ pub fn conversation(c: &Conversation) -> Value {
         obj.insert("forked_at_seq".into(), json!(c.forked_at_seq));
     }
     Value::Object(obj)
+}
+
+/// One sandbox of a node's pool: `{"id","state","tenant","pid","started_unix_ms","provider",
+/// "isolated","slots","actors","exclusive","ended"}`.
+pub fn sandbox(list: &SandboxesResponse, s: &SandboxInfo) -> Value {
+    json!({
+        "id": s.id, "state": s.state, "tenant": s.tenant, "pid": s.pid,
+        "started_unix_ms": s.started_unix_ms, "provider": list.provider,
+        "isolated": list.isolated, "slots": s.slots, "actors": s.actors,
+        "exclusive": s.exclusive, "ended": s.ended,
+    })
+}
+
+/// One logical actor's placement: `{"id","tenant","isolation","state","sandbox","state_bytes"}`.
+pub fn placed_actor(a: &PlacedActor) -> Value {
+    json!({
+        "id": a.id, "tenant": a.tenant, "isolation": a.isolation, "state": a.state,
+        "sandbox": a.sandbox, "state_bytes": a.state_bytes,
+    })
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! with a temporary data dir ([`Node`]), or several of them ([`Cluster`]), and drives them
 //! through the real CLI.
 
+pub mod browser;
 pub mod kube;
 pub mod otlp;
 pub mod prometheus;

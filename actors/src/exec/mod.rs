@@ -13,6 +13,7 @@ mod error;
 mod ids;
 mod runner;
 mod summary;
+pub mod timeline;
 
 use std::sync::Arc;
 use std::time::Duration;
