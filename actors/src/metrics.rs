@@ -8,7 +8,7 @@
 //! scrapes.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
@@ -24,6 +24,19 @@ use prometheus_client::registry::{Registry, Unit};
 pub fn metrics() -> &'static Metrics {
     static METRICS: OnceLock<Metrics> = OnceLock::new();
     METRICS.get_or_init(Metrics::new)
+}
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+
+/// Turns counting on (a node serving `/metrics` does): until then every recording is a
+/// single relaxed load, so a node nobody scrapes pays nothing.
+pub fn enable() {
+    COUNTING.store(true, Ordering::Relaxed);
+}
+
+/// Whether metrics are counted.
+pub fn enabled() -> bool {
+    COUNTING.load(Ordering::Relaxed)
 }
 
 /// Every metric a node exports.
@@ -324,6 +337,9 @@ impl Metrics {
 
     /// An exec of `agent` started.
     pub fn exec_started(&self, agent: &str) {
+        if !enabled() {
+            return;
+        }
         self.execs_started
             .get_or_create(&AgentLabels {
                 agent: agent.to_string(),
@@ -333,6 +349,9 @@ impl Metrics {
 
     /// An exec of `agent` ended in `state` after `took`.
     pub fn exec_ended(&self, agent: &str, state: &str, took: Duration) {
+        if !enabled() {
+            return;
+        }
         self.execs_ended
             .get_or_create(&ExecEndLabels {
                 agent: agent.to_string(),
@@ -348,6 +367,9 @@ impl Metrics {
 
     /// A model step of `agent` on `model` used these tokens, which cost this much.
     pub fn model_used(&self, agent: &str, model: &str, tokens: (u32, u32), cost: Option<f64>) {
+        if !enabled() {
+            return;
+        }
         for (kind, n) in [("input", tokens.0), ("output", tokens.1)] {
             self.model_tokens
                 .get_or_create(&TokenLabels {
@@ -369,6 +391,9 @@ impl Metrics {
 
     /// A call of `tool` took `took`; `failed` if it failed or its tool reported an error.
     pub fn tool_called(&self, tool: &str, took: Duration, failed: bool) {
+        if !enabled() {
+            return;
+        }
         let labels = ToolLabels {
             tool: tool.to_string(),
         };
@@ -381,12 +406,89 @@ impl Metrics {
     }
 }
 
+impl Metrics {
+    /// An exec of `agent` was cancelled.
+    pub fn exec_cancelled(&self, agent: &str) {
+        if enabled() {
+            self.execs_ended
+                .get_or_create(&ExecEndLabels {
+                    agent: agent.to_string(),
+                    state: "cancelled".into(),
+                })
+                .inc();
+        }
+    }
+
+    /// One request to `model` took `took`.
+    pub fn model_requested(&self, model: &str, took: Duration) {
+        if enabled() {
+            self.model_request_duration
+                .get_or_create(&ModelLabels {
+                    model: model.to_string(),
+                })
+                .observe(took.as_secs_f64());
+        }
+    }
+
+    /// A supervisor restarted the child at `path`.
+    pub fn restarted(&self, path: &str) {
+        if enabled() {
+            self.supervisor_restarts
+                .get_or_create(&PathLabels {
+                    path: path.to_string(),
+                })
+                .inc();
+        }
+    }
+
+    /// The supervisor at `path` exceeded its restart intensity.
+    pub fn escalated(&self, path: &str) {
+        if enabled() {
+            self.supervisor_escalations
+                .get_or_create(&PathLabels {
+                    path: path.to_string(),
+                })
+                .inc();
+        }
+    }
+
+    /// An append was answered `took` after it reached the controller.
+    pub fn log_appended(&self, took: Duration) {
+        if enabled() {
+            self.log_append_duration.observe(took.as_secs_f64());
+        }
+    }
+
+    /// A group commit of `batch` appends took `took`.
+    pub fn log_committed(&self, took: Duration, batch: usize) {
+        if enabled() {
+            self.log_commit_duration.observe(took.as_secs_f64());
+            self.log_batch_size.observe(batch as f64);
+        }
+    }
+
+    /// A logical actor was activated on this node.
+    pub fn activated(&self) {
+        if enabled() {
+            self.activations.inc();
+        }
+    }
+
+    /// A logical actor was passivated on this node.
+    pub fn passivated(&self) {
+        if enabled() {
+            self.passivations.inc();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn names_and_units_follow_prometheus_conventions() {
+        enable();
         let m = Metrics::new();
         m.exec_started("echo");
         m.exec_ended("echo", "completed", Duration::from_millis(3));

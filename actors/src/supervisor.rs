@@ -575,12 +575,7 @@ impl SupervisorState {
                 period_secs = period.as_secs_f64(),
                 "{REACHED_MAX_RESTART_INTENSITY}; shutting down"
             );
-            crate::metrics::metrics()
-                .supervisor_escalations
-                .get_or_create(&crate::metrics::PathLabels {
-                    path: self.path.clone(),
-                })
-                .inc();
+            crate::metrics::metrics().escalated(&self.path);
             let ids = self.order.clone();
             self.terminate_children(&ids).await;
             // Stopped from now on; a parent restarting it says so again.
@@ -604,12 +599,7 @@ impl SupervisorState {
             .collect();
         for g in &group {
             self.mark_restarting(g);
-            crate::metrics::metrics()
-                .supervisor_restarts
-                .get_or_create(&crate::metrics::PathLabels {
-                    path: self.children[g].path.clone(),
-                })
-                .inc();
+            crate::metrics::metrics().restarted(&self.children[g].path);
         }
         if let Some(backoff) = self.flags.backoff {
             let delay = backoff_delay(&backoff, self.restarts.len());

@@ -296,6 +296,9 @@ impl PreparedCall {
     /// Makes the call.
     pub fn call(self, ctx: &CallContext) -> CallFuture {
         let call = self.caller.call(&self.tool, self.arguments, ctx);
+        if !crate::metrics::enabled() {
+            return call;
+        }
         let name = self.name;
         Box::pin(async move {
             let started = std::time::Instant::now();

@@ -17,6 +17,7 @@ use crate::{Failure, Output};
 
 mod agent;
 mod cluster;
+mod telemetry;
 mod tools;
 mod workspace;
 
@@ -50,6 +51,10 @@ pub enum BenchCommand {
     /// execs sent to one node against execs spread over three (two `cadre serve` processes
     /// join a node in this process).
     Cluster(cluster::ClusterBenchArgs),
+    /// What observability costs: `bench exec` with metrics on, and with metrics and tracing
+    /// on (spans sent over OTLP to a receiver in this process), against both off, in
+    /// alternating rounds of one run: throughput and round-trip p50/p99, and the overhead.
+    Telemetry(telemetry::TelemetryBenchArgs),
 }
 
 #[derive(Args)]
@@ -102,6 +107,13 @@ pub struct ExecBenchArgs {
     /// Serve the API over TLS (certificates made for the run) and connect with https.
     #[arg(long)]
     tls: bool,
+    /// Count the Prometheus metrics, as a node with `telemetry.metrics_listen` does.
+    #[arg(long)]
+    metrics: bool,
+    /// Trace every exec and send the spans over OTLP/gRPC to this endpoint
+    /// (`http://HOST:PORT`), as a node with `telemetry.otlp_endpoint` does.
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
     #[arg(short = 'o', long, value_enum, default_value_t)]
     output: Output,
 }
@@ -140,6 +152,7 @@ pub async fn run(command: BenchCommand) -> Result<(), Failure> {
         BenchCommand::Agent(args) => return agent::run(args).await,
         BenchCommand::Workspace(args) => return workspace::run(args).await,
         BenchCommand::Cluster(args) => return cluster::run(args).await,
+        BenchCommand::Telemetry(args) => return telemetry::run(args).await,
     };
     if args.events == 0 || args.writers == 0 {
         return Err(Failure::Usage(
@@ -416,10 +429,25 @@ async fn exec(args: ExecBenchArgs) -> Result<(), Failure> {
             "--execs, --conversations and --connections must be at least 1".into(),
         ));
     }
+    if args.metrics {
+        cadre_actors::metrics::enable();
+    }
+    let traces = match &args.otlp_endpoint {
+        Some(endpoint) => crate::telemetry::init(Some(endpoint.clone()), "warn")?,
+        None => None,
+    };
     let scratch = scratch_dir(args.data_dir.as_deref(), "exec");
     let result = exec_rounds(&args, &scratch).await;
     let _ = std::fs::remove_dir_all(&scratch);
-    let report = result?;
+    let mut report = result?;
+    if let Some(provider) = traces {
+        // Every span of the run is sent before the figures are (the receiver counts them).
+        provider
+            .shutdown()
+            .map_err(|e| anyhow::anyhow!("cannot send the last spans: {e}"))?;
+    }
+    report["metrics"] = json!(args.metrics);
+    report["tracing"] = json!(args.otlp_endpoint.is_some());
     match args.output {
         Output::Json | Output::Yaml => crate::emit(args.output, &report),
         Output::Text => println!(

@@ -12,6 +12,7 @@ mod health;
 mod sandboxes;
 mod serve;
 mod store;
+mod telemetry;
 mod tools;
 mod tree;
 mod version;

@@ -10,8 +10,6 @@ use cadre_actors::config::{
 };
 use cadre_cluster::{DEFAULT_LISTEN, Node, NodeExit, NodeOptions};
 use clap::Args;
-use opentelemetry_sdk::trace::SdkTracerProvider;
-use tracing_subscriber::EnvFilter;
 
 use crate::Failure;
 
@@ -114,68 +112,17 @@ fn resolve_listen(listen: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("`{listen}` resolves to no address"))
 }
 
-/// Logs to stderr (`$CADRE_LOG`, default info), and the exec traces (`cadre_actors::traces`)
-/// over OTLP/gRPC when `telemetry.otlp_endpoint` or `$OTEL_EXPORTER_OTLP_ENDPOINT` is set.
-/// The provider returned flushes the last spans when shut down.
-fn init_logs_and_traces(config: &Config) -> Result<Option<SdkTracerProvider>, Failure> {
-    use tracing_subscriber::Layer;
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-
-    // ractor opens a span per actor at INFO; that is noise (and cost) at the default level.
-    let logs = tracing_subscriber::fmt::layer()
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .with_filter(
-            EnvFilter::try_from_env("CADRE_LOG")
-                .unwrap_or_else(|_| EnvFilter::new("info,ractor=warn,rmcp=warn")),
-        );
-    let endpoint = config
-        .telemetry
-        .otlp_endpoint
-        .clone()
-        .or_else(|| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok())
-        .filter(|e| !e.is_empty());
-    let Some(endpoint) = endpoint else {
-        tracing_subscriber::registry().with(logs).init();
-        return Ok(None);
-    };
-    use opentelemetry::trace::TracerProvider as _;
-    use opentelemetry_otlp::WithExportConfig;
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
-        .with_tonic()
-        .with_endpoint(endpoint.clone())
-        .build()
-        .map_err(|e| Failure::Usage(format!("telemetry.otlp_endpoint `{endpoint}`: {e}")))?;
-    let provider = SdkTracerProvider::builder()
-        .with_batch_exporter(exporter)
-        .with_resource(
-            opentelemetry_sdk::Resource::builder()
-                .with_service_name("cadre")
-                .build(),
-        )
-        .build();
-    let traces = tracing_opentelemetry::layer()
-        .with_tracer(provider.tracer("cadre"))
-        .with_filter(
-            tracing_subscriber::filter::Targets::new()
-                .with_target(cadre_actors::traces::TARGET, tracing::Level::INFO),
-        );
-    tracing_subscriber::registry()
-        .with(logs)
-        .with(traces)
-        .init();
-    cadre_actors::traces::enable();
-    tracing::info!(%endpoint, "sending traces over OTLP");
-    Ok(Some(provider))
-}
-
 pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     let mut config = match &args.config {
         Some(file) => Config::load(file).map_err(|e| Failure::Usage(e.to_string()))?,
         None => Config::default(),
     };
-    let traces = init_logs_and_traces(&config)?;
+    let endpoint = config
+        .telemetry
+        .otlp_endpoint
+        .clone()
+        .or_else(|| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok());
+    let traces = crate::telemetry::init(endpoint, "info,ractor=warn,rmcp=warn")?;
     cluster_flags(&mut config, &args)?;
     if let Some(listen) = &args.metrics_listen {
         check_listen(listen).map_err(|why| Failure::Usage(format!("--metrics-listen: {why}")))?;

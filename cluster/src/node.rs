@@ -640,15 +640,16 @@ impl Node {
             )),
         };
         let metrics = match &options.config.telemetry.metrics_listen {
-            Some(listen) => Some(
+            Some(listen) => Some({
+                cadre_actors::metrics::enable();
                 HttpListener::serve(listen, crate::telemetry::metrics_app())
                     .await
                     .map_err(|source| NodeError::Http {
                         what: "telemetry.metrics_listen",
                         listen: listen.clone(),
                         source,
-                    })?,
-            ),
+                    })?
+            }),
             None => None,
         };
         let console = match &options.config.console {

@@ -592,7 +592,7 @@ impl Placement {
 
     /// Passivates one actor marked by the policy and releases its sandbox if that emptied it.
     async fn passivate(&self, victim: Victim<Held>) {
-        cadre_actors::metrics::metrics().passivations.inc();
+        cadre_actors::metrics::metrics().passivated();
         if victim.exclusive {
             return self.suspend(&victim).await;
         }
@@ -676,7 +676,7 @@ impl Held {
             .await
             .unwrap_or_else(|_| Err(tonic::Status::cancelled("placement is shut down")));
         if activated.is_ok() {
-            cadre_actors::metrics::metrics().activations.inc();
+            cadre_actors::metrics::metrics().activated();
         }
         activated
     }

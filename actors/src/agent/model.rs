@@ -163,12 +163,7 @@ impl ExecRun {
                 None => call.await,
             };
             record_chat(&span, &result);
-            crate::metrics::metrics()
-                .model_request_duration
-                .get_or_create(&crate::metrics::ModelLabels {
-                    model: self.spec.model.clone(),
-                })
-                .observe(started.elapsed().as_secs_f64());
+            crate::metrics::metrics().model_requested(&self.spec.model, started.elapsed());
             match result {
                 Ok(r) => return Ok(r),
                 Err(e) if e.is_transient() => {

@@ -271,9 +271,7 @@ impl Controller {
             })
             .await
             .ok_or(AppendError::Unavailable)?;
-        crate::metrics::metrics()
-            .log_append_duration
-            .observe(started.elapsed().as_secs_f64());
+        crate::metrics::metrics().log_appended(started.elapsed());
         appended
     }
 

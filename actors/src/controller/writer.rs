@@ -216,11 +216,7 @@ impl Writer {
                 let started = Instant::now();
                 self.commit(&mut batch.requests);
                 last_commit = started.elapsed();
-                let metrics = crate::metrics::metrics();
-                metrics
-                    .log_commit_duration
-                    .observe(last_commit.as_secs_f64());
-                metrics.log_batch_size.observe(answered as f64);
+                crate::metrics::metrics().log_committed(last_commit, answered);
             }
             if let Some((conversation, reply)) = batch.delete.take() {
                 let _ = reply.send(self.delete(&conversation));

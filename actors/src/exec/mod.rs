@@ -412,13 +412,7 @@ impl Execs {
                 owner: None,
             })
             .await?;
-        crate::metrics::metrics()
-            .execs_ended
-            .get_or_create(&crate::metrics::ExecEndLabels {
-                agent: summary.agent_id.clone(),
-                state: "cancelled".into(),
-            })
-            .inc();
+        crate::metrics::metrics().exec_cancelled(&summary.agent_id);
         // The agent may be running (or may not, e.g. after a crash); its appends are refused
         // from now on either way.
         if let Some((agents, _)) = self.tree.supervisor(&self.agents) {
