@@ -199,9 +199,24 @@ async fn echo_execs(
 
     let per = execs.div_ceil(conversations);
     let started = Instant::now();
+    let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let shown = done.clone();
+    let ticker = tokio::spawn(async move {
+        let mut progress =
+            crate::progress::Progress::new("bench exec", "execs", Some(execs as u64));
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let n = shown.load(std::sync::atomic::Ordering::Relaxed);
+            progress.set(n);
+            if n >= execs as u64 {
+                break progress.finish();
+            }
+        }
+    });
     let mut tasks = Vec::new();
     for c in 0..conversations {
         let mut client = ConversationsClient::new(channels[c % channels.len()].clone());
+        let done = done.clone();
         let count = per.min(execs.saturating_sub(c * per));
         let conversation = format!("{prefix}-{c}");
         tasks.push(tokio::spawn(async move {
@@ -220,6 +235,7 @@ async fn echo_execs(
                     .into_inner();
                 while stream.message().await?.is_some() {}
                 latencies.push(t.elapsed());
+                done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             anyhow::Ok(latencies)
         }));
@@ -229,6 +245,7 @@ async fn echo_execs(
         latencies.extend(t.await??);
     }
     let rate = latencies.len() as f64 / started.elapsed().as_secs_f64();
+    let _ = ticker.await;
     latencies.sort();
     Ok((latencies, rate))
 }

@@ -9,6 +9,7 @@ mod config_cmd;
 mod conversations;
 mod debug;
 mod health;
+mod progress;
 mod sandboxes;
 mod serve;
 mod store;

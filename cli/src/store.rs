@@ -13,6 +13,7 @@ use cadre_cluster::store::{SqliteStore, open_embedded, open_foundationdb};
 use clap::Subcommand;
 use serde_json::json;
 
+use crate::progress::Progress;
 use crate::{Failure, Output};
 
 #[derive(Subcommand)]
@@ -64,19 +65,16 @@ pub async fn run(command: StoreCommand) -> Result<(), Failure> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        let mut last_report = Instant::now();
-        copy(
+        let mut progress = Progress::new("copying (then checking the copy)", "keys", None);
+        let copied = copy(
             source.as_ref(),
             destination.as_ref(),
             force,
             now,
-            &mut |keys| {
-                if last_report.elapsed().as_secs() >= 1 {
-                    eprintln!("cadre: copied {keys} keys");
-                    last_report = Instant::now();
-                }
-            },
-        )
+            &mut |keys| progress.set(keys),
+        );
+        progress.finish();
+        copied
     })
     .await
     .context("the copy task failed")?

@@ -13,6 +13,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use serde_json::{Value, json};
 
+use crate::progress::Progress;
 use crate::{Failure, Output};
 
 #[derive(Args)]
@@ -82,15 +83,22 @@ pub async fn run(args: TelemetryBenchArgs) -> Result<(), Failure> {
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
     let mut results: Vec<Vec<Value>> = vec![Vec::new(); SETTINGS.len()];
+    let runs = (args.rounds * SETTINGS.len()) as u64;
+    let mut progress = Progress::new("bench telemetry", "runs", Some(runs));
     for round in 1..=args.rounds {
         for (i, (name, flags)) in SETTINGS.iter().enumerate() {
-            eprintln!("bench telemetry: round {round}/{}: {name}", args.rounds);
+            progress.phase(format!(
+                "bench telemetry: round {round}/{}: {name}",
+                args.rounds
+            ));
             let before = spans.load(Ordering::Relaxed);
             let mut report = exec_round(&args, flags, &endpoint).await?;
             report["spans_received"] = json!(spans.load(Ordering::Relaxed) - before);
             results[i].push(report);
+            progress.set(((round - 1) * SETTINGS.len() + i + 1) as u64);
         }
     }
+    progress.finish();
     receiver.abort();
     let median = |i: usize, field: &str| -> f64 {
         let mut values: Vec<f64> = results[i]
