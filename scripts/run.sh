@@ -5,9 +5,11 @@
 # one of the MCP server's, activates a skill into a conversation's workspace and runs its script
 # there (in a gVisor sandbox), and runs two execs of a process agent in one conversation (a
 # harness in that conversation's sandbox, its tool calls journaled). The node keeps serving until
-# Ctrl-C (or exits after the demo with --once).
+# Ctrl-C (or exits after the demo with --once), with its web console and Prometheus metrics.
 #
 #   ./scripts/run.sh [--once] [CONFIG]        listen address: $CADRE_LISTEN (127.0.0.1:7400)
+#                                             console: $CADRE_CONSOLE (127.0.0.1:7480)
+#                                             metrics: $CADRE_METRICS (127.0.0.1:9464)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +17,8 @@ once=0
 if [ "${1:-}" = "--once" ]; then once=1; shift; fi
 config=${1:-examples/cadre.yaml}
 addr=${CADRE_LISTEN:-127.0.0.1:7400}
+console=${CADRE_CONSOLE:-127.0.0.1:7480}
+metrics=${CADRE_METRICS:-127.0.0.1:9464}
 
 scripts/setup.sh
 echo "==> building cadre (release)"
@@ -22,8 +26,9 @@ cargo build --release --locked -p cadre
 cadre=target/release/cadre
 export CADRE_SERVER="http://${addr}"
 
-echo "==> cadre serve --config ${config} --listen ${addr}"
-"${cadre}" serve --config "${config}" --listen "${addr}" &
+echo "==> cadre serve --config ${config} --listen ${addr} --console-listen ${console} --metrics-listen ${metrics}"
+"${cadre}" serve --config "${config}" --listen "${addr}" --console-listen "${console}" \
+  --metrics-listen "${metrics}" &
 node=$!
 trap 'kill -TERM "${node}" 2>/dev/null || true; wait "${node}" 2>/dev/null || true' EXIT
 for _ in $(seq 300); do
@@ -77,10 +82,17 @@ echo "==> cadre exec --agent notes (a process agent in conversation notes-demo's
 "${cadre}" exec --agent notes --conversation notes-demo --input "call the plumber"
 echo "==> cadre conversations log notes-demo   (outputs and tool calls, journaled)"
 "${cadre}" conversations log notes-demo
+echo "==> GET http://${metrics}/metrics   (the execs counted; the console is at http://${console}/ui)"
+python3 -c '
+import sys, urllib.request
+for line in urllib.request.urlopen(sys.argv[1]).read().decode().splitlines():
+    if line.startswith(("cadre_execs_", "cadre_supervisor_restarts_total")):
+        print(line)
+' "http://${metrics}/metrics"
 
 if [ "${once}" = 1 ]; then
   echo "==> stopping the node (SIGTERM: reverse start order)"
   exit 0
 fi
-echo "==> node running at ${addr}; try 'cadre tree -o json'. Ctrl-C stops it."
+echo "==> node running at ${addr}; try 'cadre tree -o json', the console at http://${console}/ui and http://${metrics}/metrics. Ctrl-C stops it."
 wait "${node}"

@@ -165,3 +165,60 @@ supervisor:
     );
     browser.screenshot(&screenshots().join("sandboxes.png"));
 }
+
+/// `(status, body)` of a console API call with this bearer token (none if empty).
+fn call(method: &str, url: &str, token: &str, body: Value) -> (u16, Value) {
+    cadre_actors::tls::install_provider();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let mut request = match method {
+            "GET" => client.get(url),
+            _ => client.post(url).json(&body),
+        };
+        if !token.is_empty() {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    })
+}
+
+#[test]
+fn the_console_api_takes_the_api_tokens_and_their_roles() {
+    let console = format!("127.0.0.1:{}", free_port());
+    let node = Node::start(&format!(
+        r#"
+version: v1
+console: {{ listen: "{console}" }}
+api:
+  tokens:
+    - {{ name: ops, token: ops-secret, role: admin }}
+    - {{ name: viewer, token: viewer-secret, role: reader }}
+"#
+    ));
+    let api = format!("http://{console}/api/v1");
+    let (status, body) = call("GET", &format!("{api}/tree"), "", json!(null));
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["code"], "UNAUTHENTICATED");
+    let (status, body) = call("GET", &format!("{api}/tree"), "viewer-secret", json!(null));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["trees"][0]["root"]["path"], "root");
+    let (status, _) = call("GET", &format!("{api}/conversations"), "wrong", json!(null));
+    assert_eq!(status, 401);
+
+    // A reader may not decide an approval: refused before anything is looked at.
+    let decide = format!("{api}/conversations/nobody/approve");
+    let (status, body) = call("POST", &decide, "viewer-secret", json!({"approved": true}));
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["code"], "PERMISSION_DENIED");
+    assert!(body["error"].as_str().unwrap().contains("viewer"), "{body}");
+    // An admin may: the conversation does not exist, and that is what it hears.
+    let (status, body) = call("POST", &decide, "ops-secret", json!({"approved": true}));
+    assert_eq!(status, 404, "{body}");
+    drop(node);
+}
