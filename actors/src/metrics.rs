@@ -26,6 +26,9 @@ pub fn metrics() -> &'static Metrics {
     METRICS.get_or_init(Metrics::new)
 }
 
+/// Where each exec's agent runs: their restarts share one label.
+const EXEC_AGENTS: &str = "system/agents/";
+
 static COUNTING: AtomicBool = AtomicBool::new(false);
 
 /// Turns counting on (a node serving `/metrics` does): until then every recording is a
@@ -106,7 +109,7 @@ pub struct ExecEndLabels {
 /// `model`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ModelLabels {
-    /// The model's id in `models:` (`remote` for a remote agent's steps).
+    /// The model's id in `models:`.
     pub model: String,
 }
 
@@ -430,13 +433,16 @@ impl Metrics {
         }
     }
 
-    /// A supervisor restarted the child at `path`.
+    /// A supervisor restarted the child at `path`. Exec agents (`system/agents/EXEC`) count
+    /// as `system/agents/*`: one series, not one per exec.
     pub fn restarted(&self, path: &str) {
         if enabled() {
+            let path = match path.strip_prefix(EXEC_AGENTS) {
+                Some(_) => format!("{EXEC_AGENTS}*"),
+                None => path.to_string(),
+            };
             self.supervisor_restarts
-                .get_or_create(&PathLabels {
-                    path: path.to_string(),
-                })
+                .get_or_create(&PathLabels { path })
                 .inc();
         }
     }

@@ -299,14 +299,38 @@ impl PreparedCall {
         if !crate::metrics::enabled() {
             return call;
         }
-        let name = self.name;
+        let mut timing = ToolTiming {
+            name: self.name,
+            started: std::time::Instant::now(),
+            counted: false,
+        };
         Box::pin(async move {
-            let started = std::time::Instant::now();
             let outcome = call.await;
-            let failed = outcome.as_ref().map_or(true, |o| o.is_error);
-            crate::metrics::metrics().tool_called(&name, started.elapsed(), failed);
+            timing.count(outcome.as_ref().map_or(true, |o| o.is_error));
             outcome
         })
+    }
+}
+
+/// Counts one tool call in the metrics once: when it ends, or as failed when it is dropped
+/// unfinished (its caller's timeout).
+struct ToolTiming {
+    name: String,
+    started: std::time::Instant,
+    counted: bool,
+}
+
+impl ToolTiming {
+    fn count(&mut self, failed: bool) {
+        if !std::mem::replace(&mut self.counted, true) {
+            crate::metrics::metrics().tool_called(&self.name, self.started.elapsed(), failed);
+        }
+    }
+}
+
+impl Drop for ToolTiming {
+    fn drop(&mut self) {
+        self.count(true);
     }
 }
 

@@ -155,6 +155,22 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
             config.api.tokens.push(token);
         }
     }
+    let client_certificates = config
+        .api
+        .tls
+        .as_ref()
+        .is_some_and(|t| t.client_ca_file.is_some());
+    if let Some(console) = &config.console
+        && client_certificates
+        && config.api.tokens.is_empty()
+    {
+        return Err(Failure::Usage(format!(
+            "console.listen {}: the API authenticates callers by client certificate \
+             (api.tls.client_ca_file), which a browser does not present to the console; set \
+             api.tokens (or --token-file) so the console can ask for one",
+            console.listen
+        )));
+    }
     let node = Node::start(NodeOptions {
         config,
         listen,

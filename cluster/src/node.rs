@@ -653,6 +653,14 @@ impl Node {
             None => None,
         };
         let console = match &options.config.console {
+            Some(console) if mutual_tls && !access.is_enabled() => {
+                return Err(NodeError::Api(format!(
+                    "console.listen {}: the API authenticates its callers by client \
+                     certificate (api.tls.client_ca_file), which the console's browsers do not \
+                     present; set api.tokens so the console can ask for one",
+                    console.listen
+                )));
+            }
             Some(console) => {
                 // The console calls the API in process, through the same layers as a client
                 // over the network: its callers' tokens, roles and audit records are theirs.
@@ -660,7 +668,8 @@ impl Node {
                     .layer(message_limit_layer(limit))
                     .layer(access.layer())
                     .service(routes);
-                let app = crate::console::app(crate::console::InProcessApi::new(in_process));
+                let api = crate::console::InProcessApi::new(in_process, limit);
+                let app = crate::console::app(api, access.is_enabled());
                 let listener =
                     HttpListener::serve(&console.listen, app)
                         .await

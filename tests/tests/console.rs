@@ -222,3 +222,61 @@ api:
     assert_eq!(status, 404, "{body}");
     drop(node);
 }
+
+#[test]
+fn a_console_is_refused_where_the_api_takes_client_certificates_and_no_tokens() {
+    let dir = cadre_tests::TempDir::new("console-mtls");
+    let out = cadre_tests::cli(&["certs", "init", &dir.path().to_string_lossy()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let file = |name: &str| dir.path().join(name).display().to_string();
+    let config = dir.path().join("cadre.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: v1\napi:\n  tls: {{ cert_file: {}, key_file: {}, client_ca_file: {} }}\n\
+             console: {{ listen: \"127.0.0.1:{}\" }}\n",
+            file("node.crt"),
+            file("node.key"),
+            file("ca.crt"),
+            free_port()
+        ),
+    )
+    .unwrap();
+    let mut serve = std::process::Command::new(cadre_tests::cadre_bin())
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = serve.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = serve.kill();
+            let _ = serve.wait();
+            panic!("the node started a console that bypasses client certificates");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = serve.wait_with_output().unwrap();
+    assert_eq!(
+        status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("console.listen") && stderr.contains("api.tokens"),
+        "{stderr}"
+    );
+}

@@ -76,7 +76,9 @@ impl ExecRun {
                     tools,
                     traceparent: None,
                 };
-                let response = self.chat(model.as_ref(), request, journal).await;
+                let response = self
+                    .chat(&spec.model, model.as_ref(), request, journal)
+                    .await;
                 (model.name().to_string(), response)
             }
         };
@@ -130,10 +132,11 @@ impl ExecRun {
         }
     }
 
-    /// One model request, tried again while the endpoint fails transiently, within the exec's
-    /// time limit.
+    /// One request to the model `model_id` (the agent's, or a fork's patch), tried again while
+    /// the endpoint fails transiently, within the exec's time limit.
     pub(super) async fn chat(
         &self,
+        model_id: &str,
         model: &dyn ModelClient,
         request: ChatRequest,
         journal: &Journal,
@@ -144,7 +147,7 @@ impl ExecRun {
                 tokio::time::sleep(MODEL_RETRY * attempt).await;
             }
             let started = std::time::Instant::now();
-            let span = crate::traces::chat_span(&self.spec.model, "openai");
+            let span = crate::traces::chat_span(model_id, "openai");
             let mut attempt = request.clone();
             attempt.traceparent = crate::traces::traceparent(&span);
             let call = tracing::Instrument::instrument(model.chat(attempt), span.clone());
@@ -153,6 +156,7 @@ impl ExecRun {
                     Ok(r) => r,
                     Err(_) => {
                         crate::traces::set(&span, "error.type", "timeout");
+                        crate::metrics::metrics().model_requested(model_id, started.elapsed());
                         return Err(format!(
                             "exec_timeout_secs: the model call did not answer within the exec's \
                              limit of {} s",
@@ -163,19 +167,18 @@ impl ExecRun {
                 None => call.await,
             };
             record_chat(&span, &result);
-            crate::metrics::metrics().model_requested(&self.spec.model, started.elapsed());
+            crate::metrics::metrics().model_requested(model_id, started.elapsed());
             match result {
                 Ok(r) => return Ok(r),
                 Err(e) if e.is_transient() => {
                     tracing::warn!(exec = %self.exec_id, error = %e, "model call failed; trying again");
                     last = Some(e);
                 }
-                Err(e) => return Err(format!("model `{}`: {e}", self.spec.model)),
+                Err(e) => return Err(format!("model `{model_id}`: {e}")),
             }
         }
         Err(format!(
-            "model `{}`: {} (after {MODEL_ATTEMPTS} attempts)",
-            self.spec.model,
+            "model `{model_id}`: {} (after {MODEL_ATTEMPTS} attempts)",
             last.map(|e| e.to_string()).unwrap_or_default()
         ))
     }

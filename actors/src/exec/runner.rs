@@ -107,12 +107,12 @@ impl ExecAgent {
             owner: (!self.node.is_empty()).then(|| Owner::node(self.node.clone())),
         };
         match self.log.append(failed).await {
-            Ok(_) | Err(AppendError::ExecFinished { .. } | AppendError::ExecMoved { .. }) => {}
+            Ok(_) => self.ended("failed"),
+            Err(AppendError::ExecFinished { .. } | AppendError::ExecMoved { .. }) => {}
             Err(e) => {
                 tracing::error!(exec = %self.exec_id, error = %e, "cannot record a failed exec")
             }
         }
-        self.ended("failed");
         self.finished().await;
     }
 

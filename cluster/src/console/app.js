@@ -132,6 +132,7 @@ async function treePage() {
   main.replaceChildren(el("h2", {}, "Supervision tree"), container);
   async function draw() {
     const { trees } = await api("/tree");
+    if (!alive) return;
     container.replaceChildren(...trees.map((t) => el("section", { "data-node": t.node },
       el("div", { class: "node-title" }, t.node ? `node ${t.node} ` : "this node ",
         el("span", { class: "state " + t.state }, t.state), t.error ? el("span", { class: "error" }, " " + t.error) : null),
@@ -174,7 +175,10 @@ async function treePage() {
 // ---- Conversations ----------------------------------------------------------------------
 
 async function conversationsPage() {
+  let alive = true;
+  stopPage = () => { alive = false; };
   const { conversations } = await api("/conversations");
+  if (!alive) return;
   main.replaceChildren(el("h2", {}, "Conversations"), el("table", {},
     el("tr", {}, el("th", {}, "conversation"), el("th", {}, "agent"), el("th", {}, "state"), el("th", {}, "events"), el("th", {}, "waiting on")),
     conversations.map((c) => el("tr", { "data-conversation": c.conversation_id },
@@ -214,9 +218,11 @@ async function conversationPage(id) {
   let shown = "";
   async function draw() {
     const answer = await api("/conversations/" + encodeURIComponent(id));
-    // Redrawn only when something changed, so a button is not replaced under the pointer.
+    if (!alive) return;
+    // Redrawn only when something changed (or a running exec's bars grow), so a button is not
+    // replaced under the pointer.
     const text = JSON.stringify(answer);
-    if (text === shown && !answer.execs.some((x) => !x.end_micros)) return;
+    if (text === shown && !answer.execs.some((x) => x.state === "running")) return;
     shown = text;
     const { conversation: c, events, execs } = answer;
     const approval = c.exec_state === "waiting_approval" ? el("div", { class: "approval-box" },
@@ -262,6 +268,7 @@ async function sandboxesPage() {
   let shown = "";
   async function draw() {
     const s = await api("/sandboxes");
+    if (!alive) return;
     const text = JSON.stringify(s);
     if (text === shown) return;
     shown = text;

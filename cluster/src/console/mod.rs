@@ -30,17 +30,21 @@ use tower::util::BoxCloneSyncService;
 
 /// The node's gRPC API as a service in this process.
 #[derive(Clone)]
-pub struct InProcessApi(
-    BoxCloneSyncService<
-        http::Request<tonic::body::Body>,
-        http::Response<tonic::body::Body>,
-        Infallible,
-    >,
-);
+pub struct InProcessApi {
+    service: ApiService,
+    /// The API's message limit (`api.max_message_bytes`), for the answers read here too.
+    limit: usize,
+}
+
+type ApiService = BoxCloneSyncService<
+    http::Request<tonic::body::Body>,
+    http::Response<tonic::body::Body>,
+    Infallible,
+>;
 
 impl InProcessApi {
-    /// Wraps the API's routes with their layers.
-    pub fn new<S>(service: S) -> Self
+    /// Wraps the API's routes with their layers; `limit` is `api.max_message_bytes`.
+    pub fn new<S>(service: S, limit: usize) -> Self
     where
         S: tower::Service<
                 http::Request<tonic::body::Body>,
@@ -52,13 +56,30 @@ impl InProcessApi {
             + 'static,
         S::Future: Send + 'static,
     {
-        Self(BoxCloneSyncService::new(service))
+        Self {
+            service: BoxCloneSyncService::new(service),
+            limit,
+        }
+    }
+
+    fn actors(&self) -> ActorsClient<ApiService> {
+        ActorsClient::new(self.service.clone()).max_decoding_message_size(self.limit)
+    }
+
+    fn conversations(&self) -> ConversationsClient<ApiService> {
+        ConversationsClient::new(self.service.clone()).max_decoding_message_size(self.limit)
+    }
+
+    fn cluster(&self) -> ClusterClient<ApiService> {
+        ClusterClient::new(self.service.clone()).max_decoding_message_size(self.limit)
     }
 }
 
-/// The console's routes.
-pub fn app(api: InProcessApi) -> Router {
-    Router::new()
+/// The console's routes. Without API tokens (`authenticated` false) only requests for a
+/// loopback or IP address are served: a web page elsewhere cannot then reach an open console
+/// on this machine by pointing a name of its own at 127.0.0.1 (DNS rebinding).
+pub fn app(api: InProcessApi, authenticated: bool) -> Router {
+    let router = Router::new()
         .route("/", get(|| async { Redirect::temporary("/ui") }))
         .route("/ui", get(page))
         .route("/ui/", get(page))
@@ -71,7 +92,48 @@ pub fn app(api: InProcessApi) -> Router {
         .route("/api/v1/conversations/{id}/approve", post(approve))
         .route("/api/v1/conversations/{id}/fork", post(fork))
         .route("/api/v1/sandboxes", get(sandboxes))
-        .with_state(api)
+        .with_state(api);
+    if authenticated {
+        router
+    } else {
+        router.layer(axum::middleware::from_fn(addressed_by_ip))
+    }
+}
+
+/// Refuses a request whose `Host` is a name other than `localhost` (421).
+async fn addressed_by_ip(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name,
+        _ => host,
+    };
+    let by_address = name == "localhost"
+        || name.parse::<std::net::IpAddr>().is_ok()
+        || name
+            .strip_prefix('[')
+            .and_then(|n| n.strip_suffix(']'))
+            .is_some_and(|n| n.parse::<std::net::Ipv6Addr>().is_ok());
+    if by_address {
+        return next.run(request).await;
+    }
+    (
+        StatusCode::MISDIRECTED_REQUEST,
+        Json(json!({
+            "code": "PERMISSION_DENIED",
+            "error": format!(
+                "this console has no API tokens, so it answers only at an IP address or \
+                 localhost, not `{name}`; set api.tokens to serve it under a name"
+            ),
+        })),
+    )
+        .into_response()
 }
 
 async fn page() -> impl IntoResponse {
@@ -153,7 +215,8 @@ type ApiResult = Result<Json<Value>, ApiError>;
 
 /// Every member's trees: `{"trees": [{"node","state","root","system",…}]}`.
 async fn tree(State(api): State<InProcessApi>, headers: HeaderMap) -> ApiResult {
-    let trees = ActorsClient::new(api.0)
+    let trees = api
+        .actors()
         .tree(call(&headers, TreeRequest::default()))
         .await?
         .into_inner();
@@ -179,7 +242,8 @@ async fn watch_tree(
     State(api): State<InProcessApi>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let changes = ActorsClient::new(api.0)
+    let changes = api
+        .actors()
         .watch_tree(call(&headers, WatchTreeRequest::default()))
         .await?
         .into_inner();
@@ -199,7 +263,8 @@ async fn watch_tree(
 
 /// `{"conversations": [...]}`, the first 1000.
 async fn conversations(State(api): State<InProcessApi>, headers: HeaderMap) -> ApiResult {
-    let list = ConversationsClient::new(api.0)
+    let list = api
+        .conversations()
         .list(call(
             &headers,
             ListConversationsRequest {
@@ -220,7 +285,7 @@ async fn conversation(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult {
-    let mut client = ConversationsClient::new(api.0);
+    let mut client = api.conversations();
     let summary = client
         .get(call(
             &headers,
@@ -287,7 +352,8 @@ async fn approve(
     } else {
         decision.reason
     };
-    let c = ConversationsClient::new(api.0)
+    let c = api
+        .conversations()
         .approve(call(
             &headers,
             ApproveRequest {
@@ -316,7 +382,8 @@ async fn fork(
     headers: HeaderMap,
     Json(at): Json<ForkAt>,
 ) -> ApiResult {
-    let c = ConversationsClient::new(api.0)
+    let c = api
+        .conversations()
         .fork(call(
             &headers,
             ForkRequest {
@@ -333,7 +400,7 @@ async fn fork(
 
 /// `{"provider","isolated","min","max","sandboxes": [...],"actors": [...]}`.
 async fn sandboxes(State(api): State<InProcessApi>, headers: HeaderMap) -> ApiResult {
-    let mut client = ClusterClient::new(api.0);
+    let mut client = api.cluster();
     let list = client
         .sandboxes(call(&headers, SandboxesRequest {}))
         .await?
@@ -356,4 +423,56 @@ async fn sandboxes(State(api): State<InProcessApi>, headers: HeaderMap) -> ApiRe
         "sandboxes": sandboxes,
         "actors": actors,
     })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt;
+
+    /// The console over an API that answers nothing: enough for what is decided before it.
+    fn console(authenticated: bool) -> Router {
+        let api = tower::service_fn(|_: http::Request<tonic::body::Body>| async {
+            Ok::<_, Infallible>(http::Response::new(tonic::body::Body::empty()))
+        });
+        app(InProcessApi::new(api, 1024), authenticated)
+    }
+
+    async fn status(router: Router, host: &str) -> StatusCode {
+        let request = http::Request::get("/ui")
+            .header(header::HOST, host)
+            .body(Body::empty())
+            .unwrap();
+        router.oneshot(request).await.unwrap().status()
+    }
+
+    #[tokio::test]
+    async fn an_open_console_answers_only_at_an_address_or_localhost() {
+        for host in [
+            "127.0.0.1:7480",
+            "localhost:7480",
+            "[::1]:7480",
+            "10.1.2.3",
+            "localhost",
+        ] {
+            assert_eq!(status(console(false), host).await, StatusCode::OK, "{host}");
+        }
+        for host in [
+            "evil.example:7480",
+            "evil.example",
+            "127.0.0.1.nip.io:7480",
+            "",
+        ] {
+            assert_eq!(
+                status(console(false), host).await,
+                StatusCode::MISDIRECTED_REQUEST,
+                "{host}"
+            );
+        }
+        // With tokens a name is fine: a page elsewhere has no token to send.
+        assert_eq!(
+            status(console(true), "cadre.example:443").await,
+            StatusCode::OK
+        );
+    }
 }
