@@ -10,6 +10,10 @@ use super::AgentSpec;
 #[derive(Clone, Default)]
 pub struct AgentRegistry {
     inner: Arc<RwLock<BTreeMap<String, Registered>>>,
+    /// One channel per remote agent address, shared by every step of every exec: a new
+    /// connection per step costs a TCP (and HTTP/2) handshake each time. A channel reconnects
+    /// by itself after a failure.
+    remote: Arc<Mutex<std::collections::HashMap<String, tonic::transport::Channel>>>,
 }
 
 #[derive(Clone)]
@@ -57,6 +61,24 @@ impl AgentRegistry {
         }
         starts.push_back(now);
         Ok(())
+    }
+
+    /// The channel to the remote agent at `address` (made on first use, connected lazily,
+    /// with Nagle's algorithm off: a step's small frames must not wait for delayed ACKs).
+    pub(super) fn remote_channel(
+        &self,
+        address: &str,
+    ) -> Result<tonic::transport::Channel, String> {
+        let mut channels = self.remote.lock().expect("remote channels");
+        if let Some(channel) = channels.get(address) {
+            return Ok(channel.clone());
+        }
+        let channel = tonic::transport::Endpoint::from_shared(address.to_string())
+            .map_err(|e| format!("`{address}` is not a URL: {e}"))?
+            .tcp_nodelay(true)
+            .connect_lazy();
+        channels.insert(address.to_string(), channel.clone());
+        Ok(channel)
     }
 
     pub(super) fn add(&self, id: &str, path: &str, spec: AgentSpec) -> Result<(), String> {

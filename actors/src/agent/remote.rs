@@ -50,9 +50,11 @@ impl ExecRun {
                 traced.metadata_mut().insert("traceparent", value);
             }
             let reply = async {
-                let mut client = AgentServiceClient::connect(address.to_string())
-                    .await
-                    .map_err(|e| (true, format!("cannot connect: {e}")))?;
+                let channel = self
+                    .agents
+                    .remote_channel(address)
+                    .map_err(|e| (false, e))?;
+                let mut client = AgentServiceClient::new(channel);
                 let mut stream = client
                     .step(traced)
                     .await
