@@ -45,7 +45,7 @@ def walk(n):
     yield n
     for c in n["children"]:
         yield from walk(c)
-print(next(n["pid"] for n in walk(json.load(sys.stdin)) if n["path"] == "root/pipeline/transform"))
+print(next(n["pid"] for n in walk(json.load(sys.stdin)["root"]) if n["path"] == "root/pipeline/transform"))
 ' 2>/dev/null || true)
 if [ -n "${pid}" ]; then
   echo "==> kill -KILL ${pid} (root/pipeline/transform): rest_for_one restarts it and sink"
