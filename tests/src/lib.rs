@@ -716,3 +716,27 @@ pub fn kill_in_sandbox(data: &Path, sandbox: &str, pid: u32) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// One HTTP call on loopback (`GET`, or `POST` with a JSON `body`), with a bearer `token`
+/// unless it is empty: the status code and the body; `None` if it could not be made.
+pub fn http(method: &str, url: &str, token: &str, body: Option<Value>) -> Option<(u16, String)> {
+    // reqwest is built without a TLS provider of its own; cadre's is ring.
+    cadre_actors::tls::install_provider();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let mut request = match (method, body) {
+            ("GET", _) => client.get(url),
+            (_, body) => client.post(url).json(&body.unwrap_or(Value::Null)),
+        };
+        if !token.is_empty() {
+            request = request.bearer_auth(token);
+        }
+        let response = request.timeout(Duration::from_secs(10)).send().await.ok()?;
+        let code = response.status().as_u16();
+        Some((code, response.text().await.ok()?))
+    })
+}

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::{TempDir, free_port};
+use crate::{TempDir, free_port, http};
 
 /// A running `prometheus`, killed (by pid) when dropped.
 pub struct Prometheus {
@@ -49,7 +49,9 @@ impl Prometheus {
             _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
-        while get(&format!("{}/-/ready", prometheus.url)).is_none_or(|(code, _)| code != 200) {
+        while http("GET", &format!("{}/-/ready", prometheus.url), "", None)
+            .is_none_or(|(code, _)| code != 200)
+        {
             assert!(Instant::now() < deadline, "prometheus did not become ready");
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -64,7 +66,7 @@ impl Prometheus {
             [("query", format!("sum({promql})"))],
         )
         .ok()?;
-        let (_, body) = get(url.as_str())?;
+        let (_, body) = http("GET", url.as_str(), "", None)?;
         let answer: Value = serde_json::from_str(&body).ok()?;
         let result = answer["data"]["result"].as_array()?;
         result.first()?["value"][1].as_str()?.parse().ok()
@@ -91,24 +93,4 @@ impl Drop for Prometheus {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// A GET on loopback: the status code and body; `None` if it could not be made.
-pub fn get(url: &str) -> Option<(u16, String)> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    // reqwest is built without a TLS provider of its own; cadre's is ring.
-    cadre_actors::tls::install_provider();
-    runtime.block_on(async {
-        let response = reqwest::Client::new()
-            .get(url)
-            .timeout(Duration::from_secs(10))
-            .send()
-            .await
-            .ok()?;
-        let code = response.status().as_u16();
-        Some((code, response.text().await.ok()?))
-    })
 }

@@ -56,6 +56,15 @@ impl ModelServer {
         }
     }
 
+    /// The config's `models:` section with this server as model `scripted`.
+    pub fn models_yaml(&self) -> String {
+        format!(
+            "models:\n  - id: scripted\n    openai: {{ base_url: \"http://127.0.0.1:{}/v1\", \
+             model: test-model }}\n",
+            self.port
+        )
+    }
+
     /// Per scripted reply: `{"count", "messages", "tools"}` of the request that got it.
     pub fn requests(&self) -> Vec<Value> {
         let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
@@ -130,6 +139,14 @@ impl RecordServer {
             effects,
             _dir: dir,
         }
+    }
+
+    /// This server as the root supervisor's child `rec` (an entry of its `children:`).
+    pub fn child_yaml(&self) -> String {
+        format!(
+            "    - id: rec\n      mcp: {{ url: \"http://127.0.0.1:{}/mcp\", timeout_ms: 20000 }}\n",
+            self.port
+        )
     }
 
     /// Every call the tool saw: `{"key", "note", "applied"}`.

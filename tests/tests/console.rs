@@ -40,23 +40,18 @@ fn the_console_shows_the_live_tree_an_exec_timeline_with_its_approval_and_the_sa
 version: v1
 console: {{ listen: "{console}" }}
 sandbox: {{ warm_pool: {{ min: 1 }} }}
-models:
-  - id: scripted
-    openai: {{ base_url: "http://127.0.0.1:{model}/v1", model: test-model }}
-supervisor:
+{models}supervisor:
   intensity: 5
   period_secs: 30
   children:
     - {{ id: sleeper, process: {{ command: [sleep, "1000"] }} }}
-    - id: rec
-      mcp: {{ url: "http://127.0.0.1:{record}/mcp", timeout_ms: 20000 }}
-    - id: careful
+{rec}    - id: careful
       agent: {{ model: scripted, tools: ["rec.*"], require_approval: ["rec.*"] }}
     - id: everything
       mcp: {{ command: {everything}, timeout_ms: 30000 }}
 "#,
-        model = model.port,
-        record = record.port,
+        models = model.models_yaml(),
+        rec = record.child_yaml(),
         everything = everything_command(),
     ));
     wait_for_record_tool(&node);
@@ -166,26 +161,11 @@ supervisor:
     browser.screenshot(&screenshots().join("sandboxes.png"));
 }
 
-/// `(status, body)` of a console API call with this bearer token (none if empty).
+/// `(status, JSON body)` of a console API call with this bearer token (none if empty).
 fn call(method: &str, url: &str, token: &str, body: Value) -> (u16, Value) {
-    cadre_actors::tls::install_provider();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let client = reqwest::Client::new();
-        let mut request = match method {
-            "GET" => client.get(url),
-            _ => client.post(url).json(&body),
-        };
-        if !token.is_empty() {
-            request = request.bearer_auth(token);
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
-    })
+    let (status, text) =
+        cadre_tests::http(method, url, token, Some(body)).expect("the console answers");
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
 #[test]

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use cadre_tests::otlp::OtlpReceiver;
-use cadre_tests::prometheus::{Prometheus, get};
+use cadre_tests::prometheus::Prometheus;
 use cadre_tests::servers::{ModelServer, RecordServer, record_call, wait_for_record_tool};
 use cadre_tests::{Node, TempDir, free_port, pid_of};
 use serde_json::{Value, json};
@@ -16,7 +16,8 @@ fn prometheus_scrapes_execs_histograms_and_restarts() {
         "version: v1\ntelemetry: {{ metrics_listen: \"{metrics}\" }}\nsupervisor:\n  \
          intensity: 10\n  children:\n    - {{ id: sleeper, process: {{ command: [sleep, \"1000\"] }} }}\n"
     ));
-    let (code, text) = get(&format!("http://{metrics}/metrics")).expect("GET /metrics");
+    let (code, text) = cadre_tests::http("GET", &format!("http://{metrics}/metrics"), "", None)
+        .expect("GET /metrics");
     assert_eq!(code, 200);
     assert!(text.contains("cadre_build_info{version="), "{text}");
     let prometheus = Prometheus::start(&[&metrics]);
@@ -80,21 +81,16 @@ fn traced_config(model: &ModelServer, record: &RecordServer, otlp: &OtlpReceiver
         r#"
 version: v1
 telemetry: {{ otlp_endpoint: "{otlp}" }}
-models:
-  - id: scripted
-    openai: {{ base_url: "http://127.0.0.1:{model}/v1", model: test-model }}
-supervisor:
+{models}supervisor:
   intensity: 5
   period_secs: 30
   children:
-    - id: rec
-      mcp: {{ url: "http://127.0.0.1:{record}/mcp", timeout_ms: 20000 }}
-    - id: scribe
+{rec}    - id: scribe
       agent: {{ model: scripted, tools: ["rec.*"] }}
 "#,
         otlp = otlp.endpoint,
-        model = model.port,
-        record = record.port,
+        models = model.models_yaml(),
+        rec = record.child_yaml(),
     )
 }
 
