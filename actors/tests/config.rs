@@ -15,6 +15,57 @@ fn reject(text: &str) -> String {
 }
 
 #[test]
+fn telemetry_console_and_price_sections() {
+    let config = Config::parse(
+        "cadre.yaml",
+        "version: v1\ntelemetry: { metrics_listen: 127.0.0.1:9464, otlp_endpoint: \
+         http://127.0.0.1:4317 }\nconsole: { listen: localhost:7480 }\nmodels:\n  - id: m\n    \
+         openai: { base_url: http://x/v1, model: q }\n    \
+         price: { input_per_million: 3, output_per_million: 15.5 }\n",
+    )
+    .unwrap();
+    assert_eq!(
+        config.telemetry.metrics_listen.as_deref(),
+        Some("127.0.0.1:9464")
+    );
+    assert_eq!(
+        config.telemetry.otlp_endpoint.as_deref(),
+        Some("http://127.0.0.1:4317")
+    );
+    assert_eq!(config.console.unwrap().listen, "localhost:7480");
+    let price = config.models[0].price.unwrap();
+    assert_eq!(price.cost(1_000_000, 2_000_000), 3.0 + 31.0);
+    assert_eq!(
+        Config::parse("cadre.yaml", "version: v1\n")
+            .unwrap()
+            .console,
+        None
+    );
+    assert_eq!(
+        reject("version: v1\ntelemetry: { metrics_listen: nope }\n"),
+        "cadre.yaml:2:30: telemetry.metrics_listen: `nope` is not an address like \
+         127.0.0.1:7400 (no port)"
+    );
+    assert!(
+        reject("version: v1\ntelemetry: { otlp_endpoint: grpc://x:4317 }\n").starts_with(
+            "cadre.yaml:2:29: telemetry.otlp_endpoint: `grpc://x:4317` is not an http://"
+        )
+    );
+    assert!(
+        reject("version: v1\nconsole: { listen: \"1.2.3.4:99999\" }\n")
+            .starts_with("cadre.yaml:2:20: console.listen: ")
+    );
+    assert_eq!(
+        reject(
+            "version: v1\nmodels:\n  - id: m\n    openai: { base_url: http://x/v1, model: q }\n    \
+             price: { input_per_million: -1, output_per_million: 2 }\n"
+        ),
+        "cadre.yaml:5:33: models[0].price.input_per_million: model `m`: price.input_per_million \
+         must be a number ≥ 0, got -1"
+    );
+}
+
+#[test]
 fn kubernetes_sandbox_section() {
     let config = Config::parse(
         "cadre.yaml",
